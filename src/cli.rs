@@ -1,0 +1,529 @@
+//! The command line (a contract: SPEC section 1) and the exit codes:
+//! 0 ok, 1 the job ran and something failed, 2 configuration or usage error, 3 the job is locked.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::runner::{RunError, RunOptions};
+use crate::store::Store;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_LOCKED: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(name = "runbook", version, about = "Runs an operations runbook's checklists on schedule and reports pass/warn/fail per item")]
+pub struct Cli {
+    /// Config file. Default: $RUNBOOK_CONFIG, else ./jobs.toml, else /etc/runbook/jobs.toml.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr (journald is used automatically under systemd).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Html,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the scheduler in the foreground (systemd Type=notify).
+    Daemon,
+    /// Run one job now and print its report.
+    RunJob {
+        job: String,
+        /// Only this item (repeatable).
+        #[arg(long = "item", value_name = "NAME")]
+        items: Vec<String>,
+        /// Change nothing: state-changing items print their plan and are skipped.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not send notifications.
+        #[arg(long)]
+        no_notify: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Jobs: schedule, time zone, description, next run, items.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// The next fire times (job's zone and UTC).
+    Next {
+        job: Option<String>,
+        #[arg(short = 'n', default_value_t = 5)]
+        n: usize,
+        /// Start from this time (RFC3339) instead of now.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Validate the config; --connect also reaches every target and notifier.
+    CheckConfig {
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Recent runs from the state store.
+    History {
+        job: Option<String>,
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Re-render a stored report.
+    Report {
+        /// A run id (or a unique prefix), or `last`.
+        run: String,
+        /// With `last`: the last run of this job.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+    /// Send a test message through each (or one) notifier.
+    NotifyTest { channel: Option<String> },
+    /// Undelivered notifications; --flush retries them now.
+    Outbox {
+        #[arg(long)]
+        flush: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// The zero-setup tour: a throwaway PostgreSQL, the shipped jobs, real reports.
+    Demo {
+        /// Keep the temporary folder (cluster stopped) for a look afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runbook: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let code = rt.block_on(dispatch(cli));
+    // Do not wait for lingering blocking tasks (e.g. a DNS lookup) on the way out.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::prelude::*;
+    let default = if matches!(cli.command, Command::Daemon) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNBOOK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let registry = tracing_subscriber::registry().with(filter);
+    // Under systemd (JOURNAL_STREAM names our stderr), log to journald with structured fields.
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some() && cli.log_format == LogFormat::Text;
+    if under_journald {
+        if let Ok(layer) = tracing_journald::layer() {
+            let _ = registry.with(layer).try_init();
+            return;
+        }
+    }
+    match cli.log_format {
+        LogFormat::Json => {
+            let _ = registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init();
+        }
+        LogFormat::Text => {
+            let _ = registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false)).try_init();
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, ExitCode> {
+    let path = crate::config::resolve_path(cli.config.as_deref());
+    Config::load(&path).map_err(|e| {
+        eprintln!("{e}");
+        eprintln!("runbook: {} configuration error{} in {}; nothing ran", e.0.len(), if e.0.len() == 1 { "" } else { "s" }, path.display());
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn open_store(config: &Config) -> Result<Store, ExitCode> {
+    Store::open(&config.state_dir, &config.hostname).map_err(|e| {
+        eprintln!("runbook: {e:#}");
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("runbook: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    if let Command::Demo { keep } = cli.command {
+        return crate::demo::run(keep).await;
+    }
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Daemon => match crate::scheduler::run(config).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("runbook: {e:#}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+        Command::RunJob { job, items, dry_run, no_notify, format, strict } => {
+            let Ok(job) = config.job(&job).map_err(|e| eprintln!("runbook: {e}")) else { return ExitCode::from(EXIT_USAGE) };
+            let store = match open_store(&config) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            let opts = RunOptions { only_items: items, dry_run, notify: !no_notify, ..RunOptions::manual() };
+            // Ctrl-C during a manual run: cancel the items (children are killed, scratch
+            // databases dropped) and still print and store the report.
+            let cancel = opts.cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                eprintln!("runbook: interrupted; stopping the items and writing the report");
+                cancel.cancel();
+            });
+            match crate::runner::run_job(&config, &store, job, opts).await {
+                Ok(report) => {
+                    match format {
+                        Format::Json => println!("{}", crate::report::json::render(&report)),
+                        Format::Text => print!("{}", crate::report::text::render(&report)),
+                    }
+                    let bad = match report.status {
+                        crate::items::Status::Fail => true,
+                        crate::items::Status::Warn => strict,
+                        _ => false,
+                    };
+                    ExitCode::from(if bad { EXIT_FAILED } else { EXIT_OK })
+                }
+                Err(e @ RunError::Locked { .. }) => {
+                    eprintln!("runbook: {e}");
+                    ExitCode::from(EXIT_LOCKED)
+                }
+                Err(RunError::Usage(e)) => usage(e),
+                Err(RunError::Infra(e)) => {
+                    eprintln!("runbook: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Command::List { format } => list(&config, format),
+        Command::Next { job, n, after, format } => next(&config, job.as_deref(), n, after.as_deref(), format),
+        Command::CheckConfig { connect } => check_config(&config, connect).await,
+        Command::History { job, n, format } => {
+            if let Some(j) = &job {
+                if let Err(e) = config.job(j) {
+                    return usage(e);
+                }
+            }
+            let store = match open_store(&config) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            match store.history(job.as_deref(), n) {
+                Ok(rows) => {
+                    match format {
+                        Format::Json => print_json(&rows),
+                        Format::Text => {
+                            if rows.is_empty() {
+                                println!("no runs recorded yet in {}", store.dir.display());
+                            }
+                            for r in rows {
+                                let counts = r.counts.map(|c| format!("{} pass, {} warn, {} fail, {} todo, {} skipped", c.pass, c.warn, c.fail, c.manual, c.skipped)).unwrap_or_default();
+                                let dur = r.duration_ms.map(crate::report::human_ms).unwrap_or_default();
+                                println!("{}  {:<12} {:<11} {:<9} {:>8}  {}  {}", r.started_at, r.job, r.status.to_uppercase(), r.trigger, dur, counts, r.run_id);
+                            }
+                        }
+                    }
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("runbook: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Command::Report { run, job, format } => {
+            let store = match open_store(&config) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            let found = if run == "last" {
+                match &job {
+                    Some(j) => {
+                        if let Err(e) = config.job(j) {
+                            return usage(e);
+                        }
+                        store.last_report(j)
+                    }
+                    None => store.history(None, 50).map(|h| h.into_iter().find(|r| r.finished_at.is_some())).and_then(|r| match r {
+                        Some(r) => store.report(&r.run_id),
+                        None => Ok(None),
+                    }),
+                }
+            } else {
+                store.report(&run)
+            };
+            match found {
+                Ok(Some(r)) => {
+                    match format {
+                        ReportFormat::Text => print!("{}", crate::report::text::render(&r)),
+                        ReportFormat::Html => print!("{}", crate::report::html::render(&r)),
+                        ReportFormat::Json => println!("{}", crate::report::json::render(&r)),
+                    }
+                    ExitCode::from(EXIT_OK)
+                }
+                Ok(None) => usage(format!("no stored report for {run:?}{}", job.map(|j| format!(" of job {j:?}")).unwrap_or_default())),
+                Err(e) => usage(format!("{e:#}")),
+            }
+        }
+        Command::NotifyTest { channel } => crate::notify::notify_test(&config, channel.as_deref()).await,
+        Command::Outbox { flush, format } => {
+            let store = match open_store(&config) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            let mut code = EXIT_OK;
+            let mut flushed = None;
+            if flush {
+                match crate::notify::outbox::flush(&config, &store, false).await {
+                    Ok(r) => {
+                        if r.failed > 0 {
+                            code = EXIT_FAILED;
+                        }
+                        flushed = Some(r);
+                    }
+                    Err(e) => {
+                        eprintln!("runbook: {e:#}");
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                }
+            }
+            let entries = match store.outbox(None) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("runbook: {e:#}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            };
+            match format {
+                Format::Json => print_json(&serde_json::json!({ "flushed": flushed, "entries": entries })),
+                Format::Text => {
+                    if let Some(f) = &flushed {
+                        println!("flushed: {} delivered, {} failed, {} dropped", f.delivered, f.failed, f.dropped);
+                    }
+                    if entries.is_empty() {
+                        println!("outbox is empty: every report was delivered");
+                    }
+                    for e in &entries {
+                        println!(
+                            "{:<8} {:<16} job {:<12} run {}  attempts {}  queued {}  next {}  {}",
+                            e.state,
+                            e.channel,
+                            e.job.as_deref().unwrap_or("?"),
+                            e.run_id,
+                            e.attempts,
+                            e.created_at,
+                            e.next_attempt_at.as_deref().unwrap_or("-"),
+                            e.last_error.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn list(config: &Config, format: Format) -> ExitCode {
+    let now = chrono::Utc::now();
+    let jobs: Vec<serde_json::Value> = config
+        .jobs
+        .values()
+        .map(|j| {
+            let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+            serde_json::json!({
+                "job": j.name,
+                "description": j.config.description,
+                "schedule": j.schedule.as_ref().map(|s| s.expr.clone()),
+                "schedule_description": j.schedule.as_ref().map(|s| s.describe()),
+                "timezone": j.tz.name(),
+                "next_run": next.map(|n| n.to_rfc3339()),
+                "next_run_utc": next.map(|n| n.with_timezone(&chrono::Utc).to_rfc3339()),
+                "catch_up": j.config.catch_up,
+                "timeout": j.config.timeout.to_string(),
+                "notify": j.notify,
+                "items": j.config.items.iter().map(|i| serde_json::json!({"name": i.name, "kind": i.spec.kind()})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "config": config.path, "jobs": jobs })),
+        Format::Text => {
+            for j in config.jobs.values() {
+                let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+                println!("{}  — {}", j.name, if j.config.description.is_empty() { "(no description)" } else { &j.config.description });
+                match &j.schedule {
+                    Some(s) => println!("  schedule: {}  ({}, {})", s.expr, s.describe(), j.tz.name()),
+                    None => println!("  schedule: none (runs only by hand: runbook run-job {})", j.name),
+                }
+                if let Some(n) = next {
+                    println!("  next run: {}  ({} UTC)", n.format("%a %Y-%m-%d %H:%M %Z"), n.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M"));
+                }
+                println!("  items ({}):", j.config.items.len());
+                for i in &j.config.items {
+                    println!("    - {} [{}]", i.name, i.spec.kind());
+                }
+                println!();
+            }
+        }
+    }
+    ExitCode::from(EXIT_OK)
+}
+
+fn next(config: &Config, job: Option<&str>, n: usize, after: Option<&str>, format: Format) -> ExitCode {
+    let after = match after {
+        None => chrono::Utc::now(),
+        Some(a) => match chrono::DateTime::parse_from_rfc3339(a) {
+            Ok(t) => t.with_timezone(&chrono::Utc),
+            Err(e) => return usage(format!("--after {a:?} is not an RFC3339 time (e.g. 2026-11-24T10:00:00+05:30): {e}")),
+        },
+    };
+    let jobs: Vec<&crate::config::Job> = match job {
+        Some(name) => match config.job(name) {
+            Ok(j) => vec![j],
+            Err(e) => return usage(e),
+        },
+        None => config.jobs.values().collect(),
+    };
+    let mut out = Vec::new();
+    for j in jobs {
+        let times = j.schedule.as_ref().map(|s| s.next_n(j.tz, after, n)).unwrap_or_default();
+        match format {
+            Format::Text => {
+                match &j.schedule {
+                    Some(s) => println!("{} — {} ({}, {})", j.name, s.expr, s.describe(), j.tz.name()),
+                    None => println!("{} — no schedule (runs only by hand)", j.name),
+                }
+                for t in &times {
+                    println!("  {}   {} UTC", t.format("%a %Y-%m-%d %H:%M:%S %Z (%:z)"), t.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M:%S"));
+                }
+            }
+            Format::Json => out.push(serde_json::json!({
+                "job": j.name,
+                "schedule": j.schedule.as_ref().map(|s| s.expr.clone()),
+                "description": j.schedule.as_ref().map(|s| s.describe()),
+                "timezone": j.tz.name(),
+                "next": times.iter().map(|t| serde_json::json!({"local": t.to_rfc3339(), "utc": t.with_timezone(&chrono::Utc).to_rfc3339()})).collect::<Vec<_>>(),
+            })),
+        }
+    }
+    if format == Format::Json {
+        print_json(&serde_json::json!({ "after": after.to_rfc3339(), "jobs": out }));
+    }
+    ExitCode::from(EXIT_OK)
+}
+
+async fn check_config(config: &Config, connect: bool) -> ExitCode {
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    let items: usize = config.jobs.values().map(|j| j.config.items.len()).sum();
+    println!(
+        "{}: OK — {} job{}, {} item{}, {} target{}, {} notifier{}",
+        config.path.display(),
+        config.jobs.len(),
+        if config.jobs.len() == 1 { "" } else { "s" },
+        items,
+        if items == 1 { "" } else { "s" },
+        config.targets.len(),
+        if config.targets.len() == 1 { "" } else { "s" },
+        config.notifiers.len(),
+        if config.notifiers.len() == 1 { "" } else { "s" },
+    );
+    let now = chrono::Utc::now();
+    for j in config.jobs.values() {
+        let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+        println!(
+            "  {:<14} {:>2} items  {}",
+            j.name,
+            j.config.items.len(),
+            match next {
+                Some(n) => format!("next {} ({})", n.format("%Y-%m-%d %H:%M %Z"), j.schedule.as_ref().map(|s| s.describe()).unwrap_or_default()),
+                None => "no schedule: runs only by hand".into(),
+            }
+        );
+    }
+    if !connect {
+        return ExitCode::from(EXIT_OK);
+    }
+    let mut ok = true;
+    for (name, t) in config.targets.iter() {
+        match t.connect().await {
+            Ok(client) => {
+                let standby: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get(0)).unwrap_or(false);
+                println!("  target {name}: reachable ({}){}", t.display, if standby { ", a standby (state-changing items will refuse it)" } else { "" });
+            }
+            Err(e) => {
+                ok = false;
+                println!("  target {name}: UNREACHABLE: {e}");
+            }
+        }
+    }
+    for (name, n) in &config.notifiers {
+        match n.check_reachable().await {
+            Ok(msg) => println!("  notifier {name}: {msg}"),
+            Err(e) => {
+                ok = false;
+                println!("  notifier {name}: UNREACHABLE: {e}");
+            }
+        }
+    }
+    ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+}

@@ -1,0 +1,701 @@
+//! `jobs.toml` → a validated [`Config`].
+//!
+//! Loading happens in two steps. First `toml` + `serde` turn the text into typed structs; every
+//! struct denies unknown keys, so a typo is an error, and toml's spans give the line and column.
+//! Then [`Config::validate`] checks what types cannot: cron syntax, zone names, references to
+//! notifiers and targets, duplicate item names, secrets that resolve, and each kind's own rules.
+//! All semantic mistakes are collected, not just the first, and each names file:line:column and
+//! the job/item ([`Locator`] maps them back to the text).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use crate::items::{ItemSpec, Prepare};
+use crate::notify::NotifierConfig;
+use crate::pg::{Target, TargetConfig};
+use crate::schedule::Schedule;
+use crate::units::Dur;
+
+/// The `[runbook]` table: defaults for the whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunbookSection {
+    /// Default zone of every schedule (IANA name, e.g. `Asia/Kolkata`). Default `UTC`.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// Where the state database lives. Default: `$STATE_DIRECTORY`, else `./runbook-state`.
+    pub state_dir: Option<PathBuf>,
+    /// How many items of one job may run at once. Default 4.
+    #[serde(default = "default_parallel")]
+    pub max_parallel_items: usize,
+    /// Host name shown in reports. Default: the machine's host name.
+    pub hostname: Option<String>,
+    /// Undelivered notifications older than this are dropped (and logged). Default 7d.
+    #[serde(default = "default_outbox_max_age")]
+    pub outbox_max_age: Dur,
+    /// On SIGTERM, how long running jobs may finish before they are cancelled. Default 30s.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+}
+
+impl Default for RunbookSection {
+    fn default() -> Self {
+        RunbookSection {
+            timezone: default_tz(),
+            state_dir: None,
+            max_parallel_items: default_parallel(),
+            hostname: None,
+            outbox_max_age: default_outbox_max_age(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+fn default_parallel() -> usize {
+    4
+}
+fn default_outbox_max_age() -> Dur {
+    Dur::from_secs(7 * 86400)
+}
+fn default_shutdown_grace() -> Dur {
+    Dur::from_secs(30)
+}
+
+/// `[server]`: the daemon's HTTP endpoint (metrics, health, status page).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on, e.g. `127.0.0.1:9187`.
+    pub listen: String,
+}
+
+/// What a daemon does when the shared cluster database cannot be reached.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnClusterDown {
+    /// Run the slot anyway (risking a duplicate run on another node). Logged loudly.
+    #[default]
+    Run,
+    /// Do not run the slot (risking a missed run). Logged loudly.
+    Skip,
+}
+
+/// `[cluster]`: several daemons sharing one PostgreSQL so every slot runs exactly once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The shared PostgreSQL database.
+    pub url: String,
+    /// Password for `url`, a secret.
+    pub password: Option<crate::secret::SecretSource>,
+    #[serde(skip)]
+    pub password_resolved: Option<crate::secret::Secret>,
+    /// How long a claim lasts without renewal before another node may take the slot over.
+    #[serde(default = "default_lease")]
+    pub lease: Dur,
+    #[serde(default)]
+    pub on_cluster_down: OnClusterDown,
+    /// This node's name in claim rows. Default: the host name.
+    pub node: Option<String>,
+}
+
+fn default_lease() -> Dur {
+    Dur::from_secs(60)
+}
+
+/// What to do with slots missed while the daemon was down.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Run the newest missed slot once, if it is within `catch_up_within`.
+    #[default]
+    Once,
+    /// Only record the missed slots.
+    Skip,
+}
+
+/// One `[jobs.NAME]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// One line for people: shown in `list`, reports and emails.
+    #[serde(default)]
+    pub description: String,
+    /// Cron expression (5 fields, or 6 with seconds first). None: the job runs only by hand.
+    pub schedule: Option<String>,
+    /// Overrides `[runbook].timezone`.
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    /// How old a missed slot may be and still be caught up. Default 12h.
+    #[serde(default = "default_catch_up_within")]
+    pub catch_up_within: Dur,
+    /// The whole job's deadline. Default 1h.
+    #[serde(default = "default_job_timeout")]
+    pub timeout: Dur,
+    /// Notifiers to use. Default: every notifier.
+    pub notify: Option<Vec<String>>,
+    /// Overrides `[runbook].max_parallel_items` for this job.
+    pub max_parallel_items: Option<usize>,
+    /// The checklist.
+    #[serde(default)]
+    pub items: Vec<ItemConfig>,
+}
+
+fn default_catch_up_within() -> Dur {
+    Dur::from_secs(12 * 3600)
+}
+fn default_job_timeout() -> Dur {
+    Dur::from_secs(3600)
+}
+
+/// One `[[jobs.NAME.items]]` entry: common fields plus the kind's own options.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ItemConfig {
+    /// Unique within the job; used by `--item` and in reports.
+    pub name: String,
+    /// This item's deadline (each kind has its own default; the job's timeout caps it).
+    pub timeout: Option<Dur>,
+    /// The kind and its options (`kind = "backup"`, ...).
+    #[serde(flatten)]
+    pub spec: ItemSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    runbook: RunbookSection,
+    #[serde(default)]
+    targets: BTreeMap<String, TargetConfig>,
+    #[serde(default)]
+    notify: BTreeMap<String, NotifierConfig>,
+    #[serde(default)]
+    jobs: BTreeMap<String, JobConfig>,
+    server: Option<ServerSection>,
+    cluster: Option<ClusterSection>,
+}
+
+/// A job ready to run: its config plus the parsed schedule and zone.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub config: JobConfig,
+    /// Zone of the schedule and of times shown in its reports.
+    pub tz: Tz,
+    /// None for a job that runs only by hand.
+    pub schedule: Option<Schedule>,
+    /// Names of the notifiers this job uses.
+    pub notify: Vec<String>,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages and relative paths).
+    pub path: PathBuf,
+    /// The folder of `path`: relative paths in items are relative to it.
+    pub dir: PathBuf,
+    pub runbook: RunbookSection,
+    pub state_dir: PathBuf,
+    pub hostname: String,
+    pub targets: Arc<BTreeMap<String, Target>>,
+    pub notifiers: BTreeMap<String, NotifierConfig>,
+    pub jobs: BTreeMap<String, Job>,
+    pub server: Option<ServerSection>,
+    pub cluster: Option<ClusterSection>,
+    /// Non-fatal findings (inline secrets, ...), shown by `check-config`.
+    pub warnings: Vec<String>,
+}
+
+/// One configuration mistake, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// `job "daily", item "Backups"` when known.
+    pub context: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if let Some(c) = &self.context {
+            write!(f, "{c}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All mistakes found in one file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The config path per SPEC: `--config`, else `$RUNBOOK_CONFIG`, else `./jobs.toml`, else
+/// `/etc/runbook/jobs.toml`.
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("RUNBOOK_CONFIG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from("jobs.toml");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("/etc/runbook/jobs.toml")
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                context: None,
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Config::from_text(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is used for messages and relative paths.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let locator = Locator::new(path, text);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![locator.from_toml(&e)]))?;
+        let dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        validate(raw, path.to_path_buf(), dir, &locator)
+    }
+
+    /// The job called `name`, or a usage error listing the known ones.
+    pub fn job(&self, name: &str) -> Result<&Job, String> {
+        self.jobs.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+            format!("unknown job {name:?} in {} (jobs: {})", self.path.display(), known.join(", "))
+        })
+    }
+}
+
+fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+
+    let default_tz: Tz = match raw.runbook.timezone.parse() {
+        Ok(tz) => tz,
+        Err(_) => {
+            errors.push(loc.at_key("runbook", "timezone", None, unknown_zone(&raw.runbook.timezone)));
+            Tz::UTC
+        }
+    };
+    if raw.runbook.max_parallel_items == 0 {
+        errors.push(loc.at_key("runbook", "max_parallel_items", None, "max_parallel_items must be at least 1".into()));
+    }
+
+    let mut targets = BTreeMap::new();
+    for (name, t) in &raw.targets {
+        match Target::resolve(name, t, &dir) {
+            Ok((target, warns)) => {
+                for w in warns {
+                    warnings.push(format!("{}: target {name:?}: {w}", loc.position_of_section(&format!("targets.{name}"))));
+                }
+                targets.insert(name.clone(), target);
+            }
+            Err(msgs) => {
+                for m in msgs {
+                    errors.push(loc.at_section(&format!("targets.{name}"), Some(format!("target {name:?}")), m));
+                }
+            }
+        }
+    }
+
+    let mut notifiers = BTreeMap::new();
+    for (name, n) in raw.notify {
+        let mut n = n;
+        let section = format!("notify.{name}");
+        match n.prepare(&name, &dir) {
+            Ok(warns) => {
+                for w in warns {
+                    warnings.push(format!("{}: notifier {name:?}: {w}", loc.position_of_section(&section)));
+                }
+            }
+            Err(msgs) => {
+                for m in msgs {
+                    errors.push(loc.at_section(&section, Some(format!("notifier {name:?}")), m));
+                }
+            }
+        }
+        notifiers.insert(name, n);
+    }
+
+    let target_names: BTreeSet<String> = raw.targets.keys().cloned().collect();
+    let mut jobs = BTreeMap::new();
+    for (name, mut job) in raw.jobs {
+        let section = format!("jobs.{name}");
+        let ctx = Some(format!("job {name:?}"));
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            errors.push(loc.at_section(&section, ctx.clone(), "job names may contain only letters, digits, '-' and '_'".into()));
+        }
+        let tz = match &job.timezone {
+            None => default_tz,
+            Some(z) => match z.parse::<Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    errors.push(loc.at_key(&section, "timezone", ctx.clone(), unknown_zone(z)));
+                    default_tz
+                }
+            },
+        };
+        let schedule = match &job.schedule {
+            None => None,
+            Some(expr) => match Schedule::parse(expr) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.push(loc.at_key(&section, "schedule", ctx.clone(), e));
+                    None
+                }
+            },
+        };
+        if job.max_parallel_items == Some(0) {
+            errors.push(loc.at_key(&section, "max_parallel_items", ctx.clone(), "max_parallel_items must be at least 1".into()));
+        }
+        let notify = match &job.notify {
+            None => notifiers.keys().cloned().collect(),
+            Some(list) => {
+                for n in list {
+                    if !notifiers.contains_key(n) {
+                        let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+                        errors.push(loc.at_key(
+                            &section,
+                            "notify",
+                            ctx.clone(),
+                            format!("unknown notifier {n:?} (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") }),
+                        ));
+                    }
+                }
+                list.clone()
+            }
+        };
+        if job.items.is_empty() {
+            warnings.push(format!("{}: job {name:?} has no items", loc.position_of_section(&section)));
+        }
+        let mut seen = BTreeSet::new();
+        for (index, item) in job.items.iter_mut().enumerate() {
+            let item_section = format!("jobs.{name}.items#{index}");
+            let ictx = Some(format!("job {name:?}, item {:?}", item.name));
+            if item.name.trim().is_empty() {
+                errors.push(loc.at_key(&item_section, "name", ictx.clone(), "item name must not be empty".into()));
+            }
+            if !seen.insert(item.name.clone()) {
+                errors.push(loc.at_key(&item_section, "name", ictx.clone(), format!("duplicate item name {:?} in job {name:?}", item.name)));
+            }
+            if let Some(t) = item.spec.target() {
+                if !target_names.contains(t) {
+                    let known: Vec<&str> = target_names.iter().map(String::as_str).collect();
+                    errors.push(loc.at_key(
+                        &item_section,
+                        "target",
+                        ictx.clone(),
+                        format!("unknown target {t:?} (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") }),
+                    ));
+                }
+            }
+            let mut prep = Prepare::new(&dir, &targets);
+            item.spec.prepare(&mut prep);
+            for (key, msg) in prep.errors {
+                let key = key.as_deref().unwrap_or("kind");
+                errors.push(loc.at_key(&item_section, key, ictx.clone(), msg));
+            }
+            for w in prep.warnings {
+                warnings.push(format!("{}: job {name:?}, item {:?}: {w}", loc.position_of_section(&item_section), item.name));
+            }
+        }
+        jobs.insert(name.clone(), Job { name, config: job, tz, schedule, notify });
+    }
+
+    let mut cluster = raw.cluster;
+    if let Some(c) = &mut cluster {
+        if let Some(src) = &c.password {
+            match crate::secret::Secret::resolve(src, "cluster.password", &dir) {
+                Ok(s) => c.password_resolved = Some(s),
+                Err(m) => errors.push(loc.at_key("cluster", "password", None, m)),
+            }
+        }
+    }
+
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.line, e.column));
+        return Err(ConfigErrors(errors));
+    }
+
+    let state_dir = raw
+        .runbook
+        .state_dir
+        .clone()
+        .map(|p| if p.is_absolute() { p } else { dir.join(p) })
+        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| PathBuf::from(s.to_string_lossy().split(':').next().unwrap_or_default())))
+        .unwrap_or_else(|| PathBuf::from("runbook-state"));
+    let hostname = raw.runbook.hostname.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    });
+
+    Ok(Config {
+        path,
+        dir,
+        runbook: raw.runbook,
+        state_dir,
+        hostname,
+        targets: Arc::new(targets),
+        notifiers,
+        jobs,
+        server: raw.server,
+        cluster,
+        warnings,
+    })
+}
+
+fn unknown_zone(z: &str) -> String {
+    format!("unknown time zone {z:?} (use an IANA name such as \"Asia/Kolkata\" or \"Europe/Berlin\")")
+}
+
+/// Maps byte offsets, sections and keys of the config text back to line:column and job/item,
+/// so every error can say where it is.
+///
+/// It understands the layout people write: `[table]` and `[[array]]` headers, one `key = value`
+/// per line. Items are the `[[jobs.NAME.items]]` headers, numbered per job. Anything it cannot
+/// place falls back to the nearest enclosing section, then to line 1.
+pub struct Locator {
+    file: PathBuf,
+    text: String,
+    /// (byte offset of header line, section id, item name when an item).
+    sections: Vec<SectionInfo>,
+}
+
+struct SectionInfo {
+    start: usize,
+    line: usize,
+    id: String,
+    item_name: Option<String>,
+    /// (key, line, column) for `key = ...` lines directly in this section.
+    keys: Vec<(String, usize, usize)>,
+}
+
+impl Locator {
+    pub fn new(file: &Path, text: &str) -> Locator {
+        let mut sections = vec![SectionInfo { start: 0, line: 1, id: String::new(), item_name: None, keys: vec![] }];
+        let mut item_counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut offset = 0;
+        for (lineno, line) in text.split_inclusive('\n').enumerate() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            if trimmed.starts_with('[') {
+                let is_array = trimmed.starts_with("[[");
+                let inner = trimmed.trim_start_matches('[');
+                let end = inner.find(']').unwrap_or(inner.len());
+                let path: Vec<String> = split_dotted(&inner[..end]);
+                let id = if is_array && path.len() == 3 && path[0] == "jobs" && path[2] == "items" {
+                    let n = item_counts.entry(path[1].clone()).or_insert(0);
+                    let id = format!("jobs.{}.items#{}", path[1], n);
+                    *n += 1;
+                    Some(id)
+                } else if path.len() > 3 && path[0] == "jobs" && path[2] == "items" {
+                    // A sub-table of the current item (e.g. `[[jobs.monthly.items.keys]]`): keep
+                    // attributing lines to the item.
+                    None
+                } else {
+                    Some(path.join("."))
+                };
+                if let Some(id) = id {
+                    sections.push(SectionInfo { start: offset, line: lineno + 1, id, item_name: None, keys: vec![] });
+                }
+            } else if let Some(eq) = trimmed.find('=') {
+                let key = trimmed[..eq].trim().trim_matches('"').to_string();
+                if !key.is_empty() && !key.starts_with('#') {
+                    let sec = sections.last_mut().expect("root section");
+                    if key == "name" && sec.item_name.is_none() {
+                        let v = trimmed[eq + 1..].trim();
+                        let v = v.split(" #").next().unwrap_or(v).trim();
+                        if let Ok(s) = toml::from_str::<BTreeMap<String, String>>(&format!("v = {v}")) {
+                            sec.item_name = s.get("v").cloned();
+                        }
+                    }
+                    sec.keys.push((key, lineno + 1, indent + 1));
+                }
+            }
+            offset += line.len();
+        }
+        Locator { file: file.to_path_buf(), text: text.to_owned(), sections }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        (line, col)
+    }
+
+    fn section(&self, id: &str) -> Option<&SectionInfo> {
+        self.sections.iter().find(|s| s.id == id)
+    }
+
+    /// `file:line:col` of a section's header (for warnings).
+    pub fn position_of_section(&self, id: &str) -> String {
+        let line = self.section(id).map(|s| s.line).unwrap_or(1);
+        format!("{}:{}:1", self.file.display(), line)
+    }
+
+    fn at_section(&self, id: &str, context: Option<String>, message: String) -> ConfigError {
+        let line = self.section(id).map(|s| s.line).unwrap_or(1);
+        ConfigError { file: self.file.clone(), line, column: 1, context, message }
+    }
+
+    fn at_key(&self, id: &str, key: &str, context: Option<String>, message: String) -> ConfigError {
+        if let Some(sec) = self.section(id) {
+            if let Some((_, line, col)) = sec.keys.iter().find(|(k, _, _)| k == key) {
+                return ConfigError { file: self.file.clone(), line: *line, column: *col, context, message };
+            }
+        }
+        self.at_section(id, context, message)
+    }
+
+    /// Turns a toml/serde error into a located error naming the job/item it is in.
+    fn from_toml(&self, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim().to_string();
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let (mut line, mut column) = self.line_col(offset);
+        let sec = self.sections.iter().rev().find(|s| s.start <= offset);
+        let mut context = None;
+        if let Some(sec) = sec {
+            context = describe_section(&sec.id, sec.item_name.as_deref());
+            // serde reports an unknown or mistyped field at the enclosing table; point at the key.
+            if let Some(field) = backticked(&message) {
+                if let Some((_, l, c)) = sec.keys.iter().find(|(k, _, _)| *k == field) {
+                    line = *l;
+                    column = *c;
+                }
+            }
+        }
+        ConfigError { file: self.file.clone(), line, column, context, message }
+    }
+}
+
+fn describe_section(id: &str, item_name: Option<&str>) -> Option<String> {
+    let mut parts = id.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("jobs"), Some(job), Some(rest)) if rest.starts_with("items#") => {
+            let n: usize = rest["items#".len()..].parse().unwrap_or(0);
+            Some(match item_name {
+                Some(name) => format!("job {job:?}, item {name:?}"),
+                None => format!("job {job:?}, item #{}", n + 1),
+            })
+        }
+        (Some("jobs"), Some(job), _) => Some(format!("job {job:?}")),
+        (Some("targets"), Some(t), _) => Some(format!("target {t:?}")),
+        (Some("notify"), Some(n), _) => Some(format!("notifier {n:?}")),
+        _ => None,
+    }
+}
+
+/// The first `name` in backticks of a serde message ("unknown field `dirr`, expected ...").
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let end = message[start..].find('`')? + start;
+    Some(&message[start..end])
+}
+
+fn split_dotted(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    for c in s.chars() {
+        match (quote, c) {
+            (None, '"') | (None, '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '.') => out.push(std::mem::take(&mut cur).trim().to_string()),
+            (_, c) => cur.push(c),
+        }
+    }
+    out.push(cur.trim().to_string());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::from_text(Path::new("jobs.toml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn unknown_item_key_points_at_the_key_and_names_job_and_item() {
+        let text = "[jobs.daily]\nschedule = \"0 10 * * *\"\n\n[[jobs.daily.items]]\nname = \"Remind\"\nkind = \"manual\"\nlinkk = \"x\"\n";
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("jobs.toml:7:1: job \"daily\", item \"Remind\": unknown field `linkk`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_positions() {
+        let text = r#"[runbook]
+timezone = "Asia/Kolkatta"
+
+[jobs.daily]
+schedule = "0 25 * * *"
+notify = ["nobody"]
+
+[[jobs.daily.items]]
+name = "A"
+kind = "manual"
+
+[[jobs.daily.items]]
+name = "A"
+kind = "manual"
+"#;
+        let e = errors(text);
+        assert_eq!(e.len(), 4, "{e:#?}");
+        assert!(e[0].starts_with("jobs.toml:2:1: unknown time zone \"Asia/Kolkatta\""), "{}", e[0]);
+        assert!(e[1].starts_with("jobs.toml:5:1: job \"daily\": "), "{}", e[1]);
+        assert!(e[2].starts_with("jobs.toml:6:1: job \"daily\": unknown notifier \"nobody\""), "{}", e[2]);
+        assert!(e[3].starts_with("jobs.toml:13:1: job \"daily\", item \"A\": duplicate item name"), "{}", e[3]);
+    }
+
+    #[test]
+    fn wrong_type_names_the_job() {
+        let e = errors("[jobs.daily]\ntimeout = 30\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("jobs.toml:2:"), "{}", e[0]);
+        assert!(e[0].contains("job \"daily\""), "{}", e[0]);
+    }
+}

@@ -1,0 +1,223 @@
+//! `command`: runs a program (argv, no shell) and passes when it exits with an allowed code.
+//!
+//! The program runs in its own process group. On timeout or cancellation the whole group gets
+//! SIGTERM, then SIGKILL 5 s later, so a script's children do not outlive it. After the program
+//! exits, anything it left running in its group is killed too (a leftover holding our pipes
+//! would otherwise stall the run). `NOTIFY_SOCKET` is removed from its environment so a child
+//! cannot talk to systemd in our name.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use super::{ItemCtx, Outcome, Prepare};
+
+/// Options of `kind = "command"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Program and arguments. Run directly, never through a shell.
+    pub argv: Vec<String>,
+    /// Working folder. Default: the config file's folder.
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How many of the last output lines (stdout and stderr) go into the report. Default 20.
+    #[serde(default = "default_output_lines")]
+    pub output_lines: usize,
+    /// True when the command changes nothing: it then also runs under `--dry-run`.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Exit codes that count as success. Default `[0]`.
+    #[serde(default = "default_ok_codes")]
+    pub ok_codes: Vec<i32>,
+}
+
+fn default_output_lines() -> usize {
+    20
+}
+fn default_ok_codes() -> Vec<i32> {
+    vec![0]
+}
+
+/// Quotes one argument for display (the plan and the report), the way a shell user reads it.
+pub fn display_arg(a: &str) -> String {
+    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+/// Kills the process group when dropped (the runner's backstop if the item future is dropped).
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Command {
+    pub fn prepare(&mut self, p: &mut Prepare) {
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            p.error("argv", "argv must name a program: argv = [\"/path/to/program\", \"arg\"]");
+        }
+        if let Some(cwd) = &self.cwd {
+            let dir = p.path(cwd);
+            if !dir.is_dir() {
+                p.warning(format!("cwd {} does not exist (yet)", dir.display()));
+            }
+        }
+        if self.ok_codes.is_empty() {
+            p.error("ok_codes", "ok_codes must list at least one exit code");
+        }
+    }
+
+    fn command_line(&self) -> String {
+        self.argv.iter().map(|a| display_arg(a)).collect::<Vec<_>>().join(" ")
+    }
+
+    pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
+        let line = self.command_line();
+        let cwd = self.cwd.as_deref().map(|c| ctx.path(c)).unwrap_or_else(|| ctx.config_dir.clone());
+        if ctx.dry_run && !self.read_only {
+            return Outcome::skipped(format!("dry run: would run `{line}`"))
+                .detail(format!("command: {line}"))
+                .detail(format!("cwd: {}", cwd.display()))
+                .with_data(serde_json::json!({ "argv": self.argv, "cwd": cwd, "planned": true }));
+        }
+        let program = if self.argv[0].contains('/') { ctx.path(std::path::Path::new(&self.argv[0])) } else { PathBuf::from(&self.argv[0]) };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&self.argv[1..])
+            .current_dir(&cwd)
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUNBOOK_JOB", &ctx.job)
+            .env("RUNBOOK_RUN_ID", &ctx.run_id)
+            .env("RUNBOOK_TRIGGER", ctx.trigger.as_str())
+            .env("RUNBOOK_SCHEDULED_FOR", ctx.scheduled_for.as_deref().unwrap_or(""))
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::fail(format!("cannot start `{}`: {e}", self.argv[0]))
+                    .detail(format!("command: {line}"))
+                    .detail(format!("cwd: {}", cwd.display()));
+            }
+        };
+        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        let mut guard = GroupGuard(pgid);
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(self.output_lines + 1)));
+        let readers = [
+            tokio::spawn(collect(child.stdout.take(), tail.clone(), self.output_lines)),
+            tokio::spawn(collect(child.stderr.take(), tail.clone(), self.output_lines)),
+        ];
+
+        enum End {
+            Exited(std::io::Result<std::process::ExitStatus>),
+            TimedOut,
+            Cancelled,
+        }
+        let end = tokio::select! {
+            biased;
+            r = child.wait() => End::Exited(r),
+            _ = tokio::time::sleep_until(ctx.deadline) => End::TimedOut,
+            _ = ctx.cancel.cancelled() => End::Cancelled,
+        };
+        let timed_out = matches!(end, End::TimedOut);
+        let status = match end {
+            End::Exited(r) => Some(r),
+            End::TimedOut | End::Cancelled => {
+                if let Some(pg) = pgid {
+                    let _ = killpg(pg, Signal::SIGTERM);
+                }
+                if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                    if let Some(pg) = pgid {
+                        let _ = killpg(pg, Signal::SIGKILL);
+                    }
+                    let _ = child.wait().await;
+                }
+                None
+            }
+        };
+        // Whatever the program left in its group would hold our pipes open: give output a moment
+        // to drain, then end the group.
+        for r in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+        }
+        if let Some(pg) = guard.0.take() {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        let elapsed = started.elapsed();
+        let output: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+        let mut details = vec![format!("command: {line}")];
+        if !output.is_empty() {
+            details.push(format!("last {} line{} of output:", output.len(), if output.len() == 1 { "" } else { "s" }));
+            details.extend(output.iter().map(|l| format!("  {l}")));
+        }
+        let secs = format!("{:.1}s", elapsed.as_secs_f64());
+        match status {
+            None if !timed_out => Outcome::fail(format!("interrupted after {secs}; process group killed"))
+                .with_details(details)
+                .with_data(serde_json::json!({ "argv": self.argv, "exit_code": null, "interrupted": true, "output": output })),
+            None => Outcome::fail(format!("timed out after {secs}; process group killed"))
+                .with_details(details)
+                .with_data(serde_json::json!({ "argv": self.argv, "exit_code": null, "timed_out": true, "output": output })),
+            Some(Err(e)) => Outcome::fail(format!("waiting for `{}` failed: {e}", self.argv[0])).with_details(details),
+            Some(Ok(st)) => {
+                use std::os::unix::process::ExitStatusExt;
+                let data = serde_json::json!({ "argv": self.argv, "exit_code": st.code(), "signal": st.signal(), "seconds": elapsed.as_secs_f64(), "output": output });
+                match st.code() {
+                    Some(code) if self.ok_codes.contains(&code) => {
+                        let last = output.last().map(|l| format!(": {}", truncate(l, 120))).unwrap_or_default();
+                        Outcome::pass(format!("exit {code} in {secs}{last}")).with_details(details).with_data(data)
+                    }
+                    Some(code) => Outcome::fail(format!("exit {code} in {secs}")).with_details(details).with_data(data),
+                    None => Outcome::fail(format!("killed by signal {} after {secs}", st.signal().unwrap_or(0))).with_details(details).with_data(data),
+                }
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n).collect::<String>()) }
+}
+
+async fn collect(stream: Option<impl AsyncRead + Unpin>, tail: Arc<Mutex<VecDeque<String>>>, keep: usize) {
+    let Some(stream) = stream else { return };
+    let mut lines = BufReader::new(stream).split(b'\n');
+    loop {
+        match lines.next_segment().await {
+            Ok(Some(bytes)) => {
+                let line = String::from_utf8_lossy(&bytes).trim_end_matches('\r').to_string();
+                if keep == 0 {
+                    continue;
+                }
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == keep {
+                        t.pop_front();
+                    }
+                    t.push_back(truncate(&line, 500));
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+}

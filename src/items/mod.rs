@@ -1,0 +1,368 @@
+//! Item kinds: what one checklist line does.
+//!
+//! Kinds are a closed enum ([`ItemSpec`], `#[serde(tag = "kind")]`) with `match` dispatch. Adding
+//! a kind is adding a module with an options struct (`deny_unknown_fields`, doc comment on every
+//! field), `prepare` (load-time checks), and `run` (returns an [`Outcome`]).
+//!
+//! Invariant: **a failed check is a value, not an error.** `run` never returns `Err`: whatever
+//! goes wrong (connection refused, file missing, timeout) becomes `fail` with the reason. Panics
+//! and timeouts are turned into `fail` by the runner.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::pg::Target;
+use crate::store::Store;
+
+pub mod alertmanager;
+pub mod backup;
+pub mod command;
+pub mod create_indexes;
+pub mod http;
+pub mod key_rotation;
+pub mod log_scan;
+pub mod manual;
+pub mod prometheus;
+pub mod reindex;
+pub mod restore_drill;
+pub mod slow_queries;
+pub mod sql;
+pub mod system;
+pub mod tls_cert;
+pub mod vacuum;
+
+/// The status of one item, and of a run (the worst of its items).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    /// A checklist line for a person: shown unchecked.
+    Manual,
+    /// Not run (dry run, or excluded); the plan is in the details.
+    Skipped,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    /// Severity for "worst first" and for the run status: manual and skipped count as pass.
+    pub fn severity(self) -> u8 {
+        match self {
+            Status::Pass | Status::Manual | Status::Skipped => 0,
+            Status::Warn => 1,
+            Status::Fail => 2,
+        }
+    }
+
+    /// The four-letter tag of the text report.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skipped => "SKIP",
+            Status::Manual => "TODO",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+            Status::Skipped => "skipped",
+            Status::Manual => "manual",
+        }
+    }
+}
+
+/// What one item found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: Status,
+    /// One line.
+    pub summary: String,
+    /// Lines a person reads (the evidence).
+    pub details: Vec<String>,
+    /// Machine-readable facts for this kind (an object).
+    pub data: serde_json::Value,
+}
+
+impl Outcome {
+    pub fn new(status: Status, summary: impl Into<String>) -> Outcome {
+        Outcome { status, summary: summary.into(), details: Vec::new(), data: serde_json::json!({}) }
+    }
+    pub fn pass(summary: impl Into<String>) -> Outcome {
+        Outcome::new(Status::Pass, summary)
+    }
+    pub fn warn(summary: impl Into<String>) -> Outcome {
+        Outcome::new(Status::Warn, summary)
+    }
+    pub fn fail(summary: impl Into<String>) -> Outcome {
+        Outcome::new(Status::Fail, summary)
+    }
+    pub fn skipped(summary: impl Into<String>) -> Outcome {
+        Outcome::new(Status::Skipped, summary)
+    }
+    pub fn manual(summary: impl Into<String>) -> Outcome {
+        Outcome::new(Status::Manual, summary)
+    }
+    pub fn with_details(mut self, details: Vec<String>) -> Outcome {
+        self.details = details;
+        self
+    }
+    pub fn detail(mut self, line: impl Into<String>) -> Outcome {
+        self.details.push(line.into());
+        self
+    }
+    pub fn with_data(mut self, data: serde_json::Value) -> Outcome {
+        self.data = data;
+        self
+    }
+    /// Raises the status to `status` if that is worse (never lowers it).
+    pub fn escalate(&mut self, status: Status) {
+        if status.severity() > self.status.severity() {
+            self.status = status;
+        }
+    }
+}
+
+/// How a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Manual,
+    Schedule,
+    CatchUp,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch_up",
+        }
+    }
+}
+
+/// Everything an item may use while it runs. Built by the runner.
+#[derive(Clone)]
+pub struct ItemCtx {
+    pub job: String,
+    pub item: String,
+    pub run_id: String,
+    pub trigger: Trigger,
+    /// The slot this run is for, RFC3339 in the job's zone (None for manual runs).
+    pub scheduled_for: Option<String>,
+    /// The job's zone, for display.
+    pub tz: Tz,
+    /// `--dry-run`: state-changing items report their plan and return `skipped`.
+    pub dry_run: bool,
+    /// The config file's folder: relative paths are relative to it.
+    pub config_dir: PathBuf,
+    pub targets: Arc<BTreeMap<String, Target>>,
+    pub store: Store,
+    /// Cancelled when the run must stop (job timeout, daemon shutdown). Items that hold external
+    /// resources (child processes, scratch databases) clean up when it fires.
+    pub cancel: CancellationToken,
+    /// When this run started (UTC).
+    pub started_at: DateTime<Utc>,
+    /// Start of the previous completed run of this job, if any (e.g. `log_scan`'s "since").
+    pub previous_started_at: Option<DateTime<Utc>>,
+    /// This item's deadline (the runner enforces it too; items may use it to stop early).
+    pub deadline: tokio::time::Instant,
+}
+
+impl ItemCtx {
+    /// The target called `name` (validated at load, so it exists).
+    pub fn target(&self, name: &str) -> Result<&Target, String> {
+        self.targets.get(name).ok_or_else(|| format!("unknown target {name:?}"))
+    }
+
+    /// A path from the config, made absolute against the config's folder.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.config_dir.join(p) }
+    }
+}
+
+/// Load-time checks of one item: collects errors (with the key they concern) and warnings.
+pub struct Prepare<'a> {
+    pub config_dir: &'a Path,
+    pub targets: &'a BTreeMap<String, Target>,
+    /// (key, message); the key locates the error in the file.
+    pub errors: Vec<(Option<String>, String)>,
+    pub warnings: Vec<String>,
+}
+
+impl<'a> Prepare<'a> {
+    pub fn new(config_dir: &'a Path, targets: &'a BTreeMap<String, Target>) -> Prepare<'a> {
+        Prepare { config_dir, targets, errors: Vec::new(), warnings: Vec::new() }
+    }
+    pub fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push((Some(key.to_string()), message.into()));
+    }
+    pub fn warning(&mut self, message: impl Into<String>) {
+        self.warnings.push(message.into());
+    }
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.config_dir.join(p) }
+    }
+    /// Resolves a secret, recording an error (naming `key`) when it cannot be read.
+    pub fn secret(&mut self, key: &str, source: &crate::secret::SecretSource) -> Option<crate::secret::Secret> {
+        match crate::secret::Secret::resolve(source, key, self.config_dir) {
+            Ok(s) => {
+                if s.inline {
+                    self.warning(format!("{key} is written inline; prefer {{ env = \"VAR\" }} or {{ file = \"PATH\" }}"));
+                }
+                Some(s)
+            }
+            Err(m) => {
+                self.error(key, m);
+                None
+            }
+        }
+    }
+}
+
+/// One item's kind and options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ItemSpec {
+    Manual(manual::Manual),
+    Command(command::Command),
+    KeyRotation(key_rotation::KeyRotation),
+    Backup(backup::Backup),
+    RestoreDrill(restore_drill::RestoreDrill),
+    Vacuum(vacuum::Vacuum),
+    Reindex(reindex::Reindex),
+    CreateIndexes(create_indexes::CreateIndexes),
+    Sql(sql::Sql),
+    SlowQueries(slow_queries::SlowQueries),
+    Http(http::Http),
+    Alertmanager(alertmanager::Alertmanager),
+    Prometheus(prometheus::Prometheus),
+    TlsCert(tls_cert::TlsCert),
+    System(system::System),
+    LogScan(log_scan::LogScan),
+}
+
+impl ItemSpec {
+    /// The `kind` string, as in the config and the report.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ItemSpec::Manual(_) => "manual",
+            ItemSpec::Command(_) => "command",
+            ItemSpec::KeyRotation(_) => "key_rotation",
+            ItemSpec::Backup(_) => "backup",
+            ItemSpec::RestoreDrill(_) => "restore_drill",
+            ItemSpec::Vacuum(_) => "vacuum",
+            ItemSpec::Reindex(_) => "reindex",
+            ItemSpec::CreateIndexes(_) => "create_indexes",
+            ItemSpec::Sql(_) => "sql",
+            ItemSpec::SlowQueries(_) => "slow_queries",
+            ItemSpec::Http(_) => "http",
+            ItemSpec::Alertmanager(_) => "alertmanager",
+            ItemSpec::Prometheus(_) => "prometheus",
+            ItemSpec::TlsCert(_) => "tls_cert",
+            ItemSpec::System(_) => "system",
+            ItemSpec::LogScan(_) => "log_scan",
+        }
+    }
+
+    /// The database target this item uses, if any.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            ItemSpec::RestoreDrill(o) => Some(&o.target),
+            ItemSpec::Vacuum(o) => Some(&o.target),
+            ItemSpec::Reindex(o) => Some(&o.target),
+            ItemSpec::CreateIndexes(o) => Some(&o.target),
+            ItemSpec::Sql(o) => Some(&o.target),
+            ItemSpec::SlowQueries(o) => Some(&o.target),
+            _ => None,
+        }
+    }
+
+    /// True when the item changes state: `--dry-run` only plans it, and items that change the
+    /// same target run one after another.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            ItemSpec::RestoreDrill(_) | ItemSpec::Vacuum(_) | ItemSpec::Reindex(_) | ItemSpec::CreateIndexes(_) => true,
+            ItemSpec::Command(c) => !c.read_only,
+            _ => false,
+        }
+    }
+
+    /// The default timeout of this kind when the item sets none (the job's timeout caps it).
+    pub fn default_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            ItemSpec::Command(_) => Some(std::time::Duration::from_secs(600)),
+            ItemSpec::Http(_) | ItemSpec::Alertmanager(_) | ItemSpec::Prometheus(_) | ItemSpec::TlsCert(_) => {
+                Some(std::time::Duration::from_secs(60))
+            }
+            _ => None,
+        }
+    }
+
+    /// Load-time checks and secret resolution.
+    pub fn prepare(&mut self, p: &mut Prepare) {
+        match self {
+            ItemSpec::Manual(o) => o.prepare(p),
+            ItemSpec::Command(o) => o.prepare(p),
+            ItemSpec::KeyRotation(o) => o.prepare(p),
+            ItemSpec::Backup(o) => o.prepare(p),
+            ItemSpec::RestoreDrill(o) => o.prepare(p),
+            ItemSpec::Vacuum(o) => o.prepare(p),
+            ItemSpec::Reindex(o) => o.prepare(p),
+            ItemSpec::CreateIndexes(o) => o.prepare(p),
+            ItemSpec::Sql(o) => o.prepare(p),
+            ItemSpec::SlowQueries(o) => o.prepare(p),
+            ItemSpec::Http(o) => o.prepare(p),
+            ItemSpec::Alertmanager(o) => o.prepare(p),
+            ItemSpec::Prometheus(o) => o.prepare(p),
+            ItemSpec::TlsCert(o) => o.prepare(p),
+            ItemSpec::System(o) => o.prepare(p),
+            ItemSpec::LogScan(o) => o.prepare(p),
+        }
+    }
+
+    /// Runs the item. Never fails: problems are `fail` outcomes.
+    pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
+        match self {
+            ItemSpec::Manual(o) => o.run(ctx).await,
+            ItemSpec::Command(o) => o.run(ctx).await,
+            ItemSpec::KeyRotation(o) => o.run(ctx).await,
+            ItemSpec::Backup(o) => o.run(ctx).await,
+            ItemSpec::RestoreDrill(o) => o.run(ctx).await,
+            ItemSpec::Vacuum(o) => o.run(ctx).await,
+            ItemSpec::Reindex(o) => o.run(ctx).await,
+            ItemSpec::CreateIndexes(o) => o.run(ctx).await,
+            ItemSpec::Sql(o) => o.run(ctx).await,
+            ItemSpec::SlowQueries(o) => o.run(ctx).await,
+            ItemSpec::Http(o) => o.run(ctx).await,
+            ItemSpec::Alertmanager(o) => o.run(ctx).await,
+            ItemSpec::Prometheus(o) => o.run(ctx).await,
+            ItemSpec::TlsCert(o) => o.run(ctx).await,
+            ItemSpec::System(o) => o.run(ctx).await,
+            ItemSpec::LogScan(o) => o.run(ctx).await,
+        }
+    }
+}
+
+/// A `{ name, ... }` check used by `restore_drill` (and reusable): a query returning one row
+/// and an assertion on its first column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlCheck {
+    pub name: String,
+    pub query: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub expect: Option<bool>,
+}

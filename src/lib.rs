@@ -1,0 +1,36 @@
+//! `runbook` turns an operations runbook's recurring checklists into scheduled, verified work.
+//!
+//! # Layout
+//!
+//! The modules follow the data's way through the program:
+//!
+//! - [`config`]: `jobs.toml` → validated, typed configuration. Everything that can be checked is
+//!   checked here, with file:line:column, so nothing surprises us at 3 a.m.
+//! - [`secret`]: secrets given inline, by environment variable or by file; never printed.
+//! - [`schedule`]: pure functions of (cron, zone, last slot, now): when a job fires next and which
+//!   slots were missed. The only module besides `scheduler` that knows zones and wall clocks.
+//! - [`scheduler`]: the daemon's loop (sleep until the next slot, fire, catch up, reload).
+//! - [`runner`]: one run of one job: lock, items in parallel under timeouts, report, store, notify.
+//! - [`items`]: one module per item kind; each turns its options into an [`items::Outcome`].
+//! - [`report`]: the report model and its pure renderers (text, HTML, JSON, Slack).
+//! - [`notify`]: delivery of reports (file, email, Slack, heartbeat), fed by the outbox.
+//! - [`store`]: the state on disk (SQLite): runs, locks, slots, outbox, scan offsets.
+//! - [`pg`]: connections to PostgreSQL targets (TLS, timeouts, session settings).
+//! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `demo`, the tests and the benchmarks.
+//! - [`demo`]: the zero-setup tour.
+//! - [`cli`]: the command line (a contract: see SPEC section 1).
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod items;
+pub mod notify;
+pub mod pg;
+pub mod pgcluster;
+pub mod report;
+pub mod runner;
+pub mod schedule;
+pub mod scheduler;
+pub mod secret;
+pub mod store;
+pub mod units;

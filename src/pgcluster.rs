@@ -1,0 +1,179 @@
+//! A throwaway PostgreSQL cluster in a temporary folder, for `demo`, the tests and the
+//! benchmarks.
+//!
+//! PostgreSQL refuses to run as root, so when we are root the server runs as the `postgres`
+//! user (`runuser -u postgres`), and the folder is handed to that user. The server listens on a
+//! free loopback port and a socket in the folder, with `trust` authentication (it is ours and
+//! lives only as long as this value). Dropping the value stops the server (`pg_ctl stop -m
+//! immediate`) and removes the folder, so nothing leaks even when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// A running throwaway cluster.
+pub struct TempCluster {
+    /// Holds the temporary folder (removed on drop).
+    dir: Option<tempfile::TempDir>,
+    /// The data directory.
+    pub data: PathBuf,
+    pub port: u16,
+    /// Folder of the server binaries (initdb, pg_ctl, pg_dump, ...).
+    pub bin: PathBuf,
+    /// The OS user the server runs as (`postgres` when we are root).
+    run_as: Option<String>,
+    /// The database superuser name.
+    pub superuser: String,
+    stopped: bool,
+}
+
+/// Finds the folder with `initdb` and `pg_ctl`: `$PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin`, else `$PATH`.
+pub fn find_bin_dir() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PG_BIN") {
+        let p = PathBuf::from(p);
+        if p.join("initdb").exists() {
+            return Ok(p);
+        }
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    candidates.sort();
+    if let Some((_, bin)) = candidates.pop() {
+        return Ok(bin);
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
+            return Ok(dir);
+        }
+    }
+    bail!("PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install postgresql) or set PG_BIN")
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl TempCluster {
+    /// initdb + start. Takes a few seconds.
+    pub fn start() -> Result<TempCluster> {
+        let bin = find_bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("runbook-pg-").tempdir().context("cannot create a temporary folder")?;
+        let root = nix::unistd::Uid::effective().is_root();
+        let run_as = if root { Some("postgres".to_string()) } else { None };
+        if let Some(user) = &run_as {
+            let u = nix::unistd::User::from_name(user)?.with_context(|| format!("we are root and PostgreSQL refuses root, but there is no `{user}` user to run it as"))?;
+            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid))?;
+        }
+        let data = dir.path().join("data");
+        let superuser = "postgres".to_string();
+        let port = free_port()?;
+        let c = TempCluster { dir: Some(dir), data, port, bin, run_as, superuser, stopped: false };
+        c.run(&c.tool("initdb"), &["-D", c.data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C"])
+            .context("initdb failed")?;
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\nmax_connections = 100\nshared_preload_libraries = 'pg_stat_statements'\nlogging_collector = off\n",
+            port,
+            c.socket_dir().display()
+        );
+        let conf_path = c.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text).context("cannot write postgresql.conf")?;
+        let log = c.dir_path().join("server.log");
+        c.run(&c.tool("pg_ctl"), &["-D", c.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]).with_context(|| {
+            format!("pg_ctl start failed; server log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+        })?;
+        Ok(c)
+    }
+
+    fn dir_path(&self) -> &Path {
+        self.dir.as_ref().expect("dir lives until drop").path()
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.dir_path().to_path_buf()
+    }
+
+    /// Path of a server binary (pg_dump, pg_restore, psql, ...).
+    pub fn tool(&self, name: &str) -> PathBuf {
+        let p = self.bin.join(name);
+        if p.exists() { p } else { PathBuf::from(name) }
+    }
+
+    fn run(&self, program: &Path, args: &[&str]) -> Result<String> {
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(user).arg("--").arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let out = cmd.args(args).current_dir("/").stdin(Stdio::null()).output().with_context(|| format!("cannot run {}", program.display()))?;
+        if !out.status.success() {
+            bail!("{} {:?} failed: {}{}", program.display(), args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/DB`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{}@127.0.0.1:{}/{}", self.superuser, self.port, db)
+    }
+
+    /// Runs SQL through psql against `db` (ON_ERROR_STOP), with `-v` variables.
+    pub fn psql(&self, db: &str, sql: &str, vars: &[(&str, &str)]) -> Result<String> {
+        let mut cmd = Command::new(self.tool("psql"));
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", &self.superuser, "-d", db, "-At"]);
+        for (k, v) in vars {
+            cmd.arg("-v").arg(format!("{k}={v}"));
+        }
+        let out = cmd.arg("-f").arg("-").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot run psql")?;
+        let mut child = out;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("piped");
+            stdin.write_all(sql.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Creates a database.
+    pub fn create_db(&self, name: &str) -> Result<()> {
+        self.psql("postgres", &format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")), &[]).map(|_| ())
+    }
+
+    /// Stops the server and removes the folder now (also done on drop).
+    pub fn stop(&mut self) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        let r = self.run(&self.tool("pg_ctl"), &["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "-t", "30", "stop"]);
+        if let Some(d) = self.dir.take() {
+            let _ = d.close();
+        }
+        r.map(|_| ())
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

@@ -1,0 +1,307 @@
+//! One run of one job: lock, items in parallel under timeouts, report, store, notify.
+//!
+//! Items of a job run concurrently, at most `max_parallel_items` at once. Items that change the
+//! same target (VACUUM, REINDEX CONCURRENTLY, index builds, restore drills) are chained in file
+//! order: they would only block each other. Each item runs in its own task, so a panic is caught
+//! and becomes `fail`; each has a deadline (its `timeout`, capped by the job's), after which its
+//! cancellation token fires (a `command` kills its process group) and, after a short grace, the
+//! task is aborted. A run always ends in a report, stored before any delivery is attempted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Job};
+use crate::items::{ItemCtx, Outcome, Status, Trigger};
+use crate::report::{Change, Counts, ItemReport, Report};
+use crate::store::{Lock, Store};
+
+/// How long an item may take to clean up after its deadline or cancellation before its task is
+/// aborted (a `command` sends SIGTERM, waits 5 s, then SIGKILL).
+const CLEANUP_GRACE: Duration = Duration::from_secs(7);
+
+/// How a run is asked for.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub trigger: Trigger,
+    /// The slot (scheduled runs).
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// Only these items (`--item`); empty: all.
+    pub only_items: Vec<String>,
+    pub dry_run: bool,
+    /// Deliver notifications (false: `--no-notify`).
+    pub notify: bool,
+    /// Slots missed before this run (listed in the report).
+    pub missed: Vec<DateTime<Utc>>,
+    /// Cancelled when the run must stop (daemon shutdown).
+    pub cancel: CancellationToken,
+}
+
+impl RunOptions {
+    pub fn manual() -> RunOptions {
+        RunOptions {
+            trigger: Trigger::Manual,
+            scheduled_for: None,
+            only_items: vec![],
+            dry_run: false,
+            notify: true,
+            missed: vec![],
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// Why a run did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("job {job:?} is already running (run {run_id}, process {pid} on {host}, since {since}); nothing ran")]
+    Locked { job: String, run_id: String, pid: i64, host: String, since: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Infra(#[from] anyhow::Error),
+}
+
+/// Runs `job` now and returns its stored report.
+pub async fn run_job(config: &Config, store: &Store, job: &Job, opts: RunOptions) -> Result<Report, RunError> {
+    for name in &opts.only_items {
+        if !job.config.items.iter().any(|i| &i.name == name) {
+            let known: Vec<&str> = job.config.items.iter().map(|i| i.name.as_str()).collect();
+            return Err(RunError::Usage(format!("job {:?} has no item {name:?} (items: {})", job.name, known.join(", "))));
+        }
+    }
+    let run_id = ulid::Ulid::new().to_string();
+    match store.try_lock(&job.name, &run_id)? {
+        Lock::Held { run_id, pid, host, since } => {
+            return Err(RunError::Locked { job: job.name.clone(), run_id, pid, host, since });
+        }
+        Lock::Acquired { stale_taken_over } => {
+            if let Some(msg) = stale_taken_over {
+                tracing::warn!(job = %job.name, "{msg}");
+            }
+        }
+    }
+    let result = run_locked(config, store, job, &opts, &run_id).await;
+    if let Err(e) = store.unlock(&job.name, &run_id) {
+        tracing::error!(job = %job.name, "cannot release the job lock: {e:#}");
+    }
+    let mut report = result?;
+    if opts.notify {
+        crate::notify::dispatch(config, store, job, &mut report).await;
+    }
+    Ok(report)
+}
+
+async fn run_locked(config: &Config, store: &Store, job: &Job, opts: &RunOptions, run_id: &str) -> Result<Report, RunError> {
+    let previous = store.last_report(&job.name)?;
+    let started = Utc::now();
+    let scheduled_local = opts.scheduled_for.map(|s| s.with_timezone(&job.tz).fixed_offset());
+    store.insert_run(run_id, &job.name, opts.trigger.as_str(), scheduled_local.map(|s| s.to_rfc3339()).as_deref(), &started)?;
+    if opts.notify && !opts.dry_run {
+        crate::notify::run_started(config, job).await;
+    }
+    tracing::info!(job = %job.name, run_id, trigger = opts.trigger.as_str(), "run started");
+
+    let selected: Vec<usize> = (0..job.config.items.len())
+        .filter(|&i| opts.only_items.is_empty() || opts.only_items.contains(&job.config.items[i].name))
+        .collect();
+    let base_ctx = ItemCtx {
+        job: job.name.clone(),
+        item: String::new(),
+        run_id: run_id.to_string(),
+        trigger: opts.trigger,
+        scheduled_for: scheduled_local.map(|s| s.to_rfc3339()),
+        tz: job.tz,
+        dry_run: opts.dry_run,
+        config_dir: config.dir.clone(),
+        targets: config.targets.clone(),
+        store: store.clone(),
+        cancel: opts.cancel.clone(),
+        started_at: started,
+        previous_started_at: previous.as_ref().map(|p| p.started_at.with_timezone(&Utc)),
+        deadline: Instant::now(),
+    };
+    let outcomes = execute(job, &selected, base_ctx, config.runbook.max_parallel_items).await;
+
+    let finished = Utc::now();
+    let tz = job.tz;
+    let local = |t: DateTime<Utc>| t.with_timezone(&tz).fixed_offset();
+    let items = selected
+        .iter()
+        .zip(outcomes)
+        .map(|(&i, (outcome, ms))| {
+            let item = &job.config.items[i];
+            ItemReport {
+                name: item.name.clone(),
+                kind: item.spec.kind().to_string(),
+                status: outcome.status,
+                summary: outcome.summary,
+                details: outcome.details,
+                data: outcome.data,
+                duration_ms: ms,
+                change: Change::Same,
+            }
+        })
+        .collect();
+    let mut report = Report {
+        run_id: run_id.to_string(),
+        job: job.name.clone(),
+        description: job.config.description.clone(),
+        trigger: opts.trigger,
+        scheduled_for: scheduled_local,
+        started_at: local(started),
+        finished_at: local(finished),
+        duration_ms: (finished - started).num_milliseconds().max(0) as u64,
+        host: config.hostname.clone(),
+        timezone: job.tz.name().to_string(),
+        status: Status::Pass,
+        counts: Counts::default(),
+        dry_run: opts.dry_run,
+        items,
+        missed: opts.missed.iter().map(|m| local(*m).to_rfc3339()).collect(),
+        notifications: vec![],
+    };
+    report.finish_status();
+    report.compare_with(previous.as_ref());
+    store.finish_run(&report)?;
+    tracing::info!(job = %job.name, run_id, status = report.status.as_str(), duration_ms = report.duration_ms, "run finished");
+    Ok(report)
+}
+
+/// Runs the selected items; returns (outcome, duration in ms) in the order of `selected`.
+async fn execute(job: &Job, selected: &[usize], base: ItemCtx, default_parallel: usize) -> Vec<(Outcome, u64)> {
+    let parallel = job.config.max_parallel_items.unwrap_or(default_parallel).max(1);
+    let semaphore = Arc::new(Semaphore::new(parallel));
+    let job_deadline = Instant::now() + job.config.timeout.0;
+    let job_timeout = job.config.timeout;
+
+    // Lanes: items changing the same target share one lane and run in file order.
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    let mut lane_of_target: std::collections::HashMap<String, usize> = Default::default();
+    for (pos, &i) in selected.iter().enumerate() {
+        let spec = &job.config.items[i].spec;
+        match spec.target().filter(|_| spec.changes_state()) {
+            Some(t) => match lane_of_target.get(t) {
+                Some(&lane) => lanes[lane].push(pos),
+                None => {
+                    lane_of_target.insert(t.to_string(), lanes.len());
+                    lanes.push(vec![pos]);
+                }
+            },
+            None => lanes.push(vec![pos]),
+        }
+    }
+
+    let mut tasks = Vec::new();
+    for lane in lanes {
+        let semaphore = semaphore.clone();
+        let items: Vec<(usize, crate::config::ItemConfig)> = lane.iter().map(|&pos| (pos, job.config.items[selected[pos]].clone())).collect();
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for (pos, item) in items {
+                let _permit = tokio::select! {
+                    p = semaphore.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                    _ = tokio::time::sleep_until(job_deadline) => {
+                        results.push((pos, (Outcome::fail(format!("not started: the job's timeout ({job_timeout}) was reached")), 0)));
+                        continue;
+                    }
+                };
+                if Instant::now() >= job_deadline {
+                    results.push((pos, (Outcome::fail(format!("not started: the job's timeout ({job_timeout}) was reached")), 0)));
+                    continue;
+                }
+                if base.cancel.is_cancelled() {
+                    results.push((pos, (Outcome::fail("interrupted: not started (shutting down)"), 0)));
+                    continue;
+                }
+                results.push((pos, run_item(&item, &base, job_deadline, job_timeout).await));
+            }
+            results
+        }));
+    }
+    let mut out: Vec<Option<(Outcome, u64)>> = vec![None; selected.len()];
+    for t in tasks {
+        match t.await {
+            Ok(results) => {
+                for (pos, r) in results {
+                    out[pos] = Some(r);
+                }
+            }
+            Err(e) => tracing::error!("an item lane failed: {e}"),
+        }
+    }
+    out.into_iter().map(|o| o.unwrap_or_else(|| (Outcome::fail("internal error: the item's result was lost"), 0))).collect()
+}
+
+async fn run_item(item: &crate::config::ItemConfig, base: &ItemCtx, job_deadline: Instant, job_timeout: crate::units::Dur) -> (Outcome, u64) {
+    let started = Instant::now();
+    let limit = item.timeout.map(|t| t.0).or_else(|| item.spec.default_timeout());
+    let (deadline, limit_text) = match limit {
+        Some(l) if started + l < job_deadline => (started + l, format!("its timeout ({})", crate::units::Dur(l))),
+        _ => (job_deadline, format!("the job's timeout ({job_timeout})")),
+    };
+    let item_cancel = base.cancel.child_token();
+    let mut ctx = base.clone();
+    ctx.item = item.name.clone();
+    ctx.cancel = item_cancel.clone();
+    ctx.deadline = deadline;
+    let spec = item.spec.clone();
+    let mut handle = tokio::spawn(async move { spec.run(&ctx).await });
+
+    let run_cancel = base.cancel.clone();
+    let outcome = tokio::select! {
+        joined = &mut handle => joined_outcome(joined),
+        interrupted = async {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => false,
+                _ = run_cancel.cancelled() => true,
+            }
+        } => {
+            item_cancel.cancel();
+            match tokio::time::timeout(CLEANUP_GRACE, &mut handle).await {
+                Ok(joined) => {
+                    let mut o = joined_outcome(joined);
+                    if interrupted {
+                        o.escalate(Status::Fail);
+                        if !o.summary.starts_with("interrupted") {
+                            o.summary = format!("interrupted (shutting down): {}", o.summary);
+                        }
+                    } else if o.status != Status::Fail {
+                        o = Outcome::fail(format!("timed out after {limit_text}")).with_details(o.details);
+                    }
+                    o
+                }
+                Err(_) => {
+                    handle.abort();
+                    if interrupted {
+                        Outcome::fail("interrupted (shutting down)")
+                    } else {
+                        Outcome::fail(format!("timed out after {}s: {limit_text} was reached", deadline.duration_since(started).as_secs()))
+                    }
+                }
+            }
+        }
+    };
+    (outcome, started.elapsed().as_millis() as u64)
+}
+
+fn joined_outcome(joined: Result<Outcome, tokio::task::JoinError>) -> Outcome {
+    match joined {
+        Ok(o) => o,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Outcome::fail(format!("internal error: the check panicked: {msg}"))
+        }
+        Err(_) => Outcome::fail("interrupted: the check was cancelled"),
+    }
+}
