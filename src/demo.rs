@@ -52,27 +52,60 @@ async fn tour(keep: bool) -> Result<()> {
     let cluster = tokio::task::spawn_blocking(TempCluster::start).await??;
     let work = tempfile::Builder::new().prefix("runbook-demo-").tempdir()?;
     let root = work.path().to_path_buf();
-    say(format!("cluster listening on 127.0.0.1:{} (binaries from {})", cluster.port, cluster.bin.display()));
+    say(format!(
+        "cluster listening on 127.0.0.1:{} (binaries from {})",
+        cluster.port,
+        cluster.bin.display()
+    ));
 
-    say("loading the trading database (orders, positions, transactions, 20 reference tables, with churn)");
+    say(
+        "loading the trading database (orders, positions, transactions, 20 reference tables, with churn)",
+    );
     cluster.create_db("trademaster_trading")?;
     cluster.psql("trademaster_trading", FIXTURE, &[])?;
 
     let backups = root.join("backups/full");
     std::fs::create_dir_all(&backups)?;
-    let dump = backups.join(format!("trademaster_trading-{}.dump", chrono::Utc::now().format("%Y%m%d-%H%M")));
-    say(format!("writing a real backup with pg_dump -Fc: {}", dump.display()));
+    let dump = backups.join(format!(
+        "trademaster_trading-{}.dump",
+        chrono::Utc::now().format("%Y%m%d-%H%M")
+    ));
+    say(format!(
+        "writing a real backup with pg_dump -Fc: {}",
+        dump.display()
+    ));
     let out = std::process::Command::new(cluster.tool("pg_dump"))
-        .args(["-Fc", "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres", "-d", "trademaster_trading", "-f"])
+        .args([
+            "-Fc",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "trademaster_trading",
+            "-f",
+        ])
         .arg(&dump)
         .output()
         .context("cannot run pg_dump")?;
-    anyhow::ensure!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     write_sha256_sidecar(&dump)?;
     // The backup was "finished" a few minutes ago: older than the backup item's settle time.
     let past = std::time::SystemTime::now() - std::time::Duration::from_secs(300);
-    for f in [dump.clone(), PathBuf::from(format!("{}.sha256", dump.display()))] {
-        std::fs::File::options().write(true).open(&f)?.set_modified(past)?;
+    for f in [
+        dump.clone(),
+        PathBuf::from(format!("{}.sha256", dump.display())),
+    ] {
+        std::fs::File::options()
+            .write(true)
+            .open(&f)?
+            .set_modified(past)?;
     }
 
     let logs = root.join("logs");
@@ -84,7 +117,10 @@ async fn tour(keep: bool) -> Result<()> {
          2026-11-24 09:58:05 ERROR BrokerClient - timeout calling Zerodha after 3000 ms (order 1851)\n\
          2026-11-24 09:59:00 INFO  OrderService - order 1852 filled\n",
     )?;
-    std::fs::write(logs.join("postgresql-15-main.log"), "2026-11-24 04:00:00 UTC [311] LOG:  checkpoint complete\n")?;
+    std::fs::write(
+        logs.join("postgresql-15-main.log"),
+        "2026-11-24 04:00:00 UTC [311] LOG:  checkpoint complete\n",
+    )?;
     let scripts = root.join("scripts/disaster-recovery");
     std::fs::create_dir_all(&scripts)?;
     let dr = scripts.join("test-application-rollback.sh");
@@ -97,19 +133,30 @@ async fn tour(keep: bool) -> Result<()> {
     std::fs::write(root.join("sql/indexes.sql"), INDEXES)?;
 
     let stub = stand_in::start().await?;
-    say(format!("stand-in for the trading service, Prometheus, Alertmanager and Grafana on {stub}"));
+    say(format!(
+        "stand-in for the trading service, Prometheus, Alertmanager and Grafana on {stub}"
+    ));
 
     let config_path = root.join("jobs.toml");
     let text = demo_config(&cluster, &root, &stub)?;
     std::fs::write(&config_path, text)?;
-    let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("the demo configuration is invalid:\n{e}"))?;
+    let config = Config::load(&config_path)
+        .map_err(|e| anyhow::anyhow!("the demo configuration is invalid:\n{e}"))?;
     let store = Store::open(&config.state_dir, &config.hostname)?;
 
     let mut reports = Vec::new();
     for job in ["daily", "weekly", "monthly", "monthly-dr"] {
-        let Some(job) = config.jobs.get(job) else { continue };
-        say(format!("runbook run-job {}   ({} items)", job.name, job.config.items.len()));
-        let report = crate::runner::run_job(&config, &store, job, RunOptions::manual()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let Some(job) = config.jobs.get(job) else {
+            continue;
+        };
+        say(format!(
+            "runbook run-job {}   ({} items)",
+            job.name,
+            job.config.items.len()
+        ));
+        let report = crate::runner::run_job(&config, &store, job, RunOptions::manual())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("{}", crate::report::text::render(&report));
         reports.push(report);
     }
@@ -117,9 +164,18 @@ async fn tour(keep: bool) -> Result<()> {
     let sent = root.join("sent");
     say("summary");
     for r in &reports {
-        println!("  {:<11} {:<5} {}", r.job, r.status.as_str().to_uppercase(), r.counts_phrase());
+        println!(
+            "  {:<11} {:<5} {}",
+            r.job,
+            r.status.as_str().to_uppercase(),
+            r.counts_phrase()
+        );
     }
-    let html_dir = if keep { sent.clone() } else { std::env::temp_dir().join("runbook-demo-reports") };
+    let html_dir = if keep {
+        sent.clone()
+    } else {
+        std::env::temp_dir().join("runbook-demo-reports")
+    };
     if !keep {
         std::fs::create_dir_all(&html_dir)?;
         for e in std::fs::read_dir(&sent)?.flatten() {
@@ -129,7 +185,9 @@ async fn tour(keep: bool) -> Result<()> {
         }
     }
     println!("\nHTML reports (as e-mailed): {}", html_dir.display());
-    println!("Some items fail or warn on purpose: that is what a report looks like when something needs a person.");
+    println!(
+        "Some items fail or warn on purpose: that is what a report looks like when something needs a person."
+    );
     println!("Try next: read README.md, then `runbook check-config` on your own jobs.toml.");
     drop(store);
     drop(cluster);
@@ -147,8 +205,14 @@ fn write_sha256_sidecar(file: &Path) -> Result<()> {
     let mut hasher = Sha256::new();
     let mut f = std::fs::File::open(file)?;
     std::io::copy(&mut f, &mut hasher)?;
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    std::fs::write(format!("{}.sha256", file.display()), format!("{:x}  {name}\n", hasher.finalize()))?;
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    std::fs::write(
+        format!("{}.sha256", file.display()),
+        format!("{:x}  {name}\n", hasher.finalize()),
+    )?;
     Ok(())
 }
 
@@ -159,18 +223,47 @@ fn demo_config(cluster: &TempCluster, root: &Path, stub: &str) -> Result<String>
         .replace("http://localhost:9090", stub)
         .replace("http://localhost:9093", stub)
         .replace("http://localhost:3000", stub)
-        .replace("/var/backups/postgresql/full", &root.join("backups/full").display().to_string())
-        .replace("/var/log/trademaster/trading-service.log", &root.join("logs/trading-service.log").display().to_string())
-        .replace("/var/log/postgresql/postgresql-15-main.log", &root.join("logs/postgresql-15-main.log").display().to_string())
-        .replace("/var/lib/runbook/sent", &root.join("sent").display().to_string());
-    let mut doc: toml::Table = text.parse().context("the shipped jobs.toml does not parse")?;
-    let runbook = doc.entry("runbook").or_insert(toml::Value::Table(Default::default()));
+        .replace(
+            "/var/backups/postgresql/full",
+            &root.join("backups/full").display().to_string(),
+        )
+        .replace(
+            "/var/log/trademaster/trading-service.log",
+            &root.join("logs/trading-service.log").display().to_string(),
+        )
+        .replace(
+            "/var/log/postgresql/postgresql-15-main.log",
+            &root
+                .join("logs/postgresql-15-main.log")
+                .display()
+                .to_string(),
+        )
+        .replace(
+            "/var/lib/runbook/sent",
+            &root.join("sent").display().to_string(),
+        );
+    let mut doc: toml::Table = text
+        .parse()
+        .context("the shipped jobs.toml does not parse")?;
+    let runbook = doc
+        .entry("runbook")
+        .or_insert(toml::Value::Table(Default::default()));
     if let Some(t) = runbook.as_table_mut() {
-        t.insert("state_dir".into(), toml::Value::String(root.join("state").display().to_string()));
+        t.insert(
+            "state_dir".into(),
+            toml::Value::String(root.join("state").display().to_string()),
+        );
         t.insert("hostname".into(), toml::Value::String("demo".into()));
     }
-    if let Some(t) = doc.get_mut("targets").and_then(|t| t.get_mut("trading")).and_then(|t| t.as_table_mut()) {
-        t.insert("url".into(), toml::Value::String(cluster.url("trademaster_trading")));
+    if let Some(t) = doc
+        .get_mut("targets")
+        .and_then(|t| t.get_mut("trading"))
+        .and_then(|t| t.as_table_mut())
+    {
+        t.insert(
+            "url".into(),
+            toml::Value::String(cluster.url("trademaster_trading")),
+        );
         t.remove("password");
         t.insert("sslmode".into(), toml::Value::String("disable".into()));
     }
@@ -180,20 +273,32 @@ fn demo_config(cluster: &TempCluster, root: &Path, stub: &str) -> Result<String>
     }
     if let Some(jobs) = doc.get_mut("jobs").and_then(|j| j.as_table_mut()) {
         for (_, job) in jobs.iter_mut() {
-            let Some(job) = job.as_table_mut() else { continue };
+            let Some(job) = job.as_table_mut() else {
+                continue;
+            };
             job.remove("notify");
-            let Some(items) = job.get_mut("items").and_then(|i| i.as_array_mut()) else { continue };
+            let Some(items) = job.get_mut("items").and_then(|i| i.as_array_mut()) else {
+                continue;
+            };
             for item in items.iter_mut().filter_map(|i| i.as_table_mut()) {
                 match item.get("kind").and_then(|k| k.as_str()) {
                     Some("system") => {
-                        item.insert("paths".into(), toml::Value::Array(vec![toml::Value::String("/".into())]));
+                        item.insert(
+                            "paths".into(),
+                            toml::Value::Array(vec![toml::Value::String("/".into())]),
+                        );
                     }
                     Some("tls_cert") => {
                         // The stand-in speaks plain HTTP; check the demo's own certificate file.
                         item.insert("endpoints".into(), toml::Value::Array(vec![]));
                         let pem = root.join("tls/fullchain.pem");
                         if make_demo_certificate(&pem).is_ok() {
-                            item.insert("files".into(), toml::Value::Array(vec![toml::Value::String(pem.display().to_string())]));
+                            item.insert(
+                                "files".into(),
+                                toml::Value::Array(vec![toml::Value::String(
+                                    pem.display().to_string(),
+                                )]),
+                            );
                         }
                     }
                     _ => {}
@@ -210,7 +315,18 @@ fn make_demo_certificate(pem: &Path) -> Result<()> {
     std::fs::create_dir_all(pem.parent().expect("has a parent"))?;
     let key = pem.with_file_name("key.pem");
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "20", "-subj", "/CN=trading.trademaster.example", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "20",
+            "-subj",
+            "/CN=trading.trademaster.example",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(pem)
