@@ -53,8 +53,9 @@ async fn tour(keep: bool) -> Result<()> {
     let work = tempfile::Builder::new().prefix("runbook-demo-").tempdir()?;
     let root = work.path().to_path_buf();
     say(format!(
-        "cluster listening on 127.0.0.1:{} (binaries from {})",
+        "cluster listening on 127.0.0.1:{}, data in {} (binaries from {})",
         cluster.port,
+        cluster.data.display(),
         cluster.bin.display()
     ));
 
@@ -174,7 +175,10 @@ async fn tour(keep: bool) -> Result<()> {
     let html_dir = if keep {
         sent.clone()
     } else {
-        std::env::temp_dir().join("runbook-demo-reports")
+        std::env::temp_dir().join(format!(
+            "runbook-demo-reports-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S")
+        ))
     };
     if !keep {
         std::fs::create_dir_all(&html_dir)?;
