@@ -71,3 +71,47 @@ fn demo_runs_the_shipped_jobs_against_a_throwaway_cluster_and_cleans_up() {
         "no PostgreSQL left running"
     );
 }
+
+#[test]
+fn demo_interrupted_with_ctrl_c_stops_the_cluster_and_removes_its_folder() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("runbook"))
+        .arg("demo")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut data = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("data in ").nth(1) {
+            data = rest.split(" (binaries").next().map(str::to_string);
+        }
+        // Interrupt while the database is being loaded: the cluster is up.
+        if line.contains("loading the trading database") {
+            break;
+        }
+    }
+    let data = data.expect("the demo names its data folder");
+    assert!(std::path::Path::new(&data).exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("interrupted; stopping the throwaway cluster")),
+        "{rest:?}"
+    );
+    assert!(!std::path::Path::new(&data).exists(), "{data} was removed");
+    assert_eq!(
+        processes_mentioning(&data),
+        Vec::<String>::new(),
+        "no PostgreSQL left running"
+    );
+}
