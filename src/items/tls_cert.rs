@@ -211,7 +211,12 @@ impl TlsCert {
         let bad: Vec<&str> = rows.iter().filter(|r| r.0 != Status::Pass).map(|r| r.3.as_str()).collect();
         let soonest = rows.iter().filter_map(|r| r.2.get("days_left").and_then(|d| d.as_i64())).min();
         let summary = if !bad.is_empty() {
-            bad.join("; ")
+            // The worst first; a long list belongs in the details, not the one-line summary.
+            let mut ordered: Vec<&(Status, String, serde_json::Value, String)> = rows.iter().filter(|r| r.0 != Status::Pass).collect();
+            ordered.sort_by_key(|r| (std::cmp::Reverse(r.0.severity()), r.2.get("days_left").and_then(|d| d.as_i64()).unwrap_or(i64::MIN)));
+            let shown: Vec<&str> = ordered.iter().take(3).map(|r| r.3.as_str()).collect();
+            let more = if bad.len() > 3 { format!("; and {} more", bad.len() - 3) } else { String::new() };
+            format!("{}{more}", shown.join("; "))
         } else {
             match soonest {
                 Some(d) => format!("{} certificate{} fine, the first expires in {d} days", rows.len(), if rows.len() == 1 { "" } else { "s" }),
@@ -219,7 +224,7 @@ impl TlsCert {
             }
         };
         // The worst rows first: the reader acts on those.
-        rows.sort_by_key(|r| std::cmp::Reverse(r.0.severity()));
+        rows.sort_by_key(|r| (std::cmp::Reverse(r.0.severity()), r.2.get("days_left").and_then(|d| d.as_i64()).unwrap_or(i64::MIN)));
         Outcome::new(worst, summary)
             .with_details(rows.iter().map(|r| format!("{} {}", r.0.tag(), r.1)).collect())
             .with_data(json!({"certificates": rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>()}))
@@ -245,9 +250,9 @@ impl TlsCert {
         let phrase = format!("expires in {days} day{}", if days == 1 { "" } else { "s" });
         let within = |d: Dur| chrono::Duration::from_std(d.get()).is_ok_and(|d| left <= d);
         if within(self.fail_within) {
-            (Status::Fail, format!("{phrase} (fail_within {})", self.fail_within))
+            (Status::Fail, format!("{phrase} (fail_within {})", days_text(self.fail_within)))
         } else if within(self.warn_within) {
-            (Status::Warn, format!("{phrase} (warn_within {})", self.warn_within))
+            (Status::Warn, format!("{phrase} (warn_within {})", days_text(self.warn_within)))
         } else {
             (Status::Pass, phrase)
         }
@@ -298,6 +303,12 @@ impl TlsCert {
         });
         (status, line, data, short)
     }
+}
+
+/// A threshold in days as people write it (`30d`); humantime would say `1month 6h`.
+fn days_text(d: Dur) -> String {
+    let secs = d.get().as_secs();
+    if secs % 86400 == 0 { format!("{}d", secs / 86400) } else { d.to_string() }
 }
 
 /// Whole days left (negative when expired), rounded toward "less time left".
