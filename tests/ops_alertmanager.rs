@@ -25,23 +25,36 @@ impl Drop for Alertmanager {
 }
 
 fn binary() -> PathBuf {
-    for candidate in ["/usr/bin/prometheus-alertmanager", "/usr/local/bin/alertmanager", "/usr/bin/alertmanager"] {
+    for candidate in [
+        "/usr/bin/prometheus-alertmanager",
+        "/usr/local/bin/alertmanager",
+        "/usr/bin/alertmanager",
+    ] {
         let p = PathBuf::from(candidate);
         if p.exists() {
             return p;
         }
     }
-    panic!("Alertmanager is not installed: apt-get install -y prometheus-alertmanager (.ci/run does this)");
+    panic!(
+        "Alertmanager is not installed: apt-get install -y prometheus-alertmanager (.ci/run does this)"
+    );
 }
 
 fn start() -> Alertmanager {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("alertmanager.yml");
-    std::fs::write(&config, "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n").expect("write config");
+    std::fs::write(
+        &config,
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .expect("write config");
     let port = ops_support::free_port();
     let child = Command::new(binary())
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         // No gossip: a single instance, nothing listening on 9094.
         .arg("--cluster.listen-address=")
@@ -49,7 +62,11 @@ fn start() -> Alertmanager {
         .stderr(Stdio::null())
         .spawn()
         .expect("start prometheus-alertmanager");
-    let am = Alertmanager { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+    let am = Alertmanager {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = api::blocking_get(&format!("{}/-/ready", am.url)) {
@@ -57,7 +74,11 @@ fn start() -> Alertmanager {
                 return am;
             }
         }
-        assert!(Instant::now() < deadline, "Alertmanager did not become ready on {}", am.url);
+        assert!(
+            Instant::now() < deadline,
+            "Alertmanager did not become ready on {}",
+            am.url
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -65,20 +86,40 @@ fn start() -> Alertmanager {
 /// Tiny blocking HTTP helpers on a throwaway runtime (the tests themselves are synchronous).
 mod api {
     pub fn blocking_get(url: &str) -> Result<u16, String> {
-        rt().block_on(async { reqwest::get(url).await.map(|r| r.status().as_u16()).map_err(|e| e.to_string()) })
+        rt().block_on(async {
+            reqwest::get(url)
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string())
+        })
     }
     pub fn get_json(url: &str) -> serde_json::Value {
-        rt().block_on(async { reqwest::get(url).await.expect("GET").json().await.expect("JSON") })
+        rt().block_on(async {
+            reqwest::get(url)
+                .await
+                .expect("GET")
+                .json()
+                .await
+                .expect("JSON")
+        })
     }
     pub fn post_json(url: &str, body: serde_json::Value) -> serde_json::Value {
         rt().block_on(async {
-            let r = reqwest::Client::new().post(url).json(&body).send().await.expect("POST");
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("POST");
             assert!(r.status().is_success(), "POST {url}: {}", r.status());
             r.json().await.unwrap_or(serde_json::Value::Null)
         })
     }
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
     }
 }
 
@@ -91,11 +132,17 @@ fn rfc3339(offset_secs: i64) -> String {
 fn wait_for_active(am: &Alertmanager, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let list = api::get_json(&format!("{}/api/v2/alerts?active=true&silenced=false&inhibited=false", am.url));
+        let list = api::get_json(&format!(
+            "{}/api/v2/alerts?active=true&silenced=false&inhibited=false",
+            am.url
+        ));
         if list.as_array().map(|a| a.len()) == Some(n) {
             return;
         }
-        assert!(Instant::now() < deadline, "expected {n} active alerts, Alertmanager lists {list:#}");
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} active alerts, Alertmanager lists {list:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -130,7 +177,10 @@ include_silenced = true
     // Nothing fires yet.
     let (code, report) = setup.run(&[]);
     assert_eq!(code, 0, "{report:#}");
-    assert_eq!(item(&report, "all firing")["summary"], "no alerts firing (not silenced or inhibited)");
+    assert_eq!(
+        item(&report, "all firing")["summary"],
+        "no alerts firing (not silenced or inhibited)"
+    );
 
     api::post_json(
         &format!("{}/api/v2/alerts", am.url),
@@ -158,7 +208,10 @@ include_silenced = true
     );
     assert!(d.contains("HighAPILatencyP95 [warning]"), "{d}");
     let critical = item(&report, "critical only");
-    assert_eq!(critical["status"], "pass", "one critical alert is within max_firing = 1: {critical:#}");
+    assert_eq!(
+        critical["status"], "pass",
+        "one critical alert is within max_firing = 1: {critical:#}"
+    );
     assert_eq!(critical["data"]["firing"], 1);
 
     // Silence the critical one through the API.
@@ -174,9 +227,18 @@ include_silenced = true
     let (_, report) = setup.run(&[]);
     let all = item(&report, "all firing");
     assert_eq!(all["data"]["firing"], 1, "{all:#}");
-    assert!(!details(&all).contains("HighErrorRate"), "a silenced alert is not listed");
+    assert!(
+        !details(&all).contains("HighErrorRate"),
+        "a silenced alert is not listed"
+    );
     assert_eq!(item(&report, "critical only")["data"]["firing"], 0);
     let with = item(&report, "with silenced");
-    assert_eq!(with["data"]["firing"], 2, "include_silenced counts silenced alerts: {with:#}");
-    assert!(details(&with).contains("HighErrorRate [critical] since 2026-01-05 09:30 IST (silenced)"), "{with:#}");
+    assert_eq!(
+        with["data"]["firing"], 2,
+        "include_silenced counts silenced alerts: {with:#}"
+    );
+    assert!(
+        details(&with).contains("HighErrorRate [critical] since 2026-01-05 09:30 IST (silenced)"),
+        "{with:#}"
+    );
 }

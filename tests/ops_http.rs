@@ -13,7 +13,9 @@ fn json_response(status: u16, fixture_name: &str) -> ResponseTemplate {
 }
 
 async fn run(setup: Setup) -> (i32, serde_json::Value) {
-    tokio::task::spawn_blocking(move || setup.run(&[])).await.expect("join")
+    tokio::task::spawn_blocking(move || setup.run(&[]))
+        .await
+        .expect("join")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -61,13 +63,23 @@ json = [{{ pointer = "/circuitBreakers", all = {{ state = "CLOSED" }} }}]
     let open = item(&report, "open");
     assert_eq!(open["status"], "fail");
     let summary = open["summary"].as_str().unwrap_or_default();
-    assert!(summary.contains("brokerService (state = \"OPEN\")"), "the open breaker is named: {summary}");
-    assert!(!summary.contains("marketDataService"), "closed breakers are not blamed: {summary}");
+    assert!(
+        summary.contains("brokerService (state = \"OPEN\")"),
+        "the open breaker is named: {summary}"
+    );
+    assert!(
+        !summary.contains("marketDataService"),
+        "closed breakers are not blamed: {summary}"
+    );
 
     let all = item(&report, "all closed");
     assert_eq!(all["status"], "fail");
     let summary = all["summary"].as_str().unwrap_or_default();
-    assert!(summary.contains("brokerService") && summary.contains("paymentGateway (state = \"HALF_OPEN\")"), "{summary}");
+    assert!(
+        summary.contains("brokerService")
+            && summary.contains("paymentGateway (state = \"HALF_OPEN\")"),
+        "{summary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,14 +125,29 @@ json = [{{ pointer = "/components", all = {{ status = "UP" }} }}]
 
     let down = item(&report, "down");
     assert_eq!(down["status"], "fail");
-    assert!(down["summary"].as_str().unwrap_or_default().contains("status 503 (expected 200)"), "{down:#}");
+    assert!(
+        down["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("status 503 (expected 200)"),
+        "{down:#}"
+    );
     let d = details(&down);
-    assert!(d.contains("received: {\"status\":\"DOWN\""), "the body is shown: {d}");
+    assert!(
+        d.contains("received: {\"status\":\"DOWN\""),
+        "the body is shown: {d}"
+    );
     assert!(d.contains("/status = \"DOWN\" (expected \"UP\")"), "{d}");
 
     let comps = item(&report, "down components");
     assert_eq!(comps["status"], "fail");
-    assert!(comps["summary"].as_str().unwrap_or_default().contains("db (status = \"DOWN\")"), "{comps:#}");
+    assert!(
+        comps["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("db (status = \"DOWN\")"),
+        "{comps:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,15 +156,24 @@ async fn secret_headers_are_sent_but_never_shown_and_redirects_are_followed() {
     Mock::given(method("POST"))
         .and(path("/api/check"))
         .and(header("authorization", "Bearer s3cr3t-token-value"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(r#"{"ok":true,"count":2.0}"#, "application/json"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(r#"{"ok":true,"count":2.0}"#, "application/json"),
+        )
         .mount(&server)
         .await;
     Mock::given(method("GET"))
         .and(path("/old"))
-        .respond_with(ResponseTemplate::new(302).insert_header("location", format!("{}/new", server.uri())))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", format!("{}/new", server.uri())),
+        )
         .mount(&server)
         .await;
-    Mock::given(method("GET")).and(path("/new")).respond_with(ResponseTemplate::new(200).set_body_string("moved here")).mount(&server).await;
+    Mock::given(method("GET"))
+        .and(path("/new"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("moved here"))
+        .mount(&server)
+        .await;
 
     let token_file = tempfile::NamedTempFile::new().expect("temp");
     std::fs::write(token_file.path(), "Bearer s3cr3t-token-value\n").expect("write");
@@ -171,8 +207,16 @@ expect_status = 302
     assert_eq!(code, 0, "{report:#}");
     let auth = item(&report, "authorised");
     assert_eq!(auth["status"], "pass", "{auth:#}");
-    assert!(!report.to_string().contains("s3cr3t"), "the secret never appears in the report");
-    assert!(item(&report, "followed")["data"]["final_url"].as_str().unwrap_or_default().ends_with("/new"));
+    assert!(
+        !report.to_string().contains("s3cr3t"),
+        "the secret never appears in the report"
+    );
+    assert!(
+        item(&report, "followed")["data"]["final_url"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/new")
+    );
     assert_eq!(item(&report, "not followed")["status"], "pass");
 }
 
@@ -181,7 +225,10 @@ async fn prometheus_series_are_compared_and_errors_reported() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/api/v1/query"))
-        .and(query_param("query", "resilience4j_circuitbreaker_failure_rate"))
+        .and(query_param(
+            "query",
+            "resilience4j_circuitbreaker_failure_rate",
+        ))
         .respond_with(json_response(200, "prometheus-query-failure-rate.json"))
         .mount(&server)
         .await;
@@ -249,12 +296,22 @@ query = "bad{{"
     assert_eq!(fr["status"], "fail", "{fr:#}");
     assert_eq!(fr["summary"], "1 of 3 series outside thresholds");
     let d = details(&fr);
-    assert!(d.contains("resilience4j_circuitbreaker_failure_rate{") && d.contains("name=\"brokerService\"} = 62.5 — FAIL (above 50)"), "{d}");
+    assert!(
+        d.contains("resilience4j_circuitbreaker_failure_rate{")
+            && d.contains("name=\"brokerService\"} = 62.5 — FAIL (above 50)"),
+        "{d}"
+    );
     assert_eq!(fr["data"]["series"][0]["labels"]["name"], "brokerService");
 
     let p95 = item(&report, "p95");
     assert_eq!(p95["status"], "pass", "{p95:#}");
-    assert!(p95["summary"].as_str().unwrap_or_default().starts_with("value 187.5"), "{p95:#}");
+    assert!(
+        p95["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("value 187.5"),
+        "{p95:#}"
+    );
 
     assert_eq!(item(&report, "empty warns")["status"], "warn");
     assert_eq!(item(&report, "empty passes")["status"], "pass");
@@ -262,7 +319,10 @@ query = "bad{{"
     let bad = item(&report, "bad query");
     assert_eq!(bad["status"], "fail");
     let s = bad["summary"].as_str().unwrap_or_default();
-    assert!(s.contains("bad_data") && s.contains("parse error"), "Prometheus' own message is shown: {s}");
+    assert!(
+        s.contains("bad_data") && s.contains("parse error"),
+        "Prometheus' own message is shown: {s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,6 +346,13 @@ query = "up"
     assert_eq!(code, 1);
     let down = item(&report, "down");
     assert_eq!(down["status"], "fail");
-    assert!(down["summary"].as_str().unwrap_or_default().to_lowercase().contains("connect"), "{down:#}");
+    assert!(
+        down["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("connect"),
+        "{down:#}"
+    );
     assert_eq!(item(&report, "prom down")["status"], "fail");
 }

@@ -9,12 +9,18 @@ use std::path::Path;
 use ops_support::{Setup, details, item};
 
 fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open log");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open log");
     f.write_all(text.as_bytes()).expect("append");
 }
 
 fn matches(report: &serde_json::Value) -> u64 {
-    item(report, "app errors")["data"]["matches"].as_u64().expect("matches")
+    item(report, "app errors")["data"]["matches"]
+        .as_u64()
+        .expect("matches")
 }
 
 const ITEM: &str = r#"
@@ -49,10 +55,19 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
     let it = item(&report, "app errors");
     assert_eq!(it["status"], "warn");
     assert_eq!(matches(&report), 3);
-    assert_eq!(it["data"]["top"][0]["message"], "ERROR [http-nio-<n>-exec-<n>] Order <n> rejected: insufficient margin");
+    assert_eq!(
+        it["data"]["top"][0]["message"],
+        "ERROR [http-nio-<n>-exec-<n>] Order <n> rejected: insufficient margin"
+    );
     assert_eq!(it["data"]["top"][0]["count"], 2);
-    assert_eq!(it["data"]["top"][1]["message"], "ERROR [kafka-consumer-<n>] Failed to deserialize event <id>");
-    assert!(details(&it).contains("     2× ERROR [http-nio-<n>-exec-<n>] Order <n> rejected"), "{it:#}");
+    assert_eq!(
+        it["data"]["top"][1]["message"],
+        "ERROR [kafka-consumer-<n>] Failed to deserialize event <id>"
+    );
+    assert!(
+        details(&it).contains("     2× ERROR [http-nio-<n>-exec-<n>] Order <n> rejected"),
+        "{it:#}"
+    );
 
     // Run 2 with nothing new: nothing counted.
     let (code, report) = setup.run(&[]);
@@ -61,21 +76,42 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
 
     // The partial line is finished, one more error, then logrotate renames the file and the
     // service opens a new one.
-    append(&log, "ten] Broker timeout after 3000 ms\n2026-01-05 10:04:00.000 ERROR [x] Broker timeout after 3001 ms\n");
+    append(
+        &log,
+        "ten] Broker timeout after 3000 ms\n2026-01-05 10:04:00.000 ERROR [x] Broker timeout after 3001 ms\n",
+    );
     std::fs::rename(&log, logs.join("trading-service.log.1")).expect("rotate");
-    append(&log, "2026-01-05 10:05:00.000 ERROR [y] Redis connection reset\n");
+    append(
+        &log,
+        "2026-01-05 10:05:00.000 ERROR [y] Redis connection reset\n",
+    );
     let (_, report) = setup.run(&[]);
-    assert_eq!(matches(&report), 3, "the rest of the rotated file (2) and the new file (1): {report:#}");
+    assert_eq!(
+        matches(&report),
+        3,
+        "the rest of the rotated file (2) and the new file (1): {report:#}"
+    );
     let it = item(&report, "app errors");
     assert!(details(&it).contains("rotated: read the rest of"), "{it:#}");
-    assert_eq!(it["data"]["files"].as_array().map(|f| f.len()), Some(1), "the rotated sibling is not scanned as a file of its own");
+    assert_eq!(
+        it["data"]["files"].as_array().map(|f| f.len()),
+        Some(1),
+        "the rotated sibling is not scanned as a file of its own"
+    );
 
     // A dry run scans but does not move the offsets: the next real run sees the same lines.
-    append(&log, "2026-01-05 10:06:00.000 ERROR [z] Kafka producer fenced\n");
+    append(
+        &log,
+        "2026-01-05 10:06:00.000 ERROR [z] Kafka producer fenced\n",
+    );
     let (_, report) = setup.run(&["--dry-run"]);
     assert_eq!(matches(&report), 1);
     let (_, report) = setup.run(&[]);
-    assert_eq!(matches(&report), 1, "the dry run did not consume the line: {report:#}");
+    assert_eq!(
+        matches(&report),
+        1,
+        "the dry run did not consume the line: {report:#}"
+    );
 
     // Truncated in place (shorter than the remembered offset): read from the start.
     std::fs::write(&log, "ERROR short\n").expect("truncate");
@@ -85,7 +121,11 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
 
     // Rotation with compression: the old file is gzipped (a new inode) and a new one started.
     append(&log, "ERROR before rotation\nINFO fine\n");
-    std::fs::rename(logs.join("trading-service.log.1"), logs.join("trading-service.log.2")).expect("shift");
+    std::fs::rename(
+        logs.join("trading-service.log.1"),
+        logs.join("trading-service.log.2"),
+    )
+    .expect("shift");
     let old = std::fs::read(&log).expect("read");
     let gz = std::fs::File::create(logs.join("trading-service.log.1.gz")).expect("create gz");
     let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::default());
@@ -94,7 +134,11 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
     std::fs::remove_file(&log).expect("remove");
     append(&log, "ERROR after rotation one\nERROR after rotation two\n");
     let (_, report) = setup.run(&[]);
-    assert_eq!(matches(&report), 3, "the compressed rest (1) and the new file (2): {report:#}");
+    assert_eq!(
+        matches(&report),
+        3,
+        "the compressed rest (1) and the new file (2): {report:#}"
+    );
 
     // Over fail_count: fail.
     append(&log, &"ERROR burst\n".repeat(6));
@@ -116,22 +160,48 @@ since = "1d"
     );
     // Lines without an offset are read in the job's zone (Asia/Kolkata here).
     let ist = chrono::FixedOffset::east_opt(5 * 3600 + 1800).expect("offset");
-    let at = |hours_ago: i64| (chrono::Utc::now() - chrono::Duration::hours(hours_ago)).with_timezone(&ist).format("%Y-%m-%d %H:%M:%S%.3f").to_string();
+    let at = |hours_ago: i64| {
+        (chrono::Utc::now() - chrono::Duration::hours(hours_ago))
+            .with_timezone(&ist)
+            .format("%Y-%m-%d %H:%M:%S%.3f")
+            .to_string()
+    };
     let log = setup.path().join("app.log");
-    append(&log, &format!("{} ERROR old one\n{} ERROR recent one\nERROR no timestamp\n", at(48), at(2)));
-    append(&setup.path().join("app.log.1"), &format!("{} ERROR rotated recently\n", at(5)));
+    append(
+        &log,
+        &format!(
+            "{} ERROR old one\n{} ERROR recent one\nERROR no timestamp\n",
+            at(48),
+            at(2)
+        ),
+    );
+    append(
+        &setup.path().join("app.log.1"),
+        &format!("{} ERROR rotated recently\n", at(5)),
+    );
     let (_, report) = setup.run(&[]);
     let it = item(&report, "app errors");
-    assert_eq!(it["data"]["matches"], 3, "recent, untimestamped and the recent rotated line: {it:#}");
+    assert_eq!(
+        it["data"]["matches"], 3,
+        "recent, untimestamped and the recent rotated line: {it:#}"
+    );
     assert!(!it["data"]["top"].to_string().contains("old one"), "{it:#}");
 }
 
 #[test]
 fn a_missing_log_file_fails_the_item() {
-    let setup = Setup::new("[[jobs.t.items]]\nname = \"app errors\"\nkind = \"log_scan\"\nfiles = [\"missing.log\"]\n");
+    let setup = Setup::new(
+        "[[jobs.t.items]]\nname = \"app errors\"\nkind = \"log_scan\"\nfiles = [\"missing.log\"]\n",
+    );
     let (code, report) = setup.run(&[]);
     assert_eq!(code, 1);
     let it = item(&report, "app errors");
     assert_eq!(it["status"], "fail");
-    assert!(it["summary"].as_str().unwrap_or_default().contains("missing.log does not exist"), "{it:#}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing.log does not exist"),
+        "{it:#}"
+    );
 }

@@ -42,18 +42,35 @@ paths = ["/no/such/mount/point"]
 
     let warn = item(&report, "always warns on disk");
     assert_eq!(warn["status"], "warn", "{warn:#}");
-    assert!(warn["summary"].as_str().unwrap_or_default().contains(&format!("{} ", dir.path().display())), "{warn:#}");
+    assert!(
+        warn["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("{} ", dir.path().display())),
+        "{warn:#}"
+    );
     let disk = &warn["data"]["disks"][0];
-    assert!(disk["size"].as_u64().unwrap_or(0) > 0 && disk["used_percent"].as_f64().is_some(), "{disk:#}");
+    assert!(
+        disk["size"].as_u64().unwrap_or(0) > 0 && disk["used_percent"].as_f64().is_some(),
+        "{disk:#}"
+    );
     assert!(warn["data"]["memory"]["total"].as_u64().unwrap_or(0) > 0);
     assert!(warn["data"]["load"]["cores"].as_u64().unwrap_or(0) >= 1);
 
     let pass = item(&report, "never over");
     assert_eq!(pass["status"], "pass", "{pass:#}");
     let d = details(&pass);
-    assert!(d.contains("disk /: ") && d.contains("memory: ") && d.contains("per core"), "{d}");
+    assert!(
+        d.contains("disk /: ") && d.contains("memory: ") && d.contains("per core"),
+        "{d}"
+    );
 
     let missing = item(&report, "missing path");
     assert_eq!(missing["status"], "fail");
-    assert!(missing["summary"].as_str().unwrap_or_default().contains("/no/such/mount/point"));
+    assert!(
+        missing["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/no/such/mount/point")
+    );
 }

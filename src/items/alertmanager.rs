@@ -61,7 +61,10 @@ impl Alertmanager {
     pub fn prepare(&mut self, p: &mut Prepare) {
         match reqwest::Url::parse(&self.url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => p.error("url", format!("unsupported URL scheme {:?} (http or https)", u.scheme())),
+            Ok(u) => p.error(
+                "url",
+                format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
+            ),
             Err(e) => p.error("url", format!("invalid URL {:?}: {e}", self.url)),
         }
         for m in &self.matchers {
@@ -74,11 +77,16 @@ impl Alertmanager {
     /// The API URL with its query.
     pub fn api_url(&self) -> Result<reqwest::Url, String> {
         let base = self.url.trim_end_matches('/');
-        let mut url = reqwest::Url::parse(&format!("{base}/api/v2/alerts")).map_err(|e| format!("invalid URL {:?}: {e}", self.url))?;
+        let mut url = reqwest::Url::parse(&format!("{base}/api/v2/alerts"))
+            .map_err(|e| format!("invalid URL {:?}: {e}", self.url))?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("active", "true");
-            let hide = if self.include_silenced { "true" } else { "false" };
+            let hide = if self.include_silenced {
+                "true"
+            } else {
+                "false"
+            };
             q.append_pair("silenced", hide);
             q.append_pair("inhibited", hide);
             for m in &self.matchers {
@@ -99,16 +107,31 @@ impl Alertmanager {
         };
         let resp = match client.get(url.clone()).send().await {
             Ok(r) => r,
-            Err(e) => return Outcome::fail(format!("Alertmanager at {} unreachable: {}", self.url, describe_error(&e))),
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "Alertmanager at {} unreachable: {}",
+                    self.url,
+                    describe_error(&e)
+                ));
+            }
         };
         let status = resp.status();
         let body = match resp.text().await {
             Ok(b) => b,
-            Err(e) => return Outcome::fail(format!("Alertmanager at {}: reading the answer: {}", self.url, describe_error(&e))),
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "Alertmanager at {}: reading the answer: {}",
+                    self.url,
+                    describe_error(&e)
+                ));
+            }
         };
         if !status.is_success() {
-            return Outcome::fail(format!("Alertmanager answered {} to {url}", status.as_u16()))
-                .detail(format!("received: {}", trim_for_report(&body, 400)));
+            return Outcome::fail(format!(
+                "Alertmanager answered {} to {url}",
+                status.as_u16()
+            ))
+            .detail(format!("received: {}", trim_for_report(&body, 400)));
         }
         let mut alerts: Vec<Alert> = match serde_json::from_str(&body) {
             Ok(a) => a,
@@ -121,24 +144,63 @@ impl Alertmanager {
         alerts.sort_by_key(|a| a.starts_at);
 
         let firing = alerts.len();
-        let filter = if self.matchers.is_empty() { String::new() } else { format!(" matching {}", self.matchers.join(", ")) };
-        let scope = if self.include_silenced { "" } else { " (not silenced or inhibited)" };
+        let filter = if self.matchers.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {}", self.matchers.join(", "))
+        };
+        let scope = if self.include_silenced {
+            ""
+        } else {
+            " (not silenced or inhibited)"
+        };
         let mut out = if firing > self.max_firing {
-            Outcome::fail(format!("{firing} alert{} firing{filter}{scope}, max {}", plural(firing), self.max_firing))
+            Outcome::fail(format!(
+                "{firing} alert{} firing{filter}{scope}, max {}",
+                plural(firing),
+                self.max_firing
+            ))
         } else if firing == 0 {
             Outcome::pass(format!("no alerts firing{filter}{scope}"))
         } else {
-            Outcome::pass(format!("{firing} alert{} firing{filter}{scope}, within max {}", plural(firing), self.max_firing))
+            Outcome::pass(format!(
+                "{firing} alert{} firing{filter}{scope}, within max {}",
+                plural(firing),
+                self.max_firing
+            ))
         };
         let mut listed = Vec::new();
         for a in &alerts {
-            let name = a.labels.get("alertname").cloned().unwrap_or_else(|| "(no alertname)".into());
-            let severity = a.labels.get("severity").cloned().unwrap_or_else(|| "-".into());
-            let since = a.starts_at.map(|t| t.with_timezone(&ctx.tz).format("%Y-%m-%d %H:%M %Z").to_string());
-            let summary = a.annotations.get("summary").or_else(|| a.annotations.get("description")).cloned();
-            let state = a.status.as_ref().and_then(|s| s.state.clone()).unwrap_or_else(|| "active".into());
+            let name = a
+                .labels
+                .get("alertname")
+                .cloned()
+                .unwrap_or_else(|| "(no alertname)".into());
+            let severity = a
+                .labels
+                .get("severity")
+                .cloned()
+                .unwrap_or_else(|| "-".into());
+            let since = a.starts_at.map(|t| {
+                t.with_timezone(&ctx.tz)
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string()
+            });
+            let summary = a
+                .annotations
+                .get("summary")
+                .or_else(|| a.annotations.get("description"))
+                .cloned();
+            let state = a
+                .status
+                .as_ref()
+                .and_then(|s| s.state.clone())
+                .unwrap_or_else(|| "active".into());
             let silenced = a.status.as_ref().is_some_and(|s| !s.silenced_by.is_empty());
-            let inhibited = a.status.as_ref().is_some_and(|s| !s.inhibited_by.is_empty());
+            let inhibited = a
+                .status
+                .as_ref()
+                .is_some_and(|s| !s.inhibited_by.is_empty());
             if listed.len() < SHOW_ALERTS {
                 let mut line = format!("{name} [{severity}]");
                 if let Some(s) = &since {
@@ -160,7 +222,8 @@ impl Alertmanager {
             }));
         }
         if firing > SHOW_ALERTS {
-            out.details.push(format!("… and {} more", firing - SHOW_ALERTS));
+            out.details
+                .push(format!("… and {} more", firing - SHOW_ALERTS));
         }
         if firing > self.max_firing {
             out.escalate(Status::Fail);
@@ -188,6 +251,9 @@ mod tests {
         };
         let u = am.api_url().expect("valid");
         assert_eq!(u.path(), "/api/v2/alerts");
-        assert_eq!(u.query(), Some("active=true&silenced=false&inhibited=false&filter=severity%3Dcritical"));
+        assert_eq!(
+            u.query(),
+            Some("active=true&silenced=false&inhibited=false&filter=severity%3Dcritical")
+        );
     }
 }

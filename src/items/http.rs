@@ -90,14 +90,20 @@ impl Http {
     pub fn prepare(&mut self, p: &mut Prepare) {
         match reqwest::Url::parse(&self.url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => p.error("url", format!("unsupported URL scheme {:?} (http or https)", u.scheme())),
+            Ok(u) => p.error(
+                "url",
+                format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
+            ),
             Err(e) => p.error("url", format!("invalid URL {:?}: {e}", self.url)),
         }
         if reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).is_err() {
             p.error("method", format!("invalid HTTP method {:?}", self.method));
         }
         if !(100..=599).contains(&self.expect_status) {
-            p.error("expect_status", format!("{} is not an HTTP status", self.expect_status));
+            p.error(
+                "expect_status",
+                format!("{} is not an HTTP status", self.expect_status),
+            );
         }
         self.resolved_headers.clear();
         for (name, source) in &self.headers {
@@ -115,12 +121,29 @@ impl Http {
             }
         }
         for a in &self.json {
-            let given = [a.equals.is_some(), a.not_equals.is_some(), a.none.is_some(), a.all.is_some()];
+            let given = [
+                a.equals.is_some(),
+                a.not_equals.is_some(),
+                a.none.is_some(),
+                a.all.is_some(),
+            ];
             if given.iter().filter(|g| **g).count() != 1 {
-                p.error("json", format!("assertion on {:?} needs exactly one of equals, not_equals, none, all", a.pointer));
+                p.error(
+                    "json",
+                    format!(
+                        "assertion on {:?} needs exactly one of equals, not_equals, none, all",
+                        a.pointer
+                    ),
+                );
             }
             if !a.pointer.is_empty() && !a.pointer.starts_with('/') {
-                p.error("json", format!("{:?} is not a JSON Pointer (it starts with \"/\", e.g. \"/status\")", a.pointer));
+                p.error(
+                    "json",
+                    format!(
+                        "{:?} is not a JSON Pointer (it starts with \"/\", e.g. \"/status\")",
+                        a.pointer
+                    ),
+                );
             }
         }
     }
@@ -142,7 +165,8 @@ impl Http {
             Ok(c) => c,
             Err(e) => return Outcome::fail(e),
         };
-        let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).unwrap_or(reqwest::Method::GET);
+        let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
+            .unwrap_or(reqwest::Method::GET);
         let mut req = client.request(method.clone(), &self.url);
         for (name, value) in &self.resolved_headers {
             req = req.header(name.as_str(), value.expose());
@@ -154,20 +178,36 @@ impl Http {
         let started = Instant::now();
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return Outcome::fail(format!("{method} {}: {}", self.url, describe_error(&e))),
+            Err(e) => {
+                return Outcome::fail(format!("{method} {}: {}", self.url, describe_error(&e)));
+            }
         };
         let status = resp.status();
         let final_url = resp.url().to_string();
         let body = match read_limited(resp, MAX_BODY).await {
             Ok(b) => b,
-            Err(e) => return Outcome::fail(format!("{method} {}: reading the body: {}", self.url, describe_error(&e))),
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "{method} {}: reading the body: {}",
+                    self.url,
+                    describe_error(&e)
+                ));
+            }
         };
         let latency = started.elapsed();
         let latency_ms = latency.as_millis() as u64;
         let text = String::from_utf8_lossy(&body);
 
-        let mut out = Outcome::pass(format!("{} {} in {latency_ms} ms", status.as_u16(), reason(status)));
-        out.details.push(format!("{method} {} → {} in {latency_ms} ms", self.url, status.as_u16()));
+        let mut out = Outcome::pass(format!(
+            "{} {} in {latency_ms} ms",
+            status.as_u16(),
+            reason(status)
+        ));
+        out.details.push(format!(
+            "{method} {} → {} in {latency_ms} ms",
+            self.url,
+            status.as_u16()
+        ));
         if final_url != self.url {
             out.details.push(format!("redirected to {final_url}"));
         }
@@ -176,7 +216,11 @@ impl Http {
 
         if status.as_u16() != self.expect_status {
             out.escalate(Status::Fail);
-            problems.push(format!("status {} (expected {})", status.as_u16(), self.expect_status));
+            problems.push(format!(
+                "status {} (expected {})",
+                status.as_u16(),
+                self.expect_status
+            ));
             show_body = true;
         }
         if let Some(max) = self.max_latency {
@@ -201,14 +245,17 @@ impl Http {
                             out.escalate(Status::Fail);
                             problems.push(message.clone());
                         }
-                        out.details.push(format!("{} {message}", if ok { "ok:" } else { "FAILED:" }));
-                        assertions.push(json!({"pointer": a.pointer, "ok": ok, "message": message}));
+                        out.details
+                            .push(format!("{} {message}", if ok { "ok:" } else { "FAILED:" }));
+                        assertions
+                            .push(json!({"pointer": a.pointer, "ok": ok, "message": message}));
                     }
                 }
             }
         }
         if show_body {
-            out.details.push(format!("received: {}", trim_for_report(&text, SHOW_CHARS)));
+            out.details
+                .push(format!("received: {}", trim_for_report(&text, SHOW_CHARS)));
         }
         if !problems.is_empty() {
             out.summary = format!("{}: {}", self.url, problems.join("; "));
@@ -243,16 +290,27 @@ pub fn check_assertion(a: &JsonAssertion, doc: &serde_json::Value) -> (bool, Str
     let found = doc.pointer(p);
     if let Some(expected) = &a.equals {
         return match found {
-            None => (false, format!("{p} is missing (expected {})", show_toml(expected))),
+            None => (
+                false,
+                format!("{p} is missing (expected {})", show_toml(expected)),
+            ),
             Some(v) if values_equal(expected, v) => (true, format!("{p} = {}", show_json(v))),
-            Some(v) => (false, format!("{p} = {} (expected {})", show_json(v), show_toml(expected))),
+            Some(v) => (
+                false,
+                format!("{p} = {} (expected {})", show_json(v), show_toml(expected)),
+            ),
         };
     }
     if let Some(unwanted) = &a.not_equals {
         return match found {
             None => (false, format!("{p} is missing")),
-            Some(v) if values_equal(unwanted, v) => (false, format!("{p} = {} (must not be)", show_json(v))),
-            Some(v) => (true, format!("{p} = {} (not {})", show_json(v), show_toml(unwanted))),
+            Some(v) if values_equal(unwanted, v) => {
+                (false, format!("{p} = {} (must not be)", show_json(v)))
+            }
+            Some(v) => (
+                true,
+                format!("{p} = {} (not {})", show_json(v), show_toml(unwanted)),
+            ),
         };
     }
     let (fields, want_none) = match (&a.none, &a.all) {
@@ -260,7 +318,11 @@ pub fn check_assertion(a: &JsonAssertion, doc: &serde_json::Value) -> (bool, Str
         (None, Some(f)) => (f, false),
         (None, None) => return (false, format!("assertion on {p} has nothing to check")),
     };
-    let wanted = fields.iter().map(|(k, v)| format!("{k} = {}", show_toml(v))).collect::<Vec<_>>().join(", ");
+    let wanted = fields
+        .iter()
+        .map(|(k, v)| format!("{k} = {}", show_toml(v)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let elements: Vec<(String, &serde_json::Value)> = match found {
         None => return (false, format!("{p} is missing")),
         Some(serde_json::Value::Array(items)) => items
@@ -269,18 +331,42 @@ pub fn check_assertion(a: &JsonAssertion, doc: &serde_json::Value) -> (bool, Str
             .map(|(i, v)| {
                 // An element that carries its own name (`{"name": "brokerService", ...}`) is
                 // named by it; otherwise by its index.
-                let label = v.get("name").and_then(|n| n.as_str()).map(str::to_string).unwrap_or_else(|| format!("[{i}]"));
+                let label = v
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("[{i}]"));
                 (label, v)
             })
             .collect(),
         Some(serde_json::Value::Object(map)) => map.iter().map(|(k, v)| (k.clone(), v)).collect(),
-        Some(other) => return (false, format!("{p} is {}, not an array or object: {}", kind_of(other), show_json(other))),
+        Some(other) => {
+            return (
+                false,
+                format!(
+                    "{p} is {}, not an array or object: {}",
+                    kind_of(other),
+                    show_json(other)
+                ),
+            );
+        }
     };
-    let matches = |el: &serde_json::Value| fields.iter().all(|(k, want)| field(el, k).is_some_and(|v| values_equal(want, v)));
+    let matches = |el: &serde_json::Value| {
+        fields
+            .iter()
+            .all(|(k, want)| field(el, k).is_some_and(|v| values_equal(want, v)))
+    };
     let describe = |el: &serde_json::Value| {
         fields
             .keys()
-            .map(|k| format!("{k} = {}", field(el, k).map(show_json).unwrap_or_else(|| "missing".into())))
+            .map(|k| {
+                format!(
+                    "{k} = {}",
+                    field(el, k)
+                        .map(show_json)
+                        .unwrap_or_else(|| "missing".into())
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -294,15 +380,33 @@ pub fn check_assertion(a: &JsonAssertion, doc: &serde_json::Value) -> (bool, Str
         let how = if want_none { "none has" } else { "all have" };
         (true, format!("{p}: {how} {wanted} ({n} checked)"))
     } else if want_none {
-        (false, format!("{p}: {} of {n} with {wanted}: {}", offending.len(), offending.join("; ")))
+        (
+            false,
+            format!(
+                "{p}: {} of {n} with {wanted}: {}",
+                offending.len(),
+                offending.join("; ")
+            ),
+        )
     } else {
-        (false, format!("{p}: {} of {n} without {wanted}: {}", offending.len(), offending.join("; ")))
+        (
+            false,
+            format!(
+                "{p}: {} of {n} without {wanted}: {}",
+                offending.len(),
+                offending.join("; ")
+            ),
+        )
     }
 }
 
 /// A field of an element: a plain key, or a JSON Pointer when it starts with `/`.
 fn field<'a>(el: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
-    if key.starts_with('/') { el.pointer(key) } else { el.get(key) }
+    if key.starts_with('/') {
+        el.pointer(key)
+    } else {
+        el.get(key)
+    }
 }
 
 fn kind_of(v: &serde_json::Value) -> &'static str {
@@ -332,8 +436,14 @@ pub fn values_equal(expected: &toml::Value, got: &serde_json::Value) -> bool {
         },
         (T::Float(a), J::Number(b)) => b.as_f64().is_some_and(|f| *a == f),
         (T::Datetime(a), J::String(b)) => a.to_string() == *b,
-        (T::Array(a), J::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| values_equal(x, y)),
-        (T::Table(a), J::Object(b)) => a.len() == b.len() && a.iter().all(|(k, x)| b.get(k).is_some_and(|y| values_equal(x, y))),
+        (T::Array(a), J::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| values_equal(x, y))
+        }
+        (T::Table(a), J::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, x)| b.get(k).is_some_and(|y| values_equal(x, y)))
+        }
         _ => false,
     }
 }
@@ -351,7 +461,16 @@ fn show_json(v: &serde_json::Value) -> String {
 
 /// The first `max` characters of `s` on one line, with "…" and the full length when cut.
 pub fn trim_for_report(s: &str, max: usize) -> String {
-    let one_line: String = s.chars().map(|c| if c == '\n' || c == '\r' || c == '\t' { ' ' } else { c }).collect();
+    let one_line: String = s
+        .chars()
+        .map(|c| {
+            if c == '\n' || c == '\r' || c == '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
     let one_line = one_line.trim();
     let total = one_line.chars().count();
     if total <= max {
@@ -362,7 +481,10 @@ pub fn trim_for_report(s: &str, max: usize) -> String {
 }
 
 /// Reads at most `limit` bytes of the body.
-async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, reqwest::Error> {
+async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         let room = limit.saturating_sub(body.len());
@@ -376,11 +498,17 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
 
 /// Time left until the item's deadline (at least one second, so a request is still tried).
 pub fn remaining(ctx: &ItemCtx) -> Duration {
-    ctx.deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1))
+    ctx.deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_secs(1))
 }
 
 /// A reqwest client (rustls) whose every request ends before the item's deadline.
-pub fn client(ctx: &ItemCtx, extra_ca: &[reqwest::Certificate], redirect: reqwest::redirect::Policy) -> Result<reqwest::Client, String> {
+pub fn client(
+    ctx: &ItemCtx,
+    extra_ca: &[reqwest::Certificate],
+    redirect: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, String> {
     let total = remaining(ctx);
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
@@ -391,15 +519,21 @@ pub fn client(ctx: &ItemCtx, extra_ca: &[reqwest::Certificate], redirect: reqwes
     for c in extra_ca {
         b = b.add_root_certificate(c.clone());
     }
-    b.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
+    b.build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 /// Reads every certificate of a PEM file.
 pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("ca_file {} holds no PEM certificate", path.display()));
+        return Err(format!(
+            "ca_file {} holds no PEM certificate",
+            path.display()
+        ));
     }
     Ok(certs)
 }
@@ -407,7 +541,11 @@ pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Stri
 /// A reqwest error as one line, with its causes (reqwest's own Display hides the cause, e.g.
 /// "connection refused" or the certificate problem).
 pub fn describe_error(e: &reqwest::Error) -> String {
-    let mut msg = if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
+    let mut msg = if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        e.to_string()
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let text = s.to_string();
@@ -432,7 +570,10 @@ mod tests {
     fn numbers_compare_by_value_and_strings_exactly() {
         assert!(values_equal(&toml::Value::Integer(1), &json!(1.0)));
         assert!(values_equal(&toml::Value::Float(0.5), &json!(0.5)));
-        assert!(!values_equal(&toml::Value::String("UP".into()), &json!("up")));
+        assert!(!values_equal(
+            &toml::Value::String("UP".into()),
+            &json!("up")
+        ));
         assert!(!values_equal(&toml::Value::String("1".into()), &json!(1)));
         assert!(values_equal(&toml::Value::Boolean(true), &json!(true)));
     }

@@ -14,6 +14,7 @@
 //!   rotated sibling with the old inode (or, once compressed, the oldest sibling changed since the
 //!   previous run) is read from the old offset, siblings rotated after it in full, then the new
 //!   file from 0.
+//!
 //! The offset only ever moves past complete lines, so a line being written is read next time.
 //! Reading streams line by line (`.gz` through `MultiGzDecoder`); the table of distinct messages
 //! is capped, so memory stays bounded whatever the log size.
@@ -75,10 +76,15 @@ const MAX_DISTINCT: usize = 10_000;
 /// Characters of a message kept for grouping and display.
 const MESSAGE_CHARS: usize = 300;
 
-static UUID: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b").expect("valid regex"));
-static HEX: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\b(?:0x[0-9a-f]+|[0-9a-f]*[0-9][0-9a-f]*[a-f][0-9a-f]*|[0-9a-f]*[a-f][0-9a-f]*[0-9][0-9a-f]*)\b").expect("valid regex"));
-static NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+(?:\.\d+)?").expect("valid regex"));
+static UUID: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+        .expect("valid regex")
+});
+static HEX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:0x[0-9a-f]+|[0-9a-f]*[0-9][0-9a-f]*[a-f][0-9a-f]*|[0-9a-f]*[a-f][0-9a-f]*[0-9][0-9a-f]*)\b").expect("valid regex")
+});
+static NUMBER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\d+(?:\.\d+)?").expect("valid regex"));
 /// A leading timestamp: `2026-01-05 10:00:00,123`, `2026-01-05T10:00:00.123+05:30`,
 /// `[2026-01-05 10:00:00]`, `2026-01-05 10:00:00.123 IST` (PostgreSQL; common zone
 /// abbreviations only, so a level word like `ERROR` is never taken for a zone).
@@ -117,14 +123,19 @@ impl Tally {
         if let Some(entry) = self.messages.get_mut(&key) {
             entry.0 += 1;
         } else if self.messages.len() < MAX_DISTINCT {
-            self.messages.insert(key, (1, text.chars().take(MESSAGE_CHARS).collect()));
+            self.messages
+                .insert(key, (1, text.chars().take(MESSAGE_CHARS).collect()));
         } else {
             self.other += 1;
         }
     }
 }
 
-/// One file read: where from, where to, and what happened.
+/// What `scan_file` did: the reads, a note about rotation or truncation, and the new
+/// (inode, offset) to remember.
+type ScanResult = (Vec<FileRead>, Option<String>, (u64, u64));
+
+/// One file read: where from, where to.
 struct FileRead {
     path: PathBuf,
     from: u64,
@@ -146,7 +157,13 @@ impl LogScan {
         }
         if let Some(fc) = self.fail_count {
             if self.warn_count > fc {
-                p.error("warn_count", format!("warn_count ({}) is above fail_count ({fc})", self.warn_count));
+                p.error(
+                    "warn_count",
+                    format!(
+                        "warn_count ({}) is above fail_count ({fc})",
+                        self.warn_count
+                    ),
+                );
             }
         }
     }
@@ -197,7 +214,9 @@ impl LogScan {
                 }
             };
             tally.cutoff = match (state, self.since) {
-                (None, Some(since)) => chrono::Duration::from_std(since.get()).ok().map(|d| ctx.started_at - d),
+                (None, Some(since)) => chrono::Duration::from_std(since.get())
+                    .ok()
+                    .map(|d| ctx.started_at - d),
                 _ => None,
             };
             match self.scan_file(base, state, previous_run, &mut tally) {
@@ -212,7 +231,14 @@ impl LogScan {
                             }
                         })
                         .collect();
-                    let mut line = format!("read {}", if parts.is_empty() { format!("{} (nothing new)", base.display()) } else { parts.join(", then ") });
+                    let mut line = format!(
+                        "read {}",
+                        if parts.is_empty() {
+                            format!("{} (nothing new)", base.display())
+                        } else {
+                            parts.join(", then ")
+                        }
+                    );
                     if let Some(n) = &note {
                         line.push_str(&format!(" — {n}"));
                     }
@@ -224,7 +250,13 @@ impl LogScan {
                         "inode": new_state.0, "offset": new_state.1,
                     }));
                     if !ctx.dry_run {
-                        if let Err(e) = ctx.store.set_scan_offset(&ctx.job, &ctx.item, &key, new_state.0, new_state.1) {
+                        if let Err(e) = ctx.store.set_scan_offset(
+                            &ctx.job,
+                            &ctx.item,
+                            &key,
+                            new_state.0,
+                            new_state.1,
+                        ) {
                             worst = Status::Fail;
                             problems.push(format!("cannot remember the offset of {key}: {e:#}"));
                         }
@@ -258,13 +290,20 @@ impl LogScan {
             worst = count_status;
         }
         let since_text = match ctx.previous_started_at {
-            Some(t) => format!("since the previous run ({})", t.with_timezone(&ctx.tz).format("%Y-%m-%d %H:%M %Z")),
+            Some(t) => format!(
+                "since the previous run ({})",
+                t.with_timezone(&ctx.tz).format("%Y-%m-%d %H:%M %Z")
+            ),
             None => match self.since {
                 Some(s) => format!("in the last {s} (first run)"),
                 None => "(first run: whole files)".into(),
             },
         };
-        let mut top: Vec<(String, u64, String)> = tally.messages.into_iter().map(|(k, (n, ex))| (k, n, ex)).collect();
+        let mut top: Vec<(String, u64, String)> = tally
+            .messages
+            .into_iter()
+            .map(|(k, (n, ex))| (k, n, ex))
+            .collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let distinct = top.len() + usize::from(tally.other > 0);
         let mut summary = format!(
@@ -283,7 +322,10 @@ impl LogScan {
             lines.push(format!("{n:>6}× {msg}"));
         }
         if tally.other > 0 {
-            lines.push(format!("{:>6}× (other messages beyond {MAX_DISTINCT} distinct)", tally.other));
+            lines.push(format!(
+                "{:>6}× (other messages beyond {MAX_DISTINCT} distinct)",
+                tally.other
+            ));
         }
         lines.extend(details);
         Outcome::new(worst, summary).with_details(lines).with_data(json!({
@@ -312,7 +354,10 @@ impl LogScan {
                 }
                 continue;
             }
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| ctx.config_dir.clone());
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| ctx.config_dir.clone());
             let glob = match globset::Glob::new(name) {
                 Ok(g) => g.compile_matcher(),
                 Err(e) => {
@@ -342,7 +387,10 @@ impl LogScan {
         out.dedup();
         // A glob like `*.log*` also matches `app.log.1`: that one is read as app.log's sibling.
         let all = out.clone();
-        out.retain(|p| !all.iter().any(|other| other != p && is_rotated_sibling(other, p)));
+        out.retain(|p| {
+            !all.iter()
+                .any(|other| other != p && is_rotated_sibling(other, p))
+        });
         (out, missing)
     }
 
@@ -354,7 +402,7 @@ impl LogScan {
         state: Option<(u64, u64)>,
         previous_run: Option<SystemTime>,
         tally: &mut Tally,
-    ) -> Result<(Vec<FileRead>, Option<String>, (u64, u64)), String> {
+    ) -> Result<ScanResult, String> {
         let meta = std::fs::metadata(base).map_err(|e| format!("cannot stat: {e}"))?;
         let (ino, size) = (meta.ino(), meta.len());
         let gz = is_gz(base);
@@ -381,19 +429,30 @@ impl LogScan {
             Some((old_ino, old_off)) => {
                 let changed: Vec<&(PathBuf, std::fs::Metadata)> = siblings
                     .iter()
-                    .filter(|(_, m)| m.ino() == old_ino || previous_run.is_none_or(|prev| m.modified().is_ok_and(|t| t > prev)))
+                    .filter(|(_, m)| {
+                        m.ino() == old_ino
+                            || previous_run.is_none_or(|prev| m.modified().is_ok_and(|t| t > prev))
+                    })
                     .collect();
                 if old_ino == ino {
-                    note = Some(format!("truncated (size {size} < remembered offset {old_off}): read from the start"));
+                    note = Some(format!(
+                        "truncated (size {size} < remembered offset {old_off}): read from the start"
+                    ));
                     // copytruncate: the rest of the old content is in the newest rotated copy.
                     if let Some((p, _)) = changed.last().filter(|_| previous_run.is_some()) {
                         reads.push(read_from(p, old_off, tally)?);
-                        note = Some(format!("truncated (copytruncate into {}): read its rest, then the file from the start", p.display()));
+                        note = Some(format!(
+                            "truncated (copytruncate into {}): read its rest, then the file from the start",
+                            p.display()
+                        ));
                     }
                 } else {
                     // Rotated: the old file is the sibling with the old inode, or once
                     // compressed (new inode), the oldest sibling changed since the previous run.
-                    let old_pos = changed.iter().position(|(_, m)| m.ino() == old_ino).or(if changed.is_empty() { None } else { Some(0) });
+                    let old_pos = changed
+                        .iter()
+                        .position(|(_, m)| m.ino() == old_ino)
+                        .or(if changed.is_empty() { None } else { Some(0) });
                     match old_pos {
                         Some(i) => {
                             let (p, _) = changed[i];
@@ -421,17 +480,23 @@ impl LogScan {
 /// Reads complete lines from `offset` to the end; returns where it stopped (after the last
 /// complete line; for `.gz` the end of the decompressed stream).
 fn read_from(path: &Path, offset: u64, tally: &mut Tally) -> Result<FileRead, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let gz = is_gz(path);
     let mut reader: Box<dyn BufRead> = if gz {
-        let mut r = BufReader::with_capacity(64 * 1024, flate2::read::MultiGzDecoder::new(BufReader::new(file)));
+        let mut r = BufReader::with_capacity(
+            64 * 1024,
+            flate2::read::MultiGzDecoder::new(BufReader::new(file)),
+        );
         // Decompressed bytes are skipped to reach the offset.
-        std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Box::new(r)
     } else {
         let mut f = file;
         use std::io::Seek;
-        f.seek(std::io::SeekFrom::Start(offset)).map_err(|e| format!("{}: {e}", path.display()))?;
+        f.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Box::new(BufReader::with_capacity(64 * 1024, f))
     };
     let mut pos = offset;
@@ -439,7 +504,9 @@ fn read_from(path: &Path, offset: u64, tally: &mut Tally) -> Result<FileRead, St
     let mut lines = 0u64;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -457,7 +524,11 @@ fn read_from(path: &Path, offset: u64, tally: &mut Tally) -> Result<FileRead, St
             buf = Vec::with_capacity(4096);
         }
     }
-    Ok(FileRead { path: path.to_path_buf(), from: offset, to: pos })
+    Ok(FileRead {
+        path: path.to_path_buf(),
+        from: offset,
+        to: pos,
+    })
 }
 
 fn is_gz(p: &Path) -> bool {
@@ -475,10 +546,15 @@ fn is_rotated_sibling(base: &Path, candidate: &Path) -> bool {
     if base.parent() != candidate.parent() {
         return false;
     }
-    let (Some(b), Some(c)) = (base.file_name().and_then(|n| n.to_str()), candidate.file_name().and_then(|n| n.to_str())) else {
+    let (Some(b), Some(c)) = (
+        base.file_name().and_then(|n| n.to_str()),
+        candidate.file_name().and_then(|n| n.to_str()),
+    ) else {
         return false;
     };
-    let Some(rest) = c.strip_prefix(b) else { return false };
+    let Some(rest) = c.strip_prefix(b) else {
+        return false;
+    };
     let rest = rest.strip_suffix(".gz").unwrap_or(rest);
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     match (rest.strip_prefix('.'), rest.strip_prefix('-')) {
@@ -489,12 +565,21 @@ fn is_rotated_sibling(base: &Path, candidate: &Path) -> bool {
 }
 
 fn rotated_siblings(base: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
-    let Some(dir) = base.parent() else { return Vec::new() };
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Some(dir) = base.parent() else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     rd.filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| is_rotated_sibling(base, p))
-        .filter_map(|p| std::fs::metadata(&p).ok().filter(|m| m.is_file()).map(|m| (p, m)))
+        .filter_map(|p| {
+            std::fs::metadata(&p)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| (p, m))
+        })
         .collect()
 }
 
@@ -506,10 +591,18 @@ pub fn normalise(line: &str) -> String {
     let s = HEX.replace_all(&s, |c: &regex::Captures| {
         // Words like "deadbeef" without digits are not matched; "a1b2c3" and 0x1f are ids, but
         // short all-letter words ("add", "bad") never reach here.
-        if c[0].len() >= 6 || c[0].starts_with("0x") || c[0].starts_with("0X") { "<id>".to_string() } else { c[0].to_string() }
+        if c[0].len() >= 6 || c[0].starts_with("0x") || c[0].starts_with("0X") {
+            "<id>".to_string()
+        } else {
+            c[0].to_string()
+        }
     });
     let s = NUMBER.replace_all(&s, "<n>");
-    s.chars().take(MESSAGE_CHARS).collect::<String>().trim().to_string()
+    s.chars()
+        .take(MESSAGE_CHARS)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// The time of a line's leading timestamp; without an offset it is read in `tz`.
@@ -520,12 +613,21 @@ fn leading_time(line: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
         Some("Z") => Some(Utc.from_utc_datetime(&naive)),
         Some(off) => {
             let digits: String = off.chars().filter(|c| c.is_ascii_digit()).collect();
-            let (h, m): (i32, i32) = (digits.get(0..2)?.parse().ok()?, digits.get(2..4)?.parse().ok()?);
+            let (h, m): (i32, i32) = (
+                digits.get(0..2)?.parse().ok()?,
+                digits.get(2..4)?.parse().ok()?,
+            );
             let secs = (h * 3600 + m * 60) * if off.starts_with('-') { -1 } else { 1 };
             let fixed = chrono::FixedOffset::east_opt(secs)?;
-            fixed.from_local_datetime(&naive).single().map(|t| t.with_timezone(&Utc))
+            fixed
+                .from_local_datetime(&naive)
+                .single()
+                .map(|t| t.with_timezone(&Utc))
         }
-        None => tz.from_local_datetime(&naive).earliest().map(|t| t.with_timezone(&Utc)),
+        None => tz
+            .from_local_datetime(&naive)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc)),
     }
 }
 
@@ -536,10 +638,15 @@ mod tests {
     #[test]
     fn messages_are_normalised() {
         assert_eq!(
-            normalise("2026-01-05 10:00:01.123 ERROR [http-nio-8080-exec-7] Order 81723 rejected for user 3f2a9c1e-8b7d-4c1a-9e2f-1a2b3c4d5e6f"),
+            normalise(
+                "2026-01-05 10:00:01.123 ERROR [http-nio-8080-exec-7] Order 81723 rejected for user 3f2a9c1e-8b7d-4c1a-9e2f-1a2b3c4d5e6f"
+            ),
             "ERROR [http-nio-<n>-exec-<n>] Order <n> rejected for user <id>"
         );
-        assert_eq!(normalise("ERROR trace 0x7f3a9c at deadbeef12"), "ERROR trace <id> at <id>");
+        assert_eq!(
+            normalise("ERROR trace 0x7f3a9c at deadbeef12"),
+            "ERROR trace <id> at <id>"
+        );
         assert_eq!(
             normalise("2026-01-05 10:00:01.123 IST [4242] ERROR:  duplicate key value"),
             "[<n>] ERROR:  duplicate key value"

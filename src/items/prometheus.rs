@@ -58,7 +58,10 @@ impl Prometheus {
     pub fn prepare(&mut self, p: &mut Prepare) {
         match reqwest::Url::parse(&self.url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => p.error("url", format!("unsupported URL scheme {:?} (http or https)", u.scheme())),
+            Ok(u) => p.error(
+                "url",
+                format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
+            ),
             Err(e) => p.error("url", format!("invalid URL {:?}: {e}", self.url)),
         }
         if self.query.trim().is_empty() {
@@ -66,12 +69,18 @@ impl Prometheus {
         }
         if let (Some(w), Some(f)) = (self.warn_above, self.fail_above) {
             if w > f {
-                p.error("warn_above", format!("warn_above ({w}) is above fail_above ({f})"));
+                p.error(
+                    "warn_above",
+                    format!("warn_above ({w}) is above fail_above ({f})"),
+                );
             }
         }
         if let (Some(w), Some(f)) = (self.warn_below, self.fail_below) {
             if w < f {
-                p.error("warn_below", format!("warn_below ({w}) is below fail_below ({f})"));
+                p.error(
+                    "warn_below",
+                    format!("warn_below ({w}) is below fail_below ({f})"),
+                );
             }
         }
     }
@@ -79,7 +88,10 @@ impl Prometheus {
     /// The status of one value against the thresholds, and why.
     fn judge(&self, v: f64) -> (Status, Option<String>) {
         if v.is_nan() {
-            return (Status::Warn, Some("value is NaN (no samples in the window?)".into()));
+            return (
+                Status::Warn,
+                Some("value is NaN (no samples in the window?)".into()),
+            );
         }
         if let Some(f) = self.fail_above.filter(|f| v > *f) {
             return (Status::Fail, Some(format!("above {}", num(f))));
@@ -109,36 +121,72 @@ impl Prometheus {
         };
         let resp = match client.get(url).send().await {
             Ok(r) => r,
-            Err(e) => return Outcome::fail(format!("Prometheus at {} unreachable: {}", self.url, describe_error(&e))),
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "Prometheus at {} unreachable: {}",
+                    self.url,
+                    describe_error(&e)
+                ));
+            }
         };
         let http_status = resp.status();
         let body = match resp.text().await {
             Ok(b) => b,
-            Err(e) => return Outcome::fail(format!("Prometheus at {}: reading the answer: {}", self.url, describe_error(&e))),
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "Prometheus at {}: reading the answer: {}",
+                    self.url,
+                    describe_error(&e)
+                ));
+            }
         };
         let doc: serde_json::Value = match serde_json::from_str(&body) {
             Ok(d) => d,
             Err(_) => {
-                return Outcome::fail(format!("Prometheus answered {} with a body that is not JSON", http_status.as_u16()))
-                    .detail(format!("received: {}", trim_for_report(&body, 400)));
+                return Outcome::fail(format!(
+                    "Prometheus answered {} with a body that is not JSON",
+                    http_status.as_u16()
+                ))
+                .detail(format!("received: {}", trim_for_report(&body, 400)));
             }
         };
         // Prometheus answers errors (bad PromQL: 400, execution errors: 422/503) with
         // {"status":"error","errorType":...,"error":...}.
         if doc.get("status").and_then(|s| s.as_str()) != Some("success") {
-            let kind = doc.get("errorType").and_then(|s| s.as_str()).unwrap_or("error");
-            let msg = doc.get("error").and_then(|s| s.as_str()).unwrap_or("no message");
-            return Outcome::fail(format!("query failed ({kind}): {}", trim_for_report(msg, 300)))
-                .detail(format!("query: {}", self.query))
-                .detail(format!("HTTP {}", http_status.as_u16()))
-                .with_data(json!({"url": self.url, "query": self.query, "error_type": kind, "error": msg}));
+            let kind = doc
+                .get("errorType")
+                .and_then(|s| s.as_str())
+                .unwrap_or("error");
+            let msg = doc
+                .get("error")
+                .and_then(|s| s.as_str())
+                .unwrap_or("no message");
+            return Outcome::fail(format!(
+                "query failed ({kind}): {}",
+                trim_for_report(msg, 300)
+            ))
+            .detail(format!("query: {}", self.query))
+            .detail(format!("HTTP {}", http_status.as_u16()))
+            .with_data(
+                json!({"url": self.url, "query": self.query, "error_type": kind, "error": msg}),
+            );
         }
         let series = match parse_result(&doc) {
             Ok(s) => s,
-            Err(e) => return Outcome::fail(e).detail(format!("received: {}", trim_for_report(&body, 400))),
+            Err(e) => {
+                return Outcome::fail(e)
+                    .detail(format!("received: {}", trim_for_report(&body, 400)));
+            }
         };
-        let warnings: Vec<String> =
-            doc.get("warnings").and_then(|w| w.as_array()).map(|w| w.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+        let warnings: Vec<String> = doc
+            .get("warnings")
+            .and_then(|w| w.as_array())
+            .map(|w| {
+                w.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
         self.judge_all(series, warnings)
     }
 
@@ -150,8 +198,10 @@ impl Prometheus {
                 NoData::Warn => Status::Warn,
                 NoData::Fail => Status::Fail,
             };
-            let mut o = Outcome::new(status, "no data: the query returned no series").detail(format!("query: {}", self.query));
-            o.details.extend(warnings.iter().map(|w| format!("Prometheus warning: {w}")));
+            let mut o = Outcome::new(status, "no data: the query returned no series")
+                .detail(format!("query: {}", self.query));
+            o.details
+                .extend(warnings.iter().map(|w| format!("Prometheus warning: {w}")));
             o.data = json!({"url": self.url, "query": self.query, "series": [], "no_data": true});
             return o;
         }
@@ -163,8 +213,16 @@ impl Prometheus {
             })
             .collect();
         // Worst first, then the largest value (the series most likely to matter).
-        judged.sort_by(|a, b| b.1.severity().cmp(&a.1.severity()).then(b.0.value.total_cmp(&a.0.value)));
-        let worst = judged.iter().map(|j| j.1).max_by_key(|s| s.severity()).unwrap_or(Status::Pass);
+        judged.sort_by(|a, b| {
+            b.1.severity()
+                .cmp(&a.1.severity())
+                .then(b.0.value.total_cmp(&a.0.value))
+        });
+        let worst = judged
+            .iter()
+            .map(|j| j.1)
+            .max_by_key(|s| s.severity())
+            .unwrap_or(Status::Pass);
         let bad = judged.iter().filter(|j| j.1 != Status::Pass).count();
         let n = judged.len();
         let summary = if n == 1 {
@@ -174,21 +232,36 @@ impl Prometheus {
                 None => format!("value {}{thresholds}", num(s.value)),
             }
         } else if bad == 0 {
-            let max = judged.iter().map(|j| j.0.value).fold(f64::NEG_INFINITY, f64::max);
-            format!("{n} series, all within thresholds (max {}){thresholds}", num(max))
+            let max = judged
+                .iter()
+                .map(|j| j.0.value)
+                .fold(f64::NEG_INFINITY, f64::max);
+            format!(
+                "{n} series, all within thresholds (max {}){thresholds}",
+                num(max)
+            )
         } else {
             format!("{bad} of {n} series outside thresholds")
         };
         let mut o = Outcome::new(worst, summary);
         for (s, st, why) in judged.iter().take(SHOW_SERIES) {
-            let why = why.as_ref().map(|w| format!(" — {} ({w})", st.tag())).unwrap_or_default();
-            o.details.push(format!("{} = {}{why}", labels_text(&s.labels), num(s.value)));
+            let why = why
+                .as_ref()
+                .map(|w| format!(" — {} ({w})", st.tag()))
+                .unwrap_or_default();
+            o.details.push(format!(
+                "{} = {}{why}",
+                labels_text(&s.labels),
+                num(s.value)
+            ));
         }
         if n > SHOW_SERIES {
-            o.details.push(format!("… and {} more series", n - SHOW_SERIES));
+            o.details
+                .push(format!("… and {} more series", n - SHOW_SERIES));
         }
         o.details.push(format!("query: {}", self.query));
-        o.details.extend(warnings.iter().map(|w| format!("Prometheus warning: {w}")));
+        o.details
+            .extend(warnings.iter().map(|w| format!("Prometheus warning: {w}")));
         o.data = json!({
             "url": self.url,
             "query": self.query,
@@ -215,7 +288,11 @@ impl Prometheus {
         if let Some(v) = self.fail_below {
             parts.push(format!("fail < {}", num(v)));
         }
-        if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
     }
 }
 
@@ -223,10 +300,18 @@ impl Prometheus {
 /// (the newest sample of each series).
 fn parse_result(doc: &serde_json::Value) -> Result<Vec<Series>, String> {
     let data = doc.get("data").ok_or("the answer has no `data`")?;
-    let kind = data.get("resultType").and_then(|t| t.as_str()).unwrap_or("");
-    let result = data.get("result").ok_or("the answer has no `data.result`")?;
+    let kind = data
+        .get("resultType")
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
+    let result = data
+        .get("result")
+        .ok_or("the answer has no `data.result`")?;
     let sample_value = |sample: &serde_json::Value| -> Result<f64, String> {
-        let text = sample.get(1).and_then(|v| v.as_str()).ok_or("a sample is not [time, \"value\"]")?;
+        let text = sample
+            .get(1)
+            .and_then(|v| v.as_str())
+            .ok_or("a sample is not [time, \"value\"]")?;
         parse_value(text)
     };
     match kind {
@@ -235,9 +320,16 @@ fn parse_result(doc: &serde_json::Value) -> Result<Vec<Series>, String> {
             .ok_or("`data.result` is not a list")?
             .iter()
             .map(|s| {
-                let labels = s.get("metric").and_then(|m| m.as_object()).cloned().unwrap_or_default();
+                let labels = s
+                    .get("metric")
+                    .and_then(|m| m.as_object())
+                    .cloned()
+                    .unwrap_or_default();
                 let v = s.get("value").ok_or("a series has no `value`")?;
-                Ok(Series { labels, value: sample_value(v)? })
+                Ok(Series {
+                    labels,
+                    value: sample_value(v)?,
+                })
             })
             .collect(),
         "matrix" => result
@@ -245,13 +337,25 @@ fn parse_result(doc: &serde_json::Value) -> Result<Vec<Series>, String> {
             .ok_or("`data.result` is not a list")?
             .iter()
             .filter_map(|s| {
-                let labels = s.get("metric").and_then(|m| m.as_object()).cloned().unwrap_or_default();
-                let last = s.get("values").and_then(|v| v.as_array()).and_then(|v| v.last())?;
+                let labels = s
+                    .get("metric")
+                    .and_then(|m| m.as_object())
+                    .cloned()
+                    .unwrap_or_default();
+                let last = s
+                    .get("values")
+                    .and_then(|v| v.as_array())
+                    .and_then(|v| v.last())?;
                 Some(sample_value(last).map(|value| Series { labels, value }))
             })
             .collect(),
-        "scalar" => Ok(vec![Series { labels: Default::default(), value: sample_value(result)? }]),
-        other => Err(format!("unsupported result type {other:?} (vector, matrix or scalar)")),
+        "scalar" => Ok(vec![Series {
+            labels: Default::default(),
+            value: sample_value(result)?,
+        }]),
+        other => Err(format!(
+            "unsupported result type {other:?} (vector, matrix or scalar)"
+        )),
     }
 }
 
@@ -261,19 +365,28 @@ fn parse_value(s: &str) -> Result<f64, String> {
         "NaN" => Ok(f64::NAN),
         "+Inf" | "Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
-        _ => s.parse::<f64>().map_err(|_| format!("sample value {s:?} is not a number")),
+        _ => s
+            .parse::<f64>()
+            .map_err(|_| format!("sample value {s:?} is not a number")),
     }
 }
 
 /// `{uri="/api/orders", status="500"}`, `__name__` first as the metric name.
 fn labels_text(labels: &serde_json::Map<String, serde_json::Value>) -> String {
-    let name = labels.get("__name__").and_then(|n| n.as_str()).unwrap_or("");
+    let name = labels
+        .get("__name__")
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
     let rest: Vec<String> = labels
         .iter()
         .filter(|(k, _)| *k != "__name__")
         .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or_default()))
         .collect();
-    if rest.is_empty() && name.is_empty() { "{}".into() } else { format!("{name}{{{}}}", rest.join(", ")) }
+    if rest.is_empty() && name.is_empty() {
+        "{}".into()
+    } else {
+        format!("{name}{{{}}}", rest.join(", "))
+    }
 }
 
 /// A number for people: up to 4 decimals, no trailing zeros.

@@ -42,17 +42,35 @@ pub struct System {
 impl System {
     pub fn prepare(&mut self, p: &mut Prepare) {
         if self.disk_warn.0 > self.disk_fail.0 {
-            p.error("disk_warn", format!("disk_warn ({}%) is above disk_fail ({}%)", self.disk_warn.0, self.disk_fail.0));
+            p.error(
+                "disk_warn",
+                format!(
+                    "disk_warn ({}%) is above disk_fail ({}%)",
+                    self.disk_warn.0, self.disk_fail.0
+                ),
+            );
         }
         if self.memory_warn.0 > self.memory_fail.0 {
-            p.error("memory_warn", format!("memory_warn ({}%) is above memory_fail ({}%)", self.memory_warn.0, self.memory_fail.0));
+            p.error(
+                "memory_warn",
+                format!(
+                    "memory_warn ({}%) is above memory_fail ({}%)",
+                    self.memory_warn.0, self.memory_fail.0
+                ),
+            );
         }
         if self.load_warn_per_core < 0.0 {
             p.error("load_warn_per_core", "must not be negative");
         }
         if let Some(f) = self.load_fail_per_core {
             if f < self.load_warn_per_core {
-                p.error("load_fail_per_core", format!("load_fail_per_core ({f}) is below load_warn_per_core ({})", self.load_warn_per_core));
+                p.error(
+                    "load_fail_per_core",
+                    format!(
+                        "load_fail_per_core ({f}) is below load_warn_per_core ({})",
+                        self.load_warn_per_core
+                    ),
+                );
             }
         }
     }
@@ -92,14 +110,24 @@ impl System {
                         human_bytes(d.avail)
                     );
                     if status != Status::Pass {
-                        let limit = if status == Status::Fail { self.disk_fail.0 } else { self.disk_warn.0 };
-                        problems.push(format!("{} {:.1}% used (over {limit}%)", path.display(), d.used_percent));
+                        let limit = if status == Status::Fail {
+                            self.disk_fail.0
+                        } else {
+                            self.disk_warn.0
+                        };
+                        problems.push(format!(
+                            "{} {:.1}% used (over {limit}%)",
+                            path.display(),
+                            d.used_percent
+                        ));
                         details.push(format!("{line} — {}", status.tag()));
                     } else {
                         details.push(line);
                     }
-                    disks.push(json!({"path": path, "size": d.size, "used": d.used, "avail": d.avail,
-                        "used_percent": round1(d.used_percent), "status": status.as_str()}));
+                    disks.push(
+                        json!({"path": path, "size": d.size, "used": d.used, "avail": d.avail,
+                        "used_percent": round1(d.used_percent), "status": status.as_str()}),
+                    );
                 }
                 Err(e) => {
                     raise(Status::Fail, &mut worst);
@@ -110,14 +138,29 @@ impl System {
             }
         }
 
-        let memory = match std::fs::read_to_string("/proc/meminfo").map_err(|e| e.to_string()).and_then(|t| parse_meminfo(&t)) {
+        let memory = match std::fs::read_to_string("/proc/meminfo")
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse_meminfo(&t))
+        {
             Ok((total, avail)) => {
-                let used_percent = if total == 0 { 0.0 } else { 100.0 * (1.0 - avail as f64 / total as f64) };
+                let used_percent = if total == 0 {
+                    0.0
+                } else {
+                    100.0 * (1.0 - avail as f64 / total as f64)
+                };
                 let status = level(used_percent, self.memory_warn.0, self.memory_fail.0);
                 raise(status, &mut worst);
-                let line = format!("memory: {used_percent:.1}% used ({} available of {})", human_bytes(avail), human_bytes(total));
+                let line = format!(
+                    "memory: {used_percent:.1}% used ({} available of {})",
+                    human_bytes(avail),
+                    human_bytes(total)
+                );
                 if status != Status::Pass {
-                    let limit = if status == Status::Fail { self.memory_fail.0 } else { self.memory_warn.0 };
+                    let limit = if status == Status::Fail {
+                        self.memory_fail.0
+                    } else {
+                        self.memory_warn.0
+                    };
                     problems.push(format!("memory {used_percent:.1}% used (over {limit}%)"));
                     details.push(format!("{line} — {}", status.tag()));
                 } else {
@@ -132,8 +175,13 @@ impl System {
             }
         };
 
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let load = match std::fs::read_to_string("/proc/loadavg").map_err(|e| e.to_string()).and_then(|t| parse_loadavg(&t)) {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let load = match std::fs::read_to_string("/proc/loadavg")
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse_loadavg(&t))
+        {
             Ok((l1, l5, l15)) => {
                 // The 5-minute average: the 1-minute one swings with a single cron job.
                 let per_core = l5 / cores as f64;
@@ -145,9 +193,15 @@ impl System {
                     Status::Pass
                 };
                 raise(status, &mut worst);
-                let line = format!("load: {l1:.2} {l5:.2} {l15:.2} (1/5/15 min) on {cores} core{}, {per_core:.2} per core", if cores == 1 { "" } else { "s" });
+                let line = format!(
+                    "load: {l1:.2} {l5:.2} {l15:.2} (1/5/15 min) on {cores} core{}, {per_core:.2} per core",
+                    if cores == 1 { "" } else { "s" }
+                );
                 if status != Status::Pass {
-                    problems.push(format!("load {per_core:.2} per core (over {})", self.load_warn_per_core));
+                    problems.push(format!(
+                        "load {per_core:.2} per core (over {})",
+                        self.load_warn_per_core
+                    ));
                     details.push(format!("{line} — {}", status.tag()));
                 } else {
                     details.push(line);
@@ -162,14 +216,24 @@ impl System {
         };
 
         let summary = if problems.is_empty() {
-            let max_disk = disks.iter().filter_map(|d| d.get("used_percent").and_then(|v| v.as_f64())).fold(0.0, f64::max);
-            let mem = memory.get("used_percent").and_then(|v| v.as_f64()).unwrap_or(0.0);
+            let max_disk = disks
+                .iter()
+                .filter_map(|d| d.get("used_percent").and_then(|v| v.as_f64()))
+                .fold(0.0, f64::max);
+            let mem = memory
+                .get("used_percent")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0);
             let per_core = load.get("per_core").and_then(|v| v.as_f64()).unwrap_or(0.0);
-            format!("disk max {max_disk:.1}% used, memory {mem:.1}% used, load {per_core:.2} per core")
+            format!(
+                "disk max {max_disk:.1}% used, memory {mem:.1}% used, load {per_core:.2} per core"
+            )
         } else {
             problems.join("; ")
         };
-        Outcome::new(worst, summary).with_details(details).with_data(json!({"disks": disks, "memory": memory, "load": load}))
+        Outcome::new(worst, summary)
+            .with_details(details)
+            .with_data(json!({"disks": disks, "memory": memory, "load": load}))
     }
 }
 
@@ -190,8 +254,17 @@ fn disk_use(path: &std::path::Path) -> Result<DiskUse, String> {
     let used = size.saturating_sub(free);
     // df's Use%: used / (used + available to non-root), rounded up.
     let denom = used + avail;
-    let used_percent = if denom == 0 { 0.0 } else { 100.0 * used as f64 / denom as f64 };
-    Ok(DiskUse { size, used, avail, used_percent })
+    let used_percent = if denom == 0 {
+        0.0
+    } else {
+        100.0 * used as f64 / denom as f64
+    };
+    Ok(DiskUse {
+        size,
+        used,
+        avail,
+        used_percent,
+    })
 }
 
 /// (MemTotal, MemAvailable) in bytes.
@@ -204,7 +277,8 @@ fn parse_meminfo(text: &str) -> Result<(u64, u64), String> {
         })
     };
     let total = field("MemTotal").ok_or("/proc/meminfo has no MemTotal")?;
-    let avail = field("MemAvailable").ok_or("/proc/meminfo has no MemAvailable (kernel older than 3.14)")?;
+    let avail = field("MemAvailable")
+        .ok_or("/proc/meminfo has no MemAvailable (kernel older than 3.14)")?;
     Ok((total, avail))
 }
 
@@ -262,7 +336,10 @@ mod tests {
     fn meminfo_and_loadavg_parse() {
         let m = "MemTotal:       16318420 kB\nMemFree:          512000 kB\nMemAvailable:    8159210 kB\n";
         assert_eq!(parse_meminfo(m), Ok((16318420 * 1024, 8159210 * 1024)));
-        assert_eq!(parse_loadavg("0.52 1.10 0.90 2/345 12345\n"), Ok((0.52, 1.10, 0.90)));
+        assert_eq!(
+            parse_loadavg("0.52 1.10 0.90 2/345 12345\n"),
+            Ok((0.52, 1.10, 0.90))
+        );
         assert!(parse_meminfo("MemTotal: 1 kB\n").is_err());
     }
 

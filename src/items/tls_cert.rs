@@ -102,7 +102,13 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let full = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        let full = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
         let name = rustls::server::ParsedCertificate::try_from(end_entity)
             .and_then(|parsed| rustls::client::verify_server_name(&parsed, server_name))
             .map_err(|e| e.to_string());
@@ -110,7 +116,8 @@ impl ServerCertVerifier for RecordingVerifier {
         let chain = match full {
             Ok(_) => Ok(()),
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
             )) => Ok(()),
             Err(e) => Err(e.to_string()),
         };
@@ -156,7 +163,13 @@ impl TlsCert {
             }
         }
         if self.fail_within > self.warn_within {
-            p.error("fail_within", format!("fail_within ({}) is longer than warn_within ({})", self.fail_within, self.warn_within));
+            p.error(
+                "fail_within",
+                format!(
+                    "fail_within ({}) is longer than warn_within ({})",
+                    self.fail_within, self.warn_within
+                ),
+            );
         }
         if let Some(ca) = &self.ca_file {
             if let Err(e) = read_pem_certs(&p.path(ca)) {
@@ -188,15 +201,30 @@ impl TlsCert {
         for file in &self.files {
             let path = ctx.path(file);
             match read_pem_certs(&path) {
-                Err(e) => rows.push((Status::Fail, format!("{}: {e}", path.display()), json!({"file": path, "error": e, "status": "fail"}), e)),
+                Err(e) => rows.push((
+                    Status::Fail,
+                    format!("{}: {e}", path.display()),
+                    json!({"file": path, "error": e, "status": "fail"}),
+                    e,
+                )),
                 Ok(certs) => {
                     for (i, der) in certs.iter().enumerate() {
                         let label = format!("{} #{}", path.display(), i + 1);
                         match parse_cert(der) {
-                            Err(e) => rows.push((Status::Fail, format!("{label}: {e}"), json!({"file": path, "index": i, "error": e, "status": "fail"}), e)),
+                            Err(e) => rows.push((
+                                Status::Fail,
+                                format!("{label}: {e}"),
+                                json!({"file": path, "index": i, "error": e, "status": "fail"}),
+                                e,
+                            )),
                             Ok(info) => {
                                 let (status, when) = self.expiry(&info, now);
-                                let line = format!("{label}: {} — {when} ({}), issuer {}", info.subject, info.not_after.format("%Y-%m-%d"), info.issuer);
+                                let line = format!(
+                                    "{label}: {} — {when} ({}), issuer {}",
+                                    info.subject,
+                                    info.not_after.format("%Y-%m-%d"),
+                                    info.issuer
+                                );
                                 let data = json!({"file": path, "index": i, "subject": info.subject, "issuer": info.issuer,
                                     "not_after": info.not_after.to_rfc3339(), "days_left": days_left(&info, now), "status": status.as_str()});
                                 rows.push((status, line, data, format!("{label} {when}")));
@@ -207,34 +235,78 @@ impl TlsCert {
             }
         }
 
-        let worst = rows.iter().map(|r| r.0).max_by_key(|s| s.severity()).unwrap_or(Status::Pass);
-        let bad: Vec<&str> = rows.iter().filter(|r| r.0 != Status::Pass).map(|r| r.3.as_str()).collect();
-        let soonest = rows.iter().filter_map(|r| r.2.get("days_left").and_then(|d| d.as_i64())).min();
+        let worst = rows
+            .iter()
+            .map(|r| r.0)
+            .max_by_key(|s| s.severity())
+            .unwrap_or(Status::Pass);
+        let bad: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.0 != Status::Pass)
+            .map(|r| r.3.as_str())
+            .collect();
+        let soonest = rows
+            .iter()
+            .filter_map(|r| r.2.get("days_left").and_then(|d| d.as_i64()))
+            .min();
         let summary = if !bad.is_empty() {
             // The worst first; a long list belongs in the details, not the one-line summary.
-            let mut ordered: Vec<&(Status, String, serde_json::Value, String)> = rows.iter().filter(|r| r.0 != Status::Pass).collect();
-            ordered.sort_by_key(|r| (std::cmp::Reverse(r.0.severity()), r.2.get("days_left").and_then(|d| d.as_i64()).unwrap_or(i64::MIN)));
+            let mut ordered: Vec<&(Status, String, serde_json::Value, String)> =
+                rows.iter().filter(|r| r.0 != Status::Pass).collect();
+            ordered.sort_by_key(|r| {
+                (
+                    std::cmp::Reverse(r.0.severity()),
+                    r.2.get("days_left")
+                        .and_then(|d| d.as_i64())
+                        .unwrap_or(i64::MIN),
+                )
+            });
             let shown: Vec<&str> = ordered.iter().take(3).map(|r| r.3.as_str()).collect();
-            let more = if bad.len() > 3 { format!("; and {} more", bad.len() - 3) } else { String::new() };
+            let more = if bad.len() > 3 {
+                format!("; and {} more", bad.len() - 3)
+            } else {
+                String::new()
+            };
             format!("{}{more}", shown.join("; "))
         } else {
             match soonest {
-                Some(d) => format!("{} certificate{} fine, the first expires in {d} days", rows.len(), if rows.len() == 1 { "" } else { "s" }),
+                Some(d) => format!(
+                    "{} certificate{} fine, the first expires in {d} days",
+                    rows.len(),
+                    if rows.len() == 1 { "" } else { "s" }
+                ),
                 None => "no certificates checked".into(),
             }
         };
         // The worst rows first: the reader acts on those.
-        rows.sort_by_key(|r| (std::cmp::Reverse(r.0.severity()), r.2.get("days_left").and_then(|d| d.as_i64()).unwrap_or(i64::MIN)));
+        rows.sort_by_key(|r| {
+            (
+                std::cmp::Reverse(r.0.severity()),
+                r.2.get("days_left")
+                    .and_then(|d| d.as_i64())
+                    .unwrap_or(i64::MIN),
+            )
+        });
         Outcome::new(worst, summary)
-            .with_details(rows.iter().map(|r| format!("{} {}", r.0.tag(), r.1)).collect())
-            .with_data(json!({"certificates": rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>()}))
+            .with_details(
+                rows.iter()
+                    .map(|r| format!("{} {}", r.0.tag(), r.1))
+                    .collect(),
+            )
+            .with_data(
+                json!({"certificates": rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>()}),
+            )
     }
 
     fn roots(&self, ctx: &ItemCtx) -> Result<Arc<rustls::RootCertStore>, String> {
-        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
         if let Some(ca) = &self.ca_file {
             for der in read_pem_certs(&ctx.path(ca))? {
-                roots.add(CertificateDer::from(der)).map_err(|e| format!("ca_file: {e}"))?;
+                roots
+                    .add(CertificateDer::from(der))
+                    .map_err(|e| format!("ca_file: {e}"))?;
             }
         }
         Ok(Arc::new(roots))
@@ -245,30 +317,60 @@ impl TlsCert {
         let left = info.not_after - now;
         let days = days_left(info, now);
         if left <= chrono::Duration::zero() {
-            return (Status::Fail, format!("EXPIRED {} day{} ago", -days, if days == -1 { "" } else { "s" }));
+            return (
+                Status::Fail,
+                format!(
+                    "EXPIRED {} day{} ago",
+                    -days,
+                    if days == -1 { "" } else { "s" }
+                ),
+            );
         }
         let phrase = format!("expires in {days} day{}", if days == 1 { "" } else { "s" });
         let within = |d: Dur| chrono::Duration::from_std(d.get()).is_ok_and(|d| left <= d);
         if within(self.fail_within) {
-            (Status::Fail, format!("{phrase} (fail_within {})", days_text(self.fail_within)))
+            (
+                Status::Fail,
+                format!("{phrase} (fail_within {})", days_text(self.fail_within)),
+            )
         } else if within(self.warn_within) {
-            (Status::Warn, format!("{phrase} (warn_within {})", days_text(self.warn_within)))
+            (
+                Status::Warn,
+                format!("{phrase} (warn_within {})", days_text(self.warn_within)),
+            )
         } else {
             (Status::Pass, phrase)
         }
     }
 
-    fn judge_endpoint(&self, endpoint: &str, result: Result<Handshake, String>, now: DateTime<Utc>) -> (Status, String, serde_json::Value, String) {
+    fn judge_endpoint(
+        &self,
+        endpoint: &str,
+        result: Result<Handshake, String>,
+        now: DateTime<Utc>,
+    ) -> (Status, String, serde_json::Value, String) {
         let hs = match result {
             Ok(h) => h,
             Err(e) => {
                 let data = json!({"endpoint": endpoint, "error": e, "status": "fail"});
-                return (Status::Fail, format!("{endpoint}: unreachable: {e}"), data, format!("{endpoint} unreachable"));
+                return (
+                    Status::Fail,
+                    format!("{endpoint}: unreachable: {e}"),
+                    data,
+                    format!("{endpoint} unreachable"),
+                );
             }
         };
         let info = match parse_cert(&hs.leaf) {
             Ok(i) => i,
-            Err(e) => return (Status::Fail, format!("{endpoint}: {e}"), json!({"endpoint": endpoint, "error": e, "status": "fail"}), e),
+            Err(e) => {
+                return (
+                    Status::Fail,
+                    format!("{endpoint}: {e}"),
+                    json!({"endpoint": endpoint, "error": e, "status": "fail"}),
+                    e,
+                );
+            }
         };
         let (mut status, when) = self.expiry(&info, now);
         let mut short = format!("{endpoint} {when}");
@@ -292,7 +394,11 @@ impl TlsCert {
             info.subject,
             info.not_after.format("%Y-%m-%d"),
             info.issuer,
-            if info.names.is_empty() { "(none)".to_string() } else { info.names.join(", ") }
+            if info.names.is_empty() {
+                "(none)".to_string()
+            } else {
+                info.names.join(", ")
+            }
         );
         let data = json!({
             "endpoint": endpoint, "subject": info.subject, "issuer": info.issuer, "names": info.names,
@@ -308,7 +414,11 @@ impl TlsCert {
 /// A threshold in days as people write it (`30d`); humantime would say `1month 6h`.
 fn days_text(d: Dur) -> String {
     let secs = d.get().as_secs();
-    if secs % 86400 == 0 { format!("{}d", secs / 86400) } else { d.to_string() }
+    if secs % 86400 == 0 {
+        format!("{}d", secs / 86400)
+    } else {
+        d.to_string()
+    }
 }
 
 /// Whole days left (negative when expired), rounded toward "less time left".
@@ -327,23 +437,36 @@ struct Handshake {
 async fn handshake(endpoint: &str, roots: Arc<rustls::RootCertStore>) -> Result<Handshake, String> {
     let (host, port) = split_endpoint(endpoint)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| format!("cannot build the verifier: {e}"))?;
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| format!("cannot build the verifier: {e}"))?;
     let seen = Arc::new(Mutex::new(SeenBox::default()));
-    let verifier = Arc::new(RecordingVerifier { inner, seen: seen.clone() });
+    let verifier = Arc::new(RecordingVerifier {
+        inner,
+        seen: seen.clone(),
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    let server_name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?} is not a valid server name: {e}"))?;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|e| format!("{host:?} is not a valid server name: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tls = connector.connect(server_name, tcp).await;
-    let protocol = tls.as_ref().ok().and_then(|s| s.get_ref().1.protocol_version()).map(|v| format!("{v:?}"));
-    let seen = seen.lock().map_err(|_| "internal error: verifier state poisoned".to_string())?;
+    let protocol = tls
+        .as_ref()
+        .ok()
+        .and_then(|s| s.get_ref().1.protocol_version())
+        .map(|v| format!("{v:?}"));
+    let seen = seen
+        .lock()
+        .map_err(|_| "internal error: verifier state poisoned".to_string())?;
     let seen = &seen.0;
     match (&seen.leaf, tls) {
         (Some(leaf), _) => Ok(Handshake {
@@ -390,15 +513,19 @@ fn read_pem_certs(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
 }
 
 fn parse_cert(der: &[u8]) -> Result<CertInfo, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("cannot parse the certificate: {e}"))?;
-    let not_after = DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0).ok_or("notAfter is out of range")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
+    let not_after = DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0)
+        .ok_or("notAfter is out of range")?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
             match n {
                 x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
                 x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
-                    4 => names.push(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string()),
+                    4 => {
+                        names.push(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string())
+                    }
                     16 => {
                         let mut b = [0u8; 16];
                         b.copy_from_slice(ip);
@@ -410,7 +537,12 @@ fn parse_cert(der: &[u8]) -> Result<CertInfo, String> {
             }
         }
     }
-    Ok(CertInfo { subject: cert.subject().to_string(), issuer: cert.issuer().to_string(), not_after, names })
+    Ok(CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_after,
+        names,
+    })
 }
 
 #[cfg(test)]
@@ -419,7 +551,10 @@ mod tests {
 
     #[test]
     fn endpoints_need_a_port() {
-        assert_eq!(split_endpoint("example.com:443"), Ok(("example.com".into(), 443)));
+        assert_eq!(
+            split_endpoint("example.com:443"),
+            Ok(("example.com".into(), 443))
+        );
         assert_eq!(split_endpoint("[::1]:8443"), Ok(("::1".into(), 8443)));
         assert!(split_endpoint("example.com").is_err());
         assert!(split_endpoint("example.com:https").is_err());

@@ -47,7 +47,11 @@ impl Setup {
             .expect("run the runbook binary");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!("no JSON report ({e}); exit {:?}\nstdout: {stdout}\nstderr: {}", out.status.code(), String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "no JSON report ({e}); exit {:?}\nstdout: {stdout}\nstderr: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         (out.status.code().unwrap_or(-1), report)
     }
@@ -70,16 +74,30 @@ pub fn item(report: &serde_json::Value, name: &str) -> serde_json::Value {
 
 /// All detail lines of an item joined, for `contains` assertions.
 pub fn details(item: &serde_json::Value) -> String {
-    item["details"].as_array().map(|d| d.iter().filter_map(|l| l.as_str()).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+    item["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
 
 /// A fixture file's text.
 pub fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
