@@ -111,6 +111,15 @@ impl Http {
                 p.error("headers", format!("invalid header name {name:?}"));
                 continue;
             }
+            // A literal `Accept = "application/json"` is not a secret: only header names that
+            // carry credentials get check-config's "written inline" warning.
+            if let crate::secret::SecretSource::Literal(v) = source {
+                if !is_credential_header(name) {
+                    self.resolved_headers
+                        .push((name.clone(), crate::secret::Secret::literal(v)));
+                    continue;
+                }
+            }
             if let Some(secret) = p.secret(&format!("headers.{name}"), source) {
                 self.resolved_headers.push((name.clone(), secret));
             }
@@ -278,6 +287,22 @@ impl Http {
         });
         out
     }
+}
+
+/// Header names whose values are credentials (`Authorization`, `Cookie`, `X-Api-Key`, ...).
+fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "authorization",
+        "cookie",
+        "token",
+        "secret",
+        "key",
+        "password",
+        "auth",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 fn reason(status: reqwest::StatusCode) -> &'static str {
