@@ -1,12 +1,17 @@
 //! `prometheus`: an instant PromQL query compared with thresholds.
 //!
-//! (Options are final; the implementation lands with its issue.)
+//! The runbook's alert runbooks (HighErrorRate, HighAPILatencyP95, CircuitBreakerOpen,
+//! DatabaseConnectionPoolExhaustion) each start with a Prometheus query; this kind runs such a
+//! query every morning, before the alert pages someone. `GET {url}/api/v1/query?query=...`;
+//! every series of a vector result (or the single value of a scalar) is compared with
+//! `warn_above`/`fail_above`/`warn_below`/`fail_below`, and listed with its labels. An error
+//! answer (`"status": "error"`, e.g. a PromQL syntax error) fails with Prometheus' own message.
 
 use serde::Deserialize;
+use serde_json::json;
 
-use super::{ItemCtx, Outcome, Prepare};
-#[allow(unused_imports)]
-use crate::units::{Dur, Percent, Size};
+use super::http::{client, describe_error, trim_for_report};
+use super::{ItemCtx, Outcome, Prepare, Status};
 
 /// Options of `kind = "prometheus"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -14,22 +19,19 @@ use crate::units::{Dur, Percent, Size};
 pub struct Prometheus {
     /// Base URL, e.g. `http://localhost:9090`.
     pub url: String,
+    /// The PromQL expression, evaluated as an instant query at "now".
     pub query: String,
+    /// Warn when a series' value is above this.
     pub warn_above: Option<f64>,
+    /// Fail when a series' value is above this.
     pub fail_above: Option<f64>,
+    /// Warn when a series' value is below this.
     pub warn_below: Option<f64>,
+    /// Fail when a series' value is below this.
     pub fail_below: Option<f64>,
     /// What an empty result means. Default warn.
     #[serde(default)]
     pub no_data: NoData,
-}
-
-impl Prometheus {
-    pub fn prepare(&mut self, _p: &mut Prepare) {}
-
-    pub async fn run(&self, _ctx: &ItemCtx) -> Outcome {
-        Outcome::fail("kind `prometheus` is not implemented in this build")
-    }
 }
 
 /// What an empty query result means.
@@ -40,4 +42,385 @@ pub enum NoData {
     Warn,
     Fail,
     Pass,
+}
+
+/// How many series the details list (the worst first).
+const SHOW_SERIES: usize = 20;
+
+/// One series of the result: its labels and value.
+#[derive(Debug, Clone)]
+struct Series {
+    labels: serde_json::Map<String, serde_json::Value>,
+    value: f64,
+}
+
+impl Prometheus {
+    pub fn prepare(&mut self, p: &mut Prepare) {
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => p.error(
+                "url",
+                format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
+            ),
+            Err(e) => p.error("url", format!("invalid URL {:?}: {e}", self.url)),
+        }
+        if self.query.trim().is_empty() {
+            p.error("query", "the PromQL query is empty");
+        }
+        if let (Some(w), Some(f)) = (self.warn_above, self.fail_above) {
+            if w > f {
+                p.error(
+                    "warn_above",
+                    format!("warn_above ({w}) is above fail_above ({f})"),
+                );
+            }
+        }
+        if let (Some(w), Some(f)) = (self.warn_below, self.fail_below) {
+            if w < f {
+                p.error(
+                    "warn_below",
+                    format!("warn_below ({w}) is below fail_below ({f})"),
+                );
+            }
+        }
+    }
+
+    /// The status of one value against the thresholds, and why.
+    fn judge(&self, v: f64) -> (Status, Option<String>) {
+        if v.is_nan() {
+            return (
+                Status::Warn,
+                Some("value is NaN (no samples in the window?)".into()),
+            );
+        }
+        if let Some(f) = self.fail_above.filter(|f| v > *f) {
+            return (Status::Fail, Some(format!("above {}", num(f))));
+        }
+        if let Some(f) = self.fail_below.filter(|f| v < *f) {
+            return (Status::Fail, Some(format!("below {}", num(f))));
+        }
+        if let Some(w) = self.warn_above.filter(|w| v > *w) {
+            return (Status::Warn, Some(format!("above {}", num(w))));
+        }
+        if let Some(w) = self.warn_below.filter(|w| v < *w) {
+            return (Status::Warn, Some(format!("below {}", num(w))));
+        }
+        (Status::Pass, None)
+    }
+
+    pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
+        let base = self.url.trim_end_matches('/');
+        let mut url = match reqwest::Url::parse(&format!("{base}/api/v1/query")) {
+            Ok(u) => u,
+            Err(e) => return Outcome::fail(format!("invalid URL {:?}: {e}", self.url)),
+        };
+        url.query_pairs_mut().append_pair("query", &self.query);
+        let client = match client(ctx, &[], reqwest::redirect::Policy::limited(5)) {
+            Ok(c) => c,
+            Err(e) => return Outcome::fail(e),
+        };
+        let resp = match client.get(url).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "Prometheus at {} unreachable: {}",
+                    self.url,
+                    describe_error(&e)
+                ));
+            }
+        };
+        let http_status = resp.status();
+        let body = match resp.text().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "Prometheus at {}: reading the answer: {}",
+                    self.url,
+                    describe_error(&e)
+                ));
+            }
+        };
+        let doc: serde_json::Value = match serde_json::from_str(&body) {
+            Ok(d) => d,
+            Err(_) => {
+                return Outcome::fail(format!(
+                    "Prometheus answered {} with a body that is not JSON",
+                    http_status.as_u16()
+                ))
+                .detail(format!("received: {}", trim_for_report(&body, 400)));
+            }
+        };
+        // Prometheus answers errors (bad PromQL: 400, execution errors: 422/503) with
+        // {"status":"error","errorType":...,"error":...}.
+        if doc.get("status").and_then(|s| s.as_str()) != Some("success") {
+            let kind = doc
+                .get("errorType")
+                .and_then(|s| s.as_str())
+                .unwrap_or("error");
+            let msg = doc
+                .get("error")
+                .and_then(|s| s.as_str())
+                .unwrap_or("no message");
+            return Outcome::fail(format!(
+                "query failed ({kind}): {}",
+                trim_for_report(msg, 300)
+            ))
+            .detail(format!("query: {}", self.query))
+            .detail(format!("HTTP {}", http_status.as_u16()))
+            .with_data(
+                json!({"url": self.url, "query": self.query, "error_type": kind, "error": msg}),
+            );
+        }
+        let series = match parse_result(&doc) {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::fail(e)
+                    .detail(format!("received: {}", trim_for_report(&body, 400)));
+            }
+        };
+        let warnings: Vec<String> = doc
+            .get("warnings")
+            .and_then(|w| w.as_array())
+            .map(|w| {
+                w.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.judge_all(series, warnings)
+    }
+
+    fn judge_all(&self, series: Vec<Series>, warnings: Vec<String>) -> Outcome {
+        let thresholds = self.thresholds_text();
+        if series.is_empty() {
+            let status = match self.no_data {
+                NoData::Pass => Status::Pass,
+                NoData::Warn => Status::Warn,
+                NoData::Fail => Status::Fail,
+            };
+            let mut o = Outcome::new(status, "no data: the query returned no series")
+                .detail(format!("query: {}", self.query));
+            o.details
+                .extend(warnings.iter().map(|w| format!("Prometheus warning: {w}")));
+            o.data = json!({"url": self.url, "query": self.query, "series": [], "no_data": true});
+            return o;
+        }
+        let mut judged: Vec<(Series, Status, Option<String>)> = series
+            .into_iter()
+            .map(|s| {
+                let (st, why) = self.judge(s.value);
+                (s, st, why)
+            })
+            .collect();
+        // Worst first, then the largest value (the series most likely to matter).
+        judged.sort_by(|a, b| {
+            b.1.severity()
+                .cmp(&a.1.severity())
+                .then(b.0.value.total_cmp(&a.0.value))
+        });
+        let worst = judged
+            .iter()
+            .map(|j| j.1)
+            .max_by_key(|s| s.severity())
+            .unwrap_or(Status::Pass);
+        let bad = judged.iter().filter(|j| j.1 != Status::Pass).count();
+        let n = judged.len();
+        let summary = if n == 1 {
+            let (s, _, why) = &judged[0];
+            match why {
+                Some(w) => format!("value {} is {w}", num(s.value)),
+                None => format!("value {}{thresholds}", num(s.value)),
+            }
+        } else if bad == 0 {
+            let max = judged
+                .iter()
+                .map(|j| j.0.value)
+                .fold(f64::NEG_INFINITY, f64::max);
+            format!(
+                "{n} series, all within thresholds (max {}){thresholds}",
+                num(max)
+            )
+        } else {
+            format!("{bad} of {n} series outside thresholds")
+        };
+        let mut o = Outcome::new(worst, summary);
+        for (s, st, why) in judged.iter().take(SHOW_SERIES) {
+            let why = why
+                .as_ref()
+                .map(|w| format!(" — {} ({w})", st.tag()))
+                .unwrap_or_default();
+            o.details.push(format!(
+                "{} = {}{why}",
+                labels_text(&s.labels),
+                num(s.value)
+            ));
+        }
+        if n > SHOW_SERIES {
+            o.details
+                .push(format!("… and {} more series", n - SHOW_SERIES));
+        }
+        o.details.push(format!("query: {}", self.query));
+        o.details
+            .extend(warnings.iter().map(|w| format!("Prometheus warning: {w}")));
+        o.data = json!({
+            "url": self.url,
+            "query": self.query,
+            "series": judged.iter().map(|(s, st, _)| json!({
+                "labels": s.labels,
+                "value": if s.value.is_finite() { json!(s.value) } else { json!(s.value.to_string()) },
+                "status": st.as_str(),
+            })).collect::<Vec<_>>(),
+        });
+        o
+    }
+
+    fn thresholds_text(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = self.warn_above {
+            parts.push(format!("warn > {}", num(v)));
+        }
+        if let Some(v) = self.fail_above {
+            parts.push(format!("fail > {}", num(v)));
+        }
+        if let Some(v) = self.warn_below {
+            parts.push(format!("warn < {}", num(v)));
+        }
+        if let Some(v) = self.fail_below {
+            parts.push(format!("fail < {}", num(v)));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
+/// The series of a `success` answer: `vector` (one value per series), `scalar`, or `matrix`
+/// (the newest sample of each series).
+fn parse_result(doc: &serde_json::Value) -> Result<Vec<Series>, String> {
+    let data = doc.get("data").ok_or("the answer has no `data`")?;
+    let kind = data
+        .get("resultType")
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
+    let result = data
+        .get("result")
+        .ok_or("the answer has no `data.result`")?;
+    let sample_value = |sample: &serde_json::Value| -> Result<f64, String> {
+        let text = sample
+            .get(1)
+            .and_then(|v| v.as_str())
+            .ok_or("a sample is not [time, \"value\"]")?;
+        parse_value(text)
+    };
+    match kind {
+        "vector" => result
+            .as_array()
+            .ok_or("`data.result` is not a list")?
+            .iter()
+            .map(|s| {
+                let labels = s
+                    .get("metric")
+                    .and_then(|m| m.as_object())
+                    .cloned()
+                    .unwrap_or_default();
+                let v = s.get("value").ok_or("a series has no `value`")?;
+                Ok(Series {
+                    labels,
+                    value: sample_value(v)?,
+                })
+            })
+            .collect(),
+        "matrix" => result
+            .as_array()
+            .ok_or("`data.result` is not a list")?
+            .iter()
+            .filter_map(|s| {
+                let labels = s
+                    .get("metric")
+                    .and_then(|m| m.as_object())
+                    .cloned()
+                    .unwrap_or_default();
+                let last = s
+                    .get("values")
+                    .and_then(|v| v.as_array())
+                    .and_then(|v| v.last())?;
+                Some(sample_value(last).map(|value| Series { labels, value }))
+            })
+            .collect(),
+        "scalar" => Ok(vec![Series {
+            labels: Default::default(),
+            value: sample_value(result)?,
+        }]),
+        other => Err(format!(
+            "unsupported result type {other:?} (vector, matrix or scalar)"
+        )),
+    }
+}
+
+/// Prometheus writes sample values as strings, including `"NaN"`, `"+Inf"` and `"-Inf"`.
+fn parse_value(s: &str) -> Result<f64, String> {
+    match s {
+        "NaN" => Ok(f64::NAN),
+        "+Inf" | "Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        _ => s
+            .parse::<f64>()
+            .map_err(|_| format!("sample value {s:?} is not a number")),
+    }
+}
+
+/// `{uri="/api/orders", status="500"}`, `__name__` first as the metric name.
+fn labels_text(labels: &serde_json::Map<String, serde_json::Value>) -> String {
+    let name = labels
+        .get("__name__")
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
+    let rest: Vec<String> = labels
+        .iter()
+        .filter(|(k, _)| *k != "__name__")
+        .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or_default()))
+        .collect();
+    if rest.is_empty() && name.is_empty() {
+        "{}".into()
+    } else {
+        format!("{name}{{{}}}", rest.join(", "))
+    }
+}
+
+/// A number for people: up to 4 decimals, no trailing zeros.
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_and_thresholds() {
+        let p = Prometheus {
+            url: "http://p".into(),
+            query: "x".into(),
+            warn_above: Some(80.0),
+            fail_above: Some(95.0),
+            warn_below: None,
+            fail_below: Some(1.0),
+            no_data: NoData::Warn,
+        };
+        assert_eq!(p.judge(50.0).0, Status::Pass);
+        assert_eq!(p.judge(81.0).0, Status::Warn);
+        assert_eq!(p.judge(96.0).0, Status::Fail);
+        assert_eq!(p.judge(0.5).0, Status::Fail);
+        assert_eq!(p.judge(f64::NAN).0, Status::Warn);
+        assert_eq!(num(0.00123456), "0.0012");
+        assert_eq!(num(200.0), "200");
+        assert_eq!(parse_value("+Inf"), Ok(f64::INFINITY));
+    }
 }
