@@ -334,7 +334,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             if flush {
                 match crate::notify::outbox::flush(&config, &store, false).await {
                     Ok(r) => {
-                        if r.failed > 0 {
+                        if r.left_undelivered() {
                             code = EXIT_FAILED;
                         }
                         flushed = Some(r);
@@ -356,7 +356,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Format::Json => print_json(&serde_json::json!({ "flushed": flushed, "entries": entries })),
                 Format::Text => {
                     if let Some(f) = &flushed {
-                        println!("flushed: {} delivered, {} failed, {} dropped", f.delivered, f.failed, f.dropped);
+                        println!("flushed: {} delivered, {} failed, {} dropped, {} busy (another process is sending them)", f.delivered, f.failed, f.dropped, f.busy);
                     }
                     if entries.is_empty() {
                         println!("outbox is empty: every report was delivered");
