@@ -356,7 +356,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Format::Json => print_json(&serde_json::json!({ "flushed": flushed, "entries": entries })),
                 Format::Text => {
                     if let Some(f) = &flushed {
-                        println!("flushed: {} delivered, {} failed, {} dropped, {} busy (another process is sending them)", f.delivered, f.failed, f.dropped, f.busy);
+                        println!(
+                            "flushed: {} delivered, {} delivered by another process, {} failed, {} dropped, {} still being sent by another process",
+                            f.delivered, f.delivered_elsewhere, f.failed, f.dropped, f.busy
+                        );
                     }
                     if entries.is_empty() {
                         println!("outbox is empty: every report was delivered");

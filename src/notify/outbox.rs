@@ -60,8 +60,11 @@ pub struct FlushResult {
     pub failed: usize,
     /// Given up: older than `outbox_max_age` (logged as errors).
     pub dropped: usize,
-    /// Not tried: another process is delivering them right now.
+    /// Not tried: another process was delivering them and had not finished when we stopped
+    /// waiting for it.
     pub busy: usize,
+    /// Delivered by another process that had claimed them while we flushed.
+    pub delivered_elsewhere: usize,
     /// Not tried: their next attempt is not due yet (`due_only`).
     pub not_due: usize,
 }
@@ -82,6 +85,7 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Result<FlushResult> {
     let mut result = FlushResult::default();
     let now = Utc::now();
+    let mut busy = Vec::new();
     for entry in store.outbox(None)? {
         let in_flight = match entry.state.as_str() {
             "pending" => false,
@@ -90,7 +94,7 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
         };
         let lease_active = in_flight && entry.next_attempt_at.as_deref().and_then(parse_time).is_some_and(|t| t > now);
         if lease_active {
-            result.busy += 1;
+            busy.push((entry.run_id.clone(), entry.channel.clone()));
             continue;
         }
         let notifier = config.notifiers.get(&entry.channel);
@@ -124,7 +128,7 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
         }
         let Some(claim) = store.outbox_claim(&entry.run_id, &entry.channel, CLAIM_LEASE)? else {
             // Another process claimed it between our listing and now.
-            result.busy += 1;
+            busy.push((entry.run_id.clone(), entry.channel.clone()));
             continue;
         };
         let attempts = entry.attempts.max(0) as u32 + 1;
@@ -158,7 +162,37 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
             }
         }
     }
+    if !due_only {
+        // An operator's flush should end with an answer: wait for the other sender to finish.
+        wait_for_others(store, busy, &mut result).await?;
+    } else {
+        result.busy = busy.len();
+    }
     Ok(result)
+}
+
+/// Waits (at most one delivery timeout) for rows claimed by another process to leave
+/// `sending`, then counts them as delivered elsewhere, failed, or still busy.
+async fn wait_for_others(store: &Store, mut busy: Vec<(String, String)>, result: &mut FlushResult) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + super::DELIVERY_TIMEOUT + Duration::from_secs(5);
+    while !busy.is_empty() {
+        let rows = store.outbox(None)?;
+        let mut still = Vec::new();
+        for (run_id, channel) in busy {
+            match rows.iter().find(|e| e.run_id == run_id && e.channel == channel) {
+                None => result.delivered_elsewhere += 1,
+                Some(e) if e.state == "sending" => still.push((run_id, channel)),
+                Some(_) => result.failed += 1,
+            }
+        }
+        busy = still;
+        if busy.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    result.busy = busy.len();
+    Ok(())
 }
 
 /// Updates the stored report's `notifications` line of a channel. Best effort: the outbox row
