@@ -344,14 +344,24 @@ pub async fn notify_test(config: &crate::config::Config, channel: Option<&str>) 
             Some((k, _)) => vec![k],
             None => {
                 let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-                eprintln!("runbook: unknown notifier {c:?} (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") });
+                eprintln!(
+                    "runbook: unknown notifier {c:?} (defined: {})",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                );
                 return ExitCode::from(crate::cli::EXIT_USAGE);
             }
         },
         None => config.notifiers.keys().collect(),
     };
     if names.is_empty() {
-        eprintln!("runbook: no notifiers are configured in {}", config.path.display());
+        eprintln!(
+            "runbook: no notifiers are configured in {}",
+            config.path.display()
+        );
         return ExitCode::from(crate::cli::EXIT_USAGE);
     }
     let report = std::sync::Arc::new(test_report(config));

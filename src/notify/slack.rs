@@ -37,7 +37,11 @@ pub struct SlackConfig {
 
 impl SlackConfig {
     pub fn prepare(&mut self, name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
-        match Secret::resolve(&self.webhook_url, &format!("notify.{name}.webhook_url"), base) {
+        match Secret::resolve(
+            &self.webhook_url,
+            &format!("notify.{name}.webhook_url"),
+            base,
+        ) {
             Ok(s) => {
                 match reqwest::Url::parse(s.expose()) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
