@@ -439,10 +439,16 @@ impl Store {
     /// token (the lease's end, which the later mark_* calls must present), or None when the row
     /// is not claimable (sent, dropped, or being delivered by another process). One UPDATE, so
     /// of two processes claiming at once exactly one wins.
-    pub fn outbox_claim(&self, run_id: &str, channel: &str, lease: Duration) -> Result<Option<String>> {
+    pub fn outbox_claim(
+        &self,
+        run_id: &str,
+        channel: &str,
+        lease: Duration,
+    ) -> Result<Option<String>> {
         let now_utc = Utc::now();
-        let until = (now_utc + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let until = (now_utc
+            + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let now = now_utc.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         self.with(|c| {
             c.execute(
@@ -468,7 +474,14 @@ impl Store {
     }
 
     /// Records a failed attempt of a claimed delivery and when to try again (back to `pending`).
-    pub fn outbox_mark_failed(&self, run_id: &str, channel: &str, claim: &str, error: &str, next_attempt: &DateTime<Utc>) -> Result<()> {
+    pub fn outbox_mark_failed(
+        &self,
+        run_id: &str,
+        channel: &str,
+        claim: &str,
+        error: &str,
+        next_attempt: &DateTime<Utc>,
+    ) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4

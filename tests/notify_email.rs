@@ -35,7 +35,12 @@ struct Collect {
 
 impl Handler for Collect {
     fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
-        self.current = Some(Received { from: from.into(), to: to.to_vec(), data: vec![], user: self.user.clone() });
+        self.current = Some(Received {
+            from: from.into(),
+            to: to.to_vec(),
+            data: vec![],
+            user: self.user.clone(),
+        });
         OK
     }
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
@@ -77,21 +82,38 @@ struct Smtp {
 }
 
 impl Smtp {
-    fn start_on(listener: TcpListener, tls: Option<(&Path, &Path)>, login: Option<(&str, &str)>) -> Smtp {
+    fn start_on(
+        listener: TcpListener,
+        tls: Option<(&Path, &Path)>,
+        login: Option<(&str, &str)>,
+    ) -> Smtp {
         // rustls needs a process-wide crypto provider when more than one is compiled in.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = listener.local_addr().unwrap().port();
         let inbox = Arc::new(Mutex::new(Vec::new()));
-        let handler = Collect { inbox: inbox.clone(), login: login.map(|(u, p)| (u.into(), p.into())), current: None, user: None };
+        let handler = Collect {
+            inbox: inbox.clone(),
+            login: login.map(|(u, p)| (u.into(), p.into())),
+            current: None,
+            user: None,
+        };
         let mut server = Server::new(handler);
-        server.with_name("test.smtp").with_tcp_listener(listener).with_num_threads(4);
+        server
+            .with_name("test.smtp")
+            .with_tcp_listener(listener)
+            .with_num_threads(4);
         if let Some((cert, key)) = tls {
             server
-                .with_ssl(SslConfig::SelfSigned { cert_path: cert.display().to_string(), key_path: key.display().to_string() })
+                .with_ssl(SslConfig::SelfSigned {
+                    cert_path: cert.display().to_string(),
+                    key_path: key.display().to_string(),
+                })
                 .expect("TLS setup of the test SMTP server");
         }
         if login.is_some() {
-            server.with_auth(AuthMechanism::Plain).with_auth(AuthMechanism::Login);
+            server
+                .with_auth(AuthMechanism::Plain)
+                .with_auth(AuthMechanism::Login);
         }
         std::thread::spawn(move || {
             if let Err(e) = server.serve() {
@@ -139,7 +161,11 @@ print(json.dumps({"subject": str(m["subject"]), "to": str(m["to"]), "from": str(
 
 /// A free port with nothing listening on it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A folder with jobs.toml: job `daily` (one failing command, one passing, one manual) and job
@@ -191,7 +217,11 @@ read_only = true
 
 fn runbook(config: &Path) -> Command {
     let mut c = Command::cargo_bin("runbook").unwrap();
-    c.arg("--config").arg(config).env_remove("RUNBOOK_CONFIG").env("NO_COLOR", "1").timeout(Duration::from_secs(120));
+    c.arg("--config")
+        .arg(config)
+        .env_remove("RUNBOOK_CONFIG")
+        .env("NO_COLOR", "1")
+        .timeout(Duration::from_secs(120));
     c
 }
 
@@ -209,8 +239,16 @@ fn report_arrives_multipart_with_contract_subject_and_all_recipients() {
         "smtp_url = \"smtp://127.0.0.1:{}?tls=none\"\nfrom = \"TradeMaster runbook <runbook@trademaster.example>\"\nto = [\"oncall@trademaster.example\", \"dba@trademaster.example\"]",
         smtp.port
     ));
-    let out = runbook(&config).args(["run-job", "daily"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "a failed item exits 1: {}", String::from_utf8_lossy(&out.stderr));
+    let out = runbook(&config)
+        .args(["run-job", "daily"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed item exits 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("notify mail: sent"), "{stdout}");
     wait_for(&smtp, 1);
@@ -218,43 +256,128 @@ fn report_arrives_multipart_with_contract_subject_and_all_recipients() {
     assert_eq!(msgs.len(), 1);
     let mut to = msgs[0].to.clone();
     to.sort();
-    assert_eq!(to, vec!["dba@trademaster.example", "oncall@trademaster.example"], "envelope recipients");
+    assert_eq!(
+        to,
+        vec!["dba@trademaster.example", "oncall@trademaster.example"],
+        "envelope recipients"
+    );
     assert_eq!(msgs[0].from, "runbook@trademaster.example");
     let m = parse_mime(&msgs[0].data);
-    assert_eq!(m["subject"], "[runbook] daily FAIL — 1 passed, 0 warnings, 1 failed");
+    assert_eq!(
+        m["subject"],
+        "[runbook] daily FAIL — 1 passed, 0 warnings, 1 failed"
+    );
     assert_eq!(m["type"], "multipart/alternative");
-    assert!(m["to"].as_str().unwrap().contains("oncall@trademaster.example") && m["to"].as_str().unwrap().contains("dba@trademaster.example"));
-    assert!(m["message_id"].as_str().unwrap().starts_with("<runbook.daily."), "{}", m["message_id"]);
-    assert!(m["message_id"].as_str().unwrap().ends_with("@trademaster.example>"));
+    assert!(
+        m["to"]
+            .as_str()
+            .unwrap()
+            .contains("oncall@trademaster.example")
+            && m["to"]
+                .as_str()
+                .unwrap()
+                .contains("dba@trademaster.example")
+    );
+    assert!(
+        m["message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("<runbook.daily."),
+        "{}",
+        m["message_id"]
+    );
+    assert!(
+        m["message_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("@trademaster.example>")
+    );
     assert!(!m["date"].as_str().unwrap().is_empty() && m["date"] != "None");
     let parts = m["parts"].as_array().unwrap();
     assert_eq!(parts.len(), 2, "{parts:?}");
     assert_eq!(parts[0]["type"], "text/plain");
     assert_eq!(parts[1]["type"], "text/html");
     let text = parts[0]["body"].as_str().unwrap();
-    assert!(text.starts_with("daily FAIL — 1 passed, 0 warnings, 1 failed, 1 to do"), "{text}");
+    assert!(
+        text.starts_with("daily FAIL — 1 passed, 0 warnings, 1 failed, 1 to do"),
+        "{text}"
+    );
     assert!(text.contains("FAIL  Replication lag"));
     assert!(text.contains(" IST"), "times in the job's zone: {text}");
     let html = parts[1]["body"].as_str().unwrap();
     let fail = html.find("Replication lag").unwrap();
     let pass = html.find("Disk space").unwrap();
     assert!(fail < pass, "worst items first in the HTML");
-    assert!(!html.contains("<script") && !html.contains("<img"), "no scripts, no remote images");
+    assert!(
+        !html.contains("<script") && !html.contains("<img"),
+        "no scripts, no remote images"
+    );
 }
 
 /// Makes a CA and a server certificate for `localhost` / 127.0.0.1 with openssl.
 fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let run = |args: &[&str]| {
-        let out = StdCommand::new("openssl").args(args).current_dir(dir).output().expect("openssl is needed to make test certificates");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = StdCommand::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed to make test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=runbook test CA"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=runbook test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
     ]);
-    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 #[test]
@@ -268,75 +391,154 @@ fn starttls_and_auth_with_a_private_ca() {
             smtp.port
         )
     };
-    let (dir, config) = setup(&section("smtp-password", &format!("ca_file = \"{}\"", ca.display())));
+    let (dir, config) = setup(&section(
+        "smtp-password",
+        &format!("ca_file = \"{}\"", ca.display()),
+    ));
     std::fs::write(dir.path().join("smtp-password"), "s3cret-smtp-pw\n").unwrap();
 
-    let out = runbook(&config).args(["notify-test", "mail"]).output().unwrap();
+    let out = runbook(&config)
+        .args(["notify-test", "mail"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("mail (email): delivered"), "{stdout}");
     wait_for(&smtp, 1);
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 1);
-    assert_eq!(msgs[0].user.as_deref(), Some("runbook"), "the message was sent after AUTH");
-    assert_eq!(parse_mime(&msgs[0].data)["subject"], "[runbook] notify-test PASS — 1 passed, 0 warnings, 0 failed");
+    assert_eq!(
+        msgs[0].user.as_deref(),
+        Some("runbook"),
+        "the message was sent after AUTH"
+    );
+    assert_eq!(
+        parse_mime(&msgs[0].data)["subject"],
+        "[runbook] notify-test PASS — 1 passed, 0 warnings, 0 failed"
+    );
 
     // `check-config --connect` logs in without sending.
-    let out = runbook(&config).args(["check-config", "--connect"]).output().unwrap();
+    let out = runbook(&config)
+        .args(["check-config", "--connect"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("notifier mail: SMTP server localhost:") && stdout.contains("logged in"), "{stdout}");
+    assert!(
+        stdout.contains("notifier mail: SMTP server localhost:") && stdout.contains("logged in"),
+        "{stdout}"
+    );
     assert_eq!(smtp.count(), 1, "check-config sends nothing");
 
     // A wrong password: notify-test says it is authentication, and never prints the password.
     std::fs::write(dir.path().join("smtp-password"), "wrong-password-xyz\n").unwrap();
-    let out = runbook(&config).args(["notify-test", "mail"]).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = runbook(&config)
+        .args(["notify-test", "mail"])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(all.contains("mail (email): FAILED: authentication failed at localhost:"), "{all}");
+    assert!(
+        all.contains("mail (email): FAILED: authentication failed at localhost:"),
+        "{all}"
+    );
     assert!(!all.contains("wrong-password-xyz"), "{all}");
 
     // Without the CA the server's certificate is not trusted: notify-test says TLS.
     let (dir2, config2) = setup(&section("smtp-password", ""));
     std::fs::write(dir2.path().join("smtp-password"), "s3cret-smtp-pw\n").unwrap();
-    let out = runbook(&config2).args(["notify-test", "mail"]).output().unwrap();
+    let out = runbook(&config2)
+        .args(["notify-test", "mail"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("mail (email): FAILED: TLS with localhost:"), "{stdout}");
+    assert!(
+        stdout.contains("mail (email): FAILED: TLS with localhost:"),
+        "{stdout}"
+    );
     assert_eq!(smtp.count(), 1, "nothing more was delivered");
 }
 
 #[test]
 fn server_down_queues_then_flush_delivers_exactly_once() {
     let port = free_port();
-    let (_dir, config) = setup(&format!("smtp_url = \"smtp://127.0.0.1:{port}?tls=none\"\nfrom = \"runbook@trademaster.example\"\nto = [\"oncall@trademaster.example\"]"));
+    let (_dir, config) = setup(&format!(
+        "smtp_url = \"smtp://127.0.0.1:{port}?tls=none\"\nfrom = \"runbook@trademaster.example\"\nto = [\"oncall@trademaster.example\"]"
+    ));
 
     // The delivery fails: the run's exit code is what its items say (0), the report is queued.
-    let out = runbook(&config).args(["run-job", "quiet"]).output().unwrap();
+    let out = runbook(&config)
+        .args(["run-job", "quiet"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "an undeliverable report does not change the exit code: {stdout}");
-    assert!(stdout.contains("notify mail: queued (connection refused by 127.0.0.1:"), "{stdout}");
-    let out = runbook(&config).args(["run-job", "daily", "--format", "json"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "an undeliverable report does not change the exit code: {stdout}"
+    );
+    assert!(
+        stdout.contains("notify mail: queued (connection refused by 127.0.0.1:"),
+        "{stdout}"
+    );
+    let out = runbook(&config)
+        .args(["run-job", "daily", "--format", "json"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["notifications"][0]["channel"], "mail");
     assert_eq!(report["notifications"][0]["status"], "queued");
 
     // `outbox` lists both, in JSON too.
-    let out = runbook(&config).args(["outbox", "--format", "json"]).output().unwrap();
+    let out = runbook(&config)
+        .args(["outbox", "--format", "json"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = listing["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{listing}");
-    assert!(entries.iter().all(|e| e["state"] == "pending" && e["attempts"] == 1 && e["channel"] == "mail"), "{listing}");
-    assert!(entries[0]["last_error"].as_str().unwrap().contains("connection refused"));
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["state"] == "pending" && e["attempts"] == 1 && e["channel"] == "mail"),
+        "{listing}"
+    );
+    assert!(
+        entries[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
     let out = runbook(&config).args(["outbox"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("pending") && text.contains("job quiet") && text.contains("job daily"), "{text}");
+    assert!(
+        text.contains("pending") && text.contains("job quiet") && text.contains("job daily"),
+        "{text}"
+    );
 
     // Still down: --flush exits 1 and keeps them.
-    let out = runbook(&config).args(["outbox", "--flush"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = runbook(&config)
+        .args(["outbox", "--flush"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Server up: two flushers at once (a daemon and an operator) deliver each report once.
     let smtp = Smtp::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), None, None);
@@ -352,23 +554,46 @@ fn server_down_queues_then_flush_delivers_exactly_once() {
     };
     let (mut one, mut two) = (flusher(), flusher());
     let (a, b) = (one.wait().unwrap(), two.wait().unwrap());
-    assert!(a.success() && b.success(), "both flushers report that nothing is left undelivered");
+    assert!(
+        a.success() && b.success(),
+        "both flushers report that nothing is left undelivered"
+    );
     wait_for(&smtp, 2);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(smtp.count(), 2, "each queued report arrived exactly once");
-    let subjects: Vec<String> = smtp.messages().iter().map(|m| parse_mime(&m.data)["subject"].as_str().unwrap().to_string()).collect();
-    assert!(subjects.contains(&"[runbook] quiet PASS — 1 passed, 0 warnings, 0 failed".to_string()), "{subjects:?}");
-    assert!(subjects.contains(&"[runbook] daily FAIL — 1 passed, 0 warnings, 1 failed".to_string()), "{subjects:?}");
+    let subjects: Vec<String> = smtp
+        .messages()
+        .iter()
+        .map(|m| parse_mime(&m.data)["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        subjects.contains(&"[runbook] quiet PASS — 1 passed, 0 warnings, 0 failed".to_string()),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.contains(&"[runbook] daily FAIL — 1 passed, 0 warnings, 1 failed".to_string()),
+        "{subjects:?}"
+    );
 
     // Nothing left; flushing again sends nothing and exits 0.
-    let out = runbook(&config).args(["outbox", "--flush"]).output().unwrap();
+    let out = runbook(&config)
+        .args(["outbox", "--flush"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("outbox is empty"), "{text}");
     assert_eq!(smtp.count(), 2);
 
     // The stored report now says the notification was sent.
-    let out = runbook(&config).args(["report", "last", "--job", "daily", "--format", "json"]).output().unwrap();
+    let out = runbook(&config)
+        .args(["report", "last", "--job", "daily", "--format", "json"])
+        .output()
+        .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["notifications"][0]["status"], "sent", "{}", report["notifications"]);
+    assert_eq!(
+        report["notifications"][0]["status"], "sent",
+        "{}",
+        report["notifications"]
+    );
 }

@@ -107,19 +107,39 @@ pub fn parse_smtp_url(text: &str) -> Result<Endpoint, String> {
     if url.password().is_some() {
         return Err("smtp_url must not contain a password: set `password = { env = \"VAR\" }` (or { file = ... }) instead".into());
     }
-    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("smtp_url has no host")?.trim_matches(['[', ']']).to_string();
-    let tls = url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.to_string());
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("smtp_url has no host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let tls = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.to_string());
     if let Some((k, _)) = url.query_pairs().find(|(k, _)| k != "tls") {
-        return Err(format!("smtp_url: unknown query parameter {k:?} (only `tls` is known)"));
+        return Err(format!(
+            "smtp_url: unknown query parameter {k:?} (only `tls` is known)"
+        ));
     }
     let (security, default_port) = match (url.scheme(), tls.as_deref()) {
         ("smtp", None | Some("opportunistic")) => (Security::Opportunistic, 25),
         ("smtp", Some("required")) => (Security::Required, 587),
         ("smtp", Some("none")) => (Security::None, 25),
-        ("smtp", Some(other)) => return Err(format!("smtp_url: tls={other:?} is not one of required, opportunistic, none")),
+        ("smtp", Some(other)) => {
+            return Err(format!(
+                "smtp_url: tls={other:?} is not one of required, opportunistic, none"
+            ));
+        }
         ("smtps", None) => (Security::Wrapper, 465),
-        ("smtps", Some(_)) => return Err("smtp_url: smtps:// always uses TLS; drop the `tls` parameter".into()),
-        (scheme, _) => return Err(format!("smtp_url: scheme {scheme:?} is not smtp:// or smtps://")),
+        ("smtps", Some(_)) => {
+            return Err("smtp_url: smtps:// always uses TLS; drop the `tls` parameter".into());
+        }
+        (scheme, _) => {
+            return Err(format!(
+                "smtp_url: scheme {scheme:?} is not smtp:// or smtps://"
+            ));
+        }
     };
     let url_username = Some(url.username()).filter(|u| !u.is_empty()).map(|u| {
         // Percent-decoding a user name: `%40` is `@`.
@@ -128,7 +148,10 @@ pub fn parse_smtp_url(text: &str) -> Result<Endpoint, String> {
         let mut i = 0;
         while i < bytes.len() {
             if bytes[i] == b'%' && i + 2 < bytes.len() {
-                if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     out.push(b);
                     i += 3;
                     continue;
@@ -150,7 +173,11 @@ pub fn parse_smtp_url(text: &str) -> Result<Endpoint, String> {
 }
 
 fn is_local(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 impl EmailConfig {
@@ -177,7 +204,10 @@ impl EmailConfig {
                 if self.password.is_some() && !has_user {
                     errors.push("`password` is set but `username` is missing".into());
                 }
-                if self.password.is_some() && matches!(ep.security, Security::None | Security::Opportunistic) && !is_local(&ep.host) {
+                if self.password.is_some()
+                    && matches!(ep.security, Security::None | Security::Opportunistic)
+                    && !is_local(&ep.host)
+                {
                     warnings.push(format!(
                         "the password may travel unencrypted ({}); use `?tls=required` or smtps://",
                         ep.security.as_str()
@@ -191,11 +221,20 @@ impl EmailConfig {
             Err(e) => errors.push(e),
         }
         if let Some(ca) = &self.ca_file {
-            let path = if ca.is_relative() { base.join(ca) } else { ca.clone() };
+            let path = if ca.is_relative() {
+                base.join(ca)
+            } else {
+                ca.clone()
+            };
             match std::fs::read(&path) {
                 Ok(pem) => match Certificate::from_pem(&pem) {
-                    Ok(_) if pem.windows(11).any(|w| w == b"-----BEGIN ") => self.ca_pem = Some(pem),
-                    _ => errors.push(format!("ca_file {} holds no PEM certificate", path.display())),
+                    Ok(_) if pem.windows(11).any(|w| w == b"-----BEGIN ") => {
+                        self.ca_pem = Some(pem)
+                    }
+                    _ => errors.push(format!(
+                        "ca_file {} holds no PEM certificate",
+                        path.display()
+                    )),
                 },
                 Err(e) => errors.push(format!("cannot read ca_file {}: {e}", path.display())),
             }
@@ -211,7 +250,11 @@ impl EmailConfig {
                 errors.push(format!("to {to:?} is not an address: {e}"));
             }
         }
-        if errors.is_empty() { Ok(warnings) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(errors)
+        }
     }
 
     fn endpoint(&self) -> Result<Endpoint, String> {
@@ -230,7 +273,8 @@ impl EmailConfig {
                 let cert = Certificate::from_pem(pem).map_err(|e| format!("ca_file: {e}"))?;
                 b = b.add_root_certificate(cert);
             }
-            b.build_rustls().map_err(|e| format!("TLS setup failed: {e}"))
+            b.build_rustls()
+                .map_err(|e| format!("TLS setup failed: {e}"))
         };
         let tls = match ep.security {
             Security::None => Tls::None,
@@ -242,7 +286,11 @@ impl EmailConfig {
             .port(ep.port)
             .tls(tls)
             .timeout(Some(SMTP_TIMEOUT))
-            .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(1).idle_timeout(Duration::from_secs(1)));
+            .pool_config(
+                lettre::transport::smtp::PoolConfig::new()
+                    .max_size(1)
+                    .idle_timeout(Duration::from_secs(1)),
+            );
         if let Some(name) = &ep.hello_name {
             b = b.hello_name(ClientId::Domain(name.clone()));
         }
@@ -256,19 +304,30 @@ impl EmailConfig {
     /// The message for a report: multipart/alternative (text, HTML), the contract subject, a
     /// Date, and a Message-ID derived from the run id, so a mail client would fold a duplicate.
     pub fn message(&self, report: &Report) -> Result<Message, String> {
-        let from: Mailbox = self.from.parse().map_err(|e| format!("from {:?} is not an address: {e}", self.from))?;
+        let from: Mailbox = self
+            .from
+            .parse()
+            .map_err(|e| format!("from {:?} is not an address: {e}", self.from))?;
         let domain = from.email.domain().to_string();
         let mut b = Message::builder()
             .from(from)
             .subject(report.subject())
             .date_now()
-            .message_id(Some(format!("<runbook.{}.{}@{}>", report.job, report.run_id, domain)))
+            .message_id(Some(format!(
+                "<runbook.{}.{}@{}>",
+                report.job, report.run_id, domain
+            )))
             .user_agent(format!("runbook/{}", env!("CARGO_PKG_VERSION")));
         for to in &self.to {
-            b = b.to(to.parse().map_err(|e| format!("to {to:?} is not an address: {e}"))?);
+            b = b.to(to
+                .parse()
+                .map_err(|e| format!("to {to:?} is not an address: {e}"))?);
         }
-        b.multipart(MultiPart::alternative_plain_html(crate::report::text::render(report), crate::report::html::render(report)))
-            .map_err(|e| format!("cannot build the message: {e}"))
+        b.multipart(MultiPart::alternative_plain_html(
+            crate::report::text::render(report),
+            crate::report::html::render(report),
+        ))
+        .map_err(|e| format!("cannot build the message: {e}"))
     }
 
     pub async fn deliver(&self, report: &Report) -> Result<(), String> {
@@ -278,7 +337,9 @@ impl EmailConfig {
         let transport = self.transport(&ep)?;
         let result = transport.send(message).await;
         let secrets: Vec<&Secret> = self.password_resolved.iter().collect();
-        result.map(|_| ()).map_err(|e| crate::secret::redact(&describe_smtp_error(&e, &ep), &secrets))
+        result
+            .map(|_| ())
+            .map_err(|e| crate::secret::redact(&describe_smtp_error(&e, &ep), &secrets))
     }
 
     /// `check-config --connect`: connect, EHLO, STARTTLS and AUTH, without sending anything.
@@ -293,10 +354,20 @@ impl EmailConfig {
                 ep.host,
                 ep.port,
                 ep.security.as_str(),
-                if self.password_resolved.is_some() { ", logged in" } else { "" }
+                if self.password_resolved.is_some() {
+                    ", logged in"
+                } else {
+                    ""
+                }
             )),
-            Ok(false) => Err(format!("SMTP server {}:{} did not answer NOOP", ep.host, ep.port)),
-            Err(e) => Err(crate::secret::redact(&describe_smtp_error(&e, &ep), &secrets)),
+            Ok(false) => Err(format!(
+                "SMTP server {}:{} did not answer NOOP",
+                ep.host, ep.port
+            )),
+            Err(e) => Err(crate::secret::redact(
+                &describe_smtp_error(&e, &ep),
+                &secrets,
+            )),
         }
     }
 }
@@ -304,7 +375,12 @@ impl EmailConfig {
 /// Resolves the host first, so a DNS failure is reported as one (lettre folds it into a
 /// generic connection error).
 async fn resolve(ep: &Endpoint) -> Result<(), String> {
-    match tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host((ep.host.as_str(), ep.port))).await {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::lookup_host((ep.host.as_str(), ep.port)),
+    )
+    .await
+    {
         Ok(Ok(mut addrs)) => match addrs.next() {
             Some(_) => Ok(()),
             None => Err(format!("DNS: {} has no address", ep.host)),
@@ -319,26 +395,40 @@ fn describe_smtp_error(e: &lettre::transport::smtp::Error, ep: &Endpoint) -> Str
     let chain = super::error_chain(e);
     let server = format!("{}:{}", ep.host, ep.port);
     if e.is_timeout() || chain.contains("timed out") {
-        return format!("timeout: SMTP server {server} did not answer within {}s ({chain})", SMTP_TIMEOUT.as_secs());
+        return format!(
+            "timeout: SMTP server {server} did not answer within {}s ({chain})",
+            SMTP_TIMEOUT.as_secs()
+        );
     }
     if chain.contains("Connection refused") {
-        return format!("connection refused by {server} (is the SMTP server running, is the port right?)");
+        return format!(
+            "connection refused by {server} (is the SMTP server running, is the port right?)"
+        );
     }
-    if e.is_tls() || chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS") {
-        return format!("TLS with {server} failed ({}): {chain}", ep.security.as_str());
+    if e.is_tls() || chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS")
+    {
+        return format!(
+            "TLS with {server} failed ({}): {chain}",
+            ep.security.as_str()
+        );
     }
     if let Some(code) = e.status() {
         let code_text = code.to_string();
         if code_text == "535" || code_text == "534" || code_text == "530" {
             return format!("authentication failed at {server}: the server answered {chain}");
         }
-        let kind = if e.is_permanent() { "rejected" } else { "temporarily refused" };
+        let kind = if e.is_permanent() {
+            "rejected"
+        } else {
+            "temporarily refused"
+        };
         return format!("SMTP server {server} {kind} the message: {chain}");
     }
     if chain.contains("STARTTLS") || chain.contains("starttls") {
         return format!("TLS: {server} does not offer STARTTLS but tls=required: {chain}");
     }
-    if chain.contains("No compatible authentication mechanism") || chain.contains("authentication") {
+    if chain.contains("No compatible authentication mechanism") || chain.contains("authentication")
+    {
         return format!("authentication failed at {server}: {chain}");
     }
     if e.is_client() {
@@ -354,18 +444,46 @@ mod tests {
     #[test]
     fn url_forms() {
         let e = parse_smtp_url("smtp://mail.internal:587?tls=required").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.security), ("mail.internal", 587, Security::Required));
-        assert_eq!(parse_smtp_url("smtp://mail.internal?tls=required").unwrap().port, 587);
-        assert_eq!(parse_smtp_url("smtp://mail.internal").unwrap().security, Security::Opportunistic);
+        assert_eq!(
+            (e.host.as_str(), e.port, e.security),
+            ("mail.internal", 587, Security::Required)
+        );
+        assert_eq!(
+            parse_smtp_url("smtp://mail.internal?tls=required")
+                .unwrap()
+                .port,
+            587
+        );
+        assert_eq!(
+            parse_smtp_url("smtp://mail.internal").unwrap().security,
+            Security::Opportunistic
+        );
         assert_eq!(parse_smtp_url("smtp://mail.internal").unwrap().port, 25);
-        assert_eq!(parse_smtp_url("smtp://127.0.0.1:2525?tls=none").unwrap().security, Security::None);
+        assert_eq!(
+            parse_smtp_url("smtp://127.0.0.1:2525?tls=none")
+                .unwrap()
+                .security,
+            Security::None
+        );
         let s = parse_smtp_url("smtps://runbook%40x@mail.example/ops-1").unwrap();
         assert_eq!((s.port, s.security), (465, Security::Wrapper));
         assert_eq!(s.url_username.as_deref(), Some("runbook@x"));
         assert_eq!(s.hello_name.as_deref(), Some("ops-1"));
-        assert!(parse_smtp_url("smtp://u:hunter2@mail").unwrap_err().contains("must not contain a password"));
-        assert!(!parse_smtp_url("smtp://u:hunter2@mail").unwrap_err().contains("hunter2"));
-        assert!(parse_smtp_url("smtp://mail?tls=maybe").unwrap_err().contains("tls=\"maybe\""));
+        assert!(
+            parse_smtp_url("smtp://u:hunter2@mail")
+                .unwrap_err()
+                .contains("must not contain a password")
+        );
+        assert!(
+            !parse_smtp_url("smtp://u:hunter2@mail")
+                .unwrap_err()
+                .contains("hunter2")
+        );
+        assert!(
+            parse_smtp_url("smtp://mail?tls=maybe")
+                .unwrap_err()
+                .contains("tls=\"maybe\"")
+        );
         assert!(parse_smtp_url("http://mail").is_err());
     }
 
@@ -385,7 +503,12 @@ mod tests {
         };
         let m = cfg.message(&crate::report::tests::sample()).unwrap();
         let raw = String::from_utf8(m.formatted()).unwrap();
-        assert!(raw.contains("Message-ID: <runbook.daily.01JTESTRUN0000000000000000@trademaster.example>"), "{raw}");
+        assert!(
+            raw.contains(
+                "Message-ID: <runbook.daily.01JTESTRUN0000000000000000@trademaster.example>"
+            ),
+            "{raw}"
+        );
         assert!(raw.contains("\r\nDate: "));
         assert!(raw.contains("multipart/alternative"));
         assert!(raw.contains("text/plain") && raw.contains("text/html"));

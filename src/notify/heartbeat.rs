@@ -39,7 +39,11 @@ impl Ping {
     /// The ping for a finished run: `fail` only when an item failed (a warning is a run that
     /// happened and needs a look, not a missing or broken run).
     pub fn for_status(status: Status) -> Ping {
-        if status == Status::Fail { Ping::Fail } else { Ping::Success }
+        if status == Status::Fail {
+            Ping::Fail
+        } else {
+            Ping::Success
+        }
     }
 
     fn suffix(self) -> &'static str {
@@ -57,9 +61,21 @@ impl HeartbeatConfig {
             Ok(s) => {
                 match reqwest::Url::parse(s.expose()) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-                    _ => return Err(vec![format!("notify.{name}.url ({}) is not an http(s) URL", s.origin)]),
+                    _ => {
+                        return Err(vec![format!(
+                            "notify.{name}.url ({}) is not an http(s) URL",
+                            s.origin
+                        )]);
+                    }
                 }
-                let w = if s.inline { vec!["url is written inline; anyone with it can ping: prefer { env = \"VAR\" }".into()] } else { vec![] };
+                let w = if s.inline {
+                    vec![
+                        "url is written inline; anyone with it can ping: prefer { env = \"VAR\" }"
+                            .into(),
+                    ]
+                } else {
+                    vec![]
+                };
                 self.url_resolved = Some(s);
                 Ok(w)
             }
@@ -69,12 +85,15 @@ impl HeartbeatConfig {
 
     /// The resolved ping URL.
     pub fn url(&self) -> Result<&Secret, String> {
-        self.url_resolved.as_ref().ok_or_else(|| "url was not resolved".to_string())
+        self.url_resolved
+            .as_ref()
+            .ok_or_else(|| "url was not resolved".to_string())
     }
 
     /// The URL of one ping: the base URL (query kept) with `/start` or `/fail` appended to its path.
     pub fn ping_url(base: &str, ping: Ping) -> Result<reqwest::Url, String> {
-        let mut url = reqwest::Url::parse(base).map_err(|_| "the heartbeat url is not a valid URL".to_string())?;
+        let mut url = reqwest::Url::parse(base)
+            .map_err(|_| "the heartbeat url is not a valid URL".to_string())?;
         let path = format!("{}{}", url.path().trim_end_matches('/'), ping.suffix());
         url.set_path(if path.is_empty() { "/" } else { &path });
         Ok(url)
@@ -85,7 +104,11 @@ impl HeartbeatConfig {
         let url = Self::ping_url(secret.expose(), ping)?;
         let origin = super::public_origin(&url);
         let client = super::http_client()?;
-        let resp = client.get(url).send().await.map_err(|e| super::describe_http_error(e, &origin, secret))?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| super::describe_http_error(e, &origin, secret))?;
         if resp.status().is_success() {
             return Ok(());
         }
@@ -108,10 +131,22 @@ mod tests {
     #[test]
     fn ping_urls() {
         let u = |b: &str, p| HeartbeatConfig::ping_url(b, p).unwrap().to_string();
-        assert_eq!(u("https://hc-ping.com/abc", Ping::Start), "https://hc-ping.com/abc/start");
-        assert_eq!(u("https://hc-ping.com/abc/", Ping::Fail), "https://hc-ping.com/abc/fail");
-        assert_eq!(u("https://hc-ping.com/abc", Ping::Success), "https://hc-ping.com/abc");
-        assert_eq!(u("http://127.0.0.1:8000/ping/k?rid=1", Ping::Fail), "http://127.0.0.1:8000/ping/k/fail?rid=1");
+        assert_eq!(
+            u("https://hc-ping.com/abc", Ping::Start),
+            "https://hc-ping.com/abc/start"
+        );
+        assert_eq!(
+            u("https://hc-ping.com/abc/", Ping::Fail),
+            "https://hc-ping.com/abc/fail"
+        );
+        assert_eq!(
+            u("https://hc-ping.com/abc", Ping::Success),
+            "https://hc-ping.com/abc"
+        );
+        assert_eq!(
+            u("http://127.0.0.1:8000/ping/k?rid=1", Ping::Fail),
+            "http://127.0.0.1:8000/ping/k/fail?rid=1"
+        );
         assert_eq!(Ping::for_status(Status::Warn), Ping::Success);
         assert_eq!(Ping::for_status(Status::Fail), Ping::Fail);
     }

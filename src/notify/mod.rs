@@ -51,6 +51,8 @@ impl On {
 /// `[notify.NAME]`: one channel.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// A config holds a handful of notifiers, loaded once: the size of the email variant is no cost.
+#[allow(clippy::large_enum_variant)]
 pub enum NotifierConfig {
     Email(email::EmailConfig),
     Slack(slack::SlackConfig),
@@ -100,7 +102,10 @@ impl NotifierConfig {
         };
         match tokio::time::timeout(DELIVERY_TIMEOUT, fut).await {
             Ok(r) => r,
-            Err(_) => Err(format!("timeout: delivery took longer than {}s", DELIVERY_TIMEOUT.as_secs())),
+            Err(_) => Err(format!(
+                "timeout: delivery took longer than {}s",
+                DELIVERY_TIMEOUT.as_secs()
+            )),
         }
     }
 
@@ -109,9 +114,11 @@ impl NotifierConfig {
         let fut = async {
             match self {
                 NotifierConfig::File(c) => {
-                    std::fs::create_dir_all(&c.dir).map_err(|e| format!("cannot create {}: {e}", c.dir.display()))?;
+                    std::fs::create_dir_all(&c.dir)
+                        .map_err(|e| format!("cannot create {}: {e}", c.dir.display()))?;
                     let probe = c.dir.join(".runbook-write-test");
-                    std::fs::write(&probe, b"ok").map_err(|e| format!("cannot write into {}: {e}", c.dir.display()))?;
+                    std::fs::write(&probe, b"ok")
+                        .map_err(|e| format!("cannot write into {}: {e}", c.dir.display()))?;
                     let _ = std::fs::remove_file(&probe);
                     Ok(format!("folder {} is writable", c.dir.display()))
                 }
@@ -144,7 +151,12 @@ pub(crate) fn http_client() -> Result<reqwest::Client, String> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("cannot set up the HTTP client: {}", error_chain(&e.without_url())))
+        .map_err(|e| {
+            format!(
+                "cannot set up the HTTP client: {}",
+                error_chain(&e.without_url())
+            )
+        })
 }
 
 /// `Display` of an error and its sources, joined with ": " (a source already quoted by its
@@ -166,18 +178,33 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The part of a secret URL that may be shown: `https://hooks.slack.com:443` (scheme, host,
 /// port; never the path or query, which carry the credential).
 pub fn public_origin(url: &reqwest::Url) -> String {
-    format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or("?"), url.port_or_known_default().unwrap_or(0))
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or("?"),
+        url.port_or_known_default().unwrap_or(0)
+    )
 }
 
 /// One line that says which step of an HTTP request failed, without the URL.
-pub(crate) fn describe_http_error(e: reqwest::Error, origin: &str, secret: &crate::secret::Secret) -> String {
+pub(crate) fn describe_http_error(
+    e: reqwest::Error,
+    origin: &str,
+    secret: &crate::secret::Secret,
+) -> String {
     let e = e.without_url();
     let chain = crate::secret::redact(&error_chain(&e), &[secret]);
     let lower = chain.to_lowercase();
     if e.is_timeout() || lower.contains("timed out") {
-        return format!("timeout: {origin} did not answer within {}s", HTTP_TIMEOUT.as_secs());
+        return format!(
+            "timeout: {origin} did not answer within {}s",
+            HTTP_TIMEOUT.as_secs()
+        );
     }
-    if lower.contains("dns error") || lower.contains("failed to lookup address") || lower.contains("name or service not known") {
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+    {
         return format!("DNS: cannot resolve the host of {origin}: {chain}");
     }
     if lower.contains("connection refused") {
@@ -194,12 +221,26 @@ pub(crate) fn describe_http_error(e: reqwest::Error, origin: &str, secret: &crat
 
 /// Describes a non-success HTTP answer: status and the first line of the body (Slack explains
 /// itself there: `invalid_payload`, `no_service`), redacted.
-pub(crate) async fn describe_http_status(resp: reqwest::Response, origin: &str, secret: &crate::secret::Secret) -> String {
+pub(crate) async fn describe_http_status(
+    resp: reqwest::Response,
+    origin: &str,
+    secret: &crate::secret::Secret,
+) -> String {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    let first: String = body.lines().next().unwrap_or("").chars().take(200).collect();
+    let first: String = body
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
     let first = crate::secret::redact(&first, &[secret]);
-    let class = if status.is_client_error() { "rejected by" } else { "server error at" };
+    let class = if status.is_client_error() {
+        "rejected by"
+    } else {
+        "server error at"
+    };
     if first.is_empty() {
         format!("HTTP {status}: {class} {origin}")
     } else {
@@ -209,19 +250,33 @@ pub(crate) async fn describe_http_status(resp: reqwest::Response, origin: &str, 
 
 /// Connects to a secret URL's host (DNS, TCP, TLS for https) without sending a request.
 async fn probe_https(url: &crate::secret::Secret) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url.expose()).map_err(|_| "the URL is not valid".to_string())?;
+    let parsed =
+        reqwest::Url::parse(url.expose()).map_err(|_| "the URL is not valid".to_string())?;
     let origin = public_origin(&parsed);
     let host = parsed.host_str().unwrap_or("").to_string();
     let port = parsed.port_or_known_default().unwrap_or(443);
-    let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| format!("DNS: cannot resolve {host}: {e}"))?;
-    let addr = addrs.next().ok_or_else(|| format!("DNS: {host} has no address"))?;
-    tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+    let mut addrs = tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map_err(|_| format!("timeout: connecting to {origin} took longer than 10s"))?
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused { format!("connection refused by {origin}") } else { format!("cannot connect to {origin}: {e}") }
-        })?;
-    Ok(format!("{origin} accepts connections (nothing was sent; use notify-test to post)"))
+        .map_err(|e| format!("DNS: cannot resolve {host}: {e}"))?;
+    let addr = addrs
+        .next()
+        .ok_or_else(|| format!("DNS: {host} has no address"))?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| format!("timeout: connecting to {origin} took longer than 10s"))?
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            format!("connection refused by {origin}")
+        } else {
+            format!("cannot connect to {origin}: {e}")
+        }
+    })?;
+    Ok(format!(
+        "{origin} accepts connections (nothing was sent; use notify-test to post)"
+    ))
 }
 
 /// One line of a report's `notifications` list.
@@ -244,7 +299,9 @@ pub async fn run_started(config: &crate::config::Config, job: &crate::config::Jo
             let h = h.clone();
             let name = name.clone();
             pings.spawn(async move {
-                let r = tokio::time::timeout(Duration::from_secs(5), h.ping_start()).await.unwrap_or_else(|_| Err("timeout: no answer within 5s".into()));
+                let r = tokio::time::timeout(Duration::from_secs(5), h.ping_start())
+                    .await
+                    .unwrap_or_else(|_| Err("timeout: no answer within 5s".into()));
                 if let Err(e) = r {
                     tracing::warn!(channel = %name, "heartbeat start ping failed: {e}");
                 }
@@ -257,13 +314,24 @@ pub async fn run_started(config: &crate::config::Config, job: &crate::config::Jo
 /// Delivers a finished, stored report to the job's channels, through the outbox, and records
 /// the outcome in the report's `notifications` (and in the store). Channels are delivered
 /// concurrently, so a slow one does not hold up the others.
-pub async fn dispatch(config: &crate::config::Config, store: &crate::store::Store, job: &crate::config::Job, report: &mut Report) {
+pub async fn dispatch(
+    config: &crate::config::Config,
+    store: &crate::store::Store,
+    job: &crate::config::Job,
+    report: &mut Report,
+) {
     let mut statuses: Vec<Option<NotificationStatus>> = Vec::new();
     let mut sends = JoinSet::new();
     let shared = std::sync::Arc::new(report.clone());
     for name in &job.notify {
-        let Some(notifier) = config.notifiers.get(name) else { continue };
-        let skipped = NotificationStatus { channel: name.clone(), status: "skipped".into(), error: None };
+        let Some(notifier) = config.notifiers.get(name) else {
+            continue;
+        };
+        let skipped = NotificationStatus {
+            channel: name.clone(),
+            status: "skipped".into(),
+            error: None,
+        };
         if report.dry_run && notifier.kind() == "heartbeat" {
             // A dry run is not a run the outside monitor should count.
             statuses.push(Some(skipped));
@@ -275,13 +343,19 @@ pub async fn dispatch(config: &crate::config::Config, store: &crate::store::Stor
         }
         let slot = statuses.len();
         statuses.push(None);
-        let claim = store.outbox_enqueue(&report.run_id, name).and_then(|()| store.outbox_claim(&report.run_id, name, outbox::CLAIM_LEASE));
+        let claim = store
+            .outbox_enqueue(&report.run_id, name)
+            .and_then(|()| store.outbox_claim(&report.run_id, name, outbox::CLAIM_LEASE));
         let claim = match claim {
             Ok(Some(c)) => c,
             Ok(None) => {
                 // Already sent or being sent for this run (cannot happen for a fresh run id,
                 // but the outbox row is the record that decides).
-                statuses[slot] = Some(NotificationStatus { channel: name.clone(), status: "sent".into(), error: None });
+                statuses[slot] = Some(NotificationStatus {
+                    channel: name.clone(),
+                    status: "sent".into(),
+                    error: None,
+                });
                 continue;
             }
             Err(e) => {
@@ -337,7 +411,10 @@ pub mod outbox;
 
 /// `notify-test [CHANNEL]`: sends a small test report through each (or one) channel, at once,
 /// and says for each what failed. Not queued: the point is to see the failure now.
-pub async fn notify_test(config: &crate::config::Config, channel: Option<&str>) -> std::process::ExitCode {
+pub async fn notify_test(
+    config: &crate::config::Config,
+    channel: Option<&str>,
+) -> std::process::ExitCode {
     use std::process::ExitCode;
     let names: Vec<&String> = match channel {
         Some(c) => match config.notifiers.get_key_value(c) {

@@ -43,12 +43,15 @@ fn policy() -> impl Iterator<Item = Duration> {
 
 /// The delay before the next attempt, after `attempts` failed attempts (1 = the first failed).
 pub fn retry_delay(attempts: u32) -> Duration {
-    policy().nth(attempts.saturating_sub(1).min(20) as usize).unwrap_or(Duration::from_secs(3600))
+    policy()
+        .nth(attempts.saturating_sub(1).min(20) as usize)
+        .unwrap_or(Duration::from_secs(3600))
 }
 
 /// When to try again after `attempts` failed attempts.
 pub fn next_attempt(attempts: u32) -> DateTime<Utc> {
-    Utc::now() + chrono::Duration::from_std(retry_delay(attempts)).unwrap_or(chrono::Duration::hours(1))
+    Utc::now()
+        + chrono::Duration::from_std(retry_delay(attempts)).unwrap_or(chrono::Duration::hours(1))
 }
 
 /// What a flush did.
@@ -77,7 +80,9 @@ impl FlushResult {
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|d| d.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
 }
 
 /// Retries undelivered notifications. With `due_only` (the daemon's periodic call) only those
@@ -92,7 +97,12 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
             "sending" => true,
             _ => continue,
         };
-        let lease_active = in_flight && entry.next_attempt_at.as_deref().and_then(parse_time).is_some_and(|t| t > now);
+        let lease_active = in_flight
+            && entry
+                .next_attempt_at
+                .as_deref()
+                .and_then(parse_time)
+                .is_some_and(|t| t > now);
         if lease_active {
             busy.push((entry.run_id.clone(), entry.channel.clone()));
             continue;
@@ -103,7 +113,9 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
             max_age = max_age.min(HEARTBEAT_MAX_AGE);
         }
         let created = entry.created_at.as_str();
-        let age = parse_time(created).map(|c| (now - c).to_std().unwrap_or(Duration::ZERO)).unwrap_or(Duration::ZERO);
+        let age = parse_time(created)
+            .map(|c| (now - c).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::ZERO);
         if age > max_age {
             if store.outbox_mark_dropped(&entry.run_id, &entry.channel)? {
                 tracing::error!(
@@ -117,12 +129,28 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
                     crate::units::Dur(max_age),
                     entry.channel
                 );
-                record_in_report(store, &entry.run_id, &entry.channel, "failed", Some(format!("dropped after {} undelivered", crate::units::Dur(max_age))));
+                record_in_report(
+                    store,
+                    &entry.run_id,
+                    &entry.channel,
+                    "failed",
+                    Some(format!(
+                        "dropped after {} undelivered",
+                        crate::units::Dur(max_age)
+                    )),
+                );
                 result.dropped += 1;
             }
             continue;
         }
-        if due_only && !in_flight && entry.next_attempt_at.as_deref().and_then(parse_time).is_some_and(|t| t > now) {
+        if due_only
+            && !in_flight
+            && entry
+                .next_attempt_at
+                .as_deref()
+                .and_then(parse_time)
+                .is_some_and(|t| t > now)
+        {
             result.not_due += 1;
             continue;
         }
@@ -134,14 +162,26 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
         let attempts = entry.attempts.max(0) as u32 + 1;
         let Some(notifier) = notifier else {
             let msg = "channel is no longer in the configuration";
-            store.outbox_mark_failed(&entry.run_id, &entry.channel, &claim, msg, &next_attempt(attempts))?;
+            store.outbox_mark_failed(
+                &entry.run_id,
+                &entry.channel,
+                &claim,
+                msg,
+                &next_attempt(attempts),
+            )?;
             result.failed += 1;
             continue;
         };
         let report = match store.report(&entry.run_id) {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) => {
-                store.outbox_mark_failed(&entry.run_id, &entry.channel, &claim, "the run's report is missing from the state store", &next_attempt(attempts))?;
+                store.outbox_mark_failed(
+                    &entry.run_id,
+                    &entry.channel,
+                    &claim,
+                    "the run's report is missing from the state store",
+                    &next_attempt(attempts),
+                )?;
                 result.failed += 1;
                 continue;
             }
@@ -173,13 +213,20 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
 
 /// Waits (at most one delivery timeout) for rows claimed by another process to leave
 /// `sending`, then counts them as delivered elsewhere, failed, or still busy.
-async fn wait_for_others(store: &Store, mut busy: Vec<(String, String)>, result: &mut FlushResult) -> anyhow::Result<()> {
+async fn wait_for_others(
+    store: &Store,
+    mut busy: Vec<(String, String)>,
+    result: &mut FlushResult,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + super::DELIVERY_TIMEOUT + Duration::from_secs(5);
     while !busy.is_empty() {
         let rows = store.outbox(None)?;
         let mut still = Vec::new();
         for (run_id, channel) in busy {
-            match rows.iter().find(|e| e.run_id == run_id && e.channel == channel) {
+            match rows
+                .iter()
+                .find(|e| e.run_id == run_id && e.channel == channel)
+            {
                 None => result.delivered_elsewhere += 1,
                 Some(e) if e.state == "sending" => still.push((run_id, channel)),
                 Some(_) => result.failed += 1,
@@ -197,19 +244,38 @@ async fn wait_for_others(store: &Store, mut busy: Vec<(String, String)>, result:
 
 /// Updates the stored report's `notifications` line of a channel. Best effort: the outbox row
 /// is the record that matters.
-fn record_in_report(store: &Store, run_id: &str, channel: &str, status: &str, error: Option<String>) {
-    let Ok(Some(mut report)) = store.report(run_id) else { return };
+fn record_in_report(
+    store: &Store,
+    run_id: &str,
+    channel: &str,
+    status: &str,
+    error: Option<String>,
+) {
+    let Ok(Some(mut report)) = store.report(run_id) else {
+        return;
+    };
     let mut found = false;
-    for n in report.notifications.iter_mut().filter(|n| n.channel == channel) {
+    for n in report
+        .notifications
+        .iter_mut()
+        .filter(|n| n.channel == channel)
+    {
         n.status = status.into();
         n.error = error.clone();
         found = true;
     }
     if !found {
-        report.notifications.push(super::NotificationStatus { channel: channel.into(), status: status.into(), error });
+        report.notifications.push(super::NotificationStatus {
+            channel: channel.into(),
+            status: status.into(),
+            error,
+        });
     }
     if let Err(e) = store.update_report(&report) {
-        tracing::warn!(run_id, "cannot update the stored report's notifications: {e:#}");
+        tracing::warn!(
+            run_id,
+            "cannot update the stored report's notifications: {e:#}"
+        );
     }
 }
 
@@ -220,10 +286,19 @@ mod tests {
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let first = retry_delay(1);
-        assert!(first >= Duration::from_secs(30) && first <= Duration::from_secs(60), "{first:?}");
+        assert!(
+            first >= Duration::from_secs(30) && first <= Duration::from_secs(60),
+            "{first:?}"
+        );
         let third = retry_delay(3);
-        assert!(third >= Duration::from_secs(120) && third <= Duration::from_secs(240), "{third:?}");
+        assert!(
+            third >= Duration::from_secs(120) && third <= Duration::from_secs(240),
+            "{third:?}"
+        );
         let late = retry_delay(50);
-        assert!(late >= Duration::from_secs(3600) && late <= Duration::from_secs(7200), "{late:?}");
+        assert!(
+            late >= Duration::from_secs(3600) && late <= Duration::from_secs(7200),
+            "{late:?}"
+        );
     }
 }

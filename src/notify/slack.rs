@@ -46,9 +46,21 @@ impl SlackConfig {
                 match reqwest::Url::parse(s.expose()) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
                     // The value is not quoted: it may be a real webhook with a typo.
-                    _ => return Err(vec![format!("notify.{name}.webhook_url ({}) is not an http(s) URL", s.origin)]),
+                    _ => {
+                        return Err(vec![format!(
+                            "notify.{name}.webhook_url ({}) is not an http(s) URL",
+                            s.origin
+                        )]);
+                    }
                 }
-                let w = if s.inline { vec!["webhook_url is written inline; it is a secret: prefer { env = \"VAR\" }".into()] } else { vec![] };
+                let w = if s.inline {
+                    vec![
+                        "webhook_url is written inline; it is a secret: prefer { env = \"VAR\" }"
+                            .into(),
+                    ]
+                } else {
+                    vec![]
+                };
                 self.webhook_resolved = Some(s);
                 Ok(w)
             }
@@ -58,7 +70,9 @@ impl SlackConfig {
 
     /// The resolved webhook URL.
     pub fn webhook(&self) -> Result<&Secret, String> {
-        self.webhook_resolved.as_ref().ok_or_else(|| "webhook_url was not resolved".to_string())
+        self.webhook_resolved
+            .as_ref()
+            .ok_or_else(|| "webhook_url was not resolved".to_string())
     }
 
     pub async fn deliver(&self, report: &Report) -> Result<(), String> {
@@ -68,17 +82,24 @@ impl SlackConfig {
 
 /// Posts a JSON payload to a webhook, honouring 429 `Retry-After`.
 pub async fn post(webhook: &Secret, payload: &serde_json::Value) -> Result<(), String> {
-    let url = reqwest::Url::parse(webhook.expose()).map_err(|_| "webhook_url is not a valid URL".to_string())?;
+    let url = reqwest::Url::parse(webhook.expose())
+        .map_err(|_| "webhook_url is not a valid URL".to_string())?;
     let origin = super::public_origin(&url);
     let client = super::http_client()?;
     let mut attempt = 1;
     loop {
-        let resp = client.post(url.clone()).json(payload).send().await.map_err(|e| super::describe_http_error(e, &origin, webhook))?;
+        let resp = client
+            .post(url.clone())
+            .json(payload)
+            .send()
+            .await
+            .map_err(|e| super::describe_http_error(e, &origin, webhook))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
         }
-        let retryable = status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        let retryable =
+            status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
         if !retryable || attempt >= MAX_ATTEMPTS {
             let mut msg = super::describe_http_status(resp, &origin, webhook).await;
             if retryable {
@@ -87,7 +108,11 @@ pub async fn post(webhook: &Secret, payload: &serde_json::Value) -> Result<(), S
             return Err(msg);
         }
         let wait = if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            let asked = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+            let asked = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             match asked {
                 Some(secs) if Duration::from_secs(secs) > MAX_RETRY_AFTER => {
                     return Err(format!(
@@ -101,7 +126,12 @@ pub async fn post(webhook: &Secret, payload: &serde_json::Value) -> Result<(), S
         } else {
             Duration::from_secs(u64::from(attempt))
         };
-        tracing::info!(status = status.as_u16(), wait_s = wait.as_secs(), attempt, "slack webhook asked us to retry; waiting");
+        tracing::info!(
+            status = status.as_u16(),
+            wait_s = wait.as_secs(),
+            attempt,
+            "slack webhook asked us to retry; waiting"
+        );
         tokio::time::sleep(wait).await;
         attempt += 1;
     }

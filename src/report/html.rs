@@ -72,13 +72,23 @@ fn verdict(r: &Report) -> String {
         parts.push(format!("{} failed", plural(c.fail, "item", "items")));
     }
     if c.warn > 0 {
-        parts.push(format!("{} to look at", plural(c.warn, "warning", "warnings")));
+        parts.push(format!(
+            "{} to look at",
+            plural(c.warn, "warning", "warnings")
+        ));
     }
     if parts.is_empty() {
-        parts.push(if c.pass > 0 { "every check passed".to_string() } else { "no checks ran".to_string() });
+        parts.push(if c.pass > 0 {
+            "every check passed".to_string()
+        } else {
+            "no checks ran".to_string()
+        });
     }
     if c.manual > 0 {
-        parts.push(format!("{} for a person", plural(c.manual, "task", "tasks")));
+        parts.push(format!(
+            "{} for a person",
+            plural(c.manual, "task", "tasks")
+        ));
     }
     let mut v = parts.join(", ");
     if let Some(first) = v.get(..1) {
@@ -89,11 +99,21 @@ fn verdict(r: &Report) -> String {
 
 /// "New failure: A, B · Recovered: C" (empty when nothing changed).
 fn changes(r: &Report) -> String {
-    let names = |c: Change| -> Vec<&str> { r.items.iter().filter(|i| i.change == c).map(|i| i.name.as_str()).collect() };
+    let names = |c: Change| -> Vec<&str> {
+        r.items
+            .iter()
+            .filter(|i| i.change == c)
+            .map(|i| i.name.as_str())
+            .collect()
+    };
     let (new, recovered) = (names(Change::NewFailure), names(Change::Recovered));
     let mut parts = Vec::new();
     if !new.is_empty() {
-        parts.push(format!("new failure{}: {}", if new.len() == 1 { "" } else { "s" }, new.join(", ")));
+        parts.push(format!(
+            "new failure{}: {}",
+            if new.len() == 1 { "" } else { "s" },
+            new.join(", ")
+        ));
     }
     if !recovered.is_empty() {
         parts.push(format!("recovered: {}", recovered.join(", ")));
@@ -103,30 +123,74 @@ fn changes(r: &Report) -> String {
 
 pub fn render(r: &Report) -> String {
     let ordered = r.items_worst_first();
-    let pick = |f: &dyn Fn(Status) -> bool| -> Vec<Row> { ordered.iter().copied().filter(|i| f(i.status)).map(make_row).collect() };
+    let pick = |f: &dyn Fn(Status) -> bool| -> Vec<Row> {
+        ordered
+            .iter()
+            .copied()
+            .filter(|i| f(i.status))
+            .map(make_row)
+            .collect()
+    };
     let mut groups = Vec::new();
     let attention = pick(&|s| matches!(s, Status::Fail | Status::Warn));
     if !attention.is_empty() {
-        groups.push(Group { title: format!("Needs attention ({})", attention.len()), color: colors(r.status).0, rows: attention, compact: false });
+        groups.push(Group {
+            title: format!("Needs attention ({})", attention.len()),
+            color: colors(r.status).0,
+            rows: attention,
+            compact: false,
+        });
     }
     let manual = pick(&|s| s == Status::Manual);
     if !manual.is_empty() {
-        groups.push(Group { title: format!("For a person to do ({})", manual.len()), color: colors(Status::Manual).0, rows: manual, compact: false });
+        groups.push(Group {
+            title: format!("For a person to do ({})", manual.len()),
+            color: colors(Status::Manual).0,
+            rows: manual,
+            compact: false,
+        });
     }
     let skipped = pick(&|s| s == Status::Skipped);
     if !skipped.is_empty() {
-        groups.push(Group { title: format!("Skipped ({})", skipped.len()), color: colors(Status::Skipped).0, rows: skipped, compact: false });
+        groups.push(Group {
+            title: format!("Skipped ({})", skipped.len()),
+            color: colors(Status::Skipped).0,
+            rows: skipped,
+            compact: false,
+        });
     }
     let passed = pick(&|s| s == Status::Pass);
     if !passed.is_empty() {
-        groups.push(Group { title: format!("Passed ({})", passed.len()), color: colors(Status::Pass).0, rows: passed, compact: true });
+        groups.push(Group {
+            title: format!("Passed ({})", passed.len()),
+            color: colors(Status::Pass).0,
+            rows: passed,
+            compact: true,
+        });
     }
     let c = &r.counts;
     let tile = |count: usize, label: &'static str, s: Status| {
-        let (color, bg) = if count > 0 { colors(s) } else { ("#98a2b3", "#f9fafb") };
-        Tile { count, label, color, bg: if s == Status::Pass && count > 0 { "#ecfdf3" } else { bg } }
+        let (color, bg) = if count > 0 {
+            colors(s)
+        } else {
+            ("#98a2b3", "#f9fafb")
+        };
+        Tile {
+            count,
+            label,
+            color,
+            bg: if s == Status::Pass && count > 0 {
+                "#ecfdf3"
+            } else {
+                bg
+            },
+        }
     };
-    let mut tiles = vec![tile(c.fail, "failed", Status::Fail), tile(c.warn, "warnings", Status::Warn), tile(c.pass, "passed", Status::Pass)];
+    let mut tiles = vec![
+        tile(c.fail, "failed", Status::Fail),
+        tile(c.warn, "warnings", Status::Warn),
+        tile(c.pass, "passed", Status::Pass),
+    ];
     if c.manual > 0 {
         tiles.push(tile(c.manual, "to do", Status::Manual));
     }
@@ -184,9 +248,19 @@ mod tests {
         let pass = h.find("Backups completed").unwrap();
         assert!(fail < warn && warn < pass, "worst first");
         assert!(h.contains("2026-11-24 10:00 IST"));
-        assert!(!h.contains("<img") && !h.contains("<link") && !h.contains("<style"), "inline styles only");
-        assert!(h.contains("FAIL &mdash; 1 item failed, 1 warning to look at, 1 task for a person"), "the verdict leads");
-        assert!(h.contains("Needs attention (2)") && h.contains("For a person to do (1)") && h.contains("Passed (1)"));
+        assert!(
+            !h.contains("<img") && !h.contains("<link") && !h.contains("<style"),
+            "inline styles only"
+        );
+        assert!(
+            h.contains("FAIL &mdash; 1 item failed, 1 warning to look at, 1 task for a person"),
+            "the verdict leads"
+        );
+        assert!(
+            h.contains("Needs attention (2)")
+                && h.contains("For a person to do (1)")
+                && h.contains("Passed (1)")
+        );
         assert!(h.contains("<b>Since the previous run:</b> new failure: Firing alerts"));
     }
 

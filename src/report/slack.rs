@@ -26,7 +26,9 @@ const DETAIL_LINES: usize = 8;
 
 /// Escapes the three characters Slack's mrkdwn treats as markup.
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Cuts `s` to at most `max` characters, ending with `suffix` when cut.
@@ -46,12 +48,24 @@ fn fit_list(prefix: &str, parts: &[String], sep: &str, max: usize) -> String {
     let mut out = prefix.to_string();
     for (i, p) in parts.iter().enumerate() {
         let rest = parts.len() - i - 1;
-        let piece = if i == 0 { p.clone() } else { format!("{sep}{p}") };
+        let piece = if i == 0 {
+            p.clone()
+        } else {
+            format!("{sep}{p}")
+        };
         // Room for this piece and, if more follow, for the "... and N more" tail.
-        let tail = if rest > 0 { format!("{sep}... and {rest} more").chars().count() } else { 0 };
+        let tail = if rest > 0 {
+            format!("{sep}... and {rest} more").chars().count()
+        } else {
+            0
+        };
         if out.chars().count() + piece.chars().count() + tail > max {
             let more = parts.len() - i;
-            let t = if i == 0 { format!("... and {more} more") } else { format!("{sep}... and {more} more") };
+            let t = if i == 0 {
+                format!("... and {more} more")
+            } else {
+                format!("{sep}... and {more} more")
+            };
             out.push_str(&t);
             return cut(&out, max, "…");
         }
@@ -80,12 +94,27 @@ fn item_text(i: &ItemReport) -> String {
         Change::Recovered => "  _recovered_",
         Change::Same => "",
     };
-    let mut text = format!("{} *{}  {}*{}\n{}", emoji(i.status), i.status.tag(), esc(&i.name), change, esc(&i.summary));
+    let mut text = format!(
+        "{} *{}  {}*{}\n{}",
+        emoji(i.status),
+        i.status.tag(),
+        esc(&i.name),
+        change,
+        esc(&i.summary)
+    );
     if !i.details.is_empty() {
-        let shown: Vec<String> = i.details.iter().take(DETAIL_LINES).map(|d| esc(&cut(d, 300, "…"))).collect();
+        let shown: Vec<String> = i
+            .details
+            .iter()
+            .take(DETAIL_LINES)
+            .map(|d| esc(&cut(d, 300, "…")))
+            .collect();
         let mut block = shown.join("\n");
         if i.details.len() > DETAIL_LINES {
-            block.push_str(&format!("\n... and {} more lines", i.details.len() - DETAIL_LINES));
+            block.push_str(&format!(
+                "\n... and {} more lines",
+                i.details.len() - DETAIL_LINES
+            ));
         }
         // Keep the code fence closed even when the text must be cut.
         let room = MAX_TEXT.saturating_sub(text.chars().count() + 8);
@@ -110,7 +139,12 @@ pub fn render(report: &Report) -> Value {
     if c.skipped > 0 {
         line.push_str(&format!(" · {} skipped", c.skipped));
     }
-    line.push_str(&format!(" · {} on {} · took {}", esc(&report.started_local()), esc(&report.host), report.duration_human()));
+    line.push_str(&format!(
+        " · {} on {} · took {}",
+        esc(&report.started_local()),
+        esc(&report.host),
+        report.duration_human()
+    ));
     if report.dry_run {
         line.push_str(" · *dry run: nothing changed*");
     }
@@ -118,42 +152,93 @@ pub fn render(report: &Report) -> Value {
         line = format!("{}\n{line}", esc(&report.description));
     }
     if !report.missed.is_empty() {
-        line.push_str(&format!("\n:warning: missed slots before this run: {}", esc(&report.missed.join(", "))));
+        line.push_str(&format!(
+            "\n:warning: missed slots before this run: {}",
+            esc(&report.missed.join(", "))
+        ));
     }
     blocks.push(section(line));
 
     let ordered = report.items_worst_first();
-    let bad: Vec<&ItemReport> = ordered.iter().copied().filter(|i| matches!(i.status, Status::Fail | Status::Warn)).collect();
-    let names = |s: Status| -> Vec<String> { ordered.iter().filter(|i| i.status == s).map(|i| esc(&i.name)).collect() };
-    let (todo, skipped, passed) = (names(Status::Manual), names(Status::Skipped), names(Status::Pass));
-    let recovered: Vec<String> = ordered.iter().filter(|i| i.change == Change::Recovered).map(|i| esc(&i.name)).collect();
+    let bad: Vec<&ItemReport> = ordered
+        .iter()
+        .copied()
+        .filter(|i| matches!(i.status, Status::Fail | Status::Warn))
+        .collect();
+    let names = |s: Status| -> Vec<String> {
+        ordered
+            .iter()
+            .filter(|i| i.status == s)
+            .map(|i| esc(&i.name))
+            .collect()
+    };
+    let (todo, skipped, passed) = (
+        names(Status::Manual),
+        names(Status::Skipped),
+        names(Status::Pass),
+    );
+    let recovered: Vec<String> = ordered
+        .iter()
+        .filter(|i| i.change == Change::Recovered)
+        .map(|i| esc(&i.name))
+        .collect();
 
     // Blocks after the item sections: divider, up to three lists, the run-id context.
-    let trailing = 2 + [!todo.is_empty(), !skipped.is_empty(), !passed.is_empty()].iter().filter(|b| **b).count();
+    let trailing = 2 + [!todo.is_empty(), !skipped.is_empty(), !passed.is_empty()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     let room = MAX_BLOCKS - blocks.len() - trailing;
     if !bad.is_empty() {
         blocks.push(json!({ "type": "divider" }));
     }
     let room = room.saturating_sub(usize::from(!bad.is_empty()));
-    let (shown, rest) = if bad.len() > room { bad.split_at(room.saturating_sub(1)) } else { (&bad[..], &[][..]) };
+    let (shown, rest) = if bad.len() > room {
+        bad.split_at(room.saturating_sub(1))
+    } else {
+        (&bad[..], &[][..])
+    };
     for i in shown {
         blocks.push(section(item_text(i)));
     }
     if !rest.is_empty() {
-        let parts: Vec<String> = rest.iter().map(|i| format!("{} {}", i.status.tag(), esc(&i.name))).collect();
-        blocks.push(section(fit_list(&format!("*{} more not passing:* ", rest.len()), &parts, " · ", MAX_TEXT)));
+        let parts: Vec<String> = rest
+            .iter()
+            .map(|i| format!("{} {}", i.status.tag(), esc(&i.name)))
+            .collect();
+        blocks.push(section(fit_list(
+            &format!("*{} more not passing:* ", rest.len()),
+            &parts,
+            " · ",
+            MAX_TEXT,
+        )));
     }
     blocks.push(json!({ "type": "divider" }));
     if !todo.is_empty() {
-        blocks.push(section(fit_list(&format!("{} *To do ({}):* ", emoji(Status::Manual), todo.len()), &todo, " · ", MAX_TEXT)));
+        blocks.push(section(fit_list(
+            &format!("{} *To do ({}):* ", emoji(Status::Manual), todo.len()),
+            &todo,
+            " · ",
+            MAX_TEXT,
+        )));
     }
     if !skipped.is_empty() {
-        blocks.push(section(fit_list(&format!("{} *Skipped ({}):* ", emoji(Status::Skipped), skipped.len()), &skipped, " · ", MAX_TEXT)));
+        blocks.push(section(fit_list(
+            &format!("{} *Skipped ({}):* ", emoji(Status::Skipped), skipped.len()),
+            &skipped,
+            " · ",
+            MAX_TEXT,
+        )));
     }
     if !passed.is_empty() {
         let mut prefix = format!("{} *Passed ({}):* ", emoji(Status::Pass), passed.len());
         if !recovered.is_empty() {
-            prefix = format!("{} *Passed ({}, {} recovered):* ", emoji(Status::Pass), passed.len(), recovered.len());
+            prefix = format!(
+                "{} *Passed ({}, {} recovered):* ",
+                emoji(Status::Pass),
+                passed.len(),
+                recovered.len()
+            );
         }
         blocks.push(section(fit_list(&prefix, &passed, " · ", MAX_TEXT)));
     }
@@ -176,8 +261,12 @@ mod tests {
         assert!(blocks.len() <= MAX_BLOCKS, "{} blocks", blocks.len());
         for b in blocks {
             match b["type"].as_str().unwrap() {
-                "header" => assert!(b["text"]["text"].as_str().unwrap().chars().count() <= MAX_HEADER),
-                "section" => assert!(b["text"]["text"].as_str().unwrap().chars().count() <= MAX_TEXT),
+                "header" => {
+                    assert!(b["text"]["text"].as_str().unwrap().chars().count() <= MAX_HEADER)
+                }
+                "section" => {
+                    assert!(b["text"]["text"].as_str().unwrap().chars().count() <= MAX_TEXT)
+                }
                 "context" => {
                     for e in b["elements"].as_array().unwrap() {
                         assert!(e["text"].as_str().unwrap().chars().count() <= MAX_TEXT);
@@ -193,9 +282,17 @@ mod tests {
     fn worst_first_and_compact_lists() {
         let v = render(&sample());
         assert_within_limits(&v);
-        assert_eq!(v["text"], "[runbook] daily FAIL — 1 passed, 1 warning, 1 failed");
+        assert_eq!(
+            v["text"],
+            "[runbook] daily FAIL — 1 passed, 1 warning, 1 failed"
+        );
         assert_eq!(v["blocks"][0]["type"], "header");
-        let texts: Vec<&str> = v["blocks"].as_array().unwrap().iter().filter_map(|b| b["text"]["text"].as_str()).collect();
+        let texts: Vec<&str> = v["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|b| b["text"]["text"].as_str())
+            .collect();
         let all = texts.join("\n");
         let fail = all.find("FAIL  Firing alerts").unwrap();
         let warn = all.find("WARN  Disk").unwrap();
@@ -215,21 +312,40 @@ mod tests {
         r.items = (0..60)
             .map(|n| {
                 let mut i = template.clone();
-                i.name = format!("Check number {n} with a rather long name to fill the lines {}", "x".repeat(40));
-                i.details = (0..40).map(|d| format!("detail line {d} {}", "y".repeat(200))).collect();
+                i.name = format!(
+                    "Check number {n} with a rather long name to fill the lines {}",
+                    "x".repeat(40)
+                );
+                i.details = (0..40)
+                    .map(|d| format!("detail line {d} {}", "y".repeat(200)))
+                    .collect();
                 i.summary = "s".repeat(5000);
                 i
             })
             .collect();
-        r.items.extend((0..300).map(|n| ItemReport { name: format!("passing item {n} {}", "z".repeat(30)), status: Status::Pass, ..template.clone() }));
+        r.items.extend((0..300).map(|n| ItemReport {
+            name: format!("passing item {n} {}", "z".repeat(30)),
+            status: Status::Pass,
+            ..template.clone()
+        }));
         r.finish_status();
         let v = render(&r);
         assert_within_limits(&v);
         let blocks = v["blocks"].as_array().unwrap();
         assert_eq!(blocks.len(), MAX_BLOCKS);
-        let all: String = blocks.iter().filter_map(|b| b["text"]["text"].as_str()).collect::<Vec<_>>().join("\n");
-        assert!(all.contains("more not passing:"), "the items without a section are listed by name");
-        assert!(all.contains("... and "), "long lists end in '... and N more'");
+        let all: String = blocks
+            .iter()
+            .filter_map(|b| b["text"]["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            all.contains("more not passing:"),
+            "the items without a section are listed by name"
+        );
+        assert!(
+            all.contains("... and "),
+            "long lists end in '... and N more'"
+        );
         assert!(all.contains("*Passed (300):*"));
         // Every code fence that is opened is closed.
         for b in blocks.iter().filter_map(|b| b["text"]["text"].as_str()) {
