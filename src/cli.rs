@@ -411,7 +411,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             if flush {
                 match crate::notify::outbox::flush(&config, &store, false).await {
                     Ok(r) => {
-                        if r.failed > 0 {
+                        if r.left_undelivered() {
                             code = EXIT_FAILED;
                         }
                         flushed = Some(r);
@@ -436,8 +436,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Format::Text => {
                     if let Some(f) = &flushed {
                         println!(
-                            "flushed: {} delivered, {} failed, {} dropped",
-                            f.delivered, f.failed, f.dropped
+                            "flushed: {} delivered, {} delivered by another process, {} failed, {} dropped, {} still being sent by another process",
+                            f.delivered, f.delivered_elsewhere, f.failed, f.dropped, f.busy
                         );
                     }
                     if entries.is_empty() {

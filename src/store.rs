@@ -119,7 +119,8 @@ pub struct OutboxEntry {
     pub run_id: String,
     pub channel: String,
     pub created_at: String,
-    /// `pending`, `sent`, `dropped`.
+    /// `pending` (waiting for its next attempt), `sending` (claimed by a sender until
+    /// `next_attempt_at`), `sent`, `dropped` (given up after `outbox_max_age`).
     pub state: String,
     pub attempts: i64,
     pub next_attempt_at: Option<String>,
@@ -433,40 +434,75 @@ impl Store {
         })
     }
 
-    /// Marks a delivery as sent. Returns false when it was not pending (already sent by another
-    /// process), so the caller knows not to count it twice.
-    pub fn outbox_mark_sent(&self, run_id: &str, channel: &str) -> Result<bool> {
+    /// Claims a delivery for this process before it is sent: a `pending` row (or a `sending` row
+    /// whose sender's lease ran out) becomes `sending` until now + `lease`. Returns the claim
+    /// token (the lease's end, which the later mark_* calls must present), or None when the row
+    /// is not claimable (sent, dropped, or being delivered by another process). One UPDATE, so
+    /// of two processes claiming at once exactly one wins.
+    pub fn outbox_claim(
+        &self,
+        run_id: &str,
+        channel: &str,
+        lease: Duration,
+    ) -> Result<Option<String>> {
+        let now_utc = Utc::now();
+        let until = (now_utc
+            + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let now = now_utc.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         self.with(|c| {
             c.execute(
-                "UPDATE outbox SET state = 'sent', sent_at = ?3, attempts = attempts + 1, last_error = NULL WHERE run_id = ?1 AND channel = ?2 AND state = 'pending'",
-                params![run_id, channel, now()],
+                "UPDATE outbox SET state = 'sending', next_attempt_at = ?3
+                 WHERE run_id = ?1 AND channel = ?2 AND (state = 'pending' OR (state = 'sending' AND next_attempt_at < ?4))",
+                params![run_id, channel, until, now],
+            )
+            .map(|n| if n == 1 { Some(until.clone()) } else { None })
+        })
+    }
+
+    /// Marks a claimed delivery as sent. Returns false when the claim was lost (its lease ran
+    /// out and another process took the row over).
+    pub fn outbox_mark_sent(&self, run_id: &str, channel: &str, claim: &str) -> Result<bool> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?3, attempts = attempts + 1, last_error = NULL, next_attempt_at = NULL
+                 WHERE run_id = ?1 AND channel = ?2 AND state = 'sending' AND next_attempt_at = ?4",
+                params![run_id, channel, now(), claim],
             )
             .map(|n| n == 1)
         })
     }
 
-    /// Records a failed attempt and when to try again.
+    /// Records a failed attempt of a claimed delivery and when to try again (back to `pending`).
     pub fn outbox_mark_failed(
         &self,
         run_id: &str,
         channel: &str,
+        claim: &str,
         error: &str,
         next_attempt: &DateTime<Utc>,
     ) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4 WHERE run_id = ?1 AND channel = ?2 AND state = 'pending'",
-                params![run_id, channel, error, next_attempt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)],
+                "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4
+                 WHERE run_id = ?1 AND channel = ?2 AND state = 'sending' AND next_attempt_at = ?5",
+                params![run_id, channel, error, next_attempt.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), claim],
             )
             .map(|_| ())
         })
     }
 
-    /// Gives up on a delivery (older than `outbox_max_age`).
-    pub fn outbox_mark_dropped(&self, run_id: &str, channel: &str) -> Result<()> {
+    /// Gives up on a delivery (older than `outbox_max_age`). Returns false when it was not
+    /// pending any more.
+    pub fn outbox_mark_dropped(&self, run_id: &str, channel: &str) -> Result<bool> {
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         self.with(|c| {
-            c.execute("UPDATE outbox SET state = 'dropped' WHERE run_id = ?1 AND channel = ?2 AND state = 'pending'", params![run_id, channel])
-                .map(|_| ())
+            c.execute(
+                "UPDATE outbox SET state = 'dropped' WHERE run_id = ?1 AND channel = ?2
+                 AND (state = 'pending' OR (state = 'sending' AND next_attempt_at < ?3))",
+                params![run_id, channel, now],
+            )
+            .map(|n| n == 1)
         })
     }
 

@@ -1,10 +1,17 @@
-//! `type = "heartbeat"`: healthchecks.io-style pings (`url/start`, `url`, `url/fail`), so an
-//! outside monitor notices when runs stop happening at all.
+//! `type = "heartbeat"`: healthchecks.io-style pings, so an outside monitor notices when runs
+//! stop happening at all (a dead daemon sends no failure report).
+//!
+//! `GET url/start` when a run starts (best effort, never queued), `GET url` when it ends with
+//! `pass` or `warn`, `GET url/fail` when it ends with `fail`. Works with healthchecks.io,
+//! Healthchecks self-hosted, Uptime Kuma's push monitors with a path and Cronitor-style URLs
+//! that accept these suffixes. The URL is a secret (anyone with it can ping): errors name only
+//! the scheme, host and port.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::items::Status;
 use crate::report::Report;
 use crate::secret::{Secret, SecretSource};
 
@@ -12,28 +19,135 @@ use crate::secret::{Secret, SecretSource};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatConfig {
-    /// The check's ping URL (a secret: anyone with it can ping).
+    /// The check's ping URL, e.g. `https://hc-ping.com/<uuid>` (a secret: anyone with it can
+    /// ping).
     pub url: SecretSource,
+    /// The resolved URL (filled by `prepare`).
     #[serde(skip)]
     pub url_resolved: Option<Secret>,
+}
+
+/// Which ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ping {
+    Start,
+    Success,
+    Fail,
+}
+
+impl Ping {
+    /// The ping for a finished run: `fail` only when an item failed (a warning is a run that
+    /// happened and needs a look, not a missing or broken run).
+    pub fn for_status(status: Status) -> Ping {
+        if status == Status::Fail {
+            Ping::Fail
+        } else {
+            Ping::Success
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Ping::Start => "/start",
+            Ping::Success => "",
+            Ping::Fail => "/fail",
+        }
+    }
 }
 
 impl HeartbeatConfig {
     pub fn prepare(&mut self, name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
         match Secret::resolve(&self.url, &format!("notify.{name}.url"), base) {
             Ok(s) => {
+                match reqwest::Url::parse(s.expose()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                    _ => {
+                        return Err(vec![format!(
+                            "notify.{name}.url ({}) is not an http(s) URL",
+                            s.origin
+                        )]);
+                    }
+                }
+                let w = if s.inline {
+                    vec![
+                        "url is written inline; anyone with it can ping: prefer { env = \"VAR\" }"
+                            .into(),
+                    ]
+                } else {
+                    vec![]
+                };
                 self.url_resolved = Some(s);
-                Ok(vec![])
+                Ok(w)
             }
             Err(e) => Err(vec![e]),
         }
     }
 
-    pub async fn ping_start(&self) -> Result<(), String> {
-        Err("heartbeat delivery is not implemented in this build".into())
+    /// The resolved ping URL.
+    pub fn url(&self) -> Result<&Secret, String> {
+        self.url_resolved
+            .as_ref()
+            .ok_or_else(|| "url was not resolved".to_string())
     }
 
-    pub async fn deliver(&self, _report: &Report) -> Result<(), String> {
-        Err("heartbeat delivery is not implemented in this build".into())
+    /// The URL of one ping: the base URL (query kept) with `/start` or `/fail` appended to its path.
+    pub fn ping_url(base: &str, ping: Ping) -> Result<reqwest::Url, String> {
+        let mut url = reqwest::Url::parse(base)
+            .map_err(|_| "the heartbeat url is not a valid URL".to_string())?;
+        let path = format!("{}{}", url.path().trim_end_matches('/'), ping.suffix());
+        url.set_path(if path.is_empty() { "/" } else { &path });
+        Ok(url)
+    }
+
+    pub async fn ping(&self, ping: Ping) -> Result<(), String> {
+        let secret = self.url()?;
+        let url = Self::ping_url(secret.expose(), ping)?;
+        let origin = super::public_origin(&url);
+        let client = super::http_client()?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| super::describe_http_error(e, &origin, secret))?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Err(super::describe_http_status(resp, &origin, secret).await)
+    }
+
+    pub async fn ping_start(&self) -> Result<(), String> {
+        self.ping(Ping::Start).await
+    }
+
+    pub async fn deliver(&self, report: &Report) -> Result<(), String> {
+        self.ping(Ping::for_status(report.status)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_urls() {
+        let u = |b: &str, p| HeartbeatConfig::ping_url(b, p).unwrap().to_string();
+        assert_eq!(
+            u("https://hc-ping.com/abc", Ping::Start),
+            "https://hc-ping.com/abc/start"
+        );
+        assert_eq!(
+            u("https://hc-ping.com/abc/", Ping::Fail),
+            "https://hc-ping.com/abc/fail"
+        );
+        assert_eq!(
+            u("https://hc-ping.com/abc", Ping::Success),
+            "https://hc-ping.com/abc"
+        );
+        assert_eq!(
+            u("http://127.0.0.1:8000/ping/k?rid=1", Ping::Fail),
+            "http://127.0.0.1:8000/ping/k/fail?rid=1"
+        );
+        assert_eq!(Ping::for_status(Status::Warn), Ping::Success);
+        assert_eq!(Ping::for_status(Status::Fail), Ping::Fail);
     }
 }

@@ -1,13 +1,21 @@
 //! Delivery of reports: `file`, `email`, `slack`, `heartbeat`.
 //!
-//! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): the
-//! runner first records one outbox row per (run, channel), then tries to deliver it. A delivery
-//! that fails stays in the outbox and is retried later (`outbox --flush`, the daemon). Because
-//! the row is keyed by (run, channel) and marked `sent` in the same place, a report is never
-//! delivered twice for one run and channel. Delivery never changes a run's exit code.
+//! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): after
+//! the runner has stored the report, [`dispatch`] records one outbox row per (run, channel),
+//! claims it, and tries to deliver it (all channels at once, each under
+//! [`DELIVERY_TIMEOUT`]). A delivery that fails stays in the outbox and is retried later with
+//! backoff ([`outbox::flush`]: the daemon, `outbox --flush`). The row keyed by (run, channel)
+//! is the idempotency record: a sender must claim it first (see [`outbox`]), so a report is
+//! never delivered twice for one run and channel. Delivery never changes a run's exit code.
+//!
+//! Error messages of every channel are one line that says which step failed (DNS, connection
+//! refused, TLS, authentication, an HTTP or SMTP status) and never contain a secret: the SMTP
+//! password and the webhook and ping URLs (the URL itself is the credential) are kept out.
 
 use std::path::Path;
 use std::time::Duration;
+
+use tokio::task::JoinSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +51,8 @@ impl On {
 /// `[notify.NAME]`: one channel.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// A config holds a handful of notifiers, loaded once: the size of the email variant is no cost.
+#[allow(clippy::large_enum_variant)]
 pub enum NotifierConfig {
     Email(email::EmailConfig),
     Slack(slack::SlackConfig),
@@ -90,92 +100,308 @@ impl NotifierConfig {
                 NotifierConfig::Heartbeat(c) => c.deliver(report).await,
             }
         };
-        match tokio::time::timeout(Duration::from_secs(60), fut).await {
+        match tokio::time::timeout(DELIVERY_TIMEOUT, fut).await {
             Ok(r) => r,
-            Err(_) => Err("delivery timed out after 60s".into()),
+            Err(_) => Err(format!(
+                "timeout: delivery took longer than {}s",
+                DELIVERY_TIMEOUT.as_secs()
+            )),
         }
     }
+
+    /// `check-config --connect`: can the channel be reached (without sending a report)?
+    pub async fn check_reachable(&self) -> Result<String, String> {
+        let fut = async {
+            match self {
+                NotifierConfig::File(c) => {
+                    std::fs::create_dir_all(&c.dir)
+                        .map_err(|e| format!("cannot create {}: {e}", c.dir.display()))?;
+                    let probe = c.dir.join(".runbook-write-test");
+                    std::fs::write(&probe, b"ok")
+                        .map_err(|e| format!("cannot write into {}: {e}", c.dir.display()))?;
+                    let _ = std::fs::remove_file(&probe);
+                    Ok(format!("folder {} is writable", c.dir.display()))
+                }
+                NotifierConfig::Email(c) => c.check_reachable().await,
+                // Posting or pinging would send something; connecting (DNS, TCP, TLS) is what
+                // can be checked without side effects.
+                NotifierConfig::Slack(c) => probe_https(c.webhook()?).await,
+                NotifierConfig::Heartbeat(c) => probe_https(c.url()?).await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), fut).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout: no answer within 30s".into()),
+        }
+    }
+}
+
+/// The longest one delivery may take (SMTP conversation, webhook post with its 429 waits).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one HTTP request (webhook, ping) may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The HTTP client for webhooks and pings: rustls, timeouts, no redirects to follow blindly
+/// with a secret URL (a redirect is reported as an error).
+pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            format!(
+                "cannot set up the HTTP client: {}",
+                error_chain(&e.without_url())
+            )
+        })
+}
+
+/// `Display` of an error and its sources, joined with ": " (a source already quoted by its
+/// parent is not repeated).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The part of a secret URL that may be shown: `https://hooks.slack.com:443` (scheme, host,
+/// port; never the path or query, which carry the credential).
+pub fn public_origin(url: &reqwest::Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or("?"),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+/// One line that says which step of an HTTP request failed, without the URL.
+pub(crate) fn describe_http_error(
+    e: reqwest::Error,
+    origin: &str,
+    secret: &crate::secret::Secret,
+) -> String {
+    let e = e.without_url();
+    let chain = crate::secret::redact(&error_chain(&e), &[secret]);
+    let lower = chain.to_lowercase();
+    if e.is_timeout() || lower.contains("timed out") {
+        return format!(
+            "timeout: {origin} did not answer within {}s",
+            HTTP_TIMEOUT.as_secs()
+        );
+    }
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+    {
+        return format!("DNS: cannot resolve the host of {origin}: {chain}");
+    }
+    if lower.contains("connection refused") {
+        return format!("connection refused by {origin}");
+    }
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        return format!("TLS with {origin} failed: {chain}");
+    }
+    if e.is_connect() {
+        return format!("cannot connect to {origin}: {chain}");
+    }
+    format!("request to {origin} failed: {chain}")
+}
+
+/// Describes a non-success HTTP answer: status and the first line of the body (Slack explains
+/// itself there: `invalid_payload`, `no_service`), redacted.
+pub(crate) async fn describe_http_status(
+    resp: reqwest::Response,
+    origin: &str,
+    secret: &crate::secret::Secret,
+) -> String {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let first: String = body
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    let first = crate::secret::redact(&first, &[secret]);
+    let class = if status.is_client_error() {
+        "rejected by"
+    } else {
+        "server error at"
+    };
+    if first.is_empty() {
+        format!("HTTP {status}: {class} {origin}")
+    } else {
+        format!("HTTP {status}: {class} {origin}: {first}")
+    }
+}
+
+/// Connects to a secret URL's host (DNS, TCP, TLS for https) without sending a request.
+async fn probe_https(url: &crate::secret::Secret) -> Result<String, String> {
+    let parsed =
+        reqwest::Url::parse(url.expose()).map_err(|_| "the URL is not valid".to_string())?;
+    let origin = public_origin(&parsed);
+    let host = parsed.host_str().unwrap_or("").to_string();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let mut addrs = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("DNS: cannot resolve {host}: {e}"))?;
+    let addr = addrs
+        .next()
+        .ok_or_else(|| format!("DNS: {host} has no address"))?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| format!("timeout: connecting to {origin} took longer than 10s"))?
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            format!("connection refused by {origin}")
+        } else {
+            format!("cannot connect to {origin}: {e}")
+        }
+    })?;
+    Ok(format!(
+        "{origin} accepts connections (nothing was sent; use notify-test to post)"
+    ))
 }
 
 /// One line of a report's `notifications` list.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NotificationStatus {
     pub channel: String,
-    /// `sent`, `queued` (will be retried), `skipped` (below the channel's `on`), `failed`.
+    /// `sent`, `queued` (will be retried), `skipped` (below the channel's `on`, or a dry run for
+    /// a heartbeat), `failed` (not queued: the outbox could not be written, or it was dropped).
     pub status: String,
     pub error: Option<String>,
 }
 
-/// Pings that mark the start of a run (heartbeat `/start`). Best effort: never delays the run
-/// for more than a few seconds, never changes its outcome.
+/// Pings that mark the start of a run (heartbeat `/start`), all at once. Best effort: never
+/// delays the run for more than a few seconds, never changes its outcome, never queued (a late
+/// start ping means nothing).
 pub async fn run_started(config: &crate::config::Config, job: &crate::config::Job) {
+    let mut pings = JoinSet::new();
     for name in &job.notify {
         if let Some(NotifierConfig::Heartbeat(h)) = config.notifiers.get(name) {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), h.ping_start())
-                .await
-                .unwrap_or(Err("timed out".into()))
-            {
-                tracing::warn!(channel = %name, "heartbeat start ping failed: {e}");
-            }
+            let h = h.clone();
+            let name = name.clone();
+            pings.spawn(async move {
+                let r = tokio::time::timeout(Duration::from_secs(5), h.ping_start())
+                    .await
+                    .unwrap_or_else(|_| Err("timeout: no answer within 5s".into()));
+                if let Err(e) = r {
+                    tracing::warn!(channel = %name, "heartbeat start ping failed: {e}");
+                }
+            });
         }
     }
+    while pings.join_next().await.is_some() {}
 }
 
 /// Delivers a finished, stored report to the job's channels, through the outbox, and records
-/// the outcome in the report's `notifications` (and in the store).
+/// the outcome in the report's `notifications` (and in the store). Channels are delivered
+/// concurrently, so a slow one does not hold up the others.
 pub async fn dispatch(
     config: &crate::config::Config,
     store: &crate::store::Store,
     job: &crate::config::Job,
     report: &mut Report,
 ) {
-    let mut statuses = Vec::new();
+    let mut statuses: Vec<Option<NotificationStatus>> = Vec::new();
+    let mut sends = JoinSet::new();
+    let shared = std::sync::Arc::new(report.clone());
     for name in &job.notify {
         let Some(notifier) = config.notifiers.get(name) else {
             continue;
         };
+        let skipped = NotificationStatus {
+            channel: name.clone(),
+            status: "skipped".into(),
+            error: None,
+        };
         if report.dry_run && notifier.kind() == "heartbeat" {
-            statuses.push(NotificationStatus {
-                channel: name.clone(),
-                status: "skipped".into(),
-                error: None,
-            });
+            // A dry run is not a run the outside monitor should count.
+            statuses.push(Some(skipped));
             continue;
         }
         if !notifier.on().wants(report.status) {
-            statuses.push(NotificationStatus {
-                channel: name.clone(),
-                status: "skipped".into(),
-                error: None,
-            });
+            statuses.push(Some(skipped));
             continue;
         }
-        if let Err(e) = store.outbox_enqueue(&report.run_id, name) {
-            tracing::error!(channel = %name, "cannot record the delivery in the outbox: {e:#}");
-        }
-        let status = match notifier.deliver(report).await {
-            Ok(()) => {
-                let _ = store.outbox_mark_sent(&report.run_id, name);
-                NotificationStatus {
+        let slot = statuses.len();
+        statuses.push(None);
+        let claim = store
+            .outbox_enqueue(&report.run_id, name)
+            .and_then(|()| store.outbox_claim(&report.run_id, name, outbox::CLAIM_LEASE));
+        let claim = match claim {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                // Already sent or being sent for this run (cannot happen for a fresh run id,
+                // but the outbox row is the record that decides).
+                statuses[slot] = Some(NotificationStatus {
                     channel: name.clone(),
                     status: "sent".into(),
                     error: None,
-                }
+                });
+                continue;
             }
             Err(e) => {
-                tracing::warn!(channel = %name, run_id = %report.run_id, "delivery failed, queued for retry: {e}");
-                let next = outbox::next_attempt(1);
-                let _ = store.outbox_mark_failed(&report.run_id, name, &e, &next);
-                NotificationStatus {
-                    channel: name.clone(),
-                    status: "queued".into(),
-                    error: Some(e),
-                }
+                // Without an outbox row a failed delivery could not be retried: say so loudly,
+                // but still try once.
+                tracing::error!(channel = %name, "cannot record the delivery in the outbox: {e:#}");
+                String::new()
             }
         };
-        statuses.push(status);
+        let notifier = notifier.clone();
+        let store = store.clone();
+        let name = name.clone();
+        let report = shared.clone();
+        sends.spawn(async move {
+            let status = match notifier.deliver(&report).await {
+                Ok(()) => {
+                    if !claim.is_empty() {
+                        if let Err(e) = store.outbox_mark_sent(&report.run_id, &name, &claim) {
+                            tracing::error!(channel = %name, "delivered, but cannot record it in the outbox: {e:#}");
+                        }
+                    }
+                    NotificationStatus { channel: name.clone(), status: "sent".into(), error: None }
+                }
+                Err(e) if claim.is_empty() => {
+                    tracing::error!(channel = %name, run_id = %report.run_id, "delivery failed and cannot be queued: {e}");
+                    NotificationStatus { channel: name.clone(), status: "failed".into(), error: Some(e) }
+                }
+                Err(e) => {
+                    let next = outbox::next_attempt(1);
+                    tracing::warn!(channel = %name, run_id = %report.run_id, next_attempt = %next.to_rfc3339(), "delivery failed, queued for retry: {e}");
+                    if let Err(db) = store.outbox_mark_failed(&report.run_id, &name, &claim, &e, &next) {
+                        tracing::error!(channel = %name, "cannot record the failed delivery in the outbox: {db:#}");
+                    }
+                    NotificationStatus { channel: name.clone(), status: "queued".into(), error: Some(e) }
+                }
+            };
+            (slot, status)
+        });
     }
-    report.notifications = statuses;
+    while let Some(joined) = sends.join_next().await {
+        match joined {
+            Ok((slot, status)) => statuses[slot] = Some(status),
+            Err(e) => tracing::error!("a delivery task failed: {e}"),
+        }
+    }
+    report.notifications = statuses.into_iter().flatten().collect();
     if let Err(e) = store.update_report(report) {
         tracing::error!(run_id = %report.run_id, "cannot store notification results: {e:#}");
     }
@@ -183,25 +409,8 @@ pub async fn dispatch(
 
 pub mod outbox;
 
-impl NotifierConfig {
-    /// `check-config --connect`: can the channel be reached (without sending a report)?
-    pub async fn check_reachable(&self) -> Result<String, String> {
-        match self {
-            NotifierConfig::File(c) => {
-                std::fs::create_dir_all(&c.dir)
-                    .map_err(|e| format!("cannot create {}: {e}", c.dir.display()))?;
-                let probe = c.dir.join(".runbook-write-test");
-                std::fs::write(&probe, b"ok")
-                    .map_err(|e| format!("cannot write into {}: {e}", c.dir.display()))?;
-                let _ = std::fs::remove_file(&probe);
-                Ok(format!("folder {} is writable", c.dir.display()))
-            }
-            _ => Ok("not checked (use notify-test to send a test message)".into()),
-        }
-    }
-}
-
-/// `notify-test [CHANNEL]`: sends a small test report through each (or one) channel.
+/// `notify-test [CHANNEL]`: sends a small test report through each (or one) channel, at once,
+/// and says for each what failed. Not queued: the point is to see the failure now.
 pub async fn notify_test(
     config: &crate::config::Config,
     channel: Option<&str>,
@@ -232,11 +441,23 @@ pub async fn notify_test(
         );
         return ExitCode::from(crate::cli::EXIT_USAGE);
     }
-    let report = test_report(config);
+    let report = std::sync::Arc::new(test_report(config));
+    let mut tests = JoinSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let n = config.notifiers[*name].clone();
+        let report = report.clone();
+        tests.spawn(async move { (i, n.deliver(&report).await) });
+    }
+    let mut results: Vec<Option<Result<(), String>>> = vec![None; names.len()];
+    while let Some(joined) = tests.join_next().await {
+        if let Ok((i, r)) = joined {
+            results[i] = Some(r);
+        }
+    }
     let mut ok = true;
-    for name in names {
-        let n = &config.notifiers[name];
-        match n.deliver(&report).await {
+    for (name, r) in names.iter().zip(results) {
+        let n = &config.notifiers[*name];
+        match r.unwrap_or_else(|| Err("internal error: the test task failed".into())) {
             Ok(()) => println!("{name} ({}): delivered", n.kind()),
             Err(e) => {
                 ok = false;

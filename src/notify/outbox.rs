@@ -1,96 +1,304 @@
 //! Retrying undelivered notifications: exponential backoff with jitter, until delivered or
 //! older than `outbox_max_age` (then dropped, loudly).
+//!
+//! The outbox row of a (run, channel) is the idempotency record. Before anything is sent, the
+//! sender *claims* the row: one `UPDATE ... WHERE state = 'pending'` turns it into `sending`
+//! with a lease (see [`crate::store::Store::outbox_claim`]). SQLite serialises writers, so of two
+//! processes flushing at once (the daemon and a manual `outbox --flush`) exactly one wins the
+//! claim and the other skips the row. The winner marks the row `sent` or, after a failure,
+//! `pending` again with the time of the next attempt. A sender that dies mid-delivery leaves a
+//! `sending` row whose lease expires after [`CLAIM_LEASE`]; it is then retried. That is the one
+//! case where a message may arrive twice (the server accepted it, the process died before
+//! recording it): we prefer that to losing a report.
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 
+use super::NotifierConfig;
 use crate::config::Config;
 use crate::store::Store;
 
-/// When to try again after `attempts` failed attempts: 30 s, 1 min, 2 min, ... capped at 1 h,
-/// with ±20% jitter so a fleet does not retry in lockstep.
+/// How long a claimed row stays reserved for its sender: longer than any delivery may take
+/// (each is capped at [`super::DELIVERY_TIMEOUT`]).
+pub const CLAIM_LEASE: Duration = Duration::from_secs(300);
+
+/// How long a heartbeat ping is worth retrying. A ping says "a run happened *now*"; a success
+/// or failure ping replayed hours later would tell the monitor something false about the present.
+pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// The retry policy: the first retry after about 30 s, doubling up to one hour, with jitter (a
+/// random extra of up to the delay itself) so a fleet that lost its mail relay at the same
+/// moment does not retry in lockstep. Built with `backon`'s exponential policy.
+fn policy() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(30))
+        .with_max_delay(Duration::from_secs(3600))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The delay before the next attempt, after `attempts` failed attempts (1 = the first failed).
+pub fn retry_delay(attempts: u32) -> Duration {
+    policy()
+        .nth(attempts.saturating_sub(1).min(20) as usize)
+        .unwrap_or(Duration::from_secs(3600))
+}
+
+/// When to try again after `attempts` failed attempts.
 pub fn next_attempt(attempts: u32) -> DateTime<Utc> {
-    let base = 30u64
-        .saturating_mul(1u64 << attempts.saturating_sub(1).min(10))
-        .min(3600);
-    let jitter =
-        (std::process::id() as u64 ^ Utc::now().timestamp_subsec_nanos() as u64) % (base / 5 + 1);
-    Utc::now() + chrono::Duration::seconds((base - base / 10 + jitter) as i64)
+    Utc::now()
+        + chrono::Duration::from_std(retry_delay(attempts)).unwrap_or(chrono::Duration::hours(1))
 }
 
 /// What a flush did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct FlushResult {
+    /// Delivered now.
     pub delivered: usize,
+    /// Tried and failed again (still queued).
     pub failed: usize,
+    /// Given up: older than `outbox_max_age` (logged as errors).
     pub dropped: usize,
+    /// Not tried: another process was delivering them and had not finished when we stopped
+    /// waiting for it.
+    pub busy: usize,
+    /// Delivered by another process that had claimed them while we flushed.
+    pub delivered_elsewhere: usize,
+    /// Not tried: their next attempt is not due yet (`due_only`).
+    pub not_due: usize,
 }
 
-/// Retries pending deliveries (`due_only`: only those whose next attempt time has come).
+impl FlushResult {
+    /// True when something is still undelivered after this flush.
+    pub fn left_undelivered(&self) -> bool {
+        self.failed + self.dropped + self.busy + self.not_due > 0
+    }
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// Retries undelivered notifications. With `due_only` (the daemon's periodic call) only those
+/// whose next attempt time has come; without (`outbox --flush`) all of them, now.
 pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Result<FlushResult> {
     let mut result = FlushResult::default();
-    let max_age = config.runbook.outbox_max_age.0;
-    for entry in store.outbox(Some("pending"))? {
-        let created = DateTime::parse_from_rfc3339(&entry.created_at)
-            .map(|d| d.with_timezone(&Utc))
-            .unwrap_or_else(|_| Utc::now());
-        if (Utc::now() - created).to_std().unwrap_or(Duration::ZERO) > max_age {
-            tracing::error!(run_id = %entry.run_id, channel = %entry.channel, "notification dropped: undelivered for longer than outbox_max_age ({})", config.runbook.outbox_max_age);
-            store.outbox_mark_dropped(&entry.run_id, &entry.channel)?;
-            result.dropped += 1;
-            continue;
-        }
-        if due_only {
-            if let Some(next) = entry
+    let now = Utc::now();
+    let mut busy = Vec::new();
+    for entry in store.outbox(None)? {
+        let in_flight = match entry.state.as_str() {
+            "pending" => false,
+            "sending" => true,
+            _ => continue,
+        };
+        let lease_active = in_flight
+            && entry
                 .next_attempt_at
                 .as_deref()
-                .and_then(|n| DateTime::parse_from_rfc3339(n).ok())
-            {
-                if next.with_timezone(&Utc) > Utc::now() {
-                    continue;
-                }
-            }
+                .and_then(parse_time)
+                .is_some_and(|t| t > now);
+        if lease_active {
+            busy.push((entry.run_id.clone(), entry.channel.clone()));
+            continue;
         }
-        let Some(notifier) = config.notifiers.get(&entry.channel) else {
+        let notifier = config.notifiers.get(&entry.channel);
+        let mut max_age = config.runbook.outbox_max_age.0;
+        if matches!(notifier, Some(NotifierConfig::Heartbeat(_))) {
+            max_age = max_age.min(HEARTBEAT_MAX_AGE);
+        }
+        let created = entry.created_at.as_str();
+        let age = parse_time(created)
+            .map(|c| (now - c).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::ZERO);
+        if age > max_age {
+            if store.outbox_mark_dropped(&entry.run_id, &entry.channel)? {
+                tracing::error!(
+                    run_id = %entry.run_id,
+                    channel = %entry.channel,
+                    job = entry.job.as_deref().unwrap_or("?"),
+                    attempts = entry.attempts,
+                    last_error = entry.last_error.as_deref().unwrap_or(""),
+                    "NOTIFICATION DROPPED: undelivered for {} (longer than {}); this report was not delivered to {}",
+                    crate::units::Dur(age),
+                    crate::units::Dur(max_age),
+                    entry.channel
+                );
+                record_in_report(
+                    store,
+                    &entry.run_id,
+                    &entry.channel,
+                    "failed",
+                    Some(format!(
+                        "dropped after {} undelivered",
+                        crate::units::Dur(max_age)
+                    )),
+                );
+                result.dropped += 1;
+            }
+            continue;
+        }
+        if due_only
+            && !in_flight
+            && entry
+                .next_attempt_at
+                .as_deref()
+                .and_then(parse_time)
+                .is_some_and(|t| t > now)
+        {
+            result.not_due += 1;
+            continue;
+        }
+        let Some(claim) = store.outbox_claim(&entry.run_id, &entry.channel, CLAIM_LEASE)? else {
+            // Another process claimed it between our listing and now.
+            busy.push((entry.run_id.clone(), entry.channel.clone()));
+            continue;
+        };
+        let attempts = entry.attempts.max(0) as u32 + 1;
+        let Some(notifier) = notifier else {
+            let msg = "channel is no longer in the configuration";
             store.outbox_mark_failed(
                 &entry.run_id,
                 &entry.channel,
-                "channel no longer in the configuration",
-                &next_attempt(entry.attempts as u32 + 1),
+                &claim,
+                msg,
+                &next_attempt(attempts),
             )?;
             result.failed += 1;
             continue;
         };
-        let Some(mut report) = store.report(&entry.run_id)? else {
-            continue;
-        };
-        match notifier.deliver(&report).await {
-            Ok(()) => {
-                if store.outbox_mark_sent(&entry.run_id, &entry.channel)? {
-                    result.delivered += 1;
-                    for n in report
-                        .notifications
-                        .iter_mut()
-                        .filter(|n| n.channel == entry.channel)
-                    {
-                        n.status = "sent".into();
-                        n.error = None;
-                    }
-                    store.update_report(&report)?;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(run_id = %entry.run_id, channel = %entry.channel, "delivery failed again: {e}");
+        let report = match store.report(&entry.run_id) {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => {
                 store.outbox_mark_failed(
                     &entry.run_id,
                     &entry.channel,
-                    &e,
-                    &next_attempt(entry.attempts as u32 + 1),
+                    &claim,
+                    "the run's report is missing from the state store",
+                    &next_attempt(attempts),
                 )?;
+                result.failed += 1;
+                continue;
+            }
+        };
+        match notifier.deliver(&report).await {
+            Ok(()) => {
+                if store.outbox_mark_sent(&entry.run_id, &entry.channel, &claim)? {
+                    tracing::info!(run_id = %entry.run_id, channel = %entry.channel, attempts, "queued notification delivered");
+                    record_in_report(store, &entry.run_id, &entry.channel, "sent", None);
+                }
+                result.delivered += 1;
+            }
+            Err(e) => {
+                let next = next_attempt(attempts);
+                tracing::warn!(run_id = %entry.run_id, channel = %entry.channel, attempts, next_attempt = %next.to_rfc3339(), "delivery failed again: {e}");
+                store.outbox_mark_failed(&entry.run_id, &entry.channel, &claim, &e, &next)?;
                 result.failed += 1;
             }
         }
     }
+    if !due_only {
+        // An operator's flush should end with an answer: wait for the other sender to finish.
+        wait_for_others(store, busy, &mut result).await?;
+    } else {
+        result.busy = busy.len();
+    }
     Ok(result)
+}
+
+/// Waits (at most one delivery timeout) for rows claimed by another process to leave
+/// `sending`, then counts them as delivered elsewhere, failed, or still busy.
+async fn wait_for_others(
+    store: &Store,
+    mut busy: Vec<(String, String)>,
+    result: &mut FlushResult,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + super::DELIVERY_TIMEOUT + Duration::from_secs(5);
+    while !busy.is_empty() {
+        let rows = store.outbox(None)?;
+        let mut still = Vec::new();
+        for (run_id, channel) in busy {
+            match rows
+                .iter()
+                .find(|e| e.run_id == run_id && e.channel == channel)
+            {
+                None => result.delivered_elsewhere += 1,
+                Some(e) if e.state == "sending" => still.push((run_id, channel)),
+                Some(_) => result.failed += 1,
+            }
+        }
+        busy = still;
+        if busy.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    result.busy = busy.len();
+    Ok(())
+}
+
+/// Updates the stored report's `notifications` line of a channel. Best effort: the outbox row
+/// is the record that matters.
+fn record_in_report(
+    store: &Store,
+    run_id: &str,
+    channel: &str,
+    status: &str,
+    error: Option<String>,
+) {
+    let Ok(Some(mut report)) = store.report(run_id) else {
+        return;
+    };
+    let mut found = false;
+    for n in report
+        .notifications
+        .iter_mut()
+        .filter(|n| n.channel == channel)
+    {
+        n.status = status.into();
+        n.error = error.clone();
+        found = true;
+    }
+    if !found {
+        report.notifications.push(super::NotificationStatus {
+            channel: channel.into(),
+            status: status.into(),
+            error,
+        });
+    }
+    if let Err(e) = store.update_report(&report) {
+        tracing::warn!(
+            run_id,
+            "cannot update the stored report's notifications: {e:#}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let first = retry_delay(1);
+        assert!(
+            first >= Duration::from_secs(30) && first <= Duration::from_secs(60),
+            "{first:?}"
+        );
+        let third = retry_delay(3);
+        assert!(
+            third >= Duration::from_secs(120) && third <= Duration::from_secs(240),
+            "{third:?}"
+        );
+        let late = retry_delay(50);
+        assert!(
+            late >= Duration::from_secs(3600) && late <= Duration::from_secs(7200),
+            "{late:?}"
+        );
+    }
 }

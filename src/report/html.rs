@@ -17,14 +17,34 @@ struct Row<'a> {
     show_details: bool,
 }
 
+/// A block of rows under a heading: "Needs attention", "For a person", "Skipped", "Passed".
+struct Group<'a> {
+    title: String,
+    color: &'static str,
+    rows: Vec<Row<'a>>,
+    /// Passing items are listed one line each, without details.
+    compact: bool,
+}
+
+/// One of the count tiles under the banner.
+struct Tile {
+    count: usize,
+    label: &'static str,
+    color: &'static str,
+    bg: &'static str,
+}
+
 #[derive(Template)]
 #[template(path = "report.html")]
 struct Page<'a> {
     r: &'a Report,
-    rows: Vec<Row<'a>>,
+    groups: Vec<Group<'a>>,
+    tiles: Vec<Tile>,
     title: String,
     banner_color: &'static str,
-    headline: String,
+    status_word: String,
+    verdict: String,
+    changes: String,
     when: String,
     duration: String,
     scheduled: String,
@@ -40,27 +60,143 @@ fn colors(s: Status) -> (&'static str, &'static str) {
     }
 }
 
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The banner's one-sentence verdict: what needs doing first.
+fn verdict(r: &Report) -> String {
+    let c = &r.counts;
+    let mut parts = Vec::new();
+    if c.fail > 0 {
+        parts.push(format!("{} failed", plural(c.fail, "item", "items")));
+    }
+    if c.warn > 0 {
+        parts.push(format!(
+            "{} to look at",
+            plural(c.warn, "warning", "warnings")
+        ));
+    }
+    if parts.is_empty() {
+        parts.push(if c.pass > 0 {
+            "every check passed".to_string()
+        } else {
+            "no checks ran".to_string()
+        });
+    }
+    if c.manual > 0 {
+        parts.push(format!(
+            "{} for a person",
+            plural(c.manual, "task", "tasks")
+        ));
+    }
+    let mut v = parts.join(", ");
+    if let Some(first) = v.get(..1) {
+        v = format!("{}{}", first.to_uppercase(), &v[1..]);
+    }
+    v
+}
+
+/// "New failure: A, B · Recovered: C" (empty when nothing changed).
+fn changes(r: &Report) -> String {
+    let names = |c: Change| -> Vec<&str> {
+        r.items
+            .iter()
+            .filter(|i| i.change == c)
+            .map(|i| i.name.as_str())
+            .collect()
+    };
+    let (new, recovered) = (names(Change::NewFailure), names(Change::Recovered));
+    let mut parts = Vec::new();
+    if !new.is_empty() {
+        parts.push(format!(
+            "new failure{}: {}",
+            if new.len() == 1 { "" } else { "s" },
+            new.join(", ")
+        ));
+    }
+    if !recovered.is_empty() {
+        parts.push(format!("recovered: {}", recovered.join(", ")));
+    }
+    parts.join(" · ")
+}
+
 pub fn render(r: &Report) -> String {
-    let rows = r
-        .items_worst_first()
-        .into_iter()
-        .map(|item| {
-            let (color, bg) = colors(item.status);
-            Row {
-                item,
-                tag: item.status.tag(),
-                color,
-                bg,
-                change: match item.change {
-                    Change::NewFailure => "new failure",
-                    Change::Recovered => "recovered",
-                    Change::Same => "",
-                },
-                duration: super::human_ms(item.duration_ms),
-                show_details: item.status != Status::Pass && !item.details.is_empty(),
-            }
-        })
-        .collect();
+    let ordered = r.items_worst_first();
+    let pick = |f: &dyn Fn(Status) -> bool| -> Vec<Row> {
+        ordered
+            .iter()
+            .copied()
+            .filter(|i| f(i.status))
+            .map(make_row)
+            .collect()
+    };
+    let mut groups = Vec::new();
+    let attention = pick(&|s| matches!(s, Status::Fail | Status::Warn));
+    if !attention.is_empty() {
+        groups.push(Group {
+            title: format!("Needs attention ({})", attention.len()),
+            color: colors(r.status).0,
+            rows: attention,
+            compact: false,
+        });
+    }
+    let manual = pick(&|s| s == Status::Manual);
+    if !manual.is_empty() {
+        groups.push(Group {
+            title: format!("For a person to do ({})", manual.len()),
+            color: colors(Status::Manual).0,
+            rows: manual,
+            compact: false,
+        });
+    }
+    let skipped = pick(&|s| s == Status::Skipped);
+    if !skipped.is_empty() {
+        groups.push(Group {
+            title: format!("Skipped ({})", skipped.len()),
+            color: colors(Status::Skipped).0,
+            rows: skipped,
+            compact: false,
+        });
+    }
+    let passed = pick(&|s| s == Status::Pass);
+    if !passed.is_empty() {
+        groups.push(Group {
+            title: format!("Passed ({})", passed.len()),
+            color: colors(Status::Pass).0,
+            rows: passed,
+            compact: true,
+        });
+    }
+    let c = &r.counts;
+    let tile = |count: usize, label: &'static str, s: Status| {
+        let (color, bg) = if count > 0 {
+            colors(s)
+        } else {
+            ("#98a2b3", "#f9fafb")
+        };
+        Tile {
+            count,
+            label,
+            color,
+            bg: if s == Status::Pass && count > 0 {
+                "#ecfdf3"
+            } else {
+                bg
+            },
+        }
+    };
+    let mut tiles = vec![
+        tile(c.fail, "failed", Status::Fail),
+        tile(c.warn, "warnings", Status::Warn),
+        tile(c.pass, "passed", Status::Pass),
+    ];
+    if c.manual > 0 {
+        tiles.push(tile(c.manual, "to do", Status::Manual));
+    }
+    if c.skipped > 0 {
+        tiles.push(tile(c.skipped, "skipped", Status::Skipped));
+    }
     let tz: Option<chrono_tz::Tz> = r.timezone.parse().ok();
     let scheduled = match (r.scheduled_for, tz) {
         (Some(s), Some(tz)) => s.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string(),
@@ -69,15 +205,35 @@ pub fn render(r: &Report) -> String {
     };
     let page = Page {
         r,
-        rows,
+        groups,
+        tiles,
         title: r.subject(),
         banner_color: colors(r.status).0,
-        headline: format!("{} {}", r.job, r.status.as_str().to_uppercase()),
+        status_word: r.status.as_str().to_uppercase(),
+        verdict: verdict(r),
+        changes: changes(r),
         when: r.started_local(),
         duration: r.duration_human(),
         scheduled,
     };
     page.render().expect("the report template renders")
+}
+
+fn make_row(item: &ItemReport) -> Row<'_> {
+    let (color, bg) = colors(item.status);
+    Row {
+        item,
+        tag: item.status.tag(),
+        color,
+        bg,
+        change: match item.change {
+            Change::NewFailure => "new failure",
+            Change::Recovered => "recovered",
+            Change::Same => "",
+        },
+        duration: super::human_ms(item.duration_ms),
+        show_details: item.status != Status::Pass && !item.details.is_empty(),
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +252,29 @@ mod tests {
             !h.contains("<img") && !h.contains("<link") && !h.contains("<style"),
             "inline styles only"
         );
+        assert!(
+            h.contains("FAIL &mdash; 1 item failed, 1 warning to look at, 1 task for a person"),
+            "the verdict leads"
+        );
+        assert!(
+            h.contains("Needs attention (2)")
+                && h.contains("For a person to do (1)")
+                && h.contains("Passed (1)")
+        );
+        assert!(h.contains("<b>Since the previous run:</b> new failure: Firing alerts"));
+    }
+
+    #[test]
+    fn all_passed_says_so() {
+        let mut r = crate::report::tests::sample();
+        for i in &mut r.items {
+            i.status = crate::items::Status::Pass;
+            i.change = crate::report::Change::Same;
+        }
+        r.finish_status();
+        let h = super::render(&r);
+        assert!(h.contains("PASS &mdash; Every check passed"), "{h}");
+        assert!(!h.contains("Needs attention"));
+        assert!(!h.contains("Since the previous run"));
     }
 }

@@ -1,0 +1,599 @@
+//! Email delivery end to end: the `runbook` binary against a real SMTP server in this process
+//! (mailin-embedded), with STARTTLS and AUTH against a certificate made by `openssl` for the
+//! test, and the outbox (server down → queued → server up → `outbox --flush` → exactly one
+//! message). Received messages are parsed by Python's `email` package, an independent MIME
+//! parser, so "the message arrives with both parts" is checked by someone else's reading.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use mailin_embedded::response::{AUTH_OK, INVALID_CREDENTIALS, OK};
+use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig};
+
+/// One message as the server received it.
+#[derive(Debug, Clone)]
+struct Received {
+    from: String,
+    to: Vec<String>,
+    data: Vec<u8>,
+    /// The user name that authenticated in this session, if any.
+    user: Option<String>,
+}
+
+#[derive(Clone)]
+struct Collect {
+    inbox: Arc<Mutex<Vec<Received>>>,
+    /// Accepted (user, password) for AUTH.
+    login: Option<(String, String)>,
+    current: Option<Received>,
+    user: Option<String>,
+}
+
+impl Handler for Collect {
+    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
+        self.current = Some(Received {
+            from: from.into(),
+            to: to.to_vec(),
+            data: vec![],
+            user: self.user.clone(),
+        });
+        OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if let Some(c) = &mut self.current {
+            c.data.extend_from_slice(buf);
+        }
+        Ok(())
+    }
+    fn data_end(&mut self) -> Response {
+        if let Some(c) = self.current.take() {
+            self.inbox.lock().unwrap().push(c);
+        }
+        OK
+    }
+    fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> Response {
+        self.check(user, password)
+    }
+    fn auth_login(&mut self, user: &str, password: &str) -> Response {
+        self.check(user, password)
+    }
+}
+
+impl Collect {
+    fn check(&mut self, user: &str, password: &str) -> Response {
+        match &self.login {
+            Some((u, p)) if u == user && p == password => {
+                self.user = Some(user.into());
+                AUTH_OK
+            }
+            _ => INVALID_CREDENTIALS,
+        }
+    }
+}
+
+/// A running SMTP server; it lives until the test process ends (mailin has no stop).
+struct Smtp {
+    port: u16,
+    inbox: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Smtp {
+    fn start_on(
+        listener: TcpListener,
+        tls: Option<(&Path, &Path)>,
+        login: Option<(&str, &str)>,
+    ) -> Smtp {
+        // rustls needs a process-wide crypto provider when more than one is compiled in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = listener.local_addr().unwrap().port();
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let handler = Collect {
+            inbox: inbox.clone(),
+            login: login.map(|(u, p)| (u.into(), p.into())),
+            current: None,
+            user: None,
+        };
+        let mut server = Server::new(handler);
+        server
+            .with_name("test.smtp")
+            .with_tcp_listener(listener)
+            .with_num_threads(4);
+        if let Some((cert, key)) = tls {
+            server
+                .with_ssl(SslConfig::SelfSigned {
+                    cert_path: cert.display().to_string(),
+                    key_path: key.display().to_string(),
+                })
+                .expect("TLS setup of the test SMTP server");
+        }
+        if login.is_some() {
+            server
+                .with_auth(AuthMechanism::Plain)
+                .with_auth(AuthMechanism::Login);
+        }
+        std::thread::spawn(move || {
+            if let Err(e) = server.serve() {
+                eprintln!("test SMTP server stopped: {e}");
+            }
+        });
+        Smtp { port, inbox }
+    }
+
+    fn start(tls: Option<(&Path, &Path)>, login: Option<(&str, &str)>) -> Smtp {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), tls, login)
+    }
+
+    fn count(&self) -> usize {
+        self.inbox.lock().unwrap().len()
+    }
+
+    fn messages(&self) -> Vec<Received> {
+        self.inbox.lock().unwrap().clone()
+    }
+}
+
+/// Parses a raw message with Python's `email` package: subject, headers and the parts.
+fn parse_mime(raw: &[u8]) -> serde_json::Value {
+    let script = r#"
+import email, json, sys
+from email import policy
+m = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)
+parts = [{"type": p.get_content_type(), "body": p.get_content()} for p in m.walk() if not p.is_multipart()]
+print(json.dumps({"subject": str(m["subject"]), "to": str(m["to"]), "from": str(m["from"]),
+  "message_id": str(m["message-id"]), "date": str(m["date"]), "type": m.get_content_type(), "parts": parts}))
+"#;
+    let mut child = StdCommand::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to parse the received message");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(raw).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python could not parse the message");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A free port with nothing listening on it.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A folder with jobs.toml: job `daily` (one failing command, one passing, one manual) and job
+/// `quiet` (all pass), both notifying `mail`.
+fn setup(email_section: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"[runbook]
+timezone = "Asia/Kolkata"
+state_dir = "state"
+hostname = "ops-test"
+
+[notify.mail]
+type = "email"
+{email_section}
+
+[jobs.daily]
+description = "Morning checklist"
+
+[[jobs.daily.items]]
+name = "Replication lag"
+kind = "command"
+argv = ["false"]
+read_only = true
+
+[[jobs.daily.items]]
+name = "Disk space"
+kind = "command"
+argv = ["true"]
+read_only = true
+
+[[jobs.daily.items]]
+name = "Review Grafana"
+kind = "manual"
+
+[jobs.quiet]
+
+[[jobs.quiet.items]]
+name = "Always fine"
+kind = "command"
+argv = ["true"]
+read_only = true
+"#
+    );
+    let path = dir.path().join("jobs.toml");
+    std::fs::write(&path, config).unwrap();
+    (dir, path)
+}
+
+fn runbook(config: &Path) -> Command {
+    let mut c = Command::cargo_bin("runbook").unwrap();
+    c.arg("--config")
+        .arg(config)
+        .env_remove("RUNBOOK_CONFIG")
+        .env("NO_COLOR", "1")
+        .timeout(Duration::from_secs(120));
+    c
+}
+
+fn wait_for(smtp: &Smtp, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while smtp.count() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn report_arrives_multipart_with_contract_subject_and_all_recipients() {
+    let smtp = Smtp::start(None, None);
+    let (_dir, config) = setup(&format!(
+        "smtp_url = \"smtp://127.0.0.1:{}?tls=none\"\nfrom = \"TradeMaster runbook <runbook@trademaster.example>\"\nto = [\"oncall@trademaster.example\", \"dba@trademaster.example\"]",
+        smtp.port
+    ));
+    let out = runbook(&config)
+        .args(["run-job", "daily"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed item exits 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("notify mail: sent"), "{stdout}");
+    wait_for(&smtp, 1);
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1);
+    let mut to = msgs[0].to.clone();
+    to.sort();
+    assert_eq!(
+        to,
+        vec!["dba@trademaster.example", "oncall@trademaster.example"],
+        "envelope recipients"
+    );
+    assert_eq!(msgs[0].from, "runbook@trademaster.example");
+    let m = parse_mime(&msgs[0].data);
+    assert_eq!(
+        m["subject"],
+        "[runbook] daily FAIL — 1 passed, 0 warnings, 1 failed"
+    );
+    assert_eq!(m["type"], "multipart/alternative");
+    assert!(
+        m["to"]
+            .as_str()
+            .unwrap()
+            .contains("oncall@trademaster.example")
+            && m["to"]
+                .as_str()
+                .unwrap()
+                .contains("dba@trademaster.example")
+    );
+    assert!(
+        m["message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("<runbook.daily."),
+        "{}",
+        m["message_id"]
+    );
+    assert!(
+        m["message_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("@trademaster.example>")
+    );
+    assert!(!m["date"].as_str().unwrap().is_empty() && m["date"] != "None");
+    let parts = m["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[0]["type"], "text/plain");
+    assert_eq!(parts[1]["type"], "text/html");
+    let text = parts[0]["body"].as_str().unwrap();
+    assert!(
+        text.starts_with("daily FAIL — 1 passed, 0 warnings, 1 failed, 1 to do"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL  Replication lag"));
+    assert!(text.contains(" IST"), "times in the job's zone: {text}");
+    let html = parts[1]["body"].as_str().unwrap();
+    let fail = html.find("Replication lag").unwrap();
+    let pass = html.find("Disk space").unwrap();
+    assert!(fail < pass, "worst items first in the HTML");
+    assert!(
+        !html.contains("<script") && !html.contains("<img"),
+        "no scripts, no remote images"
+    );
+}
+
+/// Makes a CA and a server certificate for `localhost` / 127.0.0.1 with openssl.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = StdCommand::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed to make test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=runbook test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn starttls_and_auth_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    let smtp = Smtp::start(Some((&cert, &key)), Some(("runbook", "s3cret-smtp-pw")));
+    let section = |password_file: &str, ca_line: &str| {
+        format!(
+            "smtp_url = \"smtp://localhost:{}?tls=required\"\nusername = \"runbook\"\npassword = {{ file = \"{password_file}\" }}\n{ca_line}\nfrom = \"runbook@trademaster.example\"\nto = [\"oncall@trademaster.example\"]",
+            smtp.port
+        )
+    };
+    let (dir, config) = setup(&section(
+        "smtp-password",
+        &format!("ca_file = \"{}\"", ca.display()),
+    ));
+    std::fs::write(dir.path().join("smtp-password"), "s3cret-smtp-pw\n").unwrap();
+
+    let out = runbook(&config)
+        .args(["notify-test", "mail"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("mail (email): delivered"), "{stdout}");
+    wait_for(&smtp, 1);
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        msgs[0].user.as_deref(),
+        Some("runbook"),
+        "the message was sent after AUTH"
+    );
+    assert_eq!(
+        parse_mime(&msgs[0].data)["subject"],
+        "[runbook] notify-test PASS — 1 passed, 0 warnings, 0 failed"
+    );
+
+    // `check-config --connect` logs in without sending.
+    let out = runbook(&config)
+        .args(["check-config", "--connect"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("notifier mail: SMTP server localhost:") && stdout.contains("logged in"),
+        "{stdout}"
+    );
+    assert_eq!(smtp.count(), 1, "check-config sends nothing");
+
+    // A wrong password: notify-test says it is authentication, and never prints the password.
+    std::fs::write(dir.path().join("smtp-password"), "wrong-password-xyz\n").unwrap();
+    let out = runbook(&config)
+        .args(["notify-test", "mail"])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("mail (email): FAILED: authentication failed at localhost:"),
+        "{all}"
+    );
+    assert!(!all.contains("wrong-password-xyz"), "{all}");
+
+    // Without the CA the server's certificate is not trusted: notify-test says TLS.
+    let (dir2, config2) = setup(&section("smtp-password", ""));
+    std::fs::write(dir2.path().join("smtp-password"), "s3cret-smtp-pw\n").unwrap();
+    let out = runbook(&config2)
+        .args(["notify-test", "mail"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("mail (email): FAILED: TLS with localhost:"),
+        "{stdout}"
+    );
+    assert_eq!(smtp.count(), 1, "nothing more was delivered");
+}
+
+#[test]
+fn server_down_queues_then_flush_delivers_exactly_once() {
+    let port = free_port();
+    let (_dir, config) = setup(&format!(
+        "smtp_url = \"smtp://127.0.0.1:{port}?tls=none\"\nfrom = \"runbook@trademaster.example\"\nto = [\"oncall@trademaster.example\"]"
+    ));
+
+    // The delivery fails: the run's exit code is what its items say (0), the report is queued.
+    let out = runbook(&config)
+        .args(["run-job", "quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "an undeliverable report does not change the exit code: {stdout}"
+    );
+    assert!(
+        stdout.contains("notify mail: queued (connection refused by 127.0.0.1:"),
+        "{stdout}"
+    );
+    let out = runbook(&config)
+        .args(["run-job", "daily", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["notifications"][0]["channel"], "mail");
+    assert_eq!(report["notifications"][0]["status"], "queued");
+
+    // `outbox` lists both, in JSON too.
+    let out = runbook(&config)
+        .args(["outbox", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = listing["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{listing}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["state"] == "pending" && e["attempts"] == 1 && e["channel"] == "mail"),
+        "{listing}"
+    );
+    assert!(
+        entries[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
+    let out = runbook(&config).args(["outbox"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pending") && text.contains("job quiet") && text.contains("job daily"),
+        "{text}"
+    );
+
+    // Still down: --flush exits 1 and keeps them.
+    let out = runbook(&config)
+        .args(["outbox", "--flush"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Server up: two flushers at once (a daemon and an operator) deliver each report once.
+    let smtp = Smtp::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), None, None);
+    let flusher = || {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("runbook"))
+            .arg("--config")
+            .arg(&config)
+            .args(["outbox", "--flush"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut one, mut two) = (flusher(), flusher());
+    let (a, b) = (one.wait().unwrap(), two.wait().unwrap());
+    assert!(
+        a.success() && b.success(),
+        "both flushers report that nothing is left undelivered"
+    );
+    wait_for(&smtp, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(smtp.count(), 2, "each queued report arrived exactly once");
+    let subjects: Vec<String> = smtp
+        .messages()
+        .iter()
+        .map(|m| parse_mime(&m.data)["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        subjects.contains(&"[runbook] quiet PASS — 1 passed, 0 warnings, 0 failed".to_string()),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.contains(&"[runbook] daily FAIL — 1 passed, 0 warnings, 1 failed".to_string()),
+        "{subjects:?}"
+    );
+
+    // Nothing left; flushing again sends nothing and exits 0.
+    let out = runbook(&config)
+        .args(["outbox", "--flush"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("outbox is empty"), "{text}");
+    assert_eq!(smtp.count(), 2);
+
+    // The stored report now says the notification was sent.
+    let out = runbook(&config)
+        .args(["report", "last", "--job", "daily", "--format", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["notifications"][0]["status"], "sent",
+        "{}",
+        report["notifications"]
+    );
+}
