@@ -84,7 +84,11 @@ impl Cluster {
     /// [`STATEMENT_TIMEOUT`]. Any error drops the connection.
     async fn with<T, F>(&self, f: F) -> Result<T, String>
     where
-        F: for<'c> FnOnce(&'c Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>>,
+        F: for<'c> FnOnce(
+            &'c Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>,
+        >,
     {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
@@ -96,14 +100,30 @@ impl Cluster {
             if created.is_err() {
                 created = client.batch_execute(SCHEMA).await;
             }
-            created.map_err(|e| format!("cluster database {}: {}", self.target.display, crate::pg::pg_error(&e)))?;
+            created.map_err(|e| {
+                format!(
+                    "cluster database {}: {}",
+                    self.target.display,
+                    crate::pg::pg_error(&e)
+                )
+            })?;
             *guard = Some(client);
         }
-        let Some(client) = guard.as_ref() else { return Err("no connection".into()) };
+        let Some(client) = guard.as_ref() else {
+            return Err("no connection".into());
+        };
         let result = match tokio::time::timeout(STATEMENT_TIMEOUT, f(client)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("cluster database {}: {}", self.target.display, crate::pg::pg_error(&e))),
-            Err(_) => Err(format!("cluster database {}: no answer within {}s", self.target.display, STATEMENT_TIMEOUT.as_secs())),
+            Ok(Err(e)) => Err(format!(
+                "cluster database {}: {}",
+                self.target.display,
+                crate::pg::pg_error(&e)
+            )),
+            Err(_) => Err(format!(
+                "cluster database {}: no answer within {}s",
+                self.target.display,
+                STATEMENT_TIMEOUT.as_secs()
+            )),
         };
         if result.is_err() {
             *guard = None;
@@ -205,7 +225,10 @@ impl Cluster {
         match r {
             Ok(slot) => slot,
             Err(e) => {
-                tracing::error!(job, "CLUSTER DATABASE UNREACHABLE: cannot look for slots to take over: {e}");
+                tracing::error!(
+                    job,
+                    "CLUSTER DATABASE UNREACHABLE: cannot look for slots to take over: {e}"
+                );
                 None
             }
         }
@@ -233,8 +256,12 @@ impl Cluster {
                     .await;
                 match r {
                     Ok(1) => {}
-                    Ok(_) => tracing::error!(job, slot = %slot, "lost the cluster claim of this slot (another node took it over after the lease expired)"),
-                    Err(e) => tracing::error!(job, slot = %slot, "CLUSTER DATABASE UNREACHABLE: cannot renew the lease: {e}"),
+                    Ok(_) => {
+                        tracing::error!(job, slot = %slot, "lost the cluster claim of this slot (another node took it over after the lease expired)")
+                    }
+                    Err(e) => {
+                        tracing::error!(job, slot = %slot, "CLUSTER DATABASE UNREACHABLE: cannot renew the lease: {e}")
+                    }
                 }
             }
         })

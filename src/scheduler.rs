@@ -87,18 +87,32 @@ pub struct Policy<'a> {
 /// at most [`ON_TIME`] old, else per the catch-up policy (`once` within `catch_up_within`:
 /// trigger `catch_up`; otherwise it is only recorded as missed). Older due slots are missed.
 /// `is_running` is asked only when something would fire; if it says yes, the slot is skipped.
-pub fn decide(policy: &Policy<'_>, handled_until: DateTime<Utc>, now: DateTime<Utc>, is_running: impl FnOnce() -> bool) -> Tick {
-    let mut due = policy.schedule.slots_between(policy.tz, handled_until, now, MAX_MISSED + 1);
+pub fn decide(
+    policy: &Policy<'_>,
+    handled_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+    is_running: impl FnOnce() -> bool,
+) -> Tick {
+    let mut due = policy
+        .schedule
+        .slots_between(policy.tz, handled_until, now, MAX_MISSED + 1);
     let Some(newest) = due.pop() else {
         return Tick::default();
     };
-    let mut tick = Tick { missed: due, handled_until: Some(newest), ..Tick::default() };
+    let mut tick = Tick {
+        missed: due,
+        handled_until: Some(newest),
+        ..Tick::default()
+    };
     let lateness = now - newest;
     let trigger = if lateness <= ON_TIME {
         Some(Trigger::Schedule)
     } else {
         tick.missed.push(newest);
-        let within = lateness.to_std().map(|l| l <= policy.catch_up_within).unwrap_or(true);
+        let within = lateness
+            .to_std()
+            .map(|l| l <= policy.catch_up_within)
+            .unwrap_or(true);
         (policy.catch_up == CatchUp::Once && within).then_some(Trigger::CatchUp)
     };
     if let Some(trigger) = trigger {
@@ -122,7 +136,11 @@ pub fn start_cursor(last_recorded: Option<DateTime<Utc>>, now: DateTime<Utc>) ->
 
 /// The next instant the loop must be awake for: the earliest next slot of any job, capped by
 /// [`MAX_SLEEP`] and by half the watchdog interval.
-pub fn next_wake(next_slots: impl IntoIterator<Item = DateTime<Utc>>, now: DateTime<Utc>, watchdog: Option<Duration>) -> Duration {
+pub fn next_wake(
+    next_slots: impl IntoIterator<Item = DateTime<Utc>>,
+    now: DateTime<Utc>,
+    watchdog: Option<Duration>,
+) -> Duration {
     let mut sleep = MAX_SLEEP;
     if let Some(w) = watchdog {
         sleep = sleep.min(w / 2);
@@ -176,7 +194,10 @@ impl Shared {
     }
 
     fn take_unreported(&self, job: &str) -> Vec<DateTime<Utc>> {
-        self.unreported.lock().map(|mut u| u.remove(job).unwrap_or_default()).unwrap_or_default()
+        self.unreported
+            .lock()
+            .map(|mut u| u.remove(job).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     fn record(&self, job: &str, slot: &DateTime<Utc>, state: &str, run_id: Option<&str>) {
@@ -206,12 +227,17 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
 
     let store = Store::open(&config.state_dir, &config.hostname)?;
     for run_id in store.mark_interrupted()? {
-        tracing::warn!(run_id, "run left running by a process that is gone: marked interrupted");
+        tracing::warn!(
+            run_id,
+            "run left running by a process that is gone: marked interrupted"
+        );
     }
     let metrics = Arc::new(Metrics::new());
     metrics.load_history(&config, &store);
     let cluster = match &config.cluster {
-        Some(c) => Some(Arc::new(Cluster::new(c, &config.hostname).map_err(|e| anyhow::anyhow!("[cluster]: {e}"))?)),
+        Some(c) => Some(Arc::new(
+            Cluster::new(c, &config.hostname).map_err(|e| anyhow::anyhow!("[cluster]: {e}"))?,
+        )),
         None => None,
     };
     let config = Arc::new(config);
@@ -220,10 +246,20 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
 
     let server = match &config.server {
         Some(s) => {
-            let listener = tokio::net::TcpListener::bind(&s.listen).await.map_err(|e| anyhow::anyhow!("[server] listen = {:?}: {e}", s.listen))?;
+            let listener = tokio::net::TcpListener::bind(&s.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("[server] listen = {:?}: {e}", s.listen))?;
             tracing::info!(listen = %listener.local_addr()?, "serving /metrics, /healthz and the status page");
-            let state = crate::server::AppState { metrics: metrics.clone(), store: store.clone(), config: config_rx.clone() };
-            Some(tokio::spawn(crate::server::serve(listener, state, stop.clone())))
+            let state = crate::server::AppState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                config: config_rx.clone(),
+            };
+            Some(tokio::spawn(crate::server::serve(
+                listener,
+                state,
+                stop.clone(),
+            )))
         }
         None => None,
     };
@@ -237,14 +273,28 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         cancel: CancellationToken::new(),
     };
     let (takeover_tx, mut takeover_rx) = mpsc::channel::<(String, DateTime<Utc>)>(16);
-    let watcher = cluster.clone().map(|c| tokio::spawn(watch_expired_claims(c, config_rx.clone(), takeover_tx.clone(), stop.clone())));
+    let watcher = cluster.clone().map(|c| {
+        tokio::spawn(watch_expired_claims(
+            c,
+            config_rx.clone(),
+            takeover_tx.clone(),
+            stop.clone(),
+        ))
+    });
 
     let mut jobs: HashMap<String, JobState> = HashMap::new();
     sync_jobs(&mut jobs, &config, &store, Utc::now());
 
     let mut watchdog_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec).then(|| Duration::from_micros(watchdog_usec));
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("scheduling")]);
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
+        .then(|| Duration::from_micros(watchdog_usec));
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("scheduling"),
+        ],
+    );
     tracing::info!(jobs = config.jobs.len(), config = %config.path.display(), state = %store.dir.display(), "daemon started");
 
     let mut config = config;
@@ -252,9 +302,18 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         let now = Utc::now();
         // One pass over the jobs: record what is missed or skipped, start what is due.
         for (name, job) in &config.jobs {
-            let (Some(schedule), Some(state)) = (&job.schedule, jobs.get_mut(name)) else { continue };
-            let policy = Policy { schedule, tz: job.tz, catch_up: job.config.catch_up, catch_up_within: job.config.catch_up_within.0 };
-            let tick = decide(&policy, state.handled_until, now, || state.running() || store.lock_holder(name).ok().flatten().is_some());
+            let (Some(schedule), Some(state)) = (&job.schedule, jobs.get_mut(name)) else {
+                continue;
+            };
+            let policy = Policy {
+                schedule,
+                tz: job.tz,
+                catch_up: job.config.catch_up,
+                catch_up_within: job.config.catch_up_within.0,
+            };
+            let tick = decide(&policy, state.handled_until, now, || {
+                state.running() || store.lock_holder(name).ok().flatten().is_some()
+            });
             if let Some(h) = tick.handled_until {
                 state.handled_until = h;
             }
@@ -271,7 +330,13 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 shared.remember(name, &[slot]);
             }
             if let Some((slot, trigger)) = tick.fire {
-                let fire = Fire { job: name.clone(), slot, trigger, missed: vec![], takeover: false };
+                let fire = Fire {
+                    job: name.clone(),
+                    slot,
+                    trigger,
+                    missed: vec![],
+                    takeover: false,
+                };
                 state.task = Some(spawn_run(&config, &shared, fire));
             }
         }
@@ -282,7 +347,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
 
         let next_slots = config.jobs.iter().filter_map(|(name, job)| {
             let cursor = jobs.get(name)?.handled_until.max(now);
-            job.schedule.as_ref()?.next_after(job.tz, cursor).map(|t| t.with_timezone(&Utc))
+            job.schedule
+                .as_ref()?
+                .next_after(job.tz, cursor)
+                .map(|t| t.with_timezone(&Utc))
         });
         // Sleep a millisecond past the slot so the wall clock has surely reached it.
         let sleep = next_wake(next_slots, Utc::now(), watchdog) + Duration::from_millis(1);
@@ -328,8 +396,17 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     }
 
     // Shutdown: stop firing, give the runs their grace, then cancel them.
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("stopping")]);
-    let running: Vec<(String, JoinHandle<()>)> = jobs.into_iter().filter_map(|(n, s)| s.task.filter(|t| !t.is_finished()).map(|t| (n, t))).collect();
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("stopping"),
+        ],
+    );
+    let running: Vec<(String, JoinHandle<()>)> = jobs
+        .into_iter()
+        .filter_map(|(n, s)| s.task.filter(|t| !t.is_finished()).map(|t| (n, t)))
+        .collect();
     if !running.is_empty() {
         let grace = config.runbook.shutdown_grace;
         let names: Vec<&str> = running.iter().map(|(n, _)| n.as_str()).collect();
@@ -337,10 +414,18 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         let mut handles: Vec<JoinHandle<()>> = running.into_iter().map(|(_, t)| t).collect();
         let all = futures_join(&mut handles);
         if tokio::time::timeout(grace.0, all).await.is_err() {
-            tracing::warn!("shutdown_grace ({grace}) is over: cancelling the running jobs (their unfinished items are recorded as interrupted)");
+            tracing::warn!(
+                "shutdown_grace ({grace}) is over: cancelling the running jobs (their unfinished items are recorded as interrupted)"
+            );
             shared.cancel.cancel();
-            if tokio::time::timeout(CANCEL_WAIT, futures_join(&mut handles)).await.is_err() {
-                tracing::error!("runs did not stop within {}s of cancellation; exiting anyway", CANCEL_WAIT.as_secs());
+            if tokio::time::timeout(CANCEL_WAIT, futures_join(&mut handles))
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "runs did not stop within {}s of cancellation; exiting anyway",
+                    CANCEL_WAIT.as_secs()
+                );
             }
         }
     }
@@ -367,7 +452,12 @@ async fn futures_join(handles: &mut [JoinHandle<()>]) {
 
 /// Adds state for new jobs (cursor from the store) and drops jobs no longer configured. A
 /// removed job's running task keeps running to its end.
-fn sync_jobs(jobs: &mut HashMap<String, JobState>, config: &Config, store: &Store, now: DateTime<Utc>) {
+fn sync_jobs(
+    jobs: &mut HashMap<String, JobState>,
+    config: &Config,
+    store: &Store,
+    now: DateTime<Utc>,
+) {
     jobs.retain(|name, _| config.jobs.get(name).is_some_and(|j| j.schedule.is_some()));
     for (name, job) in &config.jobs {
         if job.schedule.is_none() || jobs.contains_key(name) {
@@ -380,14 +470,30 @@ fn sync_jobs(jobs: &mut HashMap<String, JobState>, config: &Config, store: &Stor
                 None
             }
         };
-        jobs.insert(name.clone(), JobState { handled_until: start_cursor(last, now), task: None });
+        jobs.insert(
+            name.clone(),
+            JobState {
+                handled_until: start_cursor(last, now),
+                task: None,
+            },
+        );
     }
 }
 
-fn publish_next_runs(config: &Config, jobs: &HashMap<String, JobState>, metrics: &Metrics, now: DateTime<Utc>) {
+fn publish_next_runs(
+    config: &Config,
+    jobs: &HashMap<String, JobState>,
+    metrics: &Metrics,
+    now: DateTime<Utc>,
+) {
     for (name, job) in &config.jobs {
-        let Some(schedule) = &job.schedule else { continue };
-        let cursor = jobs.get(name).map(|s| s.handled_until.max(now)).unwrap_or(now);
+        let Some(schedule) = &job.schedule else {
+            continue;
+        };
+        let cursor = jobs
+            .get(name)
+            .map(|s| s.handled_until.max(now))
+            .unwrap_or(now);
         if let Some(next) = schedule.next_after(job.tz, cursor) {
             metrics.set_next_run(name, next.timestamp() as f64);
         }
@@ -406,12 +512,24 @@ fn spawn_run(config: &Arc<Config>, shared: &Shared, fire: Fire) -> JoinHandle<()
 }
 
 async fn run_slot(config: Arc<Config>, shared: Shared, fire: Fire) {
-    let Fire { job: name, slot, trigger, mut missed, takeover } = fire;
-    let Some(job) = config.jobs.get(&name) else { return };
+    let Fire {
+        job: name,
+        slot,
+        trigger,
+        mut missed,
+        takeover,
+    } = fire;
+    let Some(job) = config.jobs.get(&name) else {
+        return;
+    };
     // With a cluster: claim the slot (or take over an expired claim) before running it.
     let mut lease = None;
     if let Some(cluster) = &shared.cluster {
-        let claim = if takeover { cluster.take_over(&name, slot).await } else { cluster.claim(&name, slot).await };
+        let claim = if takeover {
+            cluster.take_over(&name, slot).await
+        } else {
+            cluster.claim(&name, slot).await
+        };
         match claim {
             Claim::Mine { abandoned } => {
                 if takeover {
@@ -450,7 +568,13 @@ async fn run_slot(config: Arc<Config>, shared: Shared, fire: Fire) {
     missed.extend(shared.take_unreported(&name));
     missed.sort();
     missed.dedup();
-    let opts = RunOptions { trigger, scheduled_for: Some(slot), missed: missed.clone(), cancel: shared.cancel.child_token(), ..RunOptions::manual() };
+    let opts = RunOptions {
+        trigger,
+        scheduled_for: Some(slot),
+        missed: missed.clone(),
+        cancel: shared.cancel.child_token(),
+        ..RunOptions::manual()
+    };
     let result = crate::runner::run_job(&config, &shared.store, job, opts).await;
     if let Some(l) = lease {
         l.abort();
@@ -490,13 +614,25 @@ async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: 
             _ = stop.cancelled() => true,
         };
         let current = config.borrow().clone();
-        match tokio::time::timeout(Duration::from_secs(120), crate::notify::outbox::flush(&current, &store, !stopping)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(120),
+            crate::notify::outbox::flush(&current, &store, !stopping),
+        )
+        .await
+        {
             Ok(Ok(r)) if r.delivered + r.failed + r.dropped > 0 => {
-                tracing::info!(delivered = r.delivered, failed = r.failed, dropped = r.dropped, "outbox retried")
+                tracing::info!(
+                    delivered = r.delivered,
+                    failed = r.failed,
+                    dropped = r.dropped,
+                    "outbox retried"
+                )
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!("outbox: {e:#}"),
-            Err(_) => tracing::warn!("outbox: retrying took longer than 120 s; will continue later"),
+            Err(_) => {
+                tracing::warn!("outbox: retrying took longer than 120 s; will continue later")
+            }
         }
         if stopping {
             return;
@@ -506,14 +642,25 @@ async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: 
 
 /// With a cluster: notices slots whose node stopped renewing its lease (died mid-run) and asks
 /// the loop to take them over.
-async fn watch_expired_claims(cluster: Arc<Cluster>, config: watch::Receiver<Arc<Config>>, tx: mpsc::Sender<(String, DateTime<Utc>)>, stop: CancellationToken) {
+async fn watch_expired_claims(
+    cluster: Arc<Cluster>,
+    config: watch::Receiver<Arc<Config>>,
+    tx: mpsc::Sender<(String, DateTime<Utc>)>,
+    stop: CancellationToken,
+) {
     let every = (cluster.lease / 2).max(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        let jobs: Vec<String> = config.borrow().jobs.iter().filter(|(_, j)| j.schedule.is_some()).map(|(n, _)| n.clone()).collect();
+        let jobs: Vec<String> = config
+            .borrow()
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.schedule.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
         for job in jobs {
             if let Some(slot) = cluster.expired_claim(&job).await {
                 let _ = tx.send((job, slot)).await;
@@ -533,12 +680,22 @@ mod tests {
 
     fn policy(schedule: &Schedule, tz: &str, catch_up: CatchUp, within_h: u64) -> Policy<'static> {
         let s: &'static Schedule = Box::leak(Box::new(schedule.clone()));
-        Policy { schedule: s, tz: tz.parse().unwrap(), catch_up, catch_up_within: Duration::from_secs(within_h * 3600) }
+        Policy {
+            schedule: s,
+            tz: tz.parse().unwrap(),
+            catch_up,
+            catch_up_within: Duration::from_secs(within_h * 3600),
+        }
     }
 
     /// A fake clock driving [`decide`] the way the loop does: wake at the next slot (or after
     /// `MAX_SLEEP`), decide, move the cursor. Returns the fired slots with their triggers.
-    fn simulate(p: &Policy<'_>, mut cursor: DateTime<Utc>, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<(DateTime<Utc>, Trigger)> {
+    fn simulate(
+        p: &Policy<'_>,
+        mut cursor: DateTime<Utc>,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Vec<(DateTime<Utc>, Trigger)> {
         let mut fired = vec![];
         let mut now = from;
         while now <= until {
@@ -547,8 +704,12 @@ mod tests {
                 cursor = h;
             }
             fired.extend(tick.fire);
-            let next = p.schedule.next_after(p.tz, cursor.max(now)).map(|t| t.with_timezone(&Utc));
-            now += chrono::TimeDelta::from_std(next_wake(next, now, None)).unwrap() + chrono::TimeDelta::milliseconds(1);
+            let next = p
+                .schedule
+                .next_after(p.tz, cursor.max(now))
+                .map(|t| t.with_timezone(&Utc));
+            now += chrono::TimeDelta::from_std(next_wake(next, now, None)).unwrap()
+                + chrono::TimeDelta::milliseconds(1);
         }
         fired
     }
@@ -558,9 +719,24 @@ mod tests {
         let s = Schedule::parse("0 10 * * *").unwrap();
         let p = policy(&s, "Asia/Kolkata", CatchUp::Once, 12);
         let start = utc("2026-11-24T00:00:00Z");
-        let fired = simulate(&p, start_cursor(None, start), start, utc("2026-11-27T00:00:00Z"));
-        let local: Vec<String> = fired.iter().map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339()).collect();
-        assert_eq!(local, ["2026-11-24T10:00:00+05:30", "2026-11-25T10:00:00+05:30", "2026-11-26T10:00:00+05:30"]);
+        let fired = simulate(
+            &p,
+            start_cursor(None, start),
+            start,
+            utc("2026-11-27T00:00:00Z"),
+        );
+        let local: Vec<String> = fired
+            .iter()
+            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
+            .collect();
+        assert_eq!(
+            local,
+            [
+                "2026-11-24T10:00:00+05:30",
+                "2026-11-25T10:00:00+05:30",
+                "2026-11-26T10:00:00+05:30"
+            ]
+        );
         assert!(fired.iter().all(|(_, t)| *t == Trigger::Schedule));
     }
 
@@ -570,12 +746,25 @@ mod tests {
         let p = policy(&s, "Asia/Kolkata", CatchUp::Once, 12);
         let tz: Tz = "Asia/Kolkata".parse().unwrap();
         // Last slot recorded on the 21st; the daemon comes back on the 24th at 13:00 IST.
-        let last = tz.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap().with_timezone(&Utc);
-        let now = tz.with_ymd_and_hms(2026, 11, 24, 13, 0, 0).unwrap().with_timezone(&Utc);
+        let last = tz
+            .with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
+        let now = tz
+            .with_ymd_and_hms(2026, 11, 24, 13, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
         let tick = decide(&p, start_cursor(Some(last), now), now, || false);
-        let slot24 = tz.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap().with_timezone(&Utc);
+        let slot24 = tz
+            .with_ymd_and_hms(2026, 11, 24, 10, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(tick.fire, Some((slot24, Trigger::CatchUp)));
-        assert_eq!(tick.missed.len(), 3, "22nd, 23rd and 24th are listed as missed");
+        assert_eq!(
+            tick.missed.len(),
+            3,
+            "22nd, 23rd and 24th are listed as missed"
+        );
         assert_eq!(tick.handled_until, Some(slot24));
         // The next wake-up does not fire it again.
         let again = decide(&p, slot24, now + chrono::TimeDelta::seconds(30), || false);
@@ -587,9 +776,19 @@ mod tests {
         let s = Schedule::parse("0 10 * * *").unwrap();
         let last = utc("2026-11-21T04:30:00Z");
         let now = utc("2026-11-24T20:00:00Z");
-        let tick = decide(&policy(&s, "Asia/Kolkata", CatchUp::Once, 12), last, now, || false);
+        let tick = decide(
+            &policy(&s, "Asia/Kolkata", CatchUp::Once, 12),
+            last,
+            now,
+            || false,
+        );
         assert_eq!((tick.fire, tick.missed.len()), (None, 3));
-        let tick = decide(&policy(&s, "Asia/Kolkata", CatchUp::Skip, 48), last, now, || false);
+        let tick = decide(
+            &policy(&s, "Asia/Kolkata", CatchUp::Skip, 48),
+            last,
+            now,
+            || false,
+        );
         assert_eq!((tick.fire, tick.missed.len()), (None, 3));
     }
 
@@ -598,10 +797,16 @@ mod tests {
         let s = Schedule::parse("0 10 * * *").unwrap();
         let p = policy(&s, "UTC", CatchUp::Once, 48);
         let now = utc("2026-11-24T13:00:00Z");
-        assert_eq!(decide(&p, start_cursor(None, now), now, || false), Tick::default());
+        assert_eq!(
+            decide(&p, start_cursor(None, now), now, || false),
+            Tick::default()
+        );
         // A slot at exactly the start instant is due and fires.
         let at = utc("2026-11-24T10:00:00Z");
-        assert_eq!(decide(&p, start_cursor(None, at), at, || false).fire, Some((at, Trigger::Schedule)));
+        assert_eq!(
+            decide(&p, start_cursor(None, at), at, || false).fire,
+            Some((at, Trigger::Schedule))
+        );
     }
 
     #[test]
@@ -614,7 +819,12 @@ mod tests {
         assert_eq!(tick.skipped, Some(utc("2026-11-24T10:00:02Z")));
         assert!(tick.missed.is_empty());
         // Overlap during a catch-up: the slot is skipped, not also counted as missed.
-        let tick = decide(&p, utc("2026-11-24T09:00:00Z"), utc("2026-11-24T09:30:01Z"), || true);
+        let tick = decide(
+            &p,
+            utc("2026-11-24T09:00:00Z"),
+            utc("2026-11-24T09:30:01Z"),
+            || true,
+        );
         assert_eq!(tick.skipped, Some(utc("2026-11-24T09:30:00Z")));
         assert!(!tick.missed.contains(&utc("2026-11-24T09:30:00Z")));
     }
@@ -624,12 +834,35 @@ mod tests {
         // A VM suspended from 10:00:30 to 13:05 with an hourly job.
         let s = Schedule::parse("0 * * * *").unwrap();
         let p = policy(&s, "UTC", CatchUp::Once, 2);
-        let tick = decide(&p, utc("2026-11-24T10:00:00Z"), utc("2026-11-24T13:05:00Z"), || false);
-        assert_eq!(tick.fire, Some((utc("2026-11-24T13:00:00Z"), Trigger::CatchUp)));
-        assert_eq!(tick.missed, [utc("2026-11-24T11:00:00Z"), utc("2026-11-24T12:00:00Z"), utc("2026-11-24T13:00:00Z")]);
+        let tick = decide(
+            &p,
+            utc("2026-11-24T10:00:00Z"),
+            utc("2026-11-24T13:05:00Z"),
+            || false,
+        );
+        assert_eq!(
+            tick.fire,
+            Some((utc("2026-11-24T13:00:00Z"), Trigger::CatchUp))
+        );
+        assert_eq!(
+            tick.missed,
+            [
+                utc("2026-11-24T11:00:00Z"),
+                utc("2026-11-24T12:00:00Z"),
+                utc("2026-11-24T13:00:00Z")
+            ]
+        );
         // Woken just after a slot (within ON_TIME): a normal scheduled run; older ones missed.
-        let tick = decide(&p, utc("2026-11-24T10:00:00Z"), utc("2026-11-24T13:00:20Z"), || false);
-        assert_eq!(tick.fire, Some((utc("2026-11-24T13:00:00Z"), Trigger::Schedule)));
+        let tick = decide(
+            &p,
+            utc("2026-11-24T10:00:00Z"),
+            utc("2026-11-24T13:00:20Z"),
+            || false,
+        );
+        assert_eq!(
+            tick.fire,
+            Some((utc("2026-11-24T13:00:00Z"), Trigger::Schedule))
+        );
         assert_eq!(tick.missed.len(), 2);
     }
 
@@ -639,17 +872,34 @@ mod tests {
         let p = policy(&s, "UTC", CatchUp::Once, 2);
         let cursor = utc("2026-11-24T13:00:00Z");
         // The clock steps back an hour and a half: nothing is due until 14:00 again.
-        let fired = simulate(&p, cursor, utc("2026-11-24T11:30:00Z"), utc("2026-11-24T14:30:00Z"));
+        let fired = simulate(
+            &p,
+            cursor,
+            utc("2026-11-24T11:30:00Z"),
+            utc("2026-11-24T14:30:00Z"),
+        );
         assert_eq!(fired, [(utc("2026-11-24T14:00:00Z"), Trigger::Schedule)]);
     }
 
     #[test]
     fn loop_wakes_at_least_every_30s_and_for_the_watchdog() {
         let now = utc("2026-11-24T10:00:00Z");
-        assert_eq!(next_wake([utc("2026-11-25T10:00:00Z")], now, None), MAX_SLEEP);
-        assert_eq!(next_wake([utc("2026-11-24T10:00:05Z")], now, None), Duration::from_secs(5));
-        assert_eq!(next_wake([], now, Some(Duration::from_secs(20))), Duration::from_secs(10));
-        assert_eq!(next_wake([utc("2026-11-24T09:00:00Z")], now, None), Duration::ZERO);
+        assert_eq!(
+            next_wake([utc("2026-11-25T10:00:00Z")], now, None),
+            MAX_SLEEP
+        );
+        assert_eq!(
+            next_wake([utc("2026-11-24T10:00:05Z")], now, None),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            next_wake([], now, Some(Duration::from_secs(20))),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            next_wake([utc("2026-11-24T09:00:00Z")], now, None),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -658,16 +908,38 @@ mod tests {
         let p = policy(&s, "America/New_York", CatchUp::Once, 12);
         // Fall back (01:30 happens twice on 2026-11-01): one run.
         let start = utc("2026-10-31T12:00:00Z");
-        let fired = simulate(&p, start_cursor(None, start), start, utc("2026-11-02T12:00:00Z"));
-        let local: Vec<String> = fired.iter().map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339()).collect();
-        assert_eq!(local, ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]);
+        let fired = simulate(
+            &p,
+            start_cursor(None, start),
+            start,
+            utc("2026-11-02T12:00:00Z"),
+        );
+        let local: Vec<String> = fired
+            .iter()
+            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
+            .collect();
+        assert_eq!(
+            local,
+            ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
+        );
         // Spring forward (02:30 does not exist on 2027-03-14): fires once, at 03:00.
         let s = Schedule::parse("30 2 * * *").unwrap();
         let p = policy(&s, "America/New_York", CatchUp::Once, 12);
         let start = utc("2027-03-13T12:00:00Z");
-        let fired = simulate(&p, start_cursor(None, start), start, utc("2027-03-15T12:00:00Z"));
-        let local: Vec<String> = fired.iter().map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339()).collect();
-        assert_eq!(local, ["2027-03-14T03:00:00-04:00", "2027-03-15T02:30:00-04:00"]);
+        let fired = simulate(
+            &p,
+            start_cursor(None, start),
+            start,
+            utc("2027-03-15T12:00:00Z"),
+        );
+        let local: Vec<String> = fired
+            .iter()
+            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
+            .collect();
+        assert_eq!(
+            local,
+            ["2027-03-14T03:00:00-04:00", "2027-03-15T02:30:00-04:00"]
+        );
         assert!(fired.iter().all(|(_, t)| *t == Trigger::Schedule));
     }
 
@@ -679,9 +951,17 @@ mod tests {
         // the 149 before it are listed as missed (at most MAX_MISSED of them).
         let now = utc("2026-11-24T10:05:00.5Z");
         let tick = decide(&p, utc("2026-11-24T10:00:00Z"), now, || false);
-        assert_eq!(tick.fire, Some((utc("2026-11-24T10:05:00Z"), Trigger::Schedule)));
+        assert_eq!(
+            tick.fire,
+            Some((utc("2026-11-24T10:05:00Z"), Trigger::Schedule))
+        );
         assert_eq!(tick.missed.len(), MAX_MISSED);
-        let fired = simulate(&p, utc("2026-11-24T10:05:00Z"), now, utc("2026-11-24T10:05:10.5Z"));
+        let fired = simulate(
+            &p,
+            utc("2026-11-24T10:05:00Z"),
+            now,
+            utc("2026-11-24T10:05:10.5Z"),
+        );
         assert_eq!(fired.len(), 5);
     }
 }

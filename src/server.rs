@@ -86,24 +86,53 @@ impl Metrics {
             outbox_pending: Gauge::default(),
         };
         // Counters get their `_total` suffix from the encoder.
-        registry.register("runbook_job_runs", "Finished runs by job and status", m.runs.clone());
-        registry.register("runbook_job_last_run_timestamp_seconds", "Start time of the latest finished run (Unix seconds)", m.last_run.clone());
+        registry.register(
+            "runbook_job_runs",
+            "Finished runs by job and status",
+            m.runs.clone(),
+        );
+        registry.register(
+            "runbook_job_last_run_timestamp_seconds",
+            "Start time of the latest finished run (Unix seconds)",
+            m.last_run.clone(),
+        );
         registry.register(
             "runbook_job_last_success_timestamp_seconds",
             "Start time of the latest run in which no item failed (Unix seconds)",
             m.last_success.clone(),
         );
-        registry.register("runbook_job_duration_seconds", "Duration of the latest run", m.duration.clone());
-        registry.register("runbook_item_status", "Latest status of each item: 0 pass, 1 warn, 2 fail, 3 skipped, 4 manual", m.item_status.clone());
-        registry.register("runbook_job_next_run_timestamp_seconds", "Next scheduled slot (Unix seconds)", m.next_run.clone());
-        registry.register("runbook_outbox_pending", "Notifications waiting for (re)delivery", m.outbox_pending.clone());
+        registry.register(
+            "runbook_job_duration_seconds",
+            "Duration of the latest run",
+            m.duration.clone(),
+        );
+        registry.register(
+            "runbook_item_status",
+            "Latest status of each item: 0 pass, 1 warn, 2 fail, 3 skipped, 4 manual",
+            m.item_status.clone(),
+        );
+        registry.register(
+            "runbook_job_next_run_timestamp_seconds",
+            "Next scheduled slot (Unix seconds)",
+            m.next_run.clone(),
+        );
+        registry.register(
+            "runbook_outbox_pending",
+            "Notifications waiting for (re)delivery",
+            m.outbox_pending.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Records a finished run.
     pub fn observe(&self, report: &Report) {
         self.observe_latest(report);
-        self.runs.get_or_create(&vec![("job".into(), report.job.clone()), ("status".into(), report.status.as_str().into())]).inc();
+        self.runs
+            .get_or_create(&vec![
+                ("job".into(), report.job.clone()),
+                ("status".into(), report.status.as_str().into()),
+            ])
+            .inc();
     }
 
     /// Sets the gauges from a run (without counting it: used for history at start).
@@ -114,27 +143,46 @@ impl Metrics {
         if report.status != Status::Fail {
             self.last_success.get_or_create(&job).set(started);
         }
-        self.duration.get_or_create(&job).set(report.duration_ms as f64 / 1000.0);
+        self.duration
+            .get_or_create(&job)
+            .set(report.duration_ms as f64 / 1000.0);
         for item in &report.items {
-            self.item_status.get_or_create(&vec![("job".into(), report.job.clone()), ("item".into(), item.name.clone())]).set(status_value(item.status));
+            self.item_status
+                .get_or_create(&vec![
+                    ("job".into(), report.job.clone()),
+                    ("item".into(), item.name.clone()),
+                ])
+                .set(status_value(item.status));
         }
     }
 
     /// Sets the gauges from the stored history, so a restart does not look like "never ran".
     pub fn load_history(&self, config: &Config, store: &Store) {
         for name in config.jobs.keys() {
-            let Ok(runs) = store.history(Some(name), 200) else { continue };
-            if let Some(success) = runs.iter().find(|r| r.status == "pass" || r.status == "warn") {
+            let Ok(runs) = store.history(Some(name), 200) else {
+                continue;
+            };
+            if let Some(success) = runs
+                .iter()
+                .find(|r| r.status == "pass" || r.status == "warn")
+            {
                 if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&success.started_at) {
-                    self.last_success.get_or_create(&job_label(name)).set(t.timestamp_millis() as f64 / 1000.0);
+                    self.last_success
+                        .get_or_create(&job_label(name))
+                        .set(t.timestamp_millis() as f64 / 1000.0);
                 }
             }
             if let Ok(Some(last)) = store.last_report(name) {
-                let success = self.last_success.get_or_create_owned(&job_label(name)).get();
+                let success = self
+                    .last_success
+                    .get_or_create_owned(&job_label(name))
+                    .get();
                 self.observe_latest(&last);
                 // `observe_latest` sets last_success only for a non-failing run: keep history's.
                 if last.status == Status::Fail && success > 0.0 {
-                    self.last_success.get_or_create(&job_label(name)).set(success);
+                    self.last_success
+                        .get_or_create(&job_label(name))
+                        .set(success);
                 }
             }
         }
@@ -172,27 +220,49 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, stop: Can
         .route("/healthz", get(healthz))
         .route("/runs/{run_id}", get(run_report))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+    {
         tracing::error!("HTTP server stopped: {e}");
     }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let pending = s.store.outbox(Some("pending")).map(|o| o.len() as i64).unwrap_or(-1);
+    let pending = s
+        .store
+        .outbox(Some("pending"))
+        .map(|o| o.len() as i64)
+        .unwrap_or(-1);
     let body = s.metrics.encode(pending);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// 200 when the state store answers; 503 otherwise.
 async fn healthz(State(s): State<AppState>) -> Response {
     match s.store.outbox(Some("pending")) {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("state store unavailable: {e:#}\n")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("state store unavailable: {e:#}\n"),
+        )
+            .into_response(),
     }
 }
 
 async fn run_report(State(s): State<AppState>, Path(run_id): Path<String>) -> Response {
-    let id = if run_id.chars().all(|c| c.is_ascii_alphanumeric()) { run_id } else { String::new() };
+    let id = if run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        run_id
+    } else {
+        String::new()
+    };
     match s.store.report(&id) {
         Ok(Some(r)) if !id.is_empty() => Html(crate::report::html::render(&r)).into_response(),
         Ok(_) => (StatusCode::NOT_FOUND, "no such run\n").into_response(),
@@ -246,11 +316,21 @@ pub fn render_status(config: &Config, store: &Store, now: chrono::DateTime<chron
     );
     for (name, job) in &config.jobs {
         let schedule = match &job.schedule {
-            Some(sc) => format!("<code>{}</code><br>{} ({})", esc(&sc.expr), esc(&sc.describe()), esc(job.tz.name())),
+            Some(sc) => format!(
+                "<code>{}</code><br>{} ({})",
+                esc(&sc.expr),
+                esc(&sc.describe()),
+                esc(job.tz.name())
+            ),
             None => "by hand only".into(),
         };
         let next = match &job.schedule {
-            Some(sc) => sc.next_n(job.tz, now, 3).iter().map(|t| esc(&t.format("%Y-%m-%d %H:%M:%S %Z").to_string())).collect::<Vec<_>>().join("<br>"),
+            Some(sc) => sc
+                .next_n(job.tz, now, 3)
+                .iter()
+                .map(|t| esc(&t.format("%Y-%m-%d %H:%M:%S %Z").to_string()))
+                .collect::<Vec<_>>()
+                .join("<br>"),
             None => String::new(),
         };
         let latest = match store.last_report(name) {
@@ -275,7 +355,11 @@ pub fn render_status(config: &Config, store: &Store, now: chrono::DateTime<chron
     h.push_str("</table><h2>Recent runs</h2><table cellpadding=\"6\" style=\"border-collapse:collapse\" border=\"1\"><tr><th>Started</th><th>Job</th><th>Trigger</th><th>Status</th><th>Duration</th><th>Host</th></tr>");
     for r in store.history(None, 50).unwrap_or_default() {
         let link = if r.finished_at.is_some() && r.status != "interrupted" {
-            format!("<a href=\"/runs/{}\">{}</a>", esc(&r.run_id), esc(&r.started_at))
+            format!(
+                "<a href=\"/runs/{}\">{}</a>",
+                esc(&r.run_id),
+                esc(&r.started_at)
+            )
         } else {
             esc(&r.started_at)
         };
@@ -286,7 +370,9 @@ pub fn render_status(config: &Config, store: &Store, now: chrono::DateTime<chron
             esc(&r.trigger),
             status_color(&r.status),
             esc(&r.status),
-            r.duration_ms.map(crate::report::human_ms).unwrap_or_default(),
+            r.duration_ms
+                .map(crate::report::human_ms)
+                .unwrap_or_default(),
             esc(&r.host)
         );
     }
@@ -320,6 +406,9 @@ mod tests {
 
     #[test]
     fn html_is_escaped() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }
