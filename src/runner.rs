@@ -58,16 +58,8 @@ impl RunOptions {
 /// Why a run did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error(
-        "job {job:?} is already running (run {run_id}, process {pid} on {host}, since {since}); nothing ran"
-    )]
-    Locked {
-        job: String,
-        run_id: String,
-        pid: i64,
-        host: String,
-        since: String,
-    },
+    #[error("job {job:?} is already running (run {run_id}, process {pid} on {host}, since {since}); nothing ran")]
+    Locked { job: String, run_id: String, pid: i64, host: String, since: String },
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -75,37 +67,17 @@ pub enum RunError {
 }
 
 /// Runs `job` now and returns its stored report.
-pub async fn run_job(
-    config: &Config,
-    store: &Store,
-    job: &Job,
-    opts: RunOptions,
-) -> Result<Report, RunError> {
+pub async fn run_job(config: &Config, store: &Store, job: &Job, opts: RunOptions) -> Result<Report, RunError> {
     for name in &opts.only_items {
         if !job.config.items.iter().any(|i| &i.name == name) {
             let known: Vec<&str> = job.config.items.iter().map(|i| i.name.as_str()).collect();
-            return Err(RunError::Usage(format!(
-                "job {:?} has no item {name:?} (items: {})",
-                job.name,
-                known.join(", ")
-            )));
+            return Err(RunError::Usage(format!("job {:?} has no item {name:?} (items: {})", job.name, known.join(", "))));
         }
     }
     let run_id = ulid::Ulid::new().to_string();
     match store.try_lock(&job.name, &run_id)? {
-        Lock::Held {
-            run_id,
-            pid,
-            host,
-            since,
-        } => {
-            return Err(RunError::Locked {
-                job: job.name.clone(),
-                run_id,
-                pid,
-                host,
-                since,
-            });
+        Lock::Held { run_id, pid, host, since } => {
+            return Err(RunError::Locked { job: job.name.clone(), run_id, pid, host, since });
         }
         Lock::Acquired { stale_taken_over } => {
             if let Some(msg) = stale_taken_over {
@@ -124,34 +96,18 @@ pub async fn run_job(
     Ok(report)
 }
 
-async fn run_locked(
-    config: &Config,
-    store: &Store,
-    job: &Job,
-    opts: &RunOptions,
-    run_id: &str,
-) -> Result<Report, RunError> {
+async fn run_locked(config: &Config, store: &Store, job: &Job, opts: &RunOptions, run_id: &str) -> Result<Report, RunError> {
     let previous = store.last_report(&job.name)?;
     let started = Utc::now();
-    let scheduled_local = opts
-        .scheduled_for
-        .map(|s| s.with_timezone(&job.tz).fixed_offset());
-    store.insert_run(
-        run_id,
-        &job.name,
-        opts.trigger.as_str(),
-        scheduled_local.map(|s| s.to_rfc3339()).as_deref(),
-        &started,
-    )?;
+    let scheduled_local = opts.scheduled_for.map(|s| s.with_timezone(&job.tz).fixed_offset());
+    store.insert_run(run_id, &job.name, opts.trigger.as_str(), scheduled_local.map(|s| s.to_rfc3339()).as_deref(), &started)?;
     if opts.notify && !opts.dry_run {
         crate::notify::run_started(config, job).await;
     }
     tracing::info!(job = %job.name, run_id, trigger = opts.trigger.as_str(), "run started");
 
     let selected: Vec<usize> = (0..job.config.items.len())
-        .filter(|&i| {
-            opts.only_items.is_empty() || opts.only_items.contains(&job.config.items[i].name)
-        })
+        .filter(|&i| opts.only_items.is_empty() || opts.only_items.contains(&job.config.items[i].name))
         .collect();
     let base_ctx = ItemCtx {
         job: job.name.clone(),
@@ -217,17 +173,8 @@ async fn run_locked(
 }
 
 /// Runs the selected items; returns (outcome, duration in ms) in the order of `selected`.
-async fn execute(
-    job: &Job,
-    selected: &[usize],
-    base: ItemCtx,
-    default_parallel: usize,
-) -> Vec<(Outcome, u64)> {
-    let parallel = job
-        .config
-        .max_parallel_items
-        .unwrap_or(default_parallel)
-        .max(1);
+async fn execute(job: &Job, selected: &[usize], base: ItemCtx, default_parallel: usize) -> Vec<(Outcome, u64)> {
+    let parallel = job.config.max_parallel_items.unwrap_or(default_parallel).max(1);
     let semaphore = Arc::new(Semaphore::new(parallel));
     let job_deadline = Instant::now() + job.config.timeout.0;
     let job_timeout = job.config.timeout;
@@ -252,10 +199,7 @@ async fn execute(
     let mut tasks = Vec::new();
     for lane in lanes {
         let semaphore = semaphore.clone();
-        let items: Vec<(usize, crate::config::ItemConfig)> = lane
-            .iter()
-            .map(|&pos| (pos, job.config.items[selected[pos]].clone()))
-            .collect();
+        let items: Vec<(usize, crate::config::ItemConfig)> = lane.iter().map(|&pos| (pos, job.config.items[selected[pos]].clone())).collect();
         let base = base.clone();
         tasks.push(tokio::spawn(async move {
             let mut results = Vec::new();
@@ -291,34 +235,14 @@ async fn execute(
             Err(e) => tracing::error!("an item lane failed: {e}"),
         }
     }
-    out.into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| {
-                (
-                    Outcome::fail("internal error: the item's result was lost"),
-                    0,
-                )
-            })
-        })
-        .collect()
+    out.into_iter().map(|o| o.unwrap_or_else(|| (Outcome::fail("internal error: the item's result was lost"), 0))).collect()
 }
 
-async fn run_item(
-    item: &crate::config::ItemConfig,
-    base: &ItemCtx,
-    job_deadline: Instant,
-    job_timeout: crate::units::Dur,
-) -> (Outcome, u64) {
+async fn run_item(item: &crate::config::ItemConfig, base: &ItemCtx, job_deadline: Instant, job_timeout: crate::units::Dur) -> (Outcome, u64) {
     let started = Instant::now();
-    let limit = item
-        .timeout
-        .map(|t| t.0)
-        .or_else(|| item.spec.default_timeout());
+    let limit = item.timeout.map(|t| t.0).or_else(|| item.spec.default_timeout());
     let (deadline, limit_text) = match limit {
-        Some(l) if started + l < job_deadline => (
-            started + l,
-            format!("its timeout ({})", crate::units::Dur(l)),
-        ),
+        Some(l) if started + l < job_deadline => (started + l, format!("its timeout ({})", crate::units::Dur(l))),
         _ => (job_deadline, format!("the job's timeout ({job_timeout})")),
     };
     let item_cancel = base.cancel.child_token();

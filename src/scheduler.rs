@@ -614,8 +614,11 @@ async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: 
             _ = stop.cancelled() => true,
         };
         let current = config.borrow().clone();
+        // On the way out, one last try of everything pending, kept short so systemd's stop
+        // timeout is not reached; what is left stays queued for the next start.
+        let limit = Duration::from_secs(if stopping { 15 } else { 120 });
         match tokio::time::timeout(
-            Duration::from_secs(120),
+            limit,
             crate::notify::outbox::flush(&current, &store, !stopping),
         )
         .await
@@ -631,7 +634,7 @@ async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: 
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!("outbox: {e:#}"),
             Err(_) => {
-                tracing::warn!("outbox: retrying took longer than 120 s; will continue later")
+                tracing::warn!("outbox: retrying took longer than {} s; will continue later", limit.as_secs())
             }
         }
         if stopping {
