@@ -450,15 +450,18 @@ async fn futures_join(handles: &mut [JoinHandle<()>]) {
     }
 }
 
-/// Adds state for new jobs (cursor from the store) and drops jobs no longer configured. A
-/// removed job's running task keeps running to its end.
+/// Adds state for new jobs (cursor from the store) and drops jobs no longer configured.
 fn sync_jobs(
     jobs: &mut HashMap<String, JobState>,
     config: &Config,
     store: &Store,
     now: DateTime<Utc>,
 ) {
-    jobs.retain(|name, _| config.jobs.get(name).is_some_and(|j| j.schedule.is_some()));
+    // A removed job whose run is in progress stays until shutdown, so that run is waited for
+    // (and cancelled) like the others; the loop only looks at configured jobs.
+    jobs.retain(|name, state| {
+        state.running() || config.jobs.get(name).is_some_and(|j| j.schedule.is_some())
+    });
     for (name, job) in &config.jobs {
         if job.schedule.is_none() || jobs.contains_key(name) {
             continue;
@@ -634,7 +637,10 @@ async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: 
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!("outbox: {e:#}"),
             Err(_) => {
-                tracing::warn!("outbox: retrying took longer than {} s; will continue later", limit.as_secs())
+                tracing::warn!(
+                    "outbox: retrying took longer than {} s; will continue later",
+                    limit.as_secs()
+                )
             }
         }
         if stopping {
