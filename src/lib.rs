@@ -10,6 +10,8 @@
 //! - [`schedule`]: pure functions of (cron, zone, last slot, now): when a job fires next and which
 //!   slots were missed. The only module besides `scheduler` that knows zones and wall clocks.
 //! - [`scheduler`]: the daemon's loop (sleep until the next slot, fire, catch up, reload).
+//! - [`server`]: the daemon's HTTP endpoint: `/metrics`, `/healthz`, the status page.
+//! - [`cluster`]: high availability: claims per (job, slot) in a shared PostgreSQL.
 //! - [`runner`]: one run of one job: lock, items in parallel under timeouts, report, store, notify.
 //! - [`items`]: one module per item kind; each turns its options into an [`items::Outcome`].
 //! - [`report`]: the report model and its pure renderers (text, HTML, JSON, Slack).
@@ -21,6 +23,7 @@
 //! - [`cli`]: the command line (a contract: see SPEC section 1).
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod items;
@@ -32,5 +35,6 @@ pub mod runner;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;
+pub mod server;
 pub mod store;
 pub mod units;

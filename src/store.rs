@@ -156,9 +156,16 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        Migrations::from_slice(MIGRATIONS)
-            .to_latest(&mut conn)
-            .with_context(|| format!("cannot migrate state database {}", path.display()))?;
+        // Two processes opening a fresh state folder at once (the daemon starting while
+        // `history` or `run-job` runs) both see version 0 and race to create the tables; the
+        // loser fails. By then the winner's migration has committed, so one retry sees it.
+        let migrations = Migrations::from_slice(MIGRATIONS);
+        if migrations.to_latest(&mut conn).is_err() {
+            std::thread::sleep(Duration::from_millis(200));
+            migrations
+                .to_latest(&mut conn)
+                .with_context(|| format!("cannot migrate state database {}", path.display()))?;
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             dir: dir.to_path_buf(),
