@@ -381,6 +381,42 @@ pub fn ms_until(deadline: tokio::time::Instant) -> u128 {
     deadline.saturating_duration_since(tokio::time::Instant::now()).as_millis().max(1)
 }
 
+/// Sizes of relations in bytes, without waiting behind other sessions' locks: the size
+/// functions take a lock on the relation, so they run under a short `lock_timeout`, and a
+/// relation locked right now falls back to `relpages` (an estimate). With `total`, heap +
+/// indexes + TOAST (`pg_total_relation_size`), else the relation alone. Leaves the session's
+/// `lock_timeout` at `restore`.
+pub async fn relation_sizes(client: &Client, oids: &[u32], total: bool, restore: Duration) -> Result<std::collections::HashMap<u32, i64>, String> {
+    let f = if total { "pg_total_relation_size" } else { "pg_relation_size" };
+    client.batch_execute("SET lock_timeout = '100ms'").await.map_err(|e| pg_error(&e))?;
+    let bulk = client.query(&format!("SELECT o, {f}(o) FROM unnest($1::oid[]) o"), &[&oids]).await;
+    let mut out = std::collections::HashMap::new();
+    match bulk {
+        Ok(rows) => {
+            for r in rows {
+                out.insert(r.get::<_, u32>(0), r.get::<_, Option<i64>>(1).unwrap_or(0));
+            }
+        }
+        Err(e) if is_lock_timeout(&e) => {
+            for &oid in oids {
+                let size = match client.query_one(&format!("SELECT {f}($1::oid)"), &[&oid]).await {
+                    Ok(r) => r.get::<_, Option<i64>>(0).unwrap_or(0),
+                    Err(e) if is_lock_timeout(&e) => client
+                        .query_one("SELECT (relpages::bigint * current_setting('block_size')::bigint) FROM pg_class WHERE oid = $1", &[&oid])
+                        .await
+                        .map(|r| r.get::<_, i64>(0))
+                        .unwrap_or(0),
+                    Err(e) => return Err(pg_error(&e)),
+                };
+                out.insert(oid, size);
+            }
+        }
+        Err(e) => return Err(pg_error(&e)),
+    }
+    client.batch_execute(&format!("SET lock_timeout = '{}ms'", restore.as_millis())).await.map_err(|e| pg_error(&e))?;
+    Ok(out)
+}
+
 /// `quote_ident`: quotes an identifier the way PostgreSQL's `quote_ident` does when needed.
 pub fn quote_ident(ident: &str) -> String {
     let plain = !ident.is_empty()

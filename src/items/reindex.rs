@@ -121,7 +121,7 @@ impl Reindex {
             Err(e) => return Outcome::fail(format!("target {}: cannot look for invalid indexes: {e}", target.name)),
         };
         let mut details = Vec::new();
-        let (work, bloat_note) = match self.plan(&client).await {
+        let (work, bloat_note) = match self.plan(&client, target.lock_timeout).await {
             Ok(w) => w,
             Err(e) => return Outcome::fail(format!("target {}: cannot list indexes: {e}", target.name)),
         };
@@ -244,7 +244,7 @@ impl Reindex {
     }
 
     /// Tables with their valid indexes, largest first; a note when `min_bloat` could not apply.
-    async fn plan(&self, client: &Client) -> Result<(Vec<TableWork>, Option<String>), String> {
+    async fn plan(&self, client: &Client, lock_timeout: std::time::Duration) -> Result<(Vec<TableWork>, Option<String>), String> {
         let version = pg::server_version_num(client).await?;
         let may = if version >= 170000 {
             "has_table_privilege(t.oid, 'MAINTAIN')"
@@ -252,15 +252,17 @@ impl Reindex {
             "(pg_has_role(t.relowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))"
         };
         let sql = format!(
-            "SELECT n.nspname::text, c.relname::text, tn.nspname::text, t.relname::text, pg_relation_size(c.oid), c.oid, am.amname::text \
+            "SELECT n.nspname::text, c.relname::text, tn.nspname::text, t.relname::text, 0::bigint, c.oid, am.amname::text \
              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace JOIN pg_am am ON am.oid = c.relam \
              WHERE c.relkind = 'i' AND i.indisvalid AND t.relpersistence <> 't' \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
                AND NOT EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conindid = c.oid AND x.contype = 'x') AND {may} \
-             ORDER BY 3, 4, pg_relation_size(c.oid) DESC"
+             ORDER BY 3, 4, 2"
         );
         let rows = client.query(&sql, &[]).await.map_err(|e| pg::pg_error(&e))?;
+        let oids: Vec<u32> = rows.iter().map(|r| r.get(5)).collect();
+        let sizes = pg::relation_sizes(client, &oids, false, lock_timeout).await?;
         let mut note = None;
         let mut pgstattuple = false;
         if self.min_bloat.is_some() {
@@ -300,12 +302,15 @@ impl Reindex {
                 }
             }
             let key = qualified(&tschema, &tname);
-            let bytes: i64 = r.get(4);
+            let bytes: i64 = sizes.get(&r.get::<_, u32>(5)).copied().unwrap_or(0);
             let w = tables.entry(key.clone()).or_insert_with(|| TableWork { table: key, bytes: 0, indexes: Vec::new() });
             w.bytes += bytes;
             w.indexes.push(Index { schema, name, bytes });
         }
         let mut work: Vec<TableWork> = tables.into_values().collect();
+        for w in &mut work {
+            w.indexes.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        }
         work.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.table.cmp(&b.table)));
         Ok((work, note))
     }

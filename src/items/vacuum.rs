@@ -145,7 +145,7 @@ impl Vacuum {
         if let Err(e) = pg::ensure_primary(&client, &target).await {
             return Outcome::fail(e);
         }
-        let (tables, not_needed) = match self.plan(&client).await {
+        let (tables, not_needed) = match self.plan(&client, target.lock_timeout).await {
             Ok(t) => t,
             Err(e) => return Outcome::fail(format!("target {}: cannot list tables: {e}", target.name)),
         };
@@ -171,7 +171,7 @@ impl Vacuum {
     }
 
     /// Tables to vacuum, largest first, and how many were left out by `only_needed`.
-    async fn plan(&self, client: &Client) -> Result<(Vec<Table>, usize), String> {
+    async fn plan(&self, client: &Client, lock_timeout: Duration) -> Result<(Vec<Table>, usize), String> {
         let version = pg::server_version_num(client).await?;
         // PG 17 has the MAINTAIN privilege; before it, owners (and members of the owning role),
         // the database owner (not for shared catalogs) and superusers may vacuum a table.
@@ -183,7 +183,7 @@ impl Vacuum {
         };
         let ins = if version >= 130000 { "coalesce(s.n_ins_since_vacuum, 0)" } else { "0::bigint" };
         let sql = format!(
-            "SELECT c.oid, n.nspname::text, c.relname::text, pg_total_relation_size(c.oid), \
+            "SELECT c.oid, n.nspname::text, c.relname::text, 0::bigint, \
                     coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0), {ins}, \
                     greatest(c.reltuples, coalesce(s.n_live_tup, 0))::float8, \
                     (s.last_analyze IS NULL AND s.last_autoanalyze IS NULL), age(c.relfrozenxid)::bigint, \
@@ -194,7 +194,7 @@ impl Vacuum {
              LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid \
              WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'pg_toast' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
                AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' AND c.relpersistence <> 't' AND {may_vacuum} \
-             ORDER BY pg_total_relation_size(c.oid) DESC, n.nspname, c.relname",
+             ORDER BY n.nspname, c.relname",
             ins_thr = if version >= 130000 { "current_setting('autovacuum_vacuum_insert_threshold')::float8" } else { "-1::float8" },
             ins_scale = if version >= 130000 { "current_setting('autovacuum_vacuum_insert_scale_factor')::float8" } else { "0::float8" },
         );
@@ -239,6 +239,13 @@ impl Vacuum {
             }
             tables.push(Table { oid: r.get(0), schema, name, bytes: r.get(3), dead_before: dead, reasons });
         }
+        // Largest first by real size (taken without queueing behind locks).
+        let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+        let sizes = pg::relation_sizes(client, &oids, true, lock_timeout).await?;
+        for t in &mut tables {
+            t.bytes = sizes.get(&t.oid).copied().unwrap_or(0);
+        }
+        tables.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.schema.cmp(&b.schema)).then_with(|| a.name.cmp(&b.name)));
         Ok((tables, not_needed))
     }
 
