@@ -78,7 +78,11 @@ pub struct Target {
 
 impl Target {
     /// Validates a target; returns it with warnings, or the errors.
-    pub fn resolve(name: &str, c: &TargetConfig, base: &Path) -> Result<(Target, Vec<String>), Vec<String>> {
+    pub fn resolve(
+        name: &str,
+        c: &TargetConfig,
+        base: &Path,
+    ) -> Result<(Target, Vec<String>), Vec<String>> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let pg: tokio_postgres::Config = match c.url.parse() {
@@ -108,7 +112,11 @@ impl Target {
         };
         if c.sslmode == SslMode::VerifyFull {
             if let Some(ca) = &c.ca_file {
-                let p = if ca.is_absolute() { ca.clone() } else { base.join(ca) };
+                let p = if ca.is_absolute() {
+                    ca.clone()
+                } else {
+                    base.join(ca)
+                };
                 if !p.exists() {
                     errors.push(format!("ca_file {} does not exist", p.display()));
                 }
@@ -125,7 +133,13 @@ impl Target {
                 display,
                 password,
                 sslmode: c.sslmode,
-                ca_file: c.ca_file.as_ref().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) }),
+                ca_file: c.ca_file.as_ref().map(|p| {
+                    if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        base.join(p)
+                    }
+                }),
                 lock_timeout: c.lock_timeout.0,
                 statement_timeout: c.statement_timeout.map(|d| d.0),
                 connect_timeout: c.connect_timeout.0,
@@ -145,7 +159,9 @@ impl Target {
             statement_timeout: None,
             connect_timeout: default_connect_timeout(),
         };
-        Target::resolve(name, &c, Path::new(".")).map(|(t, _)| t).map_err(|e| e.join("; "))
+        Target::resolve(name, &c, Path::new("."))
+            .map(|(t, _)| t)
+            .map_err(|e| e.join("; "))
     }
 
     /// The database name of the target.
@@ -166,10 +182,15 @@ impl Target {
 
     /// As [`Target::connect_for_maintenance`], plus the server's notices and warnings (e.g.
     /// `VACUUM (SKIP_LOCKED)`'s "skipping vacuum of ... lock not available"), one per message.
-    pub async fn connect_for_maintenance_with_notices(&self) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+    pub async fn connect_for_maintenance_with_notices(
+        &self,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
         let (client, notices) = self.connect_with_notices(self.dbname()).await?;
         let set = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis());
-        client.batch_execute(&set).await.map_err(|e| format!("target {}: {}", self.name, pg_error(&e)))?;
+        client
+            .batch_execute(&set)
+            .await
+            .map_err(|e| format!("target {}: {}", self.name, pg_error(&e)))?;
         Ok((client, notices))
     }
 
@@ -179,13 +200,19 @@ impl Target {
     }
 
     /// Connects to `dbname`; the receiver gets the server's notices (dropping it is fine).
-    pub async fn connect_with_notices(&self, dbname: &str) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+    pub async fn connect_with_notices(
+        &self,
+        dbname: &str,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
         let mut cfg = self.pg.clone();
         cfg.dbname(dbname);
         cfg.application_name("runbook");
         cfg.connect_timeout(self.connect_timeout);
         // Options given in the URL are kept; ours come after them and win.
-        let mut options = cfg.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        let mut options = cfg
+            .get_options()
+            .map(|o| format!("{o} "))
+            .unwrap_or_default();
         options.push_str("-c idle_in_transaction_session_timeout=60000");
         if let Some(st) = self.statement_timeout {
             options.push_str(&format!(" -c statement_timeout={}", st.as_millis()));
@@ -195,7 +222,14 @@ impl Target {
             cfg.password(p.expose());
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let fail = |e: tokio_postgres::Error| format!("cannot connect to target {} ({}): {}", self.name, self.display, pg_error(&e));
+        let fail = |e: tokio_postgres::Error| {
+            format!(
+                "cannot connect to target {} ({}): {}",
+                self.name,
+                self.display,
+                pg_error(&e)
+            )
+        };
         let connect = async {
             match self.sslmode {
                 SslMode::Disable => {
@@ -219,7 +253,10 @@ impl Target {
         };
         match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), connect).await {
             Ok(r) => r.map(|c| (c, rx)),
-            Err(_) => Err(format!("cannot connect to target {} ({}): timed out after {:?}", self.name, self.display, self.connect_timeout)),
+            Err(_) => Err(format!(
+                "cannot connect to target {} ({}): timed out after {:?}",
+                self.name, self.display, self.connect_timeout
+            )),
         }
     }
 
@@ -227,9 +264,21 @@ impl Target {
     /// (used when a run is cancelled: dropping the client alone lets a VACUUM run on).
     pub async fn cancel(&self, token: &tokio_postgres::CancelToken) {
         let r = match self.sslmode {
-            SslMode::Disable => tokio::time::timeout(self.connect_timeout, token.cancel_query(tokio_postgres::NoTls)).await,
+            SslMode::Disable => {
+                tokio::time::timeout(
+                    self.connect_timeout,
+                    token.cancel_query(tokio_postgres::NoTls),
+                )
+                .await
+            }
             mode => match self.tls_config(mode) {
-                Ok(tls) => tokio::time::timeout(self.connect_timeout, token.cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(tls))).await,
+                Ok(tls) => {
+                    tokio::time::timeout(
+                        self.connect_timeout,
+                        token.cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
+                    )
+                    .await
+                }
                 Err(_) => return,
             },
         };
@@ -247,17 +296,34 @@ impl Target {
             let mut roots = rustls::RootCertStore::empty();
             match &self.ca_file {
                 Some(ca) => {
-                    let pem = std::fs::read(ca).map_err(|e| format!("target {}: cannot read ca_file {}: {e}", self.name, ca.display()))?;
+                    let pem = std::fs::read(ca).map_err(|e| {
+                        format!(
+                            "target {}: cannot read ca_file {}: {e}",
+                            self.name,
+                            ca.display()
+                        )
+                    })?;
                     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                        let cert = cert.map_err(|e| format!("target {}: bad certificate in {}: {e}", self.name, ca.display()))?;
-                        roots.add(cert).map_err(|e| format!("target {}: {e}", self.name))?;
+                        let cert = cert.map_err(|e| {
+                            format!(
+                                "target {}: bad certificate in {}: {e}",
+                                self.name,
+                                ca.display()
+                            )
+                        })?;
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("target {}: {e}", self.name))?;
                     }
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             }
             Ok(builder.with_root_certificates(roots).with_no_client_auth())
         } else {
-            Ok(builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify)).with_no_client_auth())
+            Ok(builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify))
+                .with_no_client_auth())
         }
     }
 }
@@ -283,7 +349,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -291,10 +362,17 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -307,7 +385,11 @@ fn describe(pg: &tokio_postgres::Config) -> String {
     };
     let port = pg.get_ports().first().copied().unwrap_or(5432);
     let db = pg.get_dbname().unwrap_or(user);
-    if user.is_empty() { format!("{host}:{port}/{db}") } else { format!("{user}@{host}:{port}/{db}") }
+    if user.is_empty() {
+        format!("{host}:{port}/{db}")
+    } else {
+        format!("{user}@{host}:{port}/{db}")
+    }
 }
 
 /// A PostgreSQL error as one line: the server's message (with SQLSTATE) when there is one.
@@ -349,7 +431,13 @@ pub async fn ensure_primary(client: &Client, target: &Target) -> Result<(), Stri
     let row = client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
-        .map_err(|e| format!("target {}: cannot check pg_is_in_recovery(): {}", target.name, pg_error(&e)))?;
+        .map_err(|e| {
+            format!(
+                "target {}: cannot check pg_is_in_recovery(): {}",
+                target.name,
+                pg_error(&e)
+            )
+        })?;
     let in_recovery: bool = row.get(0);
     if in_recovery {
         return Err(format!(
@@ -372,13 +460,19 @@ pub fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
 
 /// The server's version as `server_version_num` (e.g. 150004).
 pub async fn server_version_num(client: &Client) -> Result<i32, String> {
-    let row = client.query_one("SELECT current_setting('server_version_num')::int", &[]).await.map_err(|e| pg_error(&e))?;
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| pg_error(&e))?;
     Ok(row.get(0))
 }
 
 /// The time left before `deadline`, as a `statement_timeout` value in ms (at least 1).
 pub fn ms_until(deadline: tokio::time::Instant) -> u128 {
-    deadline.saturating_duration_since(tokio::time::Instant::now()).as_millis().max(1)
+    deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .as_millis()
+        .max(1)
 }
 
 /// Sizes of relations in bytes, without waiting behind other sessions' locks: the size
@@ -386,10 +480,27 @@ pub fn ms_until(deadline: tokio::time::Instant) -> u128 {
 /// relation locked right now falls back to `relpages` (an estimate). With `total`, heap +
 /// indexes + TOAST (`pg_total_relation_size`), else the relation alone. Leaves the session's
 /// `lock_timeout` at `restore`.
-pub async fn relation_sizes(client: &Client, oids: &[u32], total: bool, restore: Duration) -> Result<std::collections::HashMap<u32, i64>, String> {
-    let f = if total { "pg_total_relation_size" } else { "pg_relation_size" };
-    client.batch_execute("SET lock_timeout = '100ms'").await.map_err(|e| pg_error(&e))?;
-    let bulk = client.query(&format!("SELECT o, {f}(o) FROM unnest($1::oid[]) o"), &[&oids]).await;
+pub async fn relation_sizes(
+    client: &Client,
+    oids: &[u32],
+    total: bool,
+    restore: Duration,
+) -> Result<std::collections::HashMap<u32, i64>, String> {
+    let f = if total {
+        "pg_total_relation_size"
+    } else {
+        "pg_relation_size"
+    };
+    client
+        .batch_execute("SET lock_timeout = '100ms'")
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let bulk = client
+        .query(
+            &format!("SELECT o, {f}(o) FROM unnest($1::oid[]) o"),
+            &[&oids],
+        )
+        .await;
     let mut out = std::collections::HashMap::new();
     match bulk {
         Ok(rows) => {
@@ -413,28 +524,110 @@ pub async fn relation_sizes(client: &Client, oids: &[u32], total: bool, restore:
         }
         Err(e) => return Err(pg_error(&e)),
     }
-    client.batch_execute(&format!("SET lock_timeout = '{}ms'", restore.as_millis())).await.map_err(|e| pg_error(&e))?;
+    client
+        .batch_execute(&format!("SET lock_timeout = '{}ms'", restore.as_millis()))
+        .await
+        .map_err(|e| pg_error(&e))?;
     Ok(out)
 }
 
 /// `quote_ident`: quotes an identifier the way PostgreSQL's `quote_ident` does when needed.
 pub fn quote_ident(ident: &str) -> String {
     let plain = !ident.is_empty()
-        && ident.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && ident.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if plain && !is_keyword(ident) { ident.to_string() } else { format!("\"{}\"", ident.replace('"', "\"\"")) }
+        && ident
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && ident
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain && !is_keyword(ident) {
+        ident.to_string()
+    } else {
+        format!("\"{}\"", ident.replace('"', "\"\""))
+    }
 }
 
 fn is_keyword(s: &str) -> bool {
     // Reserved words that would break an unquoted identifier; quoting more is harmless.
     const KW: &[&str] = &[
-        "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "both", "case", "cast", "check", "collate",
-        "column", "constraint", "create", "current_catalog", "current_date", "current_role", "current_time", "current_timestamp",
-        "current_user", "default", "deferrable", "desc", "distinct", "do", "else", "end", "except", "false", "fetch", "for",
-        "foreign", "from", "grant", "group", "having", "in", "initially", "intersect", "into", "lateral", "leading", "limit",
-        "localtime", "localtimestamp", "not", "null", "offset", "on", "only", "or", "order", "placing", "primary", "references",
-        "returning", "select", "session_user", "some", "symmetric", "table", "then", "to", "trailing", "true", "union", "unique",
-        "user", "using", "variadic", "when", "where", "window", "with",
+        "all",
+        "analyse",
+        "analyze",
+        "and",
+        "any",
+        "array",
+        "as",
+        "asc",
+        "asymmetric",
+        "both",
+        "case",
+        "cast",
+        "check",
+        "collate",
+        "column",
+        "constraint",
+        "create",
+        "current_catalog",
+        "current_date",
+        "current_role",
+        "current_time",
+        "current_timestamp",
+        "current_user",
+        "default",
+        "deferrable",
+        "desc",
+        "distinct",
+        "do",
+        "else",
+        "end",
+        "except",
+        "false",
+        "fetch",
+        "for",
+        "foreign",
+        "from",
+        "grant",
+        "group",
+        "having",
+        "in",
+        "initially",
+        "intersect",
+        "into",
+        "lateral",
+        "leading",
+        "limit",
+        "localtime",
+        "localtimestamp",
+        "not",
+        "null",
+        "offset",
+        "on",
+        "only",
+        "or",
+        "order",
+        "placing",
+        "primary",
+        "references",
+        "returning",
+        "select",
+        "session_user",
+        "some",
+        "symmetric",
+        "table",
+        "then",
+        "to",
+        "trailing",
+        "true",
+        "union",
+        "unique",
+        "user",
+        "using",
+        "variadic",
+        "when",
+        "where",
+        "window",
+        "with",
     ];
     KW.contains(&s)
 }
@@ -455,7 +648,10 @@ mod tests {
         assert_eq!(quote_ident("Weird \"Name\""), "\"Weird \"\"Name\"\"\"");
         assert_eq!(quote_ident("user"), "\"user\"");
         assert_eq!(quote_ident("1abc"), "\"1abc\"");
-        assert_eq!(qualified("trading", "order items"), "trading.\"order items\"");
+        assert_eq!(
+            qualified("trading", "order items"),
+            "trading.\"order items\""
+        );
     }
 
     #[test]
@@ -469,7 +665,9 @@ mod tests {
             statement_timeout: None,
             connect_timeout: default_connect_timeout(),
         };
-        let e = Target::resolve("t", &c, Path::new(".")).unwrap_err().join(" ");
+        let e = Target::resolve("t", &c, Path::new("."))
+            .unwrap_err()
+            .join(" ");
         assert!(e.contains("url contains a password"));
         assert!(!e.contains("sekrit"));
     }

@@ -51,7 +51,10 @@ impl Setup {
 }
 
 fn item<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["items"].as_array().and_then(|a| a.iter().find(|i| i["name"] == name)).unwrap_or_else(|| panic!("no item {name:?} in {report:#}"))
+    report["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("no item {name:?} in {report:#}"))
 }
 
 fn q(pg: &TempCluster, sql: &str) -> String {
@@ -70,7 +73,18 @@ struct Holder(Child);
 impl Holder {
     fn start(pg: &TempCluster, sql: &str) -> Holder {
         let mut child = StdCommand::new(pg.tool("psql"))
-            .args(["-X", "-q", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-d", "app"])
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "app",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -98,7 +112,10 @@ impl Drop for Holder {
 fn wait_for(pg: &TempCluster, sql: &str) {
     let start = Instant::now();
     while q(pg, sql) != "t" {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {sql}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {sql}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -170,8 +187,14 @@ schemas = ["public"]
 skip_locked = true
 "#;
     let s = Setup::new(&pg.url("app"), "", jobs);
-    let _holder = Holder::start(&pg, "BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\n");
-    wait_for(&pg, "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'b'::regclass AND mode = 'AccessExclusiveLock' AND granted)");
+    let _holder = Holder::start(
+        &pg,
+        "BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\n",
+    );
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'b'::regclass AND mode = 'AccessExclusiveLock' AND granted)",
+    );
 
     let (code, report, all) = s.run("m", &[]);
     assert_eq!(code, 1, "{all}");
@@ -187,23 +210,39 @@ skip_locked = true
     assert_eq!(tables[0]["table"], "a");
     // Dead tuples were counted before and cleaned.
     let a = &tables[0];
-    assert!(a["dead_tuples_before"].as_i64().unwrap_or(0) >= 2500, "{a:#}");
+    assert!(
+        a["dead_tuples_before"].as_i64().unwrap_or(0) >= 2500,
+        "{a:#}"
+    );
     assert_eq!(a["dead_tuples_after"], 0, "{a:#}");
 
     let sl = item(&report, "vacuum skip locked");
     assert_eq!(sl["status"], "warn", "{sl:#}");
     assert_eq!(sl["data"]["tables_skipped"], 1, "{sl:#}");
 
-    assert_eq!(q(&pg, "SELECT count(*) FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL AND relname IN ('a', 'Weird \"Name\"')"), "2");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL AND relname IN ('a', 'Weird \"Name\"')"
+        ),
+        "2"
+    );
 }
 
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
-    q(&pg, "CREATE UNIQUE INDEX bad_ix ON b (id); DROP INDEX bad_ix; CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);");
+    q(
+        &pg,
+        "CREATE UNIQUE INDEX bad_ix ON b (id); DROP INDEX bad_ix; CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);",
+    );
     // An invalid leftover, as a failed concurrent build leaves it.
-    let _ = pg.psql("app", "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);", &[]);
+    let _ = pg.psql(
+        "app",
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);",
+        &[],
+    );
     let jobs = r#"
 [jobs.m]
 [[jobs.m.items]]
@@ -225,7 +264,10 @@ file = "indexes.sql"
     s.write("indexes.sql", "CREATE INDEX CONCURRENTLY a_v ON a (v);\n");
     let index_snapshot = "SELECT string_agg(indexrelid::regclass::text || ':' || indexrelid::int || ':' || indisvalid, ',' ORDER BY indexrelid) FROM pg_index WHERE indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)";
     let before = q(&pg, index_snapshot);
-    assert!(before.contains("dup_v") && before.contains(":false"), "{before}");
+    assert!(
+        before.contains("dup_v") && before.contains(":false"),
+        "{before}"
+    );
 
     let (code, report, all) = s.run("m", &["--dry-run"]);
     assert_eq!(code, 0, "{all}");
@@ -236,12 +278,24 @@ file = "indexes.sql"
     assert!(plan.contains("VACUUM (ANALYZE) public.a"), "{plan}");
     assert!(plan.contains(r#"public.\"Weird \"\"Name\"\"\""#), "{plan}");
     let plan = item(&report, "reindex")["details"].to_string();
-    assert!(plan.contains("DROP INDEX CONCURRENTLY public.dup_v"), "{plan}");
-    assert!(plan.contains("REINDEX INDEX CONCURRENTLY public.a_pkey"), "{plan}");
+    assert!(
+        plan.contains("DROP INDEX CONCURRENTLY public.dup_v"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("REINDEX INDEX CONCURRENTLY public.a_pkey"),
+        "{plan}"
+    );
     let plan = item(&report, "indexes")["details"].to_string();
     assert!(plan.contains("would run"), "{plan}");
 
-    assert_eq!(q(&pg, "SELECT count(*) FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL OR last_analyze IS NOT NULL"), "0");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL OR last_analyze IS NOT NULL"
+        ),
+        "0"
+    );
     assert_eq!(q(&pg, index_snapshot), before);
 }
 
@@ -249,9 +303,19 @@ file = "indexes.sql"
 fn reindex_drops_leftovers_rebuilds_every_index_and_quotes_names() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
-    q(&pg, "CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);");
-    let _ = pg.psql("app", "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);", &[]);
-    assert_eq!(q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "1");
+    q(
+        &pg,
+        "CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);",
+    );
+    let _ = pg.psql(
+        "app",
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);",
+        &[],
+    );
+    assert_eq!(
+        q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "1"
+    );
     let jobs = r#"
 [jobs.m]
 [[jobs.m.items]]
@@ -261,29 +325,60 @@ target = "db"
 schemas = ["public"]
 "#;
     let s = Setup::new(&pg.url("app"), "", jobs);
-    let oids_before = q(&pg, "SELECT string_agg(indexrelid::text, ',') FROM pg_index WHERE indrelid = 'a'::regclass OR indrelid = '\"Weird \"\"Name\"\"\"'::regclass");
+    let oids_before = q(
+        &pg,
+        "SELECT string_agg(indexrelid::text, ',') FROM pg_index WHERE indrelid = 'a'::regclass OR indrelid = '\"Weird \"\"Name\"\"\"'::regclass",
+    );
     let (code, report, all) = s.run("m", &[]);
     assert_eq!(code, 0, "{all}");
     let r = item(&report, "reindex");
     assert_eq!(r["status"], "warn", "{r:#}");
     assert_eq!(r["data"]["leftovers_dropped"][0], "public.dup_v", "{r:#}");
-    assert_eq!(r["data"]["indexes_done"], r["data"]["indexes_total"], "{r:#}");
-    assert_eq!(q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+    assert_eq!(
+        r["data"]["indexes_done"], r["data"]["indexes_total"],
+        "{r:#}"
+    );
+    assert_eq!(
+        q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "0"
+    );
     // Rebuilt concurrently: the indexes have new relfilenodes/oids, names unchanged.
-    let oids_after = q(&pg, "SELECT string_agg(indexrelid::text, ',') FROM pg_index WHERE indrelid = 'a'::regclass OR indrelid = '\"Weird \"\"Name\"\"\"'::regclass");
+    let oids_after = q(
+        &pg,
+        "SELECT string_agg(indexrelid::text, ',') FROM pg_index WHERE indrelid = 'a'::regclass OR indrelid = '\"Weird \"\"Name\"\"\"'::regclass",
+    );
     assert_ne!(oids_before, oids_after);
-    assert_eq!(q(&pg, "SELECT to_regclass('public.\"Weird \"\"Ix\"\"\"') IS NOT NULL"), "t");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT to_regclass('public.\"Weird \"\"Ix\"\"\"') IS NOT NULL"
+        ),
+        "t"
+    );
 }
 
 #[test]
 fn create_indexes_builds_keeps_present_rebuilds_invalid_and_leaves_nothing_invalid() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
-    q(&pg, "CREATE SCHEMA trading; CREATE TABLE trading.orders (id int, user_id int); CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1), (2);");
+    q(
+        &pg,
+        "CREATE SCHEMA trading; CREATE TABLE trading.orders (id int, user_id int); CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1), (2);",
+    );
     // An invalid index of the same name as one in the file (the IF NOT EXISTS trap).
-    let _ = pg.psql("app", "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);", &[]);
-    q(&pg, "DELETE FROM dup WHERE ctid = (SELECT min(ctid) FROM dup WHERE v = 1); CREATE INDEX a_present ON a (v);");
-    q(&pg, "CREATE TABLE dup2 (v int); INSERT INTO dup2 VALUES (7), (7);");
+    let _ = pg.psql(
+        "app",
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);",
+        &[],
+    );
+    q(
+        &pg,
+        "DELETE FROM dup WHERE ctid = (SELECT min(ctid) FROM dup WHERE v = 1); CREATE INDEX a_present ON a (v);",
+    );
+    q(
+        &pg,
+        "CREATE TABLE dup2 (v int); INSERT INTO dup2 VALUES (7), (7);",
+    );
     let jobs = r#"
 [jobs.m]
 [[jobs.m.items]]
@@ -310,7 +405,12 @@ file = "sql/indexes.sql"
         .as_array()
         .expect("statements")
         .iter()
-        .map(|s| (s["index"].as_str().unwrap_or_default().to_string(), s["result"].as_str().unwrap_or_default().to_string()))
+        .map(|s| {
+            (
+                s["index"].as_str().unwrap_or_default().to_string(),
+                s["result"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         results,
@@ -323,10 +423,22 @@ file = "sql/indexes.sql"
         ],
         "{it:#}"
     );
-    assert!(it["details"].to_string().contains("leftover was dropped"), "{it:#}");
-    assert_eq!(q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+    assert!(
+        it["details"].to_string().contains("leftover was dropped"),
+        "{it:#}"
+    );
+    assert_eq!(
+        q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "0"
+    );
     assert_eq!(q(&pg, "SELECT to_regclass('dup2_v') IS NULL"), "t");
-    assert_eq!(q(&pg, "SELECT to_regclass('trading.orders_user') IS NOT NULL AND to_regclass('public.\"Weird \"\"New\"\"\"') IS NOT NULL"), "t");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT to_regclass('trading.orders_user') IS NOT NULL AND to_regclass('public.\"Weird \"\"New\"\"\"') IS NOT NULL"
+        ),
+        "t"
+    );
 }
 
 #[test]
@@ -342,11 +454,23 @@ target = "db"
 file = "indexes.sql"
 "#;
     let s = Setup::new(&pg.url("app"), "", jobs);
-    s.write("indexes.sql", "CREATE INDEX CONCURRENTLY a_v ON a (v);\nDROP TABLE b;\n");
+    s.write(
+        "indexes.sql",
+        "CREATE INDEX CONCURRENTLY a_v ON a (v);\nDROP TABLE b;\n",
+    );
     let (code, _report, all) = s.run("m", &[]);
     assert_eq!(code, 2, "{all}");
-    assert!(all.contains("line 2: not a CREATE INDEX statement"), "{all}");
-    assert_eq!(q(&pg, "SELECT to_regclass('a_v') IS NULL AND to_regclass('b') IS NOT NULL"), "t");
+    assert!(
+        all.contains("line 2: not a CREATE INDEX statement"),
+        "{all}"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT to_regclass('a_v') IS NULL AND to_regclass('b') IS NOT NULL"
+        ),
+        "t"
+    );
 }
 
 #[test]
@@ -394,14 +518,26 @@ query = "DELETE FROM b RETURNING id"
     assert_eq!(item(&report, "rows")["status"], "pass", "{all}");
     let max = item(&report, "max");
     assert_eq!(max["status"], "fail");
-    assert!(max["summary"].as_str().unwrap_or_default().contains("2500 is above max 100"), "{max:#}");
+    assert!(
+        max["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2500 is above max 100"),
+        "{max:#}"
+    );
     let warn = item(&report, "warn");
     assert_eq!(warn["status"], "warn", "{warn:#}");
     assert_eq!(warn["data"]["value"], 3750.0);
     assert_eq!(item(&report, "expect")["status"], "pass", "{all}");
     let ro = item(&report, "read only");
     assert_eq!(ro["status"], "fail");
-    assert!(ro["summary"].as_str().unwrap_or_default().contains("read-only"), "{ro:#}");
+    assert!(
+        ro["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("read-only"),
+        "{ro:#}"
+    );
     assert_eq!(q(&pg, "SELECT count(*) FROM b"), "100");
 }
 
@@ -409,7 +545,10 @@ query = "DELETE FROM b RETURNING id"
 fn slow_queries_lists_slow_and_long_running_statements_and_explains_a_missing_extension() {
     let pg = cluster_with_app_db();
     pg.create_db("noext").expect("create db");
-    q(&pg, "CREATE EXTENSION pg_stat_statements; SELECT pg_sleep(0.3); SELECT pg_sleep(0.3);");
+    q(
+        &pg,
+        "CREATE EXTENSION pg_stat_statements; SELECT pg_sleep(0.3); SELECT pg_sleep(0.3);",
+    );
     let jobs = format!(
         r#"
 [targets.noext]
@@ -451,10 +590,17 @@ max_running = "1s"
 
     let (code, report, all) = s.run("quiet", &[]);
     assert_eq!(code, 0, "{all}");
-    assert_eq!(item(&report, "long running only")["status"], "pass", "{all}");
+    assert_eq!(
+        item(&report, "long running only")["status"],
+        "pass",
+        "{all}"
+    );
 
     let _sleeper = Holder::start(&pg, "SELECT pg_sleep(120);\n");
-    wait_for(&pg, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(120)%' AND now() - query_start > interval '1.5s')");
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(120)%' AND now() - query_start > interval '1.5s')",
+    );
     let (code, report, all) = s.run("w", &[]);
     assert_eq!(code, 0, "{all}");
     let slow = item(&report, "slow");
@@ -462,11 +608,24 @@ max_running = "1s"
     assert!(slow["details"].to_string().contains("pg_sleep"), "{slow:#}");
     let missing = item(&report, "missing");
     assert_eq!(missing["status"], "warn", "{missing:#}");
-    assert!(missing["details"].to_string().contains("shared_preload_libraries"), "{missing:#}");
-    assert!(missing["details"].to_string().contains("CREATE EXTENSION pg_stat_statements"), "{missing:#}");
+    assert!(
+        missing["details"]
+            .to_string()
+            .contains("shared_preload_libraries"),
+        "{missing:#}"
+    );
+    assert!(
+        missing["details"]
+            .to_string()
+            .contains("CREATE EXTENSION pg_stat_statements"),
+        "{missing:#}"
+    );
     let running = item(&report, "running");
     assert_eq!(running["status"], "warn", "{running:#}");
-    assert!(running["details"].to_string().contains("pg_sleep(120)"), "{running:#}");
+    assert!(
+        running["details"].to_string().contains("pg_sleep(120)"),
+        "{running:#}"
+    );
 }
 
 /// A streaming standby of `pg` (pg_basebackup -R), stopped on drop.
@@ -488,24 +647,48 @@ fn as_server_user(program: &Path) -> StdCommand {
 
 impl Standby {
     fn start(pg: &TempCluster) -> Standby {
-        let dir = tempfile::Builder::new().prefix("runbook-standby-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("runbook-standby-")
+            .tempdir()
+            .expect("tempdir");
         if nix::unistd::Uid::effective().is_root() {
-            let u = nix::unistd::User::from_name("postgres").expect("lookup").expect("postgres user");
+            let u = nix::unistd::User::from_name("postgres")
+                .expect("lookup")
+                .expect("postgres user");
             nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).expect("chown");
         }
         let data = dir.path().join("data");
         let out = as_server_user(&pg.tool("pg_basebackup"))
-            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-D"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
             .arg(&data)
             .args(["-R", "-X", "stream", "--no-sync"])
             .current_dir("/")
             .output()
             .expect("pg_basebackup");
-        assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
         let conf = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).expect("conf");
-        text.push_str(&format!("\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n", dir.path().display()));
+        text.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            dir.path().display()
+        ));
         std::fs::write(&conf, text).expect("conf");
         let log = dir.path().join("standby.log");
         let out = as_server_user(&pg.tool("pg_ctl"))
@@ -517,14 +700,27 @@ impl Standby {
             .current_dir("/")
             .output()
             .expect("pg_ctl");
-        assert!(out.status.success(), "standby did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        Standby { dir, pg_ctl: pg.tool("pg_ctl"), port }
+        assert!(
+            out.status.success(),
+            "standby did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Standby {
+            dir,
+            pg_ctl: pg.tool("pg_ctl"),
+            port,
+        }
     }
 }
 
 impl Drop for Standby {
     fn drop(&mut self) {
-        let _ = as_server_user(&self.pg_ctl).arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "-w", "stop"]).current_dir("/").output();
+        let _ = as_server_user(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .current_dir("/")
+            .output();
     }
 }
 
@@ -563,7 +759,13 @@ expect = true
     for name in ["vacuum", "reindex", "indexes"] {
         let it = item(&report, name);
         assert_eq!(it["status"], "fail", "{it:#}");
-        assert!(it["summary"].as_str().unwrap_or_default().contains("is a standby"), "{it:#}");
+        assert!(
+            it["summary"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("is a standby"),
+            "{it:#}"
+        );
     }
     assert_eq!(item(&report, "read-only check")["status"], "pass", "{all}");
 }

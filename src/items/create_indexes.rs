@@ -67,8 +67,12 @@ impl CreateIndexes {
         let statements = match parse_file(&text) {
             Ok(s) => s,
             Err(errors) => {
-                return Outcome::fail(format!("{}: refused, nothing was run: {}", path.display(), errors.first().cloned().unwrap_or_default()))
-                    .with_details(errors);
+                return Outcome::fail(format!(
+                    "{}: refused, nothing was run: {}",
+                    path.display(),
+                    errors.first().cloned().unwrap_or_default()
+                ))
+                .with_details(errors);
             }
         };
         let target = match ctx.target(&self.target) {
@@ -92,7 +96,10 @@ impl CreateIndexes {
         let (mut built, mut present, mut rebuilt, mut failed) = (0, 0, 0, 0);
         for st in &statements {
             if ctx.cancel.is_cancelled() {
-                details.push(format!("line {}: {} not run: the run was cancelled", st.line, st.index));
+                details.push(format!(
+                    "line {}: {} not run: the run was cancelled",
+                    st.line, st.index
+                ));
                 failed += 1;
                 continue;
             }
@@ -108,9 +115,13 @@ impl CreateIndexes {
             data.push(json!({ "line": st.line, "index": st.index, "table": st.table, "result": state, "note": note, "statement": st.sql }));
         }
         if ctx.dry_run {
-            return Outcome::skipped(format!("dry run: {} statement(s) in {}; nothing changed", statements.len(), self.file.display()))
-                .with_details(details)
-                .with_data(json!({ "file": path, "statements": data }));
+            return Outcome::skipped(format!(
+                "dry run: {} statement(s) in {}; nothing changed",
+                statements.len(),
+                self.file.display()
+            ))
+            .with_details(details)
+            .with_data(json!({ "file": path, "statements": data }));
         }
         let status = if failed > 0 {
             Status::Fail
@@ -133,7 +144,13 @@ impl CreateIndexes {
 
     /// Handles one statement; returns (result, note). Results: built, present, rebuilt, failed,
     /// planned (dry run).
-    async fn one(&self, ctx: &ItemCtx, client: &Client, target: &Target, st: &IndexStatement) -> (&'static str, String) {
+    async fn one(
+        &self,
+        ctx: &ItemCtx,
+        client: &Client,
+        target: &Target,
+        st: &IndexStatement,
+    ) -> (&'static str, String) {
         let table = match client
             .query_opt(
                 "SELECT c.oid, n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
@@ -154,27 +171,57 @@ impl CreateIndexes {
         let mut invalid_found = false;
         if let Some(ix) = existing {
             if ix.relkind != 'i' && ix.relkind != 'I' {
-                return ("failed", format!("the name {name} is already taken by a relation that is not an index"));
+                return (
+                    "failed",
+                    format!("the name {name} is already taken by a relation that is not an index"),
+                );
             }
             if ix.table_oid != table_oid {
-                return ("failed", format!("an index named {name} already exists on another table"));
+                return (
+                    "failed",
+                    format!("an index named {name} already exists on another table"),
+                );
             }
             if ix.valid {
                 return ("present", "already present".into());
             }
             if ix.being_built {
-                return ("failed", format!("{name} is invalid and being built by another session right now: left alone"));
+                return (
+                    "failed",
+                    format!(
+                        "{name} is invalid and being built by another session right now: left alone"
+                    ),
+                );
             }
             invalid_found = true;
             if ctx.dry_run {
-                return ("planned", format!("exists but INVALID: would DROP INDEX CONCURRENTLY {name}, then: {}", st.sql));
+                return (
+                    "planned",
+                    format!(
+                        "exists but INVALID: would DROP INDEX CONCURRENTLY {name}, then: {}",
+                        st.sql
+                    ),
+                );
             }
-            if let Err(e) = client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}")).await {
-                return ("failed", format!("exists but INVALID and cannot be dropped: {}", pg::pg_error(&e)));
+            if let Err(e) = client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                .await
+            {
+                return (
+                    "failed",
+                    format!(
+                        "exists but INVALID and cannot be dropped: {}",
+                        pg::pg_error(&e)
+                    ),
+                );
             }
         }
         if ctx.dry_run {
-            let added = if st.added_concurrently { " (CONCURRENTLY added)" } else { "" };
+            let added = if st.added_concurrently {
+                " (CONCURRENTLY added)"
+            } else {
+                ""
+            };
             return ("planned", format!("missing: would run{added}: {}", st.sql));
         }
         let run = tokio::select! {
@@ -188,11 +235,24 @@ impl CreateIndexes {
         if let Err(e) = run {
             let msg = pg::pg_error(&e);
             // A failed concurrent build leaves an invalid index: drop it so nothing is left behind.
-            let leftover = matches!(lookup(client, &st.index, &schema).await, Ok(Some(ix)) if !ix.valid);
+            let leftover =
+                matches!(lookup(client, &st.index, &schema).await, Ok(Some(ix)) if !ix.valid);
             if leftover {
-                return match client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}")).await {
-                    Ok(()) => ("failed", format!("build failed: {msg} (its invalid leftover was dropped)")),
-                    Err(e2) => ("failed", format!("build failed: {msg}; its invalid leftover could not be dropped: {}", pg::pg_error(&e2))),
+                return match client
+                    .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                    .await
+                {
+                    Ok(()) => (
+                        "failed",
+                        format!("build failed: {msg} (its invalid leftover was dropped)"),
+                    ),
+                    Err(e2) => (
+                        "failed",
+                        format!(
+                            "build failed: {msg}; its invalid leftover could not be dropped: {}",
+                            pg::pg_error(&e2)
+                        ),
+                    ),
                 };
             }
             return ("failed", format!("build failed: {msg}"));
@@ -205,8 +265,14 @@ impl CreateIndexes {
                     ("built", "built".into())
                 }
             }
-            Ok(Some(_)) => ("failed", "built but not valid afterwards (indisvalid = false)".into()),
-            Ok(None) => ("failed", "statement succeeded but the index is not there".into()),
+            Ok(Some(_)) => (
+                "failed",
+                "built but not valid afterwards (indisvalid = false)".into(),
+            ),
+            Ok(None) => (
+                "failed",
+                "statement succeeded but the index is not there".into(),
+            ),
             Err(e) => ("failed", e),
         }
     }
@@ -250,12 +316,15 @@ enum Tok {
     Other(char),
 }
 
+/// A token with its byte range in the text.
+type Spanned = (Tok, usize, usize);
+
 /// Splits SQL into statements (on `;` outside quotes, comments and dollar quotes) and tokens.
 /// Returns, per statement, its tokens with byte ranges in `text`.
-fn split(text: &str) -> Result<Vec<Vec<(Tok, usize, usize)>>, String> {
+fn split(text: &str) -> Result<Vec<Vec<Spanned>>, String> {
     let b = text.as_bytes();
     let mut out = Vec::new();
-    let mut cur: Vec<(Tok, usize, usize)> = Vec::new();
+    let mut cur: Vec<Spanned> = Vec::new();
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -327,23 +396,36 @@ fn split(text: &str) -> Result<Vec<Vec<(Tok, usize, usize)>>, String> {
                 }
             }
             cur.push((Tok::Quoted(ident), start, i));
-        } else if c == b'$' && (b.get(i + 1).is_some_and(|n| *n == b'$' || n.is_ascii_alphabetic() || *n == b'_')) {
+        } else if c == b'$'
+            && (b
+                .get(i + 1)
+                .is_some_and(|n| *n == b'$' || n.is_ascii_alphabetic() || *n == b'_'))
+        {
             // A dollar quote: $tag$ ... $tag$.
             let start = i;
             let tag_end = text[i + 1..].find('$').map(|p| i + 1 + p);
-            let Some(tag_end) = tag_end else { return Err("unterminated dollar quote".into()) };
+            let Some(tag_end) = tag_end else {
+                return Err("unterminated dollar quote".into());
+            };
             let tag = &text[i..=tag_end];
-            if !tag[1..tag.len() - 1].chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+            if !tag[1..tag.len() - 1]
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            {
                 cur.push((Tok::Other('$'), i, i + 1));
                 i += 1;
                 continue;
             }
-            let Some(close) = text[tag_end + 1..].find(tag) else { return Err(format!("unterminated dollar quote {tag}")) };
+            let Some(close) = text[tag_end + 1..].find(tag) else {
+                return Err(format!("unterminated dollar quote {tag}"));
+            };
             i = tag_end + 1 + close + tag.len();
             cur.push((Tok::Other('$'), start, i));
         } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80) {
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+            {
                 i += 1;
             }
             cur.push((Tok::Word(text[start..i].to_string()), start, i));
@@ -359,12 +441,12 @@ fn split(text: &str) -> Result<Vec<Vec<(Tok, usize, usize)>>, String> {
     Ok(out)
 }
 
-fn is_kw(t: Option<&(Tok, usize, usize)>, kw: &str) -> bool {
+fn is_kw(t: Option<&Spanned>, kw: &str) -> bool {
     matches!(t, Some((Tok::Word(w), _, _)) if w.eq_ignore_ascii_case(kw))
 }
 
 /// A name token as stored in the catalog (unquoted names fold to lower case), or None.
-fn ident(t: Option<&(Tok, usize, usize)>) -> Option<String> {
+fn ident(t: Option<&Spanned>) -> Option<String> {
     match t {
         Some((Tok::Word(w), _, _)) => Some(w.to_lowercase()),
         Some((Tok::Quoted(q), _, _)) => Some(q.clone()),
@@ -384,10 +466,18 @@ pub fn parse_file(text: &str) -> Result<Vec<IndexStatement>, Vec<String>> {
         let end = toks[toks.len() - 1].2;
         let line = line_of(start);
         let stmt_text = &text[start..end];
-        let first_line: String = stmt_text.lines().next().unwrap_or("").chars().take(60).collect();
+        let first_line: String = stmt_text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(60)
+            .collect();
         let mut k = 0;
         if !is_kw(toks.first(), "create") {
-            errors.push(format!("line {line}: not a CREATE INDEX statement, refused: {first_line}"));
+            errors.push(format!(
+                "line {line}: not a CREATE INDEX statement, refused: {first_line}"
+            ));
             continue;
         }
         k += 1;
@@ -395,7 +485,9 @@ pub fn parse_file(text: &str) -> Result<Vec<IndexStatement>, Vec<String>> {
             k += 1;
         }
         if !is_kw(toks.get(k), "index") {
-            errors.push(format!("line {line}: not a CREATE INDEX statement, refused: {first_line}"));
+            errors.push(format!(
+                "line {line}: not a CREATE INDEX statement, refused: {first_line}"
+            ));
             continue;
         }
         let after_index = toks[k].2;
@@ -406,7 +498,10 @@ pub fn parse_file(text: &str) -> Result<Vec<IndexStatement>, Vec<String>> {
         } else {
             added_concurrently = true;
         }
-        if is_kw(toks.get(k), "if") && is_kw(toks.get(k + 1), "not") && is_kw(toks.get(k + 2), "exists") {
+        if is_kw(toks.get(k), "if")
+            && is_kw(toks.get(k + 1), "not")
+            && is_kw(toks.get(k + 2), "exists")
+        {
             k += 3;
         }
         if is_kw(toks.get(k), "on") {
@@ -414,7 +509,9 @@ pub fn parse_file(text: &str) -> Result<Vec<IndexStatement>, Vec<String>> {
             continue;
         }
         let Some(index) = ident(toks.get(k)) else {
-            errors.push(format!("line {line}: cannot read the index name: {first_line}"));
+            errors.push(format!(
+                "line {line}: cannot read the index name: {first_line}"
+            ));
             continue;
         };
         k += 1;
@@ -426,8 +523,13 @@ pub fn parse_file(text: &str) -> Result<Vec<IndexStatement>, Vec<String>> {
         if is_kw(toks.get(k), "only") {
             k += 1;
         }
-        let Some(first) = toks.get(k).filter(|t| matches!(t.0, Tok::Word(_) | Tok::Quoted(_))) else {
-            errors.push(format!("line {line}: cannot read the table name: {first_line}"));
+        let Some(first) = toks
+            .get(k)
+            .filter(|t| matches!(t.0, Tok::Word(_) | Tok::Quoted(_)))
+        else {
+            errors.push(format!(
+                "line {line}: cannot read the table name: {first_line}"
+            ));
             continue;
         };
         let mut table_end = first.2;
@@ -435,20 +537,36 @@ pub fn parse_file(text: &str) -> Result<Vec<IndexStatement>, Vec<String>> {
             match toks.get(k + 2) {
                 Some(t) if matches!(t.0, Tok::Word(_) | Tok::Quoted(_)) => table_end = t.2,
                 _ => {
-                    errors.push(format!("line {line}: cannot read the table name: {first_line}"));
+                    errors.push(format!(
+                        "line {line}: cannot read the table name: {first_line}"
+                    ));
                     continue;
                 }
             }
         }
         let table = text[first.1..table_end].to_string();
         let sql = if added_concurrently {
-            format!("{} CONCURRENTLY{}", &text[start..after_index], &text[after_index..end])
+            format!(
+                "{} CONCURRENTLY{}",
+                &text[start..after_index],
+                &text[after_index..end]
+            )
         } else {
             stmt_text.to_string()
         };
-        out.push(IndexStatement { line, sql, index, table, added_concurrently });
+        out.push(IndexStatement {
+            line,
+            sql,
+            index,
+            table,
+            added_concurrently,
+        });
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]
@@ -457,7 +575,8 @@ mod tests {
 
     #[test]
     fn parses_the_shipped_index_file() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/indexes.sql")).expect("sql/indexes.sql");
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/indexes.sql"))
+            .expect("sql/indexes.sql");
         let st = parse_file(&text).expect("parses");
         assert_eq!(st.len(), 7);
         assert_eq!(st[0].index, "idx_orders_user_id_status");
@@ -474,10 +593,17 @@ mod tests {
         assert_eq!(st[0].index, "Weird \"Ix\"");
         assert_eq!(st[0].table, "public.\"Weird \"\"Name\"\"\"");
         assert_eq!(st[0].line, 2);
-        assert!(st[0].sql.starts_with("create unique index CONCURRENTLY \"Weird"));
+        assert!(
+            st[0]
+                .sql
+                .starts_with("create unique index CONCURRENTLY \"Weird")
+        );
         assert!(st[0].sql.ends_with("'x;y'"));
         assert_eq!(st[1].index, "ix2");
-        assert_eq!(st[1].sql, "CREATE INDEX CONCURRENTLY IF NOT EXISTS Ix2 ON t USING btree (lower(v))");
+        assert_eq!(
+            st[1].sql,
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS Ix2 ON t USING btree (lower(v))"
+        );
     }
 
     #[test]

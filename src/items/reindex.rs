@@ -74,7 +74,10 @@ impl Reindex {
             p.error("parallel", "parallel must be at least 1");
         }
         if self.parallel > 32 {
-            p.error("parallel", "parallel above 32 would take too many connections");
+            p.error(
+                "parallel",
+                "parallel above 32 would take too many connections",
+            );
         }
         if let Some(b) = self.min_bloat {
             if !(0.0..=100.0).contains(&b.0) {
@@ -95,7 +98,11 @@ impl Reindex {
     }
 
     fn statement(&self, ix: &Index) -> String {
-        let c = if self.concurrently { " CONCURRENTLY" } else { "" };
+        let c = if self.concurrently {
+            " CONCURRENTLY"
+        } else {
+            ""
+        };
         format!("REINDEX INDEX{c} {}", qualified(&ix.schema, &ix.name))
     }
 
@@ -118,12 +125,19 @@ impl Reindex {
         }
         let leftovers = match self.leftovers(&client).await {
             Ok(l) => l,
-            Err(e) => return Outcome::fail(format!("target {}: cannot look for invalid indexes: {e}", target.name)),
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "target {}: cannot look for invalid indexes: {e}",
+                    target.name
+                ));
+            }
         };
         let mut details = Vec::new();
         let (work, bloat_note) = match self.plan(&client, target.lock_timeout).await {
             Ok(w) => w,
-            Err(e) => return Outcome::fail(format!("target {}: cannot list indexes: {e}", target.name)),
+            Err(e) => {
+                return Outcome::fail(format!("target {}: cannot list indexes: {e}", target.name));
+            }
         };
         if let Some(n) = &bloat_note {
             details.push(n.clone());
@@ -136,7 +150,12 @@ impl Reindex {
             }
             for w in &work {
                 for ix in &w.indexes {
-                    details.push(format!("{}; -- on {}, {}", self.statement(ix), w.table, crate::units::human_bytes(ix.bytes.max(0) as u64)));
+                    details.push(format!(
+                        "{}; -- on {}, {}",
+                        self.statement(ix),
+                        w.table,
+                        crate::units::human_bytes(ix.bytes.max(0) as u64)
+                    ));
                 }
             }
             return Outcome::skipped(format!("dry run: would drop {} invalid leftover(s) and rebuild {total} index(es) on {}", leftovers.len(), target.name))
@@ -147,12 +166,18 @@ impl Reindex {
         let mut leftovers_dropped = Vec::new();
         let mut failures = Vec::new();
         for l in &leftovers {
-            match client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {l}")).await {
+            match client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {l}"))
+                .await
+            {
                 Ok(()) => {
                     details.push(format!("dropped invalid leftover {l}"));
                     leftovers_dropped.push(l.clone());
                 }
-                Err(e) => failures.push(format!("cannot drop invalid leftover {l}: {}", pg::pg_error(&e))),
+                Err(e) => failures.push(format!(
+                    "cannot drop invalid leftover {l}: {}",
+                    pg::pg_error(&e)
+                )),
             }
         }
         drop(client);
@@ -171,7 +196,11 @@ impl Reindex {
         // Verify: every index we rebuilt is valid, and no new leftovers exist.
         match target.connect().await {
             Ok(c) => {
-                let names: Vec<String> = results.iter().filter(|r| r.1.is_ok()).map(|r| r.0.clone()).collect();
+                let names: Vec<String> = results
+                    .iter()
+                    .filter(|r| r.1.is_ok())
+                    .map(|r| r.0.clone())
+                    .collect();
                 match c.query("SELECT x::text FROM unnest($1::text[]) x WHERE NOT coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(x)), false)", &[&names]).await {
                     Ok(rows) => {
                         for r in rows {
@@ -189,7 +218,8 @@ impl Reindex {
             Err(e) => failures.push(format!("cannot verify: {e}")),
         }
 
-        let mut timed: Vec<&(String, Result<(), String>, f64)> = results.iter().filter(|r| r.1.is_ok()).collect();
+        let mut timed: Vec<&(String, Result<(), String>, f64)> =
+            results.iter().filter(|r| r.1.is_ok()).collect();
         timed.sort_by(|a, b| b.2.total_cmp(&a.2));
         for (name, _, s) in timed.iter().take(10) {
             details.push(format!("{name} in {s:.1}s"));
@@ -203,9 +233,16 @@ impl Reindex {
         } else {
             Status::Pass
         };
-        let mut summary = format!("{done} of {total} index(es) rebuilt on {} in {:.1}s", target.name, started.elapsed().as_secs_f64());
+        let mut summary = format!(
+            "{done} of {total} index(es) rebuilt on {} in {:.1}s",
+            target.name,
+            started.elapsed().as_secs_f64()
+        );
         if !leftovers_dropped.is_empty() {
-            summary.push_str(&format!(", {} invalid leftover(s) dropped", leftovers_dropped.len()));
+            summary.push_str(&format!(
+                ", {} invalid leftover(s) dropped",
+                leftovers_dropped.len()
+            ));
         }
         if !failures.is_empty() {
             summary.push_str(&format!(", {} problem(s)", failures.len()));
@@ -244,7 +281,11 @@ impl Reindex {
     }
 
     /// Tables with their valid indexes, largest first; a note when `min_bloat` could not apply.
-    async fn plan(&self, client: &Client, lock_timeout: std::time::Duration) -> Result<(Vec<TableWork>, Option<String>), String> {
+    async fn plan(
+        &self,
+        client: &Client,
+        lock_timeout: std::time::Duration,
+    ) -> Result<(Vec<TableWork>, Option<String>), String> {
         let version = pg::server_version_num(client).await?;
         let may = if version >= 170000 {
             "has_table_privilege(t.oid, 'MAINTAIN')"
@@ -260,14 +301,20 @@ impl Reindex {
                AND NOT EXISTS (SELECT 1 FROM pg_constraint x WHERE x.conindid = c.oid AND x.contype = 'x') AND {may} \
              ORDER BY 3, 4, 2"
         );
-        let rows = client.query(&sql, &[]).await.map_err(|e| pg::pg_error(&e))?;
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| pg::pg_error(&e))?;
         let oids: Vec<u32> = rows.iter().map(|r| r.get(5)).collect();
         let sizes = pg::relation_sizes(client, &oids, false, lock_timeout).await?;
         let mut note = None;
         let mut pgstattuple = false;
         if self.min_bloat.is_some() {
             pgstattuple = client
-                .query_opt("SELECT 1 FROM pg_extension WHERE extname = 'pgstattuple'", &[])
+                .query_opt(
+                    "SELECT 1 FROM pg_extension WHERE extname = 'pgstattuple'",
+                    &[],
+                )
                 .await
                 .map_err(|e| pg::pg_error(&e))?
                 .is_some();
@@ -277,7 +324,8 @@ impl Reindex {
         }
         let mut tables: BTreeMap<String, TableWork> = BTreeMap::new();
         for r in rows {
-            let (schema, name, tschema, tname): (String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let (schema, name, tschema, tname): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
             if !self.selected(&tschema, &tname) {
                 continue;
             }
@@ -303,13 +351,21 @@ impl Reindex {
             }
             let key = qualified(&tschema, &tname);
             let bytes: i64 = sizes.get(&r.get::<_, u32>(5)).copied().unwrap_or(0);
-            let w = tables.entry(key.clone()).or_insert_with(|| TableWork { table: key, bytes: 0, indexes: Vec::new() });
+            let w = tables.entry(key.clone()).or_insert_with(|| TableWork {
+                table: key,
+                bytes: 0,
+                indexes: Vec::new(),
+            });
             w.bytes += bytes;
-            w.indexes.push(Index { schema, name, bytes });
+            w.indexes.push(Index {
+                schema,
+                name,
+                bytes,
+            });
         }
         let mut work: Vec<TableWork> = tables.into_values().collect();
         for w in &mut work {
-            w.indexes.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+            w.indexes.sort_by_key(|ix| std::cmp::Reverse(ix.bytes));
         }
         work.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.table.cmp(&b.table)));
         Ok((work, note))
@@ -317,12 +373,24 @@ impl Reindex {
 
     /// Rebuilds with `parallel` workers, one table per worker at a time. Returns per index
     /// (qualified name, result, seconds).
-    async fn execute(&self, ctx: &ItemCtx, target: &Target, work: &[TableWork]) -> Vec<(String, Result<(), String>, f64)> {
-        let queue: Arc<Mutex<VecDeque<TableWork>>> = Arc::new(Mutex::new(work.iter().cloned().collect()));
+    async fn execute(
+        &self,
+        ctx: &ItemCtx,
+        target: &Target,
+        work: &[TableWork],
+    ) -> Vec<(String, Result<(), String>, f64)> {
+        let queue: Arc<Mutex<VecDeque<TableWork>>> =
+            Arc::new(Mutex::new(work.iter().cloned().collect()));
         let results = Arc::new(Mutex::new(Vec::new()));
         let mut workers = Vec::new();
         for _ in 0..self.parallel.max(1).min(work.len().max(1)) {
-            let (queue, results, target, opts, cancel) = (queue.clone(), results.clone(), target.clone(), self.clone(), ctx.cancel.clone());
+            let (queue, results, target, opts, cancel) = (
+                queue.clone(),
+                results.clone(),
+                target.clone(),
+                self.clone(),
+                ctx.cancel.clone(),
+            );
             workers.push(tokio::spawn(async move {
                 let client = match target.connect_for_maintenance().await {
                     Ok(c) => c,
@@ -332,11 +400,15 @@ impl Reindex {
                     return Some(pg::pg_error(&e));
                 }
                 loop {
-                    let Some(table) = queue.lock().expect("queue lock").pop_front() else { return None };
+                    let table = queue.lock().expect("queue lock").pop_front()?;
                     for ix in &table.indexes {
                         let name = qualified(&ix.schema, &ix.name);
                         if cancel.is_cancelled() {
-                            results.lock().expect("results lock").push((name, Err("not done: the run was cancelled".to_string()), 0.0));
+                            results.lock().expect("results lock").push((
+                                name,
+                                Err("not done: the run was cancelled".to_string()),
+                                0.0,
+                            ));
                             continue;
                         }
                         let t0 = Instant::now();
@@ -352,7 +424,11 @@ impl Reindex {
                             // A failed concurrent rebuild leaves `<name>_ccnew` (invalid): drop it now.
                             drop_ccnew(&client, ix).await;
                         }
-                        results.lock().expect("results lock").push((name, r, t0.elapsed().as_secs_f64()));
+                        results.lock().expect("results lock").push((
+                            name,
+                            r,
+                            t0.elapsed().as_secs_f64(),
+                        ));
                     }
                 }
             }));
@@ -389,7 +465,12 @@ async fn drop_ccnew(client: &Client, ix: &Index) {
         .await;
     if let Ok(rows) = rows {
         for r in rows {
-            let _ = client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", qualified(&ix.schema, &r.get::<_, String>(0)))).await;
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                    qualified(&ix.schema, &r.get::<_, String>(0))
+                ))
+                .await;
         }
     }
 }
@@ -400,11 +481,28 @@ mod tests {
 
     #[test]
     fn statement_quotes_and_honours_concurrently() {
-        let mut r = Reindex { target: "t".into(), concurrently: true, parallel: 2, schemas: vec![], tables: vec![], min_bloat: None };
-        let ix = Index { schema: "public".into(), name: "Weird \"Ix\"".into(), bytes: 0 };
-        assert_eq!(r.statement(&ix), "REINDEX INDEX CONCURRENTLY public.\"Weird \"\"Ix\"\"\"");
+        let mut r = Reindex {
+            target: "t".into(),
+            concurrently: true,
+            parallel: 2,
+            schemas: vec![],
+            tables: vec![],
+            min_bloat: None,
+        };
+        let ix = Index {
+            schema: "public".into(),
+            name: "Weird \"Ix\"".into(),
+            bytes: 0,
+        };
+        assert_eq!(
+            r.statement(&ix),
+            "REINDEX INDEX CONCURRENTLY public.\"Weird \"\"Ix\"\"\""
+        );
         r.concurrently = false;
-        assert_eq!(r.statement(&ix), "REINDEX INDEX public.\"Weird \"\"Ix\"\"\"");
+        assert_eq!(
+            r.statement(&ix),
+            "REINDEX INDEX public.\"Weird \"\"Ix\"\"\""
+        );
         r.tables = vec!["trading.orders".into()];
         assert!(r.selected("trading", "orders"));
         assert!(!r.selected("public", "orders"));

@@ -40,7 +40,10 @@ impl SlowQueries {
     pub fn prepare(&mut self, p: &mut Prepare) {
         if let Some(f) = self.fail_mean {
             if f < self.warn_mean {
-                p.error("fail_mean", format!("fail_mean ({f}) is below warn_mean ({})", self.warn_mean));
+                p.error(
+                    "fail_mean",
+                    format!("fail_mean ({f}) is below warn_mean ({})", self.warn_mean),
+                );
             }
         }
         if self.top > 1000 {
@@ -57,7 +60,12 @@ impl SlowQueries {
             Ok(c) => c,
             Err(e) => return Outcome::fail(e),
         };
-        let _ = client.batch_execute(&format!("SET statement_timeout = {}", pg::ms_until(ctx.deadline))).await;
+        let _ = client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                pg::ms_until(ctx.deadline)
+            ))
+            .await;
         let mut status = Status::Pass;
         let mut summary_parts = Vec::new();
         let mut details = Vec::new();
@@ -81,20 +89,34 @@ impl SlowQueries {
                         } else {
                             ""
                         };
-                        details.push(format!("{mark}{mean:.1} ms mean, {calls} calls, {:.1} s total: {}", total / 1000.0, one_line(query, 160)));
+                        details.push(format!(
+                            "{mark}{mean:.1} ms mean, {calls} calls, {:.1} s total: {}",
+                            total / 1000.0,
+                            one_line(query, 160)
+                        ));
                         list.push(json!({ "query": query, "calls": calls, "mean_ms": mean, "total_ms": total }));
                     }
                     if over_fail > 0 {
                         status = Status::Fail;
-                        summary_parts.push(format!("{over_fail} statement(s) above fail_mean {}", self.fail_mean.map(|f| f.to_string()).unwrap_or_default()));
+                        summary_parts.push(format!(
+                            "{over_fail} statement(s) above fail_mean {}",
+                            self.fail_mean.map(|f| f.to_string()).unwrap_or_default()
+                        ));
                     }
                     if over_warn > 0 {
                         status = status.max_by_severity(Status::Warn);
-                        summary_parts.push(format!("{over_warn} statement(s) above warn_mean {}", self.warn_mean));
+                        summary_parts.push(format!(
+                            "{over_warn} statement(s) above warn_mean {}",
+                            self.warn_mean
+                        ));
                     }
                     if over_fail == 0 && over_warn == 0 {
-                        let slowest = rows.first().map(|r| format!(" (slowest {:.1} ms mean)", r.2)).unwrap_or_default();
-                        summary_parts.push(format!("no statement above {}{slowest}", self.warn_mean));
+                        let slowest = rows
+                            .first()
+                            .map(|r| format!(" (slowest {:.1} ms mean)", r.2))
+                            .unwrap_or_default();
+                        summary_parts
+                            .push(format!("no statement above {}{slowest}", self.warn_mean));
                     }
                     data["statements"] = json!(list);
                 }
@@ -111,24 +133,45 @@ impl SlowQueries {
             Ok(rows) => {
                 if !rows.is_empty() {
                     status = status.max_by_severity(Status::Warn);
-                    summary_parts.push(format!("{} statement(s) running longer than {}", rows.len(), self.max_running));
+                    summary_parts.push(format!(
+                        "{} statement(s) running longer than {}",
+                        rows.len(),
+                        self.max_running
+                    ));
                 } else {
                     summary_parts.push(format!("nothing running longer than {}", self.max_running));
                 }
                 let mut list = Vec::new();
                 for (pid, user, db, state, secs, query) in &rows {
-                    details.insert(0, format!("pid {pid} {user}@{db} {state} for {}: {}", Dur(std::time::Duration::from_secs(*secs as u64)), one_line(query, 160)));
+                    details.insert(
+                        0,
+                        format!(
+                            "pid {pid} {user}@{db} {state} for {}: {}",
+                            Dur(std::time::Duration::from_secs(*secs as u64)),
+                            one_line(query, 160)
+                        ),
+                    );
                     list.push(json!({ "pid": pid, "user": user, "database": db, "state": state, "seconds": secs, "query": query }));
                 }
                 data["long_running"] = json!(list);
             }
-            Err(e) => return Outcome::fail(format!("target {}: cannot read pg_stat_activity: {e}", target.name)),
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "target {}: cannot read pg_stat_activity: {e}",
+                    target.name
+                ));
+            }
         }
-        Outcome::new(status, summary_parts.join("; ")).with_details(details).with_data(data)
+        Outcome::new(status, summary_parts.join("; "))
+            .with_details(details)
+            .with_data(data)
     }
 
     /// (query, calls, mean ms, total ms) of this database, slowest mean first.
-    async fn statements(&self, client: &tokio_postgres::Client) -> Result<Vec<(String, i64, f64, f64)>, Missing> {
+    async fn statements(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<(String, i64, f64, f64)>, Missing> {
         let schema = client
             .query_opt(
                 "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'",
@@ -137,10 +180,16 @@ impl SlowQueries {
             .await
             .map_err(|e| Missing(format!("cannot check for pg_stat_statements: {}", pg::pg_error(&e))))?;
         let Some(schema) = schema.map(|r| r.get::<_, String>(0)) else {
-            return Err(Missing("the pg_stat_statements extension is not installed in this database".into()));
+            return Err(Missing(
+                "the pg_stat_statements extension is not installed in this database".into(),
+            ));
         };
         let version = pg::server_version_num(client).await.map_err(Missing)?;
-        let (mean, total) = if version >= 130000 { ("mean_exec_time", "total_exec_time") } else { ("mean_time", "total_time") };
+        let (mean, total) = if version >= 130000 {
+            ("mean_exec_time", "total_exec_time")
+        } else {
+            ("mean_time", "total_time")
+        };
         let sql = format!(
             "SELECT coalesce(s.query, '<insufficient privilege>'), s.calls, s.{mean}, s.{total} FROM {}.pg_stat_statements s \
              WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY s.{mean} DESC LIMIT $1",
@@ -150,18 +199,27 @@ impl SlowQueries {
         let rows = client.query(&sql, &[&limit]).await.map_err(|e| {
             let m = pg::pg_error(&e);
             if m.contains("shared_preload_libraries") {
-                Missing("pg_stat_statements is installed but not loaded (shared_preload_libraries)".into())
+                Missing(
+                    "pg_stat_statements is installed but not loaded (shared_preload_libraries)"
+                        .into(),
+                )
             } else {
                 Missing(format!("cannot read pg_stat_statements: {m}"))
             }
         })?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
     }
 
     /// (pid, user, database, state, seconds, query) of client sessions busy for longer than
     /// `max_running`: active statements by `query_start`, idle-in-transaction sessions by
     /// `xact_start`. Our own backend and idle sessions are left out.
-    async fn running(&self, client: &tokio_postgres::Client) -> Result<Vec<(i32, String, String, String, f64, String)>, String> {
+    async fn running(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<(i32, String, String, String, f64, String)>, String> {
         let secs = self.max_running.0.as_secs_f64();
         let rows = client
             .query(
@@ -176,7 +234,10 @@ impl SlowQueries {
             )
             .await
             .map_err(|e| pg::pg_error(&e))?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect())
     }
 }
 
@@ -186,7 +247,11 @@ struct Missing(String);
 /// A query on one line, shortened.
 fn one_line(q: &str, max: usize) -> String {
     let s: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
-    if s.chars().count() > max { format!("{}…", s.chars().take(max).collect::<String>()) } else { s }
+    if s.chars().count() > max {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    } else {
+        s
+    }
 }
 
 trait MaxBySeverity {
@@ -195,7 +260,11 @@ trait MaxBySeverity {
 
 impl MaxBySeverity for Status {
     fn max_by_severity(self, other: Status) -> Status {
-        if other.severity() > self.severity() { other } else { self }
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
     }
 }
 

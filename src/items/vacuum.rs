@@ -110,9 +110,15 @@ impl Vacuum {
             p.error("parallel", "parallel must be at least 1");
         }
         if self.parallel > 32 {
-            p.error("parallel", "parallel above 32 would take too many connections");
+            p.error(
+                "parallel",
+                "parallel above 32 would take too many connections",
+            );
         }
-        for (key, list) in [("tables", &self.tables), ("exclude_tables", &self.exclude_tables)] {
+        for (key, list) in [
+            ("tables", &self.tables),
+            ("exclude_tables", &self.exclude_tables),
+        ] {
             for t in list {
                 if t.trim().is_empty() || t.split('.').count() > 2 {
                     p.error(key, format!("{t:?} is not `table` or `schema.table`"));
@@ -129,7 +135,11 @@ impl Vacuum {
         if self.skip_locked {
             opts.push("SKIP_LOCKED");
         }
-        if opts.is_empty() { format!("VACUUM {}", table.display()) } else { format!("VACUUM ({}) {}", opts.join(", "), table.display()) }
+        if opts.is_empty() {
+            format!("VACUUM {}", table.display())
+        } else {
+            format!("VACUUM ({}) {}", opts.join(", "), table.display())
+        }
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
@@ -147,31 +157,56 @@ impl Vacuum {
         }
         let (tables, not_needed) = match self.plan(&client, target.lock_timeout).await {
             Ok(t) => t,
-            Err(e) => return Outcome::fail(format!("target {}: cannot list tables: {e}", target.name)),
+            Err(e) => {
+                return Outcome::fail(format!("target {}: cannot list tables: {e}", target.name));
+            }
         };
 
         if ctx.dry_run {
-            let mut details = vec![format!("plan: {} table(s), largest first, {} at a time:", tables.len(), self.parallel.max(1))];
+            let mut details = vec![format!(
+                "plan: {} table(s), largest first, {} at a time:",
+                tables.len(),
+                self.parallel.max(1)
+            )];
             for t in &tables {
-                let why = if t.reasons.is_empty() { String::new() } else { format!(" — {}", t.reasons.join(", ")) };
-                details.push(format!("{}; -- {}{why}", self.statement(t), crate::units::human_bytes(t.bytes.max(0) as u64)));
+                let why = if t.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", t.reasons.join(", "))
+                };
+                details.push(format!(
+                    "{}; -- {}{why}",
+                    self.statement(t),
+                    crate::units::human_bytes(t.bytes.max(0) as u64)
+                ));
             }
             if self.only_needed {
-                details.push(format!("{not_needed} table(s) below the thresholds: not vacuumed"));
+                details.push(format!(
+                    "{not_needed} table(s) below the thresholds: not vacuumed"
+                ));
             }
             let planned: Vec<String> = tables.iter().map(Table::display).collect();
-            return Outcome::skipped(format!("dry run: would vacuum {} table(s) on {}", tables.len(), target.name))
-                .with_details(details)
-                .with_data(json!({ "planned": planned, "not_needed": not_needed }));
+            return Outcome::skipped(format!(
+                "dry run: would vacuum {} table(s) on {}",
+                tables.len(),
+                target.name
+            ))
+            .with_details(details)
+            .with_data(json!({ "planned": planned, "not_needed": not_needed }));
         }
         drop(client);
 
         let results = self.execute(ctx, &target, &tables, started).await;
-        self.report(&target, &tables, results, not_needed, started).await
+        self.report(&target, &tables, results, not_needed, started)
+            .await
     }
 
     /// Tables to vacuum, largest first, and how many were left out by `only_needed`.
-    async fn plan(&self, client: &Client, lock_timeout: Duration) -> Result<(Vec<Table>, usize), String> {
+    async fn plan(
+        &self,
+        client: &Client,
+        lock_timeout: Duration,
+    ) -> Result<(Vec<Table>, usize), String> {
         let version = pg::server_version_num(client).await?;
         // PG 17 has the MAINTAIN privilege; before it, owners (and members of the owning role),
         // the database owner (not for shared catalogs) and superusers may vacuum a table.
@@ -181,7 +216,11 @@ impl Vacuum {
             "(pg_has_role(c.relowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
              OR (NOT c.relisshared AND pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')))"
         };
-        let ins = if version >= 130000 { "coalesce(s.n_ins_since_vacuum, 0)" } else { "0::bigint" };
+        let ins = if version >= 130000 {
+            "coalesce(s.n_ins_since_vacuum, 0)"
+        } else {
+            "0::bigint"
+        };
         let sql = format!(
             "SELECT c.oid, n.nspname::text, c.relname::text, 0::bigint, \
                     coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0), {ins}, \
@@ -195,10 +234,21 @@ impl Vacuum {
              WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'pg_toast' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
                AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' AND c.relpersistence <> 't' AND {may_vacuum} \
              ORDER BY n.nspname, c.relname",
-            ins_thr = if version >= 130000 { "current_setting('autovacuum_vacuum_insert_threshold')::float8" } else { "-1::float8" },
-            ins_scale = if version >= 130000 { "current_setting('autovacuum_vacuum_insert_scale_factor')::float8" } else { "0::float8" },
+            ins_thr = if version >= 130000 {
+                "current_setting('autovacuum_vacuum_insert_threshold')::float8"
+            } else {
+                "-1::float8"
+            },
+            ins_scale = if version >= 130000 {
+                "current_setting('autovacuum_vacuum_insert_scale_factor')::float8"
+            } else {
+                "0::float8"
+            },
         );
-        let rows = client.query(&sql, &[]).await.map_err(|e| pg::pg_error(&e))?;
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| pg::pg_error(&e))?;
         let mut tables = Vec::new();
         let mut not_needed = 0;
         for r in rows {
@@ -213,8 +263,15 @@ impl Vacuum {
             let tuples: f64 = r.get::<_, f64>(7).max(0.0);
             let never_analyzed: bool = r.get(8);
             let xid_age: i64 = r.get(9);
-            let (vt, vs, at, as_, it, is, freeze): (f64, f64, f64, f64, f64, f64, f64) =
-                (r.get(10), r.get(11), r.get(12), r.get(13), r.get(14), r.get(15), r.get(16));
+            let (vt, vs, at, as_, it, is, freeze): (f64, f64, f64, f64, f64, f64, f64) = (
+                r.get(10),
+                r.get(11),
+                r.get(12),
+                r.get(13),
+                r.get(14),
+                r.get(15),
+                r.get(16),
+            );
             let mut reasons = Vec::new();
             if self.only_needed {
                 let dead_limit = vt + vs * tuples;
@@ -222,22 +279,37 @@ impl Vacuum {
                     reasons.push(format!("{dead} dead tuples > {dead_limit:.0}"));
                 }
                 if it >= 0.0 && inserted as f64 > it + is * tuples {
-                    reasons.push(format!("{inserted} inserted since vacuum > {:.0}", it + is * tuples));
+                    reasons.push(format!(
+                        "{inserted} inserted since vacuum > {:.0}",
+                        it + is * tuples
+                    ));
                 }
                 if self.analyze && never_analyzed {
                     reasons.push("never analyzed".to_string());
                 } else if self.analyze && modified as f64 > at + as_ * tuples {
-                    reasons.push(format!("{modified} modified since analyze > {:.0}", at + as_ * tuples));
+                    reasons.push(format!(
+                        "{modified} modified since analyze > {:.0}",
+                        at + as_ * tuples
+                    ));
                 }
                 if xid_age as f64 > freeze {
-                    reasons.push(format!("xid age {xid_age} > vacuum_freeze_table_age {freeze:.0}"));
+                    reasons.push(format!(
+                        "xid age {xid_age} > vacuum_freeze_table_age {freeze:.0}"
+                    ));
                 }
                 if reasons.is_empty() {
                     not_needed += 1;
                     continue;
                 }
             }
-            tables.push(Table { oid: r.get(0), schema, name, bytes: r.get(3), dead_before: dead, reasons });
+            tables.push(Table {
+                oid: r.get(0),
+                schema,
+                name,
+                bytes: r.get(3),
+                dead_before: dead,
+                reasons,
+            });
         }
         // Largest first by real size (taken without queueing behind locks).
         let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
@@ -245,7 +317,12 @@ impl Vacuum {
         for t in &mut tables {
             t.bytes = sizes.get(&t.oid).copied().unwrap_or(0);
         }
-        tables.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.schema.cmp(&b.schema)).then_with(|| a.name.cmp(&b.name)));
+        tables.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then_with(|| a.schema.cmp(&b.schema))
+                .then_with(|| a.name.cmp(&b.name))
+        });
         Ok((tables, not_needed))
     }
 
@@ -265,21 +342,43 @@ impl Vacuum {
     }
 
     /// Runs the plan with `parallel` workers; returns one result per table (plan order).
-    async fn execute(&self, ctx: &ItemCtx, target: &Target, tables: &[Table], started: Instant) -> Vec<Done> {
+    async fn execute(
+        &self,
+        ctx: &ItemCtx,
+        target: &Target,
+        tables: &[Table],
+        started: Instant,
+    ) -> Vec<Done> {
         let results: Arc<Mutex<Vec<Option<Done>>>> = Arc::new(Mutex::new(vec![None; tables.len()]));
         let queue: Arc<Mutex<VecDeque<Queued>>> = Arc::new(Mutex::new(
-            (0..tables.len()).map(|index| Queued { index, attempts: 0, not_before: Instant::now() }).collect(),
+            (0..tables.len())
+                .map(|index| Queued {
+                    index,
+                    attempts: 0,
+                    not_before: Instant::now(),
+                })
+                .collect(),
         ));
         // The window ends new starts; the item's own deadline (less a margin to report) too.
         let window_end = self.window.map(|w| started + w.0);
-        let item_end = ctx.deadline.into_std().checked_sub(Duration::from_secs(5)).unwrap_or_else(Instant::now);
+        let item_end = ctx
+            .deadline
+            .into_std()
+            .checked_sub(Duration::from_secs(5))
+            .unwrap_or_else(Instant::now);
         let stop_at = window_end.map_or(item_end, |w| w.min(item_end));
         let tables = Arc::new(tables.to_vec());
 
         let mut workers = Vec::new();
         for _ in 0..self.parallel.max(1).min(tables.len().max(1)) {
-            let (queue, results, tables, target, opts, cancel) =
-                (queue.clone(), results.clone(), tables.clone(), target.clone(), self.clone(), ctx.cancel.clone());
+            let (queue, results, tables, target, opts, cancel) = (
+                queue.clone(),
+                results.clone(),
+                tables.clone(),
+                target.clone(),
+                self.clone(),
+                ctx.cancel.clone(),
+            );
             let window_given = window_end.is_some();
             workers.push(tokio::spawn(async move {
                 let (client, mut notices) = match target.connect_for_maintenance_with_notices().await {
@@ -376,11 +475,24 @@ impl Vacuum {
             }
         }
         let results = results.lock().expect("results lock").clone();
-        let fallback = worker_errors.first().cloned().unwrap_or_else(|| "not done".into());
-        results.into_iter().map(|r| r.unwrap_or_else(|| Done::Failed(fallback.clone()))).collect()
+        let fallback = worker_errors
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "not done".into());
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Done::Failed(fallback.clone())))
+            .collect()
     }
 
-    async fn report(&self, target: &Target, tables: &[Table], results: Vec<Done>, not_needed: usize, started: Instant) -> Outcome {
+    async fn report(
+        &self,
+        target: &Target,
+        tables: &[Table],
+        results: Vec<Done>,
+        not_needed: usize,
+        started: Instant,
+    ) -> Outcome {
         // Dead tuples after: the stats VACUUM reported (fresh per transaction).
         let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
         let mut dead_after = std::collections::HashMap::new();
@@ -403,8 +515,19 @@ impl Vacuum {
                     done += 1;
                     dead_before_sum += t.dead_before;
                     dead_after_sum += after.unwrap_or(0);
-                    timed.push((*seconds, format!("{} {} in {seconds:.1}s", t.display(), crate::units::human_bytes(t.bytes.max(0) as u64))));
-                    let note = if *attempts > 1 { format!("after {attempts} attempts (lock)") } else { String::new() };
+                    timed.push((
+                        *seconds,
+                        format!(
+                            "{} {} in {seconds:.1}s",
+                            t.display(),
+                            crate::units::human_bytes(t.bytes.max(0) as u64)
+                        ),
+                    ));
+                    let note = if *attempts > 1 {
+                        format!("after {attempts} attempts (lock)")
+                    } else {
+                        String::new()
+                    };
                     ("done", note, Some(*seconds))
                 }
                 Done::Skipped(why) => {
@@ -434,13 +557,17 @@ impl Vacuum {
             for t in tables {
                 details.push(format!("chose {}: {}", t.display(), t.reasons.join(", ")));
             }
-            details.push(format!("{not_needed} table(s) below the thresholds: not vacuumed"));
+            details.push(format!(
+                "{not_needed} table(s) below the thresholds: not vacuumed"
+            ));
         }
         timed.sort_by(|a, b| b.0.total_cmp(&a.0));
         for (_, line) in timed.iter().take(10) {
             details.push(line.clone());
         }
-        details.push(format!("dead tuples: {dead_before_sum} before, {dead_after_sum} after (tables vacuumed)"));
+        details.push(format!(
+            "dead tuples: {dead_before_sum} before, {dead_after_sum} after (tables vacuumed)"
+        ));
         let status = if failed > 0 {
             Status::Fail
         } else if skipped > 0 {
@@ -448,7 +575,11 @@ impl Vacuum {
         } else {
             Status::Pass
         };
-        let mut summary = format!("{done} of {} table(s) vacuumed on {} in {elapsed:.1}s", tables.len(), target.name);
+        let mut summary = format!(
+            "{done} of {} table(s) vacuumed on {} in {elapsed:.1}s",
+            tables.len(),
+            target.name
+        );
         if skipped > 0 {
             summary.push_str(&format!(", {skipped} skipped"));
         }
@@ -504,8 +635,18 @@ mod tests {
     fn statement_quotes_names_and_lists_options() {
         let mut o = opts(&[], &[], &[]);
         o.skip_locked = true;
-        let t = Table { oid: 1, schema: "public".into(), name: "Weird \"Name\"".into(), bytes: 0, dead_before: 0, reasons: vec![] };
-        assert_eq!(o.statement(&t), "VACUUM (ANALYZE, SKIP_LOCKED) public.\"Weird \"\"Name\"\"\"");
+        let t = Table {
+            oid: 1,
+            schema: "public".into(),
+            name: "Weird \"Name\"".into(),
+            bytes: 0,
+            dead_before: 0,
+            reasons: vec![],
+        };
+        assert_eq!(
+            o.statement(&t),
+            "VACUUM (ANALYZE, SKIP_LOCKED) public.\"Weird \"\"Name\"\"\""
+        );
         o.analyze = false;
         o.skip_locked = false;
         assert_eq!(o.statement(&t), "VACUUM public.\"Weird \"\"Name\"\"\"");
