@@ -9,7 +9,10 @@
 ROWS=${ROWS:-2000000}
 source "$(dirname "$0")/common.sh"
 
-VACUUMDB=("$PGBIN/vacuumdb" "${CONN[@]}" --analyze -j 2 -n trading -q)
+# vacuumdb before 16 has no --schema: name every table of the schema with -t.
+TABLE_ARGS=()
+while read -r t; do TABLE_ARGS+=(-t "$t"); done < <("${PSQL[@]}" -d fixture -At -c "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables WHERE schemaname = 'trading'")
+VACUUMDB=("$PGBIN/vacuumdb" "${CONN[@]}" --analyze -j 2 -q "${TABLE_ARGS[@]}")
 
 run_case() { # NAME TEMPLATE ITEM_TOML [PREPARE_SQL]
   local name=$1 template=$2 item=$3 prep=${4:-}
@@ -44,7 +47,7 @@ run_case stale_relpages stale_t "$ITEM"
 # above autovacuum's 20% scale factor). Statistics are per database and start empty in a copy,
 # so this is set up (untimed) in each copy.
 steady() {
-  "$PGBIN/vacuumdb" "${CONN[@]}" --analyze -j 2 -n trading -q "$1"
+  "${VACUUMDB[@]}" "$1"
   "${PSQL[@]}" -d "$1" -c "UPDATE trading.transactions SET amount = amount + 1 WHERE id % 4 = 0" -c "CHECKPOINT" >/dev/null
 }
 run_case only_needed fixture "$ITEM
