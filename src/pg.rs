@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use crate::secret::{Secret, SecretSource};
@@ -168,7 +169,7 @@ impl Target {
         self.pg.get_dbname().unwrap_or("postgres")
     }
 
-    /// A connection for read-only checks.
+    /// A connection for read-only checks (under the target's `statement_timeout`, if set).
     pub async fn connect(&self) -> Result<Client, String> {
         self.connect_to(self.dbname()).await
     }
@@ -176,28 +177,51 @@ impl Target {
     /// A connection with `lock_timeout` (and `statement_timeout` when set) for statements that
     /// change state.
     pub async fn connect_for_maintenance(&self) -> Result<Client, String> {
-        let client = self.connect().await?;
-        let mut set = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis());
-        if let Some(st) = self.statement_timeout {
-            set.push_str(&format!("; SET statement_timeout = '{}ms'", st.as_millis()));
-        }
+        Ok(self.connect_for_maintenance_with_notices().await?.0)
+    }
+
+    /// As [`Target::connect_for_maintenance`], plus the server's notices and warnings (e.g.
+    /// `VACUUM (SKIP_LOCKED)`'s "skipping vacuum of ... lock not available"), one per message.
+    pub async fn connect_for_maintenance_with_notices(
+        &self,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+        let (client, notices) = self.connect_with_notices(self.dbname()).await?;
+        let set = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis());
         client
             .batch_execute(&set)
             .await
             .map_err(|e| format!("target {}: {}", self.name, pg_error(&e)))?;
-        Ok(client)
+        Ok((client, notices))
     }
 
     /// A connection to another database on the same server (e.g. a scratch database).
     pub async fn connect_to(&self, dbname: &str) -> Result<Client, String> {
+        Ok(self.connect_with_notices(dbname).await?.0)
+    }
+
+    /// Connects to `dbname`; the receiver gets the server's notices (dropping it is fine).
+    pub async fn connect_with_notices(
+        &self,
+        dbname: &str,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
         let mut cfg = self.pg.clone();
         cfg.dbname(dbname);
         cfg.application_name("runbook");
         cfg.connect_timeout(self.connect_timeout);
-        cfg.options("-c idle_in_transaction_session_timeout=60000");
+        // Options given in the URL are kept; ours come after them and win.
+        let mut options = cfg
+            .get_options()
+            .map(|o| format!("{o} "))
+            .unwrap_or_default();
+        options.push_str("-c idle_in_transaction_session_timeout=60000");
+        if let Some(st) = self.statement_timeout {
+            options.push_str(&format!(" -c statement_timeout={}", st.as_millis()));
+        }
+        cfg.options(&options);
         if let Some(p) = &self.password {
             cfg.password(p.expose());
         }
+        let (tx, rx) = mpsc::unbounded_channel();
         let fail = |e: tokio_postgres::Error| {
             format!(
                 "cannot connect to target {} ({}): {}",
@@ -211,9 +235,7 @@ impl Target {
                 SslMode::Disable => {
                     cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
                     let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
+                    tokio::spawn(drive(conn, tx));
                     Ok(client)
                 }
                 mode => {
@@ -224,19 +246,44 @@ impl Target {
                     });
                     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config(mode)?);
                     let (client, conn) = cfg.connect(tls).await.map_err(fail)?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
+                    tokio::spawn(drive(conn, tx));
                     Ok(client)
                 }
             }
         };
         match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), connect).await {
-            Ok(r) => r,
+            Ok(r) => r.map(|c| (c, rx)),
             Err(_) => Err(format!(
                 "cannot connect to target {} ({}): timed out after {:?}",
                 self.name, self.display, self.connect_timeout
             )),
+        }
+    }
+
+    /// Asks the server to cancel the statement running on the connection `token` belongs to
+    /// (used when a run is cancelled: dropping the client alone lets a VACUUM run on).
+    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) {
+        let r = match self.sslmode {
+            SslMode::Disable => {
+                tokio::time::timeout(
+                    self.connect_timeout,
+                    token.cancel_query(tokio_postgres::NoTls),
+                )
+                .await
+            }
+            mode => match self.tls_config(mode) {
+                Ok(tls) => {
+                    tokio::time::timeout(
+                        self.connect_timeout,
+                        token.cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
+                    )
+                    .await
+                }
+                Err(_) => return,
+            },
+        };
+        if let Ok(Err(e)) = r {
+            tracing::warn!(target = %self.name, "cannot cancel a statement: {}", pg_error(&e));
         }
     }
 
@@ -360,6 +407,128 @@ pub fn pg_error(e: &tokio_postgres::Error) -> String {
             s
         }
     }
+}
+
+/// Drives a connection, forwarding the server's notices to `tx` ("WARNING: message").
+async fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>, tx: mpsc::UnboundedSender<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notice(n))) => {
+                let _ = tx.send(format!("{}: {}", n.severity(), n.message()));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+/// Refuses a standby: state-changing items call this first. `Err` says why, naming the target.
+pub async fn ensure_primary(client: &Client, target: &Target) -> Result<(), String> {
+    let row = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(|e| {
+            format!(
+                "target {}: cannot check pg_is_in_recovery(): {}",
+                target.name,
+                pg_error(&e)
+            )
+        })?;
+    let in_recovery: bool = row.get(0);
+    if in_recovery {
+        return Err(format!(
+            "target {} ({}) is a standby (pg_is_in_recovery() is true): refusing to change anything; point the item at the primary",
+            target.name, target.display
+        ));
+    }
+    Ok(())
+}
+
+/// The SQLSTATE of a server error, if it is one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+/// `55P03 lock_not_available`: `lock_timeout` expired (or NOWAIT).
+pub fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+    sqlstate(e) == Some("55P03")
+}
+
+/// The server's version as `server_version_num` (e.g. 150004).
+pub async fn server_version_num(client: &Client) -> Result<i32, String> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| pg_error(&e))?;
+    Ok(row.get(0))
+}
+
+/// The time left before `deadline`, as a `statement_timeout` value in ms (at least 1).
+pub fn ms_until(deadline: tokio::time::Instant) -> u128 {
+    deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .as_millis()
+        .max(1)
+}
+
+/// Sizes of relations in bytes, without waiting behind other sessions' locks: the size
+/// functions take a lock on the relation, so they run under a short `lock_timeout`, and a
+/// relation locked right now falls back to `relpages` (an estimate). With `total`, heap +
+/// indexes + TOAST (`pg_total_relation_size`), else the relation alone. Leaves the session's
+/// `lock_timeout` at `restore`.
+pub async fn relation_sizes(
+    client: &Client,
+    oids: &[u32],
+    total: bool,
+    restore: Duration,
+) -> Result<std::collections::HashMap<u32, i64>, String> {
+    let f = if total {
+        "pg_total_relation_size"
+    } else {
+        "pg_relation_size"
+    };
+    client
+        .batch_execute("SET lock_timeout = '100ms'")
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let bulk = client
+        .query(
+            &format!("SELECT o, {f}(o) FROM unnest($1::oid[]) o"),
+            &[&oids],
+        )
+        .await;
+    let mut out = std::collections::HashMap::new();
+    match bulk {
+        Ok(rows) => {
+            for r in rows {
+                out.insert(r.get::<_, u32>(0), r.get::<_, Option<i64>>(1).unwrap_or(0));
+            }
+        }
+        Err(e) if is_lock_timeout(&e) => {
+            for &oid in oids {
+                let size = match client.query_one(&format!("SELECT {f}($1::oid)"), &[&oid]).await {
+                    Ok(r) => r.get::<_, Option<i64>>(0).unwrap_or(0),
+                    Err(e) if is_lock_timeout(&e) => client
+                        .query_one("SELECT (relpages::bigint * current_setting('block_size')::bigint) FROM pg_class WHERE oid = $1", &[&oid])
+                        .await
+                        .map(|r| r.get::<_, i64>(0))
+                        .unwrap_or(0),
+                    Err(e) => return Err(pg_error(&e)),
+                };
+                out.insert(oid, size);
+            }
+        }
+        Err(e) => return Err(pg_error(&e)),
+    }
+    client
+        .batch_execute(&format!("SET lock_timeout = '{}ms'", restore.as_millis()))
+        .await
+        .map_err(|e| pg_error(&e))?;
+    Ok(out)
 }
 
 /// `quote_ident`: quotes an identifier the way PostgreSQL's `quote_ident` does when needed.

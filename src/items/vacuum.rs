@@ -1,10 +1,24 @@
 //! `vacuum`: VACUUM (ANALYZE) of a target's tables, largest first, in parallel.
 //!
-//! (Options are final; the implementation lands with its issue.)
+//! Why not `vacuumdb -j`: it orders tables by `relpages` (stale, and 0 for never-analyzed tables,
+//! so the biggest table may start last and the run ends with one worker busy and one idle), and
+//! it aborts the whole run on the first error or lock. Here each worker has its own connection
+//! (under the target's `lock_timeout`) and takes the largest remaining table by real size (heap +
+//! indexes + TOAST, `pg_total_relation_size`). A table whose lock cannot be had is put back at
+//! the end of the queue with a growing delay and retried; a table that still fails is reported
+//! and the others still run. `only_needed` applies autovacuum's own formulas and says why each
+//! table was chosen.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde_json::json;
+use tokio_postgres::Client;
 
-use super::{ItemCtx, Outcome, Prepare};
+use super::{ItemCtx, Outcome, Prepare, Status};
+use crate::pg::{self, Target, qualified};
 #[allow(unused_imports)]
 use crate::units::{Dur, Percent, Size};
 
@@ -13,37 +27,36 @@ use crate::units::{Dur, Percent, Size};
 #[serde(deny_unknown_fields)]
 pub struct Vacuum {
     pub target: String,
-    /// Tables vacuumed at once. Default 2.
+    /// Tables vacuumed at once (each on its own connection). Default 2.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
     /// Also ANALYZE. Default true.
     #[serde(default = "default_true")]
     pub analyze: bool,
-    /// Only tables past autovacuum-style thresholds. Default false.
+    /// Only tables past autovacuum-style thresholds (dead tuples, inserts or modifications since
+    /// the last vacuum/analyze, never analyzed, transaction ID age). Default false.
     #[serde(default)]
     pub only_needed: bool,
-    /// `SKIP_LOCKED`: skip tables another session holds a conflicting lock on. Default false.
+    /// `SKIP_LOCKED`: skip tables another session holds a conflicting lock on (reported as
+    /// skipped) instead of waiting up to `lock_timeout` and retrying. Default false.
     #[serde(default)]
     pub skip_locked: bool,
-    /// Limit to these schemas.
+    /// Limit to these schemas. Default: every schema except `pg_toast` and temporary ones
+    /// (the system catalogs included, as `VACUUM;` does).
     #[serde(default)]
     pub schemas: Vec<String>,
-    /// Limit to these tables (`schema.table` or `table`).
+    /// Limit to these tables (`schema.table` or `table`, names as stored: no quotes).
     #[serde(default)]
     pub tables: Vec<String>,
-    /// Never these tables.
+    /// Never these tables (`schema.table` or `table`).
     #[serde(default)]
     pub exclude_tables: Vec<String>,
-    /// No table starts later than this after the item started.
+    /// No table starts later than this after the item started; the rest are listed as not done.
     pub window: Option<Dur>,
-}
-
-impl Vacuum {
-    pub fn prepare(&mut self, _p: &mut Prepare) {}
-
-    pub async fn run(&self, _ctx: &ItemCtx) -> Outcome {
-        Outcome::fail("kind `vacuum` is not implemented in this build")
-    }
+    /// How many times a table whose lock could not be had (`lock_timeout`) is tried again, at
+    /// the end of the queue, after 1s, 2s, 4s, ... Default 2.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
 }
 
 fn default_parallel() -> usize {
@@ -51,4 +64,591 @@ fn default_parallel() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// One table of the plan.
+#[derive(Debug, Clone)]
+struct Table {
+    oid: u32,
+    schema: String,
+    name: String,
+    /// `pg_total_relation_size`.
+    bytes: i64,
+    dead_before: i64,
+    /// Why `only_needed` chose it (empty otherwise).
+    reasons: Vec<String>,
+}
+
+impl Table {
+    fn display(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+}
+
+/// What happened to one table.
+#[derive(Debug, Clone)]
+enum Done {
+    Vacuumed { seconds: f64, attempts: u32 },
+    Skipped(String),
+    Failed(String),
+    NotStarted(String),
+}
+
+/// A queue entry: the table, how often it was tried, and when it may be tried again.
+struct Queued {
+    index: usize,
+    attempts: u32,
+    not_before: Instant,
+}
+
+impl Vacuum {
+    pub fn prepare(&mut self, p: &mut Prepare) {
+        if self.parallel == 0 {
+            p.error("parallel", "parallel must be at least 1");
+        }
+        if self.parallel > 32 {
+            p.error(
+                "parallel",
+                "parallel above 32 would take too many connections",
+            );
+        }
+        for (key, list) in [
+            ("tables", &self.tables),
+            ("exclude_tables", &self.exclude_tables),
+        ] {
+            for t in list {
+                if t.trim().is_empty() || t.split('.').count() > 2 {
+                    p.error(key, format!("{t:?} is not `table` or `schema.table`"));
+                }
+            }
+        }
+    }
+
+    fn statement(&self, table: &Table) -> String {
+        let mut opts = Vec::new();
+        if self.analyze {
+            opts.push("ANALYZE");
+        }
+        if self.skip_locked {
+            opts.push("SKIP_LOCKED");
+        }
+        if opts.is_empty() {
+            format!("VACUUM {}", table.display())
+        } else {
+            format!("VACUUM ({}) {}", opts.join(", "), table.display())
+        }
+    }
+
+    pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
+        let started = Instant::now();
+        let target = match ctx.target(&self.target) {
+            Ok(t) => t.clone(),
+            Err(e) => return Outcome::fail(e),
+        };
+        let client = match target.connect().await {
+            Ok(c) => c,
+            Err(e) => return Outcome::fail(e),
+        };
+        if let Err(e) = pg::ensure_primary(&client, &target).await {
+            return Outcome::fail(e);
+        }
+        let (tables, not_needed) = match self.plan(&client, target.lock_timeout).await {
+            Ok(t) => t,
+            Err(e) => {
+                return Outcome::fail(format!("target {}: cannot list tables: {e}", target.name));
+            }
+        };
+
+        if ctx.dry_run {
+            let mut details = vec![format!(
+                "plan: {} table(s), largest first, {} at a time:",
+                tables.len(),
+                self.parallel.max(1)
+            )];
+            for t in &tables {
+                let why = if t.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", t.reasons.join(", "))
+                };
+                details.push(format!(
+                    "{}; -- {}{why}",
+                    self.statement(t),
+                    crate::units::human_bytes(t.bytes.max(0) as u64)
+                ));
+            }
+            if self.only_needed {
+                details.push(format!(
+                    "{not_needed} table(s) below the thresholds: not vacuumed"
+                ));
+            }
+            let planned: Vec<String> = tables.iter().map(Table::display).collect();
+            return Outcome::skipped(format!(
+                "dry run: would vacuum {} table(s) on {}",
+                tables.len(),
+                target.name
+            ))
+            .with_details(details)
+            .with_data(json!({ "planned": planned, "not_needed": not_needed }));
+        }
+        drop(client);
+
+        let results = self.execute(ctx, &target, &tables, started).await;
+        self.report(&target, &tables, results, not_needed, started)
+            .await
+    }
+
+    /// Tables to vacuum, largest first, and how many were left out by `only_needed`.
+    async fn plan(
+        &self,
+        client: &Client,
+        lock_timeout: Duration,
+    ) -> Result<(Vec<Table>, usize), String> {
+        let version = pg::server_version_num(client).await?;
+        // PG 17 has the MAINTAIN privilege; before it, owners (and members of the owning role),
+        // the database owner (not for shared catalogs) and superusers may vacuum a table.
+        let may_vacuum = if version >= 170000 {
+            "has_table_privilege(c.oid, 'MAINTAIN')"
+        } else {
+            "(pg_has_role(c.relowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+             OR (NOT c.relisshared AND pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')))"
+        };
+        let ins = if version >= 130000 {
+            "coalesce(s.n_ins_since_vacuum, 0)"
+        } else {
+            "0::bigint"
+        };
+        let sql = format!(
+            "SELECT c.oid, n.nspname::text, c.relname::text, 0::bigint, \
+                    coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0), {ins}, \
+                    greatest(c.reltuples, coalesce(s.n_live_tup, 0))::float8, \
+                    (s.last_analyze IS NULL AND s.last_autoanalyze IS NULL), age(c.relfrozenxid)::bigint, \
+                    current_setting('autovacuum_vacuum_threshold')::float8, current_setting('autovacuum_vacuum_scale_factor')::float8, \
+                    current_setting('autovacuum_analyze_threshold')::float8, current_setting('autovacuum_analyze_scale_factor')::float8, \
+                    {ins_thr}, {ins_scale}, current_setting('vacuum_freeze_table_age')::float8 \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid \
+             WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'pg_toast' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+               AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' AND c.relpersistence <> 't' AND {may_vacuum} \
+             ORDER BY n.nspname, c.relname",
+            ins_thr = if version >= 130000 {
+                "current_setting('autovacuum_vacuum_insert_threshold')::float8"
+            } else {
+                "-1::float8"
+            },
+            ins_scale = if version >= 130000 {
+                "current_setting('autovacuum_vacuum_insert_scale_factor')::float8"
+            } else {
+                "0::float8"
+            },
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| pg::pg_error(&e))?;
+        let mut tables = Vec::new();
+        let mut not_needed = 0;
+        for r in rows {
+            let schema: String = r.get(1);
+            let name: String = r.get(2);
+            if !self.selected(&schema, &name) {
+                continue;
+            }
+            let dead: i64 = r.get(4);
+            let modified: i64 = r.get(5);
+            let inserted: i64 = r.get(6);
+            let tuples: f64 = r.get::<_, f64>(7).max(0.0);
+            let never_analyzed: bool = r.get(8);
+            let xid_age: i64 = r.get(9);
+            let (vt, vs, at, as_, it, is, freeze): (f64, f64, f64, f64, f64, f64, f64) = (
+                r.get(10),
+                r.get(11),
+                r.get(12),
+                r.get(13),
+                r.get(14),
+                r.get(15),
+                r.get(16),
+            );
+            let mut reasons = Vec::new();
+            if self.only_needed {
+                let dead_limit = vt + vs * tuples;
+                if dead as f64 > dead_limit {
+                    reasons.push(format!("{dead} dead tuples > {dead_limit:.0}"));
+                }
+                if it >= 0.0 && inserted as f64 > it + is * tuples {
+                    reasons.push(format!(
+                        "{inserted} inserted since vacuum > {:.0}",
+                        it + is * tuples
+                    ));
+                }
+                if self.analyze && never_analyzed {
+                    reasons.push("never analyzed".to_string());
+                } else if self.analyze && modified as f64 > at + as_ * tuples {
+                    reasons.push(format!(
+                        "{modified} modified since analyze > {:.0}",
+                        at + as_ * tuples
+                    ));
+                }
+                if xid_age as f64 > freeze {
+                    reasons.push(format!(
+                        "xid age {xid_age} > vacuum_freeze_table_age {freeze:.0}"
+                    ));
+                }
+                if reasons.is_empty() {
+                    not_needed += 1;
+                    continue;
+                }
+            }
+            tables.push(Table {
+                oid: r.get(0),
+                schema,
+                name,
+                bytes: r.get(3),
+                dead_before: dead,
+                reasons,
+            });
+        }
+        // Largest first by real size (taken without queueing behind locks).
+        let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+        let sizes = pg::relation_sizes(client, &oids, true, lock_timeout).await?;
+        for t in &mut tables {
+            t.bytes = sizes.get(&t.oid).copied().unwrap_or(0);
+        }
+        tables.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then_with(|| a.schema.cmp(&b.schema))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        Ok((tables, not_needed))
+    }
+
+    /// True when `schema.name` passes `schemas`, `tables` and `exclude_tables`.
+    fn selected(&self, schema: &str, name: &str) -> bool {
+        let matches = |pattern: &String| match pattern.split_once('.') {
+            Some((s, t)) => s == schema && t == name,
+            None => pattern == name,
+        };
+        if !self.schemas.is_empty() && !self.schemas.iter().any(|s| s == schema) {
+            return false;
+        }
+        if !self.tables.is_empty() && !self.tables.iter().any(matches) {
+            return false;
+        }
+        !self.exclude_tables.iter().any(matches)
+    }
+
+    /// Runs the plan with `parallel` workers; returns one result per table (plan order).
+    async fn execute(
+        &self,
+        ctx: &ItemCtx,
+        target: &Target,
+        tables: &[Table],
+        started: Instant,
+    ) -> Vec<Done> {
+        let results: Arc<Mutex<Vec<Option<Done>>>> = Arc::new(Mutex::new(vec![None; tables.len()]));
+        let queue: Arc<Mutex<VecDeque<Queued>>> = Arc::new(Mutex::new(
+            (0..tables.len())
+                .map(|index| Queued {
+                    index,
+                    attempts: 0,
+                    not_before: Instant::now(),
+                })
+                .collect(),
+        ));
+        // The window ends new starts; the item's own deadline (less a margin to report) too.
+        let window_end = self.window.map(|w| started + w.0);
+        let item_end = ctx
+            .deadline
+            .into_std()
+            .checked_sub(Duration::from_secs(5))
+            .unwrap_or_else(Instant::now);
+        let stop_at = window_end.map_or(item_end, |w| w.min(item_end));
+        let tables = Arc::new(tables.to_vec());
+
+        let mut workers = Vec::new();
+        for _ in 0..self.parallel.max(1).min(tables.len().max(1)) {
+            let (queue, results, tables, target, opts, cancel) = (
+                queue.clone(),
+                results.clone(),
+                tables.clone(),
+                target.clone(),
+                self.clone(),
+                ctx.cancel.clone(),
+            );
+            let window_given = window_end.is_some();
+            workers.push(tokio::spawn(async move {
+                let (client, mut notices) = match target.connect_for_maintenance_with_notices().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Without a connection this worker takes nothing; report it once.
+                        tracing::warn!("vacuum worker: {e}");
+                        return Some(e);
+                    }
+                };
+                loop {
+                    let next = {
+                        let mut q = queue.lock().expect("queue lock");
+                        let now = Instant::now();
+                        match q.iter().position(|e| e.not_before <= now) {
+                            Some(p) => q.remove(p).map(Ok),
+                            None => q.iter().map(|e| e.not_before).min().map(Err),
+                        }
+                    };
+                    let entry = match next {
+                        None => return None,
+                        Some(Err(wake)) => {
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(wake.into()) => {},
+                                _ = cancel.cancelled() => return None,
+                            }
+                            continue;
+                        }
+                        Some(Ok(e)) => e,
+                    };
+                    let now = Instant::now();
+                    if cancel.is_cancelled() || now >= stop_at {
+                        let why = if cancel.is_cancelled() {
+                            "not done: the run was cancelled"
+                        } else if window_given {
+                            "not done: the window ended"
+                        } else {
+                            "not done: the item's timeout was near"
+                        };
+                        results.lock().expect("results lock")[entry.index] = Some(Done::NotStarted(why.into()));
+                        continue;
+                    }
+                    let table = &tables[entry.index];
+                    let sql = opts.statement(table);
+                    let t0 = Instant::now();
+                    while notices.try_recv().is_ok() {}
+                    let r = tokio::select! {
+                        r = client.batch_execute(&sql) => r,
+                        _ = cancel.cancelled() => {
+                            target.cancel(&client.cancel_token()).await;
+                            results.lock().expect("results lock")[entry.index] = Some(Done::Failed("cancelled while running".into()));
+                            return None;
+                        }
+                    };
+                    let attempts = entry.attempts + 1;
+                    let done = match r {
+                        Ok(()) => {
+                            let mut skipped = None;
+                            while let Ok(n) = notices.try_recv() {
+                                if n.contains("skipping") {
+                                    skipped = Some(n);
+                                }
+                            }
+                            match skipped {
+                                Some(n) => Done::Skipped(n),
+                                None => Done::Vacuumed { seconds: t0.elapsed().as_secs_f64(), attempts },
+                            }
+                        }
+                        Err(e) if pg::is_lock_timeout(&e) && entry.attempts < opts.retries => {
+                            let delay = Duration::from_secs(1 << entry.attempts.min(6));
+                            queue.lock().expect("queue lock").push_back(Queued {
+                                index: entry.index,
+                                attempts,
+                                not_before: Instant::now() + delay,
+                            });
+                            continue;
+                        }
+                        Err(e) if pg::is_lock_timeout(&e) => {
+                            Done::Failed(format!("lock not available after {attempts} attempt(s) (lock_timeout {:?})", target.lock_timeout))
+                        }
+                        Err(e) if pg::sqlstate(&e) == Some("42P01") => Done::Skipped("table was dropped meanwhile".into()),
+                        Err(e) => Done::Failed(pg::pg_error(&e)),
+                    };
+                    results.lock().expect("results lock")[entry.index] = Some(done);
+                }
+            }));
+        }
+        let mut worker_errors = Vec::new();
+        for w in workers {
+            match w.await {
+                Ok(Some(e)) => worker_errors.push(e),
+                Ok(None) => {}
+                Err(e) => worker_errors.push(format!("worker panicked: {e}")),
+            }
+        }
+        let results = results.lock().expect("results lock").clone();
+        let fallback = worker_errors
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "not done".into());
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Done::Failed(fallback.clone())))
+            .collect()
+    }
+
+    async fn report(
+        &self,
+        target: &Target,
+        tables: &[Table],
+        results: Vec<Done>,
+        not_needed: usize,
+        started: Instant,
+    ) -> Outcome {
+        // Dead tuples after: the stats VACUUM reported (fresh per transaction).
+        let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+        let mut dead_after = std::collections::HashMap::new();
+        if let Ok(c) = target.connect().await {
+            if let Ok(rows) = c.query("SELECT relid, coalesce(n_dead_tup, 0) FROM pg_stat_all_tables WHERE relid = ANY($1)", &[&oids]).await {
+                for r in rows {
+                    dead_after.insert(r.get::<_, u32>(0), r.get::<_, i64>(1));
+                }
+            }
+        }
+        let (mut done, mut skipped, mut failed) = (0, 0, 0);
+        let (mut dead_before_sum, mut dead_after_sum) = (0i64, 0i64);
+        let mut problem_lines = Vec::new();
+        let mut table_data = Vec::new();
+        let mut timed: Vec<(f64, String)> = Vec::new();
+        for (t, r) in tables.iter().zip(&results) {
+            let after = dead_after.get(&t.oid).copied();
+            let (status, note, seconds) = match r {
+                Done::Vacuumed { seconds, attempts } => {
+                    done += 1;
+                    dead_before_sum += t.dead_before;
+                    dead_after_sum += after.unwrap_or(0);
+                    timed.push((
+                        *seconds,
+                        format!(
+                            "{} {} in {seconds:.1}s",
+                            t.display(),
+                            crate::units::human_bytes(t.bytes.max(0) as u64)
+                        ),
+                    ));
+                    let note = if *attempts > 1 {
+                        format!("after {attempts} attempts (lock)")
+                    } else {
+                        String::new()
+                    };
+                    ("done", note, Some(*seconds))
+                }
+                Done::Skipped(why) => {
+                    skipped += 1;
+                    problem_lines.push(format!("skipped {}: {why}", t.display()));
+                    ("skipped", why.clone(), None)
+                }
+                Done::NotStarted(why) => {
+                    skipped += 1;
+                    problem_lines.push(format!("{} {why}", t.display()));
+                    ("not_done", why.clone(), None)
+                }
+                Done::Failed(why) => {
+                    failed += 1;
+                    problem_lines.push(format!("FAILED {}: {why}", t.display()));
+                    ("failed", why.clone(), None)
+                }
+            };
+            table_data.push(json!({
+                "schema": t.schema, "table": t.name, "bytes": t.bytes, "status": status, "note": note,
+                "seconds": seconds, "dead_tuples_before": t.dead_before, "dead_tuples_after": after, "reasons": t.reasons,
+            }));
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut details = problem_lines;
+        if self.only_needed {
+            for t in tables {
+                details.push(format!("chose {}: {}", t.display(), t.reasons.join(", ")));
+            }
+            details.push(format!(
+                "{not_needed} table(s) below the thresholds: not vacuumed"
+            ));
+        }
+        timed.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (_, line) in timed.iter().take(10) {
+            details.push(line.clone());
+        }
+        details.push(format!(
+            "dead tuples: {dead_before_sum} before, {dead_after_sum} after (tables vacuumed)"
+        ));
+        let status = if failed > 0 {
+            Status::Fail
+        } else if skipped > 0 {
+            Status::Warn
+        } else {
+            Status::Pass
+        };
+        let mut summary = format!(
+            "{done} of {} table(s) vacuumed on {} in {elapsed:.1}s",
+            tables.len(),
+            target.name
+        );
+        if skipped > 0 {
+            summary.push_str(&format!(", {skipped} skipped"));
+        }
+        if failed > 0 {
+            summary.push_str(&format!(", {failed} failed"));
+        }
+        if self.only_needed {
+            summary.push_str(&format!(" ({not_needed} not needed)"));
+        }
+        Outcome::new(status, summary).with_details(details).with_data(json!({
+            "target": target.name,
+            "tables_total": tables.len(), "tables_done": done, "tables_skipped": skipped, "tables_failed": failed,
+            "tables_not_needed": not_needed,
+            "dead_tuples_before": dead_before_sum, "dead_tuples_after": dead_after_sum,
+            "seconds": elapsed, "tables": table_data,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(schemas: &[&str], tables: &[&str], exclude: &[&str]) -> Vacuum {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Vacuum {
+            target: "t".into(),
+            parallel: 2,
+            analyze: true,
+            only_needed: false,
+            skip_locked: false,
+            schemas: v(schemas),
+            tables: v(tables),
+            exclude_tables: v(exclude),
+            window: None,
+            retries: 2,
+        }
+    }
+
+    #[test]
+    fn filters_by_schema_table_and_exclusion() {
+        let o = opts(&["trading"], &[], &["trading.audit"]);
+        assert!(o.selected("trading", "orders"));
+        assert!(!o.selected("public", "orders"));
+        assert!(!o.selected("trading", "audit"));
+        let o = opts(&[], &["orders", "public.x"], &[]);
+        assert!(o.selected("trading", "orders"));
+        assert!(o.selected("public", "x"));
+        assert!(!o.selected("trading", "x"));
+    }
+
+    #[test]
+    fn statement_quotes_names_and_lists_options() {
+        let mut o = opts(&[], &[], &[]);
+        o.skip_locked = true;
+        let t = Table {
+            oid: 1,
+            schema: "public".into(),
+            name: "Weird \"Name\"".into(),
+            bytes: 0,
+            dead_before: 0,
+            reasons: vec![],
+        };
+        assert_eq!(
+            o.statement(&t),
+            "VACUUM (ANALYZE, SKIP_LOCKED) public.\"Weird \"\"Name\"\"\""
+        );
+        o.analyze = false;
+        o.skip_locked = false;
+        assert_eq!(o.statement(&t), "VACUUM public.\"Weird \"\"Name\"\"\"");
+    }
 }

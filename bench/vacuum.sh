@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# runbook's `vacuum` item (parallel = 2) against `vacuumdb --analyze -j 2` over the same tables
+# (schema `trading` of bench/fixture.sql), on fresh copies of one loaded database, alternating
+# which tool goes first, PAIRS pairs per case; prints the median time ratio runbook/vacuumdb.
+#   ROWS=2000000 PAIRS=5 bench/vacuum.sh      (build first: cargo build --release)
+# Cases: fresh (the fixture as loaded); stale (orders' relpages = 0, as after a bulk load that
+# nothing analyzed yet: vacuumdb starts it last); only_needed (everything vacuumed, then one big
+# table churned: runbook with only_needed = true, vacuumdb does every table).
+ROWS=${ROWS:-2000000}
+source "$(dirname "$0")/common.sh"
+
+# vacuumdb before 16 has no --schema: name every table of the schema with -t.
+TABLE_ARGS=()
+while read -r t; do TABLE_ARGS+=(-t "$t"); done < <("${PSQL[@]}" -d fixture -At -c "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables WHERE schemaname = 'trading'")
+VACUUMDB=("$PGBIN/vacuumdb" "${CONN[@]}" --analyze -j 2 -q "${TABLE_ARGS[@]}")
+
+run_case() { # NAME TEMPLATE ITEM_TOML [PREPARE_SQL]
+  local name=$1 template=$2 item=$3 prep=${4:-}
+  local ours="" theirs=""
+  for i in $(seq 1 "$PAIRS"); do
+    for who in $( [ $((i % 2)) = 1 ] && echo "ours theirs" || echo "theirs ours"); do
+      copy "$template" run
+      [ -n "$prep" ] && $prep run
+      if [ "$who" = ours ]; then
+        jobs_toml run "$item"
+        ours="$ours $(timed runbook_job)"
+      else
+        theirs="$theirs $(timed "${VACUUMDB[@]}" run)"
+      fi
+    done
+  done
+  echo "vacuum/$name: $(median_ratio "$ours" "$theirs")"
+}
+
+ITEM='kind = "vacuum"
+target = "bench"
+schemas = ["trading"]
+parallel = 2'
+
+run_case fresh fixture "$ITEM"
+
+copy fixture stale_t
+"${PSQL[@]}" -d stale_t -c "UPDATE pg_class SET relpages = 0, reltuples = -1 WHERE oid = 'trading.orders'::regclass"
+run_case stale_relpages stale_t "$ITEM"
+
+# Steady state: everything vacuumed and analyzed, then one big table churned (25% updated,
+# above autovacuum's 20% scale factor). Statistics are per database and start empty in a copy,
+# so this is set up (untimed) in each copy.
+steady() {
+  "${VACUUMDB[@]}" "$1"
+  "${PSQL[@]}" -d "$1" -c "UPDATE trading.transactions SET amount = amount + 1 WHERE id % 4 = 0" -c "CHECKPOINT" >/dev/null
+}
+run_case only_needed fixture "$ITEM
+only_needed = true" steady

@@ -1,0 +1,771 @@
+//! The database item kinds end to end, as users run them: `runbook run-job --format json` on a
+//! jobs.toml written into a temporary folder, against a real throwaway PostgreSQL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use runbook::pgcluster::TempCluster;
+use serde_json::Value;
+
+/// A config folder with a jobs.toml whose `[targets.db]` points at `url`.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(url: &str, extra: &str, jobs: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let text = format!(
+            "[runbook]\ntimezone = \"Asia/Kolkata\"\nstate_dir = \"{}\"\n\n[targets.db]\nurl = \"{url}\"\nsslmode = \"disable\"\nlock_timeout = \"200ms\"\n{extra}\n{jobs}",
+            state.display()
+        );
+        std::fs::write(dir.path().join("jobs.toml"), text).expect("write jobs.toml");
+        Setup { dir }
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+
+    /// Runs `run-job JOB --format json` (plus `args`); returns (exit code, report, stdout+stderr).
+    fn run(&self, job: &str, args: &[&str]) -> (i32, Value, String) {
+        let out = Command::cargo_bin("runbook")
+            .expect("binary")
+            .arg("--config")
+            .arg(self.dir.path().join("jobs.toml"))
+            .args(["run-job", job, "--format", "json", "--no-notify"])
+            .args(args)
+            .timeout(Duration::from_secs(180))
+            .output()
+            .expect("runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), report, all)
+    }
+}
+
+fn item<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("no item {name:?} in {report:#}"))
+}
+
+fn q(pg: &TempCluster, sql: &str) -> String {
+    pg.psql("app", sql, &[]).expect("psql").trim().to_string()
+}
+
+fn cluster_with_app_db() -> TempCluster {
+    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for these tests");
+    pg.create_db("app").expect("create db");
+    pg
+}
+
+/// A psql session that holds a lock (or runs a statement) until dropped.
+struct Holder(Child);
+
+impl Holder {
+    fn start(pg: &TempCluster, sql: &str) -> Holder {
+        let mut child = StdCommand::new(pg.tool("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "app",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(sql.as_bytes()).expect("write");
+        // Keep stdin open (moved into a thread) so psql waits instead of exiting.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(120));
+            drop(stdin);
+        });
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(pg: &TempCluster, sql: &str) {
+    let start = Instant::now();
+    while q(pg, sql) != "t" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {sql}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const TABLES: &str = "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 5000) g; \
+    CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, md5(g::text) FROM generate_series(1, 100) g; \
+    CREATE TABLE \"Weird \"\"Name\"\"\" (id int PRIMARY KEY, \"Odd Col\" text); INSERT INTO \"Weird \"\"Name\"\"\" SELECT g, 'x' FROM generate_series(1, 300) g; \
+    CREATE INDEX \"Weird \"\"Ix\"\"\" ON \"Weird \"\"Name\"\"\" (\"Odd Col\"); \
+    DELETE FROM a WHERE id % 2 = 0;";
+
+#[test]
+fn unreachable_target_fails_its_item_and_the_others_still_run() {
+    let pg = cluster_with_app_db();
+    let jobs = r#"
+[targets.down]
+url = "postgres://ops@127.0.0.1:1/nowhere"
+password = "sekrit-pw-4711"
+sslmode = "disable"
+connect_timeout = "2s"
+
+[jobs.check]
+[[jobs.check.items]]
+name = "down"
+kind = "sql"
+target = "down"
+query = "SELECT 1"
+[[jobs.check.items]]
+name = "down vacuum"
+kind = "vacuum"
+target = "down"
+[[jobs.check.items]]
+name = "up"
+kind = "sql"
+target = "db"
+query = "SELECT 1"
+expect_rows = 1
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("check", &[]);
+    assert_eq!(code, 1, "{all}");
+    for name in ["down", "down vacuum"] {
+        let down = item(&report, name);
+        assert_eq!(down["status"], "fail");
+        let summary = down["summary"].as_str().unwrap_or_default();
+        assert!(summary.contains("target down"), "{summary}");
+        assert!(summary.contains("127.0.0.1:1"), "{summary}");
+    }
+    assert_eq!(item(&report, "up")["status"], "pass");
+    assert!(!all.contains("sekrit-pw-4711"), "password leaked: {all}");
+}
+
+#[test]
+fn vacuum_reports_a_locked_table_and_finishes_the_rest() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+retries = 1
+[[jobs.m.items]]
+name = "vacuum skip locked"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+skip_locked = true
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let _holder = Holder::start(
+        &pg,
+        "BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\n",
+    );
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'b'::regclass AND mode = 'AccessExclusiveLock' AND granted)",
+    );
+
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 1, "{all}");
+    let v = item(&report, "vacuum");
+    assert_eq!(v["status"], "fail", "{v:#}");
+    assert_eq!(v["data"]["tables_failed"], 1, "{v:#}");
+    assert_eq!(v["data"]["tables_done"], 2, "{v:#}");
+    let tables = v["data"]["tables"].as_array().expect("tables");
+    let b = tables.iter().find(|t| t["table"] == "b").expect("b listed");
+    assert_eq!(b["status"], "failed");
+    assert!(v["details"].to_string().contains("public.b"), "{v:#}");
+    // Largest first by real size: `a` (5000 rows) before the others.
+    assert_eq!(tables[0]["table"], "a");
+    // Dead tuples were counted before and cleaned.
+    let a = &tables[0];
+    assert!(
+        a["dead_tuples_before"].as_i64().unwrap_or(0) >= 2500,
+        "{a:#}"
+    );
+    assert_eq!(a["dead_tuples_after"], 0, "{a:#}");
+
+    let sl = item(&report, "vacuum skip locked");
+    assert_eq!(sl["status"], "warn", "{sl:#}");
+    assert_eq!(sl["data"]["tables_skipped"], 1, "{sl:#}");
+
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL AND relname IN ('a', 'Weird \"Name\"')"
+        ),
+        "2"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    q(
+        &pg,
+        "CREATE UNIQUE INDEX bad_ix ON b (id); DROP INDEX bad_ix; CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);",
+    );
+    // An invalid leftover, as a failed concurrent build leaves it.
+    let _ = pg.psql(
+        "app",
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);",
+        &[],
+    );
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+[[jobs.m.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+[[jobs.m.items]]
+name = "indexes"
+kind = "create_indexes"
+target = "db"
+file = "indexes.sql"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    s.write("indexes.sql", "CREATE INDEX CONCURRENTLY a_v ON a (v);\n");
+    let index_snapshot = "SELECT string_agg(indexrelid::regclass::text || ':' || indexrelid::int || ':' || indisvalid, ',' ORDER BY indexrelid) FROM pg_index WHERE indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)";
+    let before = q(&pg, index_snapshot);
+    assert!(
+        before.contains("dup_v") && before.contains(":false"),
+        "{before}"
+    );
+
+    let (code, report, all) = s.run("m", &["--dry-run"]);
+    assert_eq!(code, 0, "{all}");
+    for name in ["vacuum", "reindex", "indexes"] {
+        assert_eq!(item(&report, name)["status"], "skipped", "{all}");
+    }
+    let plan = item(&report, "vacuum")["details"].to_string();
+    assert!(plan.contains("VACUUM (ANALYZE) public.a"), "{plan}");
+    assert!(plan.contains(r#"public.\"Weird \"\"Name\"\"\""#), "{plan}");
+    let plan = item(&report, "reindex")["details"].to_string();
+    assert!(
+        plan.contains("DROP INDEX CONCURRENTLY public.dup_v"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("REINDEX INDEX CONCURRENTLY public.a_pkey"),
+        "{plan}"
+    );
+    let plan = item(&report, "indexes")["details"].to_string();
+    assert!(plan.contains("would run"), "{plan}");
+
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL OR last_analyze IS NOT NULL"
+        ),
+        "0"
+    );
+    assert_eq!(q(&pg, index_snapshot), before);
+}
+
+#[test]
+fn reindex_drops_leftovers_rebuilds_every_index_and_quotes_names() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    q(
+        &pg,
+        "CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1);",
+    );
+    let _ = pg.psql(
+        "app",
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);",
+        &[],
+    );
+    assert_eq!(
+        q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "1"
+    );
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+schemas = ["public"]
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let oids_before = q(
+        &pg,
+        "SELECT string_agg(indexrelid::text, ',') FROM pg_index WHERE indrelid = 'a'::regclass OR indrelid = '\"Weird \"\"Name\"\"\"'::regclass",
+    );
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 0, "{all}");
+    let r = item(&report, "reindex");
+    assert_eq!(r["status"], "warn", "{r:#}");
+    assert_eq!(r["data"]["leftovers_dropped"][0], "public.dup_v", "{r:#}");
+    assert_eq!(
+        r["data"]["indexes_done"], r["data"]["indexes_total"],
+        "{r:#}"
+    );
+    assert_eq!(
+        q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "0"
+    );
+    // Rebuilt concurrently: the indexes have new relfilenodes/oids, names unchanged.
+    let oids_after = q(
+        &pg,
+        "SELECT string_agg(indexrelid::text, ',') FROM pg_index WHERE indrelid = 'a'::regclass OR indrelid = '\"Weird \"\"Name\"\"\"'::regclass",
+    );
+    assert_ne!(oids_before, oids_after);
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT to_regclass('public.\"Weird \"\"Ix\"\"\"') IS NOT NULL"
+        ),
+        "t"
+    );
+}
+
+#[test]
+fn create_indexes_builds_keeps_present_rebuilds_invalid_and_leaves_nothing_invalid() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    q(
+        &pg,
+        "CREATE SCHEMA trading; CREATE TABLE trading.orders (id int, user_id int); CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1), (2);",
+    );
+    // An invalid index of the same name as one in the file (the IF NOT EXISTS trap).
+    let _ = pg.psql(
+        "app",
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);",
+        &[],
+    );
+    q(
+        &pg,
+        "DELETE FROM dup WHERE ctid = (SELECT min(ctid) FROM dup WHERE v = 1); CREATE INDEX a_present ON a (v);",
+    );
+    q(
+        &pg,
+        "CREATE TABLE dup2 (v int); INSERT INTO dup2 VALUES (7), (7);",
+    );
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "indexes"
+kind = "create_indexes"
+target = "db"
+file = "sql/indexes.sql"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    std::fs::create_dir(s.dir.path().join("sql")).expect("mkdir");
+    s.write(
+        "sql/indexes.sql",
+        "-- present\nCREATE INDEX CONCURRENTLY a_present ON a (v);\n\
+         CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS dup_v ON dup (v);\n\
+         CREATE INDEX \"Weird \"\"New\"\"\" ON \"Weird \"\"Name\"\"\" (\"Odd Col\", id);\n\
+         CREATE INDEX CONCURRENTLY orders_user ON trading.orders (user_id);\n\
+         CREATE UNIQUE INDEX CONCURRENTLY dup2_v ON dup2 (v);\n",
+    );
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 1, "{all}");
+    let it = item(&report, "indexes");
+    assert_eq!(it["status"], "fail", "{it:#}");
+    let results: Vec<(String, String)> = it["data"]["statements"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .map(|s| {
+            (
+                s["index"].as_str().unwrap_or_default().to_string(),
+                s["result"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("a_present".into(), "present".into()),
+            ("dup_v".into(), "rebuilt".into()),
+            ("Weird \"New\"".into(), "built".into()),
+            ("orders_user".into(), "built".into()),
+            ("dup2_v".into(), "failed".into()),
+        ],
+        "{it:#}"
+    );
+    assert!(
+        it["details"].to_string().contains("leftover was dropped"),
+        "{it:#}"
+    );
+    assert_eq!(
+        q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "0"
+    );
+    assert_eq!(q(&pg, "SELECT to_regclass('dup2_v') IS NULL"), "t");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT to_regclass('trading.orders_user') IS NOT NULL AND to_regclass('public.\"Weird \"\"New\"\"\"') IS NOT NULL"
+        ),
+        "t"
+    );
+}
+
+#[test]
+fn create_indexes_refuses_a_file_with_other_statements_before_running_anything() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "indexes"
+kind = "create_indexes"
+target = "db"
+file = "indexes.sql"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    s.write(
+        "indexes.sql",
+        "CREATE INDEX CONCURRENTLY a_v ON a (v);\nDROP TABLE b;\n",
+    );
+    let (code, _report, all) = s.run("m", &[]);
+    assert_eq!(code, 2, "{all}");
+    assert!(
+        all.contains("line 2: not a CREATE INDEX statement"),
+        "{all}"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT to_regclass('a_v') IS NULL AND to_regclass('b') IS NOT NULL"
+        ),
+        "t"
+    );
+}
+
+#[test]
+fn sql_asserts_on_the_first_row_with_bound_parameters() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    let jobs = r#"
+[jobs.c]
+[[jobs.c.items]]
+name = "rows"
+kind = "sql"
+target = "db"
+query = "SELECT id FROM a WHERE id < $1 AND v <> $2"
+params = [10, "'; DROP TABLE a; --"]
+expect_rows = 5
+[[jobs.c.items]]
+name = "max"
+kind = "sql"
+target = "db"
+query = "SELECT count(*) FROM a"
+max = 100
+[[jobs.c.items]]
+name = "warn"
+kind = "sql"
+target = "db"
+query = "SELECT round(count(*) * 1.5, 2) FROM a"
+warn_max = 3000
+max = 5000
+[[jobs.c.items]]
+name = "expect"
+kind = "sql"
+target = "db"
+query = "SELECT count(*) > 0 FROM b WHERE id = $1"
+params = [3]
+expect = true
+[[jobs.c.items]]
+name = "read only"
+kind = "sql"
+target = "db"
+query = "DELETE FROM b RETURNING id"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("c", &[]);
+    assert_eq!(code, 1, "{all}");
+    assert_eq!(item(&report, "rows")["status"], "pass", "{all}");
+    let max = item(&report, "max");
+    assert_eq!(max["status"], "fail");
+    assert!(
+        max["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2500 is above max 100"),
+        "{max:#}"
+    );
+    let warn = item(&report, "warn");
+    assert_eq!(warn["status"], "warn", "{warn:#}");
+    assert_eq!(warn["data"]["value"], 3750.0);
+    assert_eq!(item(&report, "expect")["status"], "pass", "{all}");
+    let ro = item(&report, "read only");
+    assert_eq!(ro["status"], "fail");
+    assert!(
+        ro["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("read-only"),
+        "{ro:#}"
+    );
+    assert_eq!(q(&pg, "SELECT count(*) FROM b"), "100");
+}
+
+#[test]
+fn slow_queries_lists_slow_and_long_running_statements_and_explains_a_missing_extension() {
+    let pg = cluster_with_app_db();
+    pg.create_db("noext").expect("create db");
+    q(
+        &pg,
+        "CREATE EXTENSION pg_stat_statements; SELECT pg_sleep(0.3); SELECT pg_sleep(0.3);",
+    );
+    let jobs = format!(
+        r#"
+[targets.noext]
+url = "{}"
+sslmode = "disable"
+
+[jobs.quiet]
+[[jobs.quiet.items]]
+name = "long running only"
+kind = "slow_queries"
+target = "noext"
+top = 0
+max_running = "1s"
+
+[jobs.w]
+[[jobs.w.items]]
+name = "slow"
+kind = "slow_queries"
+target = "db"
+warn_mean = "100ms"
+max_running = "1h"
+[[jobs.w.items]]
+name = "missing"
+kind = "slow_queries"
+target = "noext"
+max_running = "1h"
+[[jobs.w.items]]
+name = "running"
+kind = "slow_queries"
+target = "db"
+top = 0
+max_running = "1s"
+"#,
+        pg.url("noext")
+    );
+    let s = Setup::new(&pg.url("app"), "", "");
+    let text = std::fs::read_to_string(s.dir.path().join("jobs.toml")).expect("read") + &jobs;
+    s.write("jobs.toml", &text);
+
+    let (code, report, all) = s.run("quiet", &[]);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(
+        item(&report, "long running only")["status"],
+        "pass",
+        "{all}"
+    );
+
+    let _sleeper = Holder::start(&pg, "SELECT pg_sleep(120);\n");
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(120)%' AND now() - query_start > interval '1.5s')",
+    );
+    let (code, report, all) = s.run("w", &[]);
+    assert_eq!(code, 0, "{all}");
+    let slow = item(&report, "slow");
+    assert_eq!(slow["status"], "warn", "{slow:#}");
+    assert!(slow["details"].to_string().contains("pg_sleep"), "{slow:#}");
+    let missing = item(&report, "missing");
+    assert_eq!(missing["status"], "warn", "{missing:#}");
+    assert!(
+        missing["details"]
+            .to_string()
+            .contains("shared_preload_libraries"),
+        "{missing:#}"
+    );
+    assert!(
+        missing["details"]
+            .to_string()
+            .contains("CREATE EXTENSION pg_stat_statements"),
+        "{missing:#}"
+    );
+    let running = item(&report, "running");
+    assert_eq!(running["status"], "warn", "{running:#}");
+    assert!(
+        running["details"].to_string().contains("pg_sleep(120)"),
+        "{running:#}"
+    );
+}
+
+/// A streaming standby of `pg` (pg_basebackup -R), stopped on drop.
+struct Standby {
+    dir: tempfile::TempDir,
+    pg_ctl: PathBuf,
+    port: u16,
+}
+
+fn as_server_user(program: &Path) -> StdCommand {
+    if nix::unistd::Uid::effective().is_root() {
+        let mut c = StdCommand::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        StdCommand::new(program)
+    }
+}
+
+impl Standby {
+    fn start(pg: &TempCluster) -> Standby {
+        let dir = tempfile::Builder::new()
+            .prefix("runbook-standby-")
+            .tempdir()
+            .expect("tempdir");
+        if nix::unistd::Uid::effective().is_root() {
+            let u = nix::unistd::User::from_name("postgres")
+                .expect("lookup")
+                .expect("postgres user");
+            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).expect("chown");
+        }
+        let data = dir.path().join("data");
+        let out = as_server_user(&pg.tool("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--no-sync"])
+            .current_dir("/")
+            .output()
+            .expect("pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("conf");
+        text.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            dir.path().display()
+        ));
+        std::fs::write(&conf, text).expect("conf");
+        let log = dir.path().join("standby.log");
+        let out = as_server_user(&pg.tool("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"])
+            .current_dir("/")
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "standby did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Standby {
+            dir,
+            pg_ctl: pg.tool("pg_ctl"),
+            port,
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = as_server_user(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .current_dir("/")
+            .output();
+    }
+}
+
+#[test]
+fn a_real_standby_is_refused_by_state_changing_items() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    let standby = Standby::start(&pg);
+    let url = format!("postgres://postgres@127.0.0.1:{}/app", standby.port);
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+[[jobs.m.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+[[jobs.m.items]]
+name = "indexes"
+kind = "create_indexes"
+target = "db"
+file = "indexes.sql"
+[[jobs.m.items]]
+name = "read-only check"
+kind = "sql"
+target = "db"
+query = "SELECT pg_is_in_recovery()"
+expect = true
+"#;
+    let s = Setup::new(&url, "", jobs);
+    s.write("indexes.sql", "CREATE INDEX CONCURRENTLY a_v ON a (v);\n");
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 1, "{all}");
+    for name in ["vacuum", "reindex", "indexes"] {
+        let it = item(&report, name);
+        assert_eq!(it["status"], "fail", "{it:#}");
+        assert!(
+            it["summary"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("is a standby"),
+            "{it:#}"
+        );
+    }
+    assert_eq!(item(&report, "read-only check")["status"], "pass", "{all}");
+}
