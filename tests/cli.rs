@@ -372,7 +372,7 @@ fn run_job_prints_report_stores_it_and_writes_files() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    for ext in ["txt", "html", "json"] {
+    for ext in ["txt", "html", "json", "eml"] {
         assert!(
             sent.iter().any(|f| f.contains(&run_id) && f.ends_with(ext)),
             "{sent:?}"

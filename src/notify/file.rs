@@ -1,4 +1,5 @@
-//! `type = "file"`: writes each report as `.txt`, `.html` and `.json` into `dir`, named
+//! `type = "file"`: writes each report as `.txt`, `.html`, `.json` and `.eml` (the e-mail as it
+//! would be sent, openable in any mail client) into `dir`, named
 //! `<job>-<started, UTC>-<run_id>`. Writes go to a temporary file renamed into place, so a
 //! reader never sees half a report.
 
@@ -47,6 +48,7 @@ impl FileConfig {
             ("txt", crate::report::text::render(report)),
             ("html", crate::report::html::render(report)),
             ("json", crate::report::json::render(report)),
+            ("eml", eml(report)?),
         ];
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)
@@ -64,4 +66,38 @@ impl FileConfig {
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// The report as an RFC 5322 message (multipart text + HTML, the contract subject), from and to
+/// `runbook@<host>`, dated when the run finished.
+fn eml(report: &Report) -> Result<String, String> {
+    use lettre::message::{Mailbox, MultiPart};
+    let host: String = report
+        .host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .collect();
+    let host = if host.is_empty() {
+        "localhost".to_string()
+    } else {
+        host
+    };
+    let me: Mailbox = format!("runbook <runbook@{host}>")
+        .parse()
+        .map_err(|e| format!("cannot make an address for {host}: {e}"))?;
+    let message = lettre::Message::builder()
+        .from(me.clone())
+        .to(me)
+        .subject(report.subject())
+        .date(std::time::SystemTime::from(report.finished_at))
+        .message_id(Some(format!(
+            "<runbook.{}.{}@{host}>",
+            report.job, report.run_id
+        )))
+        .multipart(MultiPart::alternative_plain_html(
+            crate::report::text::render(report),
+            crate::report::html::render(report),
+        ))
+        .map_err(|e| format!("cannot build the .eml: {e}"))?;
+    Ok(String::from_utf8_lossy(&message.formatted()).into_owned())
 }
