@@ -590,9 +590,20 @@ impl Drop for GroupGuard {
 /// Runs a prepared command (no shell) in its own process group until it exits, `deadline`
 /// passes or `cancel` fires (then the group gets SIGTERM, and SIGKILL 3 s later). Keeps the last
 /// `tail` stderr lines, and all stdout lines when `keep_stdout`.
-pub async fn run_tool(mut cmd: tokio::process::Command, deadline: Instant, cancel: &CancellationToken, keep_stdout: bool) -> ToolRun {
+pub async fn run_tool(cmd: tokio::process::Command, deadline: Instant, cancel: &CancellationToken, keep_stdout: bool) -> ToolRun {
+    run_tool_with_input(cmd, deadline, cancel, keep_stdout, None).await
+}
+
+/// [`run_tool`], with `input` chunks written to the tool's stdin (closed when the sender is done).
+pub async fn run_tool_with_input(
+    mut cmd: tokio::process::Command,
+    deadline: Instant,
+    cancel: &CancellationToken,
+    keep_stdout: bool,
+    input: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+) -> ToolRun {
     cmd.env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped())
         .process_group(0)
@@ -606,6 +617,18 @@ pub async fn run_tool(mut cmd: tokio::process::Command, deadline: Instant, cance
     };
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let mut guard = GroupGuard(pgid);
+    let writer = match (input, child.stdin.take()) {
+        (Some(mut rx), Some(mut stdin)) => Some(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = rx.recv().await {
+                if stdin.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = stdin.shutdown().await;
+        })),
+        _ => None,
+    };
     let stderr = tokio::spawn(collect_lines(child.stderr.take(), Some(20)));
     let stdout = tokio::spawn(collect_lines(child.stdout.take(), None));
     let end = tokio::select! {
@@ -627,6 +650,9 @@ pub async fn run_tool(mut cmd: tokio::process::Command, deadline: Instant, cance
             }
             let _ = child.wait().await;
         }
+    }
+    if let Some(w) = writer {
+        w.abort();
     }
     // Whatever the tool left running in its group (pg_restore -j workers) goes with it.
     if let Some(pg) = guard.0.take() {
