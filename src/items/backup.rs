@@ -73,11 +73,17 @@ impl Backup {
             p.error("pattern", e);
         }
         if !self.require_tables.is_empty() && self.verify != Verify::Auto {
-            p.error("require_tables", "require_tables needs verify = \"auto\" (the table list is read from the dump)");
+            p.error(
+                "require_tables",
+                "require_tables needs verify = \"auto\" (the table list is read from the dump)",
+            );
         }
         let dir = p.path(&self.dir);
         if !dir.is_dir() {
-            p.warning(format!("backup folder {} does not exist (yet)", dir.display()));
+            p.warning(format!(
+                "backup folder {} does not exist (yet)",
+                dir.display()
+            ));
         }
     }
 
@@ -90,10 +96,13 @@ impl Backup {
         let mut excluded: Vec<(PathBuf, String)> = Vec::new();
         loop {
             let looked_at = tokio::time::Instant::now();
-            let sel = match bv::select_newest(&dir, &matcher, self.settle.0, Duration::ZERO, &excluded).await {
-                Ok(s) => s,
-                Err(e) => return Outcome::fail(e).with_data(serde_json::json!({ "dir": dir })),
-            };
+            let sel =
+                match bv::select_newest(&dir, &matcher, self.settle.0, Duration::ZERO, &excluded)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => return Outcome::fail(e).with_data(serde_json::json!({ "dir": dir })),
+                };
             let now = SystemTime::now();
             let Some(newest_i) = sel.newest else {
                 return no_complete_backup(&dir, &self.pattern, &sel, now, ctx);
@@ -108,10 +117,17 @@ impl Backup {
             let remaining = RESTAT_WINDOW.saturating_sub(looked_at.elapsed());
             tokio::time::sleep(remaining).await;
             let e2 = newest.clone();
-            let again = tokio::task::spawn_blocking(move || bv::restat(&e2)).await.ok().flatten();
+            let again = tokio::task::spawn_blocking(move || bv::restat(&e2))
+                .await
+                .ok()
+                .flatten();
             if again != Some((newest.size, newest.mtime)) {
                 let why = match again {
-                    Some((size, _)) => format!("still being written: changed while we read it ({} → {})", human_bytes(newest.size), human_bytes(size)),
+                    Some((size, _)) => format!(
+                        "still being written: changed while we read it ({} → {})",
+                        human_bytes(newest.size),
+                        human_bytes(size)
+                    ),
                     None => "disappeared while we read it".to_string(),
                 };
                 excluded.push((newest.path.clone(), why));
@@ -122,16 +138,33 @@ impl Backup {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn judge(&self, dir: &std::path::Path, sel: &bv::Selection, newest: &Entry, format: Format, v: Verification, now: SystemTime, ctx: &ItemCtx) -> Outcome {
+    fn judge(
+        &self,
+        dir: &std::path::Path,
+        sel: &bv::Selection,
+        newest: &Entry,
+        format: Format,
+        v: Verification,
+        now: SystemTime,
+        ctx: &ItemCtx,
+    ) -> Outcome {
         let mut problems = v.problems;
         let mut warnings = Vec::new();
         let age = newest.age(now);
         if age > self.max_age.0 {
-            problems.push(format!("newest backup is {} old, older than max_age {}", bv::human_age(age), self.max_age));
+            problems.push(format!(
+                "newest backup is {} old, older than max_age {}",
+                bv::human_age(age),
+                self.max_age
+            ));
         }
         if let Some(min) = self.min_size {
             if newest.size < min.0 {
-                problems.push(format!("newest backup is {}, smaller than min_size {}", human_bytes(newest.size), min));
+                problems.push(format!(
+                    "newest backup is {}, smaller than min_size {}",
+                    human_bytes(newest.size),
+                    min
+                ));
             }
         }
         let previous = sel.previous();
@@ -166,17 +199,34 @@ impl Backup {
                 human_bytes(newest.size),
                 bv::human_age(age),
                 v.how,
-                if v.checksum == "ok" { ", checksum ok" } else { "" }
+                if v.checksum == "ok" {
+                    ", checksum ok"
+                } else {
+                    ""
+                }
             ),
         };
         let mut details: Vec<String> = problems.iter().chain(warnings.iter()).cloned().collect();
-        details.push(format!("newest complete: {} ({}, {})", newest.path.display(), format.as_str(), human_bytes(newest.size)));
+        details.push(format!(
+            "newest complete: {} ({}, {})",
+            newest.path.display(),
+            format.as_str(),
+            human_bytes(newest.size)
+        ));
         details.extend(v.notes);
         for (i, why) in &sel.in_progress {
             details.push(format!("skipped {}: {why}", sel.all[*i].name));
         }
-        details.push(format!("newest {} in {}:", sel.all.len().min(5), dir.display()));
-        details.extend(sel.listing(now, ctx.tz).into_iter().map(|l| format!("  {l}")));
+        details.push(format!(
+            "newest {} in {}:",
+            sel.all.len().min(5),
+            dir.display()
+        ));
+        details.extend(
+            sel.listing(now, ctx.tz)
+                .into_iter()
+                .map(|l| format!("  {l}")),
+        );
         let mut o = Outcome::new(status, summary).with_details(details);
         o.data = serde_json::json!({
             "dir": dir,
@@ -196,22 +246,52 @@ impl Backup {
     }
 }
 
-fn no_complete_backup(dir: &std::path::Path, pattern: &str, sel: &bv::Selection, now: SystemTime, ctx: &ItemCtx) -> Outcome {
+fn no_complete_backup(
+    dir: &std::path::Path,
+    pattern: &str,
+    sel: &bv::Selection,
+    now: SystemTime,
+    ctx: &ItemCtx,
+) -> Outcome {
     let data = serde_json::json!({ "dir": dir, "newest": null, "files": sel.listing_json(now) });
     if sel.all.is_empty() {
-        return Outcome::fail(format!("no backup matching {pattern:?} in {}", dir.display())).with_data(data);
+        return Outcome::fail(format!(
+            "no backup matching {pattern:?} in {}",
+            dir.display()
+        ))
+        .with_data(data);
     }
-    let mut o = Outcome::fail(format!("no complete backup in {}: {} still being written", dir.display(), sel.all[0].name)).with_data(data);
+    let mut o = Outcome::fail(format!(
+        "no complete backup in {}: {} still being written",
+        dir.display(),
+        sel.all[0].name
+    ))
+    .with_data(data);
     for (i, why) in &sel.in_progress {
-        o.details.push(format!("skipped {}: {why}", sel.all[*i].name));
+        o.details
+            .push(format!("skipped {}: {why}", sel.all[*i].name));
     }
-    o.details.extend(sel.listing(now, ctx.tz).into_iter().map(|l| format!("  {l}")));
+    o.details.extend(
+        sel.listing(now, ctx.tz)
+            .into_iter()
+            .map(|l| format!("  {l}")),
+    );
     o
 }
 
 /// Verifies one backup: checksum sidecar, content (per `verify` and the format), required tables.
-pub async fn verify_entry(e: &Entry, format: Format, verify: Verify, require_tables: &[String], ctx: &ItemCtx) -> Verification {
-    let mut v = Verification { checksum: "absent", how: "none".into(), ..Default::default() };
+pub async fn verify_entry(
+    e: &Entry,
+    format: Format,
+    verify: Verify,
+    require_tables: &[String],
+    ctx: &ItemCtx,
+) -> Verification {
+    let mut v = Verification {
+        checksum: "absent",
+        how: "none".into(),
+        ..Default::default()
+    };
     let sidecar = bv::sidecar(e);
     let expected = match &sidecar {
         Some(p) => match bv::read_sidecar(p) {
@@ -229,7 +309,9 @@ pub async fn verify_entry(e: &Entry, format: Format, verify: Verify, require_tab
     let hash_task = match (&expected, streamed) {
         (Some(_), false) => {
             let (path, cancel) = (e.path.clone(), ctx.cancel.clone());
-            Some(tokio::task::spawn_blocking(move || bv::sha256_file(&path, &cancel)))
+            Some(tokio::task::spawn_blocking(move || {
+                bv::sha256_file(&path, &cancel)
+            }))
         }
         _ => None,
     };
@@ -245,13 +327,32 @@ pub async fn verify_entry(e: &Entry, format: Format, verify: Verify, require_tab
             if matches!(r.end, bv::ToolEnd::Cancelled) {
                 v.interrupted = true;
             } else if r.ok() {
-                v.notes.push(format!("pg_verifybackup: {}", r.stdout.last().cloned().unwrap_or_else(|| "backup successfully verified".into())));
+                v.notes.push(format!(
+                    "pg_verifybackup: {}",
+                    r.stdout
+                        .last()
+                        .cloned()
+                        .unwrap_or_else(|| "backup successfully verified".into())
+                ));
             } else {
-                v.problems.push(format!("base backup is corrupt: {}", r.failure("pg_verifybackup")));
-                v.notes.extend(r.stderr_tail.iter().rev().take(5).rev().map(|l| format!("pg_verifybackup: {l}")));
+                v.problems.push(format!(
+                    "base backup is corrupt: {}",
+                    r.failure("pg_verifybackup")
+                ));
+                v.notes.extend(
+                    r.stderr_tail
+                        .iter()
+                        .rev()
+                        .take(5)
+                        .rev()
+                        .map(|l| format!("pg_verifybackup: {l}")),
+                );
             }
             if !require_tables.is_empty() {
-                v.problems.push("require_tables cannot be checked on a base backup (no table of contents)".into());
+                v.problems.push(
+                    "require_tables cannot be checked on a base backup (no table of contents)"
+                        .into(),
+                );
             }
         }
         (Verify::Manifest, f) => {
@@ -277,47 +378,83 @@ pub async fn verify_entry(e: &Entry, format: Format, verify: Verify, require_tab
             if matches!(full.end, bv::ToolEnd::Cancelled) {
                 v.interrupted = true;
             } else if full.ok() {
-                v.notes.push("pg_restore read every entry of the archive".into());
+                v.notes
+                    .push("pg_restore read every entry of the archive".into());
             } else {
-                v.problems.push(format!("{} is corrupt or incomplete: {}", format.as_str(), full.failure("pg_restore")));
-                v.notes.extend(full.stderr_tail.iter().rev().take(5).rev().map(|l| format!("pg_restore: {l}")));
+                v.problems.push(format!(
+                    "{} is corrupt or incomplete: {}",
+                    format.as_str(),
+                    full.failure("pg_restore")
+                ));
+                v.notes.extend(
+                    full.stderr_tail
+                        .iter()
+                        .rev()
+                        .take(5)
+                        .rev()
+                        .map(|l| format!("pg_restore: {l}")),
+                );
             }
             if let Some(list) = list {
                 if list.ok() {
                     check_tables(&mut v, &bv::toc_tables(&list.stdout), require_tables);
                 } else if !matches!(list.end, bv::ToolEnd::Cancelled) {
-                    v.problems.push(format!("cannot read the table of contents: {}", list.failure("pg_restore --list")));
+                    v.problems.push(format!(
+                        "cannot read the table of contents: {}",
+                        list.failure("pg_restore --list")
+                    ));
                 }
             }
         }
         (Verify::Auto, Format::Gzip | Format::PlainSql) => {
             let gzip = format == Format::Gzip;
-            let (path, cancel, hash, tables) = (e.path.clone(), ctx.cancel.clone(), expected.is_some(), !require_tables.is_empty());
-            let r = tokio::task::spawn_blocking(move || bv::read_stream(&path, gzip, hash, tables, &cancel)).await;
+            let (path, cancel, hash, tables) = (
+                e.path.clone(),
+                ctx.cancel.clone(),
+                expected.is_some(),
+                !require_tables.is_empty(),
+            );
+            let r = tokio::task::spawn_blocking(move || {
+                bv::read_stream(&path, gzip, hash, tables, &cancel)
+            })
+            .await;
             match r {
                 Err(join) => v.problems.push(format!("internal error: {join}")),
                 Ok(Err(bv::StreamError::Cancelled)) => v.interrupted = true,
                 Ok(Err(bv::StreamError::Io(m))) => {
-                    v.how = if gzip { "gzip (all members)".into() } else { "plain dump read to the end".into() };
+                    v.how = if gzip {
+                        "gzip (all members)".into()
+                    } else {
+                        "plain dump read to the end".into()
+                    };
                     v.problems.push(m);
                 }
                 Ok(Ok(s)) => {
                     actual_sha = s.sha256.clone().map(Ok);
-                    v.how = if gzip { "gzip (all members)".into() } else { "completion marker".into() };
+                    v.how = if gzip {
+                        "gzip (all members)".into()
+                    } else {
+                        "completion marker".into()
+                    };
                     if gzip {
-                        v.notes.push(format!("gzip stream intact: {} uncompressed", human_bytes(s.content_bytes)));
+                        v.notes.push(format!(
+                            "gzip stream intact: {} uncompressed",
+                            human_bytes(s.content_bytes)
+                        ));
                     }
                     if s.inner_sql || !gzip {
                         if gzip {
                             v.how = "gzip (all members) + completion marker".into();
                         }
                         if s.marker_found {
-                            v.notes.push(format!("plain dump ends with \"{}\"", bv::PLAIN_MARKER));
+                            v.notes
+                                .push(format!("plain dump ends with \"{}\"", bv::PLAIN_MARKER));
                         } else {
                             v.problems.push(format!("plain dump is incomplete: \"{}\" is missing near its end (pg_dump did not finish)", bv::PLAIN_MARKER));
                         }
                         if !require_tables.is_empty() {
-                            let found: Vec<(String, String)> = s.tables.iter().map(|t| bv::split_sql_name(t)).collect();
+                            let found: Vec<(String, String)> =
+                                s.tables.iter().map(|t| bv::split_sql_name(t)).collect();
                             check_tables(&mut v, &found, require_tables);
                         }
                     } else {
@@ -353,12 +490,27 @@ pub async fn verify_entry(e: &Entry, format: Format, verify: Verify, require_tab
         match act {
             Ok(h) if &h == exp => {
                 v.checksum = "ok";
-                v.notes.push(format!("sha256 matches {}", sidecar.as_ref().map(|p| p.display().to_string()).unwrap_or_default()));
+                v.notes.push(format!(
+                    "sha256 matches {}",
+                    sidecar
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ));
                 v.sha256 = Some(h);
             }
             Ok(h) => {
                 v.checksum = "mismatch";
-                v.problems.insert(0, format!("checksum mismatch: {} says {exp}, the file's sha256 is {h}", sidecar.as_ref().map(|p| p.display().to_string()).unwrap_or_default()));
+                v.problems.insert(
+                    0,
+                    format!(
+                        "checksum mismatch: {} says {exp}, the file's sha256 is {h}",
+                        sidecar
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    ),
+                );
                 v.sha256 = Some(h);
             }
             Err(m) => {
@@ -367,17 +519,27 @@ pub async fn verify_entry(e: &Entry, format: Format, verify: Verify, require_tab
             }
         }
     } else if expected.is_none() && sidecar.is_none() && !e.is_dir {
-        v.notes.push("no .sha256 sidecar: checksum not verified".into());
+        v.notes
+            .push("no .sha256 sidecar: checksum not verified".into());
     }
     v
 }
 
 fn check_tables(v: &mut Verification, found: &[(String, String)], required: &[String]) {
-    let missing: Vec<&str> = required.iter().filter(|t| !bv::has_table(found, t)).map(String::as_str).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .filter(|t| !bv::has_table(found, t))
+        .map(String::as_str)
+        .collect();
     if missing.is_empty() {
-        v.notes.push(format!("required tables present: {}", required.join(", ")));
+        v.notes
+            .push(format!("required tables present: {}", required.join(", ")));
     } else {
-        v.problems.push(format!("required table{} missing from the dump: {}", if missing.len() == 1 { "" } else { "s" }, missing.join(", ")));
+        v.problems.push(format!(
+            "required table{} missing from the dump: {}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", ")
+        ));
     }
 }
 

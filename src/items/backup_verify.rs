@@ -76,7 +76,11 @@ impl Entry {
             self.name,
             if self.is_dir { "/" } else { "" },
             human_age(self.age(now)),
-            if note.is_empty() { String::new() } else { format!("  [{note}]") }
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!("  [{note}]")
+            }
         )
     }
 }
@@ -98,14 +102,19 @@ pub fn human_age(d: Duration) -> String {
 
 /// Names that are never backups themselves: checksum sidecars and in-progress markers.
 fn is_sidecar(name: &str) -> bool {
-    [".sha256", ".sha256sum", ".md5", ".partial", ".tmp", ".lock"].iter().any(|s| name.ends_with(s))
+    [".sha256", ".sha256sum", ".md5", ".partial", ".tmp", ".lock"]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 /// The files and folders of `dir` whose names match `pattern`, newest first.
 pub fn list_backups(dir: &Path, pattern: &globset::GlobMatcher) -> Result<Vec<Entry>, String> {
     let rd = std::fs::read_dir(dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("backup folder {} does not exist", dir.display()),
-        std::io::ErrorKind::PermissionDenied => format!("backup folder {} is not readable by this user: {e}", dir.display()),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "backup folder {} is not readable by this user: {e}",
+            dir.display()
+        ),
         _ => format!("cannot read backup folder {}: {e}", dir.display()),
     })?;
     let mut out = Vec::new();
@@ -116,12 +125,27 @@ pub fn list_backups(dir: &Path, pattern: &globset::GlobMatcher) -> Result<Vec<En
             continue;
         }
         let path = de.path();
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
         let entry = if meta.is_dir() {
-            let (size, mtime) = dir_size_and_mtime(&path, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-            Entry { name, path, is_dir: true, size, mtime }
+            let (size, mtime) =
+                dir_size_and_mtime(&path, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            Entry {
+                name,
+                path,
+                is_dir: true,
+                size,
+                mtime,
+            }
         } else if meta.is_file() {
-            Entry { name, path, is_dir: false, size: meta.len(), mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) }
+            Entry {
+                name,
+                path,
+                is_dir: false,
+                size: meta.len(),
+                mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            }
         } else {
             continue;
         };
@@ -137,7 +161,9 @@ fn dir_size_and_mtime(dir: &Path, own: SystemTime) -> (u64, SystemTime) {
     let mut newest = own;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for de in rd.flatten() {
             let Ok(meta) = de.metadata() else { continue };
             if let Ok(m) = meta.modified() {
@@ -214,7 +240,9 @@ pub fn detect(e: &Entry) -> Format {
         return Format::Unknown;
     }
     let mut head = [0u8; 5];
-    let n = std::fs::File::open(&e.path).and_then(|mut f| read_up_to(&mut f, &mut head)).unwrap_or(0);
+    let n = std::fs::File::open(&e.path)
+        .and_then(|mut f| read_up_to(&mut f, &mut head))
+        .unwrap_or(0);
     let head = &head[..n];
     if head.starts_with(b"PGDMP") {
         Format::Custom
@@ -251,11 +279,15 @@ pub fn sidecar(e: &Entry) -> Option<PathBuf> {
 
 /// Reads the expected digest from a `sha256sum`-format sidecar (`HEX  NAME` or `HEX *NAME`).
 pub fn read_sidecar(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read checksum file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read checksum file {}: {e}", path.display()))?;
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let hex = first.split_whitespace().next().unwrap_or("");
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("checksum file {} is not in sha256sum format (\"<64 hex digits>  <file>\")", path.display()));
+        return Err(format!(
+            "checksum file {} is not in sha256sum format (\"<64 hex digits>  <file>\")",
+            path.display()
+        ));
     }
     Ok(hex.to_ascii_lowercase())
 }
@@ -268,7 +300,12 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Opens a file for one sequential read (and tells the kernel so: larger readahead).
 fn open_sequential(path: &Path) -> std::io::Result<std::fs::File> {
     let f = std::fs::File::open(path)?;
-    let _ = nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
+    let _ = nix::fcntl::posix_fadvise(
+        &f,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+    );
     Ok(f)
 }
 
@@ -290,7 +327,8 @@ impl std::fmt::Display for StreamError {
 
 /// SHA-256 of a file, streamed (`sha2` uses the CPU's SHA extensions when present).
 pub fn sha256_file(path: &Path, cancel: &CancellationToken) -> Result<String, StreamError> {
-    let mut f = open_sequential(path).map_err(|e| StreamError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let mut f = open_sequential(path)
+        .map_err(|e| StreamError::Io(format!("cannot read {}: {e}", path.display())))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; READ_BUF];
     loop {
@@ -301,7 +339,12 @@ pub fn sha256_file(path: &Path, cancel: &CancellationToken) -> Result<String, St
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StreamError::Io(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(StreamError::Io(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
         };
         hasher.update(&buf[..n]);
     }
@@ -318,7 +361,10 @@ struct HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.cancel.is_cancelled() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "cancelled",
+            ));
         }
         let n = self.inner.read(buf)?;
         if let Some(h) = &mut self.hasher {
@@ -347,9 +393,20 @@ pub struct StreamReport {
 
 /// Reads a gzip (all members) or plain file to its end: hashes it on the way when `hash`, keeps
 /// the tail to find the completion marker, and collects `CREATE TABLE` names when `tables`.
-pub fn read_stream(path: &Path, gzip: bool, hash: bool, tables: bool, cancel: &CancellationToken) -> Result<StreamReport, StreamError> {
-    let f = open_sequential(path).map_err(|e| StreamError::Io(format!("cannot read {}: {e}", path.display())))?;
-    let hashing = HashingReader { inner: f, hasher: hash.then(Sha256::new), cancel: cancel.clone() };
+pub fn read_stream(
+    path: &Path,
+    gzip: bool,
+    hash: bool,
+    tables: bool,
+    cancel: &CancellationToken,
+) -> Result<StreamReport, StreamError> {
+    let f = open_sequential(path)
+        .map_err(|e| StreamError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let hashing = HashingReader {
+        inner: f,
+        hasher: hash.then(Sha256::new),
+        cancel: cancel.clone(),
+    };
     let mut report = StreamReport::default();
     let mut scanner = SqlScanner::new(tables);
     let mut buf = vec![0u8; READ_BUF];
@@ -364,7 +421,9 @@ pub fn read_stream(path: &Path, gzip: bool, hash: bool, tables: bool, cancel: &C
         }
     };
     let mut hashing = if gzip {
-        let mut dec = flate2::bufread::MultiGzDecoder::new(std::io::BufReader::with_capacity(READ_BUF, hashing));
+        let mut dec = flate2::bufread::MultiGzDecoder::new(std::io::BufReader::with_capacity(
+            READ_BUF, hashing,
+        ));
         loop {
             let n = match dec.read(&mut buf) {
                 Ok(0) => break,
@@ -386,7 +445,9 @@ pub fn read_stream(path: &Path, gzip: bool, hash: bool, tables: bool, cancel: &C
             let n = match r.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !cancel.is_cancelled() => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !cancel.is_cancelled() => {
+                    continue;
+                }
                 Err(e) => return Err(map_err(e, cancel)),
             };
             if first {
@@ -418,13 +479,20 @@ struct SqlScanner {
 
 impl SqlScanner {
     fn new(want_tables: bool) -> SqlScanner {
-        SqlScanner { tail: Vec::with_capacity(2 * TAIL_BYTES), want_tables, partial: Vec::new(), partial_overflow: false, tables: Vec::new() }
+        SqlScanner {
+            tail: Vec::with_capacity(2 * TAIL_BYTES),
+            want_tables,
+            partial: Vec::new(),
+            partial_overflow: false,
+            tables: Vec::new(),
+        }
     }
 
     fn feed(&mut self, chunk: &[u8]) {
         if chunk.len() >= TAIL_BYTES {
             self.tail.clear();
-            self.tail.extend_from_slice(&chunk[chunk.len() - TAIL_BYTES..]);
+            self.tail
+                .extend_from_slice(&chunk[chunk.len() - TAIL_BYTES..]);
         } else {
             self.tail.extend_from_slice(chunk);
             if self.tail.len() > TAIL_BYTES {
@@ -475,7 +543,9 @@ impl SqlScanner {
     }
 
     fn marker_found(&self) -> bool {
-        self.tail.windows(PLAIN_MARKER.len()).any(|w| w == PLAIN_MARKER.as_bytes())
+        self.tail
+            .windows(PLAIN_MARKER.len())
+            .any(|w| w == PLAIN_MARKER.as_bytes())
     }
 }
 
@@ -487,7 +557,9 @@ pub fn has_table(found: &[(String, String)], wanted: &str) -> bool {
         Some((s, n)) => (Some(unq(s)), unq(n)),
         None => (None, unq(wanted)),
     };
-    found.iter().any(|(s, n)| *n == wn && ws.as_ref().is_none_or(|ws| ws == s))
+    found
+        .iter()
+        .any(|(s, n)| *n == wn && ws.as_ref().is_none_or(|ws| ws == s))
 }
 
 /// `public.orders` / `"Weird"."Name"` / `orders` → (schema, name).
@@ -571,8 +643,18 @@ impl ToolRun {
             ToolEnd::Cancelled => "was interrupted".into(),
             ToolEnd::SpawnFailed(e) => return format!("cannot run {what}: {e}"),
         };
-        let last = self.stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
-        if last.is_empty() { format!("{what} {why}") } else { format!("{what} {why}: {last}") }
+        let last = self
+            .stderr_tail
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .cloned()
+            .unwrap_or_default();
+        if last.is_empty() {
+            format!("{what} {why}")
+        } else {
+            format!("{what} {why}: {last}")
+        }
     }
 }
 
@@ -590,7 +672,12 @@ impl Drop for GroupGuard {
 /// Runs a prepared command (no shell) in its own process group until it exits, `deadline`
 /// passes or `cancel` fires (then the group gets SIGTERM, and SIGKILL 3 s later). Keeps the last
 /// `tail` stderr lines, and all stdout lines when `keep_stdout`.
-pub async fn run_tool(cmd: tokio::process::Command, deadline: Instant, cancel: &CancellationToken, keep_stdout: bool) -> ToolRun {
+pub async fn run_tool(
+    cmd: tokio::process::Command,
+    deadline: Instant,
+    cancel: &CancellationToken,
+    keep_stdout: bool,
+) -> ToolRun {
     run_tool_with_input(cmd, deadline, cancel, keep_stdout, None).await
 }
 
@@ -603,8 +690,16 @@ pub async fn run_tool_with_input(
     input: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 ) -> ToolRun {
     cmd.env_remove("NOTIFY_SOCKET")
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if keep_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
@@ -612,7 +707,11 @@ pub async fn run_tool_with_input(
         Ok(c) => c,
         Err(e) => {
             let prog = cmd.as_std().get_program().to_string_lossy().into_owned();
-            return ToolRun { end: ToolEnd::SpawnFailed(format!("{prog}: {e}")), stderr_tail: vec![], stdout: vec![] };
+            return ToolRun {
+                end: ToolEnd::SpawnFailed(format!("{prog}: {e}")),
+                stderr_tail: vec![],
+                stdout: vec![],
+            };
         }
     };
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
@@ -644,7 +743,10 @@ pub async fn run_tool_with_input(
         if let Some(pg) = pgid {
             let _ = killpg(pg, Signal::SIGTERM);
         }
-        if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), child.wait())
+            .await
+            .is_err()
+        {
             if let Some(pg) = pgid {
                 let _ = killpg(pg, Signal::SIGKILL);
             }
@@ -658,9 +760,21 @@ pub async fn run_tool_with_input(
     if let Some(pg) = guard.0.take() {
         let _ = killpg(pg, Signal::SIGKILL);
     }
-    let stderr_tail = tokio::time::timeout(Duration::from_secs(2), stderr).await.ok().and_then(|r| r.ok()).unwrap_or_default();
-    let stdout = tokio::time::timeout(Duration::from_secs(2), stdout).await.ok().and_then(|r| r.ok()).unwrap_or_default();
-    ToolRun { end, stderr_tail, stdout: if keep_stdout { stdout } else { vec![] } }
+    let stderr_tail = tokio::time::timeout(Duration::from_secs(2), stderr)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    let stdout = tokio::time::timeout(Duration::from_secs(2), stdout)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    ToolRun {
+        end,
+        stderr_tail,
+        stdout: if keep_stdout { stdout } else { vec![] },
+    }
 }
 
 async fn collect_lines(r: Option<impl AsyncRead + Unpin>, keep_last: Option<usize>) -> Vec<String> {
@@ -722,12 +836,17 @@ impl PlainGuard {
             let cmd = meta.split_whitespace().next().unwrap_or("");
             // Only what pg_dump itself writes is allowed.
             if !matches!(cmd, "restrict" | "unrestrict" | "set" | "encoding") {
-                return Err(format!("the dump contains the psql command \\{cmd}, which a drill does not run"));
+                return Err(format!(
+                    "the dump contains the psql command \\{cmd}, which a drill does not run"
+                ));
             }
             return Ok(());
         }
         let upper = t.to_ascii_uppercase();
-        if upper.starts_with("CREATE DATABASE") || upper.starts_with("DROP DATABASE") || upper.starts_with("ALTER DATABASE") {
+        if upper.starts_with("CREATE DATABASE")
+            || upper.starts_with("DROP DATABASE")
+            || upper.starts_with("ALTER DATABASE")
+        {
             return Err("the dump creates or changes a database (made with pg_dump --create?); a drill restores only into its scratch database".into());
         }
         Ok(())
@@ -736,10 +855,17 @@ impl PlainGuard {
 
 /// Reads a plain dump (gzip'd or not) line by line through [`PlainGuard`] and sends it in chunks
 /// to `tx`; stops at the first refused line. Runs on a blocking thread.
-pub fn feed_plain(path: &Path, gzip: bool, tx: tokio::sync::mpsc::Sender<Vec<u8>>, cancel: CancellationToken) -> Result<(), String> {
+pub fn feed_plain(
+    path: &Path,
+    gzip: bool,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
     let f = open_sequential(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let inner: Box<dyn Read> = if gzip {
-        Box::new(flate2::bufread::MultiGzDecoder::new(std::io::BufReader::with_capacity(READ_BUF, f)))
+        Box::new(flate2::bufread::MultiGzDecoder::new(
+            std::io::BufReader::with_capacity(READ_BUF, f),
+        ))
     } else {
         Box::new(f)
     };
@@ -752,7 +878,9 @@ pub fn feed_plain(path: &Path, gzip: bool, tx: tokio::sync::mpsc::Sender<Vec<u8>
             return Err("interrupted".into());
         }
         line.clear();
-        let n = r.read_until(b'\n', &mut line).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -793,13 +921,22 @@ pub async fn select_newest(
     exclude: &[(PathBuf, String)],
 ) -> Result<Selection, String> {
     let (dir2, pattern2) = (dir.to_path_buf(), pattern.clone());
-    let all = tokio::task::spawn_blocking(move || list_backups(&dir2, &pattern2)).await.map_err(|e| format!("internal error: {e}"))??;
+    let all = tokio::task::spawn_blocking(move || list_backups(&dir2, &pattern2))
+        .await
+        .map_err(|e| format!("internal error: {e}"))??;
     let now = SystemTime::now();
     let mut in_progress = Vec::new();
     let mut newest = None;
     for (i, e) in all.iter().enumerate() {
         if e.age(now) < settle || e.mtime > now {
-            in_progress.push((i, format!("still being written: modified {} ago, within settle ({})", human_age(e.age(now)), crate::units::Dur(settle))));
+            in_progress.push((
+                i,
+                format!(
+                    "still being written: modified {} ago, within settle ({})",
+                    human_age(e.age(now)),
+                    crate::units::Dur(settle)
+                ),
+            ));
             continue;
         }
         if let Some((_, why)) = exclude.iter().find(|(p, _)| *p == e.path) {
@@ -812,19 +949,32 @@ pub async fn select_newest(
         }
         tokio::time::sleep(restat_after).await;
         let e2 = e.clone();
-        let again = tokio::task::spawn_blocking(move || restat(&e2)).await.ok().flatten();
+        let again = tokio::task::spawn_blocking(move || restat(&e2))
+            .await
+            .ok()
+            .flatten();
         match again {
             Some((size, mtime)) if size == e.size && mtime == e.mtime => {
                 newest = Some(i);
                 break;
             }
             Some((size, _)) => {
-                in_progress.push((i, format!("still being written: its size changed from {} to {} while we looked", e.size, size)));
+                in_progress.push((
+                    i,
+                    format!(
+                        "still being written: its size changed from {} to {} while we looked",
+                        e.size, size
+                    ),
+                ));
             }
             None => in_progress.push((i, "disappeared while we looked".into())),
         }
     }
-    Ok(Selection { all, newest, in_progress })
+    Ok(Selection {
+        all,
+        newest,
+        in_progress,
+    })
 }
 
 impl Selection {
@@ -844,7 +994,11 @@ impl Selection {
                 let note = if Some(i) == self.newest {
                     "newest complete".to_string()
                 } else {
-                    self.in_progress.iter().find(|(j, _)| *j == i).map(|(_, why)| why.clone()).unwrap_or_default()
+                    self.in_progress
+                        .iter()
+                        .find(|(j, _)| *j == i)
+                        .map(|(_, why)| why.clone())
+                        .unwrap_or_default()
                 };
                 e.listing_line(now, tz, &note)
             })
@@ -899,7 +1053,10 @@ mod tests {
         let mut g = PlainGuard::new();
         assert!(g.check(b"CREATE TABLE t (x int);\n").is_ok());
         assert!(g.check(b"COPY public.t (x) FROM stdin;\n").is_ok());
-        assert!(g.check(b"\\connect other\n").is_ok(), "COPY data passes untouched");
+        assert!(
+            g.check(b"\\connect other\n").is_ok(),
+            "COPY data passes untouched"
+        );
         assert!(g.check(b"\\.\n").is_ok());
         assert!(g.check(b"\\connect other\n").is_err());
         assert!(g.check(b"\\! rm -rf /\n").is_err());

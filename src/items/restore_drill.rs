@@ -89,17 +89,26 @@ impl RestoreDrill {
         }
         for (i, c) in self.checks.iter().enumerate() {
             if c.query.trim().is_empty() {
-                p.error(&format!("checks[{i}].query"), format!("check {:?} has an empty query", c.name));
+                p.error(
+                    &format!("checks[{i}].query"),
+                    format!("check {:?} has an empty query", c.name),
+                );
             }
             if let (Some(min), Some(max)) = (c.min, c.max) {
                 if min > max {
-                    p.error(&format!("checks[{i}]"), format!("check {:?}: min {min} is above max {max}", c.name));
+                    p.error(
+                        &format!("checks[{i}]"),
+                        format!("check {:?}: min {min} is above max {max}", c.name),
+                    );
                 }
             }
         }
         let dir = p.path(&self.dir);
         if !dir.is_dir() {
-            p.warning(format!("backup folder {} does not exist (yet)", dir.display()));
+            p.warning(format!(
+                "backup folder {} does not exist (yet)",
+                dir.display()
+            ));
         }
     }
 
@@ -117,14 +126,24 @@ impl RestoreDrill {
         };
         let scratch = self.scratch_name(ctx);
         if !is_scratch_name(&scratch) {
-            return Outcome::fail(format!("refusing scratch database {scratch:?}: its name must start with \"{SCRATCH_PREFIX}\""));
+            return Outcome::fail(format!(
+                "refusing scratch database {scratch:?}: its name must start with \"{SCRATCH_PREFIX}\""
+            ));
         }
         let dir = ctx.path(&self.dir);
         let matcher = match bv::matcher(&self.pattern) {
             Ok(m) => m,
             Err(e) => return Outcome::fail(e),
         };
-        let sel = match bv::select_newest(&dir, &matcher, self.settle.0, Duration::from_millis(200), &[]).await {
+        let sel = match bv::select_newest(
+            &dir,
+            &matcher,
+            self.settle.0,
+            Duration::from_millis(200),
+            &[],
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => return Outcome::fail(e),
         };
@@ -132,7 +151,11 @@ impl RestoreDrill {
             let why = if sel.all.is_empty() {
                 format!("no backup matching {:?} in {}", self.pattern, dir.display())
             } else {
-                format!("no complete backup in {}: {} is still being written", dir.display(), sel.all[0].name)
+                format!(
+                    "no complete backup in {}: {} is still being written",
+                    dir.display(),
+                    sel.all[0].name
+                )
             };
             return Outcome::fail(why);
         };
@@ -148,7 +171,12 @@ impl RestoreDrill {
                     backup.name
                 ));
             }
-            Format::Unknown => return Outcome::fail(format!("{} is not a dump pg_restore or psql can read", backup.name)),
+            Format::Unknown => {
+                return Outcome::fail(format!(
+                    "{} is not a dump pg_restore or psql can read",
+                    backup.name
+                ));
+            }
         };
         let command_line = self.command_line(method, &scratch, &backup.path, plain_gzip);
         let mut data = serde_json::json!({
@@ -160,14 +188,25 @@ impl RestoreDrill {
         });
 
         if ctx.dry_run {
-            let mut o = Outcome::skipped(format!("dry run: would restore {} into scratch database {scratch} on {}", backup.name, target.display))
-                .detail(format!("backup: {} ({}, {})", backup.path.display(), format.as_str(), human_bytes(backup.size)))
-                .detail(format!("CREATE DATABASE {}", quote_ident(&scratch)))
-                .detail(format!("restore: {command_line}"));
+            let mut o = Outcome::skipped(format!(
+                "dry run: would restore {} into scratch database {scratch} on {}",
+                backup.name, target.display
+            ))
+            .detail(format!(
+                "backup: {} ({}, {})",
+                backup.path.display(),
+                format.as_str(),
+                human_bytes(backup.size)
+            ))
+            .detail(format!("CREATE DATABASE {}", quote_ident(&scratch)))
+            .detail(format!("restore: {command_line}"));
             for c in &self.checks {
                 o.details.push(format!("check {:?}: {}", c.name, c.query));
             }
-            o.details.push(format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&scratch)));
+            o.details.push(format!(
+                "DROP DATABASE {} WITH (FORCE)",
+                quote_ident(&scratch)
+            ));
             data["planned"] = true.into();
             return o.with_data(data);
         }
@@ -178,13 +217,17 @@ impl RestoreDrill {
             return Outcome::fail("interrupted before the restore").with_data(data);
         }
         if !v.problems.is_empty() {
-            return Outcome::fail(format!("{}: {}", backup.name, v.problems[0])).with_details(v.problems).with_data(data);
+            return Outcome::fail(format!("{}: {}", backup.name, v.problems[0]))
+                .with_details(v.problems)
+                .with_data(data);
         }
         data["checksum"] = v.checksum.into();
 
         let admin = match target.connect_for_maintenance().await {
             Ok(c) => c,
-            Err(e) => return Outcome::fail(format!("restore target unreachable: {e}")).with_data(data),
+            Err(e) => {
+                return Outcome::fail(format!("restore target unreachable: {e}")).with_data(data);
+            }
         };
         match admin.query_one("SELECT pg_is_in_recovery()", &[]).await {
             Ok(row) if row.get::<_, bool>(0) => {
@@ -195,7 +238,14 @@ impl RestoreDrill {
                 .with_data(data);
             }
             Ok(_) => {}
-            Err(e) => return Outcome::fail(format!("target {}: {}", target.name, crate::pg::pg_error(&e))).with_data(data),
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "target {}: {}",
+                    target.name,
+                    crate::pg::pg_error(&e)
+                ))
+                .with_data(data);
+            }
         }
         let mut details = Vec::new();
         if let Ok(rows) = admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%' ORDER BY 1", &[]).await {
@@ -206,14 +256,38 @@ impl RestoreDrill {
         }
 
         let created = Instant::now();
-        if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&scratch))).await {
-            return Outcome::fail(format!("cannot create scratch database {scratch}: {}", crate::pg::pg_error(&e))).with_data(data);
+        if let Err(e) = admin
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
+            .await
+        {
+            return Outcome::fail(format!(
+                "cannot create scratch database {scratch}: {}",
+                crate::pg::pg_error(&e)
+            ))
+            .with_data(data);
         }
-        let mut guard = ScratchGuard { target: Some(target.clone()), name: scratch.clone() };
-        details.push(format!("restoring {} ({}, {}) into {scratch} on {}", backup.name, format.as_str(), human_bytes(backup.size), target.display));
+        let mut guard = ScratchGuard {
+            target: Some(target.clone()),
+            name: scratch.clone(),
+        };
+        details.push(format!(
+            "restoring {} ({}, {}) into {scratch} on {}",
+            backup.name,
+            format.as_str(),
+            human_bytes(backup.size),
+            target.display
+        ));
         details.push(format!("command: {command_line}"));
 
-        let work = self.restore_and_check(ctx, &target, &scratch, &backup.path, method, plain_gzip, created);
+        let work = self.restore_and_check(
+            ctx,
+            &target,
+            &scratch,
+            &backup.path,
+            method,
+            plain_gzip,
+            created,
+        );
         let ended = tokio::select! {
             r = work => End::Done(r),
             _ = ctx.cancel.cancelled() => End::Interrupted,
@@ -222,7 +296,10 @@ impl RestoreDrill {
 
         let (mut outcome, failed) = match ended {
             End::Done(r) => self.judge(ctx, r, &mut details, &mut data),
-            End::Interrupted => (Outcome::fail("interrupted (shutting down) during the restore drill"), false),
+            End::Interrupted => (
+                Outcome::fail("interrupted (shutting down) during the restore drill"),
+                false,
+            ),
             End::TimedOut => (Outcome::fail("timed out during the restore drill"), false),
         };
         outcome.details.splice(0..0, details);
@@ -235,13 +312,17 @@ impl RestoreDrill {
             match drop_scratch(&admin, &scratch).await {
                 Ok(()) => {
                     guard.disarm();
-                    outcome.details.push(format!("scratch database {scratch} dropped"));
+                    outcome
+                        .details
+                        .push(format!("scratch database {scratch} dropped"));
                     data["scratch_dropped"] = true.into();
                 }
                 Err(e) => {
                     // The guard tries once more on its own connection when it goes out of scope.
                     outcome.escalate(Status::Fail);
-                    outcome.details.push(format!("could not drop scratch database {scratch}: {e}"));
+                    outcome
+                        .details
+                        .push(format!("could not drop scratch database {scratch}: {e}"));
                     data["scratch_dropped"] = false.into();
                 }
             }
@@ -250,19 +331,40 @@ impl RestoreDrill {
         outcome
     }
 
-    fn command_line(&self, method: Method, scratch: &str, path: &std::path::Path, gzip: bool) -> String {
+    fn command_line(
+        &self,
+        method: Method,
+        scratch: &str,
+        path: &std::path::Path,
+        gzip: bool,
+    ) -> String {
         match method {
-            Method::PgRestore => format!("pg_restore --no-owner --no-privileges -j {} -d {scratch} {}", self.parallel, path.display()),
+            Method::PgRestore => format!(
+                "pg_restore --no-owner --no-privileges -j {} -d {scratch} {}",
+                self.parallel,
+                path.display()
+            ),
             Method::Psql => format!(
                 "{}psql -X -q -v ON_ERROR_STOP=1 -d {scratch} -f - (through runbook's plain-dump filter)",
-                if gzip { format!("gzip -dc {} | ", path.display()) } else { format!("{} → ", path.display()) }
+                if gzip {
+                    format!("gzip -dc {} | ", path.display())
+                } else {
+                    format!("{} → ", path.display())
+                }
             ),
         }
     }
 
     /// The child process environment for pg_restore/psql: where to connect, the password.
     fn pg_env(cmd: &mut tokio::process::Command, target: &Target) {
-        for var in ["PGSERVICE", "PGSERVICEFILE", "PGDATABASE", "PGOPTIONS", "PGHOSTADDR", "PGPASSFILE"] {
+        for var in [
+            "PGSERVICE",
+            "PGSERVICEFILE",
+            "PGDATABASE",
+            "PGOPTIONS",
+            "PGHOSTADDR",
+            "PGPASSFILE",
+        ] {
             cmd.env_remove(var);
         }
         if let Some(h) = target.pg.get_hosts().first() {
@@ -292,7 +394,10 @@ impl RestoreDrill {
             cmd.env("PGSSLROOTCERT", ca);
         }
         cmd.env("PGAPPNAME", "runbook-drill");
-        cmd.env("PGCONNECT_TIMEOUT", target.connect_timeout.as_secs().max(1).to_string());
+        cmd.env(
+            "PGCONNECT_TIMEOUT",
+            target.connect_timeout.as_secs().max(1).to_string(),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -309,21 +414,43 @@ impl RestoreDrill {
         let run = match method {
             Method::PgRestore => {
                 let mut cmd = tokio::process::Command::new(bv::pg_tool("pg_restore"));
-                cmd.args(["--no-owner", "--no-privileges", "-j", &self.parallel.to_string(), "-d", scratch]).arg(path);
+                cmd.args([
+                    "--no-owner",
+                    "--no-privileges",
+                    "-j",
+                    &self.parallel.to_string(),
+                    "-d",
+                    scratch,
+                ])
+                .arg(path);
                 Self::pg_env(&mut cmd, target);
                 bv::run_tool(cmd, ctx.deadline, &ctx.cancel, false).await
             }
             Method::Psql => {
                 let mut cmd = tokio::process::Command::new(bv::pg_tool("psql"));
-                cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", scratch, "-f", "-"]);
+                cmd.args([
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                    scratch,
+                    "-f",
+                    "-",
+                ]);
                 Self::pg_env(&mut cmd, target);
                 let (tx, rx) = tokio::sync::mpsc::channel(8);
                 let (p, cancel) = (path.to_path_buf(), ctx.cancel.clone());
-                let feeder = tokio::task::spawn_blocking(move || bv::feed_plain(&p, gzip, tx, cancel));
-                let run = bv::run_tool_with_input(cmd, ctx.deadline, &ctx.cancel, false, Some(rx)).await;
+                let feeder =
+                    tokio::task::spawn_blocking(move || bv::feed_plain(&p, gzip, tx, cancel));
+                let run =
+                    bv::run_tool_with_input(cmd, ctx.deadline, &ctx.cancel, false, Some(rx)).await;
                 match feeder.await {
                     Ok(Err(e)) if e != "psql stopped reading" => {
-                        return DrillResult { restore_error: Some(format!("plain dump refused or unreadable: {e}")), ..Default::default() };
+                        return DrillResult {
+                            restore_error: Some(format!("plain dump refused or unreadable: {e}")),
+                            ..Default::default()
+                        };
                     }
                     _ => {}
                 }
@@ -332,19 +459,42 @@ impl RestoreDrill {
         };
         let rto = started.elapsed();
         if !run.ok() {
-            let tool = if method == Method::PgRestore { "pg_restore" } else { "psql" };
-            let mut r = DrillResult { restore_error: Some(run.failure(tool)), rto: Some(rto), ..Default::default() };
-            r.restore_log = run.stderr_tail.iter().rev().take(8).rev().map(|l| format!("{tool}: {l}")).collect();
+            let tool = if method == Method::PgRestore {
+                "pg_restore"
+            } else {
+                "psql"
+            };
+            let mut r = DrillResult {
+                restore_error: Some(run.failure(tool)),
+                rto: Some(rto),
+                ..Default::default()
+            };
+            r.restore_log = run
+                .stderr_tail
+                .iter()
+                .rev()
+                .take(8)
+                .rev()
+                .map(|l| format!("{tool}: {l}"))
+                .collect();
             return r;
         }
-        let mut r = DrillResult { rto: Some(rto), ..Default::default() };
+        let mut r = DrillResult {
+            rto: Some(rto),
+            ..Default::default()
+        };
         if self.checks.is_empty() {
             return r;
         }
         let client = match target.connect_to(scratch).await {
             Ok(c) => c,
             Err(e) => {
-                r.checks.push(CheckResult { name: "connect".into(), ok: false, value: None, message: e });
+                r.checks.push(CheckResult {
+                    name: "connect".into(),
+                    ok: false,
+                    value: None,
+                    message: e,
+                });
                 return r;
             }
         };
@@ -354,7 +504,13 @@ impl RestoreDrill {
         r
     }
 
-    fn judge(&self, ctx: &ItemCtx, r: DrillResult, details: &mut Vec<String>, data: &mut serde_json::Value) -> (Outcome, bool) {
+    fn judge(
+        &self,
+        ctx: &ItemCtx,
+        r: DrillResult,
+        details: &mut Vec<String>,
+        data: &mut serde_json::Value,
+    ) -> (Outcome, bool) {
         let rto_ms = r.rto.map(|d| d.as_millis() as u64);
         data["rto_ms"] = rto_ms.into();
         data["checks"] = serde_json::Value::Array(
@@ -369,19 +525,52 @@ impl RestoreDrill {
         data["previous_rto_ms"] = trend.previous_ms.into();
         data["rto_history_ms"] = trend.history_ms.clone().into();
         data["rto_change_pct"] = trend.change_pct.into();
-        details.push(format!("time to restore (RTO): {}{}", fmt_secs(rto), trend.text));
+        details.push(format!(
+            "time to restore (RTO): {}{}",
+            fmt_secs(rto),
+            trend.text
+        ));
         for c in &r.checks {
-            details.push(format!("{} check {:?}: {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.message));
+            details.push(format!(
+                "{} check {:?}: {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.message
+            ));
         }
         let failed: Vec<&CheckResult> = r.checks.iter().filter(|c| !c.ok).collect();
         if !failed.is_empty() {
-            let names: Vec<String> = failed.iter().map(|c| format!("{:?} ({})", c.name, c.message)).collect();
-            return (Outcome::fail(format!("restored in {}, but {} check{} failed: {}", fmt_secs(rto), failed.len(), if failed.len() == 1 { "" } else { "s" }, names.join("; "))), true);
+            let names: Vec<String> = failed
+                .iter()
+                .map(|c| format!("{:?} ({})", c.name, c.message))
+                .collect();
+            return (
+                Outcome::fail(format!(
+                    "restored in {}, but {} check{} failed: {}",
+                    fmt_secs(rto),
+                    failed.len(),
+                    if failed.len() == 1 { "" } else { "s" },
+                    names.join("; ")
+                )),
+                true,
+            );
         }
-        let summary = format!("restored in {}{}, {} check{} passed", fmt_secs(rto), trend.short, r.checks.len(), if r.checks.len() == 1 { "" } else { "s" });
+        let summary = format!(
+            "restored in {}{}, {} check{} passed",
+            fmt_secs(rto),
+            trend.short,
+            r.checks.len(),
+            if r.checks.len() == 1 { "" } else { "s" }
+        );
         if let Some(max) = self.max_duration {
             if rto > max.0 {
-                return (Outcome::warn(format!("RTO {} is above max_duration {max}: {summary}", fmt_secs(rto))), false);
+                return (
+                    Outcome::warn(format!(
+                        "RTO {} is above max_duration {max}: {summary}",
+                        fmt_secs(rto)
+                    )),
+                    false,
+                );
             }
         }
         (Outcome::pass(summary), false)
@@ -393,19 +582,37 @@ impl RestoreDrill {
         let history: Vec<u64> = reports
             .iter()
             .filter(|r| r.run_id != ctx.run_id)
-            .filter_map(|r| r.items.iter().find(|i| i.name == ctx.item && i.kind == "restore_drill"))
+            .filter_map(|r| {
+                r.items
+                    .iter()
+                    .find(|i| i.name == ctx.item && i.kind == "restore_drill")
+            })
             .filter(|i| i.status != Status::Fail)
             .filter_map(|i| i.data.get("rto_ms").and_then(|v| v.as_u64()))
             .take(5)
             .collect();
         let Some(&prev) = history.first() else {
-            return Trend { text: " (first recorded drill)".into(), ..Default::default() };
+            return Trend {
+                text: " (first recorded drill)".into(),
+                ..Default::default()
+            };
         };
         let now = rto.as_millis() as f64;
-        let pct = if prev > 0 { (now - prev as f64) * 100.0 / prev as f64 } else { 0.0 };
-        let list: Vec<String> = history.iter().map(|ms| fmt_secs(Duration::from_millis(*ms))).collect();
+        let pct = if prev > 0 {
+            (now - prev as f64) * 100.0 / prev as f64
+        } else {
+            0.0
+        };
+        let list: Vec<String> = history
+            .iter()
+            .map(|ms| fmt_secs(Duration::from_millis(*ms)))
+            .collect();
         Trend {
-            text: format!("; previous drill {} ({pct:+.0}%); earlier drills, newest first: {}", fmt_secs(Duration::from_millis(prev)), list.join(", ")),
+            text: format!(
+                "; previous drill {} ({pct:+.0}%); earlier drills, newest first: {}",
+                fmt_secs(Duration::from_millis(prev)),
+                list.join(", ")
+            ),
             short: format!(" ({pct:+.0}% vs previous drill)"),
             previous_ms: Some(prev),
             history_ms: history,
@@ -452,7 +659,12 @@ struct CheckResult {
 
 /// Runs one check: the query must return a row; min/max/expect apply to its first column.
 async fn run_check(client: &tokio_postgres::Client, c: &SqlCheck) -> CheckResult {
-    let fail = |message: String| CheckResult { name: c.name.clone(), ok: false, value: None, message };
+    let fail = |message: String| CheckResult {
+        name: c.name.clone(),
+        ok: false,
+        value: None,
+        message,
+    };
     let msgs = match client.simple_query(&c.query).await {
         Ok(m) => m,
         Err(e) => return fail(format!("query failed: {}", crate::pg::pg_error(&e))),
@@ -493,9 +705,19 @@ async fn run_check(client: &tokio_postgres::Client, c: &SqlCheck) -> CheckResult
         }
     }
     if problems.is_empty() {
-        CheckResult { name: c.name.clone(), ok: true, value: Some(text.clone()), message: format!("value {text}") }
+        CheckResult {
+            name: c.name.clone(),
+            ok: true,
+            value: Some(text.clone()),
+            message: format!("value {text}"),
+        }
     } else {
-        CheckResult { name: c.name.clone(), ok: false, value: Some(text), message: problems.join(", ") }
+        CheckResult {
+            name: c.name.clone(),
+            ok: false,
+            value: Some(text),
+            message: problems.join(", "),
+        }
     }
 }
 
@@ -527,12 +749,17 @@ impl ScratchGuard {
 
 impl Drop for ScratchGuard {
     fn drop(&mut self) {
-        let Some(target) = self.target.take() else { return };
+        let Some(target) = self.target.take() else {
+            return;
+        };
         let name = self.name.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         // A thread with its own runtime: we may be inside a runtime that is shutting down.
         std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(_) => return,
             };
@@ -551,7 +778,11 @@ impl Drop for ScratchGuard {
 
 fn fmt_secs(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s < 60.0 { format!("{s:.1}s") } else { format!("{}m {:02}s", d.as_secs() / 60, d.as_secs() % 60) }
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m {:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
 }
 
 fn merge(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
@@ -577,6 +808,9 @@ mod tests {
         assert!(!is_scratch_name("runbook_drill_"));
         assert!(!is_scratch_name("trademaster_trading"));
         assert!(!is_scratch_name("postgres"));
-        assert!(!is_scratch_name(&format!("runbook_drill_{}", "x".repeat(60))));
+        assert!(!is_scratch_name(&format!(
+            "runbook_drill_{}",
+            "x".repeat(60)
+        )));
     }
 }

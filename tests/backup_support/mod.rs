@@ -12,7 +12,8 @@ use runbook::pgcluster::TempCluster;
 
 /// Starts a cluster and loads `trading` with orders, positions and transactions.
 pub fn trading_cluster() -> TempCluster {
-    let c = TempCluster::start().expect("a throwaway PostgreSQL (initdb/pg_ctl) is needed for this test");
+    let c = TempCluster::start()
+        .expect("a throwaway PostgreSQL (initdb/pg_ctl) is needed for this test");
     c.create_db("trading").unwrap();
     c.psql(
         "trading",
@@ -31,7 +32,17 @@ pub fn trading_cluster() -> TempCluster {
 /// `pg_dump` of `db` in `format` (`c`, `d`, `p`) to `out`.
 pub fn pg_dump(c: &TempCluster, db: &str, format: &str, out: &Path, extra: &[&str]) {
     let st = Command::new(c.tool("pg_dump"))
-        .args(["-h", "127.0.0.1", "-p", &c.port.to_string(), "-U", &c.superuser, "-F", format, "-f"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            &c.superuser,
+            "-F",
+            format,
+            "-f",
+        ])
         .arg(out)
         .args(extra)
         .arg(db)
@@ -46,17 +57,31 @@ pub fn age(path: &Path, ago: Duration) {
     if path.is_dir() {
         for e in std::fs::read_dir(path).unwrap() {
             let p = e.unwrap().path();
-            std::fs::File::options().write(true).open(&p).unwrap().set_modified(t).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
         }
         std::fs::File::open(path).unwrap().set_modified(t).unwrap();
     } else {
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
     }
 }
 
 /// Writes a `sha256sum`-format sidecar for `file`.
 pub fn write_sidecar(file: &Path) {
-    let out = Command::new("sha256sum").arg(file.file_name().unwrap()).current_dir(file.parent().unwrap()).output().unwrap();
+    let out = Command::new("sha256sum")
+        .arg(file.file_name().unwrap())
+        .current_dir(file.parent().unwrap())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let mut side = file.as_os_str().to_owned();
     side.push(".sha256");
@@ -86,7 +111,10 @@ impl Setup {
 
     pub fn command(&self, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_runbook"));
-        cmd.arg("--config").arg(self.config()).args(["run-job", "t", "--no-notify", "--format", "json"]).args(extra);
+        cmd.arg("--config")
+            .arg(self.config())
+            .args(["run-job", "t", "--no-notify", "--format", "json"])
+            .args(extra);
         cmd
     }
 
@@ -95,8 +123,12 @@ impl Setup {
         let out = self.command(extra).output().unwrap();
         let code = out.status.code().unwrap_or(-1);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let report: serde_json::Value = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("no JSON report ({e}); exit {code}\nstdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)));
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON report ({e}); exit {code}\nstdout: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         (code, report["items"][0].clone())
     }
 }
@@ -108,10 +140,14 @@ pub fn q(p: &Path) -> String {
 
 /// The scratch databases left on a cluster.
 pub fn drill_databases(c: &TempCluster) -> Vec<String> {
-    c.psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%'", &[])
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .filter(|l| !l.is_empty())
-        .collect()
+    c.psql(
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%'",
+        &[],
+    )
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .filter(|l| !l.is_empty())
+    .collect()
 }
