@@ -289,9 +289,16 @@ impl RestoreDrill {
             created,
         );
         let ended = tokio::select! {
-            r = work => End::Done(r),
+            biased;
             _ = ctx.cancel.cancelled() => End::Interrupted,
             _ = tokio::time::sleep_until(ctx.deadline) => End::TimedOut,
+            r = work => End::Done(r),
+        };
+        // A restore that ended because we were cancelled is an interruption, not a failed
+        // restore (keep_on_failure does not apply to it).
+        let ended = match ended {
+            End::Done(_) if ctx.cancel.is_cancelled() => End::Interrupted,
+            e => e,
         };
 
         let (mut outcome, failed) = match ended {
