@@ -16,7 +16,11 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_LOCKED: u8 = 3;
 
 #[derive(Parser, Debug)]
-#[command(name = "runbook", version, about = "Runs an operations runbook's checklists on schedule and reports pass/warn/fail per item")]
+#[command(
+    name = "runbook",
+    version,
+    about = "Runs an operations runbook's checklists on schedule and reports pass/warn/fail per item"
+)]
 pub struct Cli {
     /// Config file. Default: $RUNBOOK_CONFIG, else ./jobs.toml, else /etc/runbook/jobs.toml.
     #[arg(long, global = true)]
@@ -136,7 +140,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runbook: cannot start the async runtime: {e}");
@@ -151,11 +158,17 @@ pub fn main() -> ExitCode {
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::prelude::*;
-    let default = if matches!(cli.command, Command::Daemon) { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNBOOK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let default = if matches!(cli.command, Command::Daemon) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNBOOK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let registry = tracing_subscriber::registry().with(filter);
     // Under systemd (JOURNAL_STREAM names our stderr), log to journald with structured fields.
-    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some() && cli.log_format == LogFormat::Text;
+    let under_journald =
+        std::env::var_os("JOURNAL_STREAM").is_some() && cli.log_format == LogFormat::Text;
     if under_journald {
         if let Ok(layer) = tracing_journald::layer() {
             let _ = registry.with(layer).try_init();
@@ -164,10 +177,22 @@ fn init_logging(cli: &Cli) {
     }
     match cli.log_format {
         LogFormat::Json => {
-            let _ = registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init();
+            let _ = registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .with_writer(std::io::stderr),
+                )
+                .try_init();
         }
         LogFormat::Text => {
-            let _ = registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false)).try_init();
+            let _ = registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_target(false),
+                )
+                .try_init();
         }
     }
 }
@@ -176,7 +201,12 @@ fn load(cli: &Cli) -> Result<Config, ExitCode> {
     let path = crate::config::resolve_path(cli.config.as_deref());
     Config::load(&path).map_err(|e| {
         eprintln!("{e}");
-        eprintln!("runbook: {} configuration error{} in {}; nothing ran", e.0.len(), if e.0.len() == 1 { "" } else { "s" }, path.display());
+        eprintln!(
+            "runbook: {} configuration error{} in {}; nothing ran",
+            e.0.len(),
+            if e.0.len() == 1 { "" } else { "s" },
+            path.display()
+        );
         ExitCode::from(EXIT_USAGE)
     })
 }
@@ -214,20 +244,35 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_FAILED)
             }
         },
-        Command::RunJob { job, items, dry_run, no_notify, format, strict } => {
-            let Ok(job) = config.job(&job).map_err(|e| eprintln!("runbook: {e}")) else { return ExitCode::from(EXIT_USAGE) };
+        Command::RunJob {
+            job,
+            items,
+            dry_run,
+            no_notify,
+            format,
+            strict,
+        } => {
+            let Ok(job) = config.job(&job).map_err(|e| eprintln!("runbook: {e}")) else {
+                return ExitCode::from(EXIT_USAGE);
+            };
             let store = match open_store(&config) {
                 Ok(s) => s,
                 Err(c) => return c,
             };
-            let opts = RunOptions { only_items: items, dry_run, notify: !no_notify, ..RunOptions::manual() };
+            let opts = RunOptions {
+                only_items: items,
+                dry_run,
+                notify: !no_notify,
+                ..RunOptions::manual()
+            };
             // Ctrl-C or SIGTERM (systemd, a terminal closing, `kill`) during a manual run: cancel
             // the items (children are killed, scratch databases dropped) and still print and
             // store the report.
             let cancel = opts.cancel.clone();
             tokio::spawn(async move {
                 let term = async {
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
                         Ok(mut s) => {
                             s.recv().await;
                         }
@@ -266,7 +311,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
             }
         }
         Command::List { format } => list(&config, format),
-        Command::Next { job, n, after, format } => next(&config, job.as_deref(), n, after.as_deref(), format),
+        Command::Next {
+            job,
+            n,
+            after,
+            format,
+        } => next(&config, job.as_deref(), n, after.as_deref(), format),
         Command::CheckConfig { connect } => check_config(&config, connect).await,
         Command::History { job, n, format } => {
             if let Some(j) = &job {
@@ -287,9 +337,29 @@ async fn dispatch(cli: Cli) -> ExitCode {
                                 println!("no runs recorded yet in {}", store.dir.display());
                             }
                             for r in rows {
-                                let counts = r.counts.map(|c| format!("{} pass, {} warn, {} fail, {} todo, {} skipped", c.pass, c.warn, c.fail, c.manual, c.skipped)).unwrap_or_default();
-                                let dur = r.duration_ms.map(crate::report::human_ms).unwrap_or_default();
-                                println!("{}  {:<12} {:<11} {:<9} {:>8}  {}  {}", r.started_at, r.job, r.status.to_uppercase(), r.trigger, dur, counts, r.run_id);
+                                let counts = r
+                                    .counts
+                                    .map(|c| {
+                                        format!(
+                                            "{} pass, {} warn, {} fail, {} todo, {} skipped",
+                                            c.pass, c.warn, c.fail, c.manual, c.skipped
+                                        )
+                                    })
+                                    .unwrap_or_default();
+                                let dur = r
+                                    .duration_ms
+                                    .map(crate::report::human_ms)
+                                    .unwrap_or_default();
+                                println!(
+                                    "{}  {:<12} {:<11} {:<9} {:>8}  {}  {}",
+                                    r.started_at,
+                                    r.job,
+                                    r.status.to_uppercase(),
+                                    r.trigger,
+                                    dur,
+                                    counts,
+                                    r.run_id
+                                );
                             }
                         }
                     }
@@ -314,10 +384,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
                         }
                         store.last_report(j)
                     }
-                    None => store.history(None, 50).map(|h| h.into_iter().find(|r| r.finished_at.is_some())).and_then(|r| match r {
-                        Some(r) => store.report(&r.run_id),
-                        None => Ok(None),
-                    }),
+                    None => store
+                        .history(None, 50)
+                        .map(|h| h.into_iter().find(|r| r.finished_at.is_some()))
+                        .and_then(|r| match r {
+                            Some(r) => store.report(&r.run_id),
+                            None => Ok(None),
+                        }),
                 }
             } else {
                 store.report(&run)
@@ -331,11 +404,16 @@ async fn dispatch(cli: Cli) -> ExitCode {
                     }
                     ExitCode::from(EXIT_OK)
                 }
-                Ok(None) => usage(format!("no stored report for {run:?}{}", job.map(|j| format!(" of job {j:?}")).unwrap_or_default())),
+                Ok(None) => usage(format!(
+                    "no stored report for {run:?}{}",
+                    job.map(|j| format!(" of job {j:?}")).unwrap_or_default()
+                )),
                 Err(e) => usage(format!("{e:#}")),
             }
         }
-        Command::NotifyTest { channel } => crate::notify::notify_test(&config, channel.as_deref()).await,
+        Command::NotifyTest { channel } => {
+            crate::notify::notify_test(&config, channel.as_deref()).await
+        }
         Command::Outbox { flush, format } => {
             let store = match open_store(&config) {
                 Ok(s) => s,
@@ -365,10 +443,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 }
             };
             match format {
-                Format::Json => print_json(&serde_json::json!({ "flushed": flushed, "entries": entries })),
+                Format::Json => {
+                    print_json(&serde_json::json!({ "flushed": flushed, "entries": entries }))
+                }
                 Format::Text => {
                     if let Some(f) = &flushed {
-                        println!("flushed: {} delivered, {} failed, {} dropped", f.delivered, f.failed, f.dropped);
+                        println!(
+                            "flushed: {} delivered, {} failed, {} dropped",
+                            f.delivered, f.failed, f.dropped
+                        );
                     }
                     if entries.is_empty() {
                         println!("outbox is empty: every report was delivered");
@@ -420,13 +503,33 @@ fn list(config: &Config, format: Format) -> ExitCode {
         Format::Text => {
             for j in config.jobs.values() {
                 let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
-                println!("{}  — {}", j.name, if j.config.description.is_empty() { "(no description)" } else { &j.config.description });
+                println!(
+                    "{}  — {}",
+                    j.name,
+                    if j.config.description.is_empty() {
+                        "(no description)"
+                    } else {
+                        &j.config.description
+                    }
+                );
                 match &j.schedule {
-                    Some(s) => println!("  schedule: {}  ({}, {})", s.expr, s.describe(), j.tz.name()),
-                    None => println!("  schedule: none (runs only by hand: runbook run-job {})", j.name),
+                    Some(s) => println!(
+                        "  schedule: {}  ({}, {})",
+                        s.expr,
+                        s.describe(),
+                        j.tz.name()
+                    ),
+                    None => println!(
+                        "  schedule: none (runs only by hand: runbook run-job {})",
+                        j.name
+                    ),
                 }
                 if let Some(n) = next {
-                    println!("  next run: {}  ({} UTC)", n.format("%a %Y-%m-%d %H:%M %Z"), n.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M"));
+                    println!(
+                        "  next run: {}  ({} UTC)",
+                        n.format("%a %Y-%m-%d %H:%M %Z"),
+                        n.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M")
+                    );
                 }
                 println!("  items ({}):", j.config.items.len());
                 for i in &j.config.items {
@@ -439,12 +542,22 @@ fn list(config: &Config, format: Format) -> ExitCode {
     ExitCode::from(EXIT_OK)
 }
 
-fn next(config: &Config, job: Option<&str>, n: usize, after: Option<&str>, format: Format) -> ExitCode {
+fn next(
+    config: &Config,
+    job: Option<&str>,
+    n: usize,
+    after: Option<&str>,
+    format: Format,
+) -> ExitCode {
     let after = match after {
         None => chrono::Utc::now(),
         Some(a) => match chrono::DateTime::parse_from_rfc3339(a) {
             Ok(t) => t.with_timezone(&chrono::Utc),
-            Err(e) => return usage(format!("--after {a:?} is not an RFC3339 time (e.g. 2026-11-24T10:00:00+05:30): {e}")),
+            Err(e) => {
+                return usage(format!(
+                    "--after {a:?} is not an RFC3339 time (e.g. 2026-11-24T10:00:00+05:30): {e}"
+                ));
+            }
         },
     };
     let jobs: Vec<&crate::config::Job> = match job {
@@ -456,7 +569,11 @@ fn next(config: &Config, job: Option<&str>, n: usize, after: Option<&str>, forma
     };
     let mut out = Vec::new();
     for j in jobs {
-        let times = j.schedule.as_ref().map(|s| s.next_n(j.tz, after, n)).unwrap_or_default();
+        let times = j
+            .schedule
+            .as_ref()
+            .map(|s| s.next_n(j.tz, after, n))
+            .unwrap_or_default();
         match format {
             Format::Text => {
                 match &j.schedule {
@@ -507,7 +624,14 @@ async fn check_config(config: &Config, connect: bool) -> ExitCode {
             j.name,
             j.config.items.len(),
             match next {
-                Some(n) => format!("next {} ({})", n.format("%Y-%m-%d %H:%M %Z"), j.schedule.as_ref().map(|s| s.describe()).unwrap_or_default()),
+                Some(n) => format!(
+                    "next {} ({})",
+                    n.format("%Y-%m-%d %H:%M %Z"),
+                    j.schedule
+                        .as_ref()
+                        .map(|s| s.describe())
+                        .unwrap_or_default()
+                ),
                 None => "no schedule: runs only by hand".into(),
             }
         );
@@ -519,8 +643,20 @@ async fn check_config(config: &Config, connect: bool) -> ExitCode {
     for (name, t) in config.targets.iter() {
         match t.connect().await {
             Ok(client) => {
-                let standby: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get(0)).unwrap_or(false);
-                println!("  target {name}: reachable ({}){}", t.display, if standby { ", a standby (state-changing items will refuse it)" } else { "" });
+                let standby: bool = client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(false);
+                println!(
+                    "  target {name}: reachable ({}){}",
+                    t.display,
+                    if standby {
+                        ", a standby (state-changing items will refuse it)"
+                    } else {
+                        ""
+                    }
+                );
             }
             Err(e) => {
                 ok = false;

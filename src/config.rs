@@ -289,8 +289,13 @@ impl Config {
     /// Parses and validates config text; `path` is used for messages and relative paths.
     pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let locator = Locator::new(path, text);
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![locator.from_toml(&e)]))?;
-        let dir = path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![locator.locate_toml_error(&e)]))?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         validate(raw, path.to_path_buf(), dir, &locator)
     }
@@ -299,24 +304,43 @@ impl Config {
     pub fn job(&self, name: &str) -> Result<&Job, String> {
         self.jobs.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
-            format!("unknown job {name:?} in {} (jobs: {})", self.path.display(), known.join(", "))
+            format!(
+                "unknown job {name:?} in {} (jobs: {})",
+                self.path.display(),
+                known.join(", ")
+            )
         })
     }
 }
 
-fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Result<Config, ConfigErrors> {
+fn validate(
+    raw: RawConfig,
+    path: PathBuf,
+    dir: PathBuf,
+    loc: &Locator,
+) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
 
     let default_tz: Tz = match raw.runbook.timezone.parse() {
         Ok(tz) => tz,
         Err(_) => {
-            errors.push(loc.at_key("runbook", "timezone", None, unknown_zone(&raw.runbook.timezone)));
+            errors.push(loc.at_key(
+                "runbook",
+                "timezone",
+                None,
+                unknown_zone(&raw.runbook.timezone),
+            ));
             Tz::UTC
         }
     };
     if raw.runbook.max_parallel_items == 0 {
-        errors.push(loc.at_key("runbook", "max_parallel_items", None, "max_parallel_items must be at least 1".into()));
+        errors.push(loc.at_key(
+            "runbook",
+            "max_parallel_items",
+            None,
+            "max_parallel_items must be at least 1".into(),
+        ));
     }
 
     let mut targets = BTreeMap::new();
@@ -324,13 +348,20 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
         match Target::resolve(name, t, &dir) {
             Ok((target, warns)) => {
                 for w in warns {
-                    warnings.push(format!("{}: target {name:?}: {w}", loc.position_of_section(&format!("targets.{name}"))));
+                    warnings.push(format!(
+                        "{}: target {name:?}: {w}",
+                        loc.position_of_section(&format!("targets.{name}"))
+                    ));
                 }
                 targets.insert(name.clone(), target);
             }
             Err(msgs) => {
                 for m in msgs {
-                    errors.push(loc.at_section(&format!("targets.{name}"), Some(format!("target {name:?}")), m));
+                    errors.push(loc.at_section(
+                        &format!("targets.{name}"),
+                        Some(format!("target {name:?}")),
+                        m,
+                    ));
                 }
             }
         }
@@ -343,7 +374,10 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
         match n.prepare(&name, &dir) {
             Ok(warns) => {
                 for w in warns {
-                    warnings.push(format!("{}: notifier {name:?}: {w}", loc.position_of_section(&section)));
+                    warnings.push(format!(
+                        "{}: notifier {name:?}: {w}",
+                        loc.position_of_section(&section)
+                    ));
                 }
             }
             Err(msgs) => {
@@ -360,8 +394,15 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
     for (name, mut job) in raw.jobs {
         let section = format!("jobs.{name}");
         let ctx = Some(format!("job {name:?}"));
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            errors.push(loc.at_section(&section, ctx.clone(), "job names may contain only letters, digits, '-' and '_'".into()));
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errors.push(loc.at_section(
+                &section,
+                ctx.clone(),
+                "job names may contain only letters, digits, '-' and '_'".into(),
+            ));
         }
         let tz = match &job.timezone {
             None => default_tz,
@@ -384,7 +425,12 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
             },
         };
         if job.max_parallel_items == Some(0) {
-            errors.push(loc.at_key(&section, "max_parallel_items", ctx.clone(), "max_parallel_items must be at least 1".into()));
+            errors.push(loc.at_key(
+                &section,
+                "max_parallel_items",
+                ctx.clone(),
+                "max_parallel_items must be at least 1".into(),
+            ));
         }
         let notify = match &job.notify {
             None => notifiers.keys().cloned().collect(),
@@ -396,7 +442,14 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
                             &section,
                             "notify",
                             ctx.clone(),
-                            format!("unknown notifier {n:?} (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") }),
+                            format!(
+                                "unknown notifier {n:?} (defined: {})",
+                                if known.is_empty() {
+                                    "none".into()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
                         ));
                     }
                 }
@@ -404,17 +457,30 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
             }
         };
         if job.items.is_empty() {
-            warnings.push(format!("{}: job {name:?} has no items", loc.position_of_section(&section)));
+            warnings.push(format!(
+                "{}: job {name:?} has no items",
+                loc.position_of_section(&section)
+            ));
         }
         let mut seen = BTreeSet::new();
         for (index, item) in job.items.iter_mut().enumerate() {
             let item_section = format!("jobs.{name}.items#{index}");
             let ictx = Some(format!("job {name:?}, item {:?}", item.name));
             if item.name.trim().is_empty() {
-                errors.push(loc.at_key(&item_section, "name", ictx.clone(), "item name must not be empty".into()));
+                errors.push(loc.at_key(
+                    &item_section,
+                    "name",
+                    ictx.clone(),
+                    "item name must not be empty".into(),
+                ));
             }
             if !seen.insert(item.name.clone()) {
-                errors.push(loc.at_key(&item_section, "name", ictx.clone(), format!("duplicate item name {:?} in job {name:?}", item.name)));
+                errors.push(loc.at_key(
+                    &item_section,
+                    "name",
+                    ictx.clone(),
+                    format!("duplicate item name {:?} in job {name:?}", item.name),
+                ));
             }
             if let Some(t) = item.spec.target() {
                 if !target_names.contains(t) {
@@ -423,7 +489,14 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
                         &item_section,
                         "target",
                         ictx.clone(),
-                        format!("unknown target {t:?} (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") }),
+                        format!(
+                            "unknown target {t:?} (defined: {})",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
                     ));
                 }
             }
@@ -434,10 +507,23 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
                 errors.push(loc.at_key(&item_section, key, ictx.clone(), msg));
             }
             for w in prep.warnings {
-                warnings.push(format!("{}: job {name:?}, item {:?}: {w}", loc.position_of_section(&item_section), item.name));
+                warnings.push(format!(
+                    "{}: job {name:?}, item {:?}: {w}",
+                    loc.position_of_section(&item_section),
+                    item.name
+                ));
             }
         }
-        jobs.insert(name.clone(), Job { name, config: job, tz, schedule, notify });
+        jobs.insert(
+            name.clone(),
+            Job {
+                name,
+                config: job,
+                tz,
+                schedule,
+                notify,
+            },
+        );
     }
 
     let mut cluster = raw.cluster;
@@ -460,10 +546,16 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
         .state_dir
         .clone()
         .map(|p| if p.is_absolute() { p } else { dir.join(p) })
-        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|s| PathBuf::from(s.to_string_lossy().split(':').next().unwrap_or_default())))
+        .or_else(|| {
+            std::env::var_os("STATE_DIRECTORY")
+                .map(|s| PathBuf::from(s.to_string_lossy().split(':').next().unwrap_or_default()))
+        })
         .unwrap_or_else(|| PathBuf::from("runbook-state"));
     let hostname = raw.runbook.hostname.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
     });
 
     Ok(Config {
@@ -482,7 +574,9 @@ fn validate(raw: RawConfig, path: PathBuf, dir: PathBuf, loc: &Locator) -> Resul
 }
 
 fn unknown_zone(z: &str) -> String {
-    format!("unknown time zone {z:?} (use an IANA name such as \"Asia/Kolkata\" or \"Europe/Berlin\")")
+    format!(
+        "unknown time zone {z:?} (use an IANA name such as \"Asia/Kolkata\" or \"Europe/Berlin\")"
+    )
 }
 
 /// Maps byte offsets, sections and keys of the config text back to line:column and job/item,
@@ -509,7 +603,13 @@ struct SectionInfo {
 
 impl Locator {
     pub fn new(file: &Path, text: &str) -> Locator {
-        let mut sections = vec![SectionInfo { start: 0, line: 1, id: String::new(), item_name: None, keys: vec![] }];
+        let mut sections = vec![SectionInfo {
+            start: 0,
+            line: 1,
+            id: String::new(),
+            item_name: None,
+            keys: vec![],
+        }];
         let mut item_counts: BTreeMap<String, usize> = BTreeMap::new();
         let mut offset = 0;
         for (lineno, line) in text.split_inclusive('\n').enumerate() {
@@ -533,7 +633,13 @@ impl Locator {
                     Some(path.join("."))
                 };
                 if let Some(id) = id {
-                    sections.push(SectionInfo { start: offset, line: lineno + 1, id, item_name: None, keys: vec![] });
+                    sections.push(SectionInfo {
+                        start: offset,
+                        line: lineno + 1,
+                        id,
+                        item_name: None,
+                        keys: vec![],
+                    });
                 }
             } else if let Some(eq) = trimmed.find('=') {
                 let key = trimmed[..eq].trim().trim_matches('"').to_string();
@@ -542,7 +648,9 @@ impl Locator {
                     if key == "name" && sec.item_name.is_none() {
                         let v = trimmed[eq + 1..].trim();
                         let v = v.split(" #").next().unwrap_or(v).trim();
-                        if let Ok(s) = toml::from_str::<BTreeMap<String, String>>(&format!("v = {v}")) {
+                        if let Ok(s) =
+                            toml::from_str::<BTreeMap<String, String>>(&format!("v = {v}"))
+                        {
                             sec.item_name = s.get("v").cloned();
                         }
                     }
@@ -551,14 +659,23 @@ impl Locator {
             }
             offset += line.len();
         }
-        Locator { file: file.to_path_buf(), text: text.to_owned(), sections }
+        Locator {
+            file: file.to_path_buf(),
+            text: text.to_owned(),
+            sections,
+        }
     }
 
     fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(0)
+            + 1;
         (line, col)
     }
 
@@ -574,20 +691,32 @@ impl Locator {
 
     fn at_section(&self, id: &str, context: Option<String>, message: String) -> ConfigError {
         let line = self.section(id).map(|s| s.line).unwrap_or(1);
-        ConfigError { file: self.file.clone(), line, column: 1, context, message }
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column: 1,
+            context,
+            message,
+        }
     }
 
     fn at_key(&self, id: &str, key: &str, context: Option<String>, message: String) -> ConfigError {
         if let Some(sec) = self.section(id) {
             if let Some((_, line, col)) = sec.keys.iter().find(|(k, _, _)| k == key) {
-                return ConfigError { file: self.file.clone(), line: *line, column: *col, context, message };
+                return ConfigError {
+                    file: self.file.clone(),
+                    line: *line,
+                    column: *col,
+                    context,
+                    message,
+                };
             }
         }
         self.at_section(id, context, message)
     }
 
     /// Turns a toml/serde error into a located error naming the job/item it is in.
-    fn from_toml(&self, e: &toml::de::Error) -> ConfigError {
+    fn locate_toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let message = e.message().trim().to_string();
         let offset = e.span().map(|s| s.start).unwrap_or(0);
         let (mut line, mut column) = self.line_col(offset);
@@ -596,14 +725,46 @@ impl Locator {
         if let Some(sec) = sec {
             context = describe_section(&sec.id, sec.item_name.as_deref());
             // serde reports an unknown or mistyped field at the enclosing table; point at the key.
-            if let Some(field) = backticked(&message) {
-                if let Some((_, l, c)) = sec.keys.iter().find(|(k, _, _)| *k == field) {
-                    line = *l;
-                    column = *c;
-                }
+            if let Some((l, c)) = self.refine(sec, &message) {
+                line = l;
+                column = c;
             }
         }
-        ConfigError { file: self.file.clone(), line, column, context, message }
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            context,
+            message,
+        }
+    }
+}
+
+impl Locator {
+    /// serde reports mistakes inside an item at the item's table. Point closer: at the key named
+    /// in backticks ("unknown field `dirr`"), else at the first line of the section containing
+    /// the quoted bad value ("invalid duration \"ninety days\"").
+    fn refine(&self, sec: &SectionInfo, message: &str) -> Option<(usize, usize)> {
+        if let Some(field) = backticked(message) {
+            if let Some((_, l, c)) = sec.keys.iter().find(|(k, _, _)| *k == field) {
+                return Some((*l, *c));
+            }
+        }
+        let start = message.find('"')? + 1;
+        let end = message[start..].find('"')? + start;
+        let needle = format!("\"{}\"", &message[start..end]);
+        let next = self
+            .sections
+            .iter()
+            .map(|s| s.start)
+            .filter(|&s| s > sec.start)
+            .min()
+            .unwrap_or(self.text.len());
+        let pos = self.text[sec.start..next].find(&needle)? + sec.start;
+        let (line, _) = self.line_col(pos);
+        let line_start = self.text[..pos].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let indent = self.text[line_start..].len() - self.text[line_start..].trim_start().len();
+        Some((line, indent + 1))
     }
 }
 
@@ -663,7 +824,13 @@ mod tests {
         let text = "[jobs.daily]\nschedule = \"0 10 * * *\"\n\n[[jobs.daily.items]]\nname = \"Remind\"\nkind = \"manual\"\nlinkk = \"x\"\n";
         let e = errors(text);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("jobs.toml:7:1: job \"daily\", item \"Remind\": unknown field `linkk`"), "{}", e[0]);
+        assert!(
+            e[0].starts_with(
+                "jobs.toml:7:1: job \"daily\", item \"Remind\": unknown field `linkk`"
+            ),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]
@@ -685,10 +852,26 @@ kind = "manual"
 "#;
         let e = errors(text);
         assert_eq!(e.len(), 4, "{e:#?}");
-        assert!(e[0].starts_with("jobs.toml:2:1: unknown time zone \"Asia/Kolkatta\""), "{}", e[0]);
-        assert!(e[1].starts_with("jobs.toml:5:1: job \"daily\": "), "{}", e[1]);
-        assert!(e[2].starts_with("jobs.toml:6:1: job \"daily\": unknown notifier \"nobody\""), "{}", e[2]);
-        assert!(e[3].starts_with("jobs.toml:13:1: job \"daily\", item \"A\": duplicate item name"), "{}", e[3]);
+        assert!(
+            e[0].starts_with("jobs.toml:2:1: unknown time zone \"Asia/Kolkatta\""),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].starts_with("jobs.toml:5:1: job \"daily\": "),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].starts_with("jobs.toml:6:1: job \"daily\": unknown notifier \"nobody\""),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].starts_with("jobs.toml:13:1: job \"daily\", item \"A\": duplicate item name"),
+            "{}",
+            e[3]
+        );
     }
 
     #[test]

@@ -77,7 +77,11 @@ pub struct Target {
 
 impl Target {
     /// Validates a target; returns it with warnings, or the errors.
-    pub fn resolve(name: &str, c: &TargetConfig, base: &Path) -> Result<(Target, Vec<String>), Vec<String>> {
+    pub fn resolve(
+        name: &str,
+        c: &TargetConfig,
+        base: &Path,
+    ) -> Result<(Target, Vec<String>), Vec<String>> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let pg: tokio_postgres::Config = match c.url.parse() {
@@ -107,7 +111,11 @@ impl Target {
         };
         if c.sslmode == SslMode::VerifyFull {
             if let Some(ca) = &c.ca_file {
-                let p = if ca.is_absolute() { ca.clone() } else { base.join(ca) };
+                let p = if ca.is_absolute() {
+                    ca.clone()
+                } else {
+                    base.join(ca)
+                };
                 if !p.exists() {
                     errors.push(format!("ca_file {} does not exist", p.display()));
                 }
@@ -124,7 +132,13 @@ impl Target {
                 display,
                 password,
                 sslmode: c.sslmode,
-                ca_file: c.ca_file.as_ref().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) }),
+                ca_file: c.ca_file.as_ref().map(|p| {
+                    if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        base.join(p)
+                    }
+                }),
                 lock_timeout: c.lock_timeout.0,
                 statement_timeout: c.statement_timeout.map(|d| d.0),
                 connect_timeout: c.connect_timeout.0,
@@ -144,7 +158,9 @@ impl Target {
             statement_timeout: None,
             connect_timeout: default_connect_timeout(),
         };
-        Target::resolve(name, &c, Path::new(".")).map(|(t, _)| t).map_err(|e| e.join("; "))
+        Target::resolve(name, &c, Path::new("."))
+            .map(|(t, _)| t)
+            .map_err(|e| e.join("; "))
     }
 
     /// The database name of the target.
@@ -165,7 +181,10 @@ impl Target {
         if let Some(st) = self.statement_timeout {
             set.push_str(&format!("; SET statement_timeout = '{}ms'", st.as_millis()));
         }
-        client.batch_execute(&set).await.map_err(|e| format!("target {}: {}", self.name, pg_error(&e)))?;
+        client
+            .batch_execute(&set)
+            .await
+            .map_err(|e| format!("target {}: {}", self.name, pg_error(&e)))?;
         Ok(client)
     }
 
@@ -179,7 +198,14 @@ impl Target {
         if let Some(p) = &self.password {
             cfg.password(p.expose());
         }
-        let fail = |e: tokio_postgres::Error| format!("cannot connect to target {} ({}): {}", self.name, self.display, pg_error(&e));
+        let fail = |e: tokio_postgres::Error| {
+            format!(
+                "cannot connect to target {} ({}): {}",
+                self.name,
+                self.display,
+                pg_error(&e)
+            )
+        };
         let connect = async {
             match self.sslmode {
                 SslMode::Disable => {
@@ -207,7 +233,10 @@ impl Target {
         };
         match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), connect).await {
             Ok(r) => r,
-            Err(_) => Err(format!("cannot connect to target {} ({}): timed out after {:?}", self.name, self.display, self.connect_timeout)),
+            Err(_) => Err(format!(
+                "cannot connect to target {} ({}): timed out after {:?}",
+                self.name, self.display, self.connect_timeout
+            )),
         }
     }
 
@@ -220,17 +249,34 @@ impl Target {
             let mut roots = rustls::RootCertStore::empty();
             match &self.ca_file {
                 Some(ca) => {
-                    let pem = std::fs::read(ca).map_err(|e| format!("target {}: cannot read ca_file {}: {e}", self.name, ca.display()))?;
+                    let pem = std::fs::read(ca).map_err(|e| {
+                        format!(
+                            "target {}: cannot read ca_file {}: {e}",
+                            self.name,
+                            ca.display()
+                        )
+                    })?;
                     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                        let cert = cert.map_err(|e| format!("target {}: bad certificate in {}: {e}", self.name, ca.display()))?;
-                        roots.add(cert).map_err(|e| format!("target {}: {e}", self.name))?;
+                        let cert = cert.map_err(|e| {
+                            format!(
+                                "target {}: bad certificate in {}: {e}",
+                                self.name,
+                                ca.display()
+                            )
+                        })?;
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("target {}: {e}", self.name))?;
                     }
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             }
             Ok(builder.with_root_certificates(roots).with_no_client_auth())
         } else {
-            Ok(builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify)).with_no_client_auth())
+            Ok(builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify))
+                .with_no_client_auth())
         }
     }
 }
@@ -256,7 +302,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -264,10 +315,17 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -280,7 +338,11 @@ fn describe(pg: &tokio_postgres::Config) -> String {
     };
     let port = pg.get_ports().first().copied().unwrap_or(5432);
     let db = pg.get_dbname().unwrap_or(user);
-    if user.is_empty() { format!("{host}:{port}/{db}") } else { format!("{user}@{host}:{port}/{db}") }
+    if user.is_empty() {
+        format!("{host}:{port}/{db}")
+    } else {
+        format!("{user}@{host}:{port}/{db}")
+    }
 }
 
 /// A PostgreSQL error as one line: the server's message (with SQLSTATE) when there is one.
@@ -303,21 +365,100 @@ pub fn pg_error(e: &tokio_postgres::Error) -> String {
 /// `quote_ident`: quotes an identifier the way PostgreSQL's `quote_ident` does when needed.
 pub fn quote_ident(ident: &str) -> String {
     let plain = !ident.is_empty()
-        && ident.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && ident.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if plain && !is_keyword(ident) { ident.to_string() } else { format!("\"{}\"", ident.replace('"', "\"\"")) }
+        && ident
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && ident
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain && !is_keyword(ident) {
+        ident.to_string()
+    } else {
+        format!("\"{}\"", ident.replace('"', "\"\""))
+    }
 }
 
 fn is_keyword(s: &str) -> bool {
     // Reserved words that would break an unquoted identifier; quoting more is harmless.
     const KW: &[&str] = &[
-        "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "both", "case", "cast", "check", "collate",
-        "column", "constraint", "create", "current_catalog", "current_date", "current_role", "current_time", "current_timestamp",
-        "current_user", "default", "deferrable", "desc", "distinct", "do", "else", "end", "except", "false", "fetch", "for",
-        "foreign", "from", "grant", "group", "having", "in", "initially", "intersect", "into", "lateral", "leading", "limit",
-        "localtime", "localtimestamp", "not", "null", "offset", "on", "only", "or", "order", "placing", "primary", "references",
-        "returning", "select", "session_user", "some", "symmetric", "table", "then", "to", "trailing", "true", "union", "unique",
-        "user", "using", "variadic", "when", "where", "window", "with",
+        "all",
+        "analyse",
+        "analyze",
+        "and",
+        "any",
+        "array",
+        "as",
+        "asc",
+        "asymmetric",
+        "both",
+        "case",
+        "cast",
+        "check",
+        "collate",
+        "column",
+        "constraint",
+        "create",
+        "current_catalog",
+        "current_date",
+        "current_role",
+        "current_time",
+        "current_timestamp",
+        "current_user",
+        "default",
+        "deferrable",
+        "desc",
+        "distinct",
+        "do",
+        "else",
+        "end",
+        "except",
+        "false",
+        "fetch",
+        "for",
+        "foreign",
+        "from",
+        "grant",
+        "group",
+        "having",
+        "in",
+        "initially",
+        "intersect",
+        "into",
+        "lateral",
+        "leading",
+        "limit",
+        "localtime",
+        "localtimestamp",
+        "not",
+        "null",
+        "offset",
+        "on",
+        "only",
+        "or",
+        "order",
+        "placing",
+        "primary",
+        "references",
+        "returning",
+        "select",
+        "session_user",
+        "some",
+        "symmetric",
+        "table",
+        "then",
+        "to",
+        "trailing",
+        "true",
+        "union",
+        "unique",
+        "user",
+        "using",
+        "variadic",
+        "when",
+        "where",
+        "window",
+        "with",
     ];
     KW.contains(&s)
 }
@@ -338,7 +479,10 @@ mod tests {
         assert_eq!(quote_ident("Weird \"Name\""), "\"Weird \"\"Name\"\"\"");
         assert_eq!(quote_ident("user"), "\"user\"");
         assert_eq!(quote_ident("1abc"), "\"1abc\"");
-        assert_eq!(qualified("trading", "order items"), "trading.\"order items\"");
+        assert_eq!(
+            qualified("trading", "order items"),
+            "trading.\"order items\""
+        );
     }
 
     #[test]
@@ -352,7 +496,9 @@ mod tests {
             statement_timeout: None,
             connect_timeout: default_connect_timeout(),
         };
-        let e = Target::resolve("t", &c, Path::new(".")).unwrap_err().join(" ");
+        let e = Target::resolve("t", &c, Path::new("."))
+            .unwrap_err()
+            .join(" ");
         assert!(e.contains("url contains a password"));
         assert!(!e.contains("sekrit"));
     }

@@ -56,7 +56,9 @@ pub fn find_bin_dir() -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    bail!("PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install postgresql) or set PG_BIN")
+    bail!(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install postgresql) or set PG_BIN"
+    )
 }
 
 fn free_port() -> Result<u16> {
@@ -68,9 +70,16 @@ impl TempCluster {
     /// initdb + start. Takes a few seconds.
     pub fn start() -> Result<TempCluster> {
         let bin = find_bin_dir()?;
-        let dir = tempfile::Builder::new().prefix("runbook-pg-").tempdir().context("cannot create a temporary folder")?;
+        let dir = tempfile::Builder::new()
+            .prefix("runbook-pg-")
+            .tempdir()
+            .context("cannot create a temporary folder")?;
         let root = nix::unistd::Uid::effective().is_root();
-        let run_as = if root { Some("postgres".to_string()) } else { None };
+        let run_as = if root {
+            Some("postgres".to_string())
+        } else {
+            None
+        };
         if let Some(user) = &run_as {
             let u = nix::unistd::User::from_name(user)?.with_context(|| format!("we are root and PostgreSQL refuses root, but there is no `{user}` user to run it as"))?;
             nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid))?;
@@ -78,9 +87,31 @@ impl TempCluster {
         let data = dir.path().join("data");
         let superuser = "postgres".to_string();
         let port = free_port()?;
-        let c = TempCluster { dir: Some(dir), data, port, bin, run_as, superuser, stopped: false };
-        c.run(&c.tool("initdb"), &["-D", c.data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C"])
-            .context("initdb failed")?;
+        let c = TempCluster {
+            dir: Some(dir),
+            data,
+            port,
+            bin,
+            run_as,
+            superuser,
+            stopped: false,
+        };
+        c.run(
+            &c.tool("initdb"),
+            &[
+                "-D",
+                c.data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            ],
+        )
+        .context("initdb failed")?;
         let conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\nmax_connections = 100\nshared_preload_libraries = 'pg_stat_statements'\nlogging_collector = off\n",
             port,
@@ -91,8 +122,24 @@ impl TempCluster {
         text.push_str(&conf);
         std::fs::write(&conf_path, text).context("cannot write postgresql.conf")?;
         let log = c.dir_path().join("server.log");
-        c.run(&c.tool("pg_ctl"), &["-D", c.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]).with_context(|| {
-            format!("pg_ctl start failed; server log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+        c.run(
+            &c.tool("pg_ctl"),
+            &[
+                "-D",
+                c.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .with_context(|| {
+            format!(
+                "pg_ctl start failed; server log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
         })?;
         Ok(c)
     }
@@ -120,26 +167,61 @@ impl TempCluster {
             }
             None => Command::new(program),
         };
-        let out = cmd.args(args).current_dir("/").stdin(Stdio::null()).output().with_context(|| format!("cannot run {}", program.display()))?;
+        let out = cmd
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", program.display()))?;
         if !out.status.success() {
-            bail!("{} {:?} failed: {}{}", program.display(), args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{} {:?} failed: {}{}",
+                program.display(),
+                args,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/DB`.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{}@127.0.0.1:{}/{}", self.superuser, self.port, db)
+        format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            self.superuser, self.port, db
+        )
     }
 
     /// Runs SQL through psql against `db` (ON_ERROR_STOP), with `-v` variables.
     pub fn psql(&self, db: &str, sql: &str, vars: &[(&str, &str)]) -> Result<String> {
         let mut cmd = Command::new(self.tool("psql"));
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", &self.superuser, "-d", db, "-At"]);
+        cmd.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            &self.superuser,
+            "-d",
+            db,
+            "-At",
+        ]);
         for (k, v) in vars {
             cmd.arg("-v").arg(format!("{k}={v}"));
         }
-        let out = cmd.arg("-f").arg("-").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot run psql")?;
+        let out = cmd
+            .arg("-f")
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run psql")?;
         let mut child = out;
         {
             use std::io::Write;
@@ -155,7 +237,12 @@ impl TempCluster {
 
     /// Creates a database.
     pub fn create_db(&self, name: &str) -> Result<()> {
-        self.psql("postgres", &format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")), &[]).map(|_| ())
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")),
+            &[],
+        )
+        .map(|_| ())
     }
 
     /// Stops the server and removes the folder now (also done on drop).
@@ -164,7 +251,19 @@ impl TempCluster {
             return Ok(());
         }
         self.stopped = true;
-        let r = self.run(&self.tool("pg_ctl"), &["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "-t", "30", "stop"]);
+        let r = self.run(
+            &self.tool("pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ],
+        );
         if let Some(d) = self.dir.take() {
             let _ = d.close();
         }

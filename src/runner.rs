@@ -58,8 +58,16 @@ impl RunOptions {
 /// Why a run did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("job {job:?} is already running (run {run_id}, process {pid} on {host}, since {since}); nothing ran")]
-    Locked { job: String, run_id: String, pid: i64, host: String, since: String },
+    #[error(
+        "job {job:?} is already running (run {run_id}, process {pid} on {host}, since {since}); nothing ran"
+    )]
+    Locked {
+        job: String,
+        run_id: String,
+        pid: i64,
+        host: String,
+        since: String,
+    },
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
@@ -67,17 +75,37 @@ pub enum RunError {
 }
 
 /// Runs `job` now and returns its stored report.
-pub async fn run_job(config: &Config, store: &Store, job: &Job, opts: RunOptions) -> Result<Report, RunError> {
+pub async fn run_job(
+    config: &Config,
+    store: &Store,
+    job: &Job,
+    opts: RunOptions,
+) -> Result<Report, RunError> {
     for name in &opts.only_items {
         if !job.config.items.iter().any(|i| &i.name == name) {
             let known: Vec<&str> = job.config.items.iter().map(|i| i.name.as_str()).collect();
-            return Err(RunError::Usage(format!("job {:?} has no item {name:?} (items: {})", job.name, known.join(", "))));
+            return Err(RunError::Usage(format!(
+                "job {:?} has no item {name:?} (items: {})",
+                job.name,
+                known.join(", ")
+            )));
         }
     }
     let run_id = ulid::Ulid::new().to_string();
     match store.try_lock(&job.name, &run_id)? {
-        Lock::Held { run_id, pid, host, since } => {
-            return Err(RunError::Locked { job: job.name.clone(), run_id, pid, host, since });
+        Lock::Held {
+            run_id,
+            pid,
+            host,
+            since,
+        } => {
+            return Err(RunError::Locked {
+                job: job.name.clone(),
+                run_id,
+                pid,
+                host,
+                since,
+            });
         }
         Lock::Acquired { stale_taken_over } => {
             if let Some(msg) = stale_taken_over {
@@ -96,18 +124,34 @@ pub async fn run_job(config: &Config, store: &Store, job: &Job, opts: RunOptions
     Ok(report)
 }
 
-async fn run_locked(config: &Config, store: &Store, job: &Job, opts: &RunOptions, run_id: &str) -> Result<Report, RunError> {
+async fn run_locked(
+    config: &Config,
+    store: &Store,
+    job: &Job,
+    opts: &RunOptions,
+    run_id: &str,
+) -> Result<Report, RunError> {
     let previous = store.last_report(&job.name)?;
     let started = Utc::now();
-    let scheduled_local = opts.scheduled_for.map(|s| s.with_timezone(&job.tz).fixed_offset());
-    store.insert_run(run_id, &job.name, opts.trigger.as_str(), scheduled_local.map(|s| s.to_rfc3339()).as_deref(), &started)?;
+    let scheduled_local = opts
+        .scheduled_for
+        .map(|s| s.with_timezone(&job.tz).fixed_offset());
+    store.insert_run(
+        run_id,
+        &job.name,
+        opts.trigger.as_str(),
+        scheduled_local.map(|s| s.to_rfc3339()).as_deref(),
+        &started,
+    )?;
     if opts.notify && !opts.dry_run {
         crate::notify::run_started(config, job).await;
     }
     tracing::info!(job = %job.name, run_id, trigger = opts.trigger.as_str(), "run started");
 
     let selected: Vec<usize> = (0..job.config.items.len())
-        .filter(|&i| opts.only_items.is_empty() || opts.only_items.contains(&job.config.items[i].name))
+        .filter(|&i| {
+            opts.only_items.is_empty() || opts.only_items.contains(&job.config.items[i].name)
+        })
         .collect();
     let base_ctx = ItemCtx {
         job: job.name.clone(),
@@ -173,76 +217,99 @@ async fn run_locked(config: &Config, store: &Store, job: &Job, opts: &RunOptions
 }
 
 /// Runs the selected items; returns (outcome, duration in ms) in the order of `selected`.
-async fn execute(job: &Job, selected: &[usize], base: ItemCtx, default_parallel: usize) -> Vec<(Outcome, u64)> {
-    let parallel = job.config.max_parallel_items.unwrap_or(default_parallel).max(1);
+async fn execute(
+    job: &Job,
+    selected: &[usize],
+    base: ItemCtx,
+    default_parallel: usize,
+) -> Vec<(Outcome, u64)> {
+    let parallel = job
+        .config
+        .max_parallel_items
+        .unwrap_or(default_parallel)
+        .max(1);
     let semaphore = Arc::new(Semaphore::new(parallel));
     let job_deadline = Instant::now() + job.config.timeout.0;
     let job_timeout = job.config.timeout;
 
-    // Lanes: items changing the same target share one lane and run in file order.
-    let mut lanes: Vec<Vec<usize>> = Vec::new();
-    let mut lane_of_target: std::collections::HashMap<String, usize> = Default::default();
-    for (pos, &i) in selected.iter().enumerate() {
-        let spec = &job.config.items[i].spec;
-        match spec.target().filter(|_| spec.changes_state()) {
-            Some(t) => match lane_of_target.get(t) {
-                Some(&lane) => lanes[lane].push(pos),
-                None => {
-                    lane_of_target.insert(t.to_string(), lanes.len());
-                    lanes.push(vec![pos]);
-                }
-            },
-            None => lanes.push(vec![pos]),
-        }
-    }
-
-    let mut tasks = Vec::new();
-    for lane in lanes {
-        let semaphore = semaphore.clone();
-        let items: Vec<(usize, crate::config::ItemConfig)> = lane.iter().map(|&pos| (pos, job.config.items[selected[pos]].clone())).collect();
+    // Items start in file order as permits free up. Items that change the same target form a
+    // chain: each waits for its predecessor on that target to finish before it runs.
+    let mut previous_on_target: std::collections::HashMap<
+        String,
+        tokio::sync::oneshot::Receiver<()>,
+    > = Default::default();
+    let mut tasks: Vec<Option<tokio::task::JoinHandle<(Outcome, u64)>>> = Vec::new();
+    for &i in selected {
+        let item = job.config.items[i].clone();
+        let permit = tokio::select! {
+            p = semaphore.clone().acquire_owned() => Some(p.expect("semaphore is never closed")),
+            _ = tokio::time::sleep_until(job_deadline) => None,
+        };
+        let Some(permit) = permit else {
+            tasks.push(None);
+            continue;
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let predecessor = match item.spec.target().filter(|_| item.spec.changes_state()) {
+            Some(t) => previous_on_target.insert(t.to_string(), done_rx),
+            None => None,
+        };
         let base = base.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut results = Vec::new();
-            for (pos, item) in items {
-                let _permit = tokio::select! {
-                    p = semaphore.clone().acquire_owned() => p.expect("semaphore is never closed"),
-                    _ = tokio::time::sleep_until(job_deadline) => {
-                        results.push((pos, (Outcome::fail(format!("not started: the job's timeout ({job_timeout}) was reached")), 0)));
-                        continue;
-                    }
-                };
-                if Instant::now() >= job_deadline {
-                    results.push((pos, (Outcome::fail(format!("not started: the job's timeout ({job_timeout}) was reached")), 0)));
-                    continue;
-                }
-                if base.cancel.is_cancelled() {
-                    results.push((pos, (Outcome::fail("interrupted: not started (shutting down)"), 0)));
-                    continue;
-                }
-                results.push((pos, run_item(&item, &base, job_deadline, job_timeout).await));
+        tasks.push(Some(tokio::spawn(async move {
+            if let Some(p) = predecessor {
+                let _ = p.await;
             }
-            results
-        }));
+            // Timers may fire a hair early: an item that would get less than 50 ms is not started.
+            let result = if Instant::now() + Duration::from_millis(50) >= job_deadline {
+                (
+                    Outcome::fail(format!(
+                        "not started: the job's timeout ({job_timeout}) was reached"
+                    )),
+                    0,
+                )
+            } else if base.cancel.is_cancelled() {
+                (Outcome::fail("interrupted: not started (shutting down)"), 0)
+            } else {
+                run_item(&item, &base, job_deadline, job_timeout).await
+            };
+            drop(permit);
+            let _ = done_tx.send(());
+            result
+        })));
     }
-    let mut out: Vec<Option<(Outcome, u64)>> = vec![None; selected.len()];
+    let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
-        match t.await {
-            Ok(results) => {
-                for (pos, r) in results {
-                    out[pos] = Some(r);
-                }
-            }
-            Err(e) => tracing::error!("an item lane failed: {e}"),
-        }
+        out.push(match t {
+            None => (
+                Outcome::fail(format!(
+                    "not started: the job's timeout ({job_timeout}) was reached"
+                )),
+                0,
+            ),
+            Some(handle) => handle
+                .await
+                .unwrap_or_else(|e| (Outcome::fail(format!("internal error: {e}")), 0)),
+        });
     }
-    out.into_iter().map(|o| o.unwrap_or_else(|| (Outcome::fail("internal error: the item's result was lost"), 0))).collect()
+    out
 }
 
-async fn run_item(item: &crate::config::ItemConfig, base: &ItemCtx, job_deadline: Instant, job_timeout: crate::units::Dur) -> (Outcome, u64) {
+async fn run_item(
+    item: &crate::config::ItemConfig,
+    base: &ItemCtx,
+    job_deadline: Instant,
+    job_timeout: crate::units::Dur,
+) -> (Outcome, u64) {
     let started = Instant::now();
-    let limit = item.timeout.map(|t| t.0).or_else(|| item.spec.default_timeout());
+    let limit = item
+        .timeout
+        .map(|t| t.0)
+        .or_else(|| item.spec.default_timeout());
     let (deadline, limit_text) = match limit {
-        Some(l) if started + l < job_deadline => (started + l, format!("its timeout ({})", crate::units::Dur(l))),
+        Some(l) if started + l < job_deadline => (
+            started + l,
+            format!("its timeout ({})", crate::units::Dur(l)),
+        ),
         _ => (job_deadline, format!("the job's timeout ({job_timeout})")),
     };
     let item_cancel = base.cancel.child_token();
@@ -303,5 +370,26 @@ fn joined_outcome(joined: Result<Outcome, tokio::task::JoinError>) -> Outcome {
             Outcome::fail(format!("internal error: the check panicked: {msg}"))
         }
         Err(_) => Outcome::fail("interrupted: the check was cancelled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_check_becomes_a_failed_item_with_the_reason() {
+        let handle = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("index out of bounds: the len is 0");
+            }
+            Outcome::pass("unreachable")
+        });
+        let o = joined_outcome(handle.await);
+        assert_eq!(o.status, Status::Fail);
+        assert_eq!(
+            o.summary,
+            "internal error: the check panicked: index out of bounds: the len is 0"
+        );
     }
 }

@@ -37,14 +37,23 @@ impl Schedule {
                 "invalid cron expression {expr:?}: expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, found {fields}"
             ));
         }
-        let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).dom_and_dow(true).build();
-        let cron = parser.parse(expr).map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+        let parser = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .dom_and_dow(true)
+            .build();
+        let cron = parser
+            .parse(expr)
+            .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
         // A pattern like "0 0 31 2 *" parses but never fires; say so now, not never.
         let probe = Utc::now();
         if cron.find_next_occurrence(&probe, false).is_err() {
             return Err(format!("cron expression {expr:?} never fires"));
         }
-        Ok(Schedule { cron, expr: expr.to_string() })
+        Ok(Schedule {
+            cron,
+            expr: expr.to_string(),
+        })
     }
 
     /// croner's English description, e.g. "At 10:00 AM".
@@ -75,7 +84,13 @@ impl Schedule {
     }
 
     /// Slots in `(after, until]`, oldest first, at most `limit` of the newest.
-    pub fn slots_between(&self, tz: Tz, after: DateTime<Utc>, until: DateTime<Utc>, limit: usize) -> Vec<DateTime<Utc>> {
+    pub fn slots_between(
+        &self,
+        tz: Tz,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Vec<DateTime<Utc>> {
         let mut out = std::collections::VecDeque::new();
         let mut cur = after;
         while let Some(t) = self.next_after(tz, cur) {
@@ -119,7 +134,9 @@ pub fn plan(
 ) -> Plan {
     let lookback_start = now - chrono::Duration::seconds(1);
     let missed = match last_slot {
-        Some(last) if last < lookback_start => schedule.slots_between(tz, last, lookback_start, 100),
+        Some(last) if last < lookback_start => {
+            schedule.slots_between(tz, last, lookback_start, 100)
+        }
         _ => Vec::new(),
     };
     let catch_up_slot = match (catch_up, missed.last()) {
@@ -129,8 +146,14 @@ pub fn plan(
         }
         _ => None,
     };
-    let next = schedule.next_after(tz, lookback_start).map(|t| t.with_timezone(&Utc));
-    Plan { missed, catch_up: catch_up_slot, next }
+    let next = schedule
+        .next_after(tz, lookback_start)
+        .map(|t| t.with_timezone(&Utc));
+    Plan {
+        missed,
+        catch_up: catch_up_slot,
+        next,
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +166,10 @@ mod tests {
     }
 
     fn local(tz: Tz, slots: &[DateTime<Tz>]) -> Vec<String> {
-        slots.iter().map(|t| t.with_timezone(&tz).to_rfc3339()).collect()
+        slots
+            .iter()
+            .map(|t| t.with_timezone(&tz).to_rfc3339())
+            .collect()
     }
 
     #[test]
@@ -151,8 +177,14 @@ mod tests {
         let s = Schedule::parse("0 10 * * *").unwrap();
         let tz: Tz = "Asia/Kolkata".parse().unwrap();
         let next = s.next_n(tz, utc("2026-11-24T05:00:00Z"), 2);
-        assert_eq!(local(tz, &next), ["2026-11-25T10:00:00+05:30", "2026-11-26T10:00:00+05:30"]);
-        assert_eq!(next[0].with_timezone(&Utc).to_rfc3339(), "2026-11-25T04:30:00+00:00");
+        assert_eq!(
+            local(tz, &next),
+            ["2026-11-25T10:00:00+05:30", "2026-11-26T10:00:00+05:30"]
+        );
+        assert_eq!(
+            next[0].with_timezone(&Utc).to_rfc3339(),
+            "2026-11-25T04:30:00+00:00"
+        );
     }
 
     #[test]
@@ -160,29 +192,64 @@ mod tests {
         let s = Schedule::parse("0 11 1-7 * MON").unwrap();
         let tz: Tz = "Asia/Kolkata".parse().unwrap();
         let next = s.next_n(tz, utc("2026-11-24T00:00:00Z"), 3);
-        assert_eq!(local(tz, &next), ["2026-12-07T11:00:00+05:30", "2027-01-04T11:00:00+05:30", "2027-02-01T11:00:00+05:30"]);
+        assert_eq!(
+            local(tz, &next),
+            [
+                "2026-12-07T11:00:00+05:30",
+                "2027-01-04T11:00:00+05:30",
+                "2027-02-01T11:00:00+05:30"
+            ]
+        );
         let hash = Schedule::parse("0 11 * * MON#1").unwrap();
-        assert_eq!(local(tz, &hash.next_n(tz, utc("2026-11-24T00:00:00Z"), 3)), local(tz, &next));
+        assert_eq!(
+            local(tz, &hash.next_n(tz, utc("2026-11-24T00:00:00Z"), 3)),
+            local(tz, &next)
+        );
     }
 
     #[test]
     fn last_day_and_weekday_and_seconds() {
         let tz = Tz::UTC;
         let l = Schedule::parse("0 0 L * *").unwrap();
-        assert_eq!(local(tz, &l.next_n(tz, utc("2027-02-01T00:00:00Z"), 1)), ["2027-02-28T00:00:00+00:00"]);
+        assert_eq!(
+            local(tz, &l.next_n(tz, utc("2027-02-01T00:00:00Z"), 1)),
+            ["2027-02-28T00:00:00+00:00"]
+        );
         // 15W: the weekday nearest the 15th; 2026-11-15 is a Sunday, so Monday the 16th.
         let w = Schedule::parse("0 9 15W * *").unwrap();
-        assert_eq!(local(tz, &w.next_n(tz, utc("2026-11-01T00:00:00Z"), 1)), ["2026-11-16T09:00:00+00:00"]);
+        assert_eq!(
+            local(tz, &w.next_n(tz, utc("2026-11-01T00:00:00Z"), 1)),
+            ["2026-11-16T09:00:00+00:00"]
+        );
         let six = Schedule::parse("*/2 * * * * *").unwrap();
-        assert_eq!(local(tz, &six.next_n(tz, utc("2026-11-01T00:00:00Z"), 2)), ["2026-11-01T00:00:02+00:00", "2026-11-01T00:00:04+00:00"]);
+        assert_eq!(
+            local(tz, &six.next_n(tz, utc("2026-11-01T00:00:00Z"), 2)),
+            ["2026-11-01T00:00:02+00:00", "2026-11-01T00:00:04+00:00"]
+        );
     }
 
     #[test]
     fn bad_expressions_are_explained() {
-        assert!(Schedule::parse("0 10 * *").unwrap_err().contains("expected 5 fields"));
-        assert!(Schedule::parse("0 25 * * *").unwrap_err().contains("invalid cron expression"));
-        assert!(Schedule::parse("0 0 30 2 *").unwrap_err().contains("never fires"));
-        assert!(Schedule::parse("0 0 0 1 1 * 2030").unwrap_err().contains("expected 5 fields"));
+        assert!(
+            Schedule::parse("0 10 * *")
+                .unwrap_err()
+                .contains("expected 5 fields")
+        );
+        assert!(
+            Schedule::parse("0 25 * * *")
+                .unwrap_err()
+                .contains("invalid cron expression")
+        );
+        assert!(
+            Schedule::parse("0 0 30 2 *")
+                .unwrap_err()
+                .contains("never fires")
+        );
+        assert!(
+            Schedule::parse("0 0 0 1 1 * 2030")
+                .unwrap_err()
+                .contains("expected 5 fields")
+        );
     }
 
     #[test]
@@ -191,7 +258,14 @@ mod tests {
         let tz: Tz = "America/New_York".parse().unwrap();
         let s = Schedule::parse("30 2 * * *").unwrap();
         let next = s.next_n(tz, utc("2027-03-13T12:00:00Z"), 3);
-        assert_eq!(local(tz, &next), ["2027-03-14T03:00:00-04:00", "2027-03-15T02:30:00-04:00", "2027-03-16T02:30:00-04:00"]);
+        assert_eq!(
+            local(tz, &next),
+            [
+                "2027-03-14T03:00:00-04:00",
+                "2027-03-15T02:30:00-04:00",
+                "2027-03-16T02:30:00-04:00"
+            ]
+        );
     }
 
     #[test]
@@ -200,7 +274,10 @@ mod tests {
         let tz: Tz = "America/New_York".parse().unwrap();
         let s = Schedule::parse("30 1 * * *").unwrap();
         let next = s.next_n(tz, utc("2026-10-31T12:00:00Z"), 2);
-        assert_eq!(local(tz, &next), ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]);
+        assert_eq!(
+            local(tz, &next),
+            ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
+        );
     }
 
     #[test]
@@ -209,19 +286,31 @@ mod tests {
         let s = Schedule::parse("30 2 * * *").unwrap();
         // 2027-03-28: 02:00 → 03:00 CET→CEST.
         let spring = s.next_n(tz, utc("2027-03-27T12:00:00Z"), 2);
-        assert_eq!(local(tz, &spring), ["2027-03-28T03:00:00+02:00", "2027-03-29T02:30:00+02:00"]);
+        assert_eq!(
+            local(tz, &spring),
+            ["2027-03-28T03:00:00+02:00", "2027-03-29T02:30:00+02:00"]
+        );
         // 2026-10-25: 03:00 → 02:00 CEST→CET, 02:30 happens twice: fire once.
         let fall = s.next_n(tz, utc("2026-10-24T12:00:00Z"), 2);
-        assert_eq!(local(tz, &fall), ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]);
+        assert_eq!(
+            local(tz, &fall),
+            ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+        );
     }
 
     #[test]
     fn interval_patterns_keep_real_time_through_an_overlap() {
         let tz: Tz = "America/New_York".parse().unwrap();
         let s = Schedule::parse("0 * * * *").unwrap();
-        let slots = s.slots_between(tz, utc("2026-11-01T04:30:00Z"), utc("2026-11-01T07:30:00Z"), 10);
-        // 00:00 EDT, 01:00 EDT, 01:00 EST, 02:00 EST: one per real hour.
-        assert_eq!(slots.len(), 3 + 0);
+        let slots = s.slots_between(
+            tz,
+            utc("2026-11-01T04:30:00Z"),
+            utc("2026-11-01T07:30:00Z"),
+            10,
+        );
+        // 05:00Z = 01:00 EDT, 06:00Z = 01:00 EST, 07:00Z = 02:00 EST: one per real hour, the
+        // repeated 01:00 included.
+        assert_eq!(slots.len(), 3);
         assert_eq!(slots[0], utc("2026-11-01T05:00:00Z"));
         assert_eq!(slots[2], utc("2026-11-01T07:00:00Z"));
     }
@@ -231,16 +320,57 @@ mod tests {
         let tz: Tz = "Asia/Kolkata".parse().unwrap();
         let s = Schedule::parse("0 10 * * *").unwrap();
         // Last run on the 21st; daemon back on the 24th at 13:00 IST: 22nd, 23rd, 24th missed.
-        let last = tz.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap().with_timezone(&Utc);
-        let now = tz.with_ymd_and_hms(2026, 11, 24, 13, 0, 0).unwrap().with_timezone(&Utc);
-        let p = plan(&s, tz, Some(last), now, CatchUp::Once, std::time::Duration::from_secs(12 * 3600));
+        let last = tz
+            .with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
+        let now = tz
+            .with_ymd_and_hms(2026, 11, 24, 13, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
+        let p = plan(
+            &s,
+            tz,
+            Some(last),
+            now,
+            CatchUp::Once,
+            std::time::Duration::from_secs(12 * 3600),
+        );
         assert_eq!(p.missed.len(), 3);
-        assert_eq!(p.catch_up, Some(tz.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap().with_timezone(&Utc)));
-        assert_eq!(p.next, Some(tz.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap().with_timezone(&Utc)));
+        assert_eq!(
+            p.catch_up,
+            Some(
+                tz.with_ymd_and_hms(2026, 11, 24, 10, 0, 0)
+                    .unwrap()
+                    .with_timezone(&Utc)
+            )
+        );
+        assert_eq!(
+            p.next,
+            Some(
+                tz.with_ymd_and_hms(2026, 11, 25, 10, 0, 0)
+                    .unwrap()
+                    .with_timezone(&Utc)
+            )
+        );
         // Too old for the window: nothing runs, the slots are still listed.
-        let p = plan(&s, tz, Some(last), now, CatchUp::Once, std::time::Duration::from_secs(3600));
+        let p = plan(
+            &s,
+            tz,
+            Some(last),
+            now,
+            CatchUp::Once,
+            std::time::Duration::from_secs(3600),
+        );
         assert_eq!((p.missed.len(), p.catch_up), (3, None));
-        let p = plan(&s, tz, Some(last), now, CatchUp::Skip, std::time::Duration::from_secs(12 * 3600));
+        let p = plan(
+            &s,
+            tz,
+            Some(last),
+            now,
+            CatchUp::Skip,
+            std::time::Duration::from_secs(12 * 3600),
+        );
         assert_eq!((p.missed.len(), p.catch_up), (3, None));
     }
 
@@ -249,11 +379,29 @@ mod tests {
         let tz = Tz::UTC;
         let s = Schedule::parse("0 10 * * *").unwrap();
         let now = utc("2026-11-24T10:00:00Z");
-        let p = plan(&s, tz, None, now, CatchUp::Once, std::time::Duration::from_secs(3600));
+        let p = plan(
+            &s,
+            tz,
+            None,
+            now,
+            CatchUp::Once,
+            std::time::Duration::from_secs(3600),
+        );
         assert!(p.missed.is_empty());
-        assert_eq!(p.next, Some(now), "a slot at exactly now is due, not missed");
+        assert_eq!(
+            p.next,
+            Some(now),
+            "a slot at exactly now is due, not missed"
+        );
         // The previous slot was recorded: nothing missed, the next is tomorrow.
-        let p = plan(&s, tz, Some(now), now + chrono::Duration::seconds(5), CatchUp::Once, std::time::Duration::from_secs(3600));
+        let p = plan(
+            &s,
+            tz,
+            Some(now),
+            now + chrono::Duration::seconds(5),
+            CatchUp::Once,
+            std::time::Duration::from_secs(3600),
+        );
         assert!(p.missed.is_empty());
         assert_eq!(p.next, Some(utc("2026-11-25T10:00:00Z")));
     }

@@ -44,7 +44,11 @@ impl fmt::Debug for Secret {
 impl Secret {
     /// A secret made in code (tests, `demo`).
     pub fn literal(value: &str) -> Secret {
-        Secret { value: SecretString::from(value.to_owned()), origin: "inline value".into(), inline: true }
+        Secret {
+            value: SecretString::from(value.to_owned()),
+            origin: "inline value".into(),
+            inline: true,
+        }
     }
 
     /// The value. Call it only where the value is handed to a library (a password to a connection).
@@ -55,16 +59,24 @@ impl Secret {
     /// Resolves a source. `key` names the config key in errors; `base` is the config's folder.
     pub fn resolve(source: &SecretSource, key: &str, base: &Path) -> Result<Secret, String> {
         match source {
-            SecretSource::Literal(v) => {
-                Ok(Secret { value: SecretString::from(v.clone()), origin: "inline value".into(), inline: true })
-            }
+            SecretSource::Literal(v) => Ok(Secret {
+                value: SecretString::from(v.clone()),
+                origin: "inline value".into(),
+                inline: true,
+            }),
             SecretSource::Env { env } => match std::env::var(env) {
-                Ok(v) if !v.is_empty() => {
-                    Ok(Secret { value: SecretString::from(v), origin: format!("environment variable {env}"), inline: false })
-                }
+                Ok(v) if !v.is_empty() => Ok(Secret {
+                    value: SecretString::from(v),
+                    origin: format!("environment variable {env}"),
+                    inline: false,
+                }),
                 Ok(_) => Err(format!("{key}: environment variable {env} is empty")),
-                Err(std::env::VarError::NotPresent) => Err(format!("{key}: environment variable {env} is not set")),
-                Err(std::env::VarError::NotUnicode(_)) => Err(format!("{key}: environment variable {env} is not valid UTF-8")),
+                Err(std::env::VarError::NotPresent) => {
+                    Err(format!("{key}: environment variable {env} is not set"))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                    "{key}: environment variable {env} is not valid UTF-8"
+                )),
             },
             SecretSource::File { file } => {
                 let path = Self::credential_path(file, base);
@@ -74,10 +86,17 @@ impl Secret {
                         if v.is_empty() {
                             return Err(format!("{key}: secret file {} is empty", path.display()));
                         }
-                        Ok(Secret { value: SecretString::from(v), origin: format!("file {}", path.display()), inline: false })
+                        Ok(Secret {
+                            value: SecretString::from(v),
+                            origin: format!("file {}", path.display()),
+                            inline: false,
+                        })
                     }
                     // The io error says "permission denied" or "not found"; it never contains the content.
-                    Err(e) => Err(format!("{key}: cannot read secret file {}: {e}", path.display())),
+                    Err(e) => Err(format!(
+                        "{key}: cannot read secret file {}: {e}",
+                        path.display()
+                    )),
                 }
             }
         }
@@ -116,18 +135,27 @@ mod tests {
 
     #[test]
     fn missing_env_names_the_key_not_a_value() {
-        let src = SecretSource::Env { env: "RUNBOOK_TEST_SURELY_UNSET".into() };
+        let src = SecretSource::Env {
+            env: "RUNBOOK_TEST_SURELY_UNSET".into(),
+        };
         let e = Secret::resolve(&src, "targets.trading.password", Path::new(".")).unwrap_err();
-        assert_eq!(e, "targets.trading.password: environment variable RUNBOOK_TEST_SURELY_UNSET is not set");
+        assert_eq!(
+            e,
+            "targets.trading.password: environment variable RUNBOOK_TEST_SURELY_UNSET is not set"
+        );
     }
 
     #[test]
     fn file_secret_trims_newline_and_debug_redacts() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "hunter2-very-secret\n").unwrap();
-        let s = Secret::resolve(&SecretSource::File { file: "pw".into() }, "k", dir.path()).unwrap();
+        let s =
+            Secret::resolve(&SecretSource::File { file: "pw".into() }, "k", dir.path()).unwrap();
         assert_eq!(s.expose(), "hunter2-very-secret");
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert_eq!(redact("url=https://x/hunter2-very-secret/y", &[&s]), "url=https://x/[REDACTED]/y");
+        assert_eq!(
+            redact("url=https://x/hunter2-very-secret/y", &[&s]),
+            "url=https://x/[REDACTED]/y"
+        );
     }
 }

@@ -146,9 +146,11 @@ pub fn pid_alive(pid: i64) -> bool {
 impl Store {
     /// Opens (creating and migrating) `dir/state.db`.
     pub fn open(dir: &Path, host: &str) -> Result<Store> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create state_dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
         let path = dir.join("state.db");
-        let mut conn = Connection::open(&path).with_context(|| format!("cannot open state database {}", path.display()))?;
+        let mut conn = Connection::open(&path)
+            .with_context(|| format!("cannot open state database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -156,12 +158,20 @@ impl Store {
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
             .with_context(|| format!("cannot migrate state database {}", path.display()))?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), dir: dir.to_path_buf(), host: host.to_string() })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            dir: dir.to_path_buf(),
+            host: host.to_string(),
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let mut conn = self.conn.lock().map_err(|_| anyhow::anyhow!("state database handle poisoned"))?;
-        f(&mut conn).with_context(|| format!("state database {}", self.dir.join("state.db").display()))
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("state database handle poisoned"))?;
+        f(&mut conn)
+            .with_context(|| format!("state database {}", self.dir.join("state.db").display()))
     }
 
     /// Takes the job's lock for `run_id`, unless a live process holds it.
@@ -200,19 +210,39 @@ impl Store {
 
     /// Releases the job's lock if `run_id` holds it.
     pub fn unlock(&self, job: &str, run_id: &str) -> Result<()> {
-        self.with(|c| c.execute("DELETE FROM locks WHERE job = ?1 AND run_id = ?2", params![job, run_id]).map(|_| ()))
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM locks WHERE job = ?1 AND run_id = ?2",
+                params![job, run_id],
+            )
+            .map(|_| ())
+        })
     }
 
     /// The run currently holding the job's lock, if its process is alive.
     pub fn lock_holder(&self, job: &str) -> Result<Option<(String, i64)>> {
         let row: Option<(String, i64, String)> = self.with(|c| {
-            c.query_row("SELECT run_id, pid, host FROM locks WHERE job = ?1", [job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
+            c.query_row(
+                "SELECT run_id, pid, host FROM locks WHERE job = ?1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
         })?;
-        Ok(row.filter(|(_, pid, host)| *host != self.host || pid_alive(*pid)).map(|(r, p, _)| (r, p)))
+        Ok(row
+            .filter(|(_, pid, host)| *host != self.host || pid_alive(*pid))
+            .map(|(r, p, _)| (r, p)))
     }
 
     /// Records a run that starts now.
-    pub fn insert_run(&self, run_id: &str, job: &str, trigger: &str, scheduled_for: Option<&str>, started_at: &DateTime<Utc>) -> Result<()> {
+    pub fn insert_run(
+        &self,
+        run_id: &str,
+        job: &str,
+        trigger: &str,
+        scheduled_for: Option<&str>,
+        started_at: &DateTime<Utc>,
+    ) -> Result<()> {
         let pid = std::process::id() as i64;
         let host = self.host.clone();
         self.with(|c| {
@@ -227,7 +257,10 @@ impl Store {
     /// Stores a finished run's report (and status), in one transaction.
     pub fn finish_run(&self, report: &Report) -> Result<()> {
         let json = serde_json::to_string(report)?;
-        let finished = report.finished_at.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let finished = report
+            .finished_at
+            .with_timezone(&Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         self.with(|c| {
             c.execute(
                 "UPDATE runs SET status = ?2, finished_at = ?3, report = ?4 WHERE run_id = ?1",
@@ -240,21 +273,37 @@ impl Store {
     /// Replaces a stored report (e.g. after its notifications were delivered).
     pub fn update_report(&self, report: &Report) -> Result<()> {
         let json = serde_json::to_string(report)?;
-        self.with(|c| c.execute("UPDATE runs SET report = ?2 WHERE run_id = ?1", params![report.run_id, json]).map(|_| ()))
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET report = ?2 WHERE run_id = ?1",
+                params![report.run_id, json],
+            )
+            .map(|_| ())
+        })
     }
 
     /// Marks runs left `running` by dead processes of this host as `interrupted`. Returns them.
     pub fn mark_interrupted(&self) -> Result<Vec<String>> {
         let host = self.host.clone();
         let rows: Vec<(String, i64)> = self.with(|c| {
-            let mut st = c.prepare("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?1")?;
-            st.query_map([host], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            let mut st =
+                c.prepare("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?1")?;
+            st.query_map([host], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
         })?;
-        let dead: Vec<String> = rows.into_iter().filter(|(_, pid)| !pid_alive(*pid)).map(|(r, _)| r).collect();
+        let dead: Vec<String> = rows
+            .into_iter()
+            .filter(|(_, pid)| !pid_alive(*pid))
+            .map(|(r, _)| r)
+            .collect();
         for run in &dead {
             self.with(|c| {
-                c.execute("UPDATE runs SET status = 'interrupted', finished_at = ?2 WHERE run_id = ?1", params![run, now()])?;
-                c.execute("DELETE FROM locks WHERE run_id = ?1", [run]).map(|_| ())
+                c.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ?2 WHERE run_id = ?1",
+                    params![run, now()],
+                )?;
+                c.execute("DELETE FROM locks WHERE run_id = ?1", [run])
+                    .map(|_| ())
             })?;
         }
         Ok(dead)
@@ -270,7 +319,8 @@ impl Store {
             )
             .optional()
         })?;
-        json.map(|j| serde_json::from_str(&j).context("stored report is not valid JSON")).transpose()
+        json.map(|j| serde_json::from_str(&j).context("stored report is not valid JSON"))
+            .transpose()
     }
 
     /// The newest `limit` finished reports of a job, newest first (e.g. a restore drill's trend
@@ -280,7 +330,10 @@ impl Store {
             let mut st = c.prepare("SELECT report FROM runs WHERE job = ?1 AND report IS NOT NULL ORDER BY started_at DESC LIMIT ?2")?;
             st.query_map(params![job, limit as i64], |r| r.get(0))?.collect()
         })?;
-        Ok(rows.iter().filter_map(|j| serde_json::from_str(j).ok()).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
     }
 
     /// A stored report by run id (a unique prefix is enough).
@@ -292,7 +345,9 @@ impl Store {
         })?;
         match rows.as_slice() {
             [Some(j)] => Ok(Some(serde_json::from_str(j)?)),
-            [None] => anyhow::bail!("run {run_id} has no report (it is still running or was interrupted)"),
+            [None] => {
+                anyhow::bail!("run {run_id} has no report (it is still running or was interrupted)")
+            }
             [] => Ok(None),
             _ => anyhow::bail!("run id prefix {run_id} is ambiguous"),
         }
@@ -326,7 +381,13 @@ impl Store {
     }
 
     /// Records what happened to a slot: `running`, `done`, `skipped` (job still running), `missed`.
-    pub fn record_slot(&self, job: &str, slot: &DateTime<Utc>, state: &str, run_id: Option<&str>) -> Result<()> {
+    pub fn record_slot(
+        &self,
+        job: &str,
+        slot: &DateTime<Utc>,
+        state: &str,
+        run_id: Option<&str>,
+    ) -> Result<()> {
         let slot = slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         self.with(|c| {
             c.execute(
@@ -340,18 +401,37 @@ impl Store {
 
     /// The newest recorded slot of a job.
     pub fn last_slot(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
-        let s: Option<String> = self.with(|c| c.query_row("SELECT MAX(slot) FROM slots WHERE job = ?1", [job], |r| r.get(0)))?;
-        Ok(s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|d| d.with_timezone(&Utc)))
+        let s: Option<String> = self.with(|c| {
+            c.query_row("SELECT MAX(slot) FROM slots WHERE job = ?1", [job], |r| {
+                r.get(0)
+            })
+        })?;
+        Ok(s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|d| d.with_timezone(&Utc)))
     }
 
     /// Slots of a job in a state (e.g. `skipped`, `missed`) recorded after `after`, oldest first.
-    pub fn slots_in_state_since(&self, job: &str, state: &str, after: Option<&DateTime<Utc>>) -> Result<Vec<DateTime<Utc>>> {
-        let after = after.map(|a| a.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
+    pub fn slots_in_state_since(
+        &self,
+        job: &str,
+        state: &str,
+        after: Option<&DateTime<Utc>>,
+    ) -> Result<Vec<DateTime<Utc>>> {
+        let after = after
+            .map(|a| a.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
         let rows: Vec<String> = self.with(|c| {
-            let mut st = c.prepare("SELECT slot FROM slots WHERE job = ?1 AND state = ?2 AND slot > ?3 ORDER BY slot")?;
-            st.query_map(params![job, state, after], |r| r.get(0))?.collect()
+            let mut st = c.prepare(
+                "SELECT slot FROM slots WHERE job = ?1 AND state = ?2 AND slot > ?3 ORDER BY slot",
+            )?;
+            st.query_map(params![job, state, after], |r| r.get(0))?
+                .collect()
         })?;
-        Ok(rows.into_iter().filter_map(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|d| d.with_timezone(&Utc)).collect())
+        Ok(rows
+            .into_iter()
+            .filter_map(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|d| d.with_timezone(&Utc))
+            .collect())
     }
 
     /// Adds a delivery to the outbox (no-op when it is already there).
@@ -379,7 +459,13 @@ impl Store {
     }
 
     /// Records a failed attempt and when to try again.
-    pub fn outbox_mark_failed(&self, run_id: &str, channel: &str, error: &str, next_attempt: &DateTime<Utc>) -> Result<()> {
+    pub fn outbox_mark_failed(
+        &self,
+        run_id: &str,
+        channel: &str,
+        error: &str,
+        next_attempt: &DateTime<Utc>,
+    ) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4 WHERE run_id = ?1 AND channel = ?2 AND state = 'pending'",
@@ -433,7 +519,14 @@ impl Store {
         })
     }
 
-    pub fn set_scan_offset(&self, job: &str, item: &str, file: &str, inode: u64, offset: u64) -> Result<()> {
+    pub fn set_scan_offset(
+        &self,
+        job: &str,
+        item: &str,
+        file: &str,
+        inode: u64,
+        offset: u64,
+    ) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)

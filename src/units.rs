@@ -21,17 +21,23 @@ impl Dur {
 }
 
 impl fmt::Display for Dur {
+    /// Whole days as `14d` (the way people write them in the config), else humantime's form.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        let secs = self.0.as_secs();
+        if secs > 0 && secs % 86400 == 0 && self.0.subsec_nanos() == 0 {
+            write!(f, "{}d", secs / 86400)
+        } else {
+            write!(f, "{}", humantime::format_duration(self.0))
+        }
     }
 }
 
 impl std::str::FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| format!("invalid duration {s:?}: {e} (examples: \"90s\", \"26h\", \"1h 30m\")"))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            format!("invalid duration {s:?}: {e} (examples: \"90s\", \"26h\", \"1h 30m\")")
+        })
     }
 }
 
@@ -62,9 +68,11 @@ impl<'de> Deserialize<'de> for Size {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => parse_size::parse_size(s.trim())
-                .map(Size)
-                .map_err(|e| de::Error::custom(format!("invalid size {s:?}: {e} (examples: \"1MB\", \"512KiB\")"))),
+            Raw::S(s) => parse_size::parse_size(s.trim()).map(Size).map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid size {s:?}: {e} (examples: \"1MB\", \"512KiB\")"
+                ))
+            }),
         }
     }
 }
@@ -114,10 +122,14 @@ impl<'de> Deserialize<'de> for Percent {
                 .trim_end_matches('%')
                 .trim()
                 .parse::<f64>()
-                .map_err(|_| de::Error::custom(format!("invalid percentage {s:?} (example: \"80%\")")))?,
+                .map_err(|_| {
+                    de::Error::custom(format!("invalid percentage {s:?} (example: \"80%\")"))
+                })?,
         };
         if !(0.0..=100.0).contains(&v) {
-            return Err(de::Error::custom(format!("percentage {v} is outside 0%..100%")));
+            return Err(de::Error::custom(format!(
+                "percentage {v} is outside 0%..100%"
+            )));
         }
         Ok(Percent(v))
     }
@@ -171,7 +183,8 @@ mod tests {
 
     #[test]
     fn parses_the_documented_forms() {
-        let t: T = toml::from_str("d = \"1h 30m\"\ns = \"512KiB\"\np = \"80%\"\ndate = 2026-09-01").unwrap();
+        let t: T = toml::from_str("d = \"1h 30m\"\ns = \"512KiB\"\np = \"80%\"\ndate = 2026-09-01")
+            .unwrap();
         assert_eq!(t.d.0, Duration::from_secs(5400));
         assert_eq!(t.s.0, 512 * 1024);
         assert_eq!(t.p.0, 80.0);
@@ -183,9 +196,13 @@ mod tests {
 
     #[test]
     fn rejects_typos_with_an_example() {
-        let e = toml::from_str::<T>("d = \"10 minuts\"\ns = 1\np = 1\ndate = 2026-01-01").err().unwrap();
+        let e = toml::from_str::<T>("d = \"10 minuts\"\ns = 1\np = 1\ndate = 2026-01-01")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("invalid duration"), "{e}");
-        let e = toml::from_str::<T>("d = \"1s\"\ns = 1\np = \"120%\"\ndate = 2026-01-01").err().unwrap();
+        let e = toml::from_str::<T>("d = \"1s\"\ns = 1\np = \"120%\"\ndate = 2026-01-01")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("outside"), "{e}");
     }
 

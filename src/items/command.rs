@@ -50,7 +50,10 @@ fn default_ok_codes() -> Vec<i32> {
 
 /// Quotes one argument for display (the plan and the report), the way a shell user reads it.
 pub fn display_arg(a: &str) -> String {
-    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
         a.to_string()
     } else {
         format!("'{}'", a.replace('\'', "'\\''"))
@@ -71,7 +74,10 @@ impl Drop for GroupGuard {
 impl Command {
     pub fn prepare(&mut self, p: &mut Prepare) {
         if self.argv.is_empty() || self.argv[0].is_empty() {
-            p.error("argv", "argv must name a program: argv = [\"/path/to/program\", \"arg\"]");
+            p.error(
+                "argv",
+                "argv must name a program: argv = [\"/path/to/program\", \"arg\"]",
+            );
         }
         if let Some(cwd) = &self.cwd {
             let dir = p.path(cwd);
@@ -85,19 +91,31 @@ impl Command {
     }
 
     fn command_line(&self) -> String {
-        self.argv.iter().map(|a| display_arg(a)).collect::<Vec<_>>().join(" ")
+        self.argv
+            .iter()
+            .map(|a| display_arg(a))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let line = self.command_line();
-        let cwd = self.cwd.as_deref().map(|c| ctx.path(c)).unwrap_or_else(|| ctx.config_dir.clone());
+        let cwd = self
+            .cwd
+            .as_deref()
+            .map(|c| ctx.path(c))
+            .unwrap_or_else(|| ctx.config_dir.clone());
         if ctx.dry_run && !self.read_only {
             return Outcome::skipped(format!("dry run: would run `{line}`"))
                 .detail(format!("command: {line}"))
                 .detail(format!("cwd: {}", cwd.display()))
                 .with_data(serde_json::json!({ "argv": self.argv, "cwd": cwd, "planned": true }));
         }
-        let program = if self.argv[0].contains('/') { ctx.path(std::path::Path::new(&self.argv[0])) } else { PathBuf::from(&self.argv[0]) };
+        let program = if self.argv[0].contains('/') {
+            ctx.path(std::path::Path::new(&self.argv[0]))
+        } else {
+            PathBuf::from(&self.argv[0])
+        };
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&self.argv[1..])
             .current_dir(&cwd)
@@ -105,7 +123,10 @@ impl Command {
             .env("RUNBOOK_JOB", &ctx.job)
             .env("RUNBOOK_RUN_ID", &ctx.run_id)
             .env("RUNBOOK_TRIGGER", ctx.trigger.as_str())
-            .env("RUNBOOK_SCHEDULED_FOR", ctx.scheduled_for.as_deref().unwrap_or(""))
+            .env(
+                "RUNBOOK_SCHEDULED_FOR",
+                ctx.scheduled_for.as_deref().unwrap_or(""),
+            )
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -125,8 +146,16 @@ impl Command {
         let mut guard = GroupGuard(pgid);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(self.output_lines + 1)));
         let readers = [
-            tokio::spawn(collect(child.stdout.take(), tail.clone(), self.output_lines)),
-            tokio::spawn(collect(child.stderr.take(), tail.clone(), self.output_lines)),
+            tokio::spawn(collect(
+                child.stdout.take(),
+                tail.clone(),
+                self.output_lines,
+            )),
+            tokio::spawn(collect(
+                child.stderr.take(),
+                tail.clone(),
+                self.output_lines,
+            )),
         ];
 
         enum End {
@@ -147,7 +176,10 @@ impl Command {
                 if let Some(pg) = pgid {
                     let _ = killpg(pg, Signal::SIGTERM);
                 }
-                if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
                     if let Some(pg) = pgid {
                         let _ = killpg(pg, Signal::SIGKILL);
                     }
@@ -165,10 +197,17 @@ impl Command {
             let _ = killpg(pg, Signal::SIGKILL);
         }
         let elapsed = started.elapsed();
-        let output: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+        let output: Vec<String> = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
         let mut details = vec![format!("command: {line}")];
         if !output.is_empty() {
-            details.push(format!("last {} line{} of output:", output.len(), if output.len() == 1 { "" } else { "s" }));
+            details.push(format!(
+                "last {} line{} of output:",
+                output.len(),
+                if output.len() == 1 { "" } else { "s" }
+            ));
             details.extend(output.iter().map(|l| format!("  {l}")));
         }
         let secs = format!("{:.1}s", elapsed.as_secs_f64());
@@ -197,27 +236,32 @@ impl Command {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
 }
 
-async fn collect(stream: Option<impl AsyncRead + Unpin>, tail: Arc<Mutex<VecDeque<String>>>, keep: usize) {
+async fn collect(
+    stream: Option<impl AsyncRead + Unpin>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    keep: usize,
+) {
     let Some(stream) = stream else { return };
     let mut lines = BufReader::new(stream).split(b'\n');
-    loop {
-        match lines.next_segment().await {
-            Ok(Some(bytes)) => {
-                let line = String::from_utf8_lossy(&bytes).trim_end_matches('\r').to_string();
-                if keep == 0 {
-                    continue;
-                }
-                if let Ok(mut t) = tail.lock() {
-                    if t.len() == keep {
-                        t.pop_front();
-                    }
-                    t.push_back(truncate(&line, 500));
-                }
+    while let Ok(Some(bytes)) = lines.next_segment().await {
+        if keep == 0 {
+            continue;
+        }
+        let line = String::from_utf8_lossy(&bytes)
+            .trim_end_matches('\r')
+            .to_string();
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == keep {
+                t.pop_front();
             }
-            Ok(None) | Err(_) => break,
+            t.push_back(truncate(&line, 500));
         }
     }
 }

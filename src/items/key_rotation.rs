@@ -53,7 +53,8 @@ impl KeyRotation {
             .keys
             .iter()
             .map(|k| {
-                let due = k.rotated.0 + chrono::Duration::days((k.max_age.0.as_secs() / 86400) as i64);
+                let due =
+                    k.rotated.0 + chrono::Duration::days((k.max_age.0.as_secs() / 86400) as i64);
                 (k, due, (due - today).num_days())
             })
             .collect();
@@ -77,18 +78,45 @@ impl KeyRotation {
                 1 => "due tomorrow".to_string(),
                 l => format!("due in {l} days"),
             };
-            let owner = k.owner.as_deref().map(|o| format!(" (owner: {o})")).unwrap_or_default();
-            details.push(format!("{}{owner}: rotated {}, due {} — {when}", k.name, k.rotated, due.format("%Y-%m-%d")));
+            let owner = k
+                .owner
+                .as_deref()
+                .map(|o| format!(" (owner: {o})"))
+                .unwrap_or_default();
+            details.push(format!(
+                "{}{owner}: rotated {}, due {} — {when}",
+                k.name,
+                k.rotated,
+                due.format("%Y-%m-%d")
+            ));
             data.push(serde_json::json!({
                 "name": k.name, "rotated": k.rotated.to_string(), "due": due.format("%Y-%m-%d").to_string(),
                 "days_left": left, "owner": k.owner, "status": status.as_str(),
             }));
         }
         let summary = match (overdue, soon) {
-            (0, 0) => format!("{} key{} within their rotation period", self.keys.len(), if self.keys.len() == 1 { "" } else { "s" }),
-            (0, s) => format!("{s} key{} due for rotation within {}", if s == 1 { "" } else { "s" }, self.remind_before),
-            (o, s) => format!("{o} key{} overdue for rotation{}", if o == 1 { "" } else { "s" }, if s > 0 { format!(", {s} due soon") } else { String::new() }),
+            (0, 0) => format!(
+                "{} key{} within their rotation period",
+                self.keys.len(),
+                if self.keys.len() == 1 { "" } else { "s" }
+            ),
+            (0, s) => format!(
+                "{s} key{} due for rotation within {}",
+                if s == 1 { "" } else { "s" },
+                self.remind_before
+            ),
+            (o, s) => format!(
+                "{o} key{} overdue for rotation{}",
+                if o == 1 { "" } else { "s" },
+                if s > 0 {
+                    format!(", {s} due soon")
+                } else {
+                    String::new()
+                }
+            ),
         };
-        Outcome::new(worst, summary).with_details(details).with_data(serde_json::json!({ "keys": data }))
+        Outcome::new(worst, summary)
+            .with_details(details)
+            .with_data(serde_json::json!({ "keys": data }))
     }
 }

@@ -19,10 +19,15 @@ impl Manual {
     pub fn prepare(&mut self, _p: &mut Prepare) {}
 
     pub async fn run(&self, _ctx: &ItemCtx) -> Outcome {
-        let summary = self.note.clone().unwrap_or_else(|| "for a person to do and tick off".into());
+        let summary = self
+            .note
+            .clone()
+            .unwrap_or_else(|| "for a person to do and tick off".into());
         let mut out = Outcome::manual(summary);
         if let Some(link) = &self.link {
-            out = out.detail(format!("link: {link}")).with_data(serde_json::json!({ "link": link }));
+            out = out
+                .detail(format!("link: {link}"))
+                .with_data(serde_json::json!({ "link": link }));
         }
         out
     }

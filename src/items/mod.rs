@@ -97,7 +97,12 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn new(status: Status, summary: impl Into<String>) -> Outcome {
-        Outcome { status, summary: summary.into(), details: Vec::new(), data: serde_json::json!({}) }
+        Outcome {
+            status,
+            summary: summary.into(),
+            details: Vec::new(),
+            data: serde_json::json!({}),
+        }
     }
     pub fn pass(summary: impl Into<String>) -> Outcome {
         Outcome::new(Status::Pass, summary)
@@ -184,12 +189,18 @@ pub struct ItemCtx {
 impl ItemCtx {
     /// The target called `name` (validated at load, so it exists).
     pub fn target(&self, name: &str) -> Result<&Target, String> {
-        self.targets.get(name).ok_or_else(|| format!("unknown target {name:?}"))
+        self.targets
+            .get(name)
+            .ok_or_else(|| format!("unknown target {name:?}"))
     }
 
     /// A path from the config, made absolute against the config's folder.
     pub fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.config_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.config_dir.join(p)
+        }
     }
 }
 
@@ -204,7 +215,12 @@ pub struct Prepare<'a> {
 
 impl<'a> Prepare<'a> {
     pub fn new(config_dir: &'a Path, targets: &'a BTreeMap<String, Target>) -> Prepare<'a> {
-        Prepare { config_dir, targets, errors: Vec::new(), warnings: Vec::new() }
+        Prepare {
+            config_dir,
+            targets,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
     pub fn error(&mut self, key: &str, message: impl Into<String>) {
         self.errors.push((Some(key.to_string()), message.into()));
@@ -213,10 +229,18 @@ impl<'a> Prepare<'a> {
         self.warnings.push(message.into());
     }
     pub fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.config_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.config_dir.join(p)
+        }
     }
     /// Resolves a secret, recording an error (naming `key`) when it cannot be read.
-    pub fn secret(&mut self, key: &str, source: &crate::secret::SecretSource) -> Option<crate::secret::Secret> {
+    pub fn secret(
+        &mut self,
+        key: &str,
+        source: &crate::secret::SecretSource,
+    ) -> Option<crate::secret::Secret> {
         match crate::secret::Secret::resolve(source, key, self.config_dir) {
             Ok(s) => {
                 if s.inline {
@@ -294,7 +318,10 @@ impl ItemSpec {
     /// same target run one after another.
     pub fn changes_state(&self) -> bool {
         match self {
-            ItemSpec::RestoreDrill(_) | ItemSpec::Vacuum(_) | ItemSpec::Reindex(_) | ItemSpec::CreateIndexes(_) => true,
+            ItemSpec::RestoreDrill(_)
+            | ItemSpec::Vacuum(_)
+            | ItemSpec::Reindex(_)
+            | ItemSpec::CreateIndexes(_) => true,
             ItemSpec::Command(c) => !c.read_only,
             _ => false,
         }
@@ -304,9 +331,10 @@ impl ItemSpec {
     pub fn default_timeout(&self) -> Option<std::time::Duration> {
         match self {
             ItemSpec::Command(_) => Some(std::time::Duration::from_secs(600)),
-            ItemSpec::Http(_) | ItemSpec::Alertmanager(_) | ItemSpec::Prometheus(_) | ItemSpec::TlsCert(_) => {
-                Some(std::time::Duration::from_secs(60))
-            }
+            ItemSpec::Http(_)
+            | ItemSpec::Alertmanager(_)
+            | ItemSpec::Prometheus(_)
+            | ItemSpec::TlsCert(_) => Some(std::time::Duration::from_secs(60)),
             _ => None,
         }
     }

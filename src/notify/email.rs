@@ -45,7 +45,11 @@ impl EmailConfig {
         if self.to.is_empty() {
             errors.push("`to` needs at least one address".into());
         }
-        if errors.is_empty() { Ok(warnings) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(errors)
+        }
     }
 
     pub async fn deliver(&self, _report: &Report) -> Result<(), String> {

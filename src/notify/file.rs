@@ -29,7 +29,15 @@ impl FileConfig {
 
     /// The file name stem for a report.
     pub fn stem(report: &Report) -> String {
-        format!("{}-{}-{}", report.job, report.started_at.with_timezone(&chrono::Utc).format("%Y%m%dT%H%M%SZ"), report.run_id)
+        format!(
+            "{}-{}-{}",
+            report.job,
+            report
+                .started_at
+                .with_timezone(&chrono::Utc)
+                .format("%Y%m%dT%H%M%SZ"),
+            report.run_id
+        )
     }
 
     pub async fn deliver(&self, report: &Report) -> Result<(), String> {
@@ -41,12 +49,15 @@ impl FileConfig {
             ("json", crate::report::json::render(report)),
         ];
         tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             for (ext, content) in files {
                 let path = dir.join(format!("{stem}.{ext}"));
                 let tmp = dir.join(format!(".{stem}.{ext}.tmp"));
-                std::fs::write(&tmp, content).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-                std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+                std::fs::write(&tmp, content)
+                    .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+                std::fs::rename(&tmp, &path)
+                    .map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
             }
             Ok(())
         })

@@ -111,7 +111,10 @@ pub struct NotificationStatus {
 pub async fn run_started(config: &crate::config::Config, job: &crate::config::Job) {
     for name in &job.notify {
         if let Some(NotifierConfig::Heartbeat(h)) = config.notifiers.get(name) {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), h.ping_start()).await.unwrap_or(Err("timed out".into())) {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), h.ping_start())
+                .await
+                .unwrap_or(Err("timed out".into()))
+            {
                 tracing::warn!(channel = %name, "heartbeat start ping failed: {e}");
             }
         }
@@ -120,16 +123,31 @@ pub async fn run_started(config: &crate::config::Config, job: &crate::config::Jo
 
 /// Delivers a finished, stored report to the job's channels, through the outbox, and records
 /// the outcome in the report's `notifications` (and in the store).
-pub async fn dispatch(config: &crate::config::Config, store: &crate::store::Store, job: &crate::config::Job, report: &mut Report) {
+pub async fn dispatch(
+    config: &crate::config::Config,
+    store: &crate::store::Store,
+    job: &crate::config::Job,
+    report: &mut Report,
+) {
     let mut statuses = Vec::new();
     for name in &job.notify {
-        let Some(notifier) = config.notifiers.get(name) else { continue };
+        let Some(notifier) = config.notifiers.get(name) else {
+            continue;
+        };
         if report.dry_run && notifier.kind() == "heartbeat" {
-            statuses.push(NotificationStatus { channel: name.clone(), status: "skipped".into(), error: None });
+            statuses.push(NotificationStatus {
+                channel: name.clone(),
+                status: "skipped".into(),
+                error: None,
+            });
             continue;
         }
         if !notifier.on().wants(report.status) {
-            statuses.push(NotificationStatus { channel: name.clone(), status: "skipped".into(), error: None });
+            statuses.push(NotificationStatus {
+                channel: name.clone(),
+                status: "skipped".into(),
+                error: None,
+            });
             continue;
         }
         if let Err(e) = store.outbox_enqueue(&report.run_id, name) {
@@ -138,13 +156,21 @@ pub async fn dispatch(config: &crate::config::Config, store: &crate::store::Stor
         let status = match notifier.deliver(report).await {
             Ok(()) => {
                 let _ = store.outbox_mark_sent(&report.run_id, name);
-                NotificationStatus { channel: name.clone(), status: "sent".into(), error: None }
+                NotificationStatus {
+                    channel: name.clone(),
+                    status: "sent".into(),
+                    error: None,
+                }
             }
             Err(e) => {
                 tracing::warn!(channel = %name, run_id = %report.run_id, "delivery failed, queued for retry: {e}");
                 let next = outbox::next_attempt(1);
                 let _ = store.outbox_mark_failed(&report.run_id, name, &e, &next);
-                NotificationStatus { channel: name.clone(), status: "queued".into(), error: Some(e) }
+                NotificationStatus {
+                    channel: name.clone(),
+                    status: "queued".into(),
+                    error: Some(e),
+                }
             }
         };
         statuses.push(status);
@@ -162,9 +188,11 @@ impl NotifierConfig {
     pub async fn check_reachable(&self) -> Result<String, String> {
         match self {
             NotifierConfig::File(c) => {
-                std::fs::create_dir_all(&c.dir).map_err(|e| format!("cannot create {}: {e}", c.dir.display()))?;
+                std::fs::create_dir_all(&c.dir)
+                    .map_err(|e| format!("cannot create {}: {e}", c.dir.display()))?;
                 let probe = c.dir.join(".runbook-write-test");
-                std::fs::write(&probe, b"ok").map_err(|e| format!("cannot write into {}: {e}", c.dir.display()))?;
+                std::fs::write(&probe, b"ok")
+                    .map_err(|e| format!("cannot write into {}: {e}", c.dir.display()))?;
                 let _ = std::fs::remove_file(&probe);
                 Ok(format!("folder {} is writable", c.dir.display()))
             }
@@ -174,21 +202,34 @@ impl NotifierConfig {
 }
 
 /// `notify-test [CHANNEL]`: sends a small test report through each (or one) channel.
-pub async fn notify_test(config: &crate::config::Config, channel: Option<&str>) -> std::process::ExitCode {
+pub async fn notify_test(
+    config: &crate::config::Config,
+    channel: Option<&str>,
+) -> std::process::ExitCode {
     use std::process::ExitCode;
     let names: Vec<&String> = match channel {
         Some(c) => match config.notifiers.get_key_value(c) {
             Some((k, _)) => vec![k],
             None => {
                 let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-                eprintln!("runbook: unknown notifier {c:?} (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") });
+                eprintln!(
+                    "runbook: unknown notifier {c:?} (defined: {})",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                );
                 return ExitCode::from(crate::cli::EXIT_USAGE);
             }
         },
         None => config.notifiers.keys().collect(),
     };
     if names.is_empty() {
-        eprintln!("runbook: no notifiers are configured in {}", config.path.display());
+        eprintln!(
+            "runbook: no notifiers are configured in {}",
+            config.path.display()
+        );
         return ExitCode::from(crate::cli::EXIT_USAGE);
     }
     let report = test_report(config);

@@ -22,9 +22,20 @@ pub struct SlackConfig {
 
 impl SlackConfig {
     pub fn prepare(&mut self, name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
-        match Secret::resolve(&self.webhook_url, &format!("notify.{name}.webhook_url"), base) {
+        match Secret::resolve(
+            &self.webhook_url,
+            &format!("notify.{name}.webhook_url"),
+            base,
+        ) {
             Ok(s) => {
-                let w = if s.inline { vec!["webhook_url is written inline; it is a secret: prefer { env = \"VAR\" }".into()] } else { vec![] };
+                let w = if s.inline {
+                    vec![
+                        "webhook_url is written inline; it is a secret: prefer { env = \"VAR\" }"
+                            .into(),
+                    ]
+                } else {
+                    vec![]
+                };
                 self.webhook_resolved = Some(s);
                 Ok(w)
             }

@@ -92,6 +92,9 @@ mod tests {
         let pass = h.find("Backups completed").unwrap();
         assert!(fail < warn && warn < pass, "worst first");
         assert!(h.contains("2026-11-24 10:00 IST"));
-        assert!(!h.contains("<img") && !h.contains("<link") && !h.contains("<style"), "inline styles only");
+        assert!(
+            !h.contains("<img") && !h.contains("<link") && !h.contains("<style"),
+            "inline styles only"
+        );
     }
 }

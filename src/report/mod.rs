@@ -100,7 +100,9 @@ impl Report {
     /// Sets each item's `change` against the previous run of the job (None: first run).
     pub fn compare_with(&mut self, previous: Option<&Report>) {
         for item in &mut self.items {
-            let before = previous.and_then(|p| p.items.iter().find(|i| i.name == item.name)).map(|i| i.status);
+            let before = previous
+                .and_then(|p| p.items.iter().find(|i| i.name == item.name))
+                .map(|i| i.status);
             item.change = match (before, item.status) {
                 (Some(Status::Fail), Status::Fail) => Change::Same,
                 (_, Status::Fail) => Change::NewFailure,
@@ -127,19 +129,34 @@ impl Report {
     /// "5 passed, 1 warning, 0 failed" (the e-mail subject's wording).
     pub fn counts_phrase(&self) -> String {
         let c = &self.counts;
-        format!("{} passed, {} warning{}, {} failed", c.pass, c.warn, if c.warn == 1 { "" } else { "s" }, c.fail)
+        format!(
+            "{} passed, {} warning{}, {} failed",
+            c.pass,
+            c.warn,
+            if c.warn == 1 { "" } else { "s" },
+            c.fail
+        )
     }
 
     /// `[runbook] daily FAIL — 5 passed, 1 warning, 1 failed` (contract).
     pub fn subject(&self) -> String {
-        format!("[runbook] {} {} — {}", self.job, self.status.as_str().to_uppercase(), self.counts_phrase())
+        format!(
+            "[runbook] {} {} — {}",
+            self.job,
+            self.status.as_str().to_uppercase(),
+            self.counts_phrase()
+        )
     }
 
     /// A start time for people: `2026-11-24 10:00 IST`.
     pub fn started_local(&self) -> String {
         let tz: Option<chrono_tz::Tz> = self.timezone.parse().ok();
         match tz {
-            Some(tz) => self.started_at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string(),
+            Some(tz) => self
+                .started_at
+                .with_timezone(&tz)
+                .format("%Y-%m-%d %H:%M %Z")
+                .to_string(),
             None => self.started_at.format("%Y-%m-%d %H:%M %:z").to_string(),
         }
     }
@@ -169,16 +186,17 @@ pub mod tests {
     /// A report with one item of each status, for renderer tests.
     pub fn sample() -> Report {
         let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap();
-        let item = |name: &str, kind: &str, status: Status, summary: &str, details: &[&str]| ItemReport {
-            name: name.into(),
-            kind: kind.into(),
-            status,
-            summary: summary.into(),
-            details: details.iter().map(|s| s.to_string()).collect(),
-            data: serde_json::json!({}),
-            duration_ms: 12,
-            change: Change::Same,
-        };
+        let item =
+            |name: &str, kind: &str, status: Status, summary: &str, details: &[&str]| ItemReport {
+                name: name.into(),
+                kind: kind.into(),
+                status,
+                summary: summary.into(),
+                details: details.iter().map(|s| s.to_string()).collect(),
+                data: serde_json::json!({}),
+                duration_ms: 12,
+                change: Change::Same,
+            };
         let mut r = Report {
             run_id: "01JTESTRUN0000000000000000".into(),
             job: "daily".into(),
@@ -194,10 +212,37 @@ pub mod tests {
             counts: Counts::default(),
             dry_run: false,
             items: vec![
-                item("Backups completed", "backup", Status::Pass, "newest full-20261124.dump, 2.1G, 3h old", &["full-20261124.dump 2.1G 3h"]),
-                item("Firing alerts", "alertmanager", Status::Fail, "2 alerts firing", &["HighErrorRate (critical) since 09:12", "<script>alert(1)</script>"]),
-                item("Disk", "system", Status::Warn, "/ is 83% full", &["/: 83% used"]),
-                item("Review Grafana", "manual", Status::Manual, "for a person", &[]),
+                item(
+                    "Backups completed",
+                    "backup",
+                    Status::Pass,
+                    "newest full-20261124.dump, 2.1G, 3h old",
+                    &["full-20261124.dump 2.1G 3h"],
+                ),
+                item(
+                    "Firing alerts",
+                    "alertmanager",
+                    Status::Fail,
+                    "2 alerts firing",
+                    &[
+                        "HighErrorRate (critical) since 09:12",
+                        "<script>alert(1)</script>",
+                    ],
+                ),
+                item(
+                    "Disk",
+                    "system",
+                    Status::Warn,
+                    "/ is 83% full",
+                    &["/: 83% used"],
+                ),
+                item(
+                    "Review Grafana",
+                    "manual",
+                    Status::Manual,
+                    "for a person",
+                    &[],
+                ),
             ],
             missed: vec![],
             notifications: vec![],
@@ -211,14 +256,30 @@ pub mod tests {
     fn status_is_worst_and_counts_add_up() {
         let r = sample();
         assert_eq!(r.status, Status::Fail);
-        assert_eq!(r.counts, Counts { pass: 1, warn: 1, fail: 1, skipped: 0, manual: 1 });
-        assert_eq!(r.subject(), "[runbook] daily FAIL — 1 passed, 1 warning, 1 failed");
+        assert_eq!(
+            r.counts,
+            Counts {
+                pass: 1,
+                warn: 1,
+                fail: 1,
+                skipped: 0,
+                manual: 1
+            }
+        );
+        assert_eq!(
+            r.subject(),
+            "[runbook] daily FAIL — 1 passed, 1 warning, 1 failed"
+        );
     }
 
     #[test]
     fn change_against_previous_run() {
         let first = sample();
-        assert_eq!(first.items[1].change, Change::NewFailure, "a failing item on the first run is a new failure");
+        assert_eq!(
+            first.items[1].change,
+            Change::NewFailure,
+            "a failing item on the first run is a new failure"
+        );
         assert_eq!(first.items[0].change, Change::Same);
         let mut second = sample();
         second.items[1].status = Status::Pass;
@@ -228,13 +289,30 @@ pub mod tests {
         assert_eq!(second.items[0].change, Change::NewFailure);
         let mut third = sample();
         third.compare_with(Some(&sample()));
-        assert_eq!(third.items[1].change, Change::Same, "still failing is not new");
+        assert_eq!(
+            third.items[1].change,
+            Change::Same,
+            "still failing is not new"
+        );
     }
 
     #[test]
     fn json_has_the_contract_fields() {
         let v: serde_json::Value = serde_json::from_str(&json::render(&sample())).unwrap();
-        for key in ["run_id", "job", "trigger", "scheduled_for", "started_at", "finished_at", "duration_ms", "host", "status", "counts", "items", "notifications"] {
+        for key in [
+            "run_id",
+            "job",
+            "trigger",
+            "scheduled_for",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "host",
+            "status",
+            "counts",
+            "items",
+            "notifications",
+        ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
         assert_eq!(v["status"], "fail");
@@ -242,7 +320,16 @@ pub mod tests {
         assert_eq!(v["scheduled_for"], "2026-11-24T10:00:00+05:30");
         assert_eq!(v["counts"]["manual"], 1);
         let item = &v["items"][1];
-        for key in ["name", "kind", "status", "summary", "details", "data", "duration_ms", "change"] {
+        for key in [
+            "name",
+            "kind",
+            "status",
+            "summary",
+            "details",
+            "data",
+            "duration_ms",
+            "change",
+        ] {
             assert!(item.get(key).is_some(), "item missing {key}");
         }
         assert_eq!(item["change"], "new_failure");

@@ -24,7 +24,11 @@ pub fn render(r: &Report) -> String {
         r.duration_human(),
         r.host,
         r.started_local(),
-        if r.dry_run { " (dry run: nothing changed)" } else { "" }
+        if r.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
     );
     if !r.missed.is_empty() {
         let _ = writeln!(out, "missed slots before this run: {}", r.missed.join(", "));
@@ -36,9 +40,20 @@ pub fn render(r: &Report) -> String {
             super::Change::Recovered => "  [recovered]",
             super::Change::Same => "",
         };
-        let _ = writeln!(out, "{}  {} — {}{}", i.status.tag(), i.name, i.summary, change);
+        let _ = writeln!(
+            out,
+            "{}  {} — {}{}",
+            i.status.tag(),
+            i.name,
+            i.summary,
+            change
+        );
     }
-    let noteworthy: Vec<_> = r.items.iter().filter(|i| !matches!(i.status, Status::Pass) && !i.details.is_empty()).collect();
+    let noteworthy: Vec<_> = r
+        .items
+        .iter()
+        .filter(|i| !matches!(i.status, Status::Pass) && !i.details.is_empty())
+        .collect();
     if !noteworthy.is_empty() {
         let _ = writeln!(out, "\nDetails:");
         for i in noteworthy {
@@ -51,7 +66,16 @@ pub fn render(r: &Report) -> String {
     if !r.notifications.is_empty() {
         let _ = writeln!(out);
         for n in &r.notifications {
-            let _ = writeln!(out, "notify {}: {}{}", n.channel, n.status, n.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "notify {}: {}{}",
+                n.channel,
+                n.status,
+                n.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
         }
     }
     let _ = writeln!(out, "\nrun {}", r.run_id);
@@ -64,11 +88,25 @@ mod tests {
     fn layout() {
         let t = super::render(&crate::report::tests::sample());
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "daily FAIL — 1 passed, 1 warning, 1 failed, 1 to do — 3.2s on ops-1 at 2026-11-24 10:00 IST");
-        assert_eq!(lines[2], "PASS  Backups completed — newest full-20261124.dump, 2.1G, 3h old");
-        assert_eq!(lines[3], "FAIL  Firing alerts — 2 alerts firing  [new failure]");
+        assert_eq!(
+            lines[0],
+            "daily FAIL — 1 passed, 1 warning, 1 failed, 1 to do — 3.2s on ops-1 at 2026-11-24 10:00 IST"
+        );
+        assert_eq!(
+            lines[2],
+            "PASS  Backups completed — newest full-20261124.dump, 2.1G, 3h old"
+        );
+        assert_eq!(
+            lines[3],
+            "FAIL  Firing alerts — 2 alerts firing  [new failure]"
+        );
         assert_eq!(lines[5], "TODO  Review Grafana — for a person");
-        assert!(t.contains("\nDetails:\n\nFAIL  Firing alerts\n    HighErrorRate (critical) since 09:12\n"));
-        assert!(!t.contains("full-20261124.dump 2.1G 3h"), "details of passing items stay out of the text report");
+        assert!(t.contains(
+            "\nDetails:\n\nFAIL  Firing alerts\n    HighErrorRate (critical) since 09:12\n"
+        ));
+        assert!(
+            !t.contains("full-20261124.dump 2.1G 3h"),
+            "details of passing items stay out of the text report"
+        );
     }
 }
