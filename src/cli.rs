@@ -265,11 +265,24 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 notify: !no_notify,
                 ..RunOptions::manual()
             };
-            // Ctrl-C during a manual run: cancel the items (children are killed, scratch
-            // databases dropped) and still print and store the report.
+            // Ctrl-C or SIGTERM (systemd, a terminal closing, `kill`) during a manual run: cancel
+            // the items (children are killed, scratch databases dropped) and still print and
+            // store the report.
             let cancel = opts.cancel.clone();
             tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
+                let term = async {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(mut s) => {
+                            s.recv().await;
+                        }
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term => {}
+                }
                 eprintln!("runbook: interrupted; stopping the items and writing the report");
                 cancel.cancel();
             });

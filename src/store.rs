@@ -331,6 +331,19 @@ impl Store {
             .transpose()
     }
 
+    /// The newest `limit` finished reports of a job, newest first (e.g. a restore drill's trend
+    /// against earlier drills).
+    pub fn recent_reports(&self, job: &str, limit: usize) -> Result<Vec<Report>> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut st = c.prepare("SELECT report FROM runs WHERE job = ?1 AND report IS NOT NULL ORDER BY started_at DESC LIMIT ?2")?;
+            st.query_map(params![job, limit as i64], |r| r.get(0))?.collect()
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
+    }
+
     /// A stored report by run id (a unique prefix is enough).
     pub fn report(&self, run_id: &str) -> Result<Option<Report>> {
         let pattern = format!("{}%", run_id.replace(['%', '_'], ""));

@@ -22,6 +22,7 @@ use crate::store::Store;
 
 pub mod alertmanager;
 pub mod backup;
+pub mod backup_verify;
 pub mod command;
 pub mod create_indexes;
 pub mod http;

@@ -1,12 +1,37 @@
 //! `restore_drill`: restores the newest backup into a scratch database and checks it.
 //!
-//! (Options are final; the implementation lands with its issue.)
+//! The only proof that a backup restores is restoring it. This kind takes the newest complete
+//! backup (chosen exactly as `backup` chooses it), checks its `.sha256` sidecar, creates a scratch
+//! database `runbook_drill_<run id>` on `target`, restores into it (`pg_restore -j parallel`
+//! for custom and directory dumps, `psql` for plain dumps, gzip'd or not), runs the `checks`,
+//! and records the time to restore (RTO) with its trend against earlier drills of the job.
+//!
+//! Invariants:
+//! - It never touches a database whose name does not start with `runbook_drill_`: the name is
+//!   checked when the config loads (`scratch_database`) and again before every CREATE and DROP.
+//!   Plain dumps are fed to psql through a filter that refuses `\connect`, `CREATE DATABASE` and
+//!   shell escapes, so a dump made with `pg_dump --create` cannot lead psql out of the scratch
+//!   database.
+//! - The scratch database is always dropped (`DROP DATABASE ... WITH (FORCE)`): after success,
+//!   failure, timeout and cancellation (SIGTERM/SIGINT of `run-job`, daemon shutdown). A guard
+//!   drops it even if this future is dropped midway. Only `keep_on_failure` keeps it, and only
+//!   when the restore or a check failed (never after an interruption).
+//! - Passwords reach pg_restore/psql through `PGPASSWORD` in the child's environment, never argv.
+
+use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::time::Instant;
 
-use super::{ItemCtx, Outcome, Prepare};
+use super::backup::Verify;
+use super::backup_verify::{self as bv, Format};
+use super::{ItemCtx, Outcome, Prepare, SqlCheck, Status};
+use crate::pg::{Target, quote_ident};
 #[allow(unused_imports)]
-use crate::units::{Dur, Percent, Size};
+use crate::units::{Dur, Percent, Size, human_bytes};
+
+/// Every scratch database name starts with this; nothing else is ever created or dropped.
+pub const SCRATCH_PREFIX: &str = "runbook_drill_";
 
 /// Options of `kind = "restore_drill"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,16 +58,766 @@ pub struct RestoreDrill {
     /// A file modified more recently than this is still being written. Default 60s.
     #[serde(default = "super::backup::default_settle")]
     pub settle: Dur,
+    /// A fixed name for the scratch database (must start with `runbook_drill_`). Default:
+    /// `runbook_drill_<run id>`, unique per run.
+    pub scratch_database: Option<String>,
+}
+
+/// How long dropping the scratch database may take before we give up and report it.
+const DROP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// True for a name we may create and drop.
+pub fn is_scratch_name(name: &str) -> bool {
+    name.len() > SCRATCH_PREFIX.len() && name.len() <= 63 && name.starts_with(SCRATCH_PREFIX)
 }
 
 impl RestoreDrill {
-    pub fn prepare(&mut self, _p: &mut Prepare) {}
-
-    pub async fn run(&self, _ctx: &ItemCtx) -> Outcome {
-        Outcome::fail("kind `restore_drill` is not implemented in this build")
+    pub fn prepare(&mut self, p: &mut Prepare) {
+        if let Err(e) = bv::matcher(&self.pattern) {
+            p.error("pattern", e);
+        }
+        if self.parallel == 0 {
+            p.error("parallel", "parallel must be at least 1");
+        }
+        if let Some(name) = &self.scratch_database {
+            if !is_scratch_name(name) {
+                p.error(
+                    "scratch_database",
+                    format!("scratch_database {name:?} must start with \"{SCRATCH_PREFIX}\" (at most 63 bytes): a drill never touches any other database"),
+                );
+            }
+        }
+        for (i, c) in self.checks.iter().enumerate() {
+            if c.query.trim().is_empty() {
+                p.error(
+                    &format!("checks[{i}].query"),
+                    format!("check {:?} has an empty query", c.name),
+                );
+            }
+            if let (Some(min), Some(max)) = (c.min, c.max) {
+                if min > max {
+                    p.error(
+                        &format!("checks[{i}]"),
+                        format!("check {:?}: min {min} is above max {max}", c.name),
+                    );
+                }
+            }
+        }
+        let dir = p.path(&self.dir);
+        if !dir.is_dir() {
+            p.warning(format!(
+                "backup folder {} does not exist (yet)",
+                dir.display()
+            ));
+        }
     }
+
+    fn scratch_name(&self, ctx: &ItemCtx) -> String {
+        match &self.scratch_database {
+            Some(n) => n.clone(),
+            None => format!("{SCRATCH_PREFIX}{}", ctx.run_id.to_ascii_lowercase()),
+        }
+    }
+
+    pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
+        let target = match ctx.target(&self.target) {
+            Ok(t) => t.clone(),
+            Err(e) => return Outcome::fail(e),
+        };
+        let scratch = self.scratch_name(ctx);
+        if !is_scratch_name(&scratch) {
+            return Outcome::fail(format!(
+                "refusing scratch database {scratch:?}: its name must start with \"{SCRATCH_PREFIX}\""
+            ));
+        }
+        let dir = ctx.path(&self.dir);
+        let matcher = match bv::matcher(&self.pattern) {
+            Ok(m) => m,
+            Err(e) => return Outcome::fail(e),
+        };
+        let sel = match bv::select_newest(
+            &dir,
+            &matcher,
+            self.settle.0,
+            Duration::from_millis(200),
+            &[],
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => return Outcome::fail(e),
+        };
+        let Some(i) = sel.newest else {
+            let why = if sel.all.is_empty() {
+                format!("no backup matching {:?} in {}", self.pattern, dir.display())
+            } else {
+                format!(
+                    "no complete backup in {}: {} is still being written",
+                    dir.display(),
+                    sel.all[0].name
+                )
+            };
+            return Outcome::fail(why);
+        };
+        let backup = sel.all[i].clone();
+        let format = bv::detect(&backup);
+        let plain_gzip = format == Format::Gzip;
+        let method = match format {
+            Format::Custom | Format::Directory => Method::PgRestore,
+            Format::PlainSql | Format::Gzip => Method::Psql,
+            Format::BaseBackup => {
+                return Outcome::fail(format!(
+                    "{} is a base backup: a drill restores logical dumps (pg_dump) into a scratch database; verify base backups with kind = \"backup\", verify = \"manifest\"",
+                    backup.name
+                ));
+            }
+            Format::Unknown => {
+                return Outcome::fail(format!(
+                    "{} is not a dump pg_restore or psql can read",
+                    backup.name
+                ));
+            }
+        };
+        let command_line = self.command_line(method, &scratch, &backup.path, plain_gzip);
+        let mut data = serde_json::json!({
+            "backup": backup.json(std::time::SystemTime::now()),
+            "format": format.as_str(),
+            "target": target.name,
+            "scratch_database": scratch,
+            "command": command_line,
+        });
+
+        if ctx.dry_run {
+            let mut o = Outcome::skipped(format!(
+                "dry run: would restore {} into scratch database {scratch} on {}",
+                backup.name, target.display
+            ))
+            .detail(format!(
+                "backup: {} ({}, {})",
+                backup.path.display(),
+                format.as_str(),
+                human_bytes(backup.size)
+            ))
+            .detail(format!("CREATE DATABASE {}", quote_ident(&scratch)))
+            .detail(format!("restore: {command_line}"));
+            for c in &self.checks {
+                o.details.push(format!("check {:?}: {}", c.name, c.query));
+            }
+            o.details.push(format!(
+                "DROP DATABASE {} WITH (FORCE)",
+                quote_ident(&scratch)
+            ));
+            data["planned"] = true.into();
+            return o.with_data(data);
+        }
+
+        // The checksum first: restoring a corrupt copy would prove nothing.
+        let v = super::backup::verify_entry(&backup, format, Verify::None, &[], ctx).await;
+        if v.interrupted {
+            return Outcome::fail("interrupted before the restore").with_data(data);
+        }
+        if !v.problems.is_empty() {
+            return Outcome::fail(format!("{}: {}", backup.name, v.problems[0]))
+                .with_details(v.problems)
+                .with_data(data);
+        }
+        data["checksum"] = v.checksum.into();
+
+        let admin = match target.connect_for_maintenance().await {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::fail(format!("restore target unreachable: {e}")).with_data(data);
+            }
+        };
+        match admin.query_one("SELECT pg_is_in_recovery()", &[]).await {
+            Ok(row) if row.get::<_, bool>(0) => {
+                return Outcome::fail(format!(
+                    "target {} is a standby (in recovery): a drill cannot create a database there; point it at the primary or a spare server",
+                    target.name
+                ))
+                .with_data(data);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "target {}: {}",
+                    target.name,
+                    crate::pg::pg_error(&e)
+                ))
+                .with_data(data);
+            }
+        }
+        let mut details = Vec::new();
+        if let Ok(rows) = admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%' ORDER BY 1", &[]).await {
+            let left: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).filter(|n| *n != scratch).collect();
+            if !left.is_empty() {
+                details.push(format!("scratch databases left by earlier drills (kept or interrupted): {}", left.join(", ")));
+            }
+        }
+
+        let created = Instant::now();
+        if let Err(e) = admin
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
+            .await
+        {
+            return Outcome::fail(format!(
+                "cannot create scratch database {scratch}: {}",
+                crate::pg::pg_error(&e)
+            ))
+            .with_data(data);
+        }
+        let mut guard = ScratchGuard {
+            target: Some(target.clone()),
+            name: scratch.clone(),
+        };
+        details.push(format!(
+            "restoring {} ({}, {}) into {scratch} on {}",
+            backup.name,
+            format.as_str(),
+            human_bytes(backup.size),
+            target.display
+        ));
+        details.push(format!("command: {command_line}"));
+
+        let work = self.restore_and_check(
+            ctx,
+            &target,
+            &scratch,
+            &backup.path,
+            method,
+            plain_gzip,
+            created,
+        );
+        let ended = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => End::Interrupted,
+            _ = tokio::time::sleep_until(ctx.deadline) => End::TimedOut,
+            r = work => End::Done(r),
+        };
+        // A restore that ended because we were cancelled is an interruption, not a failed
+        // restore (keep_on_failure does not apply to it).
+        let ended = match ended {
+            End::Done(_) if ctx.cancel.is_cancelled() => End::Interrupted,
+            e => e,
+        };
+
+        let (mut outcome, failed) = match ended {
+            End::Done(r) => self.judge(ctx, r, &mut details, &mut data),
+            End::Interrupted => (
+                Outcome::fail("interrupted (shutting down) during the restore drill"),
+                false,
+            ),
+            End::TimedOut => (Outcome::fail("timed out during the restore drill"), false),
+        };
+        outcome.details.splice(0..0, details);
+
+        if failed && self.keep_on_failure {
+            guard.disarm();
+            outcome.details.push(format!("scratch database {scratch} kept for inspection (keep_on_failure); drop it with: DROP DATABASE {} WITH (FORCE)", quote_ident(&scratch)));
+            data["scratch_dropped"] = false.into();
+        } else {
+            match drop_scratch(&admin, &scratch).await {
+                Ok(()) => {
+                    guard.disarm();
+                    outcome
+                        .details
+                        .push(format!("scratch database {scratch} dropped"));
+                    data["scratch_dropped"] = true.into();
+                }
+                Err(e) => {
+                    // The guard tries once more on its own connection when it goes out of scope.
+                    outcome.escalate(Status::Fail);
+                    outcome
+                        .details
+                        .push(format!("could not drop scratch database {scratch}: {e}"));
+                    data["scratch_dropped"] = false.into();
+                }
+            }
+        }
+        outcome.data = merge(data, outcome.data);
+        outcome
+    }
+
+    fn command_line(
+        &self,
+        method: Method,
+        scratch: &str,
+        path: &std::path::Path,
+        gzip: bool,
+    ) -> String {
+        match method {
+            Method::PgRestore => format!(
+                "pg_restore --no-owner --no-privileges -j {} -d {scratch} {}",
+                self.parallel,
+                path.display()
+            ),
+            Method::Psql => format!(
+                "{}psql -X -q -v ON_ERROR_STOP=1 -d {scratch} -f - (through runbook's plain-dump filter)",
+                if gzip {
+                    format!("gzip -dc {} | ", path.display())
+                } else {
+                    format!("{} → ", path.display())
+                }
+            ),
+        }
+    }
+
+    /// The child process environment for pg_restore/psql: where to connect, the password.
+    fn pg_env(cmd: &mut tokio::process::Command, target: &Target) {
+        for var in [
+            "PGSERVICE",
+            "PGSERVICEFILE",
+            "PGDATABASE",
+            "PGOPTIONS",
+            "PGHOSTADDR",
+            "PGPASSFILE",
+        ] {
+            cmd.env_remove(var);
+        }
+        if let Some(h) = target.pg.get_hosts().first() {
+            match h {
+                tokio_postgres::config::Host::Tcp(h) => cmd.env("PGHOST", h),
+                tokio_postgres::config::Host::Unix(p) => cmd.env("PGHOST", p),
+            };
+        }
+        if let Some(p) = target.pg.get_ports().first() {
+            cmd.env("PGPORT", p.to_string());
+        }
+        if let Some(u) = target.pg.get_user() {
+            cmd.env("PGUSER", u);
+        }
+        match &target.password {
+            Some(pw) => cmd.env("PGPASSWORD", pw.expose()),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+        let mode = match target.sslmode {
+            crate::pg::SslMode::Disable => "disable",
+            crate::pg::SslMode::Prefer => "prefer",
+            crate::pg::SslMode::Require => "require",
+            crate::pg::SslMode::VerifyFull => "verify-full",
+        };
+        cmd.env("PGSSLMODE", mode);
+        if let Some(ca) = &target.ca_file {
+            cmd.env("PGSSLROOTCERT", ca);
+        }
+        cmd.env("PGAPPNAME", "runbook-drill");
+        cmd.env(
+            "PGCONNECT_TIMEOUT",
+            target.connect_timeout.as_secs().max(1).to_string(),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_and_check(
+        &self,
+        ctx: &ItemCtx,
+        target: &Target,
+        scratch: &str,
+        path: &std::path::Path,
+        method: Method,
+        gzip: bool,
+        started: Instant,
+    ) -> DrillResult {
+        let run = match method {
+            Method::PgRestore => {
+                let mut cmd = tokio::process::Command::new(bv::pg_tool("pg_restore"));
+                cmd.args([
+                    "--no-owner",
+                    "--no-privileges",
+                    "-j",
+                    &self.parallel.to_string(),
+                    "-d",
+                    scratch,
+                ])
+                .arg(path);
+                Self::pg_env(&mut cmd, target);
+                bv::run_tool(cmd, ctx.deadline, &ctx.cancel, false).await
+            }
+            Method::Psql => {
+                let mut cmd = tokio::process::Command::new(bv::pg_tool("psql"));
+                cmd.args([
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                    scratch,
+                    "-f",
+                    "-",
+                ]);
+                Self::pg_env(&mut cmd, target);
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let (p, cancel) = (path.to_path_buf(), ctx.cancel.clone());
+                let feeder =
+                    tokio::task::spawn_blocking(move || bv::feed_plain(&p, gzip, tx, cancel));
+                let run =
+                    bv::run_tool_with_input(cmd, ctx.deadline, &ctx.cancel, false, Some(rx)).await;
+                match feeder.await {
+                    Ok(Err(e)) if e != "psql stopped reading" => {
+                        return DrillResult {
+                            restore_error: Some(format!("plain dump refused or unreadable: {e}")),
+                            ..Default::default()
+                        };
+                    }
+                    _ => {}
+                }
+                run
+            }
+        };
+        let rto = started.elapsed();
+        if !run.ok() {
+            let tool = if method == Method::PgRestore {
+                "pg_restore"
+            } else {
+                "psql"
+            };
+            let mut r = DrillResult {
+                restore_error: Some(run.failure(tool)),
+                rto: Some(rto),
+                ..Default::default()
+            };
+            r.restore_log = run
+                .stderr_tail
+                .iter()
+                .rev()
+                .take(8)
+                .rev()
+                .map(|l| format!("{tool}: {l}"))
+                .collect();
+            return r;
+        }
+        let mut r = DrillResult {
+            rto: Some(rto),
+            ..Default::default()
+        };
+        if self.checks.is_empty() {
+            return r;
+        }
+        let client = match target.connect_to(scratch).await {
+            Ok(c) => c,
+            Err(e) => {
+                r.checks.push(CheckResult {
+                    name: "connect".into(),
+                    ok: false,
+                    value: None,
+                    message: e,
+                });
+                return r;
+            }
+        };
+        for c in &self.checks {
+            r.checks.push(run_check(&client, c).await);
+        }
+        r
+    }
+
+    fn judge(
+        &self,
+        ctx: &ItemCtx,
+        r: DrillResult,
+        details: &mut Vec<String>,
+        data: &mut serde_json::Value,
+    ) -> (Outcome, bool) {
+        let rto_ms = r.rto.map(|d| d.as_millis() as u64);
+        data["rto_ms"] = rto_ms.into();
+        data["checks"] = serde_json::Value::Array(
+            r.checks.iter().map(|c| serde_json::json!({ "name": c.name, "ok": c.ok, "value": c.value, "message": c.message })).collect(),
+        );
+        if let Some(e) = r.restore_error {
+            details.extend(r.restore_log);
+            return (Outcome::fail(format!("restore failed: {e}")), true);
+        }
+        let rto = r.rto.unwrap_or_default();
+        let trend = self.trend(ctx, rto);
+        data["previous_rto_ms"] = trend.previous_ms.into();
+        data["rto_history_ms"] = trend.history_ms.clone().into();
+        data["rto_change_pct"] = trend.change_pct.into();
+        details.push(format!(
+            "time to restore (RTO): {}{}",
+            fmt_secs(rto),
+            trend.text
+        ));
+        for c in &r.checks {
+            details.push(format!(
+                "{} check {:?}: {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.message
+            ));
+        }
+        let failed: Vec<&CheckResult> = r.checks.iter().filter(|c| !c.ok).collect();
+        if !failed.is_empty() {
+            let names: Vec<String> = failed
+                .iter()
+                .map(|c| format!("{:?} ({})", c.name, c.message))
+                .collect();
+            return (
+                Outcome::fail(format!(
+                    "restored in {}, but {} check{} failed: {}",
+                    fmt_secs(rto),
+                    failed.len(),
+                    if failed.len() == 1 { "" } else { "s" },
+                    names.join("; ")
+                )),
+                true,
+            );
+        }
+        let summary = format!(
+            "restored in {}{}, {} check{} passed",
+            fmt_secs(rto),
+            trend.short,
+            r.checks.len(),
+            if r.checks.len() == 1 { "" } else { "s" }
+        );
+        if let Some(max) = self.max_duration {
+            if rto > max.0 {
+                return (
+                    Outcome::warn(format!(
+                        "RTO {} is above max_duration {max}: {summary}",
+                        fmt_secs(rto)
+                    )),
+                    false,
+                );
+            }
+        }
+        (Outcome::pass(summary), false)
+    }
+
+    /// RTO against the earlier drills of this item (from the stored reports of the job).
+    fn trend(&self, ctx: &ItemCtx, rto: Duration) -> Trend {
+        let reports = ctx.store.recent_reports(&ctx.job, 20).unwrap_or_default();
+        let history: Vec<u64> = reports
+            .iter()
+            .filter(|r| r.run_id != ctx.run_id)
+            .filter_map(|r| {
+                r.items
+                    .iter()
+                    .find(|i| i.name == ctx.item && i.kind == "restore_drill")
+            })
+            .filter(|i| i.status != Status::Fail)
+            .filter_map(|i| i.data.get("rto_ms").and_then(|v| v.as_u64()))
+            .take(5)
+            .collect();
+        let Some(&prev) = history.first() else {
+            return Trend {
+                text: " (first recorded drill)".into(),
+                ..Default::default()
+            };
+        };
+        let now = rto.as_millis() as f64;
+        let pct = if prev > 0 {
+            (now - prev as f64) * 100.0 / prev as f64
+        } else {
+            0.0
+        };
+        let list: Vec<String> = history
+            .iter()
+            .map(|ms| fmt_secs(Duration::from_millis(*ms)))
+            .collect();
+        Trend {
+            text: format!(
+                "; previous drill {} ({pct:+.0}%); earlier drills, newest first: {}",
+                fmt_secs(Duration::from_millis(prev)),
+                list.join(", ")
+            ),
+            short: format!(" ({pct:+.0}% vs previous drill)"),
+            previous_ms: Some(prev),
+            history_ms: history,
+            change_pct: Some((pct * 10.0).round() / 10.0),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Trend {
+    text: String,
+    short: String,
+    previous_ms: Option<u64>,
+    history_ms: Vec<u64>,
+    change_pct: Option<f64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    PgRestore,
+    Psql,
+}
+
+enum End {
+    Done(DrillResult),
+    Interrupted,
+    TimedOut,
+}
+
+#[derive(Default)]
+struct DrillResult {
+    restore_error: Option<String>,
+    restore_log: Vec<String>,
+    rto: Option<Duration>,
+    checks: Vec<CheckResult>,
+}
+
+struct CheckResult {
+    name: String,
+    ok: bool,
+    value: Option<String>,
+    message: String,
+}
+
+/// Runs one check: the query must return a row; min/max/expect apply to its first column.
+async fn run_check(client: &tokio_postgres::Client, c: &SqlCheck) -> CheckResult {
+    let fail = |message: String| CheckResult {
+        name: c.name.clone(),
+        ok: false,
+        value: None,
+        message,
+    };
+    let msgs = match client.simple_query(&c.query).await {
+        Ok(m) => m,
+        Err(e) => return fail(format!("query failed: {}", crate::pg::pg_error(&e))),
+    };
+    let Some(row) = msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    }) else {
+        return fail("the query returned no row".into());
+    };
+    let Some(text) = row.get(0).map(str::to_string) else {
+        return fail("the first column is NULL".into());
+    };
+    let mut problems = Vec::new();
+    if let Some(expect) = c.expect {
+        let b = match text.as_str() {
+            "t" | "true" => Some(true),
+            "f" | "false" => Some(false),
+            _ => None,
+        };
+        match b {
+            Some(b) if b == expect => {}
+            Some(b) => problems.push(format!("is {b}, expected {expect}")),
+            None => problems.push(format!("{text:?} is not a boolean")),
+        }
+    }
+    if c.min.is_some() || c.max.is_some() {
+        match text.trim().parse::<f64>() {
+            Ok(v) => {
+                if let Some(min) = c.min.filter(|m| v < *m) {
+                    problems.push(format!("{text} is below min {min}"));
+                }
+                if let Some(max) = c.max.filter(|m| v > *m) {
+                    problems.push(format!("{text} is above max {max}"));
+                }
+            }
+            Err(_) => problems.push(format!("{text:?} is not a number")),
+        }
+    }
+    if problems.is_empty() {
+        CheckResult {
+            name: c.name.clone(),
+            ok: true,
+            value: Some(text.clone()),
+            message: format!("value {text}"),
+        }
+    } else {
+        CheckResult {
+            name: c.name.clone(),
+            ok: false,
+            value: Some(text),
+            message: problems.join(", "),
+        }
+    }
+}
+
+/// `DROP DATABASE IF EXISTS "runbook_drill_..." WITH (FORCE)`, refusing any other name.
+async fn drop_scratch(admin: &tokio_postgres::Client, name: &str) -> Result<(), String> {
+    if !is_scratch_name(name) {
+        return Err(format!("refusing to drop {name:?}: not a scratch database"));
+    }
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    match tokio::time::timeout(DROP_TIMEOUT, admin.batch_execute(&sql)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(crate::pg::pg_error(&e)),
+        Err(_) => Err(format!("timed out after {}s", DROP_TIMEOUT.as_secs())),
+    }
+}
+
+/// Drops the scratch database when it goes out of scope armed: the backstop for paths where the
+/// drill's future is dropped before its own cleanup ran (the runner aborting the task).
+struct ScratchGuard {
+    target: Option<Target>,
+    name: String,
+}
+
+impl ScratchGuard {
+    fn disarm(&mut self) {
+        self.target = None;
+    }
+}
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        let Some(target) = self.target.take() else {
+            return;
+        };
+        let name = self.name.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // A thread with its own runtime: we may be inside a runtime that is shutting down.
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(_) => return,
+            };
+            let r = rt.block_on(async {
+                let admin = target.connect_for_maintenance().await?;
+                drop_scratch(&admin, &name).await
+            });
+            if let Err(e) = &r {
+                tracing::error!(database = %name, "could not drop the restore drill's scratch database: {e}");
+            }
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(DROP_TIMEOUT + Duration::from_secs(2));
+    }
+}
+
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m {:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+fn merge(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
+        for (k, v) in e {
+            b.insert(k, v);
+        }
+    }
+    base
 }
 
 fn default_parallel() -> u32 {
     2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_scratch_names_are_accepted() {
+        assert!(is_scratch_name("runbook_drill_01jabc"));
+        assert!(!is_scratch_name("runbook_drill_"));
+        assert!(!is_scratch_name("trademaster_trading"));
+        assert!(!is_scratch_name("postgres"));
+        assert!(!is_scratch_name(&format!(
+            "runbook_drill_{}",
+            "x".repeat(60)
+        )));
+    }
 }

@@ -1,0 +1,306 @@
+//! `restore_drill` end to end: a real cluster, real `pg_dump`/`pg_restore`, `runbook run-job`.
+//! Every test asserts through `pg_database` that no scratch database is left behind.
+
+mod backup_support;
+
+use std::time::{Duration, Instant};
+
+use backup_support::*;
+use runbook::pgcluster::TempCluster;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn target(c: &TempCluster) -> String {
+    format!(
+        "[targets.scratch]\nurl = \"{}\"\nsslmode = \"disable\"\n",
+        c.url("postgres")
+    )
+}
+
+fn drill(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[jobs.t.items]]\nname = \"Restore drill\"\nkind = \"restore_drill\"\ntarget = \"scratch\"\ndir = {}\n{extra}\n",
+        q(dir)
+    )
+}
+
+const CHECKS: &str = r#"checks = [
+  { name = "orders restored", query = "SELECT count(*) FROM orders", min = 20000 },
+  { name = "newest order within a day", query = "SELECT max(created_at) > now() - interval '1 day' FROM orders", expect = true },
+]"#;
+
+#[test]
+fn drill_restores_checks_records_rto_trend_and_drops_the_scratch_database() {
+    let c = trading_cluster();
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("trading.dump");
+    pg_dump(&c, "trading", "c", &f, &[]);
+    write_sidecar(&f);
+    age(&f, HOUR);
+    let s = Setup::new(
+        &target(&c),
+        &drill(
+            d.path(),
+            &format!("parallel = 2\nmax_duration = \"10m\"\n{CHECKS}"),
+        ),
+    );
+    let (code, it) = s.run(&[]);
+    assert_eq!(code, 0, "{it:#}");
+    assert_eq!(it["status"], "pass", "{it:#}");
+    assert!(it["data"]["rto_ms"].as_u64().is_some());
+    assert_eq!(it["data"]["checksum"], "ok");
+    assert_eq!(it["data"]["scratch_dropped"], true);
+    assert!(
+        it["data"]["scratch_database"]
+            .as_str()
+            .unwrap()
+            .starts_with("runbook_drill_")
+    );
+    assert_eq!(it["data"]["checks"][0]["value"], "20000");
+    assert!(drill_databases(&c).is_empty());
+
+    // The second drill compares its RTO with the first.
+    let (code, it) = s.run(&[]);
+    assert_eq!(code, 0, "{it:#}");
+    assert!(it["data"]["previous_rto_ms"].as_u64().is_some(), "{it:#}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .contains("vs previous drill"),
+        "{it:#}"
+    );
+    assert!(drill_databases(&c).is_empty());
+}
+
+#[test]
+fn plain_and_directory_dumps_restore_too() {
+    let c = trading_cluster();
+    let d = tempfile::tempdir().unwrap();
+    pg_dump(&c, "trading", "p", &d.path().join("trading.sql"), &[]);
+    age(&d.path().join("trading.sql"), HOUR);
+    let s = Setup::new(&target(&c), &drill(d.path(), CHECKS));
+    let (code, it) = s.run(&[]);
+    assert_eq!(code, 0, "{it:#}");
+    assert_eq!(it["data"]["format"], "plain SQL dump");
+
+    let d2 = tempfile::tempdir().unwrap();
+    pg_dump(&c, "trading", "d", &d2.path().join("trading.dir"), &[]);
+    age(&d2.path().join("trading.dir"), HOUR);
+    let (code, it) = Setup::new(&target(&c), &drill(d2.path(), CHECKS)).run(&[]);
+    assert_eq!(code, 0, "{it:#}");
+    assert_eq!(it["data"]["format"], "directory dump");
+    assert!(drill_databases(&c).is_empty());
+}
+
+#[test]
+fn a_plain_dump_that_would_leave_the_scratch_database_is_refused() {
+    let c = trading_cluster();
+    let d = tempfile::tempdir().unwrap();
+    // pg_dump --create writes CREATE DATABASE and \connect trading: psql would restore into the
+    // real database.
+    let f = d.path().join("trading.sql");
+    pg_dump(&c, "trading", "p", &f, &["--create"]);
+    age(&f, HOUR);
+    c.psql("trading", "CREATE TABLE canary (x int)", &[])
+        .unwrap();
+    let (code, it) = Setup::new(&target(&c), &drill(d.path(), "")).run(&[]);
+    assert_eq!(code, 1, "{it:#}");
+    assert!(
+        it["summary"].as_str().unwrap().contains("refused"),
+        "{it:#}"
+    );
+    assert!(drill_databases(&c).is_empty());
+    // The real database is untouched.
+    assert_eq!(
+        c.psql(
+            "trading",
+            "SELECT count(*) FROM pg_class WHERE relname = 'canary'",
+            &[]
+        )
+        .unwrap()
+        .trim(),
+        "1"
+    );
+}
+
+#[test]
+fn a_failing_check_fails_the_drill_and_the_scratch_database_is_still_dropped() {
+    let c = trading_cluster();
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("trading.dump");
+    pg_dump(&c, "trading", "c", &f, &[]);
+    age(&f, HOUR);
+    let checks = r#"checks = [{ name = "a million orders", query = "SELECT count(*) FROM orders", min = 1000000 }]"#;
+    let (code, it) = Setup::new(&target(&c), &drill(d.path(), checks)).run(&[]);
+    assert_eq!(code, 1, "{it:#}");
+    assert_eq!(it["status"], "fail");
+    assert!(
+        it["summary"].as_str().unwrap().contains("check failed"),
+        "{it:#}"
+    );
+    assert_eq!(it["data"]["scratch_dropped"], true);
+    assert!(
+        drill_databases(&c).is_empty(),
+        "scratch database left behind"
+    );
+
+    // keep_on_failure keeps it for a person to look at.
+    let (code, it) = Setup::new(
+        &target(&c),
+        &drill(d.path(), &format!("keep_on_failure = true\n{checks}")),
+    )
+    .run(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(it["data"]["scratch_dropped"], false);
+    assert_eq!(
+        drill_databases(&c),
+        vec![it["data"]["scratch_database"].as_str().unwrap().to_string()]
+    );
+}
+
+#[test]
+fn a_corrupt_dump_fails_the_restore_and_leaves_nothing() {
+    let c = trading_cluster();
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("trading.dump");
+    pg_dump(&c, "trading", "c", &f, &[]);
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    age(&f, HOUR);
+    let (code, it) = Setup::new(&target(&c), &drill(d.path(), CHECKS)).run(&[]);
+    assert_eq!(code, 1, "{it:#}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("restore failed: pg_restore"),
+        "{it:#}"
+    );
+    assert!(drill_databases(&c).is_empty());
+}
+
+#[test]
+fn restore_target_unreachable_fails_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("x.sql");
+    std::fs::write(
+        &f,
+        "-- PostgreSQL database dump\nSELECT 1;\n-- PostgreSQL database dump complete\n",
+    )
+    .unwrap();
+    age(&f, HOUR);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = format!(
+        "[targets.scratch]\nurl = \"postgres://postgres@127.0.0.1:{port}/postgres\"\nsslmode = \"disable\"\nconnect_timeout = \"2s\"\n"
+    );
+    let (code, it) = Setup::new(&t, &drill(d.path(), "")).run(&[]);
+    assert_eq!(code, 1, "{it:#}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .contains("restore target unreachable"),
+        "{it:#}"
+    );
+}
+
+#[test]
+fn a_scratch_name_outside_the_prefix_is_a_config_error_and_dry_run_changes_nothing() {
+    let c = trading_cluster();
+    let d = tempfile::tempdir().unwrap();
+    let s = Setup::new(
+        &target(&c),
+        &drill(d.path(), "scratch_database = \"trading\""),
+    );
+    let out = s.command(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("scratch_database") && err.contains("runbook_drill_"),
+        "{err}"
+    );
+
+    let f = d.path().join("trading.dump");
+    pg_dump(&c, "trading", "c", &f, &[]);
+    age(&f, HOUR);
+    let (code, it) = Setup::new(&target(&c), &drill(d.path(), CHECKS)).run(&["--dry-run"]);
+    assert_eq!(code, 0, "{it:#}");
+    assert_eq!(it["status"], "skipped");
+    assert!(
+        it["data"]["command"]
+            .as_str()
+            .unwrap()
+            .contains("pg_restore --no-owner --no-privileges -j 2"),
+        "{it:#}"
+    );
+    assert!(drill_databases(&c).is_empty());
+}
+
+#[test]
+fn sigterm_during_a_drill_drops_the_scratch_database_on_the_way_out() {
+    let c = trading_cluster();
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("trading.dump");
+    pg_dump(&c, "trading", "c", &f, &[]);
+    age(&f, HOUR);
+    // A slow check keeps the drill busy after the restore, with the scratch database in use.
+    let checks =
+        r#"checks = [{ name = "slow", query = "SELECT pg_sleep(60) IS NULL", expect = true }]"#;
+    let s = Setup::new(&target(&c), &drill(d.path(), checks));
+    let child = s
+        .command(&[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while drill_databases(&c).is_empty()
+        || c.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'",
+            &[],
+        )
+        .unwrap()
+        .trim()
+            == "0"
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the drill never reached its check"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let it = &report["items"][0];
+    assert_eq!(it["status"], "fail");
+    assert!(
+        it["summary"].as_str().unwrap().contains("interrupted"),
+        "{it:#}"
+    );
+    assert!(
+        drill_databases(&c).is_empty(),
+        "scratch database left behind after SIGTERM"
+    );
+}
