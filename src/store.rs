@@ -22,8 +22,9 @@ use serde::Serialize;
 
 use crate::report::Report;
 
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE runs (
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE runs (
         run_id TEXT PRIMARY KEY,
         job TEXT NOT NULL,
         trigger TEXT NOT NULL,
@@ -71,7 +72,10 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         updated_at TEXT NOT NULL,
         PRIMARY KEY (job, item, file)
     );",
-)];
+    ),
+    // log_scan: a hash of the file's first bytes, because inodes are reused after rotation.
+    M::up("ALTER TABLE scan_offsets ADD COLUMN fingerprint INTEGER;"),
+];
 
 /// A handle on the state database; cheap to clone.
 #[derive(Clone)]
@@ -550,13 +554,24 @@ impl Store {
         })
     }
 
-    /// Where `log_scan` stopped in a file: (inode, offset).
-    pub fn scan_offset(&self, job: &str, item: &str, file: &str) -> Result<Option<(u64, u64)>> {
+    /// Where `log_scan` stopped in a file: (inode, offset, fingerprint of its first bytes).
+    pub fn scan_offset(
+        &self,
+        job: &str,
+        item: &str,
+        file: &str,
+    ) -> Result<Option<(u64, u64, Option<u64>)>> {
         self.with(|c| {
             c.query_row(
-                "SELECT inode, offset FROM scan_offsets WHERE job = ?1 AND item = ?2 AND file = ?3",
+                "SELECT inode, offset, fingerprint FROM scan_offsets WHERE job = ?1 AND item = ?2 AND file = ?3",
                 params![job, item, file],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, Option<i64>>(2)?.map(|f| f as u64),
+                    ))
+                },
             )
             .optional()
         })
@@ -569,12 +584,13 @@ impl Store {
         file: &str,
         inode: u64,
         offset: u64,
+        fingerprint: u64,
     ) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (job, item, file) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_at = excluded.updated_at",
-                params![job, item, file, inode as i64, offset as i64, now()],
+                "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (job, item, file) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_at = excluded.updated_at, fingerprint = excluded.fingerprint",
+                params![job, item, file, inode as i64, offset as i64, now(), fingerprint as i64],
             )
             .map(|_| ())
         })

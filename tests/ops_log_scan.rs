@@ -205,3 +205,21 @@ fn a_missing_log_file_fails_the_item() {
         "{it:#}"
     );
 }
+
+/// A log replaced by a new file on the same inode (inodes are reused after logrotate removes a
+/// file; rewriting in place is the deterministic way to get that) is read from its start, not
+/// from the old file's offset.
+#[test]
+fn a_new_file_on_the_same_inode_is_read_from_the_start() {
+    let setup = Setup::new(ITEM);
+    let logs = setup.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let log = logs.join("app.log");
+    append(&log, "INFO one\nINFO two\n");
+    let (_, report) = setup.run(&[]);
+    assert_eq!(matches(&report), 0);
+    // Same inode, different content, longer than the remembered offset (18 bytes).
+    std::fs::write(&log, "ERROR first line of the new file\nERROR second\n").expect("rewrite");
+    let (_, report) = setup.run(&[]);
+    assert_eq!(matches(&report), 2, "both lines of the new file: {report:#}");
+}

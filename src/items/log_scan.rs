@@ -135,6 +135,25 @@ impl Tally {
 /// (inode, offset) to remember.
 type ScanResult = (Vec<FileRead>, Option<String>, (u64, u64));
 
+/// How many leading bytes of a file its fingerprint covers (fewer when the offset is smaller).
+const HEAD_BYTES: u64 = 128;
+
+/// FNV-1a hash of the first `min(offset, HEAD_BYTES)` bytes of a file as it is on disk.
+fn head_fingerprint(path: &Path, offset: u64) -> u64 {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(offset.min(HEAD_BYTES)).read_to_end(&mut head);
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in head {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Stored in SQLite as i64: keep it non-negative.
+    hash & (i64::MAX as u64)
+}
+
 /// One file read: where from, where to.
 struct FileRead {
     path: PathBuf,
@@ -256,6 +275,7 @@ impl LogScan {
                             &key,
                             new_state.0,
                             new_state.1,
+                            head_fingerprint(base, new_state.1),
                         ) {
                             worst = Status::Fail;
                             problems.push(format!("cannot remember the offset of {key}: {e:#}"));
@@ -399,12 +419,20 @@ impl LogScan {
     fn scan_file(
         &self,
         base: &Path,
-        state: Option<(u64, u64)>,
+        state: Option<(u64, u64, Option<u64>)>,
         previous_run: Option<SystemTime>,
         tally: &mut Tally,
     ) -> Result<ScanResult, String> {
         let meta = std::fs::metadata(base).map_err(|e| format!("cannot stat: {e}"))?;
         let (ino, size) = (meta.ino(), meta.len());
+        // Inodes are reused: after logrotate removes a file, the new log often gets the old
+        // inode. The remembered fingerprint of the first bytes tells a new file on a reused
+        // inode from the old one, so it is not read from the old offset.
+        let same_head = match state {
+            Some((_, off, Some(fp))) => head_fingerprint(base, off) == fp,
+            _ => true,
+        };
+        let state = state.map(|(i, o, _)| (i, o));
         let gz = is_gz(base);
         let mut reads = Vec::new();
         let mut note = None;
@@ -425,7 +453,9 @@ impl LogScan {
                 }
                 0
             }
-            Some((old_ino, old_off)) if old_ino == ino && (gz || size >= old_off) => old_off,
+            Some((old_ino, old_off)) if old_ino == ino && same_head && (gz || size >= old_off) => {
+                old_off
+            }
             Some((old_ino, old_off)) => {
                 let changed: Vec<&(PathBuf, std::fs::Metadata)> = siblings
                     .iter()
@@ -434,7 +464,7 @@ impl LogScan {
                             || previous_run.is_none_or(|prev| m.modified().is_ok_and(|t| t > prev))
                     })
                     .collect();
-                if old_ino == ino {
+                if old_ino == ino && size < old_off {
                     note = Some(format!(
                         "truncated (size {size} < remembered offset {old_off}): read from the start"
                     ));
