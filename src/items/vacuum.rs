@@ -4,7 +4,7 @@
 //! so the biggest table may start last and the run ends with one worker busy and one idle), and
 //! it aborts the whole run on the first error or lock. Here each worker has its own connection
 //! (under the target's `lock_timeout`) and takes the largest remaining table by real size (heap +
-//! indexes + TOAST, `pg_total_relation_size`). A table whose lock cannot be had is put back at
+//! indexes + TOAST, measured from the files: [`pg::relation_sizes`]). A table whose lock cannot be had is put back at
 //! the end of the queue with a growing delay and retried; a table that still fails is reported
 //! and the others still run. `only_needed` applies autovacuum's own formulas and says why each
 //! table was chosen; like autovacuum, a table past only the analyze threshold gets `ANALYZE`
