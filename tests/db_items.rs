@@ -769,3 +769,62 @@ expect = true
     }
     assert_eq!(item(&report, "read-only check")["status"], "pass", "{all}");
 }
+
+#[test]
+fn only_needed_vacuums_past_the_thresholds_analyzes_past_the_analyze_threshold_and_leaves_the_rest()
+{
+    let pg = cluster_with_app_db();
+    q(
+        &pg,
+        "CREATE TABLE dirty (id int PRIMARY KEY, v text); CREATE TABLE churned (id int PRIMARY KEY, v text); \
+         CREATE TABLE clean (id int PRIMARY KEY, v text); \
+         INSERT INTO dirty SELECT g, md5(g::text) FROM generate_series(1, 1000) g; \
+         INSERT INTO churned SELECT g, md5(g::text) FROM generate_series(1, 1000) g; \
+         INSERT INTO clean SELECT g, md5(g::text) FROM generate_series(1, 1000) g;",
+    );
+    // A session of its own, so that the inserts are counted before ANALYZE resets the counts.
+    wait_for(
+        &pg,
+        "SELECT sum(n_mod_since_analyze) = 3000 FROM pg_stat_user_tables",
+    );
+    q(&pg, "VACUUM ANALYZE dirty, churned, clean;");
+    // dirty: 400 dead tuples > 50 + 20% of 1000 (vacuum). churned: 200 modified > 50 + 10% of
+    // 1000 (analyze) but 200 dead < 250 (no vacuum). clean: nothing.
+    q(
+        &pg,
+        "DELETE FROM dirty WHERE id <= 400; UPDATE churned SET v = 'x' WHERE id <= 200;",
+    );
+    wait_for(
+        &pg,
+        "SELECT sum(n_dead_tup) = 600 FROM pg_stat_user_tables WHERE relname IN ('dirty', 'churned')",
+    );
+    let counts = "SELECT string_agg(relname || ':' || vacuum_count || ':' || analyze_count, ',' ORDER BY relname) FROM pg_stat_user_tables";
+    assert_eq!(q(&pg, counts), "churned:1:1,clean:1:1,dirty:1:1", "set-up");
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+only_needed = true
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 0, "{all}");
+    let v = item(&report, "vacuum");
+    assert_eq!(v["status"], "pass", "{all}");
+    assert_eq!(v["data"]["tables_not_needed"], 1, "{all}");
+    assert_eq!(v["data"]["tables_analyze_only"], 1, "{all}");
+    let details = v["details"].to_string();
+    assert!(
+        details.contains("chose public.dirty: 400 dead tuples > 250"),
+        "{details}"
+    );
+    assert!(
+        details.contains("chose public.churned: 200 modified since analyze > 150, ANALYZE only"),
+        "{details}"
+    );
+    // dirty was vacuumed and analyzed, churned only analyzed, clean left alone.
+    assert_eq!(q(&pg, counts), "churned:1:2,clean:1:1,dirty:2:2");
+}

@@ -4,10 +4,12 @@
 //! so the biggest table may start last and the run ends with one worker busy and one idle), and
 //! it aborts the whole run on the first error or lock. Here each worker has its own connection
 //! (under the target's `lock_timeout`) and takes the largest remaining table by real size (heap +
-//! indexes + TOAST, `pg_total_relation_size`). A table whose lock cannot be had is put back at
+//! indexes + TOAST, measured from the files: [`pg::relation_sizes`]). A table whose lock cannot be had is put back at
 //! the end of the queue with a growing delay and retried; a table that still fails is reported
 //! and the others still run. `only_needed` applies autovacuum's own formulas and says why each
-//! table was chosen.
+//! table was chosen; like autovacuum, a table past only the analyze threshold gets `ANALYZE`
+//! alone, not a full VACUUM. The planning connection becomes the first worker and the other
+//! workers connect while the plan is made, so a run costs `parallel` connections in all.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::Client;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
@@ -80,6 +83,9 @@ struct Table {
     dead_before: i64,
     /// Why `only_needed` chose it (empty otherwise).
     reasons: Vec<String>,
+    /// `only_needed` found it past the analyze threshold only: `ANALYZE`, no VACUUM (as
+    /// autovacuum decides the two separately).
+    analyze_only: bool,
 }
 
 impl Table {
@@ -96,6 +102,9 @@ enum Done {
     Failed(String),
     NotStarted(String),
 }
+
+/// A worker's connection (under `lock_timeout`) and its server notices, or why it failed.
+type Conn = Result<(Client, UnboundedReceiver<String>), String>;
 
 /// A queue entry: the table, how often it was tried, and when it may be tried again.
 struct Queued {
@@ -128,6 +137,13 @@ impl Vacuum {
     }
 
     fn statement(&self, table: &Table) -> String {
+        if table.analyze_only {
+            return if self.skip_locked {
+                format!("ANALYZE (SKIP_LOCKED) {}", table.display())
+            } else {
+                format!("ANALYZE {}", table.display())
+            };
+        }
         let mut opts = Vec::new();
         if self.analyze {
             opts.push("ANALYZE");
@@ -148,16 +164,32 @@ impl Vacuum {
             Ok(t) => t.clone(),
             Err(e) => return Outcome::fail(e),
         };
-        let client = match target.connect().await {
+        // The planning connection is a maintenance one (under `lock_timeout`): it becomes the
+        // first worker.
+        let first = match target.connect_for_maintenance_with_notices().await {
             Ok(c) => c,
             Err(e) => return Outcome::fail(e),
         };
-        if let Err(e) = pg::ensure_primary(&client, &target).await {
+        if let Err(e) = pg::ensure_primary(&first.0, &target).await {
             return Outcome::fail(e);
         }
-        let (tables, not_needed) = match self.plan(&client, target.lock_timeout).await {
+        // The other workers connect while the plan is made (not for a dry run).
+        let others: Vec<_> = if ctx.dry_run {
+            Vec::new()
+        } else {
+            (1..self.parallel.max(1))
+                .map(|_| {
+                    let target = target.clone();
+                    tokio::spawn(async move { target.connect_for_maintenance_with_notices().await })
+                })
+                .collect()
+        };
+        let (tables, not_needed) = match self.plan(&first.0, target.lock_timeout).await {
             Ok(t) => t,
             Err(e) => {
+                for o in &others {
+                    o.abort();
+                }
                 return Outcome::fail(format!("target {}: cannot list tables: {e}", target.name));
             }
         };
@@ -194,10 +226,18 @@ impl Vacuum {
             .with_details(details)
             .with_data(json!({ "planned": planned, "not_needed": not_needed }));
         }
-        drop(client);
+        let mut conns = vec![Ok(first)];
+        for o in others {
+            conns.push(match o.await {
+                Ok(r) => r,
+                Err(e) => Err(format!("worker connection task failed: {e}")),
+            });
+        }
+        // No more connections than tables.
+        conns.truncate(tables.len().max(1));
 
-        let results = self.execute(ctx, &target, &tables, started).await;
-        self.report(&target, &tables, results, not_needed, started)
+        let (results, spare) = self.execute(ctx, &target, &tables, conns, started).await;
+        self.report(&target, &tables, results, not_needed, spare, started)
             .await
     }
 
@@ -273,6 +313,7 @@ impl Vacuum {
                 r.get(16),
             );
             let mut reasons = Vec::new();
+            let mut analyze_only = false;
             if self.only_needed {
                 let dead_limit = vt + vs * tuples;
                 if dead as f64 > dead_limit {
@@ -284,6 +325,12 @@ impl Vacuum {
                         it + is * tuples
                     ));
                 }
+                if xid_age as f64 > freeze {
+                    reasons.push(format!(
+                        "xid age {xid_age} > vacuum_freeze_table_age {freeze:.0}"
+                    ));
+                }
+                let needs_vacuum = !reasons.is_empty();
                 if self.analyze && never_analyzed {
                     reasons.push("never analyzed".to_string());
                 } else if self.analyze && modified as f64 > at + as_ * tuples {
@@ -292,14 +339,13 @@ impl Vacuum {
                         at + as_ * tuples
                     ));
                 }
-                if xid_age as f64 > freeze {
-                    reasons.push(format!(
-                        "xid age {xid_age} > vacuum_freeze_table_age {freeze:.0}"
-                    ));
-                }
                 if reasons.is_empty() {
                     not_needed += 1;
                     continue;
+                }
+                if !needs_vacuum {
+                    analyze_only = true;
+                    reasons.push("ANALYZE only (below the vacuum thresholds)".to_string());
                 }
             }
             tables.push(Table {
@@ -309,6 +355,7 @@ impl Vacuum {
                 bytes: r.get(3),
                 dead_before: dead,
                 reasons,
+                analyze_only,
             });
         }
         // Largest first by real size (taken without queueing behind locks).
@@ -341,14 +388,17 @@ impl Vacuum {
         !self.exclude_tables.iter().any(matches)
     }
 
-    /// Runs the plan with `parallel` workers; returns one result per table (plan order).
+    /// Runs the plan with one worker per connection in `conns` (a connection that failed is a
+    /// worker that takes nothing); returns one result per table (plan order) and a connection
+    /// still open, for the report's last query.
     async fn execute(
         &self,
         ctx: &ItemCtx,
         target: &Target,
         tables: &[Table],
+        conns: Vec<Conn>,
         started: Instant,
-    ) -> Vec<Done> {
+    ) -> (Vec<Done>, Option<Client>) {
         let results: Arc<Mutex<Vec<Option<Done>>>> = Arc::new(Mutex::new(vec![None; tables.len()]));
         let queue: Arc<Mutex<VecDeque<Queued>>> = Arc::new(Mutex::new(
             (0..tables.len())
@@ -370,7 +420,7 @@ impl Vacuum {
         let tables = Arc::new(tables.to_vec());
 
         let mut workers = Vec::new();
-        for _ in 0..self.parallel.max(1).min(tables.len().max(1)) {
+        for conn in conns {
             let (queue, results, tables, target, opts, cancel) = (
                 queue.clone(),
                 results.clone(),
@@ -381,12 +431,12 @@ impl Vacuum {
             );
             let window_given = window_end.is_some();
             workers.push(tokio::spawn(async move {
-                let (client, mut notices) = match target.connect_for_maintenance_with_notices().await {
+                let (client, mut notices) = match conn {
                     Ok(c) => c,
                     Err(e) => {
                         // Without a connection this worker takes nothing; report it once.
                         tracing::warn!("vacuum worker: {e}");
-                        return Some(e);
+                        return (Some(e), None);
                     }
                 };
                 loop {
@@ -399,11 +449,11 @@ impl Vacuum {
                         }
                     };
                     let entry = match next {
-                        None => return None,
+                        None => return (None, Some(client)),
                         Some(Err(wake)) => {
                             tokio::select! {
                                 _ = tokio::time::sleep_until(wake.into()) => {},
-                                _ = cancel.cancelled() => return None,
+                                _ = cancel.cancelled() => return (None, Some(client)),
                             }
                             continue;
                         }
@@ -430,7 +480,7 @@ impl Vacuum {
                         _ = cancel.cancelled() => {
                             target.cancel(&client.cancel_token()).await;
                             results.lock().expect("results lock")[entry.index] = Some(Done::Failed("cancelled while running".into()));
-                            return None;
+                            return (None, None);
                         }
                     };
                     let attempts = entry.attempts + 1;
@@ -467,10 +517,15 @@ impl Vacuum {
             }));
         }
         let mut worker_errors = Vec::new();
+        let mut spare = None;
         for w in workers {
             match w.await {
-                Ok(Some(e)) => worker_errors.push(e),
-                Ok(None) => {}
+                Ok((error, client)) => {
+                    worker_errors.extend(error);
+                    if spare.is_none() {
+                        spare = client;
+                    }
+                }
                 Err(e) => worker_errors.push(format!("worker panicked: {e}")),
             }
         }
@@ -479,10 +534,11 @@ impl Vacuum {
             .first()
             .cloned()
             .unwrap_or_else(|| "not done".into());
-        results
+        let results = results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Done::Failed(fallback.clone())))
-            .collect()
+            .collect();
+        (results, spare)
     }
 
     async fn report(
@@ -491,19 +547,25 @@ impl Vacuum {
         tables: &[Table],
         results: Vec<Done>,
         not_needed: usize,
+        spare: Option<Client>,
         started: Instant,
     ) -> Outcome {
-        // Dead tuples after: the stats VACUUM reported (fresh per transaction).
+        // Dead tuples after: the stats VACUUM reported (fresh per transaction), read on a
+        // worker's connection when one is left.
         let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
         let mut dead_after = std::collections::HashMap::new();
-        if let Ok(c) = target.connect().await {
+        let client = match spare {
+            Some(c) => Ok(c),
+            None => target.connect().await,
+        };
+        if let Ok(c) = client {
             if let Ok(rows) = c.query("SELECT relid, coalesce(n_dead_tup, 0) FROM pg_stat_all_tables WHERE relid = ANY($1)", &[&oids]).await {
                 for r in rows {
                     dead_after.insert(r.get::<_, u32>(0), r.get::<_, i64>(1));
                 }
             }
         }
-        let (mut done, mut skipped, mut failed) = (0, 0, 0);
+        let (mut done, mut skipped, mut failed, mut analyzed_only) = (0, 0, 0, 0);
         let (mut dead_before_sum, mut dead_after_sum) = (0i64, 0i64);
         let mut problem_lines = Vec::new();
         let mut table_data = Vec::new();
@@ -523,11 +585,15 @@ impl Vacuum {
                             crate::units::human_bytes(t.bytes.max(0) as u64)
                         ),
                     ));
-                    let note = if *attempts > 1 {
-                        format!("after {attempts} attempts (lock)")
-                    } else {
-                        String::new()
-                    };
+                    let mut notes = Vec::new();
+                    if t.analyze_only {
+                        analyzed_only += 1;
+                        notes.push("ANALYZE only".to_string());
+                    }
+                    if *attempts > 1 {
+                        notes.push(format!("after {attempts} attempts (lock)"));
+                    }
+                    let note = notes.join(", ");
                     ("done", note, Some(*seconds))
                 }
                 Done::Skipped(why) => {
@@ -580,6 +646,9 @@ impl Vacuum {
             tables.len(),
             target.name
         );
+        if analyzed_only > 0 {
+            summary.push_str(&format!(" ({analyzed_only} of them ANALYZE only)"));
+        }
         if skipped > 0 {
             summary.push_str(&format!(", {skipped} skipped"));
         }
@@ -592,7 +661,7 @@ impl Vacuum {
         Outcome::new(status, summary).with_details(details).with_data(json!({
             "target": target.name,
             "tables_total": tables.len(), "tables_done": done, "tables_skipped": skipped, "tables_failed": failed,
-            "tables_not_needed": not_needed,
+            "tables_not_needed": not_needed, "tables_analyze_only": analyzed_only,
             "dead_tuples_before": dead_before_sum, "dead_tuples_after": dead_after_sum,
             "seconds": elapsed, "tables": table_data,
         }))
@@ -642,6 +711,7 @@ mod tests {
             bytes: 0,
             dead_before: 0,
             reasons: vec![],
+            analyze_only: false,
         };
         assert_eq!(
             o.statement(&t),
@@ -650,5 +720,22 @@ mod tests {
         o.analyze = false;
         o.skip_locked = false;
         assert_eq!(o.statement(&t), "VACUUM public.\"Weird \"\"Name\"\"\"");
+    }
+
+    #[test]
+    fn a_table_past_only_the_analyze_threshold_gets_analyze_alone() {
+        let mut o = opts(&[], &[], &[]);
+        let t = Table {
+            oid: 1,
+            schema: "trading".into(),
+            name: "orders".into(),
+            bytes: 0,
+            dead_before: 0,
+            reasons: vec![],
+            analyze_only: true,
+        };
+        assert_eq!(o.statement(&t), "ANALYZE trading.orders");
+        o.skip_locked = true;
+        assert_eq!(o.statement(&t), "ANALYZE (SKIP_LOCKED) trading.orders");
     }
 }
