@@ -154,22 +154,31 @@ impl Store {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
         let path = dir.join("state.db");
+        // Two processes opening a fresh state folder at once (the daemon starting while an
+        // operator runs `history`) would race on switching to WAL and on creating the tables,
+        // and the loser fails with "database is locked" (switching the journal mode does not
+        // wait on the busy timeout). An advisory lock on a file beside the database makes the
+        // set-up one process at a time; it is held for milliseconds.
+        let lock_path = dir.join("state.db.open-lock");
+        let open_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot create {}", lock_path.display()))?;
+        open_lock
+            .lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
         let mut conn = Connection::open(&path)
             .with_context(|| format!("cannot open state database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Two processes opening a fresh state folder at once (the daemon starting while
-        // `history` or `run-job` runs) both see version 0 and race to create the tables; the
-        // loser fails. By then the winner's migration has committed, so one retry sees it.
-        let migrations = Migrations::from_slice(MIGRATIONS);
-        if migrations.to_latest(&mut conn).is_err() {
-            std::thread::sleep(Duration::from_millis(200));
-            migrations
-                .to_latest(&mut conn)
-                .with_context(|| format!("cannot migrate state database {}", path.display()))?;
-        }
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut conn)
+            .with_context(|| format!("cannot migrate state database {}", path.display()))?;
+        drop(open_lock);
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             dir: dir.to_path_buf(),
@@ -594,5 +603,28 @@ impl Store {
             )
             .map(|_| ())
         })
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::Store;
+
+    #[test]
+    fn many_openers_of_a_fresh_state_folder_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let d = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    Store::open(&d, "h")
+                        .map(|_| ())
+                        .map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), Ok(()));
+        }
     }
 }

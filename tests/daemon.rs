@@ -92,6 +92,14 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("gave up waiting: {what}");
 }
 
+/// Like [`wait_until`], with the daemon's log in the failure message.
+fn wait_until_or(what: &str, cond: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, cond)));
+    if r.is_err() {
+        panic!("gave up waiting: {what}; daemon log:\n{}", log());
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -324,7 +332,11 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_is_applied() {
     // `history` reads the same state through a config that stays valid.
     let view = write_config(dir.path(), "view.toml", &tick_config(dir.path(), ""));
     let mut daemon = Daemon::start(&config);
-    wait_until("a first run", || !finished(&view).is_empty());
+    wait_until_or(
+        "a first run",
+        || !finished(&view).is_empty(),
+        || daemon.log(),
+    );
 
     std::fs::write(&config, "[jobs.tick]\nschedule = \"not a cron\"\n").unwrap();
     daemon.signal(Signal::SIGHUP);

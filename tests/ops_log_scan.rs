@@ -221,5 +221,9 @@ fn a_new_file_on_the_same_inode_is_read_from_the_start() {
     // Same inode, different content, longer than the remembered offset (18 bytes).
     std::fs::write(&log, "ERROR first line of the new file\nERROR second\n").expect("rewrite");
     let (_, report) = setup.run(&[]);
-    assert_eq!(matches(&report), 2, "both lines of the new file: {report:#}");
+    assert_eq!(
+        matches(&report),
+        2,
+        "both lines of the new file: {report:#}"
+    );
 }
