@@ -169,11 +169,9 @@ fn init_logging(cli: &Cli) {
     // Under systemd (JOURNAL_STREAM names our stderr), log to journald with structured fields.
     let under_journald =
         std::env::var_os("JOURNAL_STREAM").is_some() && cli.log_format == LogFormat::Text;
-    if under_journald {
-        if let Ok(layer) = tracing_journald::layer() {
-            let _ = registry.with(layer).try_init();
-            return;
-        }
+    if under_journald && let Ok(layer) = tracing_journald::layer() {
+        let _ = registry.with(layer).try_init();
+        return;
     }
     match cli.log_format {
         LogFormat::Json => {
@@ -319,10 +317,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         } => next(&config, job.as_deref(), n, after.as_deref(), format),
         Command::CheckConfig { connect } => check_config(&config, connect).await,
         Command::History { job, n, format } => {
-            if let Some(j) = &job {
-                if let Err(e) = config.job(j) {
-                    return usage(e);
-                }
+            if let Some(j) = &job
+                && let Err(e) = config.job(j)
+            {
+                return usage(e);
             }
             let store = match open_store(&config) {
                 Ok(s) => s,

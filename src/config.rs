@@ -482,23 +482,23 @@ fn validate(
                     format!("duplicate item name {:?} in job {name:?}", item.name),
                 ));
             }
-            if let Some(t) = item.spec.target() {
-                if !target_names.contains(t) {
-                    let known: Vec<&str> = target_names.iter().map(String::as_str).collect();
-                    errors.push(loc.at_key(
-                        &item_section,
-                        "target",
-                        ictx.clone(),
-                        format!(
-                            "unknown target {t:?} (defined: {})",
-                            if known.is_empty() {
-                                "none".into()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    ));
-                }
+            if let Some(t) = item.spec.target()
+                && !target_names.contains(t)
+            {
+                let known: Vec<&str> = target_names.iter().map(String::as_str).collect();
+                errors.push(loc.at_key(
+                    &item_section,
+                    "target",
+                    ictx.clone(),
+                    format!(
+                        "unknown target {t:?} (defined: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
             }
             let mut prep = Prepare::new(&dir, &targets);
             item.spec.prepare(&mut prep);
@@ -527,12 +527,12 @@ fn validate(
     }
 
     let mut cluster = raw.cluster;
-    if let Some(c) = &mut cluster {
-        if let Some(src) = &c.password {
-            match crate::secret::Secret::resolve(src, "cluster.password", &dir) {
-                Ok(s) => c.password_resolved = Some(s),
-                Err(m) => errors.push(loc.at_key("cluster", "password", None, m)),
-            }
+    if let Some(c) = &mut cluster
+        && let Some(src) = &c.password
+    {
+        match crate::secret::Secret::resolve(src, "cluster.password", &dir) {
+            Ok(s) => c.password_resolved = Some(s),
+            Err(m) => errors.push(loc.at_key("cluster", "password", None, m)),
         }
     }
 
@@ -701,16 +701,16 @@ impl Locator {
     }
 
     fn at_key(&self, id: &str, key: &str, context: Option<String>, message: String) -> ConfigError {
-        if let Some(sec) = self.section(id) {
-            if let Some((_, line, col)) = sec.keys.iter().find(|(k, _, _)| k == key) {
-                return ConfigError {
-                    file: self.file.clone(),
-                    line: *line,
-                    column: *col,
-                    context,
-                    message,
-                };
-            }
+        if let Some(sec) = self.section(id)
+            && let Some((_, line, col)) = sec.keys.iter().find(|(k, _, _)| k == key)
+        {
+            return ConfigError {
+                file: self.file.clone(),
+                line: *line,
+                column: *col,
+                context,
+                message,
+            };
         }
         self.at_section(id, context, message)
     }
@@ -745,10 +745,10 @@ impl Locator {
     /// in backticks ("unknown field `dirr`"), else at the first line of the section containing
     /// the quoted bad value ("invalid duration \"ninety days\"").
     fn refine(&self, sec: &SectionInfo, message: &str) -> Option<(usize, usize)> {
-        if let Some(field) = backticked(message) {
-            if let Some((_, l, c)) = sec.keys.iter().find(|(k, _, _)| *k == field) {
-                return Some((*l, *c));
-            }
+        if let Some(field) = backticked(message)
+            && let Some((_, l, c)) = sec.keys.iter().find(|(k, _, _)| *k == field)
+        {
+            return Some((*l, *c));
         }
         let start = message.find('"')? + 1;
         let end = message[start..].find('"')? + start;

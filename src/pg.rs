@@ -110,16 +110,16 @@ impl Target {
                 }
             },
         };
-        if c.sslmode == SslMode::VerifyFull {
-            if let Some(ca) = &c.ca_file {
-                let p = if ca.is_absolute() {
-                    ca.clone()
-                } else {
-                    base.join(ca)
-                };
-                if !p.exists() {
-                    errors.push(format!("ca_file {} does not exist", p.display()));
-                }
+        if c.sslmode == SslMode::VerifyFull
+            && let Some(ca) = &c.ca_file
+        {
+            let p = if ca.is_absolute() {
+                ca.clone()
+            } else {
+                base.join(ca)
+            };
+            if !p.exists() {
+                errors.push(format!("ca_file {} does not exist", p.display()));
             }
         }
         if !errors.is_empty() {

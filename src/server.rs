@@ -165,12 +165,11 @@ impl Metrics {
             if let Some(success) = runs
                 .iter()
                 .find(|r| r.status == "pass" || r.status == "warn")
+                && let Ok(t) = chrono::DateTime::parse_from_rfc3339(&success.started_at)
             {
-                if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&success.started_at) {
-                    self.last_success
-                        .get_or_create(&job_label(name))
-                        .set(t.timestamp_millis() as f64 / 1000.0);
-                }
+                self.last_success
+                    .get_or_create(&job_label(name))
+                    .set(t.timestamp_millis() as f64 / 1000.0);
             }
             if let Ok(Some(last)) = store.last_report(name) {
                 let success = self

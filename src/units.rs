@@ -24,7 +24,7 @@ impl fmt::Display for Dur {
     /// Whole days as `14d` (the way people write them in the config), else humantime's form.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.as_secs();
-        if secs > 0 && secs % 86400 == 0 && self.0.subsec_nanos() == 0 {
+        if secs > 0 && secs.is_multiple_of(86400) && self.0.subsec_nanos() == 0 {
             write!(f, "{}d", secs / 86400)
         } else {
             write!(f, "{}", humantime::format_duration(self.0))

@@ -69,10 +69,10 @@ fn start() -> Alertmanager {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = api::blocking_get(&format!("{}/-/ready", am.url)) {
-            if r == 200 {
-                return am;
-            }
+        if let Ok(r) = api::blocking_get(&format!("{}/-/ready", am.url))
+            && r == 200
+        {
+            return am;
         }
         assert!(
             Instant::now() < deadline,

@@ -158,29 +158,30 @@ impl Backup {
                 self.max_age
             ));
         }
-        if let Some(min) = self.min_size {
-            if newest.size < min.0 {
-                problems.push(format!(
-                    "newest backup is {}, smaller than min_size {}",
-                    human_bytes(newest.size),
-                    min
-                ));
-            }
+        if let Some(min) = self.min_size
+            && newest.size < min.0
+        {
+            problems.push(format!(
+                "newest backup is {}, smaller than min_size {}",
+                human_bytes(newest.size),
+                min
+            ));
         }
         let previous = sel.previous();
         let mut shrink_pct = None;
-        if let Some(prev) = previous {
-            if prev.size > 0 && newest.size < prev.size {
-                let pct = 100.0 * (prev.size - newest.size) as f64 / prev.size as f64;
-                shrink_pct = Some((pct * 10.0).round() / 10.0);
-                if pct > self.max_shrink.0 {
-                    warnings.push(format!(
+        if let Some(prev) = previous
+            && prev.size > 0
+            && newest.size < prev.size
+        {
+            let pct = 100.0 * (prev.size - newest.size) as f64 / prev.size as f64;
+            shrink_pct = Some((pct * 10.0).round() / 10.0);
+            if pct > self.max_shrink.0 {
+                warnings.push(format!(
                         "newest backup shrank {pct:.0}% against the previous one ({} → {}), more than max_shrink {}",
                         human_bytes(prev.size),
                         human_bytes(newest.size),
                         self.max_shrink
                     ));
-                }
             }
         }
         let status = if !problems.is_empty() {

@@ -783,10 +783,10 @@ async fn collect_lines(r: Option<impl AsyncRead + Unpin>, keep_last: Option<usiz
     let mut out = std::collections::VecDeque::new();
     while let Ok(Some(l)) = lines.next_line().await {
         out.push_back(l);
-        if let Some(k) = keep_last {
-            if out.len() > k {
-                out.pop_front();
-            }
+        if let Some(k) = keep_last
+            && out.len() > k
+        {
+            out.pop_front();
         }
     }
     out.into()

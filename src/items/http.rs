@@ -113,21 +113,21 @@ impl Http {
             }
             // A literal `Accept = "application/json"` is not a secret: only header names that
             // carry credentials get check-config's "written inline" warning.
-            if let crate::secret::SecretSource::Literal(v) = source {
-                if !is_credential_header(name) {
-                    self.resolved_headers
-                        .push((name.clone(), crate::secret::Secret::literal(v)));
-                    continue;
-                }
+            if let crate::secret::SecretSource::Literal(v) = source
+                && !is_credential_header(name)
+            {
+                self.resolved_headers
+                    .push((name.clone(), crate::secret::Secret::literal(v)));
+                continue;
             }
             if let Some(secret) = p.secret(&format!("headers.{name}"), source) {
                 self.resolved_headers.push((name.clone(), secret));
             }
         }
-        if let Some(ca) = &self.ca_file {
-            if let Err(e) = load_ca(&p.path(ca)) {
-                p.error("ca_file", e);
-            }
+        if let Some(ca) = &self.ca_file
+            && let Err(e) = load_ca(&p.path(ca))
+        {
+            p.error("ca_file", e);
         }
         for a in &self.json {
             let given = [
@@ -232,11 +232,11 @@ impl Http {
             ));
             show_body = true;
         }
-        if let Some(max) = self.max_latency {
-            if latency > max.get() {
-                out.escalate(Status::Fail);
-                problems.push(format!("took {latency_ms} ms (max_latency {max})"));
-            }
+        if let Some(max) = self.max_latency
+            && latency > max.get()
+        {
+            out.escalate(Status::Fail);
+            problems.push(format!("took {latency_ms} ms (max_latency {max})"));
         }
 
         let mut assertions = Vec::new();

@@ -113,10 +113,10 @@ impl Tally {
         }
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
-        if let Some(cutoff) = self.cutoff {
-            if leading_time(text, self.tz).is_some_and(|t| t < cutoff) {
-                return;
-            }
+        if let Some(cutoff) = self.cutoff
+            && leading_time(text, self.tz).is_some_and(|t| t < cutoff)
+        {
+            return;
         }
         self.matches += 1;
         let key = normalise(text);
@@ -174,16 +174,16 @@ impl LogScan {
                 p.error("files", format!("invalid glob {f:?}: {e}"));
             }
         }
-        if let Some(fc) = self.fail_count {
-            if self.warn_count > fc {
-                p.error(
-                    "warn_count",
-                    format!(
-                        "warn_count ({}) is above fail_count ({fc})",
-                        self.warn_count
-                    ),
-                );
-            }
+        if let Some(fc) = self.fail_count
+            && self.warn_count > fc
+        {
+            p.error(
+                "warn_count",
+                format!(
+                    "warn_count ({}) is above fail_count ({fc})",
+                    self.warn_count
+                ),
+            );
         }
     }
 
@@ -268,18 +268,18 @@ impl LogScan {
                         "reads": reads.iter().map(|r| json!({"path": r.path, "from": r.from, "to": r.to})).collect::<Vec<_>>(),
                         "inode": new_state.0, "offset": new_state.1,
                     }));
-                    if !ctx.dry_run {
-                        if let Err(e) = ctx.store.set_scan_offset(
+                    if !ctx.dry_run
+                        && let Err(e) = ctx.store.set_scan_offset(
                             &ctx.job,
                             &ctx.item,
                             &key,
                             new_state.0,
                             new_state.1,
                             head_fingerprint(base, new_state.1),
-                        ) {
-                            worst = Status::Fail;
-                            problems.push(format!("cannot remember the offset of {key}: {e:#}"));
-                        }
+                        )
+                    {
+                        worst = Status::Fail;
+                        problems.push(format!("cannot remember the offset of {key}: {e:#}"));
                     }
                 }
                 Err(e) => {
@@ -547,7 +547,7 @@ fn read_from(path: &Path, offset: u64, tally: &mut Tally) -> Result<FileRead, St
         pos += n as u64;
         tally.line(&buf);
         lines += 1;
-        if lines % 100_000 == 0 && tally.cancel.is_cancelled() {
+        if lines.is_multiple_of(100_000) && tally.cancel.is_cancelled() {
             break;
         }
         if buf.capacity() > 1024 * 1024 {

@@ -67,21 +67,21 @@ impl Prometheus {
         if self.query.trim().is_empty() {
             p.error("query", "the PromQL query is empty");
         }
-        if let (Some(w), Some(f)) = (self.warn_above, self.fail_above) {
-            if w > f {
-                p.error(
-                    "warn_above",
-                    format!("warn_above ({w}) is above fail_above ({f})"),
-                );
-            }
+        if let (Some(w), Some(f)) = (self.warn_above, self.fail_above)
+            && w > f
+        {
+            p.error(
+                "warn_above",
+                format!("warn_above ({w}) is above fail_above ({f})"),
+            );
         }
-        if let (Some(w), Some(f)) = (self.warn_below, self.fail_below) {
-            if w < f {
-                p.error(
-                    "warn_below",
-                    format!("warn_below ({w}) is below fail_below ({f})"),
-                );
-            }
+        if let (Some(w), Some(f)) = (self.warn_below, self.fail_below)
+            && w < f
+        {
+            p.error(
+                "warn_below",
+                format!("warn_below ({w}) is below fail_below ({f})"),
+            );
         }
     }
 

@@ -79,10 +79,10 @@ impl Reindex {
                 "parallel above 32 would take too many connections",
             );
         }
-        if let Some(b) = self.min_bloat {
-            if !(0.0..=100.0).contains(&b.0) {
-                p.error("min_bloat", "min_bloat must be between 0% and 100%");
-            }
+        if let Some(b) = self.min_bloat
+            && !(0.0..=100.0).contains(&b.0)
+        {
+            p.error("min_bloat", "min_bloat must be between 0% and 100%");
         }
     }
 

@@ -79,13 +79,13 @@ impl RestoreDrill {
         if self.parallel == 0 {
             p.error("parallel", "parallel must be at least 1");
         }
-        if let Some(name) = &self.scratch_database {
-            if !is_scratch_name(name) {
-                p.error(
+        if let Some(name) = &self.scratch_database
+            && !is_scratch_name(name)
+        {
+            p.error(
                     "scratch_database",
                     format!("scratch_database {name:?} must start with \"{SCRATCH_PREFIX}\" (at most 63 bytes): a drill never touches any other database"),
                 );
-            }
         }
         for (i, c) in self.checks.iter().enumerate() {
             if c.query.trim().is_empty() {
@@ -94,13 +94,13 @@ impl RestoreDrill {
                     format!("check {:?} has an empty query", c.name),
                 );
             }
-            if let (Some(min), Some(max)) = (c.min, c.max) {
-                if min > max {
-                    p.error(
-                        &format!("checks[{i}]"),
-                        format!("check {:?}: min {min} is above max {max}", c.name),
-                    );
-                }
+            if let (Some(min), Some(max)) = (c.min, c.max)
+                && min > max
+            {
+                p.error(
+                    &format!("checks[{i}]"),
+                    format!("check {:?}: min {min} is above max {max}", c.name),
+                );
             }
         }
         let dir = p.path(&self.dir);
@@ -569,16 +569,16 @@ impl RestoreDrill {
             r.checks.len(),
             if r.checks.len() == 1 { "" } else { "s" }
         );
-        if let Some(max) = self.max_duration {
-            if rto > max.0 {
-                return (
-                    Outcome::warn(format!(
-                        "RTO {} is above max_duration {max}: {summary}",
-                        fmt_secs(rto)
-                    )),
-                    false,
-                );
-            }
+        if let Some(max) = self.max_duration
+            && rto > max.0
+        {
+            return (
+                Outcome::warn(format!(
+                    "RTO {} is above max_duration {max}: {summary}",
+                    fmt_secs(rto)
+                )),
+                false,
+            );
         }
         (Outcome::pass(summary), false)
     }

@@ -38,13 +38,13 @@ const FIX: &str = "to enable it: add pg_stat_statements to shared_preload_librar
 
 impl SlowQueries {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        if let Some(f) = self.fail_mean {
-            if f < self.warn_mean {
-                p.error(
-                    "fail_mean",
-                    format!("fail_mean ({f}) is below warn_mean ({})", self.warn_mean),
-                );
-            }
+        if let Some(f) = self.fail_mean
+            && f < self.warn_mean
+        {
+            p.error(
+                "fail_mean",
+                format!("fail_mean ({f}) is below warn_mean ({})", self.warn_mean),
+            );
         }
         if self.top > 1000 {
             p.error("top", "top above 1000 makes an unreadable report");

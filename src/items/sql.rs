@@ -43,21 +43,21 @@ impl Sql {
         if self.query.trim().is_empty() {
             p.error("query", "query is empty");
         }
-        if let (Some(w), Some(m)) = (self.warn_max, self.max) {
-            if w > m {
-                p.error(
-                    "warn_max",
-                    format!("warn_max ({w}) is above max ({m}): the warning could never show"),
-                );
-            }
+        if let (Some(w), Some(m)) = (self.warn_max, self.max)
+            && w > m
+        {
+            p.error(
+                "warn_max",
+                format!("warn_max ({w}) is above max ({m}): the warning could never show"),
+            );
         }
-        if let (Some(w), Some(m)) = (self.warn_min, self.min) {
-            if w < m {
-                p.error(
-                    "warn_min",
-                    format!("warn_min ({w}) is below min ({m}): the warning could never show"),
-                );
-            }
+        if let (Some(w), Some(m)) = (self.warn_min, self.min)
+            && w < m
+        {
+            p.error(
+                "warn_min",
+                format!("warn_min ({w}) is below min ({m}): the warning could never show"),
+            );
         }
     }
 
@@ -154,10 +154,10 @@ impl Sql {
         });
         let mut data = json!({ "rows": rows.len(), "first_row": shown });
         let mut problems: Vec<(Status, String)> = Vec::new();
-        if let Some(n) = self.expect_rows {
-            if rows.len() as u64 != n {
-                problems.push((Status::Fail, format!("{} row(s), expected {n}", rows.len())));
-            }
+        if let Some(n) = self.expect_rows
+            && rows.len() as u64 != n
+        {
+            problems.push((Status::Fail, format!("{} row(s), expected {n}", rows.len())));
         }
         if self.needs_number() || self.expect.is_some() {
             let Some(row) = first else {

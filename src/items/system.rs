@@ -62,16 +62,16 @@ impl System {
         if self.load_warn_per_core < 0.0 {
             p.error("load_warn_per_core", "must not be negative");
         }
-        if let Some(f) = self.load_fail_per_core {
-            if f < self.load_warn_per_core {
-                p.error(
-                    "load_fail_per_core",
-                    format!(
-                        "load_fail_per_core ({f}) is below load_warn_per_core ({})",
-                        self.load_warn_per_core
-                    ),
-                );
-            }
+        if let Some(f) = self.load_fail_per_core
+            && f < self.load_warn_per_core
+        {
+            p.error(
+                "load_fail_per_core",
+                format!(
+                    "load_fail_per_core ({f}) is below load_warn_per_core ({})",
+                    self.load_warn_per_core
+                ),
+            );
         }
     }
 

@@ -171,10 +171,10 @@ impl TlsCert {
                 ),
             );
         }
-        if let Some(ca) = &self.ca_file {
-            if let Err(e) = read_pem_certs(&p.path(ca)) {
-                p.error("ca_file", e);
-            }
+        if let Some(ca) = &self.ca_file
+            && let Err(e) = read_pem_certs(&p.path(ca))
+        {
+            p.error("ca_file", e);
         }
     }
 
@@ -414,7 +414,7 @@ impl TlsCert {
 /// A threshold in days as people write it (`30d`); humantime would say `1month 6h`.
 fn days_text(d: Dur) -> String {
     let secs = d.get().as_secs();
-    if secs % 86400 == 0 {
+    if secs.is_multiple_of(86400) {
         format!("{}d", secs / 86400)
     } else {
         d.to_string()

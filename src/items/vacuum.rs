@@ -558,13 +558,12 @@ impl Vacuum {
             Some(c) => Ok(c),
             None => target.connect().await,
         };
-        if let Ok(c) = client {
-            if let Ok(rows) = c.query("SELECT relid, coalesce(n_dead_tup, 0) FROM pg_stat_all_tables WHERE relid = ANY($1)", &[&oids]).await {
+        if let Ok(c) = client
+            && let Ok(rows) = c.query("SELECT relid, coalesce(n_dead_tup, 0) FROM pg_stat_all_tables WHERE relid = ANY($1)", &[&oids]).await {
                 for r in rows {
                     dead_after.insert(r.get::<_, u32>(0), r.get::<_, i64>(1));
                 }
             }
-        }
         let (mut done, mut skipped, mut failed, mut analyzed_only) = (0, 0, 0, 0);
         let (mut dead_before_sum, mut dead_after_sum) = (0i64, 0i64);
         let mut problem_lines = Vec::new();

@@ -372,11 +372,10 @@ pub async fn dispatch(
         sends.spawn(async move {
             let status = match notifier.deliver(&report).await {
                 Ok(()) => {
-                    if !claim.is_empty() {
-                        if let Err(e) = store.outbox_mark_sent(&report.run_id, &name, &claim) {
+                    if !claim.is_empty()
+                        && let Err(e) = store.outbox_mark_sent(&report.run_id, &name, &claim) {
                             tracing::error!(channel = %name, "delivered, but cannot record it in the outbox: {e:#}");
                         }
-                    }
                     NotificationStatus { channel: name.clone(), status: "sent".into(), error: None }
                 }
                 Err(e) if claim.is_empty() => {
