@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{client, describe_error, trim_for_report};
+use super::http::{check_url, get_text, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
 
 /// Options of `kind = "alertmanager"`.
@@ -59,14 +59,7 @@ struct AlertStatus {
 
 impl Alertmanager {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        match reqwest::Url::parse(&self.url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => p.error(
-                "url",
-                format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
-            ),
-            Err(e) => p.error("url", format!("invalid URL {:?}: {e}", self.url)),
-        }
+        check_url(p, "url", &self.url);
         for m in &self.matchers {
             if !m.contains('=') && !m.contains('~') {
                 p.error("matchers", format!("{m:?} is not a matcher (examples: \"severity=critical\", \"alertname=~High.*\")"));
@@ -101,30 +94,9 @@ impl Alertmanager {
             Ok(u) => u,
             Err(e) => return Outcome::fail(e),
         };
-        let client = match client(ctx, &[], reqwest::redirect::Policy::limited(5)) {
-            Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
-        };
-        let resp = match client.get(url.clone()).send().await {
+        let (status, body) = match get_text(ctx, "Alertmanager", &self.url, url.clone()).await {
             Ok(r) => r,
-            Err(e) => {
-                return Outcome::fail(format!(
-                    "Alertmanager at {} unreachable: {}",
-                    self.url,
-                    describe_error(&e)
-                ));
-            }
-        };
-        let status = resp.status();
-        let body = match resp.text().await {
-            Ok(b) => b,
-            Err(e) => {
-                return Outcome::fail(format!(
-                    "Alertmanager at {}: reading the answer: {}",
-                    self.url,
-                    describe_error(&e)
-                ));
-            }
+            Err(e) => return Outcome::fail(e),
         };
         if !status.is_success() {
             return Outcome::fail(format!(

@@ -88,14 +88,7 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 
 impl Http {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        match reqwest::Url::parse(&self.url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => p.error(
-                "url",
-                format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
-            ),
-            Err(e) => p.error("url", format!("invalid URL {:?}: {e}", self.url)),
-        }
+        check_url(p, "url", &self.url);
         if reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).is_err() {
             p.error("method", format!("invalid HTTP method {:?}", self.method));
         }
@@ -565,6 +558,42 @@ pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Stri
 
 /// A reqwest error as one line, with its causes (reqwest's own Display hides the cause, e.g.
 /// "connection refused" or the certificate problem).
+/// Load-time check of an `http`/`https` URL option, shared by the HTTP-based kinds.
+pub fn check_url(p: &mut Prepare, key: &str, url: &str) {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(u) => p.error(
+            key,
+            format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
+        ),
+        Err(e) => p.error(key, format!("invalid URL {url:?}: {e}")),
+    }
+}
+
+/// GET `url` of a monitoring API (`service` names it in messages, `base` is the configured
+/// URL) and read the whole answer: (status, body), or the reason as a one-line failure.
+pub async fn get_text(
+    ctx: &ItemCtx,
+    service: &str,
+    base: &str,
+    url: reqwest::Url,
+) -> Result<(reqwest::StatusCode, String), String> {
+    let client = client(ctx, &[], reqwest::redirect::Policy::limited(5))?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{service} at {base} unreachable: {}", describe_error(&e)))?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(|e| {
+        format!(
+            "{service} at {base}: reading the answer: {}",
+            describe_error(&e)
+        )
+    })?;
+    Ok((status, body))
+}
+
 pub fn describe_error(e: &reqwest::Error) -> String {
     let mut msg = if e.is_timeout() {
         "timed out".to_string()

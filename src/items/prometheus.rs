@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{client, describe_error, trim_for_report};
+use super::http::{check_url, get_text, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
 
 /// Options of `kind = "prometheus"`.
@@ -56,14 +56,7 @@ struct Series {
 
 impl Prometheus {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        match reqwest::Url::parse(&self.url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => p.error(
-                "url",
-                format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
-            ),
-            Err(e) => p.error("url", format!("invalid URL {:?}: {e}", self.url)),
-        }
+        check_url(p, "url", &self.url);
         if self.query.trim().is_empty() {
             p.error("query", "the PromQL query is empty");
         }
@@ -115,30 +108,9 @@ impl Prometheus {
             Err(e) => return Outcome::fail(format!("invalid URL {:?}: {e}", self.url)),
         };
         url.query_pairs_mut().append_pair("query", &self.query);
-        let client = match client(ctx, &[], reqwest::redirect::Policy::limited(5)) {
-            Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
-        };
-        let resp = match client.get(url).send().await {
+        let (http_status, body) = match get_text(ctx, "Prometheus", &self.url, url).await {
             Ok(r) => r,
-            Err(e) => {
-                return Outcome::fail(format!(
-                    "Prometheus at {} unreachable: {}",
-                    self.url,
-                    describe_error(&e)
-                ));
-            }
-        };
-        let http_status = resp.status();
-        let body = match resp.text().await {
-            Ok(b) => b,
-            Err(e) => {
-                return Outcome::fail(format!(
-                    "Prometheus at {}: reading the answer: {}",
-                    self.url,
-                    describe_error(&e)
-                ));
-            }
+            Err(e) => return Outcome::fail(e),
         };
         let doc: serde_json::Value = match serde_json::from_str(&body) {
             Ok(d) => d,
