@@ -392,3 +392,51 @@ fn a_file_still_being_written_is_not_the_newest() {
     assert_eq!(it["data"]["newest"]["name"], "b-1.bin", "{it:#}");
     assert!(details(&it).contains("changed while we read it"), "{it:#}");
 }
+
+/// A base backup (`pg_basebackup`, which writes a `backup_manifest`) is verified with
+/// `pg_verifybackup`; a file changed after the backup fails it.
+#[test]
+fn base_backup_with_manifest_is_verified_and_a_changed_file_fails() {
+    let c = trading_cluster();
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base-20261124");
+    let st = std::process::Command::new(c.tool("pg_basebackup"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            &c.superuser,
+            "-X",
+            "fetch",
+            "-c",
+            "fast",
+            "-D",
+        ])
+        .arg(&base)
+        .status()
+        .expect("pg_basebackup runs");
+    assert!(st.success(), "pg_basebackup failed");
+    assert!(base.join("backup_manifest").exists());
+    age(&base, HOUR);
+    let setup = Setup::new(
+        "",
+        &item(d.path(), "pattern = \"base-*\"\nverify = \"manifest\""),
+    );
+    let (code, it) = setup.run(&[]);
+    assert_eq!(code, 0, "{it:#}");
+    assert_eq!(it["status"], "pass", "{it:#}");
+
+    // Change a data file's bytes after the backup: the manifest's checksum no longer matches.
+    std::fs::write(base.join("PG_VERSION"), "99\n").unwrap();
+    age(&base, HOUR);
+    let (code, it) = setup.run(&[]);
+    assert_eq!(code, 1, "{it:#}");
+    assert_eq!(it["status"], "fail");
+    assert!(
+        details(&it).contains("PG_VERSION")
+            || it["summary"].as_str().unwrap().contains("PG_VERSION"),
+        "the changed file is named: {it:#}"
+    );
+}

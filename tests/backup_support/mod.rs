@@ -51,18 +51,13 @@ pub fn pg_dump(c: &TempCluster, db: &str, format: &str, out: &Path, extra: &[&st
     assert!(st.success(), "pg_dump failed");
 }
 
-/// Sets the modification time of a file (or every file of a folder, and the folder) to `ago`.
+/// Sets the modification time of a file (or, recursively, of every file and folder of a
+/// folder) to `ago`.
 pub fn age(path: &Path, ago: Duration) {
     let t = SystemTime::now() - ago;
     if path.is_dir() {
         for e in std::fs::read_dir(path).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::File::options()
-                .write(true)
-                .open(&p)
-                .unwrap()
-                .set_modified(t)
-                .unwrap();
+            age(&e.unwrap().path(), ago);
         }
         std::fs::File::open(path).unwrap().set_modified(t).unwrap();
     } else {
