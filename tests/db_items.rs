@@ -669,7 +669,7 @@ impl Standby {
                 "-D",
             ])
             .arg(&data)
-            .args(["-R", "-X", "stream", "--no-sync"])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
             .current_dir("/")
             .output()
             .expect("pg_basebackup");
