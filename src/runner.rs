@@ -211,7 +211,12 @@ async fn run_locked(
     };
     report.finish_status();
     report.compare_with(previous.as_ref());
-    store.finish_run(&report)?;
+    // The items have run: their report must reach a person even when the state database
+    // cannot be written (disk full, locked by a stuck process). It is still printed and
+    // delivered; only history loses it, and the log says so.
+    if let Err(e) = store.finish_run(&report) {
+        tracing::error!(job = %job.name, run_id, "cannot store the report (it is still printed and delivered): {e:#}");
+    }
     tracing::info!(job = %job.name, run_id, status = report.status.as_str(), duration_ms = report.duration_ms, "run finished");
     Ok(report)
 }

@@ -870,3 +870,28 @@ fn shipped_jobs_toml_is_valid_and_covers_the_runbook_jobs() {
     }
     assert!(kinds("weekly").contains(&"slow_queries".to_string()));
 }
+
+#[test]
+fn a_report_that_cannot_be_stored_is_still_printed() {
+    // A process outside the run's process group holds the state database's write lock past
+    // the busy timeout (10 s), as a stuck process or a full disk would make writes fail.
+    let s = Setup::new(
+        r#"
+[jobs.w]
+[[jobs.w.items]]
+name = "locks the state database"
+kind = "command"
+argv = ["sh", "-c", "setsid python3 -c \"import sqlite3,time; c=sqlite3.connect('state/state.db', isolation_level=None); c.execute('BEGIN EXCLUSIVE'); open('locked','w').close(); time.sleep(14)\" >/dev/null 2>&1 & while [ ! -e locked ]; do sleep 0.05; done"]
+"#,
+    );
+    let out = s.run(&["run-job", "w", "--no-notify", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report printed ({e}): {}", text(&out.stderr)));
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(v["items"][0]["status"], "pass");
+    assert!(
+        text(&out.stderr).contains("cannot store the report"),
+        "{}",
+        text(&out.stderr)
+    );
+}
