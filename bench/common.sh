@@ -14,7 +14,14 @@ chmod 755 "$WORK"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 [ "$(id -u)" = 0 ] && chown postgres "$WORK"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cleanup() { as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+# LOG_STATEMENTS=1: the server logs every statement with its duration and the log is kept as
+# /tmp/runbook-bench-server.log (to see where the time goes).
+LOG_STATEMENTS=${LOG_STATEMENTS:-0}
+cleanup() {
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
+  [ "$LOG_STATEMENTS" = 1 ] && cp "$WORK/server.log" /tmp/runbook-bench-server.log
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
@@ -26,6 +33,10 @@ autovacuum = off            # nothing but the tool under test touches the tables
 shared_buffers = '256MB'
 max_wal_size = '4GB'
 logging_collector = off
+CONF
+[ "$LOG_STATEMENTS" = 1 ] && cat >> "$WORK/data/postgresql.conf" <<CONF
+log_min_duration_statement = 0
+log_line_prefix = '%m [%p] %a '
 CONF
 as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 120 start >/dev/null
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)

@@ -825,6 +825,13 @@ only_needed = true
         details.contains("chose public.churned: 200 modified since analyze > 150, ANALYZE only"),
         "{details}"
     );
+    // The dead-tuple sums are over the VACUUMed table: ANALYZE removed none of churned's 200.
+    assert_eq!(v["data"]["dead_tuples_before"], 400, "{all}");
+    assert_eq!(v["data"]["dead_tuples_after"], 0, "{all}");
+    assert!(
+        details.contains("dead tuples: 400 before, 0 after (the 1 VACUUMed table(s))"),
+        "{details}"
+    );
     // dirty was vacuumed and analyzed, churned only analyzed, clean left alone.
     assert_eq!(q(&pg, counts), "churned:1:2,clean:1:1,dirty:2:2");
 }

@@ -574,8 +574,11 @@ impl Vacuum {
             let (status, note, seconds) = match r {
                 Done::Vacuumed { seconds, attempts } => {
                     done += 1;
-                    dead_before_sum += t.dead_before;
-                    dead_after_sum += after.unwrap_or(0);
+                    // ANALYZE alone removes no dead tuples: the sums are over VACUUMed tables.
+                    if !t.analyze_only {
+                        dead_before_sum += t.dead_before;
+                        dead_after_sum += after.unwrap_or(0);
+                    }
                     timed.push((
                         *seconds,
                         format!(
@@ -630,9 +633,12 @@ impl Vacuum {
         for (_, line) in timed.iter().take(10) {
             details.push(line.clone());
         }
-        details.push(format!(
-            "dead tuples: {dead_before_sum} before, {dead_after_sum} after (tables vacuumed)"
-        ));
+        let vacuumed = done - analyzed_only;
+        if vacuumed > 0 {
+            details.push(format!(
+                "dead tuples: {dead_before_sum} before, {dead_after_sum} after (the {vacuumed} VACUUMed table(s))"
+            ));
+        }
         let status = if failed > 0 {
             Status::Fail
         } else if skipped > 0 {
