@@ -230,6 +230,59 @@ skip_locked = true
 }
 
 #[test]
+fn a_table_still_locked_when_the_window_ends_is_reported_not_done_and_the_rest_finish() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    // One worker; `a` (the largest, so first) is locked: its first try times out after 200 ms
+    // and it is queued again for 1 s later, past the 600 ms window. The others run meanwhile.
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+parallel = 1
+window = "600ms"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let _holder = Holder::start(
+        &pg,
+        "BEGIN; LOCK TABLE a IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\n",
+    );
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'a'::regclass AND mode = 'AccessExclusiveLock' AND granted)",
+    );
+    let started = Instant::now();
+    let (code, report, all) = s.run("m", &[]);
+    // The run does not wait for the lock past the window (nor for the retries' back-off).
+    assert!(started.elapsed() < Duration::from_secs(60), "{all}");
+    assert_eq!(code, 0, "a warn is exit 0: {all}");
+    let v = item(&report, "vacuum");
+    assert_eq!(v["status"], "warn", "{v:#}");
+    assert_eq!(v["data"]["tables_done"], 2, "{v:#}");
+    assert_eq!(v["data"]["tables_skipped"], 1, "{v:#}");
+    let tables = v["data"]["tables"].as_array().expect("tables");
+    let a = tables.iter().find(|t| t["table"] == "a").expect("a listed");
+    assert_eq!(a["status"], "not_done", "{a:#}");
+    assert_eq!(a["note"], "not done: the window ended", "{a:#}");
+    assert!(
+        v["details"]
+            .to_string()
+            .contains("public.a not done: the window ended"),
+        "{v:#}"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT string_agg(relname || ':' || (last_vacuum IS NOT NULL), ',' ORDER BY relname) FROM pg_stat_user_tables"
+        ),
+        "Weird \"Name\":true,a:false,b:true"
+    );
+}
+
+#[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
