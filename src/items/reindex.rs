@@ -339,7 +339,7 @@ impl Reindex {
                     .query_one(
                         "SELECT CASE WHEN s.leaf_pages = 0 THEN 0 ELSE greatest(0, 100 - 100 * s.avg_leaf_density / \
                            coalesce((SELECT split_part(o, '=', 2)::float8 FROM unnest((SELECT reloptions FROM pg_class WHERE oid = $1)) o WHERE o LIKE 'fillfactor=%'), 90)) END::float8 \
-                         FROM pgstatindex($1::regclass) s",
+                         FROM pgstatindex($1::oid::regclass) s",
                         &[&oid],
                     )
                     .await
