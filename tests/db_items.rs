@@ -1,124 +1,14 @@
 //! The database item kinds end to end, as users run them: `runbook run-job --format json` on a
 //! jobs.toml written into a temporary folder, against a real throwaway PostgreSQL.
 
+mod db_support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as StdCommand, Stdio};
+use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
+use db_support::{Holder, Setup, cluster_with_app_db, item, q, wait_for};
 use runbook::pgcluster::TempCluster;
-use serde_json::Value;
-
-/// A config folder with a jobs.toml whose `[targets.db]` points at `url`.
-struct Setup {
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new(url: &str, extra: &str, jobs: &str) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        let text = format!(
-            "[runbook]\ntimezone = \"Asia/Kolkata\"\nstate_dir = \"{}\"\n\n[targets.db]\nurl = \"{url}\"\nsslmode = \"disable\"\nlock_timeout = \"200ms\"\n{extra}\n{jobs}",
-            state.display()
-        );
-        std::fs::write(dir.path().join("jobs.toml"), text).expect("write jobs.toml");
-        Setup { dir }
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).expect("write file");
-        p
-    }
-
-    /// Runs `run-job JOB --format json` (plus `args`); returns (exit code, report, stdout+stderr).
-    fn run(&self, job: &str, args: &[&str]) -> (i32, Value, String) {
-        let out = Command::cargo_bin("runbook")
-            .expect("binary")
-            .arg("--config")
-            .arg(self.dir.path().join("jobs.toml"))
-            .args(["run-job", job, "--format", "json", "--no-notify"])
-            .args(args)
-            .timeout(Duration::from_secs(180))
-            .output()
-            .expect("runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        (out.status.code().unwrap_or(-1), report, all)
-    }
-}
-
-fn item<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["items"]
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["name"] == name))
-        .unwrap_or_else(|| panic!("no item {name:?} in {report:#}"))
-}
-
-fn q(pg: &TempCluster, sql: &str) -> String {
-    pg.psql("app", sql, &[]).expect("psql").trim().to_string()
-}
-
-fn cluster_with_app_db() -> TempCluster {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for these tests");
-    pg.create_db("app").expect("create db");
-    pg
-}
-
-/// A psql session that holds a lock (or runs a statement) until dropped.
-struct Holder(Child);
-
-impl Holder {
-    fn start(pg: &TempCluster, sql: &str) -> Holder {
-        let mut child = StdCommand::new(pg.tool("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "app",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("psql");
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(sql.as_bytes()).expect("write");
-        // Keep stdin open (moved into a thread) so psql waits instead of exiting.
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(120));
-            drop(stdin);
-        });
-        Holder(child)
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(pg: &TempCluster, sql: &str) {
-    let start = Instant::now();
-    while q(pg, sql) != "t" {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {sql}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 const TABLES: &str = "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 5000) g; \
     CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, md5(g::text) FROM generate_series(1, 100) g; \
@@ -187,14 +77,7 @@ schemas = ["public"]
 skip_locked = true
 "#;
     let s = Setup::new(&pg.url("app"), "", jobs);
-    let _holder = Holder::start(
-        &pg,
-        "BEGIN; LOCK TABLE b IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\n",
-    );
-    wait_for(
-        &pg,
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'b'::regclass AND mode = 'AccessExclusiveLock' AND granted)",
-    );
+    let _holder = Holder::lock(&pg, "b");
 
     let (code, report, all) = s.run("m", &[]);
     assert_eq!(code, 1, "{all}");
@@ -246,14 +129,7 @@ parallel = 1
 window = "600ms"
 "#;
     let s = Setup::new(&pg.url("app"), "", jobs);
-    let _holder = Holder::start(
-        &pg,
-        "BEGIN; LOCK TABLE a IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\n",
-    );
-    wait_for(
-        &pg,
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'a'::regclass AND mode = 'AccessExclusiveLock' AND granted)",
-    );
+    let _holder = Holder::lock(&pg, "a");
     let started = Instant::now();
     let (code, report, all) = s.run("m", &[]);
     // The run does not wait for the lock past the window (nor for the retries' back-off).

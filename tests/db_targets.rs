@@ -9,11 +9,13 @@
 //! - `reindex` with `min_bloat`: with `pgstattuple` only the bloated B-tree index is rebuilt;
 //!   without it every index is, with the documented note.
 
+mod db_support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
+use db_support::{Setup, cluster_with_app_db, item, q};
 use runbook::pgcluster::TempCluster;
 use serde_json::Value;
 
@@ -22,58 +24,6 @@ const PASSWORD: &str = "s3cret-pw-XYZ";
 
 /// Proves the session is encrypted: `expect = true` on the server's own view of it.
 const TLS_QUERY: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
-
-/// A config folder with a jobs.toml made of `body` (targets and jobs).
-struct Setup {
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new(body: &str) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        let text = format!(
-            "[runbook]\ntimezone = \"Asia/Kolkata\"\nstate_dir = \"{}\"\n\n{body}",
-            state.display()
-        );
-        std::fs::write(dir.path().join("jobs.toml"), text).expect("write jobs.toml");
-        Setup { dir }
-    }
-
-    /// Runs `run-job JOB --format json --no-notify`; returns (exit code, report, stdout+stderr).
-    fn run(&self, job: &str) -> (i32, Value, String) {
-        let out = Command::cargo_bin("runbook")
-            .expect("binary")
-            .arg("--config")
-            .arg(self.dir.path().join("jobs.toml"))
-            .args(["run-job", job, "--format", "json", "--no-notify"])
-            .timeout(Duration::from_secs(180))
-            .output()
-            .expect("runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        let report = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("stdout is not a JSON report ({e}): {all}"));
-        (out.status.code().unwrap_or(-1), report, all)
-    }
-}
-
-fn item<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["items"]
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["name"] == name))
-        .unwrap_or_else(|| panic!("no item {name:?} in {report:#}"))
-}
-
-fn q(pg: &TempCluster, sql: &str) -> String {
-    pg.psql("app", sql, &[]).expect("psql").trim().to_string()
-}
-
-fn cluster_with_app_db() -> TempCluster {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for these tests");
-    pg.create_db("app").expect("create db");
-    pg
-}
 
 // ---------------------------------------------------------------------------------------------
 // TLS targets
@@ -287,7 +237,7 @@ fn tls_job(name: &str, target: &str) -> String {
 
 /// Runs `job` and returns its "tls" item, asserting the password shows up nowhere.
 fn run_tls_job(s: &Setup, job: &str) -> (i32, Value, String) {
-    let (code, report, all) = s.run(job);
+    let (code, report, all) = s.run(job, &[]);
     assert!(
         !all.contains(PASSWORD),
         "the target's password appears in the output of {job}: {all}"
@@ -328,7 +278,7 @@ fn verify_full_require_and_prefer_connect_over_tls() {
     for t in ["verified", "verified_by_name", "required", "preferred"] {
         body += &tls_job(t, t);
     }
-    let s = Setup::new(&body);
+    let s = Setup::with_body(&body);
     for t in ["verified", "verified_by_name", "required", "preferred"] {
         let (code, it, all) = run_tls_job(&s, t);
         assert_eq!(code, 0, "sslmode of target {t}: {all}");
@@ -351,7 +301,7 @@ fn verify_full_refuses_a_server_certificate_from_another_ca() {
     body += &target("noca", &srv.url("127.0.0.1"), "verify-full", None);
     body += &tls_job("wrongca", "wrongca");
     body += &tls_job("noca", "noca");
-    let s = Setup::new(&body);
+    let s = Setup::with_body(&body);
     let display = format!("postgres@127.0.0.1:{}/app", srv.pg.port);
     for t in ["wrongca", "noca"] {
         let (code, it, all) = run_tls_job(&s, t);
@@ -378,7 +328,7 @@ fn verify_full_refuses_a_certificate_for_another_host_name_and_require_does_not_
     body += &target("unverified", &srv.url("127.0.0.1"), "require", None);
     body += &tls_job("mismatch", "mismatch");
     body += &tls_job("unverified", "unverified");
-    let s = Setup::new(&body);
+    let s = Setup::with_body(&body);
 
     let (code, it, all) = run_tls_job(&s, "mismatch");
     assert_eq!(code, 1, "{all}");
@@ -400,7 +350,7 @@ fn verify_full_refuses_a_certificate_for_another_host_name_and_require_does_not_
 fn disable_against_a_tls_only_server_fails_naming_the_target() {
     let srv = TlsServer::start("localhost", "DNS:localhost,IP:127.0.0.1");
     let body = target("plain", &srv.url("127.0.0.1"), "disable", None) + &tls_job("plain", "plain");
-    let s = Setup::new(&body);
+    let s = Setup::with_body(&body);
     let (code, it, all) = run_tls_job(&s, "plain");
     assert_eq!(code, 1, "{all}");
     let display = format!("postgres@127.0.0.1:{}/app", srv.pg.port);
@@ -421,7 +371,7 @@ fn prefer_falls_back_to_plaintext_on_a_server_without_tls() {
         + "[jobs.preferred]\n[[jobs.preferred.items]]\nname = \"tls\"\nkind = \"sql\"\ntarget = \"preferred\"\n"
         + &format!("query = \"{TLS_QUERY}\"\nexpect = false\n\n")
         + &tls_job("required", "required");
-    let s = Setup::new(&body);
+    let s = Setup::with_body(&body);
     let (code, it, all) = run_tls_job(&s, "preferred");
     assert_eq!(code, 0, "{all}");
     assert_eq!(it["status"], "pass", "prefer connects without TLS: {it:#}");
@@ -492,8 +442,8 @@ fn reindex_min_bloat_rebuilds_only_the_bloated_index() {
     assert!(compact < 15.0, "t_k should be compact: {compact}%");
     let (pkey_before, k_before) = (relfilenode(&pg, "t_pkey"), relfilenode(&pg, "t_k"));
 
-    let s = Setup::new(&REINDEX_JOB.replace("URL", &pg.url("app")));
-    let (code, report, all) = s.run("m");
+    let s = Setup::with_body(&REINDEX_JOB.replace("URL", &pg.url("app")));
+    let (code, report, all) = s.run("m", &[]);
     assert_eq!(code, 0, "{all}");
     let r = item(&report, "reindex");
     assert_eq!(r["status"], "pass", "{r:#}");
@@ -538,8 +488,8 @@ fn reindex_min_bloat_without_pgstattuple_rebuilds_every_index_and_says_why() {
     q(&pg, "DROP EXTENSION pgstattuple;");
     let (pkey_before, k_before) = (relfilenode(&pg, "t_pkey"), relfilenode(&pg, "t_k"));
 
-    let s = Setup::new(&REINDEX_JOB.replace("URL", &pg.url("app")));
-    let (code, report, all) = s.run("m");
+    let s = Setup::with_body(&REINDEX_JOB.replace("URL", &pg.url("app")));
+    let (code, report, all) = s.run("m", &[]);
     assert_eq!(code, 0, "{all}");
     let r = item(&report, "reindex");
     assert_eq!(r["status"], "pass", "{r:#}");
