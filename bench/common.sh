@@ -51,6 +51,15 @@ copy() {
   "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $2" -c "CREATE DATABASE $2 TEMPLATE $1 STRATEGY FILE_COPY" -c "CHECKPOINT"
 }
 
+# cold_cache: restarts the server and drops the OS page cache (root only), so that the next run
+# reads the tables from disk, as on a database larger than RAM.
+cold_cache() {
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 120 start >/dev/null
+}
+
 # timed CMD...: runs CMD, prints its wall time in seconds.
 timed() {
   local t0 t1

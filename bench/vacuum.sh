@@ -16,6 +16,9 @@
 #   tables (positions, 500k rows): ANALYZE of that one table against vacuumdb's full pass.
 # - only_needed_vacuum: the same with a heavier churn spread over a whole big table (25% of
 #   transactions updated: past the vacuum threshold), for comparison (no target).
+# - only_needed_cold, only_needed_small_cold: only_needed and only_needed_small with the server
+#   restarted and the OS page cache dropped before each timed run (root only): nothing in
+#   memory, as on a database larger than RAM.
 ROWS=${ROWS:-2000000}
 source "$(dirname "$0")/common.sh"
 
@@ -24,12 +27,16 @@ TABLE_ARGS=()
 while read -r t; do TABLE_ARGS+=(-t "$t"); done < <("${PSQL[@]}" -d fixture -At -c "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables WHERE schemaname = 'trading'")
 VACUUMDB=("$PGBIN/vacuumdb" "${CONN[@]}" --analyze -j 2 -q "${TABLE_ARGS[@]}")
 
-CASES=${CASES:-fresh stale_relpages only_needed only_needed_small only_needed_vacuum}
+CASES=${CASES:-fresh stale_relpages only_needed only_needed_small only_needed_vacuum only_needed_cold only_needed_small_cold}
 wanted() { [[ " $CASES " == *" $1 "* ]]; }
 
-run_case() { # NAME TEMPLATE ITEM_TOML [PREPARE_SQL]
-  local name=$1 template=$2 item=$3 prep=${4:-}
+run_case() { # NAME TEMPLATE ITEM_TOML [PREPARE_FUNCTION] [cold]
+  local name=$1 template=$2 item=$3 prep=${4:-} cold=${5:-}
   wanted "$name" || return 0
+  if [ -n "$cold" ] && [ "$(id -u)" != 0 ]; then
+    echo "vacuum/$name: not run (dropping the page cache needs root)"
+    return 0
+  fi
   local ours="" theirs=""
   for i in $(seq 1 "$PAIRS"); do
     for who in $( [ $((i % 2)) = 1 ] && echo "ours theirs" || echo "theirs ours"); do
@@ -38,6 +45,7 @@ run_case() { # NAME TEMPLATE ITEM_TOML [PREPARE_SQL]
       # Writes still in the page cache (the previous run's, the set-up's) would otherwise be
       # written back during the timed run.
       sync
+      [ -n "$cold" ] && cold_cache
       if [ "$who" = ours ]; then
         jobs_toml run "$item"
         ours="$ours $(timed runbook_job)"
@@ -84,3 +92,7 @@ run_case only_needed_small fixture "$ITEM
 only_needed = true" steady_small
 run_case only_needed_vacuum fixture "$ITEM
 only_needed = true" steady_heavy
+run_case only_needed_cold fixture "$ITEM
+only_needed = true" steady_modest cold
+run_case only_needed_small_cold fixture "$ITEM
+only_needed = true" steady_small cold
