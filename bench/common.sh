@@ -56,7 +56,7 @@ copy() {
 cold_cache() {
   as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
   sync
-  echo 3 > /proc/sys/vm/drop_caches
+  echo 3 2>/dev/null > /proc/sys/vm/drop_caches || { echo "cannot drop the page cache (/proc/sys/vm/drop_caches)" >&2; exit 1; }
   as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 120 start >/dev/null
 }
 
