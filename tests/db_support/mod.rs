@@ -1,4 +1,4 @@
-//! Shared by the database tests (`db_items.rs`, `db_targets.rs`): a config folder with a
+//! Shared by the database tests (`db_items.rs`, `db_targets.rs`, `db_options.rs`): a config folder with a
 //! jobs.toml, `runbook run-job --format json` on it, and a throwaway PostgreSQL with an `app`
 //! database.
 // Each test binary uses its own part of this module.
@@ -86,6 +86,11 @@ pub struct Holder(Child);
 
 impl Holder {
     pub fn start(pg: &TempCluster, sql: &str) -> Holder {
+        Holder::start_in(pg, "app", sql)
+    }
+
+    /// As [`Holder::start`], in database `db`.
+    pub fn start_in(pg: &TempCluster, db: &str, sql: &str) -> Holder {
         let mut child = StdCommand::new(pg.tool("psql"))
             .args([
                 "-X",
@@ -97,7 +102,7 @@ impl Holder {
                 "-U",
                 "postgres",
                 "-d",
-                "app",
+                db,
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
