@@ -467,6 +467,17 @@ pub async fn server_version_num(client: &Client) -> Result<i32, String> {
     Ok(row.get(0))
 }
 
+impl Target {
+    /// `statement_timeout` in ms for a check's statements: the time left before `deadline`, or
+    /// the target's own `statement_timeout` when that is shorter (0, as in PostgreSQL, is none).
+    pub fn check_timeout_ms(&self, deadline: tokio::time::Instant) -> u128 {
+        let left = ms_until(deadline);
+        self.statement_timeout
+            .filter(|st| !st.is_zero())
+            .map_or(left, |st| st.as_millis().clamp(1, left))
+    }
+}
+
 /// The time left before `deadline`, as a `statement_timeout` value in ms (at least 1).
 pub fn ms_until(deadline: tokio::time::Instant) -> u128 {
     deadline
@@ -663,6 +674,35 @@ mod tests {
             qualified("trading", "order items"),
             "trading.\"order items\""
         );
+    }
+
+    #[tokio::test]
+    async fn a_checks_timeout_is_the_shorter_of_the_deadline_and_the_targets_own() {
+        let target = |st: Option<Duration>| {
+            let c = TargetConfig {
+                url: "postgres://u@h/db".into(),
+                password: None,
+                sslmode: SslMode::Disable,
+                ca_file: None,
+                lock_timeout: default_lock_timeout(),
+                statement_timeout: st.map(crate::units::Dur),
+                connect_timeout: default_connect_timeout(),
+            };
+            Target::resolve("t", &c, Path::new("."))
+                .expect("valid target")
+                .0
+        };
+        let soon = tokio::time::Instant::now() + Duration::from_secs(10);
+        let ms = target(Some(Duration::from_millis(300))).check_timeout_ms(soon);
+        assert_eq!(ms, 300);
+        let near = tokio::time::Instant::now() + Duration::from_millis(100);
+        let ms = target(Some(Duration::from_secs(60))).check_timeout_ms(near);
+        assert!((1..=100).contains(&ms), "{ms}");
+        // None, or 0 (PostgreSQL's "no timeout"): the deadline alone.
+        for st in [None, Some(Duration::ZERO)] {
+            let ms = target(st).check_timeout_ms(soon);
+            assert!((9_000..=10_000).contains(&ms), "{st:?}: {ms}");
+        }
     }
 
     #[test]

@@ -60,11 +60,10 @@ impl SlowQueries {
             Ok(c) => c,
             Err(e) => return Outcome::fail(e),
         };
+        // The item's deadline, or the target's own statement_timeout when that is shorter.
+        let timeout = target.check_timeout_ms(ctx.deadline);
         let _ = client
-            .batch_execute(&format!(
-                "SET statement_timeout = {}",
-                pg::ms_until(ctx.deadline)
-            ))
+            .batch_execute(&format!("SET statement_timeout = {timeout}"))
             .await;
         let mut status = Status::Pass;
         let mut summary_parts = Vec::new();

@@ -83,11 +83,7 @@ impl Sql {
                 return Outcome::fail(format!("target {}: {}", target.name, pg::pg_error(&e)));
             }
         };
-        let timeout = target
-            .statement_timeout
-            .map_or(pg::ms_until(ctx.deadline), |st| {
-                st.as_millis().min(pg::ms_until(ctx.deadline))
-            });
+        let timeout = target.check_timeout_ms(ctx.deadline);
         if let Err(e) = tx
             .batch_execute(&format!("SET LOCAL statement_timeout = {timeout}"))
             .await

@@ -1,0 +1,1242 @@
+//! The options of the database item kinds and targets that the other database tests leave out,
+//! end to end as users run them: `runbook run-job --format json` on a jobs.toml written into a
+//! temporary folder, against a real throwaway PostgreSQL. Each test checks what happened in the
+//! database (statistics counters, index oids and relfilenodes, rows) as well as the report.
+//!
+//! - `vacuum`: `tables`, `exclude_tables`, `schemas`, `analyze = false`, the default selection
+//!   (catalogs in, other sessions' temporary tables out), `retries` after a lock is released,
+//!   and a non-superuser's run (only what it may vacuum).
+//! - `reindex`: `tables`, `schemas`, `concurrently = false`, what is skipped (exclusion
+//!   constraints, partitioned parents), and a failing rebuild that must leave no invalid index.
+//! - `create_indexes`: names already taken, `search_path` resolution, `CONCURRENTLY` added.
+//! - `sql`: every assertion form and parameter type, and read-only-ness against many kinds of
+//!   writes.
+//! - `slow_queries`: `top`, `fail_mean`, this database only, idle-in-transaction sessions and
+//!   other databases for `max_running`.
+//! - targets: `statement_timeout` (index builds excepted), the item's deadline for `sql`,
+//!   `connect_timeout`, and the session settings every connection has.
+
+mod db_support;
+
+use std::time::{Duration, Instant};
+
+use db_support::{Holder, Setup, cluster_with_app_db, item, q, wait_for};
+use runbook::pgcluster::TempCluster;
+use serde_json::Value;
+
+/// Manual VACUUM and ANALYZE counts of the tables in `public` and `trading`:
+/// `schema.table:vacuums:analyzes,...`.
+const COUNTS: &str = "SELECT string_agg(schemaname || '.' || relname || ':' || vacuum_count || ':' || analyze_count, ',' ORDER BY schemaname, relname) \
+    FROM pg_stat_user_tables WHERE schemaname IN ('public', 'trading')";
+
+/// `oid:relfilenode` of a relation (as written in SQL).
+fn ident(pg: &TempCluster, rel: &str) -> String {
+    q(
+        pg,
+        &format!("SELECT oid || ':' || relfilenode FROM pg_class WHERE oid = to_regclass('{rel}')"),
+    )
+}
+
+/// `schema.table` of each entry of a vacuum item's `data.tables`, in report order.
+fn vacuumed(it: &Value) -> Vec<String> {
+    it["data"]["tables"]
+        .as_array()
+        .unwrap_or_else(|| panic!("data.tables: {it:#}"))
+        .iter()
+        .map(|t| {
+            format!(
+                "{}.{}",
+                t["schema"].as_str().unwrap(),
+                t["table"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The `index` of each entry of a reindex item's `data.indexes`, sorted.
+fn rebuilt(it: &Value) -> Vec<String> {
+    let mut v: Vec<String> = it["data"]["indexes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("data.indexes: {it:#}"))
+        .iter()
+        .map(|i| i["index"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn summary(it: &Value) -> &str {
+    it["summary"].as_str().unwrap_or_default()
+}
+
+/// Runs `job` and asserts it ran to a report (exit 0 or 1, not a config error).
+fn run_ok(s: &Setup, job: &str, args: &[&str]) -> Value {
+    let (code, report, all) = s.run(job, args);
+    assert!(code == 0 || code == 1, "run-job {job} exited {code}: {all}");
+    assert!(!report.is_null(), "no report from {job}: {all}");
+    report
+}
+
+// ---------------------------------------------------------------------------------------------
+// vacuum
+// ---------------------------------------------------------------------------------------------
+
+const VACUUM_TABLES: &str = "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 2000) g; \
+    CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, md5(g::text) FROM generate_series(1, 200) g; \
+    CREATE TABLE c (id int PRIMARY KEY); INSERT INTO c SELECT generate_series(1, 20); \
+    CREATE SCHEMA trading; \
+    CREATE TABLE trading.orders (id int PRIMARY KEY, qty int); INSERT INTO trading.orders SELECT g, g FROM generate_series(1, 500) g; \
+    CREATE TABLE trading.audit (id int PRIMARY KEY); INSERT INTO trading.audit SELECT generate_series(1, 10);";
+
+#[test]
+fn vacuum_tables_exclude_tables_schemas_and_analyze_false_choose_exactly_what_they_say() {
+    let pg = cluster_with_app_db();
+    q(&pg, VACUUM_TABLES);
+    // Another session's temporary table: never planned.
+    let _temp = Holder::start(
+        &pg,
+        "CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1); SELECT pg_sleep(120);\n",
+    );
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'scratch' AND relpersistence = 't')",
+    );
+    let jobs = r#"
+[jobs.some]
+[[jobs.some.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+tables = ["a", "trading.orders"]
+
+[jobs.trading]
+[[jobs.trading.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["trading"]
+exclude_tables = ["audit"]
+
+[jobs.public_no_analyze]
+[[jobs.public_no_analyze.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+exclude_tables = ["public.a", "b"]
+analyze = false
+
+[jobs.all]
+[[jobs.all.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    assert_eq!(
+        q(&pg, COUNTS),
+        "public.a:0:0,public.b:0:0,public.c:0:0,trading.audit:0:0,trading.orders:0:0"
+    );
+
+    // `tables`: a bare name and a schema.table.
+    let v = item(&run_ok(&s, "some", &[]), "vacuum").clone();
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(vacuumed(&v), ["public.a", "trading.orders"], "{v:#}");
+    assert_eq!(v["data"]["tables_done"], 2, "{v:#}");
+    assert_eq!(
+        q(&pg, COUNTS),
+        "public.a:1:1,public.b:0:0,public.c:0:0,trading.audit:0:0,trading.orders:1:1"
+    );
+
+    // `schemas` with an unqualified exclusion.
+    let v = item(&run_ok(&s, "trading", &[]), "vacuum").clone();
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(vacuumed(&v), ["trading.orders"], "{v:#}");
+    assert_eq!(
+        q(&pg, COUNTS),
+        "public.a:1:1,public.b:0:0,public.c:0:0,trading.audit:0:0,trading.orders:2:2"
+    );
+
+    // `analyze = false`: the plan says VACUUM without ANALYZE, and no ANALYZE happens.
+    let v = item(&run_ok(&s, "public_no_analyze", &["--dry-run"]), "vacuum").clone();
+    assert_eq!(v["status"], "skipped", "{v:#}");
+    assert_eq!(
+        v["data"]["planned"],
+        serde_json::json!(["public.c"]),
+        "{v:#}"
+    );
+    assert!(
+        v["details"].as_array().expect("details").iter().any(|d| d
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("VACUUM public.c; -- ")),
+        "{v:#}"
+    );
+    let v = item(&run_ok(&s, "public_no_analyze", &[]), "vacuum").clone();
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(vacuumed(&v), ["public.c"], "{v:#}");
+    assert_eq!(
+        q(&pg, COUNTS),
+        "public.a:1:1,public.b:0:0,public.c:1:0,trading.audit:0:0,trading.orders:2:2"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT (last_vacuum IS NOT NULL) || ':' || (last_analyze IS NULL) FROM pg_stat_user_tables WHERE relname = 'c'"
+        ),
+        "true:true"
+    );
+
+    // The default: every schema, the catalogs included, but neither TOAST nor temporary tables.
+    let v = item(&run_ok(&s, "all", &[]), "vacuum").clone();
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(v["data"]["tables_failed"], 0, "{v:#}");
+    assert_eq!(v["data"]["tables_done"], v["data"]["tables_total"], "{v:#}");
+    let all = vacuumed(&v);
+    for t in [
+        "public.a",
+        "public.b",
+        "public.c",
+        "trading.orders",
+        "trading.audit",
+        "pg_catalog.pg_class",
+        "pg_catalog.pg_attribute",
+    ] {
+        assert!(all.contains(&t.to_string()), "{t} not vacuumed: {all:?}");
+    }
+    assert!(
+        !all.iter().any(|t| t.starts_with("pg_toast")
+            || t.starts_with("pg_temp")
+            || t.ends_with(".scratch")),
+        "{all:?}"
+    );
+    assert_eq!(
+        q(&pg, COUNTS),
+        "public.a:2:2,public.b:1:1,public.c:2:1,trading.audit:1:1,trading.orders:3:3"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT vacuum_count > 0 AND analyze_count > 0 FROM pg_stat_all_tables WHERE relid = 'pg_catalog.pg_class'::regclass"
+        ),
+        "t"
+    );
+}
+
+#[test]
+fn vacuum_retries_a_table_whose_lock_is_released_and_vacuums_it() {
+    let pg = cluster_with_app_db();
+    q(&pg, VACUUM_TABLES);
+    // lock_timeout 1 s (long enough to see the first attempt wait), retries = 2 (the default).
+    let body = format!(
+        "[targets.db]\nurl = \"{}\"\nsslmode = \"disable\"\nlock_timeout = \"1s\"\n\n\
+         [jobs.m]\n[[jobs.m.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nschemas = [\"public\"]\n",
+        pg.url("app")
+    );
+    let s = Setup::with_body(&body);
+    let _holder = Holder::lock(&pg, "b");
+    let started = Instant::now();
+    let (code, report, all) = std::thread::scope(|scope| {
+        let run = scope.spawn(|| s.run("m", &[]));
+        // The first attempt waits for the lock (and gives up after lock_timeout) ...
+        wait_for(
+            &pg,
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'runbook' AND wait_event_type = 'Lock' AND query LIKE 'VACUUM%public.b')",
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        // ... then the other session ends, before the retry (1 s after the failed attempt).
+        assert_eq!(
+            q(
+                &pg,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'relation' AND relation = 'b'::regclass AND mode = 'AccessExclusiveLock' AND granted"
+            ),
+            "1"
+        );
+        run.join().expect("run thread")
+    });
+    assert_eq!(code, 0, "{all}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{all}");
+    let v = item(&report, "vacuum");
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(v["data"]["tables_failed"], 0, "{v:#}");
+    assert_eq!(v["data"]["tables_done"], 3, "{v:#}");
+    let tables = v["data"]["tables"].as_array().expect("tables");
+    let b = tables.iter().find(|t| t["table"] == "b").expect("b listed");
+    assert_eq!(b["status"], "done", "{b:#}");
+    assert_eq!(b["note"], "after 2 attempts (lock)", "{b:#}");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT vacuum_count || ':' || analyze_count FROM pg_stat_user_tables WHERE relname = 'b'"
+        ),
+        "1:1"
+    );
+}
+
+#[test]
+fn vacuum_and_reindex_as_a_non_superuser_touch_only_what_it_owns() {
+    let pg = cluster_with_app_db();
+    q(
+        &pg,
+        "CREATE ROLE ops LOGIN; \
+         CREATE TABLE theirs (id int PRIMARY KEY); INSERT INTO theirs SELECT generate_series(1, 100); \
+         CREATE TABLE mine (id int PRIMARY KEY); INSERT INTO mine SELECT generate_series(1, 100); \
+         ALTER TABLE mine OWNER TO ops;",
+    );
+    let url = format!("postgres://ops@127.0.0.1:{}/app", pg.port);
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+[[jobs.m.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+"#;
+    let s = Setup::new(&url, "", jobs);
+    let (mine_before, theirs_before) = (ident(&pg, "mine_pkey"), ident(&pg, "theirs_pkey"));
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 0, "{all}");
+
+    // Neither the other owner's table nor the catalogs: no failures, no warnings.
+    let v = item(&report, "vacuum");
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(vacuumed(v), ["public.mine"], "{v:#}");
+    assert_eq!(
+        q(&pg, COUNTS),
+        "public.mine:1:1,public.theirs:0:0",
+        "only the owned table was vacuumed"
+    );
+
+    let r = item(&report, "reindex");
+    assert_eq!(r["status"], "pass", "{r:#}");
+    assert_eq!(rebuilt(r), ["public.mine_pkey"], "{r:#}");
+    assert_ne!(
+        ident(&pg, "mine_pkey"),
+        mine_before,
+        "mine_pkey was rebuilt"
+    );
+    assert_eq!(
+        ident(&pg, "theirs_pkey"),
+        theirs_before,
+        "theirs_pkey was not"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// reindex
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn reindex_tables_schemas_and_concurrently_false_rebuild_exactly_what_they_say() {
+    let pg = cluster_with_app_db();
+    q(
+        &pg,
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE INDEX a_v ON a (v); \
+         INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 2000) g; \
+         CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b SELECT generate_series(1, 100); \
+         CREATE SCHEMA trading; CREATE TABLE trading.orders (id int PRIMARY KEY); \
+         CREATE TABLE slots (id int PRIMARY KEY, during int4range, EXCLUDE USING gist (during WITH &&)); \
+         INSERT INTO slots VALUES (1, '[1,5)'), (2, '[5,9)'); \
+         CREATE TABLE events (id int, at date) PARTITION BY RANGE (at); \
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01'); \
+         CREATE INDEX events_at ON events (at); INSERT INTO events VALUES (1, '2026-03-01');",
+    );
+    let jobs = r#"
+[jobs.one_table]
+[[jobs.one_table.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+tables = ["a"]
+
+[jobs.one_schema]
+[[jobs.one_schema.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+schemas = ["trading"]
+
+[jobs.blocking]
+[[jobs.blocking.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+tables = ["public.b"]
+concurrently = false
+
+[jobs.all]
+[[jobs.all.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let snapshot =
+        |names: &[&str]| -> Vec<String> { names.iter().map(|n| ident(&pg, n)).collect() };
+    let names = ["a_pkey", "a_v", "b_pkey", "trading.orders_pkey"];
+
+    // `tables`: the two indexes of `a`, nothing else.
+    let before = snapshot(&names);
+    let r = item(&run_ok(&s, "one_table", &[]), "reindex").clone();
+    assert_eq!(r["status"], "pass", "{r:#}");
+    assert_eq!(rebuilt(&r), ["public.a_pkey", "public.a_v"], "{r:#}");
+    let after = snapshot(&names);
+    assert_ne!(after[0], before[0], "a_pkey rebuilt");
+    assert_ne!(after[1], before[1], "a_v rebuilt");
+    assert_eq!(after[2..], before[2..], "b and trading.orders untouched");
+
+    // `schemas`.
+    let before = after;
+    let r = item(&run_ok(&s, "one_schema", &[]), "reindex").clone();
+    assert_eq!(r["status"], "pass", "{r:#}");
+    assert_eq!(rebuilt(&r), ["trading.orders_pkey"], "{r:#}");
+    let after = snapshot(&names);
+    assert_eq!(after[..3], before[..3], "public untouched");
+    assert_ne!(after[3], before[3], "trading.orders_pkey rebuilt");
+
+    // `concurrently = false`: REINDEX INDEX in place, so the oid stays and the file is new (a
+    // concurrent rebuild swaps in a new index with a new oid).
+    let b_before = ident(&pg, "b_pkey");
+    let r = item(&run_ok(&s, "blocking", &["--dry-run"]), "reindex").clone();
+    assert!(
+        r["details"]
+            .to_string()
+            .contains("REINDEX INDEX public.b_pkey; -- on public.b"),
+        "{r:#}"
+    );
+    let r = item(&run_ok(&s, "blocking", &[]), "reindex").clone();
+    assert_eq!(r["status"], "pass", "{r:#}");
+    assert_eq!(rebuilt(&r), ["public.b_pkey"], "{r:#}");
+    let b_after = ident(&pg, "b_pkey");
+    let (oid_before, file_before) = b_before.split_once(':').expect("oid:relfilenode");
+    let (oid_after, file_after) = b_after.split_once(':').expect("oid:relfilenode");
+    assert_eq!(oid_after, oid_before, "rebuilt in place");
+    assert_ne!(file_after, file_before, "rebuilt");
+
+    // The default: every user index, but not the exclusion constraint's index (it cannot be
+    // rebuilt concurrently) nor the partitioned parent's (its partition's index is rebuilt).
+    let excl = q(
+        &pg,
+        "SELECT conindid::regclass::text FROM pg_constraint WHERE contype = 'x' AND conrelid = 'slots'::regclass",
+    );
+    let partition_ix = q(
+        &pg,
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'events_2026'::regclass",
+    );
+    let r = item(&run_ok(&s, "all", &[]), "reindex").clone();
+    assert_eq!(r["status"], "pass", "{r:#}");
+    assert_eq!(
+        r["data"]["indexes_done"], r["data"]["indexes_total"],
+        "{r:#}"
+    );
+    assert_eq!(
+        rebuilt(&r),
+        [
+            "public.a_pkey".to_string(),
+            "public.a_v".to_string(),
+            "public.b_pkey".to_string(),
+            format!("public.{partition_ix}"),
+            "public.slots_pkey".to_string(),
+            "trading.orders_pkey".to_string(),
+        ],
+        "skipped {excl} and public.events_at: {r:#}"
+    );
+    assert_eq!(
+        q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "0"
+    );
+}
+
+#[test]
+fn reindex_a_failing_rebuild_costs_one_index_and_leaves_no_invalid_index_behind() {
+    let pg = cluster_with_app_db();
+    // t_f's function starts failing after the index was built: rebuilding t_f fails (a concurrent
+    // rebuild then leaves an invalid `t_f_ccnew` behind unless it is dropped).
+    q(
+        &pg,
+        "CREATE FUNCTION f(i int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$BEGIN RETURN i; END$$; \
+         CREATE TABLE t (id int PRIMARY KEY, k int); INSERT INTO t SELECT g, g FROM generate_series(1, 100) g; \
+         CREATE INDEX t_f ON t (f(k)); \
+         CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b SELECT generate_series(1, 100); \
+         CREATE TABLE c (id int PRIMARY KEY); INSERT INTO c SELECT generate_series(1, 100); \
+         CREATE OR REPLACE FUNCTION f(i int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'f is broken'; END$$;",
+    );
+    let jobs = r#"
+[jobs.concurrent]
+[[jobs.concurrent.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+
+[jobs.blocking]
+[[jobs.blocking.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+concurrently = false
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let names = ["t_pkey", "t_f", "b_pkey", "c_pkey"];
+    let snapshot = || -> Vec<String> { names.iter().map(|n| ident(&pg, n)).collect() };
+    let find = |r: &Value, name: &str| -> Value {
+        r["data"]["indexes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["index"] == name))
+            .unwrap_or_else(|| panic!("{name} not in {r:#}"))
+            .clone()
+    };
+    let no_invalid = "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+        WHERE NOT i.indisvalid OR c.relname LIKE '%ccnew%' OR c.relname LIKE '%ccold%'";
+
+    let before = snapshot();
+    let (code, report, all) = s.run("concurrent", &[]);
+    assert_eq!(code, 1, "{all}");
+    let r = item(&report, "reindex");
+    assert_eq!(r["status"], "fail", "{r:#}");
+    assert_eq!(r["data"]["indexes_total"], 4, "{r:#}");
+    assert_eq!(r["data"]["indexes_done"], 3, "{r:#}");
+    let t_f = find(r, "public.t_f");
+    assert_eq!(t_f["ok"], false, "{r:#}");
+    assert!(t_f["error"].to_string().contains("f is broken"), "{r:#}");
+    assert!(
+        r["details"].to_string().contains("public.t_f: f is broken"),
+        "{r:#}"
+    );
+    // The failed build's `t_f_ccnew` was dropped at once: nothing invalid is left ...
+    assert_eq!(q(&pg, no_invalid), "0");
+    // ... and the other index of the same table, and the other tables, were still rebuilt.
+    let after = snapshot();
+    assert_ne!(after[0], before[0], "t_pkey rebuilt");
+    assert_eq!(after[1], before[1], "t_f is the old, valid index");
+    assert_ne!(after[2], before[2], "b_pkey rebuilt");
+    assert_ne!(after[3], before[3], "c_pkey rebuilt");
+
+    // Not concurrently, under the target's lock_timeout (200 ms): a table locked by someone
+    // else costs its indexes, the rest are rebuilt.
+    let before = after;
+    let _holder = Holder::lock(&pg, "b");
+    let started = Instant::now();
+    let (code, report, all) = s.run("blocking", &[]);
+    assert!(started.elapsed() < Duration::from_secs(30), "{all}");
+    assert_eq!(code, 1, "{all}");
+    let r = item(&report, "reindex");
+    assert_eq!(r["status"], "fail", "{r:#}");
+    assert_eq!(r["data"]["indexes_done"], 2, "{r:#}");
+    let b_pkey = find(r, "public.b_pkey");
+    assert_eq!(b_pkey["ok"], false, "{r:#}");
+    assert!(
+        b_pkey["error"]
+            .to_string()
+            .contains("canceling statement due to lock timeout"),
+        "{r:#}"
+    );
+    assert_eq!(find(r, "public.t_f")["ok"], false, "{r:#}");
+    assert_eq!(find(r, "public.t_pkey")["ok"], true, "{r:#}");
+    assert_eq!(find(r, "public.c_pkey")["ok"], true, "{r:#}");
+    assert_eq!(q(&pg, no_invalid), "0");
+    let after = snapshot();
+    // In place: same oids, new files for the two that were rebuilt.
+    let file = |x: &String| x.split_once(':').expect("oid:relfilenode").1.to_string();
+    let oid = |x: &String| x.split_once(':').expect("oid:relfilenode").0.to_string();
+    assert_eq!(
+        after.iter().map(oid).collect::<Vec<_>>(),
+        before.iter().map(oid).collect::<Vec<_>>()
+    );
+    assert_ne!(file(&after[0]), file(&before[0]), "t_pkey rebuilt");
+    assert_eq!(after[1], before[1], "t_f unchanged");
+    assert_eq!(after[2], before[2], "b_pkey unchanged");
+    assert_ne!(file(&after[3]), file(&before[3]), "c_pkey rebuilt");
+}
+
+// ---------------------------------------------------------------------------------------------
+// create_indexes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn create_indexes_leaves_names_taken_elsewhere_alone_and_resolves_tables_like_psql() {
+    let pg = cluster_with_app_db();
+    q(
+        &pg,
+        "CREATE TABLE a (id int PRIMARY KEY, v text); \
+         CREATE TABLE b (id int PRIMARY KEY, v text); CREATE INDEX shared_name ON b (v); \
+         CREATE TABLE taken (x int); \
+         CREATE SCHEMA trading; CREATE TABLE trading.orders (id int PRIMARY KEY, user_id int); \
+         ALTER DATABASE app SET search_path = trading, public;",
+    );
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "indexes"
+kind = "create_indexes"
+target = "db"
+file = "indexes.sql"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    s.write(
+        "indexes.sql",
+        "CREATE INDEX shared_name ON a (v);\n\
+         CREATE INDEX taken ON a (id);\n\
+         CREATE INDEX orders_user ON orders (user_id);\n\
+         CREATE INDEX a_v ON a (v);\n",
+    );
+    let (shared_before, taken_before) =
+        (ident(&pg, "public.shared_name"), ident(&pg, "public.taken"));
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 1, "{all}");
+    let it = item(&report, "indexes");
+    assert_eq!(it["status"], "fail", "{it:#}");
+    let st = it["data"]["statements"].as_array().expect("statements");
+    let results: Vec<(&str, &str)> = st
+        .iter()
+        .map(|s| (s["index"].as_str().unwrap(), s["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("shared_name", "failed"),
+            ("taken", "failed"),
+            ("orders_user", "built"),
+            ("a_v", "built"),
+        ],
+        "{it:#}"
+    );
+    assert_eq!(
+        st[0]["note"], "an index named public.shared_name already exists on another table",
+        "{it:#}"
+    );
+    assert_eq!(
+        st[1]["note"], "the name public.taken is already taken by a relation that is not an index",
+        "{it:#}"
+    );
+    // CONCURRENTLY was added (the file has none).
+    for s in st {
+        assert!(
+            s["statement"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("CREATE INDEX CONCURRENTLY "),
+            "{s:#}"
+        );
+    }
+    // Nothing of the other owners of those names was touched.
+    assert_eq!(ident(&pg, "public.shared_name"), shared_before);
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT indrelid::regclass::text FROM pg_index WHERE indexrelid = 'public.shared_name'::regclass"
+        ),
+        "b"
+    );
+    assert_eq!(ident(&pg, "public.taken"), taken_before);
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT relkind FROM pg_class WHERE oid = 'public.taken'::regclass"
+        ),
+        "r"
+    );
+    // Unqualified table names went through the search_path; each index is in its table's schema.
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT string_agg(indexrelid::regclass::text || ' on ' || indrelid::regclass::text || ' ' || indisvalid, ', ' ORDER BY indexrelid::regclass::text) \
+             FROM pg_index WHERE indexrelid IN (to_regclass('trading.orders_user'), to_regclass('public.a_v'))"
+        ),
+        "a_v on a true, orders_user on orders true"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT to_regclass('trading.orders_user') IS NOT NULL AND to_regclass('public.a_v') IS NOT NULL \
+             AND (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'trading.orders_user'::regclass) = 'trading' \
+             AND (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'public.a_v'::regclass) = 'public'"
+        ),
+        "t"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) FROM pg_index WHERE indrelid = 'public.a'::regclass"
+        ),
+        "2",
+        "a has its primary key and a_v, nothing else"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// sql
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sql_assertion_forms_and_parameter_types_judge_as_documented() {
+    let pg = cluster_with_app_db();
+    q(
+        &pg,
+        "CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, md5(g::text) FROM generate_series(1, 100) g;",
+    );
+    // (name, options, status, summary fragment)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "min fails",
+            "query = \"SELECT count(*) FROM b\"\nmin = 1000",
+            "fail",
+            "100 is below min 1000",
+        ),
+        (
+            "warn_min warns",
+            "query = \"SELECT count(*) FROM b\"\nmin = 10\nwarn_min = 500",
+            "warn",
+            "100 is below warn_min 500",
+        ),
+        (
+            "in range",
+            "query = \"SELECT count(*) FROM b\"\nmin = 10\nwarn_min = 50\nwarn_max = 500\nmax = 1000",
+            "pass",
+            "100 (1 row(s))",
+        ),
+        (
+            "float warn",
+            "query = \"SELECT 0.25::float8 * count(*) FROM b\"\nwarn_max = 20\nmax = 30",
+            "warn",
+            "25 is above warn_max 20",
+        ),
+        (
+            "rows wrong",
+            "query = \"SELECT id FROM b WHERE id <= 3\"\nexpect_rows = 2",
+            "fail",
+            "3 row(s), expected 2",
+        ),
+        (
+            "zero rows",
+            "query = \"SELECT id FROM b WHERE id < 0\"\nexpect_rows = 0",
+            "pass",
+            "no rows",
+        ),
+        (
+            "expect false",
+            "query = \"SELECT count(*) = 0 FROM b\"\nexpect = false",
+            "pass",
+            "false (1 row(s))",
+        ),
+        (
+            "expect mismatch",
+            "query = \"SELECT count(*) = 0 FROM b\"\nexpect = true",
+            "fail",
+            "first column is false, expected true",
+        ),
+        (
+            "expect null",
+            "query = \"SELECT NULL::bool\"\nexpect = true",
+            "fail",
+            "first column is NULL, expected true",
+        ),
+        (
+            "expect not bool",
+            "query = \"SELECT 1\"\nexpect = true",
+            "fail",
+            "not a boolean",
+        ),
+        (
+            "no rows",
+            "query = \"SELECT id FROM b WHERE id < 0\"\nmax = 1",
+            "fail",
+            "the query returned no rows",
+        ),
+        (
+            "null number",
+            "query = \"SELECT max(id) FROM b WHERE id < 0\"\nmax = 1",
+            "fail",
+            "first column is NULL, expected a number",
+        ),
+        (
+            "not a number",
+            "query = \"SELECT 'x'::text\"\nmax = 1",
+            "fail",
+            "not a number (cast it",
+        ),
+        (
+            "no assertion",
+            "query = \"SELECT 'hello'::text, 42\"",
+            "pass",
+            "hello | 42 (1 row(s))",
+        ),
+        (
+            "typed params",
+            "query = \"SELECT $1::bool AND $2::float8 > 1.5 AND $3::date = DATE '2026-01-01' AND $4::timestamptz = TIMESTAMPTZ '2026-01-01 04:30:00+00' AND ($5::jsonb ->> 'state') = 'UP' AND $6::int = 3 AND $7::text = 'it''s'\"\n\
+             params = [true, 2.5, 2026-01-01, 2026-01-01T10:00:00+05:30, { state = \"UP\" }, 3, \"it's\"]\nexpect = true",
+            "pass",
+            "true (1 row(s))",
+        ),
+        (
+            "numeric param",
+            "query = \"SELECT id FROM b WHERE id::numeric > $1\"\nparams = [97.5]\nexpect_rows = 3",
+            "pass",
+            "(3 row(s))",
+        ),
+        (
+            "param needs a cast",
+            "query = \"SELECT $1::uuid\"\nparams = [\"not-a-uuid\"]",
+            "fail",
+            "params[0] ($1): cannot bind string as uuid; add a cast",
+        ),
+        (
+            "param too big",
+            "query = \"SELECT $1::int\"\nparams = [10000000000]",
+            "fail",
+            "10000000000 does not fit in integer",
+        ),
+        (
+            "param missing",
+            "query = \"SELECT $1::int\"",
+            "fail",
+            "the query has 1 placeholder(s) but params has 0 value(s)",
+        ),
+    ];
+    let mut jobs = String::from("[jobs.c]\n");
+    for (name, opts, _, _) in cases {
+        jobs += &format!(
+            "[[jobs.c.items]]\nname = \"{name}\"\nkind = \"sql\"\ntarget = \"db\"\n{opts}\n"
+        );
+    }
+    let s = Setup::new(&pg.url("app"), "", &jobs);
+    let (code, report, all) = s.run("c", &[]);
+    assert_eq!(code, 1, "{all}");
+    for (name, _, status, fragment) in cases {
+        let it = item(&report, name);
+        assert_eq!(it["status"], *status, "{name}: {it:#}");
+        assert!(
+            summary(it).contains(fragment),
+            "{name}: {fragment:?} not in {it:#}"
+        );
+    }
+    assert_eq!(item(&report, "in range")["data"]["value"], 100.0);
+    assert_eq!(item(&report, "float warn")["data"]["value"], 25.0);
+    assert_eq!(
+        item(&report, "no assertion")["data"]["first_row"],
+        "hello | 42"
+    );
+}
+
+#[test]
+fn sql_cannot_change_the_database_whatever_the_query_tries() {
+    let pg = cluster_with_app_db();
+    q(
+        &pg,
+        "CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, 'v' FROM generate_series(1, 100) g; \
+         CREATE SEQUENCE s; \
+         CREATE FUNCTION add_row() RETURNS int VOLATILE LANGUAGE plpgsql AS $$BEGIN INSERT INTO b VALUES (1000, 'new'); RETURN 1; END$$;",
+    );
+    // (name, query, the server's refusal)
+    let writes: &[(&str, &str, &str)] = &[
+        (
+            "cte delete",
+            "WITH d AS (DELETE FROM b RETURNING id) SELECT count(*) FROM d",
+            "cannot execute SELECT in a read-only transaction",
+        ),
+        (
+            "update",
+            "UPDATE b SET v = 'changed' RETURNING id",
+            "cannot execute UPDATE in a read-only transaction",
+        ),
+        (
+            "insert",
+            "INSERT INTO b VALUES (2000, 'new')",
+            "cannot execute INSERT in a read-only transaction",
+        ),
+        (
+            "function",
+            "SELECT add_row()",
+            "cannot execute INSERT in a read-only transaction",
+        ),
+        (
+            "sequence",
+            "SELECT nextval('s')",
+            "cannot execute nextval() in a read-only transaction",
+        ),
+        (
+            "ddl",
+            "CREATE TABLE intruder (x int)",
+            "cannot execute CREATE TABLE in a read-only transaction",
+        ),
+        (
+            "truncate",
+            "TRUNCATE b",
+            "cannot execute TRUNCATE TABLE in a read-only transaction",
+        ),
+        (
+            "two statements",
+            "SELECT 1; DELETE FROM b",
+            "cannot insert multiple commands into a prepared statement",
+        ),
+        (
+            "commit first",
+            "COMMIT; DELETE FROM b",
+            "cannot insert multiple commands into a prepared statement",
+        ),
+        (
+            "read write inside",
+            "DO $$BEGIN SET TRANSACTION READ WRITE; DELETE FROM b; END$$",
+            "transaction read-write mode must be set before any query",
+        ),
+    ];
+    let mut jobs = String::from("[jobs.c]\n");
+    for (name, query, _) in writes {
+        jobs += &format!(
+            "[[jobs.c.items]]\nname = \"{name}\"\nkind = \"sql\"\ntarget = \"db\"\nquery = '''{query}'''\n"
+        );
+    }
+    let s = Setup::new(&pg.url("app"), "", &jobs);
+    let (code, report, all) = s.run("c", &[]);
+    assert_eq!(code, 1, "{all}");
+    for (name, _, refusal) in writes {
+        let it = item(&report, name);
+        assert_eq!(it["status"], "fail", "{name}: {it:#}");
+        assert!(
+            summary(it).starts_with("query failed: ") && summary(it).contains(refusal),
+            "{name}: {refusal:?} not in {it:#}"
+        );
+    }
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) || ':' || count(*) FILTER (WHERE v = 'v') || ':' || max(id) FROM b"
+        ),
+        "100:100:100"
+    );
+    assert_eq!(
+        q(&pg, "SELECT last_value || ':' || is_called FROM s"),
+        "1:false"
+    );
+    assert_eq!(q(&pg, "SELECT to_regclass('intruder') IS NULL"), "t");
+}
+
+// ---------------------------------------------------------------------------------------------
+// slow_queries
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn slow_queries_top_fail_mean_this_database_only_and_idle_transactions_on_any_database() {
+    let pg = cluster_with_app_db();
+    pg.create_db("other").expect("create db");
+    q(
+        &pg,
+        "CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset();",
+    );
+    // In this database: one statement of 300 ms mean, one of 150 ms, and a dozen fast ones
+    // (distinct shapes, so that each is its own entry).
+    let mut fast = String::new();
+    for n in 1..=12 {
+        fast += &format!("SELECT 1 WHERE true{};\n", " AND true".repeat(n));
+    }
+    q(
+        &pg,
+        &format!(
+            "SELECT pg_sleep(0.3); SELECT pg_sleep(0.3); SELECT 1 FROM pg_sleep(0.15);\n{fast}"
+        ),
+    );
+    // In another database: a slower one, which is not this database's business.
+    pg.psql("other", "SELECT 'other db', pg_sleep(0.6);", &[])
+        .expect("psql");
+    let jobs = r#"
+[jobs.w]
+[[jobs.w.items]]
+name = "top 1"
+kind = "slow_queries"
+target = "db"
+top = 1
+warn_mean = "100ms"
+fail_mean = "250ms"
+max_running = "1h"
+[[jobs.w.items]]
+name = "default top"
+kind = "slow_queries"
+target = "db"
+max_running = "1h"
+[[jobs.w.items]]
+name = "warn only"
+kind = "slow_queries"
+target = "db"
+top = 5
+warn_mean = "100ms"
+fail_mean = "1s"
+max_running = "1h"
+
+[jobs.running]
+[[jobs.running.items]]
+name = "running"
+kind = "slow_queries"
+target = "db"
+top = 0
+max_running = "1s"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("w", &[]);
+    assert_eq!(code, 1, "{all}");
+
+    let top1 = item(&report, "top 1");
+    assert_eq!(top1["status"], "fail", "{top1:#}");
+    assert!(
+        summary(top1).contains("1 statement(s) above fail_mean 250ms"),
+        "{top1:#}"
+    );
+    let statements = top1["data"]["statements"].as_array().expect("statements");
+    assert_eq!(statements.len(), 1, "{top1:#}");
+    assert!(
+        statements[0]["query"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pg_sleep"),
+        "{top1:#}"
+    );
+    let mean = statements[0]["mean_ms"].as_f64().expect("mean_ms");
+    assert!(
+        (300.0..550.0).contains(&mean),
+        "the slowest of this database (300 ms), not the other database's 600 ms: {top1:#}"
+    );
+    assert!(
+        top1["details"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("FAIL "),
+        "{top1:#}"
+    );
+
+    let default_top = item(&report, "default top");
+    assert_eq!(
+        default_top["data"]["statements"].as_array().map(Vec::len),
+        Some(10),
+        "{default_top:#}"
+    );
+    // Default warn_mean 500 ms: nothing here is that slow.
+    assert_eq!(default_top["status"], "pass", "{default_top:#}");
+
+    let warn = item(&report, "warn only");
+    assert_eq!(warn["status"], "warn", "{warn:#}");
+    assert!(
+        summary(warn).contains("statement(s) above warn_mean 100ms"),
+        "{warn:#}"
+    );
+    assert!(!summary(warn).contains("fail_mean"), "{warn:#}");
+    let queries = warn["data"]["statements"].to_string();
+    assert!(
+        !queries.contains("other db") && !queries.contains("$1, pg_sleep"),
+        "{warn:#}"
+    );
+
+    // Long-running: an idle transaction here and an active statement in another database count;
+    // an idle session does not.
+    let _idle_tx = Holder::start(&pg, "BEGIN; SELECT 'idle tx';\n");
+    let _idle = Holder::start(&pg, "SELECT 'just idle';\n");
+    let _busy = Holder::start_in(&pg, "other", "SELECT pg_sleep(120);\n");
+    wait_for(
+        &pg,
+        "SELECT count(*) = 2 FROM pg_stat_activity WHERE ((state = 'idle in transaction' AND query LIKE '%idle tx%' AND xact_start < now() - interval '1.5s') \
+         OR (state = 'active' AND datname = 'other' AND query LIKE 'SELECT pg_sleep(120)%' AND query_start < now() - interval '1.5s'))",
+    );
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE state = 'idle' AND query LIKE '%just idle%' AND state_change < now() - interval '1.5s')",
+    );
+    let (code, report, all) = s.run("running", &[]);
+    assert_eq!(code, 0, "{all}");
+    let running = item(&report, "running");
+    assert_eq!(running["status"], "warn", "{running:#}");
+    assert!(
+        summary(running).contains("2 statement(s) running longer than 1s"),
+        "{running:#}"
+    );
+    let mut found: Vec<(String, String)> = running["data"]["long_running"]
+        .as_array()
+        .expect("long_running")
+        .iter()
+        .map(|r| {
+            (
+                r["database"].as_str().unwrap_or_default().to_string(),
+                r["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("app".to_string(), "idle in transaction".to_string()),
+            ("other".to_string(), "active".to_string()),
+        ],
+        "{running:#}"
+    );
+    assert!(
+        !running["details"].to_string().contains("just idle"),
+        "{running:#}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// targets
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn target_statement_timeout_cuts_checks_but_never_index_builds_and_sql_ends_at_its_deadline() {
+    let pg = cluster_with_app_db();
+    // An expression index that takes at least 1 s to build (5 rows x 200 ms).
+    q(
+        &pg,
+        "CREATE FUNCTION slow(i int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.2); RETURN i; END$$; \
+         CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5);",
+    );
+    let jobs = format!(
+        r#"
+[targets.plain]
+url = "{}"
+sslmode = "disable"
+
+[jobs.m]
+[[jobs.m.items]]
+name = "indexes"
+kind = "create_indexes"
+target = "db"
+file = "indexes.sql"
+[[jobs.m.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+tables = ["t"]
+
+# Its own job: an open transaction would make the concurrent builds wait (under lock_timeout).
+[jobs.capped]
+[[jobs.capped.items]]
+name = "capped check"
+kind = "sql"
+target = "db"
+query = "SELECT pg_sleep(5)"
+
+[jobs.hang]
+[[jobs.hang.items]]
+name = "hanging check"
+kind = "sql"
+target = "plain"
+timeout = "2s"
+query = "SELECT 'hanging check', pg_sleep(30)"
+"#,
+        pg.url("app")
+    );
+    let s = Setup::new(&pg.url("app"), "statement_timeout = \"300ms\"", &jobs);
+    s.write("indexes.sql", "CREATE INDEX t_slow ON t (slow(id));\n");
+
+    let (code, report, all) = s.run("capped", &[]);
+    assert_eq!(code, 1, "{all}");
+    let capped = item(&report, "capped check");
+    assert_eq!(capped["status"], "fail", "{capped:#}");
+    assert!(
+        summary(capped).contains("canceling statement due to statement timeout"),
+        "{capped:#}"
+    );
+    assert!(
+        capped["duration_ms"].as_u64().unwrap_or(u64::MAX) < 3000,
+        "{capped:#}"
+    );
+
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 0, "{all}");
+    // The index builds ran longer than statement_timeout and finished.
+    let ix = item(&report, "indexes");
+    assert_eq!(ix["status"], "pass", "{ix:#}");
+    assert_eq!(ix["data"]["statements"][0]["result"], "built", "{ix:#}");
+    assert!(ix["duration_ms"].as_u64().unwrap_or(0) >= 1000, "{ix:#}");
+    let r = item(&report, "reindex");
+    assert_eq!(r["status"], "pass", "{r:#}");
+    assert_eq!(rebuilt(r), ["public.t_pkey", "public.t_slow"], "{r:#}");
+    let slow = r["data"]["indexes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["index"] == "public.t_slow"))
+        .expect("t_slow rebuilt");
+    assert!(slow["seconds"].as_f64().unwrap_or(0.0) >= 0.9, "{r:#}");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) FROM pg_index WHERE indrelid = 't'::regclass AND indisvalid"
+        ),
+        "2"
+    );
+
+    // Without statement_timeout, the item's own timeout ends the statement on the server too.
+    let started = Instant::now();
+    let (code, report, all) = s.run("hang", &[]);
+    assert_eq!(code, 1, "{all}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{all}");
+    let hang = item(&report, "hanging check");
+    assert_eq!(hang["status"], "fail", "{hang:#}");
+    let gone = Instant::now();
+    while q(
+        &pg,
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%''hanging check'', pg_sleep(30)%' AND pid <> pg_backend_pid()",
+    ) != "0"
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(3),
+            "the check's statement is still running on the server after the item ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn target_connect_timeout_gives_up_on_a_server_that_never_answers_and_sessions_identify_themselves()
+{
+    let pg = cluster_with_app_db();
+    // Accepts TCP connections (the kernel's backlog) but never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let jobs = format!(
+        r#"
+[targets.silent]
+url = "postgres://postgres@127.0.0.1:{port}/app"
+sslmode = "disable"
+connect_timeout = "1s"
+
+[jobs.m]
+[[jobs.m.items]]
+name = "silent check"
+kind = "sql"
+target = "silent"
+query = "SELECT 1"
+[[jobs.m.items]]
+name = "silent vacuum"
+kind = "vacuum"
+target = "silent"
+[[jobs.m.items]]
+name = "session"
+kind = "sql"
+target = "db"
+query = "SELECT current_setting('application_name') = 'runbook' AND current_setting('idle_in_transaction_session_timeout') = '1min'"
+expect = true
+"#
+    );
+    let s = Setup::new(&pg.url("app"), "", &jobs);
+    let started = Instant::now();
+    let (code, report, all) = s.run("m", &[]);
+    let elapsed = started.elapsed();
+    assert_eq!(code, 1, "{all}");
+    // Two connection attempts of about 1-2 s each (the default would be 10 s each).
+    assert!(elapsed < Duration::from_secs(9), "took {elapsed:?}: {all}");
+    for name in ["silent check", "silent vacuum"] {
+        let it = item(&report, name);
+        assert_eq!(it["status"], "fail", "{it:#}");
+        assert!(
+            summary(it).contains(&format!(
+                "cannot connect to target silent (postgres@127.0.0.1:{port}/app)"
+            )),
+            "{it:#}"
+        );
+        assert!(summary(it).contains("timed out"), "{it:#}");
+        assert!(
+            it["duration_ms"].as_u64().unwrap_or(u64::MAX) < 4000,
+            "{it:#}"
+        );
+    }
+    assert_eq!(item(&report, "session")["status"], "pass", "{all}");
+    drop(silent);
+}
