@@ -458,6 +458,66 @@ pub fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
     sqlstate(e) == Some("55P03")
 }
 
+/// `pg_error(e)`, and when it is a lock timeout of an index build on `relation` (an index or a
+/// table, as written in SQL) that ran for `waited`, who it was waiting for: sessions holding a
+/// conflicting lock on the table, and (for `concurrently`) transactions of this database older
+/// than the build, which a concurrent build must wait out. Without their query texts: those
+/// may hold secrets.
+pub async fn explain_build_failure(
+    client: &Client,
+    e: &tokio_postgres::Error,
+    relation: &str,
+    waited: Duration,
+    concurrently: bool,
+) -> String {
+    let msg = pg_error(e);
+    if !is_lock_timeout(e) {
+        return msg;
+    }
+    // CONCURRENTLY takes SHARE UPDATE EXCLUSIVE on the table; a plain build SHARE on the table
+    // (and ACCESS EXCLUSIVE on the index being rebuilt).
+    let modes: &[&str] = if concurrently {
+        &[
+            "ShareUpdateExclusiveLock",
+            "ShareLock",
+            "ShareRowExclusiveLock",
+            "ExclusiveLock",
+            "AccessExclusiveLock",
+        ]
+    } else {
+        &[
+            "RowExclusiveLock",
+            "ShareUpdateExclusiveLock",
+            "ShareRowExclusiveLock",
+            "ExclusiveLock",
+            "AccessExclusiveLock",
+        ]
+    };
+    let modes: Vec<String> = modes.iter().map(|m| m.to_string()).collect();
+    let row = client
+        .query_one(
+            "WITH rel AS (SELECT coalesce((SELECT indrelid FROM pg_index WHERE indexrelid = to_regclass($1)), to_regclass($1)::oid) AS oid) \
+             SELECT string_agg(format('pid %s (%s, user %s, %s, transaction open %s)', a.pid, \
+                      coalesce(nullif(a.application_name, ''), 'no application_name'), a.usename, a.state, \
+                      date_trunc('second', now() - a.xact_start)), '; ' ORDER BY a.xact_start) \
+             FROM (SELECT * FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.datname = current_database() \
+                     AND a.xact_start IS NOT NULL \
+                     AND (a.pid IN (SELECT l.pid FROM pg_locks l, rel WHERE l.relation = rel.oid AND l.granted AND l.mode = ANY($2)) \
+                          OR ($3 AND a.xact_start < now() - make_interval(secs => $4) \
+                              AND (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL))) \
+                   ORDER BY a.xact_start LIMIT 3) a",
+            &[&relation, &modes, &concurrently, &waited.as_secs_f64()],
+        )
+        .await;
+    match row.ok().and_then(|r| r.get::<_, Option<String>>(0)) {
+        Some(who) if concurrently => format!(
+            "{msg}: waited for {who} (a concurrent build waits for the locks on its table and for every older transaction in the database)"
+        ),
+        Some(who) => format!("{msg}: waited for {who}"),
+        None => msg,
+    }
+}
+
 /// The server's version as `server_version_num` (e.g. 150004).
 pub async fn server_version_num(client: &Client) -> Result<i32, String> {
     let row = client

@@ -229,6 +229,60 @@ file = "indexes.sql"
 }
 
 #[test]
+fn a_build_stopped_by_lock_timeout_names_the_transaction_it_waited_for() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    // An open REPEATABLE READ transaction that read another table: it holds a snapshot, which
+    // every concurrent build in the database must wait out (here: past the 200 ms lock_timeout).
+    let _old = Holder::start(
+        &pg,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM b;\n",
+    );
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'psql' AND state = 'idle in transaction' AND backend_xmin IS NOT NULL)",
+    );
+    let pid = q(
+        &pg,
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'psql' AND state = 'idle in transaction'",
+    );
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+tables = ["a"]
+[[jobs.m.items]]
+name = "indexes"
+kind = "create_indexes"
+target = "db"
+file = "indexes.sql"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    s.write("indexes.sql", "CREATE INDEX CONCURRENTLY a_v ON a (v);\n");
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 1, "{all}");
+    let waited = format!(
+        "waited for pid {pid} (psql, user postgres, idle in transaction, transaction open "
+    );
+    for name in ["reindex", "indexes"] {
+        let it = item(&report, name);
+        assert_eq!(it["status"], "fail", "{it:#}");
+        let text = it.to_string();
+        assert!(text.contains("lock timeout"), "{name}: {it:#}");
+        assert!(
+            text.contains(&waited),
+            "{name} names the transaction: {it:#}"
+        );
+        assert!(
+            text.contains("every older transaction in the database"),
+            "{name} says why: {it:#}"
+        );
+    }
+}
+
+#[test]
 fn reindex_drops_leftovers_rebuilds_every_index_and_quotes_names() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);

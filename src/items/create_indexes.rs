@@ -224,6 +224,7 @@ impl CreateIndexes {
             };
             return ("planned", format!("missing: would run{added}: {}", st.sql));
         }
+        let t0 = std::time::Instant::now();
         let run = tokio::select! {
             r = client.batch_execute(&st.sql) => r,
             _ = ctx.cancel.cancelled() => {
@@ -233,7 +234,7 @@ impl CreateIndexes {
             }
         };
         if let Err(e) = run {
-            let msg = pg::pg_error(&e);
+            let msg = pg::explain_build_failure(client, &e, &st.table, t0.elapsed(), true).await;
             // A failed concurrent build leaves an invalid index: drop it so nothing is left behind.
             let leftover =
                 matches!(lookup(client, &st.index, &schema).await, Ok(Some(ix)) if !ix.valid);

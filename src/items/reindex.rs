@@ -414,7 +414,10 @@ impl Reindex {
                         let t0 = Instant::now();
                         let sql = opts.statement(ix);
                         let r = tokio::select! {
-                            r = client.batch_execute(&sql) => r.map_err(|e| pg::pg_error(&e)),
+                            r = client.batch_execute(&sql) => match r {
+                                Ok(()) => Ok(()),
+                                Err(e) => Err(pg::explain_build_failure(&client, &e, &name, t0.elapsed(), opts.concurrently).await),
+                            },
                             _ = cancel.cancelled() => {
                                 target.cancel(&client.cancel_token()).await;
                                 Err("cancelled while running".to_string())
