@@ -9,7 +9,8 @@
 //! and the others still run. `only_needed` applies autovacuum's own formulas and says why each
 //! table was chosen; like autovacuum, a table past only the analyze threshold gets `ANALYZE`
 //! alone, not a full VACUUM. The planning connection becomes the first worker and the other
-//! workers connect while the plan is made, so a run costs `parallel` connections in all.
+//! workers connect while the plan is made (with `only_needed`, once the plan says how many
+//! tables need work), so a run costs at most `parallel` connections.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -173,16 +174,20 @@ impl Vacuum {
         if let Err(e) = pg::ensure_primary(&first.0, &target).await {
             return Outcome::fail(e);
         }
-        // The other workers connect while the plan is made (not for a dry run).
-        let others: Vec<_> = if ctx.dry_run {
-            Vec::new()
-        } else {
-            (1..self.parallel.max(1))
+        // The other workers connect while the plan is made; with `only_needed` (often one table
+        // or none) once the plan says how many are needed. None for a dry run.
+        let connect_others = |n: usize| -> Vec<_> {
+            (0..n)
                 .map(|_| {
                     let target = target.clone();
                     tokio::spawn(async move { target.connect_for_maintenance_with_notices().await })
                 })
                 .collect()
+        };
+        let mut others = if ctx.dry_run || self.only_needed {
+            Vec::new()
+        } else {
+            connect_others(self.parallel.max(1) - 1)
         };
         let (tables, not_needed) = match self.plan(&first.0, target.lock_timeout).await {
             Ok(t) => t,
@@ -225,6 +230,9 @@ impl Vacuum {
             ))
             .with_details(details)
             .with_data(json!({ "planned": planned, "not_needed": not_needed }));
+        }
+        if self.only_needed {
+            others = connect_others(self.parallel.max(1).min(tables.len()).saturating_sub(1));
         }
         let mut conns = vec![Ok(first)];
         for o in others {
