@@ -159,6 +159,56 @@ window = "600ms"
 }
 
 #[test]
+fn a_table_dropped_while_waiting_for_its_lock_is_skipped_and_the_rest_finish() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    // Another session locks `a`, and drops it a second later. runbook's first try of `a` times
+    // out (200 ms), its retries come 1 s and 3 s later: by then `a` is gone.
+    let _dropper = Holder::start(
+        &pg,
+        "BEGIN; LOCK TABLE a IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(1); DROP TABLE a; COMMIT;\n",
+    );
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'a'::regclass AND mode = 'AccessExclusiveLock' AND granted)",
+    );
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 0, "a warn is exit 0: {all}");
+    let v = item(&report, "vacuum");
+    assert_eq!(v["status"], "warn", "{v:#}");
+    assert_eq!(v["data"]["tables_done"], 2, "{v:#}");
+    assert_eq!(v["data"]["tables_skipped"], 1, "{v:#}");
+    assert_eq!(v["data"]["tables_failed"], 0, "{v:#}");
+    let tables = v["data"]["tables"].as_array().expect("tables");
+    let a = tables.iter().find(|t| t["table"] == "a").expect("a listed");
+    assert_eq!(a["status"], "skipped", "{a:#}");
+    // Dropped before the retry (the statement fails: 42P01) or while it waited for the lock
+    // (the server skips it with a warning): either way skipped, and said so.
+    let note = a["note"].as_str().unwrap_or_default();
+    assert!(
+        note == "table was dropped meanwhile" || note.contains("no longer exists"),
+        "{a:#}"
+    );
+    assert_eq!(q(&pg, "SELECT to_regclass('a') IS NULL"), "t");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL AND relname IN ('b', 'Weird \"Name\"')"
+        ),
+        "2"
+    );
+}
+
+#[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
