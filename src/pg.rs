@@ -458,42 +458,46 @@ pub fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
     sqlstate(e) == Some("55P03")
 }
 
-/// `pg_error(e)`, and when it is a lock timeout of an index build on `relation` (an index or a
-/// table, as written in SQL) that ran for `waited`, who it was waiting for: sessions holding a
-/// conflicting lock on the table, and (for `concurrently`) transactions of this database older
-/// than the build, which a concurrent build must wait out. Without their query texts: those
-/// may hold secrets.
-pub async fn explain_build_failure(
+/// What one of our statements waits for when it waits for a lock on a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// VACUUM and ANALYZE: SHARE UPDATE EXCLUSIVE on the table.
+    Vacuum,
+    /// `CREATE INDEX CONCURRENTLY`, `REINDEX ... CONCURRENTLY`: SHARE UPDATE EXCLUSIVE on the
+    /// table, and every older transaction of the database must end first.
+    ConcurrentBuild,
+    /// A plain `REINDEX`: SHARE on the table (and ACCESS EXCLUSIVE on the index).
+    Build,
+}
+
+/// Who a statement on `relation` (a table or an index, as written in SQL) that waited `waited`
+/// for a lock was waiting for: sessions holding a lock on the table that conflicts with
+/// `wait`, and for a concurrent build the transactions of this database older than it.
+/// At most three, oldest first, without their query texts (those may hold secrets).
+pub async fn lock_blockers(
     client: &Client,
-    e: &tokio_postgres::Error,
     relation: &str,
     waited: Duration,
-    concurrently: bool,
-) -> String {
-    let msg = pg_error(e);
-    if !is_lock_timeout(e) {
-        return msg;
-    }
-    // CONCURRENTLY takes SHARE UPDATE EXCLUSIVE on the table; a plain build SHARE on the table
-    // (and ACCESS EXCLUSIVE on the index being rebuilt).
-    let modes: &[&str] = if concurrently {
-        &[
+    wait: LockWait,
+) -> Option<String> {
+    let modes: &[&str] = match wait {
+        LockWait::Vacuum | LockWait::ConcurrentBuild => &[
             "ShareUpdateExclusiveLock",
             "ShareLock",
             "ShareRowExclusiveLock",
             "ExclusiveLock",
             "AccessExclusiveLock",
-        ]
-    } else {
-        &[
+        ],
+        LockWait::Build => &[
             "RowExclusiveLock",
             "ShareUpdateExclusiveLock",
             "ShareRowExclusiveLock",
             "ExclusiveLock",
             "AccessExclusiveLock",
-        ]
+        ],
     };
     let modes: Vec<String> = modes.iter().map(|m| m.to_string()).collect();
+    let snapshots = wait == LockWait::ConcurrentBuild;
     let row = client
         .query_one(
             "WITH rel AS (SELECT coalesce((SELECT indrelid FROM pg_index WHERE indexrelid = to_regclass($1)), to_regclass($1)::oid) AS oid) \
@@ -506,10 +510,31 @@ pub async fn explain_build_failure(
                           OR ($3 AND a.xact_start < now() - make_interval(secs => $4) \
                               AND (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL))) \
                    ORDER BY a.xact_start LIMIT 3) a",
-            &[&relation, &modes, &concurrently, &waited.as_secs_f64()],
+            &[&relation, &modes, &snapshots, &waited.as_secs_f64()],
         )
         .await;
-    match row.ok().and_then(|r| r.get::<_, Option<String>>(0)) {
+    row.ok().and_then(|r| r.get::<_, Option<String>>(0))
+}
+
+/// `pg_error(e)`, and when it is a lock timeout of an index build on `relation` that ran for
+/// `waited`, whom it was waiting for ([`lock_blockers`]).
+pub async fn explain_build_failure(
+    client: &Client,
+    e: &tokio_postgres::Error,
+    relation: &str,
+    waited: Duration,
+    concurrently: bool,
+) -> String {
+    let msg = pg_error(e);
+    if !is_lock_timeout(e) {
+        return msg;
+    }
+    let wait = if concurrently {
+        LockWait::ConcurrentBuild
+    } else {
+        LockWait::Build
+    };
+    match lock_blockers(client, relation, waited, wait).await {
         Some(who) if concurrently => format!(
             "{msg}: waited for {who} (a concurrent build waits for the locks on its table and for every older transaction in the database)"
         ),

@@ -89,6 +89,19 @@ skip_locked = true
     let b = tables.iter().find(|t| t["table"] == "b").expect("b listed");
     assert_eq!(b["status"], "failed");
     assert!(v["details"].to_string().contains("public.b"), "{v:#}");
+    // The failure names the session holding the lock.
+    let holder = q(
+        &pg,
+        "SELECT pid FROM pg_locks WHERE relation = 'b'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+    );
+    let note = b["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("lock not available after 2 attempt(s)")
+            && note.contains(&format!(
+                "waited for pid {holder} (psql, user postgres, active, transaction open "
+            )),
+        "{b:#}"
+    );
     // Largest first by real size: `a` (5000 rows) before the others.
     assert_eq!(tables[0]["table"], "a");
     // Dead tuples were counted before and cleaned.

@@ -517,7 +517,11 @@ impl Vacuum {
                             continue;
                         }
                         Err(e) if pg::is_lock_timeout(&e) => {
-                            Done::Failed(format!("lock not available after {attempts} attempt(s) (lock_timeout {:?})", target.lock_timeout))
+                            let who = pg::lock_blockers(&client, &table.display(), t0.elapsed(), pg::LockWait::Vacuum)
+                                .await
+                                .map(|w| format!(": waited for {w}"))
+                                .unwrap_or_default();
+                            Done::Failed(format!("lock not available after {attempts} attempt(s) (lock_timeout {:?}){who}", target.lock_timeout))
                         }
                         Err(e) if pg::sqlstate(&e) == Some("42P01") => Done::Skipped("table was dropped meanwhile".into()),
                         Err(e) => Done::Failed(pg::pg_error(&e)),
