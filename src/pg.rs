@@ -77,6 +77,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// `statement_timeout` in ms for a check's statements: the time left before `deadline`, or
+    /// the target's own `statement_timeout` when that is shorter (0, as in PostgreSQL, is none).
+    pub fn check_timeout_ms(&self, deadline: tokio::time::Instant) -> u128 {
+        let left = ms_until(deadline);
+        self.statement_timeout
+            .filter(|st| !st.is_zero())
+            .map_or(left, |st| st.as_millis().clamp(1, left))
+    }
+
     /// Validates a target; returns it with warnings, or the errors.
     pub fn resolve(
         name: &str,
@@ -550,17 +559,6 @@ pub async fn server_version_num(client: &Client) -> Result<i32, String> {
         .await
         .map_err(|e| pg_error(&e))?;
     Ok(row.get(0))
-}
-
-impl Target {
-    /// `statement_timeout` in ms for a check's statements: the time left before `deadline`, or
-    /// the target's own `statement_timeout` when that is shorter (0, as in PostgreSQL, is none).
-    pub fn check_timeout_ms(&self, deadline: tokio::time::Instant) -> u128 {
-        let left = ms_until(deadline);
-        self.statement_timeout
-            .filter(|st| !st.is_zero())
-            .map_or(left, |st| st.as_millis().clamp(1, left))
-    }
 }
 
 /// The time left before `deadline`, as a `statement_timeout` value in ms (at least 1).

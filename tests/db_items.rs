@@ -177,14 +177,7 @@ fn a_table_dropped_while_waiting_for_its_lock_is_skipped_and_the_rest_finish() {
     q(&pg, TABLES);
     // Another session locks `a`, and drops it a second later. runbook's first try of `a` times
     // out (200 ms), its retries come 1 s and 3 s later: by then `a` is gone.
-    let _dropper = Holder::start(
-        &pg,
-        "BEGIN; LOCK TABLE a IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(1); DROP TABLE a; COMMIT;\n",
-    );
-    wait_for(
-        &pg,
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'a'::regclass AND mode = 'AccessExclusiveLock' AND granted)",
-    );
+    let _dropper = Holder::lock_then(&pg, "a", "SELECT pg_sleep(1); DROP TABLE a; COMMIT;");
     let jobs = r#"
 [jobs.m]
 [[jobs.m.items]]

@@ -122,9 +122,15 @@ impl Holder {
 
     /// A session holding ACCESS EXCLUSIVE on `table` (as written in SQL), once it is granted.
     pub fn lock(pg: &TempCluster, table: &str) -> Holder {
+        Holder::lock_then(pg, table, "SELECT pg_sleep(120);")
+    }
+
+    /// A session that takes ACCESS EXCLUSIVE on `table` in a transaction and then runs `then`
+    /// (which may end the transaction); returns once the lock is granted.
+    pub fn lock_then(pg: &TempCluster, table: &str, then: &str) -> Holder {
         let h = Holder::start(
             pg,
-            &format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);\n"),
+            &format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; {then}\n"),
         );
         wait_for(
             pg,
