@@ -223,6 +223,84 @@ target = "db"
     );
 }
 
+/// Calls of `SET maintenance_io_concurrency ...` recorded by pg_stat_statements (utility
+/// statements are tracked by default), as "text:calls" lines.
+fn io_concurrency_sets(pg: &TempCluster) -> String {
+    q(
+        pg,
+        "SELECT coalesce(string_agg(query || ':' || calls, ',' ORDER BY query), '') FROM pg_stat_statements WHERE query LIKE 'SET maintenance_io_concurrency%'",
+    )
+}
+
+#[test]
+fn vacuum_deepens_read_ahead_only_where_nobody_configured_it_and_io_concurrency_overrides() {
+    let pg = cluster_with_app_db();
+    q(&pg, VACUUM_TABLES);
+    q(&pg, "CREATE EXTENSION pg_stat_statements");
+    let jobs = r#"
+[jobs.auto]
+[[jobs.auto.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+parallel = 2
+
+[jobs.explicit]
+[[jobs.explicit.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+parallel = 2
+io_concurrency = 0
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+
+    // The server runs with PostgreSQL's built-in 10: each of the two workers' sessions uses 128.
+    q(&pg, "SELECT pg_stat_statements_reset()");
+    let v = item(&run_ok(&s, "auto", &[]), "vacuum").clone();
+    assert_eq!(v["data"]["tables_done"], 3, "{v:#}");
+    assert_eq!(
+        io_concurrency_sets(&pg),
+        "SET maintenance_io_concurrency = 128:2"
+    );
+
+    // A DBA's value (here for the database) is kept: no SET at all.
+    q(
+        &pg,
+        "ALTER DATABASE app SET maintenance_io_concurrency = 7; SELECT pg_stat_statements_reset()",
+    );
+    let v = item(&run_ok(&s, "auto", &[]), "vacuum").clone();
+    assert_eq!(v["data"]["tables_done"], 3, "{v:#}");
+    assert_eq!(io_concurrency_sets(&pg), "");
+
+    // io_concurrency given in the item wins over everything.
+    q(&pg, "SELECT pg_stat_statements_reset()");
+    let v = item(&run_ok(&s, "explicit", &[]), "vacuum").clone();
+    assert_eq!(v["data"]["tables_done"], 3, "{v:#}");
+    assert_eq!(
+        io_concurrency_sets(&pg),
+        "SET maintenance_io_concurrency = 0:2"
+    );
+
+    // Out of PostgreSQL's range: a config error naming the item and the key, nothing runs.
+    let bad = Setup::new(
+        &pg.url("app"),
+        "",
+        "[jobs.bad]\n[[jobs.bad.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nio_concurrency = 5000\n",
+    );
+    let (code, report, all) = bad.run("bad", &[]);
+    assert_eq!(code, 2, "{all}");
+    assert_eq!(report, Value::Null, "{all}");
+    assert!(all.contains("jobs.toml:"), "{all}");
+    assert!(
+        all.contains("item \"vacuum\"")
+            && all.contains("io_concurrency = 5000: PostgreSQL accepts 0 to 1000"),
+        "{all}"
+    );
+}
+
 #[test]
 fn vacuum_retries_a_table_whose_lock_is_released_and_vacuums_it() {
     let pg = cluster_with_app_db();

@@ -61,7 +61,17 @@ pub struct Vacuum {
     /// the end of the queue, after 1s, 2s, 4s, ... Default 2.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// `maintenance_io_concurrency` in our sessions: how many blocks ANALYZE asks the kernel
+    /// to read ahead while it samples a table (and VACUUM's heap scan, from PostgreSQL 17).
+    /// Default: [`DEFAULT_IO_CONCURRENCY`] when the server runs with PostgreSQL's built-in
+    /// value (10), else the server's own setting is kept. 0 turns read-ahead off.
+    pub io_concurrency: Option<u32>,
 }
+
+/// The read-ahead depth used when the server's `maintenance_io_concurrency` was never set.
+/// PostgreSQL's built-in 10 suits one spinning disk; on SSD or network storage a deeper queue
+/// makes ANALYZE of a table that is not in memory 1.4x faster here (BENCHMARKS.md).
+pub const DEFAULT_IO_CONCURRENCY: u32 = 128;
 
 fn default_parallel() -> usize {
     2
@@ -135,6 +145,37 @@ impl Vacuum {
                 }
             }
         }
+        if let Some(n) = self.io_concurrency
+            && n > 1000
+        {
+            p.error(
+                "io_concurrency",
+                format!("io_concurrency = {n}: PostgreSQL accepts 0 to 1000"),
+            );
+        }
+    }
+
+    /// The `SET` for our sessions' read-ahead depth, if one is needed: the item's
+    /// `io_concurrency`, or [`DEFAULT_IO_CONCURRENCY`] when nobody configured the server's
+    /// (`pg_settings.source` is `default`). A value set in postgresql.conf, for the database or
+    /// the role, or for a tablespace (which PostgreSQL prefers anyway) is left alone.
+    async fn io_concurrency_set(&self, client: &Client) -> Result<Option<String>, String> {
+        if let Some(n) = self.io_concurrency {
+            return Ok(Some(format!("SET maintenance_io_concurrency = {n}")));
+        }
+        let row = client
+            .query_opt(
+                "SELECT setting::int, source FROM pg_settings WHERE name = 'maintenance_io_concurrency'",
+                &[],
+            )
+            .await
+            .map_err(|e| pg::pg_error(&e))?;
+        // Before PostgreSQL 13 there is no such setting: nothing to do.
+        let Some(row) = row else { return Ok(None) };
+        let (setting, source): (i32, String) = (row.get(0), row.get(1));
+        // 0 is the built-in value where the platform cannot read ahead (no posix_fadvise).
+        let raise = source == "default" && setting > 0 && (setting as u32) < DEFAULT_IO_CONCURRENCY;
+        Ok(raise.then(|| format!("SET maintenance_io_concurrency = {DEFAULT_IO_CONCURRENCY}")))
     }
 
     fn statement(&self, table: &Table) -> String {
@@ -243,6 +284,31 @@ impl Vacuum {
         }
         // No more connections than tables.
         conns.truncate(tables.len().max(1));
+        match self
+            .io_concurrency_set(&conns[0].as_ref().expect("the planning connection").0)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(set)) => {
+                for conn in &mut conns {
+                    if let Ok((client, _)) = conn
+                        && let Err(e) = client.batch_execute(&set).await
+                    {
+                        *conn = Err(format!(
+                            "target {}: {set}: {}",
+                            target.name,
+                            pg::pg_error(&e)
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                return Outcome::fail(format!(
+                    "target {}: cannot read maintenance_io_concurrency: {e}",
+                    target.name
+                ));
+            }
+        }
 
         let (results, spare) = self.execute(ctx, &target, &tables, conns, started).await;
         self.report(&target, &tables, results, not_needed, spare, started)
