@@ -776,6 +776,7 @@ mod tests {
             exclude_tables: v(exclude),
             window: None,
             retries: 2,
+            io_concurrency: None,
         }
     }
 
