@@ -302,6 +302,98 @@ io_concurrency = 0
 }
 
 #[test]
+fn vacuum_parallel_two_goes_on_with_other_tables_while_one_waits_and_parallel_one_does_not() {
+    let pg = cluster_with_app_db();
+    q(&pg, VACUUM_TABLES);
+    // lock_timeout 3 s: time enough to look while a worker waits for `a` (the largest table,
+    // so the first one taken). Analyzed, so that its size is known while it is locked (a
+    // locked table is sized from relpages).
+    q(&pg, "ANALYZE a");
+    let body = format!(
+        "[targets.db]\nurl = \"{}\"\nsslmode = \"disable\"\nlock_timeout = \"3s\"\n\n\
+         [jobs.one]\n[[jobs.one.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nschemas = [\"public\"]\nparallel = 1\n\n\
+         [jobs.two]\n[[jobs.two.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nschemas = [\"public\"]\nparallel = 2\n",
+        pg.url("app")
+    );
+    let s = Setup::with_body(&body);
+    let waiting_for_a = "EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'runbook' AND wait_event_type = 'Lock' AND query LIKE 'VACUUM%public.a')";
+    // Ends the session holding `a` (its backend, asleep, would not notice psql going away).
+    let release_a = |pg: &TempCluster| {
+        assert_eq!(
+            q(
+                pg,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'relation' AND relation = 'a'::regclass AND mode = 'AccessExclusiveLock' AND granted"
+            ),
+            "1"
+        )
+    };
+    let vacuums_of_b_and_c =
+        "SELECT sum(vacuum_count) FROM pg_stat_user_tables WHERE relname IN ('b', 'c')";
+
+    // parallel = 1: while the one worker waits for `a`, nothing else is vacuumed.
+    let _holder = Holder::lock(&pg, "a");
+    let (code, report, all) = std::thread::scope(|scope| {
+        let run = scope.spawn(|| s.run("one", &[]));
+        wait_for(&pg, &format!("SELECT {waiting_for_a}"));
+        assert_eq!(q(&pg, vacuums_of_b_and_c), "0");
+        assert_eq!(
+            q(
+                &pg,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'runbook'"
+            ),
+            "1"
+        );
+        release_a(&pg);
+        run.join().expect("run thread")
+    });
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(
+        item(&report, "vacuum")["data"]["tables_done"],
+        3,
+        "{report:#}"
+    );
+    assert_eq!(q(&pg, vacuums_of_b_and_c), "2");
+
+    // parallel = 2: while one worker waits for `a`, the other vacuums `b` and `c`, on a
+    // second connection.
+    let _holder = Holder::lock(&pg, "a");
+    let (code, report, all) = std::thread::scope(|scope| {
+        let run = scope.spawn(|| s.run("two", &[]));
+        wait_for(
+            &pg,
+            &format!("SELECT {waiting_for_a} AND ({vacuums_of_b_and_c}) = 4"),
+        );
+        assert_eq!(
+            q(
+                &pg,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'runbook'"
+            ),
+            "2"
+        );
+        assert_eq!(
+            q(
+                &pg,
+                "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'a'"
+            ),
+            "1"
+        );
+        release_a(&pg);
+        run.join().expect("run thread")
+    });
+    assert_eq!(code, 0, "{all}");
+    let v = item(&report, "vacuum");
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(v["data"]["tables_done"], 3, "{v:#}");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'a'"
+        ),
+        "2"
+    );
+}
+
+#[test]
 fn vacuum_retries_a_table_whose_lock_is_released_and_vacuums_it() {
     let pg = cluster_with_app_db();
     q(&pg, VACUUM_TABLES);
@@ -525,6 +617,109 @@ target = "db"
     assert_eq!(
         q(&pg, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
         "0"
+    );
+}
+
+#[test]
+fn reindex_leaves_alone_the_unfinished_index_of_a_rebuild_another_session_has_in_progress() {
+    let pg = cluster_with_app_db();
+    q(
+        &pg,
+        "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 1000) g; \
+         CREATE INDEX t_v ON t (v); CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (1);",
+    );
+    // An open transaction holding a snapshot: another session's REINDEX CONCURRENTLY of t_v
+    // builds t_v_ccnew and then waits for it, with t_v_ccnew not valid yet.
+    let old_snapshot = Holder::start(
+        &pg,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1; SELECT pg_sleep(120);\n",
+    );
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND backend_xmin IS NOT NULL)",
+    );
+    let _rebuild = Holder::start(&pg, "REINDEX INDEX CONCURRENTLY t_v;\n");
+    let unfinished = "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 't_v_ccnew' AND NOT i.indisvalid";
+    wait_for(
+        &pg,
+        &format!(
+            "SELECT ({unfinished}) = 1 AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'REINDEX INDEX CONCURRENTLY t_v%' AND wait_event_type = 'Lock')"
+        ),
+    );
+
+    // Our reindex of that table and another (plain REINDEX, which does not wait for
+    // snapshots).
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+tables = ["t", "other"]
+concurrently = false
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("m", &["--dry-run"]);
+    assert_eq!(code, 0, "{all}");
+    let r = item(&report, "reindex");
+    assert_eq!(r["data"]["leftovers"], serde_json::json!([]), "{r:#}");
+    assert_eq!(
+        r["data"]["planned"],
+        serde_json::json!(["public.t_pkey", "public.t_v", "public.other_pkey"]),
+        "{r:#}"
+    );
+
+    // t_v_ccnew is not dropped; t's own rebuilds cannot have the table while the other
+    // session rebuilds it (reported), the other table's is done.
+    let r = item(&run_ok(&s, "m", &[]), "reindex").clone();
+    assert_eq!(r["status"], "fail", "{r:#}");
+    assert_eq!(
+        r["data"]["leftovers_dropped"],
+        serde_json::json!([]),
+        "{r:#}"
+    );
+    let by_index = |name: &str| {
+        r["data"]["indexes"]
+            .as_array()
+            .expect("indexes")
+            .iter()
+            .find(|i| i["index"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {r:#}"))
+            .clone()
+    };
+    assert_eq!(by_index("public.other_pkey")["ok"], true, "{r:#}");
+    for ix in ["public.t_pkey", "public.t_v"] {
+        let e = by_index(ix);
+        assert_eq!(e["ok"], false, "{r:#}");
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("lock timeout"),
+            "{r:#}"
+        );
+    }
+    assert_eq!(q(&pg, unfinished), "1");
+
+    // Once the old transaction ends, the other session's rebuild completes on its own.
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()"
+        ),
+        "1"
+    );
+    drop(old_snapshot);
+    wait_for(
+        &pg,
+        "SELECT count(*) = 1 AND bool_and(i.indisvalid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname LIKE 't\\_v%'",
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT string_agg(c.relname, ',') FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 't'::regclass AND c.relname LIKE 't\\_v%'"
+        ),
+        "t_v"
     );
 }
 
