@@ -10,6 +10,7 @@
 //!   without it every index is, with the documented note.
 
 mod db_support;
+mod tls_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use db_support::{Setup, cluster_with_app_db, item, q};
 use runbook::pgcluster::TempCluster;
 use serde_json::Value;
+use tls_support::{make_ca, make_server_cert};
 
 /// The password every target here is given: it must never appear in runbook's output.
 const PASSWORD: &str = "s3cret-pw-XYZ";
@@ -28,90 +30,6 @@ const TLS_QUERY: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid(
 // ---------------------------------------------------------------------------------------------
 // TLS targets
 // ---------------------------------------------------------------------------------------------
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = StdCommand::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect(
-            "the openssl CLI is needed to make test certificates (Debian: apt-get install openssl)",
-        );
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed CA in `dir`: `NAME.pem` and `NAME.key`.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=runbook test {name}"),
-        ],
-    );
-    dir.join(format!("{name}.pem"))
-}
-
-/// A server certificate for `cn` with subjectAltName `san` (e.g. `DNS:localhost,IP:127.0.0.1`),
-/// signed by the CA `ca` made by [`make_ca`]. Returns (server.crt, server.key).
-fn make_server_cert(dir: &Path, ca: &str, cn: &str, san: &str) -> (PathBuf, PathBuf) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
-    )
-    .expect("write ext.cnf");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-    (dir.join("server.crt"), dir.join("server.key"))
-}
 
 /// A running server that speaks TLS with a certificate signed by ca.pem and refuses plaintext
 /// TCP.

@@ -4,6 +4,8 @@
 //! message). Received messages are parsed by Python's `email` package, an independent MIME
 //! parser, so "the message arrives with both parts" is checked by someone else's reading.
 
+mod tls_support;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 use mailin_embedded::response::{AUTH_OK, INVALID_CREDENTIALS, OK};
 use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig};
+use tls_support::{make_ca, make_server_cert};
 
 /// One message as the server received it.
 #[derive(Debug, Clone)]
@@ -314,70 +317,11 @@ fn report_arrives_multipart_with_contract_subject_and_all_recipients() {
     );
 }
 
-/// Makes a CA and a server certificate for `localhost` / 127.0.0.1 with openssl.
+/// A CA and a server certificate for `localhost` / 127.0.0.1: (ca.pem, server.crt, server.key).
 fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = StdCommand::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is needed to make test certificates");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=runbook test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
+    let ca = make_ca(dir, "ca");
+    let (cert, key) = make_server_cert(dir, "ca", "localhost", "DNS:localhost,IP:127.0.0.1");
+    (ca, cert, key)
 }
 
 #[test]

@@ -3,25 +3,13 @@
 //! days, and one for the wrong host; and a PEM file with a chain.
 
 mod ops_support;
+mod tls_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use ops_support::{Setup, details, item};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl CLI (package openssl) must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use tls_support::openssl;
 
 /// A private CA in `dir`: ca.pem, ca.key, and what `openssl ca` needs to sign with chosen dates.
 fn make_ca(dir: &Path) {
