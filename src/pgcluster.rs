@@ -245,6 +245,32 @@ impl TempCluster {
         .map(|_| ())
     }
 
+    /// Appends `conf` to postgresql.conf (later lines win) and restarts the server.
+    pub fn restart_with(&self, conf: &str) -> Result<()> {
+        let conf_path = self.data.join("postgresql.conf");
+        let mut text =
+            std::fs::read_to_string(&conf_path).context("cannot read postgresql.conf")?;
+        text.push_str(&format!("\n{conf}\n"));
+        std::fs::write(&conf_path, text).context("cannot write postgresql.conf")?;
+        let log = self.dir_path().join("server.log");
+        self.run(
+            &self.tool("pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ],
+        )
+        .map(|_| ())
+    }
+
     /// Stops the server and removes the folder now (also done on drop).
     pub fn stop(&mut self) -> Result<()> {
         if self.stopped {

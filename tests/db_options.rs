@@ -1352,6 +1352,49 @@ max_running = "1s"
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn slow_queries_with_the_extension_created_but_not_preloaded_warns_with_the_fix_and_still_checks_running()
+ {
+    let pg = cluster_with_app_db();
+    q(&pg, "CREATE EXTENSION pg_stat_statements");
+    pg.restart_with("shared_preload_libraries = ''")
+        .expect("restart without pg_stat_statements");
+    let jobs = r#"
+[jobs.w]
+[[jobs.w.items]]
+name = "slow"
+kind = "slow_queries"
+target = "db"
+max_running = "1s"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let _sleeper = Holder::start(&pg, "SELECT pg_sleep(120);\n");
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(120)%' AND now() - query_start > interval '1.5s')",
+    );
+    let (code, report, all) = s.run("w", &[]);
+    assert_eq!(code, 0, "{all}");
+    let slow = item(&report, "slow");
+    assert_eq!(slow["status"], "warn", "{slow:#}");
+    assert_eq!(slow["data"]["pg_stat_statements"], "missing", "{slow:#}");
+    assert!(
+        summary(slow).contains("pg_stat_statements is installed but not loaded"),
+        "{slow:#}"
+    );
+    let details = slow["details"].to_string();
+    assert!(
+        details.contains("add pg_stat_statements to shared_preload_libraries in postgresql.conf and restart PostgreSQL (the extension is already created"),
+        "{slow:#}"
+    );
+    // The long-running check does not need the extension.
+    assert!(
+        summary(slow).contains("1 statement(s) running longer than 1s"),
+        "{slow:#}"
+    );
+    assert!(details.contains("pg_sleep(120)"), "{slow:#}");
+}
+
+#[test]
 fn target_statement_timeout_cuts_checks_but_never_index_builds_and_sql_ends_at_its_deadline() {
     let pg = cluster_with_app_db();
     // An expression index that takes at least 1 s to build (5 rows x 200 ms).

@@ -34,6 +34,7 @@ pub struct SlowQueries {
     pub max_running: Dur,
 }
 
+const FIX_PRELOAD: &str = "to enable it: add pg_stat_statements to shared_preload_libraries in postgresql.conf and restart PostgreSQL (the extension is already created in this database)";
 const FIX: &str = "to enable it: add pg_stat_statements to shared_preload_libraries in postgresql.conf, restart PostgreSQL, then run CREATE EXTENSION pg_stat_statements; in this database";
 
 impl SlowQueries {
@@ -122,7 +123,13 @@ impl SlowQueries {
                 Err(Missing(msg)) => {
                     status = Status::Warn;
                     summary_parts.push(msg.clone());
-                    details.push(format!("{msg}; {FIX}"));
+                    // Created but not preloaded: the restart is all that is left to do.
+                    let fix = if msg.contains("not loaded") {
+                        FIX_PRELOAD
+                    } else {
+                        FIX
+                    };
+                    details.push(format!("{msg}; {fix}"));
                     data["pg_stat_statements"] = json!("missing");
                 }
             }
