@@ -265,6 +265,13 @@ io_concurrency = 0
         io_concurrency_sets(&pg),
         "SET maintenance_io_concurrency = 128:2"
     );
+    assert_eq!(v["data"]["io_concurrency"], 128, "{v:#}");
+    assert!(
+        v["details"].to_string().contains(
+            "read-ahead: maintenance_io_concurrency = 128 in our sessions (the server's is PostgreSQL's built-in 10)"
+        ),
+        "{v:#}"
+    );
 
     // A DBA's value (here for the database) is kept: no SET at all.
     q(
@@ -274,6 +281,8 @@ io_concurrency = 0
     let v = item(&run_ok(&s, "auto", &[]), "vacuum").clone();
     assert_eq!(v["data"]["tables_done"], 3, "{v:#}");
     assert_eq!(io_concurrency_sets(&pg), "");
+    assert_eq!(v["data"]["io_concurrency"], Value::Null, "{v:#}");
+    assert!(!v["details"].to_string().contains("read-ahead"), "{v:#}");
 
     // io_concurrency given in the item wins over everything.
     q(&pg, "SELECT pg_stat_statements_reset()");

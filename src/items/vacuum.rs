@@ -155,13 +155,13 @@ impl Vacuum {
         }
     }
 
-    /// The `SET` for our sessions' read-ahead depth, if one is needed: the item's
-    /// `io_concurrency`, or [`DEFAULT_IO_CONCURRENCY`] when nobody configured the server's
-    /// (`pg_settings.source` is `default`). A value set in postgresql.conf, for the database or
-    /// the role, or for a tablespace (which PostgreSQL prefers anyway) is left alone.
-    async fn io_concurrency_set(&self, client: &Client) -> Result<Option<String>, String> {
+    /// Our sessions' read-ahead depth, if we set one, and why: the item's `io_concurrency`, or
+    /// [`DEFAULT_IO_CONCURRENCY`] when nobody configured the server's (`pg_settings.source` is
+    /// `default`). A value set in postgresql.conf, for the database or the role, or for a
+    /// tablespace (which PostgreSQL prefers anyway) is left alone.
+    async fn read_ahead(&self, client: &Client) -> Result<Option<(u32, String)>, String> {
         if let Some(n) = self.io_concurrency {
-            return Ok(Some(format!("SET maintenance_io_concurrency = {n}")));
+            return Ok(Some((n, "the item's io_concurrency".into())));
         }
         let row = client
             .query_opt(
@@ -175,7 +175,12 @@ impl Vacuum {
         let (setting, source): (i32, String) = (row.get(0), row.get(1));
         // 0 is the built-in value where the platform cannot read ahead (no posix_fadvise).
         let raise = source == "default" && setting > 0 && (setting as u32) < DEFAULT_IO_CONCURRENCY;
-        Ok(raise.then(|| format!("SET maintenance_io_concurrency = {DEFAULT_IO_CONCURRENCY}")))
+        Ok(raise.then(|| {
+            (
+                DEFAULT_IO_CONCURRENCY,
+                format!("the server's is PostgreSQL's built-in {setting}"),
+            )
+        }))
     }
 
     fn statement(&self, table: &Table) -> String {
@@ -284,35 +289,45 @@ impl Vacuum {
         }
         // No more connections than tables.
         conns.truncate(tables.len().max(1));
-        match self
-            .io_concurrency_set(&conns[0].as_ref().expect("the planning connection").0)
+        let read_ahead = match self
+            .read_ahead(&conns[0].as_ref().expect("the planning connection").0)
             .await
         {
-            Ok(None) => {}
-            Ok(Some(set)) => {
-                for conn in &mut conns {
-                    if let Ok((client, _)) = conn
-                        && let Err(e) = client.batch_execute(&set).await
-                    {
-                        *conn = Err(format!(
-                            "target {}: {set}: {}",
-                            target.name,
-                            pg::pg_error(&e)
-                        ));
-                    }
-                }
-            }
+            Ok(r) => r,
             Err(e) => {
                 return Outcome::fail(format!(
                     "target {}: cannot read maintenance_io_concurrency: {e}",
                     target.name
                 ));
             }
+        };
+        if let Some((n, _)) = &read_ahead {
+            let set = format!("SET maintenance_io_concurrency = {n}");
+            for conn in &mut conns {
+                if let Ok((client, _)) = conn
+                    && let Err(e) = client.batch_execute(&set).await
+                {
+                    *conn = Err(format!(
+                        "target {}: {set}: {}",
+                        target.name,
+                        pg::pg_error(&e)
+                    ));
+                }
+            }
         }
 
         let (results, spare) = self.execute(ctx, &target, &tables, conns, started).await;
-        self.report(&target, &tables, results, not_needed, spare, started)
-            .await
+        let mut out = self
+            .report(&target, &tables, results, not_needed, spare, started)
+            .await;
+        // Say what we changed in the server's behaviour for our sessions.
+        out.data["io_concurrency"] = json!(read_ahead.as_ref().map(|(n, _)| n));
+        if let Some((n, why)) = read_ahead {
+            out.details.push(format!(
+                "read-ahead: maintenance_io_concurrency = {n} in our sessions ({why})"
+            ));
+        }
+        out
     }
 
     /// Tables to vacuum, largest first, and how many were left out by `only_needed`.
