@@ -289,16 +289,23 @@ impl Vacuum {
         }
         // No more connections than tables.
         conns.truncate(tables.len().max(1));
-        let read_ahead = match self
-            .read_ahead(&conns[0].as_ref().expect("the planning connection").0)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::fail(format!(
-                    "target {}: cannot read maintenance_io_concurrency: {e}",
-                    target.name
-                ));
+        // Read-ahead is an optimisation: if the setting cannot be read, the server's is used
+        // and the report says so; the vacuum goes on.
+        let mut read_ahead_note = None;
+        let read_ahead = if tables.is_empty() {
+            None
+        } else {
+            match self
+                .read_ahead(&conns[0].as_ref().expect("the planning connection").0)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    read_ahead_note = Some(format!(
+                        "read-ahead: cannot read maintenance_io_concurrency ({e}): the server's setting is used"
+                    ));
+                    None
+                }
             }
         };
         if let Some((n, _)) = &read_ahead {
@@ -327,6 +334,7 @@ impl Vacuum {
                 "read-ahead: maintenance_io_concurrency = {n} in our sessions ({why})"
             ));
         }
+        out.details.extend(read_ahead_note);
         out
     }
 
