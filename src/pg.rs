@@ -482,7 +482,10 @@ pub enum LockWait {
 /// Who a statement on `relation` (a table or an index, as written in SQL) that waited `waited`
 /// for a lock was waiting for: sessions holding a lock on the table that conflicts with
 /// `wait`, and for a concurrent build the transactions of this database older than it.
-/// At most three, oldest first, without their query texts (those may hold secrets).
+/// At most three, oldest first, without their query texts (those may hold secrets); an
+/// autovacuum worker is shown with its own, which PostgreSQL writes (`autovacuum: VACUUM
+/// public.t (to prevent wraparound)`), as that decides what the operator does: an ordinary
+/// autovacuum gives way by itself after `deadlock_timeout`, one against wraparound does not.
 pub async fn lock_blockers(
     client: &Client,
     relation: &str,
@@ -510,9 +513,11 @@ pub async fn lock_blockers(
     let row = client
         .query_one(
             "WITH rel AS (SELECT coalesce((SELECT indrelid FROM pg_index WHERE indexrelid = to_regclass($1)), to_regclass($1)::oid) AS oid) \
-             SELECT string_agg(format('pid %s (%s, user %s, %s, transaction open %s)', a.pid, \
+             SELECT string_agg(CASE WHEN a.backend_type = 'autovacuum worker' \
+                      THEN format('pid %s (%s, running %s)', a.pid, a.query, date_trunc('second', now() - a.xact_start)) \
+                      ELSE format('pid %s (%s, user %s, %s, transaction open %s)', a.pid, \
                       coalesce(nullif(a.application_name, ''), 'no application_name'), a.usename, a.state, \
-                      date_trunc('second', now() - a.xact_start)), '; ' ORDER BY a.xact_start) \
+                      date_trunc('second', now() - a.xact_start)) END, '; ' ORDER BY a.xact_start) \
              FROM (SELECT * FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.datname = current_database() \
                      AND a.xact_start IS NOT NULL \
                      AND (a.pid IN (SELECT l.pid FROM pg_locks l, rel WHERE l.relation = rel.oid AND l.granted AND l.mode = ANY($2)) \

@@ -126,6 +126,52 @@ skip_locked = true
 }
 
 #[test]
+fn vacuum_blocked_by_an_autovacuum_worker_says_which_autovacuum() {
+    let pg = cluster_with_app_db();
+    // A table that autovacuum picks up at once (thresholds 0, naptime 1 s) and vacuums slowly
+    // (cost limit 1, 100 ms sleeps): it holds the table for many seconds.
+    q(
+        &pg,
+        "CREATE TABLE crawl (id int PRIMARY KEY, v text) WITH (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0, \
+         autovacuum_analyze_threshold = 1000000000, autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1); \
+         INSERT INTO crawl SELECT g, md5(g::text) FROM generate_series(1, 20000) g; DELETE FROM crawl WHERE id % 2 = 0;",
+    );
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET autovacuum_naptime = 1; SELECT pg_reload_conf();",
+        &[],
+    )
+    .expect("psql");
+    wait_for(
+        &pg,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND query LIKE 'autovacuum: VACUUM public.crawl%')",
+    );
+    // lock_timeout 200 ms, below deadlock_timeout (1 s), after which an ordinary autovacuum
+    // would give way by itself.
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+tables = ["crawl"]
+retries = 0
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 1, "{all}");
+    let v = item(&report, "vacuum");
+    let crawl = &v["data"]["tables"][0];
+    assert_eq!(crawl["status"], "failed", "{v:#}");
+    let note = crawl["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("waited for pid ")
+            && note.contains("(autovacuum: VACUUM public.crawl, running "),
+        "{v:#}"
+    );
+}
+
+#[test]
 fn a_table_still_locked_when_the_window_ends_is_reported_not_done_and_the_rest_finish() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
