@@ -314,12 +314,12 @@ io_concurrency = 0
 fn vacuum_parallel_two_goes_on_with_other_tables_while_one_waits_and_parallel_one_does_not() {
     let pg = cluster_with_app_db();
     q(&pg, VACUUM_TABLES);
-    // lock_timeout 3 s: time enough to look while a worker waits for `a` (the largest table,
-    // so the first one taken). Analyzed, so that its size is known while it is locked (a
-    // locked table is sized from relpages).
+    // lock_timeout 10 s: time enough, even on a loaded machine, to look while a worker waits
+    // for `a` (the largest table, so the first one taken). Analyzed, so that its size is known
+    // while it is locked (a locked table is sized from relpages).
     q(&pg, "ANALYZE a");
     let body = format!(
-        "[targets.db]\nurl = \"{}\"\nsslmode = \"disable\"\nlock_timeout = \"3s\"\n\n\
+        "[targets.db]\nurl = \"{}\"\nsslmode = \"disable\"\nlock_timeout = \"10s\"\n\n\
          [jobs.one]\n[[jobs.one.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nschemas = [\"public\"]\nparallel = 1\n\n\
          [jobs.two]\n[[jobs.two.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nschemas = [\"public\"]\nparallel = 2\n",
         pg.url("app")
