@@ -172,6 +172,51 @@ retries = 0
 }
 
 #[test]
+fn vacuum_with_a_worker_that_cannot_connect_does_every_table_on_the_others_and_says_so() {
+    let pg = cluster_with_app_db();
+    q(&pg, TABLES);
+    // Three connection slots, two of them taken: runbook's first connection gets the last one,
+    // its second worker's is refused ("too many clients").
+    pg.restart_with("max_connections = 3\nsuperuser_reserved_connections = 0")
+        .expect("restart");
+    let _idle1 = Holder::start(&pg, "SELECT 1;\n");
+    let _idle2 = Holder::start(&pg, "SELECT 2;\n");
+    wait_for(
+        &pg,
+        "SELECT count(*) = 2 FROM pg_stat_activity WHERE application_name = 'psql' AND pid <> pg_backend_pid()",
+    );
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+parallel = 2
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 0, "{all}");
+    let v = item(&report, "vacuum");
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(v["data"]["tables_done"], 3, "{v:#}");
+    assert_eq!(v["data"]["workers_failed"], 1, "{v:#}");
+    let details = v["details"].to_string();
+    assert!(
+        details.contains("1 of 2 worker connection(s) failed, so fewer tables ran at once")
+            && details.contains("too many clients"),
+        "{v:#}"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'public' AND vacuum_count = 1"
+        ),
+        "3"
+    );
+}
+
+#[test]
 fn a_table_still_locked_when_the_window_ends_is_reported_not_done_and_the_rest_finish() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);

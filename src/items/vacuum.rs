@@ -323,7 +323,8 @@ impl Vacuum {
             }
         }
 
-        let (results, spare) = self.execute(ctx, &target, &tables, conns, started).await;
+        let (results, spare, worker_errors) =
+            self.execute(ctx, &target, &tables, conns, started).await;
         let mut out = self
             .report(&target, &tables, results, not_needed, spare, started)
             .await;
@@ -335,6 +336,17 @@ impl Vacuum {
             ));
         }
         out.details.extend(read_ahead_note);
+        // A worker that could not connect (e.g. max_connections reached) took nothing; the
+        // others did its share, but the run was slower than asked and the reason matters.
+        if !worker_errors.is_empty() {
+            out.details.push(format!(
+                "{} of {} worker connection(s) failed, so fewer tables ran at once: {}",
+                worker_errors.len(),
+                self.parallel.max(1).min(tables.len().max(1)),
+                worker_errors.join("; ")
+            ));
+        }
+        out.data["workers_failed"] = json!(worker_errors.len());
         out
     }
 
@@ -488,8 +500,8 @@ impl Vacuum {
     }
 
     /// Runs the plan with one worker per connection in `conns` (a connection that failed is a
-    /// worker that takes nothing); returns one result per table (plan order) and a connection
-    /// still open, for the report's last query.
+    /// worker that takes nothing); returns one result per table (plan order), a connection
+    /// still open, for the report's last query, and why workers had no connection.
     async fn execute(
         &self,
         ctx: &ItemCtx,
@@ -497,7 +509,7 @@ impl Vacuum {
         tables: &[Table],
         conns: Vec<Conn>,
         started: Instant,
-    ) -> (Vec<Done>, Option<Client>) {
+    ) -> (Vec<Done>, Option<Client>, Vec<String>) {
         let results: Arc<Mutex<Vec<Option<Done>>>> = Arc::new(Mutex::new(vec![None; tables.len()]));
         let queue: Arc<Mutex<VecDeque<Queued>>> = Arc::new(Mutex::new(
             (0..tables.len())
@@ -641,7 +653,7 @@ impl Vacuum {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Done::Failed(fallback.clone())))
             .collect();
-        (results, spare)
+        (results, spare, worker_errors)
     }
 
     async fn report(
