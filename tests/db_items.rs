@@ -172,7 +172,7 @@ retries = 0
 }
 
 #[test]
-fn vacuum_with_a_worker_that_cannot_connect_does_every_table_on_the_others_and_says_so() {
+fn vacuum_and_reindex_with_a_worker_that_cannot_connect_do_everything_on_the_others_and_say_so() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
     // Three connection slots, two of them taken: runbook's first connection gets the last one,
@@ -193,18 +193,25 @@ kind = "vacuum"
 target = "db"
 schemas = ["public"]
 parallel = 2
+[[jobs.m.items]]
+name = "reindex"
+kind = "reindex"
+target = "db"
+schemas = ["public"]
+parallel = 2
 "#;
     let s = Setup::new(&pg.url("app"), "", jobs);
     let (code, report, all) = s.run("m", &[]);
     assert_eq!(code, 0, "{all}");
+    let said = "1 of 2 worker connection(s) failed, so fewer tables ran at once";
+
     let v = item(&report, "vacuum");
     assert_eq!(v["status"], "pass", "{v:#}");
     assert_eq!(v["data"]["tables_done"], 3, "{v:#}");
     assert_eq!(v["data"]["workers_failed"], 1, "{v:#}");
     let details = v["details"].to_string();
     assert!(
-        details.contains("1 of 2 worker connection(s) failed, so fewer tables ran at once")
-            && details.contains("too many clients"),
+        details.contains(said) && details.contains("too many clients"),
         "{v:#}"
     );
     assert_eq!(
@@ -213,6 +220,18 @@ parallel = 2
             "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'public' AND vacuum_count = 1"
         ),
         "3"
+    );
+
+    // The reindex plans on its first connection and rebuilds on it; the checks afterwards
+    // run on it too, so nothing else needs a slot.
+    let r = item(&report, "reindex");
+    assert_eq!(r["status"], "pass", "{r:#}");
+    assert_eq!(r["data"]["indexes_done"], 4, "{r:#}");
+    assert_eq!(r["data"]["indexes_total"], 4, "{r:#}");
+    let details = r["details"].to_string();
+    assert!(
+        details.contains(said) && details.contains("too many clients"),
+        "{r:#}"
     );
 }
 

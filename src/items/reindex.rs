@@ -180,9 +180,21 @@ impl Reindex {
                 )),
             }
         }
-        drop(client);
 
-        let results = self.execute(ctx, &target, &work).await;
+        // The planning connection becomes the first worker: no extra connection, and no race
+        // for its slot on a server at max_connections.
+        let (results, worker_errors, spare) = self.execute(ctx, &target, &work, client).await;
+        if !worker_errors.is_empty() {
+            details.insert(
+                0,
+                format!(
+                    "{} of {} worker connection(s) failed, so fewer tables ran at once: {}",
+                    worker_errors.len(),
+                    self.parallel.max(1).min(work.len().max(1)),
+                    worker_errors.join("; ")
+                ),
+            );
+        }
         let mut done = 0;
         let mut index_data = Vec::new();
         for (name, r, seconds) in &results {
@@ -193,8 +205,13 @@ impl Reindex {
             index_data.push(json!({ "index": name, "ok": r.is_ok(), "error": r.as_ref().err(), "seconds": seconds }));
         }
 
-        // Verify: every index we rebuilt is valid, and no new leftovers exist.
-        match target.connect().await {
+        // Verify: every index we rebuilt is valid, and no new leftovers exist (on a worker's
+        // connection when one is left).
+        let verify = match spare {
+            Some(c) => Ok(c),
+            None => target.connect().await,
+        };
+        match verify {
             Ok(c) => {
                 let names: Vec<String> = results
                     .iter()
@@ -371,19 +388,27 @@ impl Reindex {
         Ok((work, note))
     }
 
-    /// Rebuilds with `parallel` workers, one table per worker at a time. Returns per index
-    /// (qualified name, result, seconds).
+    /// Rebuilds with `parallel` workers, one table per worker at a time, the first on `first`.
+    /// Returns per index (qualified name, result, seconds), why workers had no connection, and
+    /// a connection still open for the checks afterwards.
     async fn execute(
         &self,
         ctx: &ItemCtx,
         target: &Target,
         work: &[TableWork],
-    ) -> Vec<(String, Result<(), String>, f64)> {
+        first: Client,
+    ) -> (
+        Vec<(String, Result<(), String>, f64)>,
+        Vec<String>,
+        Option<Client>,
+    ) {
         let queue: Arc<Mutex<VecDeque<TableWork>>> =
             Arc::new(Mutex::new(work.iter().cloned().collect()));
         let results = Arc::new(Mutex::new(Vec::new()));
         let mut workers = Vec::new();
+        let mut first = Some(first);
         for _ in 0..self.parallel.max(1).min(work.len().max(1)) {
+            let first = first.take();
             let (queue, results, target, opts, cancel) = (
                 queue.clone(),
                 results.clone(),
@@ -392,15 +417,24 @@ impl Reindex {
                 ctx.cancel.clone(),
             );
             workers.push(tokio::spawn(async move {
-                let client = match target.connect_for_maintenance().await {
-                    Ok(c) => c,
-                    Err(e) => return Some(e),
+                let client = match first {
+                    // Already under statement_timeout = 0.
+                    Some(c) => c,
+                    None => {
+                        let c = match target.connect_for_maintenance().await {
+                            Ok(c) => c,
+                            Err(e) => return (Some(e), None),
+                        };
+                        if let Err(e) = c.batch_execute("SET statement_timeout = 0").await {
+                            return (Some(pg::pg_error(&e)), None);
+                        }
+                        c
+                    }
                 };
-                if let Err(e) = client.batch_execute("SET statement_timeout = 0").await {
-                    return Some(pg::pg_error(&e));
-                }
                 loop {
-                    let table = queue.lock().expect("queue lock").pop_front()?;
+                    let Some(table) = queue.lock().expect("queue lock").pop_front() else {
+                        return (None, Some(client));
+                    };
                     for ix in &table.indexes {
                         let name = qualified(&ix.schema, &ix.name);
                         if cancel.is_cancelled() {
@@ -437,10 +471,15 @@ impl Reindex {
             }));
         }
         let mut errors = Vec::new();
+        let mut spare = None;
         for w in workers {
             match w.await {
-                Ok(Some(e)) => errors.push(e),
-                Ok(None) => {}
+                Ok((error, client)) => {
+                    errors.extend(error);
+                    if spare.is_none() {
+                        spare = client;
+                    }
+                }
                 Err(e) => errors.push(format!("worker panicked: {e}")),
             }
         }
@@ -453,7 +492,7 @@ impl Reindex {
                 out.push((qualified(&ix.schema, &ix.name), Err(why.clone()), 0.0));
             }
         }
-        out
+        (out, errors, spare)
     }
 }
 
