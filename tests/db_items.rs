@@ -920,6 +920,57 @@ expect = true
 }
 
 #[test]
+fn only_needed_honours_a_tables_own_autovacuum_settings_as_autovacuum_does() {
+    let pg = cluster_with_app_db();
+    // Two tables with the same churn (50 of 1000 rows deleted): below the server's vacuum
+    // threshold (50 + 20%), past `tuned`'s own (0 + 1%).
+    q(
+        &pg,
+        "CREATE TABLE tuned (id int PRIMARY KEY, v text) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 0); \
+         CREATE TABLE plain (id int PRIMARY KEY, v text); \
+         INSERT INTO tuned SELECT g, md5(g::text) FROM generate_series(1, 1000) g; \
+         INSERT INTO plain SELECT g, md5(g::text) FROM generate_series(1, 1000) g;",
+    );
+    wait_for(
+        &pg,
+        "SELECT sum(n_mod_since_analyze) = 2000 FROM pg_stat_user_tables",
+    );
+    q(&pg, "VACUUM ANALYZE tuned, plain;");
+    q(
+        &pg,
+        "DELETE FROM tuned WHERE id <= 50; DELETE FROM plain WHERE id <= 50;",
+    );
+    wait_for(&pg, "SELECT sum(n_dead_tup) = 100 FROM pg_stat_user_tables");
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+only_needed = true
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("m", &[]);
+    assert_eq!(code, 0, "{all}");
+    let v = item(&report, "vacuum");
+    assert_eq!(v["data"]["tables_done"], 1, "{v:#}");
+    assert_eq!(v["data"]["tables_not_needed"], 1, "{v:#}");
+    let details = v["details"].to_string();
+    assert!(
+        details.contains("chose public.tuned: 50 dead tuples > 10, with the table's own autovacuum_vacuum_scale_factor=0.01, autovacuum_vacuum_threshold=0"),
+        "{details}"
+    );
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT string_agg(relname || ':' || vacuum_count, ',' ORDER BY relname) FROM pg_stat_user_tables"
+        ),
+        "plain:1,tuned:2"
+    );
+}
+
+#[test]
 fn only_needed_vacuums_past_the_thresholds_analyzes_past_the_analyze_threshold_and_leaves_the_rest()
 {
     let pg = cluster_with_app_db();

@@ -373,28 +373,55 @@ impl Vacuum {
         } else {
             "0::bigint"
         };
+        // autovacuum's own rule: a table's reloption (ALTER TABLE ... SET
+        // (autovacuum_vacuum_scale_factor = 0.01)) wins over the server's setting.
+        let opt = |reloption: &str, setting: &str| {
+            format!(
+                "coalesce((SELECT split_part(o, '=', 2) FROM unnest(c.reloptions) o WHERE split_part(o, '=', 1) = '{reloption}')::float8, \
+                 current_setting('{setting}')::float8)"
+            )
+        };
         let sql = format!(
             "SELECT c.oid, n.nspname::text, c.relname::text, 0::bigint, \
                     pg_stat_get_dead_tuples(c.oid), pg_stat_get_mod_since_analyze(c.oid), {ins}, \
                     greatest(c.reltuples, pg_stat_get_live_tuples(c.oid))::float8, \
                     (pg_stat_get_last_analyze_time(c.oid) IS NULL AND pg_stat_get_last_autoanalyze_time(c.oid) IS NULL), age(c.relfrozenxid)::bigint, \
-                    current_setting('autovacuum_vacuum_threshold')::float8, current_setting('autovacuum_vacuum_scale_factor')::float8, \
-                    current_setting('autovacuum_analyze_threshold')::float8, current_setting('autovacuum_analyze_scale_factor')::float8, \
-                    {ins_thr}, {ins_scale}, current_setting('vacuum_freeze_table_age')::float8 \
+                    {vt}, {vs}, {at}, {as_}, {ins_thr}, {ins_scale}, {freeze}, \
+                    array_to_string(ARRAY(SELECT o FROM unnest(c.reloptions) o WHERE o LIKE 'autovacuum\\_%' ORDER BY o), ', ') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'pg_toast' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
                AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' AND c.relpersistence <> 't' AND {may_vacuum} \
              ORDER BY n.nspname, c.relname",
+            vt = opt("autovacuum_vacuum_threshold", "autovacuum_vacuum_threshold"),
+            vs = opt(
+                "autovacuum_vacuum_scale_factor",
+                "autovacuum_vacuum_scale_factor"
+            ),
+            at = opt(
+                "autovacuum_analyze_threshold",
+                "autovacuum_analyze_threshold"
+            ),
+            as_ = opt(
+                "autovacuum_analyze_scale_factor",
+                "autovacuum_analyze_scale_factor"
+            ),
             ins_thr = if version >= 130000 {
-                "current_setting('autovacuum_vacuum_insert_threshold')::float8"
+                opt(
+                    "autovacuum_vacuum_insert_threshold",
+                    "autovacuum_vacuum_insert_threshold",
+                )
             } else {
-                "-1::float8"
+                "-1::float8".to_string()
             },
             ins_scale = if version >= 130000 {
-                "current_setting('autovacuum_vacuum_insert_scale_factor')::float8"
+                opt(
+                    "autovacuum_vacuum_insert_scale_factor",
+                    "autovacuum_vacuum_insert_scale_factor",
+                )
             } else {
-                "0::float8"
+                "0::float8".to_string()
             },
+            freeze = opt("autovacuum_freeze_table_age", "vacuum_freeze_table_age"),
         );
         let rows = client
             .query(&sql, &[])
@@ -457,6 +484,10 @@ impl Vacuum {
                 if !needs_vacuum {
                     analyze_only = true;
                     reasons.push("ANALYZE only (below the vacuum thresholds)".to_string());
+                }
+                let own: String = r.get(17);
+                if !own.is_empty() {
+                    reasons.push(format!("with the table's own {own}"));
                 }
             }
             tables.push(Table {
