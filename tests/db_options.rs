@@ -233,6 +233,72 @@ fn io_concurrency_sets(pg: &TempCluster) -> String {
 }
 
 #[test]
+fn vacuum_analyzes_a_partitioned_table_as_a_whole_once_its_partitions_are_vacuumed() {
+    let pg = cluster_with_app_db();
+    // m: two levels of partitions (m1 is itself partitioned), and a plain table t.
+    q(
+        &pg,
+        "CREATE TABLE m (id int, v text) PARTITION BY RANGE (id); \
+         CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (1000) PARTITION BY RANGE (id); \
+         CREATE TABLE m1a PARTITION OF m1 FOR VALUES FROM (0) TO (500); \
+         CREATE TABLE m1b PARTITION OF m1 FOR VALUES FROM (500) TO (1000); \
+         CREATE TABLE m2 PARTITION OF m FOR VALUES FROM (1000) TO (2000); \
+         INSERT INTO m SELECT g, md5(g::text) FROM generate_series(0, 1999) g; \
+         CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);",
+    );
+    let jobs = r#"
+[jobs.m]
+[[jobs.m.items]]
+name = "vacuum"
+kind = "vacuum"
+target = "db"
+schemas = ["public"]
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("m", &["--dry-run"]);
+    assert_eq!(code, 0, "{all}");
+    let d = item(&report, "vacuum");
+    let details = d["details"].as_array().expect("details");
+    let statements: Vec<&str> = details
+        .iter()
+        .filter_map(|l| l.as_str())
+        .filter_map(|l| l.split_once(';').map(|(st, _)| st))
+        .collect();
+    // Partitions: VACUUM alone (their partitioned table's ANALYZE analyzes them); the
+    // partitioned table last; m1 is part of m's hierarchy.
+    for p in ["m1a", "m1b", "m2"] {
+        assert!(
+            statements.contains(&format!("VACUUM public.{p}").as_str()),
+            "{d:#}"
+        );
+    }
+    assert!(statements.contains(&"VACUUM (ANALYZE) public.t"), "{d:#}");
+    assert_eq!(statements.last(), Some(&"ANALYZE public.m"), "{d:#}");
+    assert_eq!(statements.len(), 5, "{d:#}");
+
+    let v = item(&run_ok(&s, "m", &[]), "vacuum").clone();
+    assert_eq!(v["status"], "pass", "{v:#}");
+    assert_eq!(v["data"]["tables_done"], 5, "{v:#}");
+    // Every table vacuumed once and analyzed once, the partitions by m's ANALYZE (m and m1,
+    // partitioned, have no rows to vacuum).
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT string_agg(relname || ':' || vacuum_count || ':' || analyze_count, ',' ORDER BY relname) FROM pg_stat_user_tables"
+        ),
+        "m:0:1,m1:0:1,m1a:1:1,m1b:1:1,m2:1:1,t:1:1"
+    );
+    // The statistics of the whole hierarchy, which autovacuum never gathers, at both levels.
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT string_agg(DISTINCT tablename, ',' ORDER BY tablename) FROM pg_stats WHERE schemaname = 'public' AND inherited"
+        ),
+        "m,m1"
+    );
+}
+
+#[test]
 fn vacuum_deepens_read_ahead_only_where_nobody_configured_it_and_io_concurrency_overrides() {
     let pg = cluster_with_app_db();
     q(&pg, VACUUM_TABLES);

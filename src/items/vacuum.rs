@@ -95,8 +95,14 @@ struct Table {
     /// Why `only_needed` chose it (empty otherwise).
     reasons: Vec<String>,
     /// `only_needed` found it past the analyze threshold only: `ANALYZE`, no VACUUM (as
-    /// autovacuum decides the two separately).
+    /// autovacuum decides the two separately). Also a partitioned table: it has no rows of
+    /// its own to vacuum.
     analyze_only: bool,
+    /// A partition whose partitioned table is analyzed in this run: `VACUUM` without ANALYZE,
+    /// as the partitioned table's ANALYZE analyzes each partition too.
+    skip_analyze: bool,
+    /// A partitioned table: analyzed after every table, on one connection.
+    partitioned: bool,
 }
 
 impl Table {
@@ -192,7 +198,7 @@ impl Vacuum {
             };
         }
         let mut opts = Vec::new();
-        if self.analyze {
+        if self.analyze && !table.skip_analyze {
             opts.push("ANALYZE");
         }
         if self.skip_locked {
@@ -323,10 +329,46 @@ impl Vacuum {
             }
         }
 
-        let (results, spare, worker_errors) =
-            self.execute(ctx, &target, &tables, conns, started).await;
+        // Partitioned tables (last in the plan) after everything else, on one connection.
+        let split = tables
+            .iter()
+            .position(|t| t.partitioned)
+            .unwrap_or(tables.len());
+        let (mut results, mut spare, mut worker_errors) = self
+            .execute(ctx, &target, &tables[..split], conns, started)
+            .await;
+        if split < tables.len() {
+            let conn = match spare.take() {
+                Some(c) => Ok(c),
+                None => match target.connect_for_maintenance_with_notices().await {
+                    Ok((client, notices)) => {
+                        if let Some((n, _)) = &read_ahead {
+                            // Best effort: read-ahead only speeds the ANALYZE up.
+                            let _ = client
+                                .batch_execute(&format!("SET maintenance_io_concurrency = {n}"))
+                                .await;
+                        }
+                        Ok((client, notices))
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            let (more, left, errors) = self
+                .execute(ctx, &target, &tables[split..], vec![conn], started)
+                .await;
+            results.extend(more);
+            spare = left;
+            worker_errors.extend(errors);
+        }
         let mut out = self
-            .report(&target, &tables, results, not_needed, spare, started)
+            .report(
+                &target,
+                &tables,
+                results,
+                not_needed,
+                spare.map(|(c, _)| c),
+                started,
+            )
             .await;
         // Say what we changed in the server's behaviour for our sessions.
         out.data["io_concurrency"] = json!(read_ahead.as_ref().map(|(n, _)| n));
@@ -387,9 +429,10 @@ impl Vacuum {
                     greatest(c.reltuples, pg_stat_get_live_tuples(c.oid))::float8, \
                     (pg_stat_get_last_analyze_time(c.oid) IS NULL AND pg_stat_get_last_autoanalyze_time(c.oid) IS NULL), age(c.relfrozenxid)::bigint, \
                     {vt}, {vs}, {at}, {as_}, {ins_thr}, {ins_scale}, {freeze}, \
-                    array_to_string(ARRAY(SELECT o FROM unnest(c.reloptions) o WHERE o LIKE 'autovacuum\\_%' ORDER BY o), ', ') \
+                    array_to_string(ARRAY(SELECT o FROM unnest(c.reloptions) o WHERE o LIKE 'autovacuum\\_%' ORDER BY o), ', '), \
+                    c.relkind = 'p', CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::oid ELSE 0::oid END \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'pg_toast' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+             WHERE c.relkind IN ({kinds}) AND n.nspname <> 'pg_toast' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
                AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' AND c.relpersistence <> 't' AND {may_vacuum} \
              ORDER BY n.nspname, c.relname",
             vt = opt("autovacuum_vacuum_threshold", "autovacuum_vacuum_threshold"),
@@ -422,6 +465,14 @@ impl Vacuum {
                 "0::float8".to_string()
             },
             freeze = opt("autovacuum_freeze_table_age", "vacuum_freeze_table_age"),
+            // Partitioned tables have no rows and autovacuum never analyzes them, but the
+            // planner uses their statistics of the whole hierarchy: `VACUUM ANALYZE;` gathers
+            // them, and so do we (not with only_needed, which follows autovacuum).
+            kinds = if self.analyze && !self.only_needed {
+                "'r', 'm', 'p'"
+            } else {
+                "'r', 'm'"
+            },
         );
         let rows = client
             .query(&sql, &[])
@@ -429,12 +480,17 @@ impl Vacuum {
             .map_err(|e| pg::pg_error(&e))?;
         let mut tables = Vec::new();
         let mut not_needed = 0;
+        // Each planned relation's partition root (0: not a partition).
+        let mut roots = std::collections::HashMap::new();
         for r in rows {
             let schema: String = r.get(1);
             let name: String = r.get(2);
             if !self.selected(&schema, &name) {
                 continue;
             }
+            let partitioned: bool = r.get(18);
+            let root: u32 = r.get(19);
+            roots.insert(r.get::<_, u32>(0), root);
             let dead: i64 = r.get(4);
             let modified: i64 = r.get(5);
             let inserted: i64 = r.get(6);
@@ -497,8 +553,23 @@ impl Vacuum {
                 bytes: r.get(3),
                 dead_before: dead,
                 reasons,
-                analyze_only,
+                analyze_only: analyze_only || partitioned,
+                skip_analyze: false,
+                partitioned,
             });
+        }
+        // A partitioned table whose own root is planned too is analyzed as part of the root's
+        // hierarchy; partitions under a planned root are vacuumed without ANALYZE.
+        let planned_roots: std::collections::HashSet<u32> = tables
+            .iter()
+            .filter(|t| t.partitioned && roots.get(&t.oid) == Some(&0))
+            .map(|t| t.oid)
+            .collect();
+        tables.retain(|t| !t.partitioned || planned_roots.contains(&t.oid));
+        for t in &mut tables {
+            if !t.partitioned && roots.get(&t.oid).is_some_and(|r| planned_roots.contains(r)) {
+                t.skip_analyze = true;
+            }
         }
         // Largest first by real size (taken without queueing behind locks).
         let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
@@ -506,9 +577,11 @@ impl Vacuum {
         for t in &mut tables {
             t.bytes = sizes.get(&t.oid).copied().unwrap_or(0);
         }
+        // Partitioned tables last: their ANALYZE follows every partition's VACUUM.
         tables.sort_by(|a, b| {
-            b.bytes
-                .cmp(&a.bytes)
+            a.partitioned
+                .cmp(&b.partitioned)
+                .then_with(|| b.bytes.cmp(&a.bytes))
                 .then_with(|| a.schema.cmp(&b.schema))
                 .then_with(|| a.name.cmp(&b.name))
         });
@@ -540,7 +613,11 @@ impl Vacuum {
         tables: &[Table],
         conns: Vec<Conn>,
         started: Instant,
-    ) -> (Vec<Done>, Option<Client>, Vec<String>) {
+    ) -> (
+        Vec<Done>,
+        Option<(Client, UnboundedReceiver<String>)>,
+        Vec<String>,
+    ) {
         let results: Arc<Mutex<Vec<Option<Done>>>> = Arc::new(Mutex::new(vec![None; tables.len()]));
         let queue: Arc<Mutex<VecDeque<Queued>>> = Arc::new(Mutex::new(
             (0..tables.len())
@@ -591,11 +668,11 @@ impl Vacuum {
                         }
                     };
                     let entry = match next {
-                        None => return (None, Some(client)),
+                        None => return (None, Some((client, notices))),
                         Some(Err(wake)) => {
                             tokio::select! {
                                 _ = tokio::time::sleep_until(wake.into()) => {},
-                                _ = cancel.cancelled() => return (None, Some(client)),
+                                _ = cancel.cancelled() => return (None, Some((client, notices))),
                             }
                             continue;
                         }
@@ -870,6 +947,8 @@ mod tests {
             dead_before: 0,
             reasons: vec![],
             analyze_only: false,
+            skip_analyze: false,
+            partitioned: false,
         };
         assert_eq!(
             o.statement(&t),
@@ -891,6 +970,8 @@ mod tests {
             dead_before: 0,
             reasons: vec![],
             analyze_only: true,
+            skip_analyze: false,
+            partitioned: false,
         };
         assert_eq!(o.statement(&t), "ANALYZE trading.orders");
         o.skip_locked = true;
