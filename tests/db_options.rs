@@ -20,7 +20,7 @@ mod db_support;
 
 use std::time::{Duration, Instant};
 
-use db_support::{Holder, Setup, cluster_with_app_db, item, q, wait_for};
+use db_support::{Holder, Setup, cluster_with_app_db, end_lock_holder, item, q, wait_for};
 use runbook::pgcluster::TempCluster;
 use serde_json::Value;
 
@@ -392,16 +392,6 @@ fn vacuum_parallel_two_goes_on_with_other_tables_while_one_waits_and_parallel_on
     );
     let s = Setup::with_body(&body);
     let waiting_for_a = "EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'runbook' AND wait_event_type = 'Lock' AND query LIKE 'VACUUM%public.a')";
-    // Ends the session holding `a` (its backend, asleep, would not notice psql going away).
-    let release_a = |pg: &TempCluster| {
-        assert_eq!(
-            q(
-                pg,
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'relation' AND relation = 'a'::regclass AND mode = 'AccessExclusiveLock' AND granted"
-            ),
-            "1"
-        )
-    };
     let vacuums_of_b_and_c =
         "SELECT sum(vacuum_count) FROM pg_stat_user_tables WHERE relname IN ('b', 'c')";
 
@@ -418,7 +408,7 @@ fn vacuum_parallel_two_goes_on_with_other_tables_while_one_waits_and_parallel_on
             ),
             "1"
         );
-        release_a(&pg);
+        end_lock_holder(&pg, "a");
         run.join().expect("run thread")
     });
     assert_eq!(code, 0, "{all}");
@@ -452,7 +442,7 @@ fn vacuum_parallel_two_goes_on_with_other_tables_while_one_waits_and_parallel_on
             ),
             "1"
         );
-        release_a(&pg);
+        end_lock_holder(&pg, "a");
         run.join().expect("run thread")
     });
     assert_eq!(code, 0, "{all}");
@@ -490,13 +480,7 @@ fn vacuum_retries_a_table_whose_lock_is_released_and_vacuums_it() {
         );
         std::thread::sleep(Duration::from_millis(1200));
         // ... then the other session ends, before the retry (1 s after the failed attempt).
-        assert_eq!(
-            q(
-                &pg,
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'relation' AND relation = 'b'::regclass AND mode = 'AccessExclusiveLock' AND granted"
-            ),
-            "1"
-        );
+        end_lock_holder(&pg, "b");
         run.join().expect("run thread")
     });
     assert_eq!(code, 0, "{all}");

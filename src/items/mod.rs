@@ -51,6 +51,19 @@ pub enum Status {
     Fail,
 }
 
+/// The report line for workers whose connection failed (`max_connections` reached, say): they
+/// took nothing and the others did their share, but the run was slower than asked and the
+/// reason matters. `None` when every worker connected.
+pub fn workers_failed_line(errors: &[String], workers: usize) -> Option<String> {
+    (!errors.is_empty()).then(|| {
+        format!(
+            "{} of {workers} worker connection(s) failed, so fewer tables ran at once: {}",
+            errors.len(),
+            errors.join("; ")
+        )
+    })
+}
+
 impl Status {
     /// Severity for "worst first" and for the run status: manual and skipped count as pass.
     pub fn severity(self) -> u8 {

@@ -184,16 +184,10 @@ impl Reindex {
         // The planning connection becomes the first worker: no extra connection, and no race
         // for its slot on a server at max_connections.
         let (results, worker_errors, spare) = self.execute(ctx, &target, &work, client).await;
-        if !worker_errors.is_empty() {
-            details.insert(
-                0,
-                format!(
-                    "{} of {} worker connection(s) failed, so fewer tables ran at once: {}",
-                    worker_errors.len(),
-                    self.parallel.max(1).min(work.len().max(1)),
-                    worker_errors.join("; ")
-                ),
-            );
+        if let Some(line) =
+            super::workers_failed_line(&worker_errors, self.parallel.max(1).min(work.len().max(1)))
+        {
+            details.insert(0, line);
         }
         let mut done = 0;
         let mut index_data = Vec::new();

@@ -314,11 +314,13 @@ impl Vacuum {
                 }
             }
         };
-        if let Some((n, _)) = &read_ahead {
-            let set = format!("SET maintenance_io_concurrency = {n}");
+        let read_ahead_set = read_ahead
+            .as_ref()
+            .map(|(n, _)| format!("SET maintenance_io_concurrency = {n}"));
+        if let Some(set) = &read_ahead_set {
             for conn in &mut conns {
                 if let Ok((client, _)) = conn
-                    && let Err(e) = client.batch_execute(&set).await
+                    && let Err(e) = client.batch_execute(set).await
                 {
                     *conn = Err(format!(
                         "target {}: {set}: {}",
@@ -342,11 +344,9 @@ impl Vacuum {
                 Some(c) => Ok(c),
                 None => match target.connect_for_maintenance_with_notices().await {
                     Ok((client, notices)) => {
-                        if let Some((n, _)) = &read_ahead {
+                        if let Some(set) = &read_ahead_set {
                             // Best effort: read-ahead only speeds the ANALYZE up.
-                            let _ = client
-                                .batch_execute(&format!("SET maintenance_io_concurrency = {n}"))
-                                .await;
+                            let _ = client.batch_execute(set).await;
                         }
                         Ok((client, notices))
                     }
@@ -378,16 +378,10 @@ impl Vacuum {
             ));
         }
         out.details.extend(read_ahead_note);
-        // A worker that could not connect (e.g. max_connections reached) took nothing; the
-        // others did its share, but the run was slower than asked and the reason matters.
-        if !worker_errors.is_empty() {
-            out.details.push(format!(
-                "{} of {} worker connection(s) failed, so fewer tables ran at once: {}",
-                worker_errors.len(),
-                self.parallel.max(1).min(tables.len().max(1)),
-                worker_errors.join("; ")
-            ));
-        }
+        out.details.extend(super::workers_failed_line(
+            &worker_errors,
+            self.parallel.max(1).min(tables.len().max(1)),
+        ));
         out.data["workers_failed"] = json!(worker_errors.len());
         out
     }

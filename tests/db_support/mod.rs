@@ -142,6 +142,20 @@ impl Holder {
     }
 }
 
+/// Ends the session holding ACCESS EXCLUSIVE on `table` (dropping a [`Holder`] does not: its
+/// backend, asleep, would not notice psql going away); asserts there was exactly one.
+pub fn end_lock_holder(pg: &TempCluster, table: &str) {
+    assert_eq!(
+        q(
+            pg,
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'relation' AND relation = '{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted"
+            )
+        ),
+        "1"
+    );
+}
+
 impl Drop for Holder {
     fn drop(&mut self) {
         let _ = self.0.kill();
