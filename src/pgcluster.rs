@@ -69,7 +69,18 @@ fn free_port() -> Result<u16> {
 impl TempCluster {
     /// initdb + start. Takes a few seconds.
     pub fn start() -> Result<TempCluster> {
-        let bin = find_bin_dir()?;
+        TempCluster::start_with(find_bin_dir()?)
+    }
+
+    /// As [`TempCluster::start`], with the server binaries of folder `bin` (another
+    /// PostgreSQL version than the machine's). Client tools missing from it (psql, pg_dump)
+    /// come from `$PATH`.
+    pub fn start_with(bin: PathBuf) -> Result<TempCluster> {
+        anyhow::ensure!(
+            bin.join("initdb").exists() && bin.join("pg_ctl").exists(),
+            "no initdb and pg_ctl in {}",
+            bin.display()
+        );
         let dir = tempfile::Builder::new()
             .prefix("runbook-pg-")
             .tempdir()
