@@ -77,6 +77,35 @@ fn settle(pg: &TempCluster, sql: &str, expected: &str, major: u32) {
     assert_eq!(got, expected, "PostgreSQL {major}: {sql}");
 }
 
+/// The shipped jobs.toml's `sql` checks (connections in use, wraparound ages, ...) as items of
+/// job `monthly` against target `db`, and their names.
+fn shipped_sql_checks() -> (String, Vec<String>) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("jobs.toml");
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(path).expect("jobs.toml")).expect("valid TOML");
+    let mut text = String::new();
+    let mut names = Vec::new();
+    for job in config["jobs"].as_table().expect("[jobs]").values() {
+        for it in job["items"].as_array().expect("items") {
+            if it["kind"].as_str() != Some("sql") {
+                continue;
+            }
+            let mut it = it.as_table().expect("item").clone();
+            it.insert("target".into(), "db".into());
+            names.push(it["name"].as_str().expect("name").to_string());
+            text.push_str(&format!(
+                "[[jobs.monthly.items]]\n{}",
+                toml::to_string(&it).expect("TOML")
+            ));
+        }
+    }
+    assert!(
+        names.len() >= 3,
+        "the shipped sql checks (connections, wraparound ages): {names:?}"
+    );
+    (text, names)
+}
+
 fn exercise(major: u32) {
     let pg = cluster(major);
     q(&pg, SCHEMA);
@@ -138,22 +167,9 @@ name = "indexes"
 kind = "create_indexes"
 target = "db"
 file = "indexes.sql"
-[[jobs.monthly.items]]
-name = "connections"
-kind = "sql"
-target = "db"
-query = "SELECT round(100.0 * count(*) / current_setting('max_connections')::int, 1)::float8 FROM pg_stat_activity"
-warn_max = 70
-max = 90
-[[jobs.monthly.items]]
-name = "wraparound"
-kind = "sql"
-target = "db"
-query = "SELECT max(age(datfrozenxid))::float8 FROM pg_database"
-warn_max = 500000000
-max = 1500000000
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (shipped_sql, shipped_names) = shipped_sql_checks();
+    let s = Setup::new(&pg.url("app"), "", &format!("{jobs}{shipped_sql}"));
     s.write(
         "indexes.sql",
         "CREATE INDEX CONCURRENTLY a_v ON a (v);\nCREATE INDEX CONCURRENTLY \"Weird \"\"Ix\"\"\" ON \"Weird \"\"Name\"\"\" (\"Odd Col\");\n",
@@ -310,7 +326,7 @@ max = 1500000000
         "PostgreSQL {major}"
     );
 
-    for name in ["connections", "wraparound"] {
+    for name in &shipped_names {
         let it = item(&report, name);
         assert_eq!(it["status"], "pass", "PostgreSQL {major}: {it:#}");
     }
