@@ -12,7 +12,7 @@
 //! - `sql`: every assertion form and parameter type, and read-only-ness against many kinds of
 //!   writes.
 //! - `slow_queries`: `top`, `fail_mean`, this database only, idle-in-transaction sessions and
-//!   other databases for `max_running`.
+//!   other databases for `max_running`, maintenance statements left out (`include_maintenance`).
 //! - targets: `statement_timeout` (index builds excepted), the item's deadline for `sql`,
 //!   `connect_timeout`, and the session settings every connection has.
 
@@ -1614,4 +1614,85 @@ expect = true
     }
     assert_eq!(item(&report, "session")["status"], "pass", "{all}");
     drop(silent);
+}
+
+#[test]
+fn slow_queries_leaves_maintenance_statements_out_and_says_so_unless_include_maintenance() {
+    let pg = cluster_with_app_db();
+    q(
+        &pg,
+        "CREATE EXTENSION pg_stat_statements; \
+         CREATE TABLE big (id int PRIMARY KEY, v text); \
+         INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g;",
+    );
+    // Maintenance, each well above 1 ms: what runbook's monthly job and a nightly pg_dump leave
+    // in pg_stat_statements. And one application statement above it too.
+    q(
+        &pg,
+        "VACUUM (ANALYZE) big; CREATE INDEX CONCURRENTLY big_v ON big (v); REINDEX INDEX big_v; \
+         ANALYZE big; SELECT pg_sleep(0.05);",
+    );
+    q(&pg, "COPY public.big (id, v) TO stdout;");
+    let jobs = r#"
+[jobs.w]
+[[jobs.w.items]]
+name = "default"
+kind = "slow_queries"
+target = "db"
+top = 1000
+warn_mean = "1ms"
+[[jobs.w.items]]
+name = "everything"
+kind = "slow_queries"
+target = "db"
+top = 1000
+warn_mean = "1ms"
+include_maintenance = true
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("w", &[]);
+    assert_eq!(code, 0, "{all}");
+    let queries = |it: &Value| -> Vec<String> {
+        it["data"]["statements"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .map(|s| s["query"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let maintenance = |q: &str| {
+        let u = q.trim_start().to_uppercase();
+        ["VACUUM", "ANALYZE", "REINDEX", "CREATE INDEX"]
+            .iter()
+            .any(|m| u.starts_with(m))
+            || (u.starts_with("COPY") && u.contains("TO STDOUT"))
+    };
+
+    let d = item(&report, "default");
+    let listed = queries(d);
+    assert!(
+        listed.iter().any(|q| q.contains("pg_sleep")),
+        "the application's slow statement is listed: {d:#}"
+    );
+    assert!(
+        !listed.iter().any(|q| maintenance(q)),
+        "no maintenance statement is listed: {listed:#?}"
+    );
+    // VACUUM, CREATE INDEX, REINDEX, ANALYZE, COPY ... TO stdout.
+    assert_eq!(d["data"]["maintenance_left_out"], 5, "{d:#}");
+    assert!(
+        d["details"].to_string().contains(
+            "left out: 5 maintenance statement(s) above warn_mean 1ms (VACUUM, ANALYZE, REINDEX, CREATE INDEX, CLUSTER, CHECKPOINT, pg_dump's COPY ... TO stdout); include_maintenance = true lists them"
+        ),
+        "{d:#}"
+    );
+
+    let e = item(&report, "everything");
+    let listed = queries(e);
+    assert_eq!(
+        listed.iter().filter(|q| maintenance(q)).count(),
+        5,
+        "{listed:#?}"
+    );
+    assert!(e["data"]["maintenance_left_out"].is_null(), "{e:#}");
 }

@@ -32,7 +32,18 @@ pub struct SlowQueries {
     /// on any database of the server. Default 5m.
     #[serde(default = "default_max_running")]
     pub max_running: Dur,
+    /// List maintenance statements too (VACUUM, ANALYZE, REINDEX, CREATE INDEX, CLUSTER,
+    /// CHECKPOINT, and pg_dump's `COPY ... TO stdout`). Default false: they are long by nature,
+    /// runbook's own monthly maintenance and the nightly backup among them, and would fill the
+    /// list and raise the alarm every week; the report says how many were left out.
+    #[serde(default)]
+    pub include_maintenance: bool,
 }
+
+/// What `include_maintenance = false` leaves out: the statement's text (as pg_stat_statements
+/// keeps it) begins with a maintenance command, or is a COPY to the client (pg_dump's). A
+/// PostgreSQL regular expression, matched case-insensitively (`~*`).
+const MAINTENANCE_RE: &str = r"^\s*(VACUUM|ANALYZE|ANALYSE|REINDEX|CLUSTER|CHECKPOINT|CREATE\s+(UNIQUE\s+)?INDEX|COPY\s.*\sTO\s+STDOUT)";
 
 const FIX_PRELOAD: &str = "to enable it: add pg_stat_statements to shared_preload_libraries in postgresql.conf and restart PostgreSQL (the extension is already created in this database)";
 const FIX: &str = "to enable it: add pg_stat_statements to shared_preload_libraries in postgresql.conf, restart PostgreSQL, then run CREATE EXTENSION pg_stat_statements; in this database";
@@ -73,7 +84,7 @@ impl SlowQueries {
 
         if self.top > 0 {
             match self.statements(&client).await {
-                Ok(rows) => {
+                Ok((rows, left_out)) => {
                     let warn_ms = self.warn_mean.0.as_secs_f64() * 1000.0;
                     let fail_ms = self.fail_mean.map(|f| f.0.as_secs_f64() * 1000.0);
                     let mut over_warn = 0;
@@ -119,6 +130,13 @@ impl SlowQueries {
                             .push(format!("no statement above {}{slowest}", self.warn_mean));
                     }
                     data["statements"] = json!(list);
+                    data["maintenance_left_out"] = json!(left_out);
+                    if let Some(n) = left_out.filter(|n| *n > 0) {
+                        details.push(format!(
+                            "left out: {n} maintenance statement(s) above warn_mean {} (VACUUM, ANALYZE, REINDEX, CREATE INDEX, CLUSTER, CHECKPOINT, pg_dump's COPY ... TO stdout); include_maintenance = true lists them",
+                            self.warn_mean
+                        ));
+                    }
                 }
                 Err(Missing(msg)) => {
                     status = Status::Warn;
@@ -177,7 +195,7 @@ impl SlowQueries {
     async fn statements(
         &self,
         client: &tokio_postgres::Client,
-    ) -> Result<Vec<(String, i64, f64, f64)>, Missing> {
+    ) -> Result<(Vec<(String, i64, f64, f64)>, Option<i64>), Missing> {
         let schema = client
             .query_opt(
                 "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'",
@@ -196,13 +214,14 @@ impl SlowQueries {
         } else {
             ("mean_time", "total_time")
         };
+        let view = format!("{}.pg_stat_statements", pg::quote_ident(&schema));
+        let this_db = "s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
         let sql = format!(
-            "SELECT coalesce(s.query, '<insufficient privilege>'), s.calls, s.{mean}, s.{total} FROM {}.pg_stat_statements s \
-             WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY s.{mean} DESC LIMIT $1",
-            pg::quote_ident(&schema)
+            "SELECT coalesce(s.query, '<insufficient privilege>'), s.calls, s.{mean}, s.{total} FROM {view} s \
+             WHERE {this_db} AND ($2 OR coalesce(s.query, '') !~* $3) ORDER BY s.{mean} DESC LIMIT $1"
         );
         let limit = self.top as i64;
-        let rows = client.query(&sql, &[&limit]).await.map_err(|e| {
+        let read_error = |e: tokio_postgres::Error| {
             let m = pg::pg_error(&e);
             if m.contains("shared_preload_libraries") {
                 Missing(
@@ -212,11 +231,33 @@ impl SlowQueries {
             } else {
                 Missing(format!("cannot read pg_stat_statements: {m}"))
             }
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect())
+        };
+        let rows = client
+            .query(&sql, &[&limit, &self.include_maintenance, &MAINTENANCE_RE])
+            .await
+            .map_err(read_error)?;
+        // How many maintenance statements above warn_mean were left out, to say so.
+        let left_out = if self.include_maintenance {
+            None
+        } else {
+            let warn_ms = self.warn_mean.0.as_secs_f64() * 1000.0;
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {view} s WHERE {this_db} AND coalesce(s.query, '') ~* $1 AND s.{mean} > $2"
+                    ),
+                    &[&MAINTENANCE_RE, &warn_ms],
+                )
+                .await
+                .map_err(read_error)?;
+            Some(row.get::<_, i64>(0))
+        };
+        Ok((
+            rows.into_iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect(),
+            left_out,
+        ))
     }
 
     /// (pid, user, database, state, seconds, query) of client sessions busy for longer than
