@@ -22,6 +22,9 @@
 //! - [`demo`]: the zero-setup tour.
 //! - [`cli`]: the command line (a contract: see SPEC section 1).
 
+/// The git commit this binary was built from (`build.rs`), or `unknown` outside a checkout.
+pub const GIT_COMMIT: &str = env!("RUNBOOK_GIT_COMMIT");
+
 pub mod cli;
 pub mod cluster;
 pub mod config;
