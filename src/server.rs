@@ -1,9 +1,14 @@
 //! The daemon's HTTP endpoint (`[server] listen`): `/metrics` for Prometheus, `/healthz` for
 //! load balancers and systemd-style probes, and a status page a person can open in a browser.
 //!
-//! The status page is plain server-rendered HTML (no scripts): jobs with their schedule and
-//! next runs, the latest report of each (`/runs/<run_id>` renders any stored report with the
-//! same HTML as the e-mail), and recent history. Every value is escaped.
+//! The status page ([`status`]) is server-rendered HTML from askama templates shared with the
+//! report (no scripts): each job with its latest runs and next runs, times in the job's zone;
+//! `/runs/<run_id>` is the run's HTML report, rendered as for the e-mail.
+//!
+//! The handlers never block the runtime: state store reads run on tokio's blocking pool
+//! ([`read_store`]), every request is answered within [`Limits::request_timeout`], a client
+//! must send its request headers within [`Limits::header_read_timeout`], and an error body never
+//! names a file (the log does).
 //!
 //! Metrics (Prometheus text format):
 //! - `runbook_job_runs_total{job,status}`: finished runs by status (pass, warn, fail).
@@ -16,9 +21,10 @@
 //! - `runbook_job_next_run_timestamp_seconds{job}`: the next slot.
 //! - `runbook_outbox_pending`: notifications waiting for (re)delivery.
 
-use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -30,6 +36,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+pub mod status;
 
 use crate::config::Config;
 use crate::items::Status;
@@ -211,19 +219,125 @@ pub struct AppState {
     pub config: watch::Receiver<Arc<Config>>,
 }
 
-/// Serves until `stop` is cancelled.
+/// How long the server waits for clients and for itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client that has not sent a request's headers within this time is disconnected (a
+    /// client that trickles bytes cannot hold a connection open). Also the idle time allowed
+    /// between requests on a kept-alive connection.
+    pub header_read_timeout: Duration,
+    /// A request not answered within this time gets 503 (a state database locked by another
+    /// process, a slow disk).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The log line for a listen address beyond loopback, or None for a loopback one.
+pub fn exposure_warning(addr: SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "[server] listen = {addr} is reachable beyond this host, and the status page, run \
+             reports and /metrics have no authentication: listen on 127.0.0.1 or put an \
+             authenticating proxy in front"
+        )
+    })
+}
+
+/// Serves until `stop` is cancelled, with the default [`Limits`].
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, stop: CancellationToken) {
+    serve_with(listener, state, stop, Limits::default()).await
+}
+
+/// Serves until `stop` is cancelled; then lets requests in progress finish (at most
+/// `request_timeout`) and returns.
+///
+/// The accept loop is ours rather than `axum::serve`, which offers no header read timeout:
+/// hyper's HTTP/1 connection gets one (and a timer to enforce it) here.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stop: CancellationToken,
+    limits: Limits,
+) {
+    if let Some(warning) = listener.local_addr().ok().and_then(exposure_warning) {
+        tracing::warn!("{warning}");
+    }
     let app = axum::Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/runs/{run_id}", get(run_report))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            time_limit,
+        ))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::error!("HTTP server stopped: {e}");
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("HTTP server cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(limits.request_timeout, conn)
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// Answers 503 when a handler takes longer than the request timeout.
+async fn time_limit(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(path, "HTTP request not answered within {limit:?}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request took too long (is the state database locked?); the daemon's log says more\n",
+            )
+                .into_response()
+        }
     }
 }
 
@@ -244,139 +358,71 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Runs a state store read on tokio's blocking pool: SQLite calls block (on the disk, on
+/// another process's lock for up to the busy timeout), and the store's mutex is a std one.
+pub async fn read_store<T: Send + 'static>(
+    store: &Store,
+    read: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| anyhow::anyhow!("state store read did not finish: {e}"))?
+}
+
+/// The body of a 503 for a store failure. The error (which names the state database's path)
+/// goes to the log, not to the client: the page has no authentication.
+fn store_unavailable(what: &str, e: &anyhow::Error) -> Response {
+    tracing::error!("{what}: state store unavailable: {e:#}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "state store unavailable; the daemon's log says why\n",
+    )
+        .into_response()
+}
+
 /// 200 when the state store answers; 503 otherwise.
 async fn healthz(State(s): State<AppState>) -> Response {
-    match s.store.outbox(Some("pending")) {
+    match read_store(&s.store, |st| st.outbox(Some("pending"))).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("state store unavailable: {e:#}\n"),
-        )
-            .into_response(),
+        Err(e) => store_unavailable("GET /healthz", &e),
     }
 }
 
+/// A run's page: its HTML report, as e-mailed.
 async fn run_report(State(s): State<AppState>, Path(run_id): Path<String>) -> Response {
-    let id = if run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        run_id
-    } else {
-        String::new()
-    };
-    match s.store.report(&id) {
-        Ok(Some(r)) if !id.is_empty() => Html(crate::report::html::render(&r)).into_response(),
-        Ok(_) => (StatusCode::NOT_FOUND, "no such run\n").into_response(),
+    if run_id.is_empty() || !run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return (StatusCode::NOT_FOUND, "no such run\n").into_response();
+    }
+    let id = run_id.clone();
+    match read_store(&s.store, move |st| st.report(&id)).await {
+        Ok(Some(r)) => Html(crate::report::html::render(&r)).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such run\n").into_response(),
+        // The store's own refusals ("still running", "ambiguous prefix") name only the id;
+        // an SQLite or decoding failure may name the database file.
+        Err(e) if is_store_fault(&e) => store_unavailable(&format!("GET /runs/{run_id}"), &e),
         Err(e) => (StatusCode::NOT_FOUND, format!("{e:#}\n")).into_response(),
     }
 }
 
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// True for a failure of the database itself, as opposed to an answer about the run.
+fn is_store_fault(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.is::<rusqlite::Error>() || c.is::<serde_json::Error>())
+        || e.to_string().contains("state store read did not finish")
 }
 
-fn status_color(s: &str) -> &'static str {
-    match s {
-        "pass" => "#067647",
-        "warn" => "#b54708",
-        "fail" | "interrupted" => "#b42318",
-        _ => "#475467",
-    }
-}
-
-async fn status_page(State(s): State<AppState>) -> Html<String> {
+async fn status_page(State(s): State<AppState>) -> Response {
     let config = s.config.borrow().clone();
-    Html(render_status(&config, &s.store, chrono::Utc::now()))
-}
-
-/// The status page (pure apart from reading the store).
-pub fn render_status(config: &Config, store: &Store, now: chrono::DateTime<chrono::Utc>) -> String {
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>runbook on {host}</title></head>\
-         <body style=\"font-family:sans-serif;margin:2em;color:#101828\"><h1>runbook on {host}</h1>\
-         <p>Configuration {path}; {n} jobs. Times are in each job's zone.</p>\
-         <h2>Jobs</h2><table cellpadding=\"6\" style=\"border-collapse:collapse\" border=\"1\">\
-         <tr><th>Job</th><th>Schedule</th><th>Next runs</th><th>Latest run</th></tr>",
-        host = esc(&config.hostname),
-        path = esc(&config.path.display().to_string()),
-        n = config.jobs.len()
-    );
-    for (name, job) in &config.jobs {
-        let schedule = match &job.schedule {
-            Some(sc) => format!(
-                "<code>{}</code><br>{} ({})",
-                esc(&sc.expr),
-                esc(&sc.describe()),
-                esc(job.tz.name())
-            ),
-            None => "by hand only".into(),
-        };
-        let next = match &job.schedule {
-            Some(sc) => sc
-                .next_n(job.tz, now, 3)
-                .iter()
-                .map(|t| esc(&t.format("%Y-%m-%d %H:%M:%S %Z").to_string()))
-                .collect::<Vec<_>>()
-                .join("<br>"),
-            None => String::new(),
-        };
-        let latest = match store.last_report(name) {
-            Ok(Some(r)) => format!(
-                "<a href=\"/runs/{id}\" style=\"color:{c};font-weight:bold\">{st}</a> {when}<br>{counts}",
-                id = esc(&r.run_id),
-                c = status_color(r.status.as_str()),
-                st = esc(&r.status.as_str().to_uppercase()),
-                when = esc(&r.started_local()),
-                counts = esc(&r.counts_phrase())
-            ),
-            Ok(None) => "never ran".into(),
-            Err(e) => esc(&format!("{e:#}")),
-        };
-        let _ = write!(
-            h,
-            "<tr><td><b>{}</b><br>{}</td><td>{schedule}</td><td>{next}</td><td>{latest}</td></tr>",
-            esc(name),
-            esc(&job.config.description)
-        );
+    let read_config = config.clone();
+    match read_store(&s.store, move |st| {
+        status::StatusData::read(&read_config, st)
+    })
+    .await
+    {
+        Ok(data) => Html(status::render(&config, &data, chrono::Utc::now())).into_response(),
+        Err(e) => store_unavailable("GET /", &e),
     }
-    h.push_str("</table><h2>Recent runs</h2><table cellpadding=\"6\" style=\"border-collapse:collapse\" border=\"1\"><tr><th>Started</th><th>Job</th><th>Trigger</th><th>Status</th><th>Duration</th><th>Host</th></tr>");
-    for r in store.history(None, 50).unwrap_or_default() {
-        let link = if r.finished_at.is_some() && r.status != "interrupted" {
-            format!(
-                "<a href=\"/runs/{}\">{}</a>",
-                esc(&r.run_id),
-                esc(&r.started_at)
-            )
-        } else {
-            esc(&r.started_at)
-        };
-        let _ = write!(
-            h,
-            "<tr><td>{link}</td><td>{}</td><td>{}</td><td style=\"color:{}\">{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&r.job),
-            esc(&r.trigger),
-            status_color(&r.status),
-            esc(&r.status),
-            r.duration_ms
-                .map(crate::report::human_ms)
-                .unwrap_or_default(),
-            esc(&r.host)
-        );
-    }
-    h.push_str("</table><p><a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">health</a></p></body></html>");
-    h
 }
 
 #[cfg(test)]
@@ -401,13 +447,5 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            esc("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
     }
 }

@@ -265,7 +265,9 @@ fn scheduled_runs_happen_and_metrics_parse() {
     let (code, page) = http_get(port, "/");
     assert_eq!(code, 200);
     assert!(
-        page.contains("tick") && page.contains("every two seconds") && page.contains("/runs/"),
+        page.contains("tick")
+            && page.contains("every two seconds")
+            && page.contains("href=\"runs/"),
         "{page}"
     );
     let run_id = finished(&config)[0]["run_id"].as_str().unwrap().to_string();
