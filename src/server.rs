@@ -5,8 +5,8 @@
 //! report (no scripts): each job with its latest runs and next runs, times in the job's zone;
 //! `/runs/<run_id>` is the run's HTML report, rendered as for the e-mail.
 //!
-//! The handlers never block the runtime: state store reads run on tokio's blocking pool
-//! ([`read_store`]), every request is answered within [`Limits::request_timeout`], a client
+//! The handlers never block the runtime: state store reads run on tokio's blocking pool, at
+//! most [`Limits::concurrent_store_reads`] at once, every request is answered within [`Limits::request_timeout`], a client
 //! must send its request headers within [`Limits::header_read_timeout`], and an error body never
 //! names a file (the log does).
 //!
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -229,6 +229,10 @@ pub struct Limits {
     /// A request not answered within this time gets 503 (a state database locked by another
     /// process, a slow disk).
     pub request_timeout: Duration,
+    /// At most this many state store reads for HTTP requests at once: while the store is stuck,
+    /// requests that keep coming wait for a permit (and time out) instead of each holding a
+    /// blocking thread.
+    pub concurrent_store_reads: usize,
 }
 
 impl Default for Limits {
@@ -236,6 +240,7 @@ impl Default for Limits {
         Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(15),
+            concurrent_store_reads: 4,
         }
     }
 }
@@ -279,6 +284,9 @@ pub async fn serve_with(
             limits.request_timeout,
             time_limit,
         ))
+        .layer(axum::Extension(StoreReads(Arc::new(
+            tokio::sync::Semaphore::new(limits.concurrent_store_reads.max(1)),
+        ))))
         .with_state(state);
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -358,17 +366,37 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The permits for state store reads of HTTP requests ([`Limits::concurrent_store_reads`]).
+#[derive(Clone)]
+struct StoreReads(Arc<tokio::sync::Semaphore>);
+
 /// Runs a state store read on tokio's blocking pool: SQLite calls block (on the disk, on
 /// another process's lock for up to the busy timeout), and the store's mutex is a std one.
-pub async fn read_store<T: Send + 'static>(
+/// The permit is held until the read ends, even if the request has timed out meanwhile.
+async fn read_store<T: Send + 'static>(
+    reads: &StoreReads,
     store: &Store,
     read: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || read(&store))
+    let permit = reads
+        .0
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|e| anyhow::anyhow!("state store read did not finish: {e}"))?
+        .map_err(|e| ReadAborted(e.to_string()))?;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read(&store)
+    })
+    .await
+    .map_err(|e| ReadAborted(e.to_string()))?
 }
+
+/// A store read that panicked or was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("state store read did not finish: {0}")]
+struct ReadAborted(String);
 
 /// The body of a 503 for a store failure. The error (which names the state database's path)
 /// goes to the log, not to the client: the page has no authentication.
@@ -382,20 +410,24 @@ fn store_unavailable(what: &str, e: &anyhow::Error) -> Response {
 }
 
 /// 200 when the state store answers; 503 otherwise.
-async fn healthz(State(s): State<AppState>) -> Response {
-    match read_store(&s.store, |st| st.outbox(Some("pending"))).await {
+async fn healthz(State(s): State<AppState>, Extension(reads): Extension<StoreReads>) -> Response {
+    match read_store(&reads, &s.store, |st| st.outbox(Some("pending"))).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => store_unavailable("GET /healthz", &e),
     }
 }
 
 /// A run's page: its HTML report, as e-mailed.
-async fn run_report(State(s): State<AppState>, Path(run_id): Path<String>) -> Response {
+async fn run_report(
+    State(s): State<AppState>,
+    Extension(reads): Extension<StoreReads>,
+    Path(run_id): Path<String>,
+) -> Response {
     if run_id.is_empty() || !run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return (StatusCode::NOT_FOUND, "no such run\n").into_response();
     }
     let id = run_id.clone();
-    match read_store(&s.store, move |st| st.report(&id)).await {
+    match read_store(&reads, &s.store, move |st| st.report(&id)).await {
         Ok(Some(r)) => Html(crate::report::html::render(&r)).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, "no such run\n").into_response(),
         // The store's own refusals ("still running", "ambiguous prefix") name only the id;
@@ -405,17 +437,23 @@ async fn run_report(State(s): State<AppState>, Path(run_id): Path<String>) -> Re
     }
 }
 
-/// True for a failure of the database itself, as opposed to an answer about the run.
+/// True for a failure of the database itself, as opposed to the store's answer about the run
+/// (a one-line refusal naming only the id): SQLite's errors come wrapped in a context that
+/// names the database file.
 fn is_store_fault(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.is::<rusqlite::Error>() || c.is::<serde_json::Error>())
-        || e.to_string().contains("state store read did not finish")
+    e.chain().count() > 1
+        || e.chain().any(|c| {
+            c.is::<rusqlite::Error>() || c.is::<serde_json::Error>() || c.is::<ReadAborted>()
+        })
 }
 
-async fn status_page(State(s): State<AppState>) -> Response {
+async fn status_page(
+    State(s): State<AppState>,
+    Extension(reads): Extension<StoreReads>,
+) -> Response {
     let config = s.config.borrow().clone();
     let read_config = config.clone();
-    match read_store(&s.store, move |st| {
+    match read_store(&reads, &s.store, move |st| {
         status::StatusData::read(&read_config, st)
     })
     .await
