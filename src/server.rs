@@ -6,9 +6,9 @@
 //! `/runs/<run_id>` is the run's HTML report, rendered as for the e-mail.
 //!
 //! The handlers never block the runtime: state store reads run on tokio's blocking pool, at
-//! most [`Limits::concurrent_store_reads`] at once, every request is answered within [`Limits::request_timeout`], a client
-//! must send its request headers within [`Limits::header_read_timeout`], and an error body never
-//! names a file (the log does).
+//! most [`Limits::concurrent_store_reads`] at once; every request is answered within
+//! [`Limits::request_timeout`]; a client must send its request headers within
+//! [`Limits::header_read_timeout`]; and an error body never names a file (the log does).
 //!
 //! Metrics (Prometheus text format):
 //! - `runbook_job_runs_total{job,status}`: finished runs by status (pass, warn, fail).
