@@ -257,7 +257,7 @@ async fn a_runs_page_is_its_report_and_errors_never_name_a_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+async fn slow_and_idle_clients_are_disconnected_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::load(&write_config(dir.path(), "")).unwrap_or_else(|e| panic!("{e}"));
     let store = Store::open(&config.state_dir, &config.hostname).unwrap();
@@ -278,6 +278,21 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert!(
         closed.is_ok(),
         "the server still holds the connection of a client that never sent its headers"
+    );
+    // A kept-alive connection that stays idle after its answer is closed the same way.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "an idle kept-alive connection is held open");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
     );
     server.shutdown().await;
 }
