@@ -211,6 +211,15 @@ impl Metrics {
                 (name.clone(), series)
             })
             .collect();
+        // Up to 10 000 slots per schedule: computed before runs are made to wait for the lock.
+        let gaps: Vec<(String, std::time::Duration)> = config
+            .jobs
+            .iter()
+            .filter_map(|(name, job)| {
+                let gap = job.schedule.as_ref()?.longest_gap(job.tz, now)?;
+                Some((name.clone(), gap))
+            })
+            .collect();
         let mut configured = self.configured.write().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = configured.as_ref() {
             for (name, was) in old {
@@ -236,16 +245,11 @@ impl Metrics {
             }
         }
         *configured = Some(new);
-        for (name, job) in &config.jobs {
-            if let Some(gap) = job
-                .schedule
-                .as_ref()
-                .and_then(|s| s.longest_gap(job.tz, now))
-            {
-                self.max_interval
-                    .get_or_create(&job_label(name))
-                    .set(gap.as_secs_f64());
-            }
+        drop(configured);
+        for (name, gap) in gaps {
+            self.max_interval
+                .get_or_create(&job_label(&name))
+                .set(gap.as_secs_f64());
         }
         self.reload_successful.set(1);
         self.reload_success_time
