@@ -23,6 +23,9 @@
 //!   consecutive slots of the schedule (a year ahead): how old the latest success may get.
 //! - `runbook_outbox_pending`: notifications waiting for (re)delivery.
 //!
+//! The gauges also follow runs stored by other processes (a manual `run-job` sharing the state
+//! folder), read from the store on each scrape; `runbook_job_runs_total` counts the daemon's own.
+//!
 //! Only jobs and items of the current configuration have series: a reload removes the series of
 //! jobs and items it removed (and the next-run series of a job that lost its schedule), so no
 //! alert keeps firing for something that no longer exists.
@@ -284,8 +287,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the gauges from a run (without counting it: used for history at start).
+    /// Sets the gauges from a run (without counting it: used for history at start). A dry run
+    /// changed nothing and proves nothing: it is left out.
     fn observe_latest(&self, report: &Report) {
+        if report.dry_run {
+            return;
+        }
         let job = job_label(&report.job);
         let started = report.started_at.timestamp_millis() as f64 / 1000.0;
         self.last_run.get_or_create(&job).set(started);
@@ -336,6 +343,31 @@ impl Metrics {
         }
     }
 
+    /// Takes runs that another process stored since (a manual `runbook run-job` sharing the
+    /// daemon's state): the latest run of each job, when it started after the latest one seen.
+    /// So a successful run by hand clears "no success in time". One stored report per job.
+    pub fn refresh_from_store(&self, store: &Store) {
+        let jobs: Vec<String> = match self
+            .configured
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(jobs) => jobs.keys().cloned().collect(),
+            None => return,
+        };
+        for job in jobs {
+            let Ok(Some(report)) = store.last_report(&job) else {
+                continue;
+            };
+            let started = report.started_at.timestamp_millis() as f64 / 1000.0;
+            let seen = self.last_run.get(&job_label(&job)).map(|g| g.get());
+            if seen.is_none_or(|seen| started > seen) {
+                self.observe_latest(&report);
+            }
+        }
+    }
+
     pub fn set_next_run(&self, job: &str, unix: f64) {
         if !self.accepts(job, None) {
             return;
@@ -380,6 +412,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, stop: Can
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    s.metrics.refresh_from_store(&s.store);
     let pending = s
         .store
         .outbox(Some("pending"))

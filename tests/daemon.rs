@@ -287,6 +287,53 @@ fn scheduled_runs_happen_and_metrics_parse() {
     assert_eq!(daemon.wait_exit(), Some(0), "log:\n{}", daemon.log());
 }
 
+/// A run by hand (`runbook run-job` with the daemon's config, so its state) shows in the
+/// daemon's `/metrics`: its success clears "no success in time". A dry run does not count.
+#[test]
+fn a_manual_run_shows_in_the_daemons_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = format!(
+        "[runbook]\nstate_dir = \"{state}\"\nshutdown_grace = \"1s\"\n\
+         [server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [jobs.byhand]\ndescription = \"run by hand only\"\n\
+         [[jobs.byhand.items]]\nname = \"Look at the dashboards\"\nkind = \"manual\"\n",
+        state = dir.path().join("state").display()
+    );
+    let config = write_config(dir.path(), "jobs.toml", &text);
+    let mut daemon = Daemon::start(&config);
+    let series = "runbook_job_last_success_timestamp_seconds{job_name=\"byhand\"}";
+    wait_until_or(
+        "the daemon serves /metrics",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || daemon.log(),
+    );
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["run-job", "byhand", "--no-notify"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    };
+    run(&["--dry-run"]);
+    let body = http_get(port, "/metrics").1;
+    assert!(!body.contains(series), "a dry run is no success: {body}");
+
+    run(&[]);
+    let body = http_get(port, "/metrics").1;
+    assert!(body.contains(series), "{body}");
+    assert!(
+        body.contains("runbook_item_status{job_name=\"byhand\",item=\"Look at the dashboards\"} 4"),
+        "{body}"
+    );
+
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(), Some(0), "log:\n{}", daemon.log());
+}
+
 #[test]
 fn sigterm_mid_run_interrupts_items_kills_children_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
