@@ -85,6 +85,8 @@ fn memory_and_load_are_measured_when_proc_shows_only_processes() {
 [[jobs.t.items]]
 name = "system"
 kind = "system"
+disk_warn = "100%"
+disk_fail = "100%"
 memory_warn = "100%"
 memory_fail = "100%"
 load_warn_per_core = 1000.0
