@@ -233,6 +233,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         );
     }
     let metrics = Arc::new(Metrics::new());
+    metrics.configure(&config, Utc::now());
     metrics.load_history(&config, &store);
     let cluster = match &config.cluster {
         Some(c) => Some(Arc::new(
@@ -364,6 +365,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                     Ok(new) => {
                         let new = Arc::new(new);
                         sync_jobs(&mut jobs, &new, &store, Utc::now());
+                        metrics.configure(&new, Utc::now());
+                        metrics.load_history(&new, &store);
                         tracing::info!(jobs = new.jobs.len(), "SIGHUP: configuration reloaded");
                         if new.server.as_ref().map(|s| &s.listen) != config.server.as_ref().map(|s| &s.listen) || new.cluster.is_some() != config.cluster.is_some() {
                             tracing::warn!("SIGHUP: changes to [server] and [cluster] take effect after a restart");
@@ -371,7 +374,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                         config = new;
                         let _ = config_tx.send(config.clone());
                     }
-                    Err(e) => tracing::error!("SIGHUP: the new configuration is invalid, keeping the old one:\n{e}"),
+                    Err(e) => {
+                        metrics.reload_failed();
+                        tracing::error!("SIGHUP: the new configuration is invalid, keeping the old one:\n{e}");
+                    }
                 }
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             }

@@ -10,20 +10,35 @@
 //! [`Limits::request_timeout`]; a client must send its request headers within
 //! [`Limits::header_read_timeout`]; and an error body never names a file (the log does).
 //!
-//! Metrics (Prometheus text format):
-//! - `runbook_job_runs_total{job,status}`: finished runs by status (pass, warn, fail).
-//! - `runbook_job_last_run_timestamp_seconds{job}`: start of the latest finished run.
-//! - `runbook_job_last_success_timestamp_seconds{job}`: start of the latest run with status
+//! Metrics (OpenMetrics text; labels follow Prometheus' conventions: `job_name` is runbook's job,
+//! because Prometheus sets `job` itself on every series it scrapes):
+//! - `runbook_build_info{version,commit}`: always 1.
+//! - `runbook_config_last_reload_successful`: 1 when the latest load of the configuration (start
+//!   or SIGHUP) succeeded, 0 when a reload failed and the daemon kept the previous one.
+//! - `runbook_config_last_reload_success_timestamp_seconds`: when it last succeeded.
+//! - `runbook_job_runs_total{job_name,status}`: finished runs by status (pass, warn, fail).
+//! - `runbook_job_last_run_timestamp_seconds{job_name}`: start of the latest finished run.
+//! - `runbook_job_last_success_timestamp_seconds{job_name}`: start of the latest run with status
 //!   pass or warn (no item failed).
-//! - `runbook_job_duration_seconds{job}`: duration of the latest run.
-//! - `runbook_item_status{job,item}`: the latest status of each item: 0 pass, 1 warn, 2 fail,
-//!   3 skipped, 4 manual.
-//! - `runbook_job_next_run_timestamp_seconds{job}`: the next slot.
+//! - `runbook_job_duration_seconds{job_name}`: duration of the latest run.
+//! - `runbook_item_status{job_name,item}`: the latest status of each item: 0 pass, 1 warn,
+//!   2 fail, 3 skipped, 4 manual.
+//! - `runbook_job_next_run_timestamp_seconds{job_name}`: the next slot (scheduled jobs only).
+//! - `runbook_job_schedule_max_interval_seconds{job_name}`: the longest time between two
+//!   consecutive slots of the schedule (a year ahead): how old the latest success may get.
 //! - `runbook_outbox_pending`: notifications waiting for (re)delivery.
+//!
+//! The gauges also follow runs stored by other processes (a manual `run-job` sharing the state
+//! folder), read from the store on each scrape; `runbook_job_runs_total` counts the daemon's own.
+//!
+//! Only jobs and items of the current configuration have series: a reload removes the series of
+//! jobs and items it removed (and the next-run series of a job that lost its schedule), so no
+//! alert keeps firing for something that no longer exists.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Extension, Path, State};
@@ -56,11 +71,39 @@ pub struct Metrics {
     duration: Family<Labels, FloatGauge>,
     item_status: Family<Labels, Gauge>,
     next_run: Family<Labels, FloatGauge>,
+    max_interval: Family<Labels, FloatGauge>,
     outbox_pending: Gauge,
+    reload_successful: Gauge,
+    reload_success_time: FloatGauge,
+    /// The jobs (and their items) of the current configuration; `None` until [`Metrics::configure`]
+    /// is first called (then every job is accepted). Series are only created for what is in
+    /// here, so removing what a reload dropped is a comparison of two of these.
+    configured: RwLock<Option<BTreeMap<String, JobSeries>>>,
+}
+
+/// What a configured job may have series for.
+#[derive(Debug, Clone, PartialEq)]
+struct JobSeries {
+    scheduled: bool,
+    items: BTreeSet<String>,
 }
 
 fn job_label(job: &str) -> Labels {
-    vec![("job".into(), job.into())]
+    vec![("job_name".into(), job.into())]
+}
+
+fn item_labels(job: &str, item: &str) -> Labels {
+    vec![
+        ("job_name".into(), job.into()),
+        ("item".into(), item.into()),
+    ]
+}
+
+fn runs_labels(job: &str, status: Status) -> Labels {
+    vec![
+        ("job_name".into(), job.into()),
+        ("status".into(), status.as_str().into()),
+    ]
 }
 
 /// The value of `runbook_item_status`.
@@ -91,8 +134,35 @@ impl Metrics {
             duration: Family::default(),
             item_status: Family::default(),
             next_run: Family::default(),
+            max_interval: Family::default(),
             outbox_pending: Gauge::default(),
+            reload_successful: Gauge::default(),
+            reload_success_time: FloatGauge::default(),
+            configured: RwLock::new(None),
         };
+        // A gauge, as Prometheus' own `prometheus_build_info`: the text encoder names it as is.
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version".into(), env!("CARGO_PKG_VERSION").into()),
+                ("commit".into(), crate::GIT_COMMIT.into()),
+            ])
+            .set(1);
+        registry.register(
+            "runbook_build_info",
+            "runbook's version and the git commit it was built from (always 1)",
+            build_info,
+        );
+        registry.register(
+            "runbook_config_last_reload_successful",
+            "1 when the latest load of the configuration succeeded, 0 when the running one is older than the file",
+            m.reload_successful.clone(),
+        );
+        registry.register(
+            "runbook_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (Unix seconds)",
+            m.reload_success_time.clone(),
+        );
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "runbook_job_runs",
@@ -125,6 +195,11 @@ impl Metrics {
             m.next_run.clone(),
         );
         registry.register(
+            "runbook_job_schedule_max_interval_seconds",
+            "Longest time between two consecutive slots of the job's schedule",
+            m.max_interval.clone(),
+        );
+        registry.register(
             "runbook_outbox_pending",
             "Notifications waiting for (re)delivery",
             m.outbox_pending.clone(),
@@ -132,19 +207,100 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Takes a (re)loaded configuration: from now on only its jobs and items have series, and
+    /// the series of jobs and items it no longer has are removed. Publishes each schedule's
+    /// longest interval and marks the load successful.
+    pub fn configure(&self, config: &Config, now: chrono::DateTime<chrono::Utc>) {
+        let new: BTreeMap<String, JobSeries> = config
+            .jobs
+            .iter()
+            .map(|(name, job)| {
+                let series = JobSeries {
+                    scheduled: job.schedule.is_some(),
+                    items: job.config.items.iter().map(|i| i.name.clone()).collect(),
+                };
+                (name.clone(), series)
+            })
+            .collect();
+        // Up to 10 000 slots per schedule: computed before runs are made to wait for the lock.
+        let gaps: Vec<(String, std::time::Duration)> = config
+            .jobs
+            .iter()
+            .filter_map(|(name, job)| {
+                let gap = job.schedule.as_ref()?.longest_gap(job.tz, now)?;
+                Some((name.clone(), gap))
+            })
+            .collect();
+        let mut configured = self.configured.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = configured.as_ref() {
+            for (name, was) in old {
+                let now = new.get(name);
+                if now.is_none() {
+                    let job = job_label(name);
+                    self.last_run.remove(&job);
+                    self.last_success.remove(&job);
+                    self.duration.remove(&job);
+                    for status in [Status::Pass, Status::Warn, Status::Fail] {
+                        self.runs.remove(&runs_labels(name, status));
+                    }
+                }
+                if now.is_none_or(|j| !j.scheduled) {
+                    self.next_run.remove(&job_label(name));
+                    self.max_interval.remove(&job_label(name));
+                }
+                for item in &was.items {
+                    if now.is_none_or(|j| !j.items.contains(item)) {
+                        self.item_status.remove(&item_labels(name, item));
+                    }
+                }
+            }
+        }
+        *configured = Some(new);
+        drop(configured);
+        for (name, gap) in gaps {
+            self.max_interval
+                .get_or_create(&job_label(&name))
+                .set(gap.as_secs_f64());
+        }
+        self.reload_successful.set(1);
+        self.reload_success_time
+            .set(now.timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// A reload that failed: the daemon keeps the previous configuration.
+    pub fn reload_failed(&self) {
+        self.reload_successful.set(0);
+    }
+
+    /// True when `job` (and `item`, if given) may have series.
+    fn accepts(&self, job: &str, item: Option<&str>) -> bool {
+        let configured = self.configured.read().unwrap_or_else(|e| e.into_inner());
+        match configured.as_ref() {
+            None => true,
+            Some(jobs) => jobs
+                .get(job)
+                .is_some_and(|j| item.is_none_or(|i| j.items.contains(i))),
+        }
+    }
+
     /// Records a finished run.
     pub fn observe(&self, report: &Report) {
+        // A run of a job that a reload removed while it ran leaves no series behind.
+        if !self.accepts(&report.job, None) {
+            return;
+        }
         self.observe_latest(report);
         self.runs
-            .get_or_create(&vec![
-                ("job".into(), report.job.clone()),
-                ("status".into(), report.status.as_str().into()),
-            ])
+            .get_or_create(&runs_labels(&report.job, report.status))
             .inc();
     }
 
-    /// Sets the gauges from a run (without counting it: used for history at start).
+    /// Sets the gauges from a run (without counting it: used for history at start). A dry run
+    /// changed nothing and proves nothing: it is left out.
     fn observe_latest(&self, report: &Report) {
+        if report.dry_run {
+            return;
+        }
         let job = job_label(&report.job);
         let started = report.started_at.timestamp_millis() as f64 / 1000.0;
         self.last_run.get_or_create(&job).set(started);
@@ -155,11 +311,11 @@ impl Metrics {
             .get_or_create(&job)
             .set(report.duration_ms as f64 / 1000.0);
         for item in &report.items {
+            if !self.accepts(&report.job, Some(&item.name)) {
+                continue;
+            }
             self.item_status
-                .get_or_create(&vec![
-                    ("job".into(), report.job.clone()),
-                    ("item".into(), item.name.clone()),
-                ])
+                .get_or_create(&item_labels(&report.job, &item.name))
                 .set(status_value(item.status));
         }
     }
@@ -195,7 +351,35 @@ impl Metrics {
         }
     }
 
+    /// Takes runs that another process stored since (a manual `runbook run-job` sharing the
+    /// daemon's state): the latest run of each job, when it started after the latest one seen.
+    /// So a successful run by hand clears "no success in time". One stored report per job.
+    pub fn refresh_from_store(&self, store: &Store) {
+        let jobs: Vec<String> = match self
+            .configured
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(jobs) => jobs.keys().cloned().collect(),
+            None => return,
+        };
+        for job in jobs {
+            let Ok(Some(report)) = store.last_report(&job) else {
+                continue;
+            };
+            let started = report.started_at.timestamp_millis() as f64 / 1000.0;
+            let seen = self.last_run.get(&job_label(&job)).map(|g| g.get());
+            if seen.is_none_or(|seen| started > seen) {
+                self.observe_latest(&report);
+            }
+        }
+    }
+
     pub fn set_next_run(&self, job: &str, unix: f64) {
+        if !self.accepts(job, None) {
+            return;
+        }
         self.next_run.get_or_create(&job_label(job)).set(unix);
     }
 
@@ -349,12 +533,18 @@ async fn time_limit(
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
-    let pending = s
-        .store
-        .outbox(Some("pending"))
-        .map(|o| o.len() as i64)
-        .unwrap_or(-1);
+async fn metrics(State(s): State<AppState>, Extension(reads): Extension<StoreReads>) -> Response {
+    // The refresh and the outbox count read SQLite: off the runtime, like every store read.
+    let metrics = s.metrics.clone();
+    let pending = read_store(&reads, &s.store, move |st| {
+        metrics.refresh_from_store(st);
+        Ok(st
+            .outbox(Some("pending"))
+            .map(|o| o.len() as i64)
+            .unwrap_or(-1))
+    })
+    .await
+    .unwrap_or(-1);
     let body = s.metrics.encode(pending);
     (
         [(
@@ -476,14 +666,122 @@ mod tests {
         m.set_next_run("daily", 1.8e9);
         let text = m.encode(2);
         for name in [
-            "runbook_job_runs_total{",
-            "runbook_job_last_run_timestamp_seconds{job=\"daily\"}",
-            "runbook_job_duration_seconds{job=\"daily\"}",
-            "runbook_item_status{",
-            "runbook_job_next_run_timestamp_seconds{job=\"daily\"} 1800000000",
+            "runbook_job_runs_total{job_name=\"daily\",status=\"fail\"} 1",
+            "runbook_job_last_run_timestamp_seconds{job_name=\"daily\"}",
+            "runbook_job_duration_seconds{job_name=\"daily\"}",
+            "runbook_item_status{job_name=\"daily\",item=\"Disk\"} 1",
+            "runbook_job_next_run_timestamp_seconds{job_name=\"daily\"} 1800000000",
             "runbook_outbox_pending 2",
+            "runbook_config_last_reload_successful ",
+            "runbook_config_last_reload_success_timestamp_seconds ",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
+        let build = format!(
+            "runbook_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
+        );
+        assert!(text.contains(&build), "{build} missing in:\n{text}");
+        // Prometheus sets `job` on every scraped series: ours would become `exported_job`.
+        assert!(!text.contains("{job="), "{text}");
+    }
+
+    fn config(text: &str) -> Config {
+        let dir = tempfile::tempdir().expect("temp");
+        let path = dir.path().join("jobs.toml");
+        let text = format!(
+            "[runbook]\ntimezone = \"UTC\"\nstate_dir = {:?}\n{text}",
+            dir.path().join("state")
+        );
+        Config::from_text(&path, &text).expect("valid config")
+    }
+
+    /// `daily` with the sample report's items, `weekly` with one item.
+    const TWO_JOBS: &str = r#"
+[jobs.daily]
+schedule = "0 8 * * *"
+[[jobs.daily.items]]
+name = "Disk"
+kind = "manual"
+[[jobs.daily.items]]
+name = "Review Grafana"
+kind = "manual"
+[jobs.weekly]
+schedule = "0 8 * * MON"
+[[jobs.weekly.items]]
+name = "Disk"
+kind = "manual"
+"#;
+
+    #[test]
+    fn a_reload_removes_the_series_of_removed_jobs_and_items() {
+        let m = Metrics::new();
+        m.configure(&config(TWO_JOBS), chrono::Utc::now());
+        let text = m.encode(0);
+        for line in [
+            "runbook_job_schedule_max_interval_seconds{job_name=\"daily\"} 86400",
+            "runbook_job_schedule_max_interval_seconds{job_name=\"weekly\"} 604800",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
+        for job in ["daily", "weekly"] {
+            let mut r = crate::report::tests::sample();
+            r.job = job.into();
+            m.observe(&r);
+            m.set_next_run(job, 1.8e9);
+        }
+        let before = m.encode(0);
+        assert!(before.contains("job_name=\"weekly\""), "{before}");
+        assert!(
+            before.contains("{job_name=\"daily\",item=\"Review Grafana\"} 4"),
+            "{before}"
+        );
+        // Items of a report that are not in the configuration get no series.
+        assert!(!before.contains("Backups completed"), "{before}");
+
+        // `weekly` is gone, `daily` lost an item and its schedule.
+        let reloaded = config(
+            r#"
+[jobs.daily]
+[[jobs.daily.items]]
+name = "Disk"
+kind = "manual"
+"#,
+        );
+        m.reload_failed();
+        assert!(
+            m.encode(0)
+                .contains("runbook_config_last_reload_successful 0")
+        );
+        m.configure(&reloaded, chrono::Utc::now());
+        let after = m.encode(0);
+        assert!(!after.contains("weekly"), "{after}");
+        assert!(!after.contains("Review Grafana"), "{after}");
+        for gone in [
+            "runbook_job_next_run_timestamp_seconds{",
+            "runbook_job_schedule_max_interval_seconds{",
+        ] {
+            assert!(!after.contains(gone), "a job without schedule: {after}");
+        }
+        assert!(
+            after.contains("runbook_item_status{job_name=\"daily\",item=\"Disk\"} 1"),
+            "{after}"
+        );
+        assert!(
+            after.contains("runbook_job_runs_total{job_name=\"daily\",status=\"fail\"} 1"),
+            "counters of kept jobs survive a reload: {after}"
+        );
+        assert!(
+            after.contains("runbook_config_last_reload_successful 1"),
+            "{after}"
+        );
+
+        // A run of the removed job that finishes after the reload leaves nothing behind.
+        let mut late = crate::report::tests::sample();
+        late.job = "weekly".into();
+        m.observe(&late);
+        m.set_next_run("weekly", 1.8e9);
+        assert!(!m.encode(0).contains("weekly"));
     }
 }
