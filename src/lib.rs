@@ -25,6 +25,14 @@
 /// The git commit this binary was built from (`build.rs`), or `unknown` outside a checkout.
 pub const GIT_COMMIT: &str = env!("RUNBOOK_GIT_COMMIT");
 
+/// What `runbook --version` prints after the name: `0.1.0 (abc123def456)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RUNBOOK_GIT_COMMIT"),
+    ")"
+);
+
 pub mod cli;
 pub mod cluster;
 pub mod config;
