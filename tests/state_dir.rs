@@ -3,10 +3,11 @@
 //! user without access is told what to do. Real processes, real files, real users (`nobody`):
 //! the tests run as root, as CI does.
 //!
-//! The host's folder is a temporary one, handed to the daemon the way systemd does
-//! (`$STATE_DIRECTORY`) and to the shell through `$RUNBOOK_STATE_DIR`, so the result does not
-//! depend on whether `/var/lib/runbook` exists on this machine (the unit tests in
-//! `config.rs` cover that branch of the rule with an injected path).
+//! None of them depends on whether `/var/lib/runbook` exists on this machine (installing the
+//! .deb creates it): one hands the folder over through `$STATE_DIRECTORY` (the daemon, as
+//! systemd does) and `$RUNBOOK_STATE_DIR` (the shell); one runs daemon and shell in a private
+//! mount namespace whose `/var/lib` holds only a `/var/lib/runbook` of its own; the others name
+//! their `state_dir`.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -314,4 +315,172 @@ fn a_user_without_access_is_told_which_folder_and_what_to_do() {
         );
     }
     assert!(std::fs::read_dir(&state).unwrap().next().is_none());
+}
+
+/// A private mount namespace in which `/var/lib` is an empty tmpfs holding only
+/// `/var/lib/runbook` (owned by `nobody`, 0700: the packaged daemon's folder), so the test
+/// exercises the real default path without touching the machine's. Commands enter it with
+/// `nsenter`; dropping it ends it.
+struct HostNamespace(Child);
+
+impl HostNamespace {
+    fn start() -> HostNamespace {
+        use std::io::BufRead;
+        let script = "mount -t tmpfs tmpfs /var/lib && mkdir -m 0700 /var/lib/runbook \
+                      && chown nobody /var/lib/runbook && echo ready && exec sleep 3600";
+        let mut child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux) is needed: apt-get install util-linux");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the namespace could not be set up");
+        HostNamespace(child)
+    }
+
+    /// A command run inside the namespace.
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("--target")
+            .arg(self.0.id().to_string())
+            .args(["--mount", "--"])
+            .arg(program)
+            .env_remove("RUNBOOK_CONFIG")
+            .env_remove("RUNBOOK_STATE_DIR")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("RUNBOOK_LOG");
+        c
+    }
+
+    /// The namespace's `/var/lib/runbook`, seen from outside.
+    fn state(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root/var/lib/runbook", self.0.id()))
+    }
+}
+
+impl Drop for HostNamespace {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn on_a_host_with_the_daemons_folder_a_root_shell_uses_it_without_any_setting() {
+    let s = shared_dir();
+    let nobody = nobody();
+    let work = s.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    nix::unistd::chown(&work, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let config = s.dir.path().join("jobs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[runbook]
+shutdown_grace = "1s"
+
+[jobs.tick]
+schedule = "*/2 * * * * *"
+
+[[jobs.tick.items]]
+name = "wait for release"
+kind = "command"
+argv = ["sh", "-c", "touch started; while [ ! -e release ]; do sleep 0.1; done"]
+cwd = "{}"
+timeout = "5m"
+"#,
+            work.display()
+        ),
+    )
+    .unwrap();
+    let ns = HostNamespace::start();
+    // The daemon as the unit runs it: as its user, with $STATE_DIRECTORY from systemd.
+    let log = s.dir.path().join("daemon.log");
+    let _daemon = Killed(
+        ns.command(Path::new("runuser"))
+            .args(["-u", "nobody", "--"])
+            .arg(&s.bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("daemon")
+            .env("STATE_DIRECTORY", "/var/lib/runbook")
+            .env("RUNBOOK_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        "the daemon's first run to start",
+        || work.join("started").exists(),
+        daemon_log,
+    );
+
+    // root at a shell, in another folder, no variables: the daemon's folder is found.
+    let shell_cwd = tempfile::tempdir().unwrap();
+    let shell = |args: &[&str]| -> Output {
+        ns.command(&s.bin)
+            .current_dir(shell_cwd.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = shell(&["check-config"]);
+    assert!(
+        text(&out.stdout)
+            .contains("state: /var/lib/runbook (the daemon's state folder on this host)"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = shell(&["run-job", "tick", "--no-notify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let out = shell(&["history", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == "running" && r["trigger"] == "schedule"),
+        "{runs}"
+    );
+    std::fs::write(work.join("release"), "").unwrap();
+    wait_until(
+        "the shell to see a finished run",
+        || {
+            let out = shell(&["report", "last", "--job", "tick", "--format", "json"]);
+            out.status.success()
+                && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|r| r["status"] == "pass")
+        },
+        daemon_log,
+    );
+
+    // Everything in the daemon's folder is still the daemon's user's: root left nothing.
+    for entry in std::fs::read_dir(ns.state()).unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(
+            entry.metadata().unwrap().uid(),
+            nobody.uid.as_raw(),
+            "{} belongs to uid {}",
+            entry.file_name().to_string_lossy(),
+            entry.metadata().unwrap().uid()
+        );
+    }
+    assert!(!shell_cwd.path().join("runbook-state").exists());
 }
