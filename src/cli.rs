@@ -442,6 +442,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
             }
         }
         Command::NotifyTest { channel, format } => {
+            // As root, send as the daemon's user: a file notifier's folder it creates (often
+            // inside the state folder) must stay writable for the daemon.
+            if let Err(e) = state_access::become_owner_if_root(&config) {
+                return usage(e);
+            }
             let tests = match crate::notify::notify_test(&config, channel.as_deref()).await {
                 Ok(t) => t,
                 Err(e) => return usage(e),

@@ -244,12 +244,20 @@ fn root_runs_as_the_state_folders_owner_so_the_daemon_can_still_open_it() {
     std::fs::write(
         &config,
         format!(
-            "[runbook]\nstate_dir = {:?}\n\n[jobs.who]\n[[jobs.who.items]]\nname = \"whoami\"\nkind = \"command\"\nargv = [\"id\", \"-u\"]\n",
-            state.display().to_string()
+            "[runbook]\nstate_dir = {:?}\n\n[notify.archive]\ntype = \"file\"\ndir = {:?}\n\n[jobs.who]\n[[jobs.who.items]]\nname = \"whoami\"\nkind = \"command\"\nargv = [\"id\", \"-u\"]\n",
+            state.display().to_string(),
+            state.join("sent").display().to_string()
         ),
     )
     .unwrap();
 
+    // notify-test as root creates the file notifier's folder inside the state folder: as the
+    // owner, or the daemon could not write its reports there afterwards.
+    let out = runbook(s.dir.path(), &config)
+        .args(["notify-test"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = runbook(s.dir.path(), &config)
         .args(["run-job", "who", "--format", "json"])
         .output()
@@ -262,21 +270,31 @@ fn root_runs_as_the_state_folders_owner_so_the_daemon_can_still_open_it() {
         "the item ran as the state folder's owner ({}): {details}",
         nobody.uid
     );
-    // Every file runbook and SQLite made belongs to the folder's owner.
+    // Every file runbook and SQLite made (the reports in sent/ too) belongs to the folder's
+    // owner.
     let mut files = 0;
-    for entry in std::fs::read_dir(&state).unwrap() {
-        let entry = entry.unwrap();
-        let meta = entry.metadata().unwrap();
-        assert_eq!(
-            meta.uid(),
-            nobody.uid.as_raw(),
-            "{} is owned by uid {}",
-            entry.path().display(),
-            meta.uid()
-        );
-        files += 1;
+    let mut folders = vec![state.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            assert_eq!(
+                meta.uid(),
+                nobody.uid.as_raw(),
+                "{} is owned by uid {}",
+                entry.path().display(),
+                meta.uid()
+            );
+            if meta.is_dir() {
+                folders.push(entry.path());
+            }
+            files += 1;
+        }
     }
-    assert!(files >= 2, "state.db and its companions: {files} files");
+    assert!(
+        files >= 2 + 1 + 8,
+        "state.db and its companions, sent/, two reports of 4 files: {files}"
+    );
 
     // The folder's owner (the daemon's user) opens it afterwards and sees the run.
     let out = as_nobody(&s.bin, &config, &["history", "--format", "json"]);

@@ -24,14 +24,27 @@ use crate::config::{Config, StateDirOrigin};
 /// when they differ, or checks that this user may use it. Returns the user switched to, if any;
 /// `Err` is a message for the person at the terminal (nothing was opened).
 pub fn prepare(config: &Config) -> Result<Option<String>, String> {
-    prepare_dir(&config.state_dir, config.state_dir_origin)
+    prepare_dir(&config.state_dir, config.state_dir_origin, true)
 }
 
-fn prepare_dir(dir: &Path, origin: StateDirOrigin) -> Result<Option<String>, String> {
+/// Only the switch from root to the state folder's owner, for commands that do not open the
+/// state but write where the daemon does (`notify-test` through a `file` notifier whose folder
+/// is inside the state folder: a root-owned `sent/` would stop the daemon's deliveries). Any
+/// other user goes on as before.
+pub fn become_owner_if_root(config: &Config) -> Result<Option<String>, String> {
+    prepare_dir(&config.state_dir, config.state_dir_origin, false)
+}
+
+fn prepare_dir(
+    dir: &Path,
+    origin: StateDirOrigin,
+    check_access: bool,
+) -> Result<Option<String>, String> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         // Not there yet: the store creates it, owned by whoever we are.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(_) if !check_access => return Ok(None),
         Err(e) => return Err(denied(dir, origin, None, &e.to_string())),
     };
     let me = nix::unistd::geteuid();
@@ -55,6 +68,9 @@ fn prepare_dir(dir: &Path, origin: StateDirOrigin) -> Result<Option<String>, Str
         return Ok(Some(user));
     }
     let rwx = AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK;
+    if !check_access {
+        return Ok(None);
+    }
     if let Err(e) = nix::unistd::access(dir, rwx) {
         return Err(denied(dir, origin, Some(&meta), e.desc()));
     }
