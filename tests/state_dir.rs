@@ -425,9 +425,13 @@ timeout = "5m"
     let ns = HostNamespace::start();
     // The daemon as the unit runs it: as its user, with $STATE_DIRECTORY from systemd.
     let log = s.dir.path().join("daemon.log");
+    // setpriv execs (runuser would fork, and killing it would leave the daemon running), so
+    // the process killed at the end is the daemon itself.
     let _daemon = Killed(
-        ns.command(Path::new("runuser"))
-            .args(["-u", "nobody", "--"])
+        ns.command(Path::new("setpriv"))
+            .arg(format!("--reuid={}", nobody.uid))
+            .arg(format!("--regid={}", nobody.gid))
+            .args(["--clear-groups", "--"])
             .arg(&s.bin)
             .arg("--config")
             .arg(&config)
