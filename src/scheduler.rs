@@ -265,6 +265,11 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let outbox = tokio::spawn(drain_outbox(config_rx.clone(), store.clone(), stop.clone()));
+    let housekeeping = tokio::spawn(crate::housekeeping::run(
+        config_rx.clone(),
+        store.clone(),
+        stop.clone(),
+    ));
 
     let shared = Shared {
         store: store.clone(),
@@ -440,6 +445,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         w.abort();
     }
     let _ = outbox.await;
+    let _ = housekeeping.await;
     if let Some(s) = server {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }

@@ -132,6 +132,21 @@ pub struct OutboxEntry {
     pub job: Option<String>,
 }
 
+/// What [`Store::prune`] removed (and kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Runs deleted, with their reports.
+    pub runs: usize,
+    /// Their outbox rows (all delivered or dropped).
+    pub outbox: usize,
+    /// Slot records deleted (the newest of each job is always kept: it is the loop's cursor).
+    pub slots: usize,
+    /// `log_scan` positions in files not read since the cut-off.
+    pub scan_offsets: usize,
+    /// Runs older than the cut-off kept because a notification of theirs is still pending.
+    pub kept_pending: usize,
+}
+
 fn now() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -453,6 +468,49 @@ impl Store {
             .filter_map(|s| DateTime::parse_from_rfc3339(&s).ok())
             .map(|d| d.with_timezone(&Utc))
             .collect())
+    }
+
+    /// Deletes what is older than `before`: finished runs (with their reports and their outbox
+    /// rows), slot records and `log_scan` positions. Never deleted: a run still running, a run
+    /// with a notification still pending delivery, the newest finished run of each job (the
+    /// "previous run" its next report compares with), the newest slot of each job (the
+    /// scheduler's cursor). One transaction.
+    pub fn prune(&self, before: &DateTime<Utc>) -> Result<Pruned> {
+        let millis = before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let secs = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut pruned = Pruned::default();
+            let old_finished = "FROM runs r WHERE r.started_at < ?1 AND r.status != 'running'
+                 AND r.started_at < (SELECT MAX(n.started_at) FROM runs n WHERE n.job = r.job AND n.status != 'running')";
+            let pending = "EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = r.run_id AND o.state IN ('pending', 'sending'))";
+            let doomed: Vec<String> = {
+                let mut st = tx.prepare(&format!("SELECT r.run_id {old_finished} AND NOT {pending}"))?;
+                st.query_map([&millis], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+            };
+            pruned.kept_pending = tx.query_row(
+                &format!("SELECT COUNT(*) {old_finished} AND {pending}"),
+                [&millis],
+                |r| r.get::<_, i64>(0),
+            )? as usize;
+            {
+                let mut del_outbox = tx.prepare("DELETE FROM outbox WHERE run_id = ?1")?;
+                let mut del_run = tx.prepare("DELETE FROM runs WHERE run_id = ?1")?;
+                for run in &doomed {
+                    pruned.outbox += del_outbox.execute([run])?;
+                    pruned.runs += del_run.execute([run])?;
+                }
+            }
+            pruned.slots = tx.execute(
+                "DELETE FROM slots WHERE slot < ?1
+                 AND slot < (SELECT MAX(s.slot) FROM slots s WHERE s.job = slots.job)",
+                [&secs],
+            )?;
+            pruned.scan_offsets =
+                tx.execute("DELETE FROM scan_offsets WHERE updated_at < ?1", [&millis])?;
+            tx.commit()?;
+            Ok(pruned)
+        })
     }
 
     /// Adds a delivery to the outbox (no-op when it is already there).

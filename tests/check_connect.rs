@@ -12,8 +12,10 @@ fn connect_reports_reachable_and_unreachable_targets_without_secrets() {
         .local_addr()
         .unwrap()
         .port();
+    // An explicit state folder, as in every test: the default would be /var/lib/runbook on a
+    // machine where the package is installed.
     let config = format!(
-        "[targets.live]\nurl = \"{}\"\nsslmode = \"disable\"\n\n[targets.down]\nurl = \"postgres://app@127.0.0.1:{dead_port}/app\"\npassword = {{ env = \"RUNBOOK_TEST_DB_PW\" }}\nsslmode = \"disable\"\nconnect_timeout = \"2s\"\n",
+        "[runbook]\nstate_dir = \"state\"\n\n[targets.live]\nurl = \"{}\"\nsslmode = \"disable\"\n\n[targets.down]\nurl = \"postgres://app@127.0.0.1:{dead_port}/app\"\npassword = {{ env = \"RUNBOOK_TEST_DB_PW\" }}\nsslmode = \"disable\"\nconnect_timeout = \"2s\"\n",
         pg.url("postgres")
     );
     std::fs::write(dir.path().join("jobs.toml"), config).unwrap();

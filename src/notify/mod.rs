@@ -408,37 +408,48 @@ pub async fn dispatch(
 
 pub mod outbox;
 
+/// The outcome of `notify-test` for one notifier.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelTest {
+    /// The notifier's name (`[notify.NAME]`).
+    pub channel: String,
+    /// Its type: `email`, `slack`, `file`, ...
+    pub kind: &'static str,
+    /// `delivered` or `failed`.
+    pub status: &'static str,
+    /// Why it failed (never a secret), or None.
+    pub error: Option<String>,
+}
+
 /// `notify-test [CHANNEL]`: sends a small test report through each (or one) channel, at once,
-/// and says for each what failed. Not queued: the point is to see the failure now.
+/// and says for each what failed, in the order of the config. Not queued: the point is to see
+/// the failure now. `Err` is a usage mistake (unknown channel, no notifiers), with its message.
 pub async fn notify_test(
     config: &crate::config::Config,
     channel: Option<&str>,
-) -> std::process::ExitCode {
-    use std::process::ExitCode;
+) -> Result<Vec<ChannelTest>, String> {
     let names: Vec<&String> = match channel {
         Some(c) => match config.notifiers.get_key_value(c) {
             Some((k, _)) => vec![k],
             None => {
                 let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-                eprintln!(
-                    "runbook: unknown notifier {c:?} (defined: {})",
+                return Err(format!(
+                    "unknown notifier {c:?} (defined: {})",
                     if known.is_empty() {
                         "none".into()
                     } else {
                         known.join(", ")
                     }
-                );
-                return ExitCode::from(crate::cli::EXIT_USAGE);
+                ));
             }
         },
         None => config.notifiers.keys().collect(),
     };
     if names.is_empty() {
-        eprintln!(
-            "runbook: no notifiers are configured in {}",
+        return Err(format!(
+            "no notifiers are configured in {}",
             config.path.display()
-        );
-        return ExitCode::from(crate::cli::EXIT_USAGE);
+        ));
     }
     let report = std::sync::Arc::new(test_report(config));
     let mut tests = JoinSet::new();
@@ -453,18 +464,20 @@ pub async fn notify_test(
             results[i] = Some(r);
         }
     }
-    let mut ok = true;
-    for (name, r) in names.iter().zip(results) {
-        let n = &config.notifiers[*name];
-        match r.unwrap_or_else(|| Err("internal error: the test task failed".into())) {
-            Ok(()) => println!("{name} ({}): delivered", n.kind()),
-            Err(e) => {
-                ok = false;
-                println!("{name} ({}): FAILED: {e}", n.kind());
+    Ok(names
+        .iter()
+        .zip(results)
+        .map(|(name, r)| {
+            let kind = config.notifiers[*name].kind();
+            let r = r.unwrap_or_else(|| Err("internal error: the test task failed".into()));
+            ChannelTest {
+                channel: (*name).clone(),
+                kind,
+                status: if r.is_ok() { "delivered" } else { "failed" },
+                error: r.err(),
             }
-        }
-    }
-    ExitCode::from(if ok { 0 } else { 1 })
+        })
+        .collect())
 }
 
 /// The report sent by `notify-test`.
