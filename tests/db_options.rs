@@ -1450,7 +1450,7 @@ max_running = "1s"
         summary(slow).contains("1 statement(s) running longer than 1s"),
         "{slow:#}"
     );
-    assert!(details.contains("pg_sleep(120)"), "{slow:#}");
+    assert!(details.contains("pg_sleep($1)"), "{slow:#}");
 }
 
 #[test]

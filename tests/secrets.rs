@@ -315,3 +315,91 @@ fn pg_tools_get_a_clean_environment_and_the_password_only_where_the_item_hands_i
         assert!(v.contains_key("PATH"), "{v:#?}");
     }
 }
+
+#[test]
+fn slow_queries_reports_query_texts_without_their_literals() {
+    let pg = db_support::cluster_with_app_db();
+    db_support::q(
+        &pg,
+        "CREATE EXTENSION pg_stat_statements; CREATE ROLE app_user LOGIN",
+    );
+    // A utility statement with a password: pg_stat_statements keeps its text as sent.
+    db_support::q(&pg, "ALTER ROLE app_user PASSWORD 'hunter2-in-statements'");
+    let raw = db_support::q(
+        &pg,
+        "SELECT string_agg(query, ' | ') FROM pg_stat_statements WHERE query LIKE 'ALTER ROLE%'",
+    );
+    assert!(
+        raw.contains("'hunter2-in-statements'"),
+        "this test expects a server whose pg_stat_statements keeps the literal: {raw}"
+    );
+    // Long-running statements with literals in the text and in a comment.
+    let _a = db_support::Holder::start(&pg, "SELECT pg_sleep(120) /* 'secret-literal' */;\n");
+    let _b = db_support::Holder::start(&pg, "SELECT 'hunter2-running', pg_sleep(120);\n");
+    db_support::wait_for(
+        &pg,
+        "SELECT count(*) = 2 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT %pg_sleep(120)%' AND now() - query_start > interval '1.5s'",
+    );
+    let jobs = r#"
+[jobs.w]
+[[jobs.w.items]]
+name = "slow"
+kind = "slow_queries"
+target = "db"
+top = 1000
+warn_mean = "1h"
+max_running = "1s"
+"#;
+    let s = Setup::new(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run("w", &[]);
+    assert_eq!(code, 0, "{all}");
+    let slow = item(&report, "slow");
+    assert_eq!(slow["status"], "warn", "{slow:#}");
+    for secret in ["hunter2", "secret-literal"] {
+        assert!(!all.contains(secret), "{secret} is in the report:\n{all}");
+    }
+
+    // The running sessions: normalised text, and what identifies them.
+    let running = slow["data"]["long_running"]
+        .as_array()
+        .expect("long_running");
+    let mut queries: Vec<&str> = running.iter().filter_map(|r| r["query"].as_str()).collect();
+    queries.sort();
+    assert_eq!(
+        queries,
+        ["SELECT $1, pg_sleep($2)", "SELECT pg_sleep($1)"],
+        "{slow:#}"
+    );
+    for r in running {
+        assert_eq!(r["user"], "postgres", "{r:#}");
+        assert_eq!(r["application"], "psql", "{r:#}");
+        assert_eq!(r["database"], "app", "{r:#}");
+        assert_eq!(r["state"], "active", "{r:#}");
+        assert!(r["pid"].as_i64().is_some_and(|p| p > 0), "{r:#}");
+        assert!(r["seconds"].as_f64().is_some_and(|s| s >= 1.0), "{r:#}");
+        // pg_stat_statements is loaded, so the server computes query ids.
+        assert!(r["query_id"].as_i64().is_some(), "{r:#}");
+    }
+    assert!(
+        slow["details"].to_string().contains("(psql) active for"),
+        "{slow:#}"
+    );
+
+    // The ALTER ROLE from pg_stat_statements, with its password replaced.
+    let statements = slow["data"]["statements"].as_array().expect("statements");
+    let alter = statements
+        .iter()
+        .find(|s| {
+            s["query"]
+                .as_str()
+                .is_some_and(|q| q.starts_with("ALTER ROLE"))
+        })
+        .unwrap_or_else(|| {
+            panic!("ALTER ROLE not listed (pg_stat_statements has {raw:?}): {slow:#}")
+        });
+    assert_eq!(
+        alter["query"], "ALTER ROLE app_user PASSWORD $1",
+        "{alter:#}"
+    );
+    assert!(alter["query_id"].as_i64().is_some(), "{alter:#}");
+}

@@ -31,6 +31,7 @@ pub mod key_rotation;
 pub mod log_scan;
 pub mod manual;
 pub mod prometheus;
+pub mod query_text;
 pub mod reindex;
 pub mod restore_drill;
 pub mod slow_queries;
