@@ -312,6 +312,8 @@ pub struct Config {
     pub cluster: Option<ClusterSection>,
     /// Non-fatal findings (inline secrets, ...), shown by `check-config`.
     pub warnings: Vec<String>,
+    /// Hides every secret of this config in text bound for a report (what a child printed).
+    pub redactor: crate::secret::Redactor,
 }
 
 /// One configuration mistake, located.
@@ -402,6 +404,26 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         validate(raw, path.to_path_buf(), dir, &locator)
+    }
+
+    /// Every secret of the configuration: targets' and the cluster's passwords, notifiers'
+    /// credentials, and the secrets items hand to requests and child processes. The
+    /// [`crate::secret::Redactor`] of reports is built from these.
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        let mut all: Vec<&crate::secret::Secret> = Vec::new();
+        all.extend(self.targets.values().filter_map(|t| t.password.as_ref()));
+        if let Some(c) = &self.cluster {
+            all.extend(c.password_resolved.as_ref());
+        }
+        for n in self.notifiers.values() {
+            all.extend(n.secrets());
+        }
+        for job in self.jobs.values() {
+            for item in &job.config.items {
+                all.extend(item.spec.secrets());
+            }
+        }
+        all
     }
 
     /// The job called `name`, or a usage error listing the known ones.
@@ -669,7 +691,7 @@ fn validate(
             .unwrap_or_else(|| "localhost".into())
     });
 
-    Ok(Config {
+    let mut config = Config {
         path,
         dir,
         runbook: raw.runbook,
@@ -682,7 +704,10 @@ fn validate(
         server: raw.server,
         cluster,
         warnings,
-    })
+        redactor: crate::secret::Redactor::default(),
+    };
+    config.redactor = crate::secret::Redactor::new(config.secrets());
+    Ok(config)
 }
 
 fn unknown_zone(z: &str) -> String {

@@ -764,7 +764,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // The clock is paused: "time left until the deadline" is exact, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
     async fn a_checks_timeout_is_the_shorter_of_the_deadline_and_the_targets_own() {
         let target = |st: Option<Duration>| {
             let c = TargetConfig {
@@ -785,12 +786,20 @@ mod tests {
         assert_eq!(ms, 300);
         let near = tokio::time::Instant::now() + Duration::from_millis(100);
         let ms = target(Some(Duration::from_secs(60))).check_timeout_ms(near);
-        assert!((1..=100).contains(&ms), "{ms}");
+        assert_eq!(ms, 100);
         // None, or 0 (PostgreSQL's "no timeout"): the deadline alone.
         for st in [None, Some(Duration::ZERO)] {
             let ms = target(st).check_timeout_ms(soon);
-            assert!((9_000..=10_000).contains(&ms), "{st:?}: {ms}");
+            assert_eq!(ms, 10_000, "{st:?}");
         }
+        // A deadline already passed still gives 1 ms, never 0 (which would mean "no timeout").
+        let past = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(target(None).check_timeout_ms(past), 1);
+        assert_eq!(
+            target(Some(Duration::from_secs(60))).check_timeout_ms(past),
+            1
+        );
     }
 
     #[test]

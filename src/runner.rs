@@ -168,6 +168,7 @@ async fn run_locked(
         started_at: started,
         previous_started_at: previous.as_ref().map(|p| p.started_at.with_timezone(&Utc)),
         deadline: Instant::now(),
+        redactor: config.redactor.clone(),
     };
     let outcomes = execute(job, &selected, base_ctx, config.runbook.max_parallel_items).await;
 
@@ -179,6 +180,13 @@ async fn run_locked(
         .zip(outcomes)
         .map(|(&i, (outcome, ms))| {
             let item = &job.config.items[i];
+            // Whatever reached an outcome (a child's output, an echoed URL) is shown without
+            // the config's secrets.
+            let mut outcome = outcome;
+            let r = &config.redactor;
+            r.redact_string(&mut outcome.summary);
+            outcome.details.iter_mut().for_each(|d| r.redact_string(d));
+            r.redact_json(&mut outcome.data);
             ItemReport {
                 name: item.name.clone(),
                 kind: item.spec.kind().to_string(),

@@ -689,20 +689,21 @@ pub async fn run_tool_with_input(
     keep_stdout: bool,
     input: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 ) -> ToolRun {
-    cmd.env_remove("NOTIFY_SOCKET")
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(if keep_stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    // A clean environment: the caller's own PG* variables stay, the daemon's secrets do not.
+    super::child_env::clean(cmd.as_std_mut(), super::child_env::Child::PgTool);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(if keep_stdout {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stderr(Stdio::piped())
+    .process_group(0)
+    .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -23,6 +23,7 @@ use crate::store::Store;
 pub mod alertmanager;
 pub mod backup;
 pub mod backup_verify;
+pub mod child_env;
 pub mod command;
 pub mod create_indexes;
 pub mod http;
@@ -30,6 +31,7 @@ pub mod key_rotation;
 pub mod log_scan;
 pub mod manual;
 pub mod prometheus;
+pub mod query_text;
 pub mod reindex;
 pub mod restore_drill;
 pub mod slow_queries;
@@ -197,6 +199,9 @@ pub struct ItemCtx {
     pub previous_started_at: Option<DateTime<Utc>>,
     /// This item's deadline (the runner enforces it too; items may use it to stop early).
     pub deadline: tokio::time::Instant,
+    /// Hides the config's secrets in what a child process printed (the runner applies it to
+    /// every outcome as well).
+    pub redactor: crate::secret::Redactor,
 }
 
 impl ItemCtx {
@@ -349,6 +354,15 @@ impl ItemSpec {
             | ItemSpec::Prometheus(_)
             | ItemSpec::TlsCert(_) => Some(std::time::Duration::from_secs(60)),
             _ => None,
+        }
+    }
+
+    /// The secrets this item hands to a request or a child process (resolved by `prepare`).
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        match self {
+            ItemSpec::Command(o) => o.secrets(),
+            ItemSpec::Http(o) => o.secrets(),
+            _ => vec![],
         }
     }
 

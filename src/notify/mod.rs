@@ -80,6 +80,16 @@ impl NotifierConfig {
         }
     }
 
+    /// The secrets this channel was given (for the report redactor).
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        match self {
+            NotifierConfig::Email(c) => c.password_resolved.iter().collect(),
+            NotifierConfig::Slack(c) => c.webhook_resolved.iter().collect(),
+            NotifierConfig::File(_) => vec![],
+            NotifierConfig::Heartbeat(c) => c.url_resolved.iter().collect(),
+        }
+    }
+
     /// Load-time checks and secret resolution. Ok holds warnings.
     pub fn prepare(&mut self, name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
         match self {
