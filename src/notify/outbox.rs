@@ -7,8 +7,10 @@
 //! processes flushing at once (the daemon and a manual `outbox --flush`) exactly one wins the
 //! claim and the other skips the row. The winner marks the row `sent` or, after a failure,
 //! `pending` again with the time of the next attempt. A sender that dies mid-delivery leaves a
-//! `sending` row whose lease expires after [`CLAIM_LEASE`]; it is then retried. That is the one
-//! case where a message may arrive twice (the server accepted it, the process died before
+//! `sending` row; the claim records who holds it (a [`crate::store::Holder`]: boot id, pid,
+//! process start time), so the next flush sees the claimer is gone and takes the row over at
+//! once. Rows whose claimer is not recorded (written by an older version) wait for the lease,
+//! [`CLAIM_LEASE`], to expire. A takeover is the one case where a message may arrive twice (the server accepted it, the process died before
 //! recording it): we prefer that to losing a report.
 
 use std::time::Duration;
@@ -103,9 +105,20 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
                 .as_deref()
                 .and_then(parse_time)
                 .is_some_and(|t| t > now);
+        // The claim of a sender that died (kill -9, a crash, a reboot) is taken over now rather
+        // than when its lease ends.
+        let mut dead_claim = None;
         if lease_active {
-            busy.push((entry.run_id.clone(), entry.channel.clone()));
-            continue;
+            match &entry.claimed_by {
+                Some(h) if !h.alive(None) => {
+                    tracing::warn!(run_id = %entry.run_id, channel = %entry.channel, "taking over a delivery claimed by {}, which is gone", h.describe());
+                    dead_claim = entry.next_attempt_at.clone();
+                }
+                _ => {
+                    busy.push((entry.run_id.clone(), entry.channel.clone()));
+                    continue;
+                }
+            }
         }
         let notifier = config.notifiers.get(&entry.channel);
         let mut max_age = config.runbook.outbox_max_age.0;
@@ -145,6 +158,7 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
         }
         if due_only
             && !in_flight
+            && dead_claim.is_none()
             && entry
                 .next_attempt_at
                 .as_deref()
@@ -154,7 +168,13 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
             result.not_due += 1;
             continue;
         }
-        let Some(claim) = store.outbox_claim(&entry.run_id, &entry.channel, CLAIM_LEASE)? else {
+        let claimed = match &dead_claim {
+            Some(token) => {
+                store.outbox_take_over(&entry.run_id, &entry.channel, CLAIM_LEASE, token)?
+            }
+            None => store.outbox_claim(&entry.run_id, &entry.channel, CLAIM_LEASE)?,
+        };
+        let Some(claim) = claimed else {
             // Another process claimed it between our listing and now.
             busy.push((entry.run_id.clone(), entry.channel.clone()));
             continue;
