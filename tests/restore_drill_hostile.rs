@@ -323,3 +323,56 @@ fn hostile_custom_dumps_run_no_program_and_touch_no_other_database() {
         "",
     );
 }
+
+/// The drill's role logs in with its own random password: under `scram-sha-256` (only the
+/// target's superuser is trusted here), real `pg_dump` output of the fixture, custom and plain,
+/// restores and passes its checks, and nothing is left behind.
+#[test]
+fn real_dumps_restore_as_the_drill_role_with_its_password_under_scram() {
+    let c = trading_cluster();
+    let hba = c.data.join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    c.psql(
+        "postgres",
+        "SET password_encryption = 'scram-sha-256'; SELECT pg_reload_conf()",
+        &[],
+    )
+    .unwrap();
+    let target = format!(
+        "[targets.scratch]\nurl = \"{}\"\nsslmode = \"disable\"\n",
+        c.url("postgres")
+    );
+    for (format, name) in [("c", "trading.dump"), ("p", "trading.sql")] {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join(name);
+        pg_dump(&c, "trading", format, &f, &[]);
+        age(&f, HOUR);
+        let item = format!(
+            "[[jobs.t.items]]\nname = \"Restore drill\"\nkind = \"restore_drill\"\ntarget = \"scratch\"\ndir = {}\n{ORDERS_CHECK}\n",
+            q(d.path())
+        );
+        let (code, it) = Setup::new(&target, &item).run(&[]);
+        assert_eq!(code, 0, "{name}: {it:#}");
+        assert_eq!(it["status"], "pass", "{name}: {it:#}");
+        assert!(
+            it["data"]["restore_role"]
+                .as_str()
+                .unwrap()
+                .starts_with("runbook_drill_"),
+            "{it:#}"
+        );
+        assert!(drill_databases(&c).is_empty());
+        let roles = c
+            .psql(
+                "postgres",
+                r"SELECT count(*) FROM pg_roles WHERE rolname LIKE 'runbook\_drill\_%'",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(roles.trim(), "0", "drill role left behind");
+    }
+}

@@ -546,8 +546,19 @@ impl RestoreDrill {
             } else {
                 "psql"
             };
+            let mut why = run.failure(tool);
+            if run.stderr_tail.iter().any(|l| {
+                l.contains("authentication failed")
+                    || l.contains("no pg_hba.conf entry")
+                    || l.contains("no password supplied")
+            }) {
+                why.push_str(&format!(
+                    " (the drill logs in as its own role {}: pg_hba.conf must let it log in with a password from here, e.g. a `host all all <runbook's address> scram-sha-256` line)",
+                    target.pg.get_user().unwrap_or("?")
+                ));
+            }
             let mut r = DrillResult {
-                restore_error: Some(run.failure(tool)),
+                restore_error: Some(why),
                 rto: Some(rto),
                 ..Default::default()
             };
