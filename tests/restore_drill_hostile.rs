@@ -326,9 +326,10 @@ fn hostile_custom_dumps_run_no_program_and_touch_no_other_database() {
 
 /// The drill's role logs in with its own random password: under `scram-sha-256` (only the
 /// target's superuser is trusted here), real `pg_dump` output of the fixture, custom and plain,
-/// restores and passes its checks, and nothing is left behind.
+/// restores and passes its checks, and nothing is left behind. A configured `restore_role`
+/// logs in with its configured password.
 #[test]
-fn real_dumps_restore_as_the_drill_role_with_its_password_under_scram() {
+fn real_dumps_restore_as_an_unprivileged_role_with_its_password_under_scram() {
     let c = trading_cluster();
     let hba = c.data.join("pg_hba.conf");
     std::fs::write(
@@ -375,4 +376,45 @@ fn real_dumps_restore_as_the_drill_role_with_its_password_under_scram() {
             .unwrap();
         assert_eq!(roles.trim(), "0", "drill role left behind");
     }
+
+    // A configured restore_role (for a target user that may not create roles) is used as it is
+    // and kept; one that could leave the scratch database is refused before anything runs.
+    c.psql(
+        "postgres",
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE drill_restorer LOGIN PASSWORD 'Restorer-pw-1'",
+        &[],
+    )
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("trading.dump");
+    pg_dump(&c, "trading", "c", &f, &[]);
+    age(&f, HOUR);
+    let item = |role: &str| {
+        format!(
+            "[[jobs.t.items]]\nname = \"Restore drill\"\nkind = \"restore_drill\"\ntarget = \"scratch\"\ndir = {}\nrestore_role = \"{role}\"\nrestore_password = \"Restorer-pw-1\"\n{ORDERS_CHECK}\n",
+            q(d.path())
+        )
+    };
+    let (code, it) = Setup::new(&target, &item("drill_restorer")).run(&[]);
+    assert_eq!(code, 0, "{it:#}");
+    assert_eq!(it["data"]["restore_role"], "drill_restorer", "{it:#}");
+    assert!(drill_databases(&c).is_empty());
+    let (code, it) = Setup::new(&target, &item("postgres")).run(&[]);
+    assert_eq!(code, 1, "{it:#}");
+    assert!(
+        it["summary"].as_str().unwrap().contains("SUPERUSER"),
+        "{it:#}"
+    );
+    assert!(drill_databases(&c).is_empty());
+    assert_eq!(
+        c.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'drill_restorer'",
+            &[]
+        )
+        .unwrap()
+        .trim(),
+        "1",
+        "a configured role is kept"
+    );
 }

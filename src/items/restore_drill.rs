@@ -77,6 +77,16 @@ pub struct RestoreDrill {
     /// A fixed name for the scratch database (must start with `runbook_drill_`). Default:
     /// `runbook_drill_<run id>`, unique per run.
     pub scratch_database: Option<String>,
+    /// A role of yours to restore as, instead of one the drill makes (for a target user that may
+    /// not create roles). Checked before each drill: it must be able to log in and must not be a
+    /// superuser, have CREATEDB, CREATEROLE, REPLICATION or BYPASSRLS, be a member of any role,
+    /// or own a database. The scratch database is created with it as the owner.
+    pub restore_role: Option<String>,
+    /// The password of `restore_role` (a secret), when pg_hba.conf asks for one.
+    pub restore_password: Option<crate::secret::SecretSource>,
+    /// `restore_password`, resolved by `prepare`.
+    #[serde(skip)]
+    pub resolved_restore_password: Option<crate::secret::Secret>,
 }
 
 /// How long dropping the scratch database may take before we give up and report it.
@@ -118,6 +128,20 @@ impl RestoreDrill {
                     format!("check {:?}: min {min} is above max {max}", c.name),
                 );
             }
+        }
+        match (&self.restore_role, &self.restore_password) {
+            (Some(role), _) if role.is_empty() || role.starts_with(SCRATCH_PREFIX) => p.error(
+                "restore_role",
+                format!("restore_role {role:?} must be a role of yours, not empty and not starting with \"{SCRATCH_PREFIX}\" (those are the drill's own, dropped after each drill)"),
+            ),
+            (None, Some(_)) => p.error(
+                "restore_password",
+                "restore_password needs restore_role (the drill's own role gets a random password)",
+            ),
+            (Some(_), Some(source)) => {
+                self.resolved_restore_password = p.secret("restore_password", source);
+            }
+            _ => {}
         }
         let dir = p.path(&self.dir);
         if !dir.is_dir() {
@@ -271,30 +295,45 @@ impl RestoreDrill {
             }
         }
 
-        // The role the restore runs as, then the scratch database it owns.
-        let password = match create_drill_role(&admin, &scratch).await {
-            Ok(p) => p,
-            Err(e) => {
-                return Outcome::fail(format!(
-                    "cannot create the drill's restore role {scratch}: {e}; the target's user needs CREATEROLE and CREATEDB (or to be a superuser)"
-                ))
-                .with_data(data);
-            }
+        // The role the restore runs as (made for this drill, or the configured restore_role),
+        // then the scratch database it owns.
+        let (role, password) = match &self.restore_role {
+            Some(role) => match check_restore_role(&admin, role).await {
+                Ok(()) => (role.clone(), self.resolved_restore_password.clone()),
+                Err(e) => {
+                    return Outcome::fail(format!(
+                        "restore_role {role:?} {e}: a backup file could use that; nothing was restored"
+                    ))
+                    .with_data(data);
+                }
+            },
+            None => match create_drill_role(&admin, &scratch).await {
+                Ok(p) => (scratch.clone(), Some(p)),
+                Err(e) => {
+                    return Outcome::fail(format!(
+                        "cannot create the drill's restore role {scratch}: {e}; the target's user needs CREATEROLE and CREATEDB (or to be a superuser), or set restore_role"
+                    ))
+                    .with_data(data);
+                }
+            },
         };
+        // Dropping the scratch database also drops a role of the same name: the drill's own
+        // (a configured restore_role never has such a name).
         let mut guard = ScratchGuard {
             target: Some(target.clone()),
             name: scratch.clone(),
         };
         let mut restorer = target.clone();
-        restorer.pg.user(&scratch);
-        restorer.password = Some(password);
-        data["restore_role"] = scratch.clone().into();
+        restorer.pg.user(&role);
+        restorer.password = password;
+        data["restore_role"] = role.clone().into();
 
         let created = Instant::now();
         if let Err(e) = admin
             .batch_execute(&format!(
-                "CREATE DATABASE {0} OWNER {0}",
-                quote_ident(&scratch)
+                "CREATE DATABASE {} OWNER {}",
+                quote_ident(&scratch),
+                quote_ident(&role)
             ))
             .await
         {
@@ -319,7 +358,7 @@ impl RestoreDrill {
         ));
         details.push(format!("command: {command_line}"));
         details.push(format!(
-            "restored and checked as role {scratch}: not a superuser, owns only the scratch database (a dump cannot run programs or reach other databases)"
+            "restored and checked as role {role}: not a superuser, owns only the scratch database (a dump cannot run programs or reach other databases)"
         ));
 
         let work = self.restore_and_check(
@@ -356,11 +395,15 @@ impl RestoreDrill {
 
         if failed && self.keep_on_failure {
             guard.disarm();
-            // The role stays as the kept database's owner, but can no longer log in.
-            let _ = admin
-                .batch_execute(&format!("ALTER ROLE {} NOLOGIN", quote_ident(&scratch)))
-                .await;
-            outcome.details.push(format!("scratch database {scratch} kept for inspection (keep_on_failure); drop it with: DROP DATABASE {0} WITH (FORCE); DROP ROLE {0}", quote_ident(&scratch)));
+            if self.restore_role.is_none() {
+                // The drill's role stays as the kept database's owner, but can no longer log in.
+                let _ = admin
+                    .batch_execute(&format!("ALTER ROLE {} NOLOGIN", quote_ident(&scratch)))
+                    .await;
+                outcome.details.push(format!("scratch database {scratch} kept for inspection (keep_on_failure); drop it with: DROP DATABASE {0} WITH (FORCE); DROP ROLE {0}", quote_ident(&scratch)));
+            } else {
+                outcome.details.push(format!("scratch database {scratch} kept for inspection (keep_on_failure); drop it with: DROP DATABASE {} WITH (FORCE)", quote_ident(&scratch)));
+            }
             data["scratch_dropped"] = false.into();
         } else {
             match drop_scratch(&admin, &scratch).await {
@@ -894,6 +937,48 @@ async fn create_drill_role(
         return Err(crate::pg::pg_error(&e));
     }
     Ok(crate::secret::Secret::literal(&password))
+}
+
+/// Refuses a configured `restore_role` that a dump could use to leave the scratch database:
+/// `Err` says what it has too much of.
+async fn check_restore_role(admin: &tokio_postgres::Client, role: &str) -> Result<(), String> {
+    let row = admin
+        .query_opt(
+            "SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls, r.rolcanlogin,
+                    (SELECT string_agg(g.rolname, ', ' ORDER BY g.rolname) FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid),
+                    (SELECT string_agg(d.datname, ', ' ORDER BY d.datname) FROM pg_database d WHERE d.datdba = r.oid)
+             FROM pg_roles r WHERE r.rolname = $1",
+            &[&role],
+        )
+        .await
+        .map_err(|e| crate::pg::pg_error(&e))?
+        .ok_or("does not exist")?;
+    let flag = |i: usize| row.try_get::<_, bool>(i).unwrap_or(true);
+    let mut too_much = Vec::new();
+    for (i, what) in [
+        (0, "SUPERUSER"),
+        (1, "CREATEROLE"),
+        (2, "CREATEDB"),
+        (3, "REPLICATION"),
+        (4, "BYPASSRLS"),
+    ] {
+        if flag(i) {
+            too_much.push(what.to_string());
+        }
+    }
+    if let Ok(Some(groups)) = row.try_get::<_, Option<String>>(6) {
+        too_much.push(format!("membership in {groups}"));
+    }
+    if let Ok(Some(dbs)) = row.try_get::<_, Option<String>>(7) {
+        too_much.push(format!("ownership of database {dbs}"));
+    }
+    if !too_much.is_empty() {
+        return Err(format!("has {}", too_much.join(", ")));
+    }
+    if !row.try_get::<_, bool>(5).unwrap_or(false) {
+        return Err("cannot log in (NOLOGIN)".into());
+    }
+    Ok(())
 }
 
 /// `n` random letters and digits from the kernel's generator.
