@@ -223,24 +223,21 @@ fn ok_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 
 const HOOK: &str = "[notify.hook]\ntype = \"slack\"\nwebhook_url = { env = \"TEST_HOOK_URL\" }\n";
 
-#[test]
-fn a_killed_flush_leaves_a_claim_the_next_flush_takes_over_at_once() {
-    let (_dir, config) = setup(HOOK);
+/// Queues the report of a run of `t` (its receiver is down), then starts an `outbox --flush`
+/// that claims it and hangs on a receiver that never answers; returns once the row is claimed.
+fn queue_and_claim(config: &Path) -> Child {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    // The report cannot be delivered: it is queued.
-    let out = runbook(&config, &["run-job", "t"])
+    let out = runbook(config, &["run-job", "t"])
         .env("TEST_HOOK_URL", format!("http://127.0.0.1:{closed}/hook"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-
-    // A flush claims it, hangs on a receiver that never answers, and is killed (-9).
     let hang = hanging_server();
-    let mut flush = runbook(&config, &["outbox", "--flush"])
+    let flush = runbook(config, &["outbox", "--flush"])
         .env("TEST_HOOK_URL", format!("http://127.0.0.1:{hang}/hook"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -248,7 +245,7 @@ fn a_killed_flush_leaves_a_claim_the_next_flush_takes_over_at_once() {
         .unwrap();
     let started = Instant::now();
     loop {
-        let sending: i64 = state(&config)
+        let sending: i64 = state(config)
             .query_row(
                 "SELECT count(*) FROM outbox WHERE state = 'sending'",
                 [],
@@ -256,7 +253,7 @@ fn a_killed_flush_leaves_a_claim_the_next_flush_takes_over_at_once() {
             )
             .unwrap();
         if sending == 1 {
-            break;
+            return flush;
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -264,6 +261,35 @@ fn a_killed_flush_leaves_a_claim_the_next_flush_takes_over_at_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn assert_delivered(
+    config: &Path,
+    out: &std::process::Output,
+    received: &std::sync::atomic::AtomicUsize,
+) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let left: i64 = state(config)
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE state != 'sent'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_killed_flush_leaves_a_claim_the_next_flush_takes_over_at_once() {
+    let (_dir, config) = setup(HOOK);
+    let mut flush = queue_and_claim(&config);
     flush.kill().unwrap();
     flush.wait().unwrap();
 
@@ -273,20 +299,43 @@ fn a_killed_flush_leaves_a_claim_the_next_flush_takes_over_at_once() {
         .env("TEST_HOOK_URL", format!("http://127.0.0.1:{ok}/hook"))
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let left: i64 = state(&config)
-        .query_row(
-            "SELECT count(*) FROM outbox WHERE state != 'sent'",
-            [],
-            |r| r.get(0),
-        )
+    assert_delivered(&config, &out, &received);
+}
+
+#[test]
+fn a_flush_waiting_for_another_sender_delivers_itself_when_that_sender_is_killed() {
+    let (_dir, config) = setup(HOOK);
+    let mut first = queue_and_claim(&config);
+
+    // A second flush finds the row being sent by a live process and waits for it...
+    let (ok, received) = ok_server();
+    let mut second = runbook(&config, &["outbox", "--flush"])
+        .env("TEST_HOOK_URL", format!("http://127.0.0.1:{ok}/hook"))
+        .env("RUNBOOK_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(left, 0);
+    let mut stderr = std::io::BufReader::new(second.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "the second flush ended without waiting: {seen}");
+        seen.push_str(&line);
+        if line.contains("being sent by another process") {
+            break;
+        }
+    }
+    // ... and that sender dies (kill -9): the waiting flush takes the delivery over.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    let mut out = second.wait_with_output().unwrap();
+    out.stderr = drain.join().unwrap().into_bytes();
+    assert_delivered(&config, &out, &received);
 }

@@ -91,9 +91,46 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// whose next attempt time has come; without (`outbox --flush`) all of them, now.
 pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Result<FlushResult> {
     let mut result = FlushResult::default();
+    let busy = flush_pass(config, store, due_only, None, &mut result).await?;
+    if due_only {
+        result.busy = busy.len();
+        return Ok(result);
+    }
+    // An operator's flush should end with an answer: wait for the other sender to finish; if
+    // it dies meanwhile, deliver its rows ourselves.
+    if !busy.is_empty() {
+        tracing::info!(
+            "waiting for {} notification(s) being sent by another process",
+            busy.len()
+        );
+    }
+    let orphans = wait_for_others(store, busy, &mut result).await?;
+    if !orphans.is_empty() {
+        let busy = flush_pass(config, store, false, Some(&orphans), &mut result).await?;
+        result.busy += busy.len();
+    }
+    Ok(result)
+}
+
+/// One pass over the outbox (or over the rows in `only`); returns the rows another live
+/// process is delivering.
+async fn flush_pass(
+    config: &Config,
+    store: &Store,
+    due_only: bool,
+    only: Option<&[(String, String)]>,
+    result: &mut FlushResult,
+) -> anyhow::Result<Vec<(String, String)>> {
     let now = Utc::now();
     let mut busy = Vec::new();
     for entry in store.outbox(None)? {
+        if let Some(only) = only
+            && !only
+                .iter()
+                .any(|(r, c)| *r == entry.run_id && *c == entry.channel)
+        {
+            continue;
+        }
         let in_flight = match entry.state.as_str() {
             "pending" => false,
             "sending" => true,
@@ -222,22 +259,18 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
             }
         }
     }
-    if !due_only {
-        // An operator's flush should end with an answer: wait for the other sender to finish.
-        wait_for_others(store, busy, &mut result).await?;
-    } else {
-        result.busy = busy.len();
-    }
-    Ok(result)
+    Ok(busy)
 }
 
 /// Waits (at most one delivery timeout) for rows claimed by another process to leave
-/// `sending`, then counts them as delivered elsewhere, failed, or still busy.
+/// `sending`, then counts them as delivered elsewhere, failed, or still busy. Returns the rows
+/// whose claimer died while we waited (to be delivered by us).
 async fn wait_for_others(
     store: &Store,
     mut busy: Vec<(String, String)>,
     result: &mut FlushResult,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut orphans = Vec::new();
     let deadline = tokio::time::Instant::now() + super::DELIVERY_TIMEOUT + Duration::from_secs(5);
     while !busy.is_empty() {
         let rows = store.outbox(None)?;
@@ -248,6 +281,12 @@ async fn wait_for_others(
                 .find(|e| e.run_id == run_id && e.channel == channel)
             {
                 None => result.delivered_elsewhere += 1,
+                Some(e)
+                    if e.state == "sending"
+                        && e.claimed_by.as_ref().is_some_and(|h| !h.alive(None)) =>
+                {
+                    orphans.push((run_id, channel))
+                }
                 Some(e) if e.state == "sending" => still.push((run_id, channel)),
                 Some(_) => result.failed += 1,
             }
@@ -259,7 +298,7 @@ async fn wait_for_others(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     result.busy = busy.len();
-    Ok(())
+    Ok(orphans)
 }
 
 /// Updates the stored report's `notifications` line of a channel. Best effort: the outbox row
