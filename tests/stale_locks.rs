@@ -75,6 +75,7 @@ fn run_job(config: &Path) -> (i32, String) {
     )
 }
 
+/// A child process, killed when dropped (a failing test leaves none behind).
 struct Sleeper(Child);
 
 impl Sleeper {
@@ -225,7 +226,7 @@ const HOOK: &str = "[notify.hook]\ntype = \"slack\"\nwebhook_url = { env = \"TES
 
 /// Queues the report of a run of `t` (its receiver is down), then starts an `outbox --flush`
 /// that claims it and hangs on a receiver that never answers; returns once the row is claimed.
-fn queue_and_claim(config: &Path) -> Child {
+fn queue_and_claim(config: &Path) -> Sleeper {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -237,12 +238,14 @@ fn queue_and_claim(config: &Path) -> Child {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let hang = hanging_server();
-    let flush = runbook(config, &["outbox", "--flush"])
-        .env("TEST_HOOK_URL", format!("http://127.0.0.1:{hang}/hook"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let flush = Sleeper(
+        runbook(config, &["outbox", "--flush"])
+            .env("TEST_HOOK_URL", format!("http://127.0.0.1:{hang}/hook"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let started = Instant::now();
     loop {
         let sending: i64 = state(config)
@@ -290,8 +293,8 @@ fn assert_delivered(
 fn a_killed_flush_leaves_a_claim_the_next_flush_takes_over_at_once() {
     let (_dir, config) = setup(HOOK);
     let mut flush = queue_and_claim(&config);
-    flush.kill().unwrap();
-    flush.wait().unwrap();
+    flush.0.kill().unwrap();
+    flush.0.wait().unwrap();
 
     // The next flush delivers it: the claimer is gone, its claim is not waited for.
     let (ok, received) = ok_server();
@@ -328,8 +331,8 @@ fn a_flush_waiting_for_another_sender_delivers_itself_when_that_sender_is_killed
         }
     }
     // ... and that sender dies (kill -9): the waiting flush takes the delivery over.
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
     let drain = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = stderr.read_to_string(&mut rest);
