@@ -238,15 +238,29 @@ impl RestoreDrill {
                 format.as_str(),
                 human_bytes(backup.size)
             ))
-            .detail(format!("CREATE DATABASE {}", quote_ident(&scratch)))
+            .detail(match &self.restore_role {
+                Some(role) => format!(
+                    "CREATE DATABASE {} OWNER {} (restore_role, checked to be no superuser and to own no other database)",
+                    quote_ident(&scratch),
+                    quote_ident(role)
+                ),
+                None => format!(
+                    "CREATE ROLE {0} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD <random>; CREATE DATABASE {0} OWNER {0}",
+                    quote_ident(&scratch)
+                ),
+            })
             .detail(format!("restore: {command_line}"));
             for c in &self.checks {
                 o.details.push(format!("check {:?}: {}", c.name, c.query));
             }
-            o.details.push(format!(
-                "DROP DATABASE {} WITH (FORCE)",
-                quote_ident(&scratch)
-            ));
+            o.details.push(if self.restore_role.is_some() {
+                format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&scratch))
+            } else {
+                format!(
+                    "DROP DATABASE {0} WITH (FORCE); DROP ROLE {0}",
+                    quote_ident(&scratch)
+                )
+            });
             data["planned"] = true.into();
             return o.with_data(data);
         }
