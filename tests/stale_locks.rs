@@ -342,3 +342,45 @@ fn a_flush_waiting_for_another_sender_delivers_itself_when_that_sender_is_killed
     out.stderr = drain.join().unwrap().into_bytes();
     assert_delivered(&config, &out, &received);
 }
+
+#[test]
+fn a_run_killed_while_delivering_its_report_leaves_a_claim_the_next_flush_takes_over() {
+    let (_dir, config) = setup(HOOK);
+    // The run's own delivery claims the row and hangs; the run is killed (-9) meanwhile, as a
+    // daemon would be.
+    let hang = hanging_server();
+    let mut run = Sleeper(
+        runbook(&config, &["run-job", "t"])
+            .env("TEST_HOOK_URL", format!("http://127.0.0.1:{hang}/hook"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !config.parent().unwrap().join("state/state.db").exists()
+        || state(&config)
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE state = 'sending'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_or(0)
+            == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run never claimed its delivery"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+
+    let (ok, received) = ok_server();
+    let out = runbook(&config, &["outbox", "--flush"])
+        .env("TEST_HOOK_URL", format!("http://127.0.0.1:{ok}/hook"))
+        .output()
+        .unwrap();
+    assert_delivered(&config, &out, &received);
+}
