@@ -59,7 +59,7 @@ impl RunOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(
-        "job {job:?} is already running (run {run_id}, process {pid} on {host}, since {since}); nothing ran"
+        "job {job:?} is already running (run {run_id}, {trigger}, process {pid} on {host}, since {since}); nothing ran"
     )]
     Locked {
         job: String,
@@ -67,6 +67,8 @@ pub enum RunError {
         pid: i64,
         host: String,
         since: String,
+        /// `trigger manual`, `trigger schedule`, ... (or `trigger unknown`).
+        trigger: String,
     },
     #[error("{0}")]
     Usage(String),
@@ -98,6 +100,7 @@ pub async fn run_job(
             pid,
             host,
             since,
+            trigger,
         } => {
             return Err(RunError::Locked {
                 job: job.name.clone(),
@@ -105,6 +108,7 @@ pub async fn run_job(
                 pid,
                 host,
                 since,
+                trigger: format!("trigger {}", trigger.as_deref().unwrap_or("unknown")),
             });
         }
         Lock::Acquired { stale_taken_over } => {

@@ -9,6 +9,14 @@
 //! change is a transaction, writers wait up to 10 s for each other (`busy_timeout`), and a job
 //! lock is a row inserted under `BEGIN IMMEDIATE`. A lock whose process is gone (killed with
 //! `kill -9`, host rebooted) is taken over instead of blocking forever.
+//!
+//! Who holds a lock, a `running` run or an outbox claim is a [`Holder`]: host name, the kernel's
+//! boot id, pid and the process's start time. A pid alone lies: after a reboot it belongs to
+//! another process (in a container the daemon is PID 1 in every life), and `kill(pid, 0)`
+//! answers EPERM for anyone else's process. A holder is alive only when the boot id is this
+//! kernel's and the process with that pid started at the recorded time. The host name is for
+//! people; the state folder belongs to one host (one kernel, one PID namespace: the daemon and
+//! the commands run beside it).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -75,6 +83,18 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // log_scan: a hash of the file's first bytes, because inodes are reused after rotation.
     M::up("ALTER TABLE scan_offsets ADD COLUMN fingerprint INTEGER;"),
+    // Holders identified by boot id and process start time, not by pid alone (rows written
+    // before keep NULL there and are judged by pid and the lock's time, see Holder::alive).
+    M::up(
+        "ALTER TABLE locks ADD COLUMN boot_id TEXT;
+         ALTER TABLE locks ADD COLUMN start_ticks INTEGER;
+         ALTER TABLE runs ADD COLUMN boot_id TEXT;
+         ALTER TABLE runs ADD COLUMN start_ticks INTEGER;
+         ALTER TABLE outbox ADD COLUMN claim_host TEXT;
+         ALTER TABLE outbox ADD COLUMN claim_boot_id TEXT;
+         ALTER TABLE outbox ADD COLUMN claim_pid INTEGER;
+         ALTER TABLE outbox ADD COLUMN claim_start_ticks INTEGER;",
+    ),
 ];
 
 /// A handle on the state database; cheap to clone.
@@ -98,6 +118,8 @@ pub enum Lock {
         pid: i64,
         host: String,
         since: String,
+        /// The holding run's trigger (`manual`, `schedule`, `catch_up`), when it is recorded.
+        trigger: Option<String>,
     },
 }
 
@@ -130,6 +152,9 @@ pub struct OutboxEntry {
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
     pub job: Option<String>,
+    /// The process that claimed a `sending` row, when recorded.
+    #[serde(skip)]
+    pub claimed_by: Option<Holder>,
 }
 
 /// What [`Store::prune`] removed (and kept).
@@ -151,16 +176,124 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// True when a process with this pid exists on this host.
-pub fn pid_alive(pid: i64) -> bool {
+/// A process that holds a lock, a run or an outbox claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The host name it ran on (for messages).
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id` of its kernel; None in rows written before it was
+    /// recorded (or where the kernel does not say).
+    pub boot_id: Option<String>,
+    pub pid: i64,
+    /// When the process started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+    pub start_ticks: Option<i64>,
+}
+
+impl Holder {
+    /// This process.
+    pub fn me(host: &str) -> Holder {
+        let pid = std::process::id() as i64;
+        Holder {
+            host: host.to_string(),
+            boot_id: boot_id(),
+            pid,
+            start_ticks: process_start_ticks(pid),
+        }
+    }
+
+    /// Whether the holder still runs. `since` (RFC 3339), when the row was written, judges rows
+    /// without a boot id: a process with that pid that started after it is another process.
+    pub fn alive(&self, since: Option<&str>) -> bool {
+        if self.pid <= 0 {
+            return false;
+        }
+        let ours = boot_id();
+        match (&self.boot_id, &ours) {
+            // Written under another boot: whatever has this pid now is another process.
+            (Some(theirs), Some(ours)) if theirs != ours => false,
+            (Some(_), _) => match (process_start_ticks(self.pid), self.start_ticks) {
+                (Some(now), Some(then)) => now == then,
+                (Some(_), None) => true,
+                // Not visible in /proc (hidepid): ask the kernel; EPERM means it exists.
+                (None, _) => kill_says_alive(self.pid),
+            },
+            (None, _) => match process_start_ticks(self.pid) {
+                Some(ticks) => {
+                    let started = process_started_at(ticks);
+                    let since = since.and_then(|s| DateTime::parse_from_rfc3339(s).ok());
+                    match (started, since) {
+                        // One second of slack for the rounding of boot time and ticks.
+                        (Some(started), Some(since)) => {
+                            started <= since.with_timezone(&Utc) + chrono::Duration::seconds(1)
+                        }
+                        _ => true,
+                    }
+                }
+                None => kill_says_alive(self.pid),
+            },
+        }
+    }
+
+    /// `host NAME, process PID`, for messages.
+    pub fn describe(&self) -> String {
+        format!("process {} on {}", self.pid, self.host)
+    }
+}
+
+fn kill_says_alive(pid: i64) -> bool {
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// This kernel's boot id (changes at every boot; shared by the containers on one kernel).
+pub fn boot_id() -> Option<String> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .clone()
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot. (Still
+/// readable under systemd's `ProcSubset=pid`; None when there is no such process to see.)
+pub fn process_start_ticks(pid: i64) -> Option<i64> {
     if pid <= 0 {
-        return false;
+        return None;
     }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
-        Ok(()) => true,
-        Err(nix::errno::Errno::ESRCH) => false,
-        Err(_) => true,
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces and ')': fields resume
+    // after the last ')', at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The wall-clock time of `ticks` since boot (`btime` of /proc/stat; USER_HZ is 100 on Linux).
+fn process_started_at(ticks: i64) -> Option<DateTime<Utc>> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: i64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    DateTime::from_timestamp(btime + ticks / 100, ((ticks % 100) * 10_000_000) as u32)
+}
+
+/// True when a process with this pid exists on this host (a row without boot id or start time).
+pub fn pid_alive(pid: i64) -> bool {
+    Holder {
+        host: String::new(),
+        boot_id: None,
+        pid,
+        start_ticks: None,
     }
+    .alive(None)
 }
 
 impl Store {
@@ -212,20 +345,28 @@ impl Store {
 
     /// Takes the job's lock for `run_id`, unless a live process holds it.
     pub fn try_lock(&self, job: &str, run_id: &str) -> Result<Lock> {
-        let pid = std::process::id() as i64;
-        let host = self.host.clone();
+        let me = Holder::me(&self.host);
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let held: Option<(String, i64, String, String)> = tx
-                .query_row("SELECT run_id, pid, host, acquired_at FROM locks WHERE job = ?1", [job], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
+            let held: Option<(String, Holder, String, Option<String>)> = tx
+                .query_row(
+                    "SELECT l.run_id, l.pid, l.host, l.acquired_at, l.boot_id, l.start_ticks, r.trigger
+                     FROM locks l LEFT JOIN runs r ON r.run_id = l.run_id WHERE l.job = ?1",
+                    [job],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            Holder { pid: r.get(1)?, host: r.get(2)?, boot_id: r.get(4)?, start_ticks: r.get(5)? },
+                            r.get(3)?,
+                            r.get(6)?,
+                        ))
+                    },
+                )
                 .optional()?;
             let mut stale = None;
-            if let Some((held_run, held_pid, held_host, since)) = held {
-                let alive = held_host != host || pid_alive(held_pid);
-                if alive {
-                    return Ok(Lock::Held { run_id: held_run, pid: held_pid, host: held_host, since });
+            if let Some((held_run, holder, since, trigger)) = held {
+                if holder.alive(Some(&since)) {
+                    return Ok(Lock::Held { run_id: held_run, pid: holder.pid, host: holder.host, since, trigger });
                 }
                 // The holder died without releasing: its run was interrupted.
                 tx.execute(
@@ -233,11 +374,18 @@ impl Store {
                     params![held_run, now()],
                 )?;
                 tx.execute("DELETE FROM locks WHERE job = ?1", [job])?;
-                stale = Some(format!("took over the lock of run {held_run} (process {held_pid} is gone)"));
+                let why = match (&holder.boot_id, boot_id()) {
+                    (Some(b), Some(ours)) if *b != ours => "it ran before the last reboot",
+                    _ => "that process is gone",
+                };
+                stale = Some(format!(
+                    "took over the lock of run {held_run} ({}, since {since}): {why}",
+                    holder.describe()
+                ));
             }
             tx.execute(
-                "INSERT INTO locks (job, run_id, pid, host, acquired_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![job, run_id, pid, host, now()],
+                "INSERT INTO locks (job, run_id, pid, host, acquired_at, boot_id, start_ticks) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![job, run_id, me.pid, me.host, now(), me.boot_id, me.start_ticks],
             )?;
             tx.commit()?;
             Ok(Lock::Acquired { stale_taken_over: stale })
@@ -257,17 +405,28 @@ impl Store {
 
     /// The run currently holding the job's lock, if its process is alive.
     pub fn lock_holder(&self, job: &str) -> Result<Option<(String, i64)>> {
-        let row: Option<(String, i64, String)> = self.with(|c| {
+        let row: Option<(String, Holder, String)> = self.with(|c| {
             c.query_row(
-                "SELECT run_id, pid, host FROM locks WHERE job = ?1",
+                "SELECT run_id, pid, host, boot_id, start_ticks, acquired_at FROM locks WHERE job = ?1",
                 [job],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        Holder {
+                            pid: r.get(1)?,
+                            host: r.get(2)?,
+                            boot_id: r.get(3)?,
+                            start_ticks: r.get(4)?,
+                        },
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()
         })?;
         Ok(row
-            .filter(|(_, pid, host)| *host != self.host || pid_alive(*pid))
-            .map(|(r, p, _)| (r, p)))
+            .filter(|(_, h, since)| h.alive(Some(since)))
+            .map(|(r, h, _)| (r, h.pid)))
     }
 
     /// Records a run that starts now.
@@ -279,12 +438,11 @@ impl Store {
         scheduled_for: Option<&str>,
         started_at: &DateTime<Utc>,
     ) -> Result<()> {
-        let pid = std::process::id() as i64;
-        let host = self.host.clone();
+        let me = Holder::me(&self.host);
         self.with(|c| {
             c.execute(
-                "INSERT INTO runs (run_id, job, trigger, scheduled_for, started_at, status, pid, host) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)",
-                params![run_id, job, trigger, scheduled_for, started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), pid, host],
+                "INSERT INTO runs (run_id, job, trigger, scheduled_for, started_at, status, pid, host, boot_id, start_ticks) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)",
+                params![run_id, job, trigger, scheduled_for, started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), me.pid, me.host, me.boot_id, me.start_ticks],
             )
             .map(|_| ())
         })
@@ -321,16 +479,31 @@ impl Store {
     /// Marks runs left `running` by dead processes of this host as `interrupted`. Returns them.
     pub fn mark_interrupted(&self) -> Result<Vec<String>> {
         let host = self.host.clone();
-        let rows: Vec<(String, i64)> = self.with(|c| {
-            let mut st =
-                c.prepare("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?1")?;
-            st.query_map([host], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
+        let rows: Vec<(String, Holder, String)> = self.with(|c| {
+            // This host's runs, and any run recorded with a boot id whatever host name it had
+            // (a container gets a new one each time).
+            let mut st = c.prepare(
+                "SELECT run_id, pid, host, boot_id, start_ticks, started_at FROM runs
+                 WHERE status = 'running' AND (host = ?1 OR boot_id IS NOT NULL)",
+            )?;
+            st.query_map(params![host], |r| {
+                Ok((
+                    r.get(0)?,
+                    Holder {
+                        pid: r.get(1)?,
+                        host: r.get(2)?,
+                        boot_id: r.get(3)?,
+                        start_ticks: r.get(4)?,
+                    },
+                    r.get(5)?,
+                ))
+            })?
+            .collect()
         })?;
         let dead: Vec<String> = rows
             .into_iter()
-            .filter(|(_, pid)| !pid_alive(*pid))
-            .map(|(r, _)| r)
+            .filter(|(_, h, since)| !h.alive(Some(since)))
+            .map(|(r, _, _)| r)
             .collect();
         for run in &dead {
             self.with(|c| {
@@ -541,11 +714,47 @@ impl Store {
             + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let now = now_utc.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let me = Holder::me(&self.host);
         self.with(|c| {
             c.execute(
-                "UPDATE outbox SET state = 'sending', next_attempt_at = ?3
+                "UPDATE outbox SET state = 'sending', next_attempt_at = ?3,
+                        claim_host = ?5, claim_boot_id = ?6, claim_pid = ?7, claim_start_ticks = ?8
                  WHERE run_id = ?1 AND channel = ?2 AND (state = 'pending' OR (state = 'sending' AND next_attempt_at < ?4))",
-                params![run_id, channel, until, now],
+                params![run_id, channel, until, now, me.host, me.boot_id, me.pid, me.start_ticks],
+            )
+            .map(|n| if n == 1 { Some(until.clone()) } else { None })
+        })
+    }
+
+    /// Takes over a delivery whose claimer is dead (see [`Holder::alive`]) before its lease ran
+    /// out: only the very claim `dead_claim` (the lease end it holds), so of two processes
+    /// taking over at once exactly one wins. Returns the new claim, as [`Store::outbox_claim`].
+    pub fn outbox_take_over(
+        &self,
+        run_id: &str,
+        channel: &str,
+        lease: Duration,
+        dead_claim: &str,
+    ) -> Result<Option<String>> {
+        let until = (Utc::now()
+            + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let me = Holder::me(&self.host);
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET next_attempt_at = ?3,
+                        claim_host = ?5, claim_boot_id = ?6, claim_pid = ?7, claim_start_ticks = ?8
+                 WHERE run_id = ?1 AND channel = ?2 AND state = 'sending' AND next_attempt_at = ?4",
+                params![
+                    run_id,
+                    channel,
+                    until,
+                    dead_claim,
+                    me.host,
+                    me.boot_id,
+                    me.pid,
+                    me.start_ticks
+                ],
             )
             .map(|n| if n == 1 { Some(until.clone()) } else { None })
         })
@@ -601,7 +810,8 @@ impl Store {
     pub fn outbox(&self, state: Option<&str>) -> Result<Vec<OutboxEntry>> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT o.run_id, o.channel, o.created_at, o.state, o.attempts, o.next_attempt_at, o.last_error, r.job
+                "SELECT o.run_id, o.channel, o.created_at, o.state, o.attempts, o.next_attempt_at, o.last_error, r.job,
+                        o.claim_host, o.claim_boot_id, o.claim_pid, o.claim_start_ticks
                  FROM outbox o LEFT JOIN runs r ON r.run_id = o.run_id
                  WHERE (?1 IS NULL AND o.state != 'sent') OR o.state = ?1 ORDER BY o.created_at",
             )?;
@@ -615,6 +825,15 @@ impl Store {
                     next_attempt_at: r.get(5)?,
                     last_error: r.get(6)?,
                     job: r.get(7)?,
+                    claimed_by: match r.get::<_, Option<i64>>(10)? {
+                        Some(pid) => Some(Holder {
+                            host: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                            boot_id: r.get(9)?,
+                            pid,
+                            start_ticks: r.get(11)?,
+                        }),
+                        None => None,
+                    },
                 })
             })?
             .collect()
