@@ -5,7 +5,8 @@
 //! order: they would only block each other. Each item runs in its own task, so a panic is caught
 //! and becomes `fail`; each has a deadline (its `timeout`, capped by the job's), after which its
 //! cancellation token fires (a `command` kills its process group) and, after a short grace, the
-//! task is aborted. A run always ends in a report, stored before any delivery is attempted.
+//! task is aborted. A run always ends in a report, stored before any delivery is attempted, in
+//! one transaction with its outbox rows and the `log_scan` offsets its items advanced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,10 +175,13 @@ async fn run_locked(
     let finished = Utc::now();
     let tz = job.tz;
     let local = |t: DateTime<Utc>| t.with_timezone(&tz).fixed_offset();
+    // State the items want remembered (log_scan offsets) goes into the report's transaction.
+    let mut pending = Vec::new();
     let items = selected
         .iter()
         .zip(outcomes)
-        .map(|(&i, (outcome, ms))| {
+        .map(|(&i, (mut outcome, ms))| {
+            pending.append(&mut outcome.pending);
             let item = &job.config.items[i];
             ItemReport {
                 name: item.name.clone(),
@@ -214,9 +218,17 @@ async fn run_locked(
     // The items have run: their report must reach a person even when the state database
     // cannot be written (disk full, locked by a stuck process). It is still printed and
     // delivered; only history loses it, and the log says so.
-    if let Err(e) = store.finish_run(&report) {
+    // The outbox rows are written with the report: once it is stored, its delivery is queued
+    // even if this process dies before `dispatch` (the daemon or `outbox --flush` sends it).
+    let channels = if opts.notify {
+        crate::notify::channels_for(config, job, &report)
+    } else {
+        vec![]
+    };
+    if let Err(e) = store.finish_run(&report, &pending, &channels) {
         tracing::error!(job = %job.name, run_id, "cannot store the report (it is still printed and delivered): {e:#}");
     }
+    crate::failpoint!("report-stored");
     tracing::info!(job = %job.name, run_id, status = report.status.as_str(), duration_ms = report.duration_ms, "run finished");
     Ok(report)
 }

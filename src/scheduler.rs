@@ -611,10 +611,17 @@ async fn run_slot(config: Arc<Config>, shared: Shared, fire: Fire) {
 
 /// Retries undelivered notifications in the background, and once more on the way out.
 async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: CancellationToken) {
+    // The first pass is at start: reports stored by a process that died before delivering them
+    // (their outbox rows were written with the report) go out now, not 30 s later.
+    let mut first = true;
     loop {
-        let stopping = tokio::select! {
-            _ = tokio::time::sleep(OUTBOX_INTERVAL) => false,
-            _ = stop.cancelled() => true,
+        let stopping = if std::mem::take(&mut first) {
+            false
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(OUTBOX_INTERVAL) => false,
+                _ = stop.cancelled() => true,
+            }
         };
         let current = config.borrow().clone();
         // On the way out, one last try of everything pending, kept short so systemd's stop

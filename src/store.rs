@@ -9,6 +9,10 @@
 //! change is a transaction, writers wait up to 10 s for each other (`busy_timeout`), and a job
 //! lock is a row inserted under `BEGIN IMMEDIATE`. A lock whose process is gone (killed with
 //! `kill -9`, host rebooted) is taken over instead of blocking forever.
+//!
+//! A finished run is one transaction: its report, the outbox rows of its channels and the
+//! `log_scan` offsets it advanced ([`Store::finish_run`]). A crash leaves either all of them or
+//! none (the run is then marked `interrupted` and its lines are read again next time).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -101,6 +105,21 @@ pub enum Lock {
     },
 }
 
+/// Where `log_scan` stopped reading a file: committed with the report of the run that read up
+/// to it ([`Store::finish_run`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOffset {
+    pub job: String,
+    pub item: String,
+    /// The configured file (its path as the item names it).
+    pub file: String,
+    pub inode: u64,
+    /// Bytes read, always at a line end.
+    pub offset: u64,
+    /// A hash of the file's first bytes (inodes are reused after rotation).
+    pub fingerprint: u64,
+}
+
 /// One line of `history`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -173,7 +192,11 @@ impl Store {
             .with_context(|| format!("cannot open state database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: in WAL mode every commit is fsynced, so a committed report (and its outbox rows
+        // and scan offsets) survives a power loss; NORMAL could roll back the newest commits
+        // after a report was already e-mailed. A run commits a handful of times: the fsyncs
+        // cost nothing that matters (docs/daemon.md, "State and durability").
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
@@ -275,19 +298,35 @@ impl Store {
         })
     }
 
-    /// Stores a finished run's report (and status), in one transaction.
-    pub fn finish_run(&self, report: &Report) -> Result<()> {
+    /// Stores a finished run's report (and status) together with what must not outlive or
+    /// predate it, in one transaction: the outbox rows of the channels it goes to (so a stored
+    /// report is always queued for delivery, even when the process dies right after) and the
+    /// `log_scan` offsets its items advanced (so lines are never skipped: either the report
+    /// that counted them is stored, or the offsets stay where they were).
+    pub fn finish_run(
+        &self,
+        report: &Report,
+        offsets: &[ScanOffset],
+        channels: &[String],
+    ) -> Result<()> {
         let json = serde_json::to_string(report)?;
         let finished = report
             .finished_at
             .with_timezone(&Utc)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         self.with(|c| {
-            c.execute(
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
                 "UPDATE runs SET status = ?2, finished_at = ?3, report = ?4 WHERE run_id = ?1",
                 params![report.run_id, report.status.as_str(), finished, json],
-            )
-            .map(|_| ())
+            )?;
+            for o in offsets {
+                upsert_scan_offset(&tx, o)?;
+            }
+            for channel in channels {
+                insert_outbox_row(&tx, &report.run_id, channel)?;
+            }
+            tx.commit()
         })
     }
 
@@ -457,14 +496,7 @@ impl Store {
 
     /// Adds a delivery to the outbox (no-op when it is already there).
     pub fn outbox_enqueue(&self, run_id: &str, channel: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO outbox (run_id, channel, created_at, state, next_attempt_at) VALUES (?1, ?2, ?3, 'pending', ?3)
-                 ON CONFLICT (run_id, channel) DO NOTHING",
-                params![run_id, channel, now()],
-            )
-            .map(|_| ())
-        })
+        self.with(|c| insert_outbox_row(c, run_id, channel))
     }
 
     /// Claims a delivery for this process before it is sent: a `pending` row (or a `sending` row
@@ -585,25 +617,24 @@ impl Store {
             .optional()
         })
     }
+}
 
-    pub fn set_scan_offset(
-        &self,
-        job: &str,
-        item: &str,
-        file: &str,
-        inode: u64,
-        offset: u64,
-        fingerprint: u64,
-    ) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (job, item, file) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_at = excluded.updated_at, fingerprint = excluded.fingerprint",
-                params![job, item, file, inode as i64, offset as i64, now(), fingerprint as i64],
-            )
-            .map(|_| ())
-        })
-    }
+fn insert_outbox_row(c: &Connection, run_id: &str, channel: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO outbox (run_id, channel, created_at, state, next_attempt_at) VALUES (?1, ?2, ?3, 'pending', ?3)
+         ON CONFLICT (run_id, channel) DO NOTHING",
+        params![run_id, channel, now()],
+    )
+    .map(|_| ())
+}
+
+fn upsert_scan_offset(c: &Connection, o: &ScanOffset) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (job, item, file) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_at = excluded.updated_at, fingerprint = excluded.fingerprint",
+        params![o.job, o.item, o.file, o.inode as i64, o.offset as i64, now(), o.fingerprint as i64],
+    )
+    .map(|_| ())
 }
 
 #[cfg(test)]
