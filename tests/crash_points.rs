@@ -15,10 +15,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_runbook");
 /// The crash points exist only in a build with the `failpoints` feature: without it these
 /// tests could not crash anything, so they fail and say how to run them.
 fn require_failpoints() {
-    assert!(
-        cfg!(feature = "failpoints"),
-        "the crash-point tests need the failpoints build: run `cargo nextest run --features failpoints` (as .ci/run does)"
-    );
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "the crash-point tests need the failpoints build: run `cargo nextest run --features failpoints` (as .ci/run does)"
+        );
+    }
 }
 
 struct Setup {
