@@ -38,8 +38,26 @@ pub struct RunOptions {
     pub notify: bool,
     /// Slots missed before this run (listed in the report).
     pub missed: Vec<DateTime<Utc>>,
-    /// Cancelled when the run must stop (daemon shutdown).
+    /// Cancelled when the run must stop (daemon shutdown, a lost cluster lease).
     pub cancel: CancellationToken,
+    /// Why `cancel` fired, for the interrupted items' summaries.
+    pub cancel_reason: CancelReason,
+}
+
+/// Why a run was cancelled: "shutting down" unless whoever cancels it says otherwise first
+/// ("lost the cluster lease"). Cheap to clone; set once.
+#[derive(Clone, Debug, Default)]
+pub struct CancelReason(Arc<std::sync::OnceLock<String>>);
+
+impl CancelReason {
+    /// Records the reason (the first one wins).
+    pub fn set(&self, reason: &str) {
+        let _ = self.0.set(reason.to_string());
+    }
+
+    pub fn get(&self) -> &str {
+        self.0.get().map(String::as_str).unwrap_or("shutting down")
+    }
 }
 
 impl RunOptions {
@@ -52,6 +70,7 @@ impl RunOptions {
             notify: true,
             missed: vec![],
             cancel: CancellationToken::new(),
+            cancel_reason: CancelReason::default(),
         }
     }
 }
@@ -170,7 +189,14 @@ async fn run_locked(
         previous_started_at: previous.as_ref().map(|p| p.started_at.with_timezone(&Utc)),
         deadline: Instant::now(),
     };
-    let outcomes = execute(job, &selected, base_ctx, config.runbook.max_parallel_items).await;
+    let outcomes = execute(
+        job,
+        &selected,
+        base_ctx,
+        config.runbook.max_parallel_items,
+        &opts.cancel_reason,
+    )
+    .await;
 
     let finished = Utc::now();
     let tz = job.tz;
@@ -239,6 +265,7 @@ async fn execute(
     selected: &[usize],
     base: ItemCtx,
     default_parallel: usize,
+    reason: &CancelReason,
 ) -> Vec<(Outcome, u64)> {
     let parallel = job
         .config
@@ -272,6 +299,7 @@ async fn execute(
             None => None,
         };
         let base = base.clone();
+        let reason = reason.clone();
         tasks.push(Some(tokio::spawn(async move {
             if let Some(p) = predecessor {
                 let _ = p.await;
@@ -285,9 +313,12 @@ async fn execute(
                     0,
                 )
             } else if base.cancel.is_cancelled() {
-                (Outcome::fail("interrupted: not started (shutting down)"), 0)
+                (
+                    Outcome::fail(format!("interrupted: not started ({})", reason.get())),
+                    0,
+                )
             } else {
-                run_item(&item, &base, job_deadline, job_timeout).await
+                run_item(&item, &base, job_deadline, job_timeout, &reason).await
             };
             drop(permit);
             let _ = done_tx.send(());
@@ -316,6 +347,7 @@ async fn run_item(
     base: &ItemCtx,
     job_deadline: Instant,
     job_timeout: crate::units::Dur,
+    reason: &CancelReason,
 ) -> (Outcome, u64) {
     let started = Instant::now();
     let limit = item
@@ -352,9 +384,12 @@ async fn run_item(
                     let mut o = joined_outcome(joined);
                     if interrupted {
                         o.escalate(Status::Fail);
-                        if !o.summary.starts_with("interrupted") {
-                            o.summary = format!("interrupted (shutting down): {}", o.summary);
-                        }
+                        let reason = reason.get();
+                        o.summary = match o.summary.strip_prefix("interrupted") {
+                            Some(rest) if !rest.starts_with(" (") => format!("interrupted ({reason}){rest}"),
+                            Some(_) => o.summary,
+                            None => format!("interrupted ({reason}): {}", o.summary),
+                        };
                     } else if o.status != Status::Fail {
                         o = Outcome::fail(format!("timed out after {limit_text}")).with_details(o.details);
                     }
@@ -363,7 +398,7 @@ async fn run_item(
                 Err(_) => {
                     handle.abort();
                     if interrupted {
-                        Outcome::fail("interrupted (shutting down)")
+                        Outcome::fail(format!("interrupted ({})", reason.get()))
                     } else {
                         Outcome::fail(format!("timed out after {}s: {limit_text} was reached", deadline.duration_since(started).as_secs()))
                     }

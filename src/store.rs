@@ -459,6 +459,19 @@ impl Store {
         })
     }
 
+    /// The recorded state of one slot, if any.
+    pub fn slot_state(&self, job: &str, slot: &DateTime<Utc>) -> Result<Option<String>> {
+        let slot = slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.with(|c| {
+            c.query_row(
+                "SELECT state FROM slots WHERE job = ?1 AND slot = ?2",
+                params![job, slot],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
     /// The newest recorded slot of a job.
     pub fn last_slot(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
         let s: Option<String> = self.with(|c| {
