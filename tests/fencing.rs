@@ -438,3 +438,30 @@ fn a_node_killed_before_marking_its_slot_done_marks_it_after_restart_and_never_r
         .unwrap_or(0);
     assert!(delivered > 0, "{}", second.log());
 }
+
+#[test]
+fn a_null_where_a_value_was_expected_is_an_error_naming_the_column_not_a_panic() {
+    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for this test");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                pg.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let row = client
+            .query_one("SELECT NULL::bigint AS dead_tuples, 'x'::text AS name", &[])
+            .await
+            .unwrap();
+        let null = runbook::pg::col::<i64>(&row, 0).unwrap_err();
+        assert!(null.contains("\"dead_tuples\""), "{null}");
+        let mismatch = runbook::pg::col::<i64>(&row, 1).unwrap_err();
+        assert!(mismatch.contains("\"name\""), "{mismatch}");
+        assert_eq!(runbook::pg::col::<Option<i64>>(&row, 0), Ok(None));
+    });
+}
