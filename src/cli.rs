@@ -723,7 +723,8 @@ async fn check_config(config: &Config, connect: bool) -> ExitCode {
                 let standby: bool = client
                     .query_one("SELECT pg_is_in_recovery()", &[])
                     .await
-                    .map(|r| r.get(0))
+                    .ok()
+                    .and_then(|r| crate::pg::col(&r, 0).ok())
                     .unwrap_or(false);
                 println!(
                     "  target {name}: reachable ({}){}",
