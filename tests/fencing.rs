@@ -148,11 +148,12 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool, logs: impl Fn() -> Str
     panic!("gave up waiting: {what}\n{}", logs());
 }
 
-/// The `command` item: appends `start NODE T` and, when it ends or is stopped, `end NODE T`.
+/// The `command` item: appends `start NODE T PID SLOT` and, when it ends or is stopped,
+/// `end NODE T`.
 fn interval_item(file: &Path, node: &str, seconds: u32) -> String {
     let script = format!(
         "trap 'echo \"end {node} $(date +%s.%N)\" >> \"$0\"; exit 1' TERM; \
-         echo \"start {node} $(date +%s.%N) $RUNBOOK_SCHEDULED_FOR\" >> \"$0\"; \
+         echo \"start {node} $(date +%s.%N) $$ $RUNBOOK_SCHEDULED_FOR\" >> \"$0\"; \
          sleep {seconds} & wait; echo \"end {node} $(date +%s.%N)\" >> \"$0\""
     );
     format!(
@@ -426,7 +427,7 @@ fn a_node_killed_before_marking_its_slot_done_marks_it_after_restart_and_never_r
         .unwrap()
         .lines()
         .filter(|l| l.starts_with("start"))
-        .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_string())
+        .map(|l| l.split_whitespace().nth(4).unwrap_or("").to_string())
         .collect();
     let mut sorted = starts.clone();
     sorted.sort();
@@ -464,4 +465,128 @@ fn a_null_where_a_value_was_expected_is_an_error_naming_the_column_not_a_panic()
         assert!(mismatch.contains("\"name\""), "{mismatch}");
         assert_eq!(runbook::pg::col::<Option<i64>>(&row, 0), Ok(None));
     });
+}
+
+/// Seconds since the epoch, as `date +%s.%N` writes them.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Starts node-a with `failpoints` and, once its run has started, node-b; returns both and the
+/// intervals file.
+fn victim_then_survivor(
+    pg: &TempCluster,
+    dir: &Path,
+    failpoints: &str,
+    seconds: u32,
+) -> (Daemon, Daemon, PathBuf, PathBuf) {
+    let file = dir.join("intervals");
+    let a = node_config(
+        dir,
+        "node-a",
+        pg.port,
+        "*/2 * * * * *",
+        &interval_item(&file, "node-a", seconds),
+    );
+    let b = node_config(
+        dir,
+        "node-b",
+        pg.port,
+        "*/2 * * * * *",
+        &interval_item(&file, "node-b", seconds),
+    );
+    let victim = Daemon::start(&a, Some(failpoints));
+    let log = victim.log.clone();
+    wait_until(
+        "node-a runs the job",
+        || !intervals(&file).is_empty(),
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    let survivor = Daemon::start(&b, None);
+    (victim, survivor, file, a)
+}
+
+#[test]
+fn a_node_whose_lease_renewal_hangs_stops_its_run_before_another_takes_over() {
+    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let dir = tempfile::tempdir().unwrap();
+    let (victim, survivor, file, a) =
+        victim_then_survivor(&pg, dir.path(), "cluster-renew=return(hang)", 6);
+    let logs = || format!("--- a:\n{}\n--- b:\n{}", victim.log(), survivor.log());
+    wait_until(
+        "node-b runs the job",
+        || intervals(&file).iter().any(|r| r.0 == "node-b"),
+        logs,
+    );
+    let runs = intervals(&file);
+    assert_no_overlap(&runs);
+    assert!(runs[0].2.is_some(), "node-a stopped its run: {runs:?}");
+    wait_until(
+        "node-a stored its report",
+        || history(&a).iter().any(|r| r["status"] != "running"),
+        logs,
+    );
+    let run = history(&a)
+        .into_iter()
+        .find(|r| r["status"] != "running")
+        .unwrap();
+    let report = report(&a, run["run_id"].as_str().unwrap());
+    let summary = report["items"][0]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("interrupted (lost the cluster lease)"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_node_killed_during_a_lease_renewal_is_taken_over_and_its_command_dies_with_it() {
+    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut victim, survivor, file, _) =
+        victim_then_survivor(&pg, dir.path(), "cluster-renew=return", 10);
+    let log = victim.log.clone();
+    let victim_log = move || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut died_at = 0.0;
+    wait_until(
+        "node-a killed at its lease renewal",
+        || {
+            died_at = now_secs();
+            victim.exited()
+        },
+        &victim_log,
+    );
+    assert!(
+        victim_log().contains("failpoint cluster-renew"),
+        "{}",
+        victim_log()
+    );
+    wait_until(
+        "node-b runs the job",
+        || intervals(&file).iter().any(|r| r.0 == "node-b"),
+        || format!("{}\n--- b:\n{}", victim_log(), survivor.log()),
+    );
+    // node-a's command (the shell) did not outlive its daemon.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let pid = text
+        .lines()
+        .find(|l| l.starts_with("start node-a"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .to_string();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(") ").next().unwrap_or("").chars().next();
+    assert!(
+        stat.is_empty() || state == Some('Z'),
+        "node-a's command outlived the daemon killed with SIGKILL: {stat}"
+    );
+    let mut runs = intervals(&file);
+    assert_eq!(
+        runs[0].2, None,
+        "node-a's command died with the daemon (no end line): {runs:?}"
+    );
+    runs[0].2 = Some(died_at);
+    assert_no_overlap(&runs);
 }

@@ -133,6 +133,14 @@ impl Command {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // A daemon killed with SIGKILL cannot kill its children: the program would run on
+        // (beside the run another cluster node takes over). The kernel kills it instead.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).map_err(std::io::Error::from)
+            });
+        }
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
