@@ -3,7 +3,8 @@
 //! then started again; the invariants are checked on what a user sees afterwards.
 //!
 //! - Every stored report is delivered at least once (exactly once here: the `file` notifier
-//!   names its files by run id, as a mail receiver deduplicates by Message-ID).
+//!   names its files by run id, and a real SMTP server receives one message with the run's
+//!   Message-ID).
 //! - No log line is skipped: `log_scan` offsets are committed with the report.
 
 use std::path::{Path, PathBuf};
@@ -213,4 +214,82 @@ fn a_crash_after_a_log_scan_read_skips_no_line() {
     let statuses: Vec<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["pass", "pass", "interrupted"], "{runs:?}");
     assert_eq!(setup.delivered().len(), 2);
+}
+
+/// A real SMTP server (mailin-embedded) that keeps every message it accepts.
+#[derive(Clone, Default)]
+struct Inbox {
+    messages: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    current: Vec<u8>,
+}
+
+impl mailin_embedded::Handler for Inbox {
+    fn data_start(&mut self, _: &str, _: &str, _: bool, _: &[String]) -> mailin_embedded::Response {
+        self.current.clear();
+        mailin_embedded::response::OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.extend_from_slice(buf);
+        Ok(())
+    }
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        self.messages
+            .lock()
+            .unwrap()
+            .push(std::mem::take(&mut self.current));
+        mailin_embedded::response::OK
+    }
+}
+
+impl Inbox {
+    /// The Message-ID header of every message received.
+    fn message_ids(&self) -> Vec<String> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|m| {
+                String::from_utf8_lossy(m)
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+                    .map(|l| l[11..].trim().to_string())
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_report_stored_just_before_a_crash_reaches_a_real_smtp_server_once() {
+    require_failpoints();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let inbox = Inbox::default();
+    let mut server = mailin_embedded::Server::new(inbox.clone());
+    server.with_name("test.smtp").with_tcp_listener(listener);
+    std::thread::spawn(move || {
+        let _ = server.serve();
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[runbook]\nstate_dir = {state:?}\n\n\
+         [notify.mail]\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{port}?tls=none\"\n\
+         from = \"runbook@example.com\"\nto = [\"oncall@example.com\"]\n\n\
+         [jobs.t]\nnotify = [\"mail\"]\n\n{MANUAL_ITEM}",
+        state = dir.path().join("state"),
+    );
+    std::fs::write(dir.path().join("jobs.toml"), text).unwrap();
+    let setup = Setup { dir };
+    setup.run_killed_at("report-stored");
+    let runs = setup.history();
+    let run_id = runs[0]["run_id"].as_str().unwrap().to_string();
+    assert!(inbox.message_ids().is_empty());
+
+    for _ in 0..2 {
+        let out = setup.cli(&["outbox", "--flush"], None);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let ids = inbox.message_ids();
+    assert_eq!(ids.len(), 1, "delivered exactly once: {ids:?}");
+    assert!(ids[0].contains(&run_id), "{ids:?}");
 }
