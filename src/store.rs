@@ -440,7 +440,8 @@ impl Store {
         })
     }
 
-    /// Records what happened to a slot: `running`, `done`, `skipped` (job still running), `missed`.
+    /// Records what happened to a slot: `running`, `done`, `skipped` (job still running), `missed`,
+    /// `elsewhere`, `failed`, `interrupted` (the run lost its cluster lease).
     pub fn record_slot(
         &self,
         job: &str,
