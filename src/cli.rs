@@ -251,6 +251,57 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
 
+/// A manual run's cluster claim and the task renewing its lease.
+type ManualClaim = (
+    std::sync::Arc<crate::cluster::Cluster>,
+    chrono::DateTime<chrono::Utc>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Claims a manual run in the cluster: `Ok(Some(..))` claimed, `Ok(None)` the database is down
+/// and `on_cluster_down = "run"`, `Err` the message of exit 3 (nothing runs).
+async fn manual_claim(
+    section: &crate::config::ClusterSection,
+    hostname: &str,
+    job: &str,
+    opts: &RunOptions,
+) -> Result<Option<ManualClaim>, String> {
+    use crate::cluster::{Claim, Cluster};
+    let cluster = std::sync::Arc::new(
+        Cluster::new(section, hostname).map_err(|e| format!("[cluster]: {e}"))?,
+    );
+    let sent = tokio::time::Instant::now();
+    match cluster.claim_manual(job).await {
+        (Claim::Mine { .. }, Some(slot)) => {
+            let lease = cluster.clone().keep_lease(
+                job.to_string(),
+                slot,
+                sent,
+                opts.cancel.clone(),
+                opts.cancel_reason.clone(),
+            );
+            Ok(Some((cluster, slot, lease)))
+        }
+        (Claim::Mine { .. }, None) => Err(format!(
+            "job {job:?}: the cluster claim returned no slot; nothing ran"
+        )),
+        (Claim::Busy(node) | Claim::Elsewhere(node), _) => Err(format!(
+            "job {job:?} is already running on cluster node {node}; nothing ran"
+        )),
+        (Claim::Down(e), _) => match cluster.on_cluster_down {
+            crate::config::OnClusterDown::Run => {
+                eprintln!(
+                    "runbook: CLUSTER DATABASE UNREACHABLE ({e}): running anyway (on_cluster_down = \"run\"); a run on another node may overlap"
+                );
+                Ok(None)
+            }
+            crate::config::OnClusterDown::Skip => Err(format!(
+                "CLUSTER DATABASE UNREACHABLE ({e}): job {job:?} not run (on_cluster_down = \"skip\")"
+            )),
+        },
+    }
+}
+
 async fn dispatch(cli: Cli) -> ExitCode {
     if let Command::Demo { keep } = cli.command {
         return crate::demo::run(keep).await;
@@ -316,7 +367,35 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 eprintln!("runbook: interrupted; stopping the items and writing the report");
                 cancel.cancel();
             });
-            match crate::runner::run_job(&config, &store, job, opts).await {
+            // With `[cluster]`, a manual run takes a claim like a scheduled slot: it cannot
+            // overlap a run of the job on another node (exit 3), and it is fenced the same way.
+            let mut claimed = None;
+            if let Some(section) = config.cluster.as_ref().filter(|_| !dry_run) {
+                match manual_claim(section, &config.hostname, &job.name, &opts).await {
+                    Ok(c) => claimed = c,
+                    Err(message) => {
+                        eprintln!("runbook: {message}");
+                        return ExitCode::from(EXIT_LOCKED);
+                    }
+                }
+            }
+            let result = crate::runner::run_job(&config, &store, job, opts).await;
+            if let Some((cluster, slot, lease)) = claimed {
+                crate::failpoint!("cluster-before-finish");
+                for _ in 0..3 {
+                    match cluster.finish(&job.name, slot).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            eprintln!(
+                                "runbook: cannot mark the manual run done in the cluster database: {e}"
+                            );
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                lease.abort();
+            }
+            match result {
                 Ok(report) => {
                     match format {
                         Format::Json => println!("{}", crate::report::json::render(&report)),
@@ -733,7 +812,8 @@ async fn check_config(cli: &Cli, connect: bool, format: Format) -> ExitCode {
                     let standby: bool = client
                         .query_one("SELECT pg_is_in_recovery()", &[])
                         .await
-                        .map(|r| r.get(0))
+                        .ok()
+                        .and_then(|r| crate::pg::col(&r, 0).ok())
                         .unwrap_or(false);
                     Reached {
                         name: name.clone(),

@@ -152,7 +152,7 @@ mod tests {
             self.store
                 .insert_run(&report.run_id, job, "schedule", None, &started)
                 .unwrap();
-            self.store.finish_run(&report).unwrap();
+            self.store.finish_run(&report, &[], &[]).unwrap();
             report.run_id
         }
 

@@ -21,6 +21,7 @@
 //! - [`pg`]: connections to PostgreSQL targets (TLS, timeouts, session settings).
 //! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `demo`, the tests and the benchmarks.
 //! - [`demo`]: the zero-setup tour.
+//! - [`failpoints`]: crash points for the fault tests (cargo feature `failpoints` only).
 //! - [`cli`]: the command line (a contract: see SPEC section 1).
 
 /// The git commit this binary was built from (`build.rs`), or `unknown` outside a checkout.
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod failpoints;
 pub mod housekeeping;
 pub mod items;
 pub mod notify;

@@ -17,6 +17,10 @@
 //! kernel's and the process with that pid started at the recorded time. The host name is for
 //! people; the state folder belongs to one host (one kernel, one PID namespace: the daemon and
 //! the commands run beside it).
+//!
+//! A finished run is one transaction: its report, the outbox rows of its channels and the
+//! `log_scan` offsets it advanced ([`Store::finish_run`]). A crash leaves either all of them or
+//! none (the run is then marked `interrupted` and its lines are read again next time).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -121,6 +125,21 @@ pub enum Lock {
         /// The holding run's trigger (`manual`, `schedule`, `catch_up`), when it is recorded.
         trigger: Option<String>,
     },
+}
+
+/// Where `log_scan` stopped reading a file: committed with the report of the run that read up
+/// to it ([`Store::finish_run`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOffset {
+    pub job: String,
+    pub item: String,
+    /// The configured file (its path as the item names it).
+    pub file: String,
+    pub inode: u64,
+    /// Bytes read, always at a line end.
+    pub offset: u64,
+    /// A hash of the file's first bytes (inodes are reused after rotation).
+    pub fingerprint: u64,
 }
 
 /// One line of `history`.
@@ -321,7 +340,11 @@ impl Store {
             .with_context(|| format!("cannot open state database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: in WAL mode every commit is fsynced, so a committed report (and its outbox rows
+        // and scan offsets) survives a power loss; NORMAL could roll back the newest commits
+        // after a report was already e-mailed. A run commits a handful of times: the fsyncs
+        // cost nothing that matters (docs/daemon.md, "State and durability").
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
@@ -448,19 +471,35 @@ impl Store {
         })
     }
 
-    /// Stores a finished run's report (and status), in one transaction.
-    pub fn finish_run(&self, report: &Report) -> Result<()> {
+    /// Stores a finished run's report (and status) together with what must not outlive or
+    /// predate it, in one transaction: the outbox rows of the channels it goes to (so a stored
+    /// report is always queued for delivery, even when the process dies right after) and the
+    /// `log_scan` offsets its items advanced (so lines are never skipped: either the report
+    /// that counted them is stored, or the offsets stay where they were).
+    pub fn finish_run(
+        &self,
+        report: &Report,
+        offsets: &[ScanOffset],
+        channels: &[String],
+    ) -> Result<()> {
         let json = serde_json::to_string(report)?;
         let finished = report
             .finished_at
             .with_timezone(&Utc)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         self.with(|c| {
-            c.execute(
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
                 "UPDATE runs SET status = ?2, finished_at = ?3, report = ?4 WHERE run_id = ?1",
                 params![report.run_id, report.status.as_str(), finished, json],
-            )
-            .map(|_| ())
+            )?;
+            for o in offsets {
+                upsert_scan_offset(&tx, o)?;
+            }
+            for channel in channels {
+                insert_outbox_row(&tx, &report.run_id, channel)?;
+            }
+            tx.commit()
         })
     }
 
@@ -589,7 +628,8 @@ impl Store {
         })
     }
 
-    /// Records what happened to a slot: `running`, `done`, `skipped` (job still running), `missed`.
+    /// Records what happened to a slot: `running`, `done`, `skipped` (job still running), `missed`,
+    /// `elsewhere`, `failed`, `interrupted` (the run lost its cluster lease).
     pub fn record_slot(
         &self,
         job: &str,
@@ -605,6 +645,19 @@ impl Store {
                 params![job, slot, state, run_id, now()],
             )
             .map(|_| ())
+        })
+    }
+
+    /// The recorded state of one slot, if any.
+    pub fn slot_state(&self, job: &str, slot: &DateTime<Utc>) -> Result<Option<String>> {
+        let slot = slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.with(|c| {
+            c.query_row(
+                "SELECT state FROM slots WHERE job = ?1 AND slot = ?2",
+                params![job, slot],
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 
@@ -688,14 +741,7 @@ impl Store {
 
     /// Adds a delivery to the outbox (no-op when it is already there).
     pub fn outbox_enqueue(&self, run_id: &str, channel: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO outbox (run_id, channel, created_at, state, next_attempt_at) VALUES (?1, ?2, ?3, 'pending', ?3)
-                 ON CONFLICT (run_id, channel) DO NOTHING",
-                params![run_id, channel, now()],
-            )
-            .map(|_| ())
-        })
+        self.with(|c| insert_outbox_row(c, run_id, channel))
     }
 
     /// Claims a delivery for this process before it is sent: a `pending` row (or a `sending` row
@@ -862,25 +908,24 @@ impl Store {
             .optional()
         })
     }
+}
 
-    pub fn set_scan_offset(
-        &self,
-        job: &str,
-        item: &str,
-        file: &str,
-        inode: u64,
-        offset: u64,
-        fingerprint: u64,
-    ) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (job, item, file) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_at = excluded.updated_at, fingerprint = excluded.fingerprint",
-                params![job, item, file, inode as i64, offset as i64, now(), fingerprint as i64],
-            )
-            .map(|_| ())
-        })
-    }
+fn insert_outbox_row(c: &Connection, run_id: &str, channel: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO outbox (run_id, channel, created_at, state, next_attempt_at) VALUES (?1, ?2, ?3, 'pending', ?3)
+         ON CONFLICT (run_id, channel) DO NOTHING",
+        params![run_id, channel, now()],
+    )
+    .map(|_| ())
+}
+
+fn upsert_scan_offset(c: &Connection, o: &ScanOffset) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (job, item, file) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_at = excluded.updated_at, fingerprint = excluded.fingerprint",
+        params![o.job, o.item, o.file, o.inode as i64, o.offset as i64, now(), o.fingerprint as i64],
+    )
+    .map(|_| ())
 }
 
 #[cfg(test)]

@@ -161,6 +161,14 @@ impl Command {
             .process_group(0)
             .kill_on_drop(true);
         super::child_env::clean(cmd.as_std_mut(), super::child_env::Child::Command);
+        // A daemon killed with SIGKILL cannot kill its children: the program would run on
+        // (beside the run another cluster node takes over). The kernel kills it instead.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).map_err(std::io::Error::from)
+            });
+        }
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,

@@ -108,6 +108,10 @@ pub struct Outcome {
     pub details: Vec<String>,
     /// Machine-readable facts for this kind (an object).
     pub data: serde_json::Value,
+    /// State to remember only together with the report that accounts for it (`log_scan`'s new
+    /// offsets): the runner writes it in the report's own transaction, so a crash before the
+    /// report is stored leaves the old state and the next run reads those lines again.
+    pub pending: Vec<crate::store::ScanOffset>,
 }
 
 impl Outcome {
@@ -117,6 +121,7 @@ impl Outcome {
             summary: summary.into(),
             details: Vec::new(),
             data: serde_json::json!({}),
+            pending: Vec::new(),
         }
     }
     pub fn pass(summary: impl Into<String>) -> Outcome {
@@ -144,6 +149,11 @@ impl Outcome {
     }
     pub fn with_data(mut self, data: serde_json::Value) -> Outcome {
         self.data = data;
+        self
+    }
+    /// State committed with the report (see [`Outcome::pending`]).
+    pub fn with_pending(mut self, pending: Vec<crate::store::ScanOffset>) -> Outcome {
+        self.pending = pending;
         self
     }
     /// Raises the status to `status` if that is worse (never lowers it).

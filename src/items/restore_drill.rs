@@ -284,7 +284,7 @@ impl RestoreDrill {
             }
         };
         match admin.query_one("SELECT pg_is_in_recovery()", &[]).await {
-            Ok(row) if row.get::<_, bool>(0) => {
+            Ok(row) if crate::pg::col::<bool>(&row, 0).unwrap_or(false) => {
                 return Outcome::fail(format!(
                     "target {} is a standby (in recovery): a drill cannot create a database there; point it at the primary or a spare server",
                     target.name
@@ -303,7 +303,7 @@ impl RestoreDrill {
         }
         let mut details = Vec::new();
         if let Ok(rows) = admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%' UNION SELECT rolname FROM pg_roles WHERE rolname LIKE 'runbook\\_drill\\_%' ORDER BY 1", &[]).await {
-            let left: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).filter(|n| *n != scratch).collect();
+            let left: Vec<String> = rows.iter().filter_map(|r| crate::pg::col::<String>(r, 0).ok()).filter(|n| *n != scratch).collect();
             if !left.is_empty() {
                 details.push(format!("scratch databases or roles left by earlier drills (kept or interrupted): {}", left.join(", ")));
             }

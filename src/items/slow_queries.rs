@@ -220,7 +220,11 @@ impl SlowQueries {
             )
             .await
             .map_err(|e| Missing(format!("cannot check for pg_stat_statements: {}", pg::pg_error(&e))))?;
-        let Some(schema) = schema.map(|r| r.get::<_, String>(0)) else {
+        let schema = schema
+            .map(|r| pg::col::<String>(&r, 0))
+            .transpose()
+            .map_err(Missing)?;
+        let Some(schema) = schema else {
             return Err(Missing(
                 "the pg_stat_statements extension is not installed in this database".into(),
             ));
@@ -267,21 +271,27 @@ impl SlowQueries {
                 )
                 .await
                 .map_err(read_error)?;
-            Some(row.get::<_, i64>(0))
+            Some(pg::col::<i64>(&row, 0).map_err(Missing)?)
         };
-        Ok((
-            rows.into_iter()
-                .map(|r| {
-                    let query: Option<String> = r.get(0);
-                    let query = query.map_or_else(
-                        || "<insufficient privilege>".to_string(),
-                        |q| query_text::for_report(&q),
-                    );
-                    (query, r.get(1), r.get(2), r.get(3), r.get(4))
-                })
-                .collect(),
-            left_out,
-        ))
+        let top = rows
+            .iter()
+            .map(|r| {
+                let query: Option<String> = pg::col(r, 0)?;
+                let query = query.map_or_else(
+                    || "<insufficient privilege>".to_string(),
+                    |q| query_text::for_report(&q),
+                );
+                Ok((
+                    query,
+                    pg::col(r, 1)?,
+                    pg::col(r, 2)?,
+                    pg::col(r, 3)?,
+                    pg::col(r, 4)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(Missing)?;
+        Ok((top, left_out))
     }
 
     /// Client sessions busy for longer than `max_running`: active statements by
@@ -311,19 +321,20 @@ impl SlowQueries {
             )
             .await
             .map_err(|e| pg::pg_error(&e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Running {
-                pid: r.get(0),
-                user: r.get(1),
-                application: r.get(2),
-                database: r.get(3),
-                state: r.get(4),
-                seconds: r.get(5),
-                query_id: r.get(6),
-                query: query_text::for_report(r.get(7)),
+        rows.iter()
+            .map(|r| {
+                Ok(Running {
+                    pid: pg::col(r, 0)?,
+                    user: pg::col(r, 1)?,
+                    application: pg::col(r, 2)?,
+                    database: pg::col(r, 3)?,
+                    state: pg::col(r, 4)?,
+                    seconds: pg::col(r, 5)?,
+                    query_id: pg::col(r, 6)?,
+                    query: query_text::for_report(pg::col(r, 7)?),
+                })
             })
-            .collect())
+            .collect()
     }
 }
 

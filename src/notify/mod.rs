@@ -1,9 +1,10 @@
 //! Delivery of reports: `file`, `email`, `slack`, `heartbeat`.
 //!
-//! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): after
-//! the runner has stored the report, [`dispatch`] records one outbox row per (run, channel),
-//! claims it, and tries to deliver it (all channels at once, each under
-//! [`DELIVERY_TIMEOUT`]). A delivery that fails stays in the outbox and is retried later with
+//! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): the
+//! runner stores the report and one outbox row per (run, channel) in one transaction
+//! ([`channels_for`]); then [`dispatch`] claims each row and tries to deliver it (all channels
+//! at once, each under [`DELIVERY_TIMEOUT`]). A process that dies in between leaves the rows
+//! `pending`: the daemon (at start and every 30 s) or `outbox --flush` delivers them. A delivery that fails stays in the outbox and is retried later with
 //! backoff ([`outbox::flush`]: the daemon, `outbox --flush`). The row keyed by (run, channel)
 //! is the idempotency record: a sender must claim it first (see [`outbox`]), so a report is
 //! never delivered twice for one run and channel. Delivery never changes a run's exit code.
@@ -321,6 +322,31 @@ pub async fn run_started(config: &crate::config::Config, job: &crate::config::Jo
     while pings.join_next().await.is_some() {}
 }
 
+/// Whether `notifier` gets `report`: the channel's `on` wants its status, and a dry run never
+/// pings a heartbeat (it is not a run the outside monitor should count).
+fn wants(notifier: &NotifierConfig, report: &Report) -> bool {
+    !(report.dry_run && notifier.kind() == "heartbeat") && notifier.on().wants(report.status)
+}
+
+/// The channels of `job` that `report` goes to: the outbox rows the runner writes in the same
+/// transaction as the report.
+pub fn channels_for(
+    config: &crate::config::Config,
+    job: &crate::config::Job,
+    report: &Report,
+) -> Vec<String> {
+    job.notify
+        .iter()
+        .filter(|name| {
+            config
+                .notifiers
+                .get(*name)
+                .is_some_and(|n| wants(n, report))
+        })
+        .cloned()
+        .collect()
+}
+
 /// Delivers a finished, stored report to the job's channels, through the outbox, and records
 /// the outcome in the report's `notifications` (and in the store). Channels are delivered
 /// concurrently, so a slow one does not hold up the others.
@@ -342,17 +368,14 @@ pub async fn dispatch(
             status: "skipped".into(),
             error: None,
         };
-        if report.dry_run && notifier.kind() == "heartbeat" {
-            // A dry run is not a run the outside monitor should count.
-            statuses.push(Some(skipped));
-            continue;
-        }
-        if !notifier.on().wants(report.status) {
+        if !wants(notifier, report) {
             statuses.push(Some(skipped));
             continue;
         }
         let slot = statuses.len();
         statuses.push(None);
+        // The runner wrote the row with the report; enqueueing again is a no-op then, and
+        // queues the delivery when the report could not be stored.
         let claim = store
             .outbox_enqueue(&report.run_id, name)
             .and_then(|()| store.outbox_claim(&report.run_id, name, outbox::CLAIM_LEASE));
