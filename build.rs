@@ -71,6 +71,18 @@ fn write_assets(dir: &Path) -> std::io::Result<()> {
     // them; the gzip header carries no time stamp, so the output is reproducible.
     let tmp = tempdir_in(dir)?;
     clap_mangen::generate_to(cli::Cli::command(), &tmp)?;
+    // runbook(1) again, with the sections a reader of the top page looks for.
+    let top = clap_mangen::Man::new(cli::Cli::command().disable_help_subcommand(true));
+    let mut page = Vec::new();
+    top.render_title(&mut page)?;
+    top.render_name_section(&mut page)?;
+    top.render_synopsis_section(&mut page)?;
+    top.render_description_section(&mut page)?;
+    top.render_options_section(&mut page)?;
+    top.render_subcommands_section(&mut page)?;
+    page.extend_from_slice(MAN_EXTRA.as_bytes());
+    top.render_version_section(&mut page)?;
+    std::fs::write(tmp.join("runbook.1"), page)?;
     for entry in std::fs::read_dir(&tmp)? {
         let path = entry?.path();
         let name = path
@@ -88,6 +100,50 @@ fn write_assets(dir: &Path) -> std::io::Result<()> {
     }
     std::fs::remove_dir_all(&tmp)
 }
+
+/// Sections of runbook(1) that clap does not describe (SPEC section 1; README "Install").
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+0
+The job ran and no item failed (warnings allowed unless \fB\-\-strict\fR); any other command succeeded.
+.TP
+1
+The job ran and at least one item failed (or warned, with \fB\-\-strict\fR).
+.TP
+2
+Configuration or usage error: nothing ran. The message names the file, line and column, or the job and item.
+.TP
+3
+Another run of the same job holds its lock: nothing ran.
+.SH ENVIRONMENT
+.TP
+\fBRUNBOOK_CONFIG\fR
+The config file when \fB\-\-config\fR is not given.
+.TP
+\fBRUNBOOK_LOG\fR
+Log level filter (default: info for the daemon, warn otherwise).
+.TP
+\fBSTATE_DIRECTORY\fR
+Default state folder (systemd's StateDirectory=).
+.TP
+\fBCREDENTIALS_DIRECTORY\fR
+Where relative \fB{ file = "NAME" }\fR secrets are looked up first (systemd's LoadCredential=).
+.SH FILES
+.TP
+\fI/etc/runbook/jobs.toml\fR
+The configuration; relative paths in it (sql/, scripts/) are relative to its folder.
+.TP
+\fI/etc/runbook/env\fR, \fI/etc/runbook/credentials/\fR
+The service's secrets (root only), handed over by systemd.
+.TP
+\fI/var/lib/runbook\fR
+The state: runs, reports, locks, the outbox.
+.TP
+\fI/usr/share/doc/runbook/\fR
+README.md and docs/: configuration, checks, backups, the daemon.
+.SH "SEE ALSO"
+\fBsystemctl\fR(1), \fBsystemd.exec\fR(5); the unit runbook.service
+"#;
 
 fn tempdir_in(dir: &Path) -> std::io::Result<PathBuf> {
     let tmp = dir.join(".man-tmp");
