@@ -21,9 +21,14 @@ mod cli {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=RUNBOOK_GIT_COMMIT");
-    // Rebuild when HEAD moves (a commit, a checkout). Both files may be absent outside git.
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
+    // Rebuild when HEAD moves (a commit, a checkout). `.git` is a folder in a clone but a file
+    // in a worktree, so git says where HEAD and the refs are; only paths that exist are
+    // watched (cargo reruns a build script on every build while a watched path is missing).
+    for what in ["HEAD", "refs/heads", "packed-refs"] {
+        if let Some(path) = git_path(what).filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
     let commit = std::env::var("RUNBOOK_GIT_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())
@@ -152,6 +157,18 @@ fn tempdir_in(dir: &Path) -> std::io::Result<PathBuf> {
     }
     std::fs::create_dir_all(&tmp)?;
     Ok(tmp)
+}
+
+fn git_path(what: &str) -> Option<PathBuf> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--git-path", what])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
 fn git_commit() -> Option<String> {
