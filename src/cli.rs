@@ -1,10 +1,9 @@
 //! The command line (a contract: SPEC section 1) and the exit codes:
 //! 0 ok, 1 the job ran and something failed, 2 configuration or usage error, 3 the job is locked.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::config::Config;
 use crate::runner::{RunError, RunOptions};
@@ -17,129 +16,18 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_LOCKED: u8 = 3;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "runbook",
-    version = crate::VERSION,
-    about = "Runs an operations runbook's checklists on schedule and reports pass/warn/fail per item"
-)]
-pub struct Cli {
-    /// Config file. Default: $RUNBOOK_CONFIG, else ./jobs.toml, else /etc/runbook/jobs.toml.
-    #[arg(long, global = true)]
-    pub config: Option<PathBuf>,
-    /// Log format on stderr (journald is used automatically under systemd).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
-    Text,
-    Html,
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the scheduler in the foreground (systemd Type=notify).
-    Daemon,
-    /// Run one job now and print its report.
-    RunJob {
-        job: String,
-        /// Only this item (repeatable).
-        #[arg(long = "item", value_name = "NAME")]
-        items: Vec<String>,
-        /// Change nothing: state-changing items print their plan and are skipped.
-        #[arg(long)]
-        dry_run: bool,
-        /// Do not send notifications.
-        #[arg(long)]
-        no_notify: bool,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-        /// Exit 1 on warnings too.
-        #[arg(long)]
-        strict: bool,
-    },
-    /// Jobs: schedule, time zone, description, next run, items.
-    List {
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-    },
-    /// The next fire times (job's zone and UTC).
-    Next {
-        job: Option<String>,
-        #[arg(short = 'n', default_value_t = 5)]
-        n: usize,
-        /// Start from this time (RFC3339) instead of now.
-        #[arg(long)]
-        after: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-    },
-    /// Validate the config; --connect also reaches every target and notifier.
-    CheckConfig {
-        #[arg(long)]
-        connect: bool,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-    },
-    /// Recent runs from the state store.
-    History {
-        job: Option<String>,
-        #[arg(short = 'n', default_value_t = 20)]
-        n: usize,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-    },
-    /// Re-render a stored report.
-    Report {
-        /// A run id (or a unique prefix), or `last`.
-        run: String,
-        /// With `last`: the last run of this job.
-        #[arg(long)]
-        job: Option<String>,
-        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
-        format: ReportFormat,
-    },
-    /// Send a test message through each (or one) notifier.
-    NotifyTest {
-        channel: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-    },
-    /// Undelivered notifications; --flush retries them now.
-    Outbox {
-        #[arg(long)]
-        flush: bool,
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-    },
-    /// The zero-setup tour: a throwaway PostgreSQL, the shipped jobs, real reports.
-    Demo {
-        /// Keep the temporary folder (cluster stopped) for a look afterwards.
-        #[arg(long)]
-        keep: bool,
-    },
-}
+mod args;
+pub use args::{Cli, Command, Format, LogFormat, ReportFormat};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // The version line names the commit (build.rs); args.rs cannot say so itself, since
+    // build.rs compiles it too, without the crate's environment.
+    let parsed = Cli::command()
+        .version(crate::VERSION)
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };

@@ -94,11 +94,30 @@ impl Secret {
                     }
                     // The io error says "permission denied" or "not found"; it never contains the content.
                     Err(e) => Err(format!(
-                        "{key}: cannot read secret file {}: {e}",
-                        path.display()
+                        "{key}: cannot read secret file {}: {e}{}",
+                        path.display(),
+                        Self::credentials_hint(file)
                     )),
                 }
             }
+        }
+    }
+
+    /// For a relative secret file that could not be read: where else it was looked for, so a
+    /// check from a shell says why a credential that systemd hands the service is not found.
+    fn credentials_hint(file: &Path) -> String {
+        if file.is_absolute() {
+            return String::new();
+        }
+        match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            None => {
+                " ($CREDENTIALS_DIRECTORY, where systemd's LoadCredential= puts it, is not set)"
+                    .into()
+            }
+            Some(dir) => format!(
+                " (nor in $CREDENTIALS_DIRECTORY {})",
+                Path::new(&dir).display()
+            ),
         }
     }
 

@@ -8,7 +8,8 @@
 //! `RUNBOOK_*` variables and the item's `env`. Secrets it prints are `[redacted]` in the report.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,6 +86,24 @@ impl Command {
                 "argv",
                 "argv must name a program: argv = [\"/path/to/program\", \"arg\"]",
             );
+        }
+        // A program given as a path (`./scripts/x.sh`, relative to the config's folder) is
+        // looked at now, so a script left out of an install is found by `check-config`, not on
+        // the first Monday of the month. A warning, not an error: it may be deployed later.
+        if let Some(argv0) = self.argv.first().filter(|a| a.contains('/')) {
+            // `components()` drops the `.` of `./scripts/...` for the message.
+            let program: PathBuf = p.path(Path::new(argv0)).components().collect();
+            match std::fs::metadata(&program) {
+                Err(_) => p.warning(format!(
+                    "program {argv0} ({}) does not exist (yet)",
+                    program.display()
+                )),
+                Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => p.warning(format!(
+                    "program {argv0} ({}) is not an executable file",
+                    program.display()
+                )),
+                Ok(_) => {}
+            }
         }
         if let Some(cwd) = &self.cwd {
             let dir = p.path(cwd);
