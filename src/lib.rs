@@ -17,6 +17,8 @@
 //! - [`report`]: the report model and its pure renderers (text, HTML, JSON, Slack).
 //! - [`notify`]: delivery of reports (file, email, Slack, heartbeat), fed by the outbox.
 //! - [`store`]: the state on disk (SQLite): runs, locks, slots, outbox, scan offsets.
+//! - [`bounded`]: lines and HTTP bodies read with a cap (64 KiB a line), so no input grows
+//!   memory without limit.
 //! - [`pg`]: connections to PostgreSQL targets (TLS, timeouts, session settings).
 //! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `demo`, the tests and the benchmarks.
 //! - [`demo`]: the zero-setup tour.
@@ -25,6 +27,7 @@
 /// The git commit this binary was built from (`build.rs`), or `unknown` outside a checkout.
 pub const GIT_COMMIT: &str = env!("RUNBOOK_GIT_COMMIT");
 
+pub mod bounded;
 pub mod cli;
 pub mod cluster;
 pub mod config;
