@@ -753,8 +753,19 @@ fn rotated_siblings(base: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
 /// The message of a line for grouping: leading timestamp removed, UUIDs and hex ids → `<id>`,
 /// numbers → `<n>`, cut to a readable length.
 pub fn normalise(line: &str) -> String {
-    let rest = LEADING_TS.replace(line, "");
-    let s = UUID.replace_all(&rest, "<id>");
+    // The timestamp pattern is anchored at the start: removing its match is slicing it off.
+    let rest = LEADING_TS.find(line).map_or(line, |m| &line[m.end()..]);
+    if rest.is_ascii() {
+        normalise_ascii(rest.as_bytes())
+    } else {
+        normalise_regex(rest)
+    }
+}
+
+/// [`normalise`] with the regexes `UUID`, `HEX` and `NUMBER` applied one after the other: the
+/// definition, used for lines with non-ASCII text (where `\b` and `\d` follow Unicode).
+fn normalise_regex(rest: &str) -> String {
+    let s = UUID.replace_all(rest, "<id>");
     let s = HEX.replace_all(&s, |c: &regex::Captures| {
         // Words like "deadbeef" without digits are not matched; "a1b2c3" and 0x1f are ids, but
         // short all-letter words ("add", "bad") never reach here.
@@ -770,6 +781,95 @@ pub fn normalise(line: &str) -> String {
         .collect::<String>()
         .trim()
         .to_string()
+}
+
+/// [`normalise_regex`] for ASCII text in two passes over the bytes, with the same result (a
+/// test compares them): it runs for every matching line, so it is the part of `log_scan` whose
+/// cost grows with the number of matches. Words are runs of `[A-Za-z0-9_]` (ASCII's `\w`).
+fn normalise_ascii(b: &[u8]) -> String {
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    // Pass 1: UUIDs, then hex ids, word by word (both regexes match whole words only).
+    let mut ids = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if !is_word(b[i]) {
+            ids.push(b[i]);
+            i += 1;
+            continue;
+        }
+        if let Some(end) = uuid_at(b, i) {
+            ids.extend_from_slice(b"<id>");
+            i = end;
+            continue;
+        }
+        let mut j = i;
+        while j < b.len() && is_word(b[j]) {
+            j += 1;
+        }
+        let word = &b[i..j];
+        if is_hex_id(word) {
+            ids.extend_from_slice(b"<id>");
+        } else {
+            ids.extend_from_slice(word);
+        }
+        i = j;
+    }
+    // Pass 2: numbers (`\d+(?:\.\d+)?`, greedy).
+    let mut out = Vec::with_capacity(ids.len());
+    let mut k = 0;
+    while k < ids.len() {
+        if !ids[k].is_ascii_digit() {
+            out.push(ids[k]);
+            k += 1;
+            continue;
+        }
+        let digits_from = |mut e: usize| {
+            while e < ids.len() && ids[e].is_ascii_digit() {
+                e += 1;
+            }
+            e
+        };
+        let mut e = digits_from(k);
+        if e + 1 < ids.len() && ids[e] == b'.' && ids[e + 1].is_ascii_digit() {
+            e = digits_from(e + 1);
+        }
+        out.extend_from_slice(b"<n>");
+        k = e;
+    }
+    out.truncate(MESSAGE_CHARS);
+    // ASCII in, ASCII out.
+    std::str::from_utf8(&out)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The end of a UUID (`8-4-4-4-12` hex digits, whole words) starting at word start `i`.
+fn uuid_at(b: &[u8], i: usize) -> Option<usize> {
+    let end = i + 36;
+    if end > b.len()
+        || b.get(end)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    {
+        return None;
+    }
+    let ok = b[i..end].iter().enumerate().all(|(k, c)| match k {
+        8 | 13 | 18 | 23 => *c == b'-',
+        _ => c.is_ascii_hexdigit(),
+    });
+    ok.then_some(end)
+}
+
+/// A whole word that `HEX` matches and the replacement turns into `<id>`: `0x` and hex digits,
+/// or 6 or more hex digits with at least one digit and one letter.
+fn is_hex_id(w: &[u8]) -> bool {
+    if w.len() > 2 && (w.starts_with(b"0x") || w.starts_with(b"0X")) {
+        return w[2..].iter().all(u8::is_ascii_hexdigit);
+    }
+    w.len() >= 6
+        && w.iter().all(u8::is_ascii_hexdigit)
+        && w.iter().any(u8::is_ascii_digit)
+        && w.iter().any(u8::is_ascii_alphabetic)
 }
 
 /// The time of a line's leading timestamp; without an offset it is read in `tz`.
@@ -817,6 +917,82 @@ mod tests {
         assert_eq!(
             normalise("2026-01-05 10:00:01.123 IST [4242] ERROR:  duplicate key value"),
             "[<n>] ERROR:  duplicate key value"
+        );
+    }
+
+    #[test]
+    fn the_ascii_normaliser_agrees_with_the_regexes() {
+        let tokens = [
+            "2026-01-05 10:00:01.123 ",
+            "[2026-01-05 10:00:01] ",
+            "ERROR",
+            "INFO",
+            " ",
+            "  ",
+            "\t",
+            "\u{b}",
+            "-",
+            ".",
+            ":",
+            "_",
+            "<",
+            ">",
+            "/",
+            "x",
+            "0x",
+            "0X",
+            "0x1f",
+            "0XAB",
+            "0xg",
+            "0x",
+            "deadbeef",
+            "deadbeef12",
+            "a1b2c3",
+            "a1b2",
+            "12ab",
+            "ABCDEF1",
+            "abcdef",
+            "123",
+            "4",
+            "4.2",
+            "1.2.3",
+            "2.",
+            ".5",
+            "exec7",
+            "nio_8080",
+            "3f2a9c1e-8b7d-4c1a-9e2f-1a2b3c4d5e6f",
+            "3F2A9C1E-8B7D-4C1A-9E2F-1A2B3C4D5E6F",
+            "3f2a9c1e-8b7d-4c1a-9e2f-1a2b3c4d5e6fa",
+            "3f2a9c1e-8b7d-4c1a-9e2f",
+            "g3f2a9c1e-8b7d-4c1a-9e2f-1a2b3c4d5e6f",
+            "Order",
+            "rejected",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let long = next(10) == 0;
+            let n = 1 + next(if long { 120 } else { 12 });
+            let line: String = (0..n).map(|_| tokens[next(tokens.len())]).collect();
+            assert_eq!(
+                normalise(&line),
+                normalise_regex(
+                    LEADING_TS
+                        .find(&line)
+                        .map_or(&line[..], |m| &line[m.end()..])
+                ),
+                "{line:?}"
+            );
+        }
+        // Non-ASCII text takes the regexes (Unicode `\b` and `\d`).
+        assert_eq!(
+            normalise("Bestellung ١٢٣ für a1b2c3d4"),
+            "Bestellung <n> für <id>"
         );
     }
 
