@@ -182,11 +182,31 @@ impl Tally {
                 if self.pattern.is_match(head) {
                     self.matched(head);
                 }
-            } else if m.end() <= newline + 1 || self.pattern.is_match(line) {
-                // A match that runs on into the next line counts only if the line matches alone.
+            } else if m.end() <= newline + 1 {
                 self.matched(line);
+            } else {
+                // The match runs on into the next line(s): a line counts only if it matches
+                // alone. Such a pattern (`[\s\S]`, `[^x]`) could make every search from here run
+                // to the end of the block, so the rest of the block goes line by line.
+                self.line_by_line(&region[start..]);
+                return;
             }
             at = newline + 1;
+        }
+    }
+
+    /// Matches each line of `lines` (whole lines, each ending with a newline) on its own, cut
+    /// lines on their first [`LINE_CAP`] bytes (they were counted by [`Tally::region`]).
+    fn line_by_line(&mut self, lines: &[u8]) {
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            let line = if line.len() - 1 > LINE_CAP {
+                &line[..LINE_CAP]
+            } else {
+                line
+            };
+            if self.pattern.is_match(line) {
+                self.matched(line);
+            }
         }
     }
 }
@@ -1105,7 +1125,13 @@ mod tests {
             text.push(b'\n');
         }
         text.extend_from_slice(b"ERROR unfinished");
-        for pattern in ["ERROR", "ERROR $", "^ERROR", r"ERROR[\s\S]{0,3}abc"] {
+        for pattern in [
+            "ERROR",
+            "ERROR $",
+            "^ERROR",
+            r"ERROR[\s\S]{0,3}abc",
+            r"ERROR[\s\S]*c",
+        ] {
             let want = line_by_line(&text, pattern);
             assert_eq!(scan_bytes(&text, pattern, 0), want, "{pattern}");
         }
