@@ -218,9 +218,10 @@ url = "{0}/health"
     );
 }
 
-/// An HTTP server for one kind of answer: `size` bytes of a JSON-looking body, generated as it
-/// is written (the test holds none of it), to every connection.
-fn stream_server(size: usize) -> String {
+/// An HTTP server for one kind of answer: `status` and `size` bytes of body starting with
+/// `first` and padded with spaces, generated as it is written (the test holds none of it), to
+/// every connection.
+fn stream_server(status: &'static str, first: &'static str, size: usize) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     std::thread::spawn(move || {
@@ -236,13 +237,13 @@ fn stream_server(size: usize) -> String {
                     }
                 }
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n["
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n{first}"
                 );
                 if conn.write_all(head.as_bytes()).is_err() {
                     return;
                 }
                 let chunk = vec![b' '; 1024 * 1024];
-                let mut left = size - 1;
+                let mut left = size - first.len();
                 while left > 0 {
                     let n = left.min(chunk.len());
                     // The client hangs up once it has read its cap: that ends this answer.
@@ -259,7 +260,7 @@ fn stream_server(size: usize) -> String {
 
 #[test]
 fn an_answer_of_300_mb_to_alertmanager_stays_within_bounded_memory() {
-    let url = stream_server(300 * 1024 * 1024);
+    let url = stream_server("200 OK", "[", 300 * 1024 * 1024);
     let setup = Setup::new(&format!(
         "[[jobs.t.items]]\nname = \"alerts\"\nkind = \"alertmanager\"\nurl = \"{url}\"\n"
     ));
@@ -273,4 +274,37 @@ fn an_answer_of_300_mb_to_alertmanager_stays_within_bounded_memory() {
     let it = item(&report, "alerts");
     assert_eq!(it["status"], "fail", "{it:#}");
     assert!(summary(&it).contains("larger than 8 MiB"), "{it:#}");
+}
+
+#[test]
+fn a_300_mb_error_answer_to_a_heartbeat_ping_stays_within_bounded_memory() {
+    let url = stream_server("404 Not Found", "no such check\n", 300 * 1024 * 1024);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("jobs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runbook]\nstate_dir = {:?}\n\n[notify.hc]\ntype = \"heartbeat\"\nurl = {{ env = \"TEST_PING_URL\" }}\n\n[jobs.t]\n\n[[jobs.t.items]]\nname = \"fine\"\nkind = \"command\"\nargv = [\"true\"]\nread_only = true\n",
+            dir.path().join("state")
+        ),
+    )
+    .expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runbook"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run-job", "t"])
+        .env("TEST_PING_URL", format!("{url}/ping/check"))
+        .output()
+        .expect("run the runbook binary");
+    let peak = peak_child_rss_mib();
+    eprintln!("peak RSS of the runbook process: {peak} MiB");
+    assert!(
+        peak < 150,
+        "runbook held {peak} MiB at its peak for a 300 MB error answer (read up to 64 KiB)"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HTTP 404 Not Found: rejected by") && stderr.contains("no such check"),
+        "the failed ping is reported with the answer's first line: {stderr}"
+    );
 }
