@@ -47,6 +47,25 @@ pub fn lines_cut_text(n: u64) -> String {
     )
 }
 
+/// What [`tail_lines`] appends to a line it cut.
+fn cut_mark() -> String {
+    format!(" … [line cut at {}]", size_text(LINE_CAP))
+}
+
+/// A line for display: its first `max` characters and "…" when longer; a line [`tail_lines`]
+/// cut keeps its mark, so the reader still sees why it ends there.
+pub fn shorten(line: &str, max: usize) -> String {
+    let mark = cut_mark();
+    let (body, mark) = match line.strip_suffix(mark.as_str()) {
+        Some(body) => (body, mark.as_str()),
+        None => (line, ""),
+    };
+    if body.chars().nth(max).is_none() {
+        return line.to_string();
+    }
+    format!("{}…{mark}", body.chars().take(max).collect::<String>())
+}
+
 /// Appends the part of `avail` up to the first newline to `line`, keeping at most `cap` bytes
 /// in `line`. Returns (bytes of `avail` consumed, the line ended here, bytes were dropped).
 fn take_line_part(avail: &[u8], line: &mut Vec<u8>, cap: usize) -> (usize, bool, bool) {
@@ -171,7 +190,7 @@ pub async fn tail_lines<R: AsyncBufRead + Unpin>(
         }
         let mut text = String::from_utf8_lossy(line).into_owned();
         if cut {
-            text.push_str(&format!(" … [line cut at {}]", size_text(LINE_CAP)));
+            text.push_str(&cut_mark());
         }
         out.push_back(text);
         if let Some(k) = keep
@@ -273,5 +292,12 @@ mod tests {
         assert_eq!(lines[2], "two");
         let (last, _) = tail_lines(&text[..], Some(1)).await;
         assert_eq!(last, vec!["two".to_string()]);
+        assert_eq!(
+            shorten(&lines[1], 3),
+            "yyy… … [line cut at 64 KiB]",
+            "a cut line keeps its mark"
+        );
+        assert_eq!(shorten("abcdef", 3), "abc…");
+        assert_eq!(shorten("abc", 3), "abc");
     }
 }

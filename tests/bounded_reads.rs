@@ -308,3 +308,33 @@ fn a_300_mb_error_answer_to_a_heartbeat_ping_stays_within_bounded_memory() {
         "the failed ping is reported with the answer's first line: {stderr}"
     );
 }
+
+/// The backup tools (pg_dump, pg_restore, psql, pg_verifybackup) run through `run_tool`; a real
+/// process stands in for one that fails with a 5 MB error line.
+#[tokio::test]
+async fn a_backup_tool_failing_with_a_5_mb_line_reports_it_cut_and_short() {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "echo 'pg_restore: connecting' >&2; printf 'pg_restore: error: ' >&2; head -c 5000000 /dev/zero | tr '\\0' x >&2; echo >&2; exit 1",
+    ]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = runbook::items::backup_verify::run_tool(cmd, deadline, &cancel, false).await;
+    assert!(!run.ok());
+    let why = run.failure("pg_restore");
+    assert!(
+        why.starts_with("pg_restore exited with code 1: pg_restore: error: xxxx"),
+        "{why}"
+    );
+    assert!(why.ends_with("… [line cut at 64 KiB]"), "{why}");
+    assert!(
+        why.len() < 1000,
+        "shortened for the report: {} bytes",
+        why.len()
+    );
+    assert_eq!(
+        run.stderr_tail.first().map(String::as_str),
+        Some("pg_restore: connecting")
+    );
+}

@@ -789,12 +789,18 @@ pub async fn run_tool_with_input(
 }
 
 /// Stderr/stdout lines of a tool (the last `keep_last`, or all), each cut at 64 KiB while
-/// reading and marked when cut.
+/// reading and marked when cut. The last lines (stderr, shown in reports) are shortened to 500
+/// characters; all lines (stdout, parsed) are kept as read.
 async fn collect_lines(r: Option<impl AsyncRead + Unpin>, keep_last: Option<usize>) -> Vec<String> {
     let Some(r) = r else { return vec![] };
-    crate::bounded::tail_lines(BufReader::new(r), keep_last)
-        .await
-        .0
+    let (lines, _) = crate::bounded::tail_lines(BufReader::new(r), keep_last).await;
+    if keep_last.is_none() {
+        return lines;
+    }
+    lines
+        .iter()
+        .map(|l| crate::bounded::shorten(l, 500))
+        .collect()
 }
 
 /// Lines of a plain SQL dump that must not reach `psql` during a drill: they would leave the
