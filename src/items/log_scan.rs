@@ -1099,6 +1099,30 @@ mod tests {
     }
 
     #[test]
+    fn a_gzip_file_is_read_to_its_end_with_long_lines_cut() {
+        let mut text = b"ERROR one\n".to_vec();
+        text.extend(std::iter::repeat_n(b'z', 3 * READ_SIZE));
+        text.extend_from_slice(b"\nERROR short\nERROR long last line without newline");
+        text.extend(std::iter::repeat_n(b'w', 2 * LINE_CAP));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.log.1.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).expect("create"),
+            flate2::Compression::fast(),
+        );
+        std::io::Write::write_all(&mut enc, &text).expect("gzip");
+        enc.finish().expect("gzip");
+        let mut t = tally("ERROR");
+        let read = read_from(&path, 0, &mut t).expect("read");
+        // A compressed file is complete: its last line counts without a newline.
+        assert_eq!((t.matches, t.lines_cut, read.to), (3, 2, text.len() as u64));
+        // From a decompressed offset: only the rest.
+        let mut t = tally("ERROR");
+        let read = read_from(&path, 10, &mut t).expect("read");
+        assert_eq!((t.matches, t.lines_cut, read.to), (2, 2, text.len() as u64));
+    }
+
+    #[test]
     fn block_search_finds_what_a_line_by_line_reader_finds() {
         // Lines of every length around the cap and the buffer size, errors anywhere in them.
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
