@@ -10,6 +10,8 @@ use crate::config::Config;
 use crate::runner::{RunError, RunOptions};
 use crate::store::Store;
 
+mod state_access;
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -18,7 +20,7 @@ pub const EXIT_LOCKED: u8 = 3;
 #[derive(Parser, Debug)]
 #[command(
     name = "runbook",
-    version,
+    version = crate::VERSION,
     about = "Runs an operations runbook's checklists on schedule and reports pass/warn/fail per item"
 )]
 pub struct Cli {
@@ -93,6 +95,8 @@ pub enum Command {
     CheckConfig {
         #[arg(long)]
         connect: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Recent runs from the state store.
     History {
@@ -113,7 +117,11 @@ pub enum Command {
         format: ReportFormat,
     },
     /// Send a test message through each (or one) notifier.
-    NotifyTest { channel: Option<String> },
+    NotifyTest {
+        channel: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Undelivered notifications; --flush retries them now.
     Outbox {
         #[arg(long)]
@@ -169,8 +177,9 @@ fn init_logging(cli: &Cli) {
     // Under systemd (JOURNAL_STREAM names our stderr), log to journald with structured fields.
     let under_journald =
         std::env::var_os("JOURNAL_STREAM").is_some() && cli.log_format == LogFormat::Text;
+    // Fields as journald names them (`JOB=daily`, not `F_JOB=daily`): `journalctl JOB=daily`.
     if under_journald && let Ok(layer) = tracing_journald::layer() {
-        let _ = registry.with(layer).try_init();
+        let _ = registry.with(layer.with_field_prefix(None)).try_init();
         return;
     }
     match cli.log_format {
@@ -188,11 +197,19 @@ fn init_logging(cli: &Cli) {
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_writer(std::io::stderr)
+                        .with_ansi(colour_on_stderr())
                         .with_target(false),
                 )
                 .try_init();
         }
     }
+}
+
+/// Colour codes only for a person at a terminal: not into files, pipes or the journal, and
+/// not when `NO_COLOR` is set (no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn load(cli: &Cli) -> Result<Config, ExitCode> {
@@ -209,7 +226,16 @@ fn load(cli: &Cli) -> Result<Config, ExitCode> {
     })
 }
 
+/// Gets this process ready to open the state folder (switching from root to the folder's owner
+/// when they differ); exit 2 with a message saying what to do when it may not.
+fn prepare_state(config: &Config) -> Result<(), ExitCode> {
+    state_access::prepare(config)
+        .map(|_| ())
+        .map_err(|e| usage(format!("{e}\n  nothing ran")))
+}
+
 fn open_store(config: &Config) -> Result<Store, ExitCode> {
+    prepare_state(config)?;
     Store::open(&config.state_dir, &config.hostname).map_err(|e| {
         eprintln!("runbook: {e:#}");
         ExitCode::from(EXIT_FAILED)
@@ -225,9 +251,63 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
 
+/// A manual run's cluster claim and the task renewing its lease.
+type ManualClaim = (
+    std::sync::Arc<crate::cluster::Cluster>,
+    chrono::DateTime<chrono::Utc>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Claims a manual run in the cluster: `Ok(Some(..))` claimed, `Ok(None)` the database is down
+/// and `on_cluster_down = "run"`, `Err` the message of exit 3 (nothing runs).
+async fn manual_claim(
+    section: &crate::config::ClusterSection,
+    hostname: &str,
+    job: &str,
+    opts: &RunOptions,
+) -> Result<Option<ManualClaim>, String> {
+    use crate::cluster::{Claim, Cluster};
+    let cluster = std::sync::Arc::new(
+        Cluster::new(section, hostname).map_err(|e| format!("[cluster]: {e}"))?,
+    );
+    let sent = tokio::time::Instant::now();
+    match cluster.claim_manual(job).await {
+        (Claim::Mine { .. }, Some(slot)) => {
+            let lease = cluster.clone().keep_lease(
+                job.to_string(),
+                slot,
+                sent,
+                opts.cancel.clone(),
+                opts.cancel_reason.clone(),
+            );
+            Ok(Some((cluster, slot, lease)))
+        }
+        (Claim::Mine { .. }, None) => Err(format!(
+            "job {job:?}: the cluster claim returned no slot; nothing ran"
+        )),
+        (Claim::Busy(node) | Claim::Elsewhere(node), _) => Err(format!(
+            "job {job:?} is already running on cluster node {node}; nothing ran"
+        )),
+        (Claim::Down(e), _) => match cluster.on_cluster_down {
+            crate::config::OnClusterDown::Run => {
+                eprintln!(
+                    "runbook: CLUSTER DATABASE UNREACHABLE ({e}): running anyway (on_cluster_down = \"run\"); a run on another node may overlap"
+                );
+                Ok(None)
+            }
+            crate::config::OnClusterDown::Skip => Err(format!(
+                "CLUSTER DATABASE UNREACHABLE ({e}): job {job:?} not run (on_cluster_down = \"skip\")"
+            )),
+        },
+    }
+}
+
 async fn dispatch(cli: Cli) -> ExitCode {
     if let Command::Demo { keep } = cli.command {
         return crate::demo::run(keep).await;
+    }
+    if let Command::CheckConfig { connect, format } = cli.command {
+        return check_config(&cli, connect, format).await;
     }
     let config = match load(&cli) {
         Ok(c) => c,
@@ -235,12 +315,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Demo { .. } => unreachable!("handled above"),
-        Command::Daemon => match crate::scheduler::run(config).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("runbook: {e:#}");
-                ExitCode::from(EXIT_FAILED)
-            }
+        Command::Daemon => match prepare_state(&config) {
+            Err(code) => code,
+            Ok(()) => match crate::scheduler::run(config).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("runbook: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            },
         },
         Command::RunJob {
             job,
@@ -284,7 +367,35 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 eprintln!("runbook: interrupted; stopping the items and writing the report");
                 cancel.cancel();
             });
-            match crate::runner::run_job(&config, &store, job, opts).await {
+            // With `[cluster]`, a manual run takes a claim like a scheduled slot: it cannot
+            // overlap a run of the job on another node (exit 3), and it is fenced the same way.
+            let mut claimed = None;
+            if let Some(section) = config.cluster.as_ref().filter(|_| !dry_run) {
+                match manual_claim(section, &config.hostname, &job.name, &opts).await {
+                    Ok(c) => claimed = c,
+                    Err(message) => {
+                        eprintln!("runbook: {message}");
+                        return ExitCode::from(EXIT_LOCKED);
+                    }
+                }
+            }
+            let result = crate::runner::run_job(&config, &store, job, opts).await;
+            if let Some((cluster, slot, lease)) = claimed {
+                crate::failpoint!("cluster-before-finish");
+                for _ in 0..3 {
+                    match cluster.finish(&job.name, slot).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            eprintln!(
+                                "runbook: cannot mark the manual run done in the cluster database: {e}"
+                            );
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                lease.abort();
+            }
+            match result {
                 Ok(report) => {
                     match format {
                         Format::Json => println!("{}", crate::report::json::render(&report)),
@@ -315,7 +426,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             after,
             format,
         } => next(&config, job.as_deref(), n, after.as_deref(), format),
-        Command::CheckConfig { connect } => check_config(&config, connect).await,
+        Command::CheckConfig { .. } => unreachable!("handled above"),
         Command::History { job, n, format } => {
             if let Some(j) = &job
                 && let Err(e) = config.job(j)
@@ -409,8 +520,29 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Err(e) => usage(format!("{e:#}")),
             }
         }
-        Command::NotifyTest { channel } => {
-            crate::notify::notify_test(&config, channel.as_deref()).await
+        Command::NotifyTest { channel, format } => {
+            // As root, send as the daemon's user: a file notifier's folder it creates (often
+            // inside the state folder) must stay writable for the daemon.
+            if let Err(e) = state_access::become_owner_if_root(&config) {
+                return usage(e);
+            }
+            let tests = match crate::notify::notify_test(&config, channel.as_deref()).await {
+                Ok(t) => t,
+                Err(e) => return usage(e),
+            };
+            match format {
+                Format::Json => print_json(&serde_json::json!({ "channels": tests })),
+                Format::Text => {
+                    for t in &tests {
+                        match &t.error {
+                            None => println!("{} ({}): delivered", t.channel, t.kind),
+                            Some(e) => println!("{} ({}): FAILED: {e}", t.channel, t.kind),
+                        }
+                    }
+                }
+            }
+            let ok = tests.iter().all(|t| t.error.is_none());
+            ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
         }
         Command::Outbox { flush, format } => {
             let store = match open_store(&config) {
@@ -597,79 +729,213 @@ fn next(
     ExitCode::from(EXIT_OK)
 }
 
-async fn check_config(config: &Config, connect: bool) -> ExitCode {
-    for w in &config.warnings {
-        println!("warning: {w}");
-    }
-    let items: usize = config.jobs.values().map(|j| j.config.items.len()).sum();
-    println!(
-        "{}: OK — {} job{}, {} item{}, {} target{}, {} notifier{}",
-        config.path.display(),
-        config.jobs.len(),
-        if config.jobs.len() == 1 { "" } else { "s" },
-        items,
-        if items == 1 { "" } else { "s" },
-        config.targets.len(),
-        if config.targets.len() == 1 { "" } else { "s" },
-        config.notifiers.len(),
-        if config.notifiers.len() == 1 { "" } else { "s" },
-    );
+/// `check-config [--connect] [--format text|json]`. Exit 0 when the file is valid (and, with
+/// `--connect`, everything answered), 1 when something did not answer, 2 when the file has
+/// mistakes. The JSON form is one document whatever happened (see docs/configuration.md).
+async fn check_config(cli: &Cli, connect: bool, format: Format) -> ExitCode {
+    let config = match format {
+        Format::Text => match load(cli) {
+            Ok(c) => c,
+            Err(code) => return code,
+        },
+        Format::Json => {
+            let path = crate::config::resolve_path(cli.config.as_deref());
+            match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_json(&serde_json::json!({
+                        "ok": false,
+                        "config": path,
+                        "errors": e.0.iter().map(config_error_json).collect::<Vec<_>>(),
+                        "warnings": [],
+                        "state_dir": null,
+                        "state_dir_origin": null,
+                        "jobs": [],
+                        "targets": [],
+                        "notifiers": [],
+                        "connect": null,
+                    }));
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+    };
     let now = chrono::Utc::now();
-    for j in config.jobs.values() {
-        let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+    let items: usize = config.jobs.values().map(|j| j.config.items.len()).sum();
+    if format == Format::Text {
+        for w in &config.warnings {
+            println!("warning: {w}");
+        }
         println!(
-            "  {:<14} {:>2} items  {}",
-            j.name,
-            j.config.items.len(),
-            match next {
-                Some(n) => format!(
-                    "next {} ({})",
-                    n.format("%Y-%m-%d %H:%M %Z"),
-                    j.schedule
-                        .as_ref()
-                        .map(|s| s.describe())
-                        .unwrap_or_default()
-                ),
-                None => "no schedule: runs only by hand".into(),
-            }
+            "{}: OK — {} job{}, {} item{}, {} target{}, {} notifier{}",
+            config.path.display(),
+            config.jobs.len(),
+            if config.jobs.len() == 1 { "" } else { "s" },
+            items,
+            if items == 1 { "" } else { "s" },
+            config.targets.len(),
+            if config.targets.len() == 1 { "" } else { "s" },
+            config.notifiers.len(),
+            if config.notifiers.len() == 1 { "" } else { "s" },
         );
+        println!(
+            "  state: {} ({})",
+            config.state_dir.display(),
+            config.state_dir_origin
+        );
+        for j in config.jobs.values() {
+            let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+            println!(
+                "  {:<14} {:>2} items  {}",
+                j.name,
+                j.config.items.len(),
+                match next {
+                    Some(n) => format!(
+                        "next {} ({})",
+                        n.format("%Y-%m-%d %H:%M %Z"),
+                        j.schedule
+                            .as_ref()
+                            .map(|s| s.describe())
+                            .unwrap_or_default()
+                    ),
+                    None => "no schedule: runs only by hand".into(),
+                }
+            );
+        }
     }
-    if !connect {
-        return ExitCode::from(EXIT_OK);
-    }
-    let mut ok = true;
-    for (name, t) in config.targets.iter() {
-        match t.connect().await {
-            Ok(client) => {
-                let standby: bool = client
-                    .query_one("SELECT pg_is_in_recovery()", &[])
-                    .await
-                    .map(|r| r.get(0))
-                    .unwrap_or(false);
-                println!(
-                    "  target {name}: reachable ({}){}",
-                    t.display,
-                    if standby {
-                        ", a standby (state-changing items will refuse it)"
-                    } else {
-                        ""
+    let mut reached = None;
+    if connect {
+        let mut targets = Vec::new();
+        for (name, t) in config.targets.iter() {
+            targets.push(match t.connect().await {
+                Ok(client) => {
+                    let standby: bool = client
+                        .query_one("SELECT pg_is_in_recovery()", &[])
+                        .await
+                        .ok()
+                        .and_then(|r| crate::pg::col(&r, 0).ok())
+                        .unwrap_or(false);
+                    Reached {
+                        name: name.clone(),
+                        ok: true,
+                        message: format!(
+                            "reachable ({}){}",
+                            t.display,
+                            if standby {
+                                ", a standby (state-changing items will refuse it)"
+                            } else {
+                                ""
+                            }
+                        ),
+                        standby: Some(standby),
                     }
-                );
+                }
+                Err(e) => Reached {
+                    name: name.clone(),
+                    ok: false,
+                    message: format!("UNREACHABLE: {e}"),
+                    standby: None,
+                },
+            });
+        }
+        let mut notifiers = Vec::new();
+        for (name, n) in &config.notifiers {
+            notifiers.push(match n.check_reachable().await {
+                Ok(msg) => Reached {
+                    name: name.clone(),
+                    ok: true,
+                    message: msg,
+                    standby: None,
+                },
+                Err(e) => Reached {
+                    name: name.clone(),
+                    ok: false,
+                    message: format!("UNREACHABLE: {e}"),
+                    standby: None,
+                },
+            });
+        }
+        if format == Format::Text {
+            for r in &targets {
+                println!("  target {}: {}", r.name, r.message);
             }
-            Err(e) => {
-                ok = false;
-                println!("  target {name}: UNREACHABLE: {e}");
+            for r in &notifiers {
+                println!("  notifier {}: {}", r.name, r.message);
             }
         }
+        reached = Some((targets, notifiers));
     }
-    for (name, n) in &config.notifiers {
-        match n.check_reachable().await {
-            Ok(msg) => println!("  notifier {name}: {msg}"),
-            Err(e) => {
-                ok = false;
-                println!("  notifier {name}: UNREACHABLE: {e}");
-            }
-        }
+    let ok = reached
+        .as_ref()
+        .is_none_or(|(t, n)| t.iter().chain(n).all(|r| r.ok));
+    if format == Format::Json {
+        let jobs: Vec<serde_json::Value> = config
+            .jobs
+            .values()
+            .map(|j| {
+                let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+                serde_json::json!({
+                    "job": j.name,
+                    "items": j.config.items.len(),
+                    "schedule": j.schedule.as_ref().map(|s| s.expr.clone()),
+                    "schedule_description": j.schedule.as_ref().map(|s| s.describe()),
+                    "timezone": j.tz.name(),
+                    "next_run": next.map(|n| n.to_rfc3339()),
+                })
+            })
+            .collect();
+        let reached_json = |list: &[Reached], key: &str| -> Vec<serde_json::Value> {
+            list.iter()
+                .map(|r| {
+                    let mut v = serde_json::json!({ key: r.name, "reachable": r.ok });
+                    v[if r.ok { "detail" } else { "error" }] = serde_json::Value::String(
+                        r.message.trim_start_matches("UNREACHABLE: ").to_string(),
+                    );
+                    if let Some(s) = r.standby {
+                        v["standby"] = serde_json::Value::Bool(s);
+                    }
+                    v
+                })
+                .collect()
+        };
+        print_json(&serde_json::json!({
+            "ok": ok,
+            "config": config.path,
+            "errors": [],
+            "warnings": config.warnings,
+            "state_dir": config.state_dir,
+            "state_dir_origin": config.state_dir_origin,
+            "jobs": jobs,
+            "targets": config.targets.keys().collect::<Vec<_>>(),
+            "notifiers": config.notifiers.keys().collect::<Vec<_>>(),
+            "connect": reached.as_ref().map(|(t, n)| serde_json::json!({
+                "targets": reached_json(t, "target"),
+                "notifiers": reached_json(n, "notifier"),
+            })),
+        }));
     }
     ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// One target or notifier as `check-config --connect` found it.
+struct Reached {
+    name: String,
+    ok: bool,
+    /// `reachable (...)` or `UNREACHABLE: why` (never a secret).
+    message: String,
+    /// Targets only: whether it is a standby.
+    standby: Option<bool>,
+}
+
+/// A configuration mistake in `check-config --format json`.
+fn config_error_json(e: &crate::config::ConfigError) -> serde_json::Value {
+    serde_json::json!({
+        "file": e.file,
+        "line": e.line,
+        "column": e.column,
+        "job": e.job,
+        "item": e.item,
+        "context": e.context,
+        "message": e.message,
+    })
 }

@@ -28,7 +28,10 @@ pub struct RunbookSection {
     /// Default zone of every schedule (IANA name, e.g. `Asia/Kolkata`). Default `UTC`.
     #[serde(default = "default_tz")]
     pub timezone: String,
-    /// Where the state database lives. Default: `$STATE_DIRECTORY`, else `./runbook-state`.
+    /// Where the state database lives (relative: to the config's folder). Default, so that the
+    /// daemon and commands typed in a shell share one state per host: `$RUNBOOK_STATE_DIR`, else
+    /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `/var/lib/runbook` when it exists
+    /// (the packaged daemon's folder), else `./runbook-state`. See [`resolve_state_dir`].
     pub state_dir: Option<PathBuf>,
     /// How many items of one job may run at once. Default 4.
     #[serde(default = "default_parallel")]
@@ -41,6 +44,11 @@ pub struct RunbookSection {
     /// On SIGTERM, how long running jobs may finish before they are cancelled. Default 30s.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// The daemon's housekeeping deletes stored runs (and the `file` notifiers' reports) older
+    /// than this, once at start and then daily. Default 400d: a year of monthly runs and then
+    /// some, so "the same month last year" is still there. At least 1d.
+    #[serde(default = "default_keep_runs")]
+    pub keep_runs: Dur,
 }
 
 impl Default for RunbookSection {
@@ -52,6 +60,7 @@ impl Default for RunbookSection {
             hostname: None,
             outbox_max_age: default_outbox_max_age(),
             shutdown_grace: default_shutdown_grace(),
+            keep_runs: default_keep_runs(),
         }
     }
 }
@@ -67,6 +76,92 @@ fn default_outbox_max_age() -> Dur {
 }
 fn default_shutdown_grace() -> Dur {
     Dur::from_secs(30)
+}
+fn default_keep_runs() -> Dur {
+    Dur::from_secs(400 * 86400)
+}
+
+/// The packaged daemon's state folder (`StateDirectory=runbook` in the shipped unit).
+pub const HOST_STATE_DIR: &str = "/var/lib/runbook";
+
+/// Why the state folder is the one it is (shown by `check-config`, named in access errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateDirOrigin {
+    /// `[runbook] state_dir` in the config file.
+    Config,
+    /// `$RUNBOOK_STATE_DIR`.
+    Env,
+    /// `$STATE_DIRECTORY`, set by systemd's `StateDirectory=` (the daemon under its unit).
+    Systemd,
+    /// The packaged daemon's folder, [`HOST_STATE_DIR`], which exists on this host.
+    Host,
+    /// `./runbook-state`: no daemon state on this host (a checkout, a trial).
+    Local,
+}
+
+impl fmt::Display for StateDirOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StateDirOrigin::Config => "[runbook] state_dir",
+            StateDirOrigin::Env => "$RUNBOOK_STATE_DIR",
+            StateDirOrigin::Systemd => "$STATE_DIRECTORY, from systemd",
+            StateDirOrigin::Host => "the daemon's state folder on this host",
+            StateDirOrigin::Local => "no daemon state folder on this host",
+        })
+    }
+}
+
+/// One state per host: the rule that picks the state folder, first match wins.
+///
+/// 1. `[runbook] state_dir` (`explicit`; relative to the config's folder `base`);
+/// 2. `$RUNBOOK_STATE_DIR` (relative to the current folder);
+/// 3. `$STATE_DIRECTORY` (the daemon under systemd; its first entry);
+/// 4. `host_dir` (`/var/lib/runbook`, the packaged daemon's `StateDirectory=`) when it exists,
+///    so `history`, `report`, `outbox` and a manual `run-job` typed in a shell see the
+///    daemon's runs and share its job locks;
+/// 5. `./runbook-state`.
+///
+/// `env` reads an environment variable and `host_dir` is a parameter so tests can exercise
+/// every branch without the real `/var/lib/runbook`.
+pub fn resolve_state_dir(
+    explicit: Option<&Path>,
+    base: &Path,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    host_dir: &Path,
+) -> (PathBuf, StateDirOrigin) {
+    if let Some(p) = explicit {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        };
+        return (p, StateDirOrigin::Config);
+    }
+    // Relative paths become absolute, so messages say where the state is.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    if let Some(p) = env("RUNBOOK_STATE_DIR").filter(|p| !p.is_empty()) {
+        return (absolute(PathBuf::from(p)), StateDirOrigin::Env);
+    }
+    if let Some(p) = env("STATE_DIRECTORY").filter(|p| !p.is_empty()) {
+        // systemd joins several StateDirectory= entries with ':'; ours is the first.
+        let first = p
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !first.is_empty() {
+            return (PathBuf::from(first), StateDirOrigin::Systemd);
+        }
+    }
+    if host_dir.is_dir() {
+        return (host_dir.to_path_buf(), StateDirOrigin::Host);
+    }
+    (
+        absolute(PathBuf::from("runbook-state")),
+        StateDirOrigin::Local,
+    )
 }
 
 /// `[server]`: the daemon's HTTP endpoint (metrics, health, status page).
@@ -205,7 +300,10 @@ pub struct Config {
     /// The folder of `path`: relative paths in items are relative to it.
     pub dir: PathBuf,
     pub runbook: RunbookSection,
+    /// The resolved state folder ([`resolve_state_dir`]).
     pub state_dir: PathBuf,
+    /// Which rule chose `state_dir`.
+    pub state_dir_origin: StateDirOrigin,
     pub hostname: String,
     pub targets: Arc<BTreeMap<String, Target>>,
     pub notifiers: BTreeMap<String, NotifierConfig>,
@@ -214,6 +312,8 @@ pub struct Config {
     pub cluster: Option<ClusterSection>,
     /// Non-fatal findings (inline secrets, ...), shown by `check-config`.
     pub warnings: Vec<String>,
+    /// Hides every secret of this config in text bound for a report (what a child printed).
+    pub redactor: crate::secret::Redactor,
 }
 
 /// One configuration mistake, located.
@@ -224,6 +324,10 @@ pub struct ConfigError {
     pub column: usize,
     /// `job "daily", item "Backups"` when known.
     pub context: Option<String>,
+    /// The job the mistake is in, when it is in one (for `check-config --format json`).
+    pub job: Option<String>,
+    /// The item (its `name`, else `#N` counting from 1 within the job), when in one.
+    pub item: Option<String>,
     pub message: String,
 }
 
@@ -280,6 +384,8 @@ impl Config {
                 line: 1,
                 column: 1,
                 context: None,
+                job: None,
+                item: None,
                 message: format!("cannot read config file: {e}"),
             }])
         })?;
@@ -298,6 +404,26 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         validate(raw, path.to_path_buf(), dir, &locator)
+    }
+
+    /// Every secret of the configuration: targets' and the cluster's passwords, notifiers'
+    /// credentials, and the secrets items hand to requests and child processes. The
+    /// [`crate::secret::Redactor`] of reports is built from these.
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        let mut all: Vec<&crate::secret::Secret> = Vec::new();
+        all.extend(self.targets.values().filter_map(|t| t.password.as_ref()));
+        if let Some(c) = &self.cluster {
+            all.extend(c.password_resolved.as_ref());
+        }
+        for n in self.notifiers.values() {
+            all.extend(n.secrets());
+        }
+        for job in self.jobs.values() {
+            for item in &job.config.items {
+                all.extend(item.spec.secrets());
+            }
+        }
+        all
     }
 
     /// The job called `name`, or a usage error listing the known ones.
@@ -334,6 +460,17 @@ fn validate(
             Tz::UTC
         }
     };
+    if raw.runbook.keep_runs.0 < std::time::Duration::from_secs(86400) {
+        errors.push(loc.at_key(
+            "runbook",
+            "keep_runs",
+            None,
+            format!(
+                "keep_runs = \"{}\" is too short: runs are kept at least 1d (the default is 400d)",
+                raw.runbook.keep_runs
+            ),
+        ));
+    }
     if raw.runbook.max_parallel_items == 0 {
         errors.push(loc.at_key(
             "runbook",
@@ -541,16 +678,12 @@ fn validate(
         return Err(ConfigErrors(errors));
     }
 
-    let state_dir = raw
-        .runbook
-        .state_dir
-        .clone()
-        .map(|p| if p.is_absolute() { p } else { dir.join(p) })
-        .or_else(|| {
-            std::env::var_os("STATE_DIRECTORY")
-                .map(|s| PathBuf::from(s.to_string_lossy().split(':').next().unwrap_or_default()))
-        })
-        .unwrap_or_else(|| PathBuf::from("runbook-state"));
+    let (state_dir, state_dir_origin) = resolve_state_dir(
+        raw.runbook.state_dir.as_deref(),
+        &dir,
+        |name| std::env::var_os(name),
+        Path::new(HOST_STATE_DIR),
+    );
     let hostname = raw.runbook.hostname.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
             .ok()
@@ -558,11 +691,12 @@ fn validate(
             .unwrap_or_else(|| "localhost".into())
     });
 
-    Ok(Config {
+    let mut config = Config {
         path,
         dir,
         runbook: raw.runbook,
         state_dir,
+        state_dir_origin,
         hostname,
         targets: Arc::new(targets),
         notifiers,
@@ -570,7 +704,10 @@ fn validate(
         server: raw.server,
         cluster,
         warnings,
-    })
+        redactor: crate::secret::Redactor::default(),
+    };
+    config.redactor = crate::secret::Redactor::new(config.secrets());
+    Ok(config)
 }
 
 fn unknown_zone(z: &str) -> String {
@@ -691,12 +828,32 @@ impl Locator {
 
     fn at_section(&self, id: &str, context: Option<String>, message: String) -> ConfigError {
         let line = self.section(id).map(|s| s.line).unwrap_or(1);
+        let (job, item) = self.job_and_item(id);
         ConfigError {
             file: self.file.clone(),
             line,
             column: 1,
             context,
+            job,
+            item,
             message,
+        }
+    }
+
+    /// The job and item a section id (`jobs.daily`, `jobs.daily.items#2`) belongs to.
+    fn job_and_item(&self, id: &str) -> (Option<String>, Option<String>) {
+        let mut parts = id.splitn(3, '.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("jobs"), Some(job), Some(rest)) if rest.starts_with("items#") => {
+                let n: usize = rest["items#".len()..].parse().unwrap_or(0);
+                let name = self
+                    .section(id)
+                    .and_then(|s| s.item_name.clone())
+                    .unwrap_or_else(|| format!("#{}", n + 1));
+                (Some(job.to_string()), Some(name))
+            }
+            (Some("jobs"), Some(job), _) => (Some(job.to_string()), None),
+            _ => (None, None),
         }
     }
 
@@ -704,11 +861,14 @@ impl Locator {
         if let Some(sec) = self.section(id)
             && let Some((_, line, col)) = sec.keys.iter().find(|(k, _, _)| k == key)
         {
+            let (job, item) = self.job_and_item(id);
             return ConfigError {
                 file: self.file.clone(),
                 line: *line,
                 column: *col,
                 context,
+                job,
+                item,
                 message,
             };
         }
@@ -722,8 +882,10 @@ impl Locator {
         let (mut line, mut column) = self.line_col(offset);
         let sec = self.sections.iter().rev().find(|s| s.start <= offset);
         let mut context = None;
+        let (mut job, mut item) = (None, None);
         if let Some(sec) = sec {
             context = describe_section(&sec.id, sec.item_name.as_deref());
+            (job, item) = self.job_and_item(&sec.id);
             // serde reports an unknown or mistyped field at the enclosing table; point at the key.
             if let Some((l, c)) = self.refine(sec, &message) {
                 line = l;
@@ -735,6 +897,8 @@ impl Locator {
             line,
             column,
             context,
+            job,
+            item,
             message,
         }
     }
@@ -871,6 +1035,90 @@ kind = "manual"
             e[3].starts_with("jobs.toml:13:1: job \"daily\", item \"A\": duplicate item name"),
             "{}",
             e[3]
+        );
+    }
+
+    #[test]
+    fn state_folder_rule_first_match_wins() {
+        let base = Path::new("/etc/runbook");
+        let host = tempfile::tempdir().unwrap();
+        let none = |_: &str| None;
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let all = vars(&[
+            ("RUNBOOK_STATE_DIR", "/srv/runbook-state"),
+            ("STATE_DIRECTORY", "/var/lib/runbook:/var/lib/other"),
+        ]);
+        // 1. The config's state_dir, relative to the config's folder, beats everything.
+        assert_eq!(
+            resolve_state_dir(Some(Path::new("state")), base, all, host.path()),
+            (PathBuf::from("/etc/runbook/state"), StateDirOrigin::Config)
+        );
+        // 2. $RUNBOOK_STATE_DIR.
+        assert_eq!(
+            resolve_state_dir(None, base, all, host.path()),
+            (PathBuf::from("/srv/runbook-state"), StateDirOrigin::Env)
+        );
+        // 3. systemd's $STATE_DIRECTORY (its first entry).
+        let systemd = vars(&[("STATE_DIRECTORY", "/var/lib/runbook:/var/lib/other")]);
+        assert_eq!(
+            resolve_state_dir(None, base, systemd, host.path()),
+            (PathBuf::from("/var/lib/runbook"), StateDirOrigin::Systemd)
+        );
+        // 4. The daemon's folder, when it exists on this host.
+        assert_eq!(
+            resolve_state_dir(None, base, none, host.path()),
+            (host.path().to_path_buf(), StateDirOrigin::Host)
+        );
+        // 5. Else ./runbook-state (absolute, for messages).
+        let gone = host.path().join("not-installed");
+        let (dir, origin) = resolve_state_dir(None, base, none, &gone);
+        assert_eq!(origin, StateDirOrigin::Local);
+        assert_eq!(dir, std::env::current_dir().unwrap().join("runbook-state"));
+        // Empty variables count as unset.
+        let empty = vars(&[("RUNBOOK_STATE_DIR", ""), ("STATE_DIRECTORY", "")]);
+        assert_eq!(
+            resolve_state_dir(None, base, empty, host.path()).1,
+            StateDirOrigin::Host
+        );
+    }
+
+    #[test]
+    fn keep_runs_defaults_to_400_days_and_too_short_is_located() {
+        let c = Config::from_text(Path::new("jobs.toml"), "").unwrap();
+        assert_eq!(c.runbook.keep_runs.0.as_secs(), 400 * 86400);
+        let e = errors("[runbook]\ntimezone = \"UTC\"\nkeep_runs = \"12h\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("jobs.toml:3:1: keep_runs = \"12h\" is too short"),
+            "{}",
+            e[0]
+        );
+        let e = errors("[runbook]\nkeep_runs = \"a year\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("jobs.toml:2:"), "{}", e[0]);
+    }
+
+    #[test]
+    fn errors_name_job_and_item_as_fields() {
+        let text = "[jobs.daily]\n\n[[jobs.daily.items]]\nname = \"Remind\"\nkind = \"manual\"\nlinkk = \"x\"\n";
+        let e = Config::from_text(Path::new("jobs.toml"), text).unwrap_err();
+        assert_eq!(e.0[0].job.as_deref(), Some("daily"));
+        assert_eq!(e.0[0].item.as_deref(), Some("Remind"));
+        let e = Config::from_text(
+            Path::new("jobs.toml"),
+            "[jobs.daily]\nschedule = \"0 25 * * *\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.0[0].job.as_deref(), e.0[0].item.as_deref()),
+            (Some("daily"), None)
         );
     }
 

@@ -11,6 +11,7 @@
 //!   slots were missed. The only module besides `scheduler` that knows zones and wall clocks.
 //! - [`scheduler`]: the daemon's loop (sleep until the next slot, fire, catch up, reload).
 //! - [`server`]: the daemon's HTTP endpoint: `/metrics`, `/healthz`, the status page.
+//! - [`housekeeping`]: the daemon's daily retention pass (`keep_runs`): old runs and report files.
 //! - [`cluster`]: high availability: claims per (job, slot) in a shared PostgreSQL.
 //! - [`runner`]: one run of one job: lock, items in parallel under timeouts, report, store, notify.
 //! - [`items`]: one module per item kind; each turns its options into an [`items::Outcome`].
@@ -22,16 +23,27 @@
 //! - [`pg`]: connections to PostgreSQL targets (TLS, timeouts, session settings).
 //! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `demo`, the tests and the benchmarks.
 //! - [`demo`]: the zero-setup tour.
+//! - [`failpoints`]: crash points for the fault tests (cargo feature `failpoints` only).
 //! - [`cli`]: the command line (a contract: see SPEC section 1).
 
 /// The git commit this binary was built from (`build.rs`), or `unknown` outside a checkout.
 pub const GIT_COMMIT: &str = env!("RUNBOOK_GIT_COMMIT");
+
+/// What `runbook --version` prints after the name: `0.1.0 (abc123def456)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RUNBOOK_GIT_COMMIT"),
+    ")"
+);
 
 pub mod bounded;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod failpoints;
+pub mod housekeeping;
 pub mod items;
 pub mod notify;
 pub mod pg;

@@ -1,3 +1,6 @@
 fn main() -> std::process::ExitCode {
+    // Fault tests only: arms the crash points named in FAILPOINTS (see runbook::failpoints).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     runbook::cli::main()
 }

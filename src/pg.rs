@@ -401,6 +401,19 @@ fn describe(pg: &tokio_postgres::Config) -> String {
     }
 }
 
+/// Column `idx` of a result row, or a one-line error naming it: a NULL or a type the code did not
+/// expect (a catalog that changed, a view in the way) fails the item instead of panicking, as
+/// `Row::get` would.
+pub fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    idx: usize,
+) -> Result<T, String> {
+    row.try_get(idx).map_err(|e| {
+        let name = row.columns().get(idx).map(|c| c.name()).unwrap_or("?");
+        format!("unexpected value in column {name:?} of a result: {e}")
+    })
+}
+
 /// A PostgreSQL error as one line: the server's message (with SQLSTATE) when there is one.
 pub fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -447,7 +460,7 @@ pub async fn ensure_primary(client: &Client, target: &Target) -> Result<(), Stri
                 pg_error(&e)
             )
         })?;
-    let in_recovery: bool = row.get(0);
+    let in_recovery: bool = col(&row, 0)?;
     if in_recovery {
         return Err(format!(
             "target {} ({}) is a standby (pg_is_in_recovery() is true): refusing to change anything; point the item at the primary",
@@ -527,7 +540,8 @@ pub async fn lock_blockers(
             &[&relation, &modes, &snapshots, &waited.as_secs_f64()],
         )
         .await;
-    row.ok().and_then(|r| r.get::<_, Option<String>>(0))
+    row.ok()
+        .and_then(|r| col::<Option<String>>(&r, 0).ok().flatten())
 }
 
 /// `pg_error(e)`, and when it is a lock timeout of an index build on `relation` that ran for
@@ -563,7 +577,7 @@ pub async fn server_version_num(client: &Client) -> Result<i32, String> {
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
         .map_err(|e| pg_error(&e))?;
-    Ok(row.get(0))
+    col(&row, 0)
 }
 
 /// The time left before `deadline`, as a `statement_timeout` value in ms (at least 1).
@@ -615,17 +629,18 @@ pub async fn relation_sizes(
     match bulk {
         Ok(rows) => {
             for r in rows {
-                out.insert(r.get::<_, u32>(0), r.get::<_, Option<i64>>(1).unwrap_or(0));
+                out.insert(col::<u32>(&r, 0)?, col::<Option<i64>>(&r, 1)?.unwrap_or(0));
             }
         }
         Err(e) if is_lock_timeout(&e) => {
             for &oid in oids {
                 let size = match client.query_one(&format!("SELECT {}", size_of("$1::oid")), &[&oid]).await {
-                    Ok(r) => r.get::<_, Option<i64>>(0).unwrap_or(0),
+                    Ok(r) => col::<Option<i64>>(&r, 0)?.unwrap_or(0),
                     Err(e) if is_lock_timeout(&e) => client
                         .query_one("SELECT (relpages::bigint * current_setting('block_size')::bigint) FROM pg_class WHERE oid = $1", &[&oid])
                         .await
-                        .map(|r| r.get::<_, i64>(0))
+                        .ok()
+                        .and_then(|r| col::<i64>(&r, 0).ok())
                         .unwrap_or(0),
                     Err(e) => return Err(pg_error(&e)),
                 };
@@ -764,7 +779,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // The clock is paused: "time left until the deadline" is exact, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
     async fn a_checks_timeout_is_the_shorter_of_the_deadline_and_the_targets_own() {
         let target = |st: Option<Duration>| {
             let c = TargetConfig {
@@ -785,12 +801,20 @@ mod tests {
         assert_eq!(ms, 300);
         let near = tokio::time::Instant::now() + Duration::from_millis(100);
         let ms = target(Some(Duration::from_secs(60))).check_timeout_ms(near);
-        assert!((1..=100).contains(&ms), "{ms}");
+        assert_eq!(ms, 100);
         // None, or 0 (PostgreSQL's "no timeout"): the deadline alone.
         for st in [None, Some(Duration::ZERO)] {
             let ms = target(st).check_timeout_ms(soon);
-            assert!((9_000..=10_000).contains(&ms), "{st:?}: {ms}");
+            assert_eq!(ms, 10_000, "{st:?}");
         }
+        // A deadline already passed still gives 1 ms, never 0 (which would mean "no timeout").
+        let past = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(target(None).check_timeout_ms(past), 1);
+        assert_eq!(
+            target(Some(Duration::from_secs(60))).check_timeout_ms(past),
+            1
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! order: they would only block each other. Each item runs in its own task, so a panic is caught
 //! and becomes `fail`; each has a deadline (its `timeout`, capped by the job's), after which its
 //! cancellation token fires (a `command` kills its process group) and, after a short grace, the
-//! task is aborted. A run always ends in a report, stored before any delivery is attempted.
+//! task is aborted. A run always ends in a report, stored before any delivery is attempted, in
+//! one transaction with its outbox rows and the `log_scan` offsets its items advanced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +38,26 @@ pub struct RunOptions {
     pub notify: bool,
     /// Slots missed before this run (listed in the report).
     pub missed: Vec<DateTime<Utc>>,
-    /// Cancelled when the run must stop (daemon shutdown).
+    /// Cancelled when the run must stop (daemon shutdown, a lost cluster lease).
     pub cancel: CancellationToken,
+    /// Why `cancel` fired, for the interrupted items' summaries.
+    pub cancel_reason: CancelReason,
+}
+
+/// Why a run was cancelled: "shutting down" unless whoever cancels it says otherwise first
+/// ("lost the cluster lease"). Cheap to clone; set once.
+#[derive(Clone, Debug, Default)]
+pub struct CancelReason(Arc<std::sync::OnceLock<String>>);
+
+impl CancelReason {
+    /// Records the reason (the first one wins).
+    pub fn set(&self, reason: &str) {
+        let _ = self.0.set(reason.to_string());
+    }
+
+    pub fn get(&self) -> &str {
+        self.0.get().map(String::as_str).unwrap_or("shutting down")
+    }
 }
 
 impl RunOptions {
@@ -51,6 +70,7 @@ impl RunOptions {
             notify: true,
             missed: vec![],
             cancel: CancellationToken::new(),
+            cancel_reason: CancelReason::default(),
         }
     }
 }
@@ -59,7 +79,7 @@ impl RunOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(
-        "job {job:?} is already running (run {run_id}, process {pid} on {host}, since {since}); nothing ran"
+        "job {job:?} is already running (run {run_id}, {trigger}, process {pid} on {host}, since {since}); nothing ran"
     )]
     Locked {
         job: String,
@@ -67,6 +87,8 @@ pub enum RunError {
         pid: i64,
         host: String,
         since: String,
+        /// `trigger manual`, `trigger schedule`, ... (or `trigger unknown`).
+        trigger: String,
     },
     #[error("{0}")]
     Usage(String),
@@ -98,6 +120,7 @@ pub async fn run_job(
             pid,
             host,
             since,
+            trigger,
         } => {
             return Err(RunError::Locked {
                 job: job.name.clone(),
@@ -105,6 +128,7 @@ pub async fn run_job(
                 pid,
                 host,
                 since,
+                trigger: format!("trigger {}", trigger.as_deref().unwrap_or("unknown")),
             });
         }
         Lock::Acquired { stale_taken_over } => {
@@ -168,17 +192,35 @@ async fn run_locked(
         started_at: started,
         previous_started_at: previous.as_ref().map(|p| p.started_at.with_timezone(&Utc)),
         deadline: Instant::now(),
+        redactor: config.redactor.clone(),
     };
-    let outcomes = execute(job, &selected, base_ctx, config.runbook.max_parallel_items).await;
+    let outcomes = execute(
+        job,
+        &selected,
+        base_ctx,
+        config.runbook.max_parallel_items,
+        &opts.cancel_reason,
+    )
+    .await;
 
     let finished = Utc::now();
     let tz = job.tz;
     let local = |t: DateTime<Utc>| t.with_timezone(&tz).fixed_offset();
+    // State the items want remembered (log_scan offsets) goes into the report's transaction.
+    let mut pending = Vec::new();
     let items = selected
         .iter()
         .zip(outcomes)
-        .map(|(&i, (outcome, ms))| {
+        .map(|(&i, (mut outcome, ms))| {
+            pending.append(&mut outcome.pending);
             let item = &job.config.items[i];
+            // Whatever reached an outcome (a child's output, an echoed URL) is shown without
+            // the config's secrets.
+            let mut outcome = outcome;
+            let r = &config.redactor;
+            r.redact_string(&mut outcome.summary);
+            outcome.details.iter_mut().for_each(|d| r.redact_string(d));
+            r.redact_json(&mut outcome.data);
             ItemReport {
                 name: item.name.clone(),
                 kind: item.spec.kind().to_string(),
@@ -214,9 +256,17 @@ async fn run_locked(
     // The items have run: their report must reach a person even when the state database
     // cannot be written (disk full, locked by a stuck process). It is still printed and
     // delivered; only history loses it, and the log says so.
-    if let Err(e) = store.finish_run(&report) {
+    // The outbox rows are written with the report: once it is stored, its delivery is queued
+    // even if this process dies before `dispatch` (the daemon or `outbox --flush` sends it).
+    let channels = if opts.notify {
+        crate::notify::channels_for(config, job, &report)
+    } else {
+        vec![]
+    };
+    if let Err(e) = store.finish_run(&report, &pending, &channels) {
         tracing::error!(job = %job.name, run_id, "cannot store the report (it is still printed and delivered): {e:#}");
     }
+    crate::failpoint!("report-stored");
     tracing::info!(job = %job.name, run_id, status = report.status.as_str(), duration_ms = report.duration_ms, "run finished");
     Ok(report)
 }
@@ -227,6 +277,7 @@ async fn execute(
     selected: &[usize],
     base: ItemCtx,
     default_parallel: usize,
+    reason: &CancelReason,
 ) -> Vec<(Outcome, u64)> {
     let parallel = job
         .config
@@ -260,6 +311,7 @@ async fn execute(
             None => None,
         };
         let base = base.clone();
+        let reason = reason.clone();
         tasks.push(Some(tokio::spawn(async move {
             if let Some(p) = predecessor {
                 let _ = p.await;
@@ -273,9 +325,12 @@ async fn execute(
                     0,
                 )
             } else if base.cancel.is_cancelled() {
-                (Outcome::fail("interrupted: not started (shutting down)"), 0)
+                (
+                    Outcome::fail(format!("interrupted: not started ({})", reason.get())),
+                    0,
+                )
             } else {
-                run_item(&item, &base, job_deadline, job_timeout).await
+                run_item(&item, &base, job_deadline, job_timeout, &reason).await
             };
             drop(permit);
             let _ = done_tx.send(());
@@ -304,6 +359,7 @@ async fn run_item(
     base: &ItemCtx,
     job_deadline: Instant,
     job_timeout: crate::units::Dur,
+    reason: &CancelReason,
 ) -> (Outcome, u64) {
     let started = Instant::now();
     let limit = item
@@ -340,9 +396,12 @@ async fn run_item(
                     let mut o = joined_outcome(joined);
                     if interrupted {
                         o.escalate(Status::Fail);
-                        if !o.summary.starts_with("interrupted") {
-                            o.summary = format!("interrupted (shutting down): {}", o.summary);
-                        }
+                        let reason = reason.get();
+                        o.summary = match o.summary.strip_prefix("interrupted") {
+                            Some(rest) if !rest.starts_with(" (") => format!("interrupted ({reason}){rest}"),
+                            Some(_) => o.summary,
+                            None => format!("interrupted ({reason}): {}", o.summary),
+                        };
                     } else if o.status != Status::Fail {
                         o = Outcome::fail(format!("timed out after {limit_text}")).with_details(o.details);
                     }
@@ -351,7 +410,7 @@ async fn run_item(
                 Err(_) => {
                     handle.abort();
                     if interrupted {
-                        Outcome::fail("interrupted (shutting down)")
+                        Outcome::fail(format!("interrupted ({})", reason.get()))
                     } else {
                         Outcome::fail(format!("timed out after {}s: {limit_text} was reached", deadline.duration_since(started).as_secs()))
                     }

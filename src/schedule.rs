@@ -106,6 +106,29 @@ impl Schedule {
         }
         out.into()
     }
+
+    /// The longest time between two consecutive slots from `after` on, looking at most a year
+    /// ahead and at most 10 000 slots (a 2-second schedule is regular long before that). For
+    /// `0 8 * * MON-FRI` it is the weekend (72 h); across a DST change a daily slot is 25 h
+    /// apart. Published as a metric so alert rules know how late a success may be.
+    pub fn longest_gap(&self, tz: Tz, after: DateTime<Utc>) -> Option<std::time::Duration> {
+        let horizon = after + chrono::Duration::days(366);
+        let mut prev = self.next_after(tz, after)?.with_timezone(&Utc);
+        let mut longest = None;
+        for _ in 0..10_000 {
+            let Some(next) = self.next_after(tz, prev) else {
+                break;
+            };
+            let next = next.with_timezone(&Utc);
+            let gap = (next - prev).to_std().unwrap_or_default();
+            longest = Some(longest.map_or(gap, |l: std::time::Duration| l.max(gap)));
+            if next > horizon {
+                break;
+            }
+            prev = next;
+        }
+        longest
+    }
 }
 
 /// What the daemon should do for one job right now (see [`plan`]).
@@ -170,6 +193,36 @@ mod tests {
             .iter()
             .map(|t| t.with_timezone(&tz).to_rfc3339())
             .collect()
+    }
+
+    #[test]
+    fn longest_gap_covers_weekends_dst_and_months() {
+        let from = utc("2026-01-05T00:00:00Z");
+        let hours = |expr: &str, zone: &str| {
+            Schedule::parse(expr)
+                .unwrap()
+                .longest_gap(zone.parse().unwrap(), from)
+                .map(|d| d.as_secs() as f64 / 3600.0)
+        };
+        assert_eq!(hours("0 8 * * *", "Asia/Kolkata"), Some(24.0));
+        assert_eq!(
+            hours("0 8 * * *", "America/New_York"),
+            Some(25.0),
+            "fall-back night"
+        );
+        assert_eq!(hours("0 8 * * MON-FRI", "Asia/Kolkata"), Some(72.0));
+        // First Monday of the month: four or five weeks apart.
+        assert_eq!(hours("0 8 1-7 * MON", "Asia/Kolkata"), Some(35.0 * 24.0));
+        assert_eq!(
+            hours("*/5 8-17 * * MON-FRI", "Asia/Kolkata"),
+            Some(62.0 + 5.0 / 60.0),
+            "Friday 17:55 to Monday 08:00"
+        );
+        let every_two = Schedule::parse("*/2 * * * * *").unwrap();
+        assert_eq!(
+            every_two.longest_gap("UTC".parse().unwrap(), from),
+            Some(std::time::Duration::from_secs(2))
+        );
     }
 
     #[test]

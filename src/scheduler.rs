@@ -233,6 +233,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         );
     }
     let metrics = Arc::new(Metrics::new());
+    metrics.configure(&config, Utc::now());
     metrics.load_history(&config, &store);
     let cluster = match &config.cluster {
         Some(c) => Some(Arc::new(
@@ -264,6 +265,11 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let outbox = tokio::spawn(drain_outbox(config_rx.clone(), store.clone(), stop.clone()));
+    let housekeeping = tokio::spawn(crate::housekeeping::run(
+        config_rx.clone(),
+        store.clone(),
+        stop.clone(),
+    ));
 
     let shared = Shared {
         store: store.clone(),
@@ -277,6 +283,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         tokio::spawn(watch_expired_claims(
             c,
             config_rx.clone(),
+            store.clone(),
             takeover_tx.clone(),
             stop.clone(),
         ))
@@ -364,6 +371,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                     Ok(new) => {
                         let new = Arc::new(new);
                         sync_jobs(&mut jobs, &new, &store, Utc::now());
+                        metrics.configure(&new, Utc::now());
+                        metrics.load_history(&new, &store);
                         tracing::info!(jobs = new.jobs.len(), "SIGHUP: configuration reloaded");
                         if new.server.as_ref().map(|s| &s.listen) != config.server.as_ref().map(|s| &s.listen) || new.cluster.is_some() != config.cluster.is_some() {
                             tracing::warn!("SIGHUP: changes to [server] and [cluster] take effect after a restart");
@@ -371,7 +380,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                         config = new;
                         let _ = config_tx.send(config.clone());
                     }
-                    Err(e) => tracing::error!("SIGHUP: the new configuration is invalid, keeping the old one:\n{e}"),
+                    Err(e) => {
+                        metrics.reload_failed();
+                        tracing::error!("SIGHUP: the new configuration is invalid, keeping the old one:\n{e}");
+                    }
                 }
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             }
@@ -434,6 +446,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         w.abort();
     }
     let _ = outbox.await;
+    let _ = housekeeping.await;
     if let Some(s) = server {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
@@ -525,9 +538,12 @@ async fn run_slot(config: Arc<Config>, shared: Shared, fire: Fire) {
     let Some(job) = config.jobs.get(&name) else {
         return;
     };
+    let cancel = shared.cancel.child_token();
+    let cancel_reason = crate::runner::CancelReason::default();
     // With a cluster: claim the slot (or take over an expired claim) before running it.
     let mut lease = None;
     if let Some(cluster) = &shared.cluster {
+        let sent = tokio::time::Instant::now();
         let claim = if takeover {
             cluster.take_over(&name, slot).await
         } else {
@@ -540,7 +556,13 @@ async fn run_slot(config: Arc<Config>, shared: Shared, fire: Fire) {
                     shared.record(&name, &slot, "running", None);
                 }
                 missed.extend(abandoned);
-                lease = Some(cluster.clone().keep_lease(name.clone(), slot));
+                lease = Some(cluster.clone().keep_lease(
+                    name.clone(),
+                    slot,
+                    sent,
+                    cancel.clone(),
+                    cancel_reason.clone(),
+                ));
             }
             Claim::Elsewhere(node) => {
                 tracing::debug!(job = %name, slot = %slot, node, "slot claimed by another node");
@@ -575,46 +597,66 @@ async fn run_slot(config: Arc<Config>, shared: Shared, fire: Fire) {
         trigger,
         scheduled_for: Some(slot),
         missed: missed.clone(),
-        cancel: shared.cancel.child_token(),
+        cancel,
+        cancel_reason,
         ..RunOptions::manual()
     };
     let result = crate::runner::run_job(&config, &shared.store, job, opts).await;
-    if let Some(l) = lease {
-        l.abort();
-    }
+    // The lease task ends by itself only when it fenced the run (lost the lease).
+    let fenced = lease.as_ref().is_some_and(|l| l.is_finished());
     match result {
+        Ok(report) if fenced => {
+            tracing::warn!(job = %name, slot = %slot, run_id = %report.run_id, "the run was cancelled: it lost the cluster lease; another node takes the slot over");
+            shared.record(&name, &slot, "interrupted", Some(&report.run_id));
+            shared.metrics.observe(&report);
+        }
         Ok(report) => {
             shared.record(&name, &slot, "done", Some(&report.run_id));
             shared.metrics.observe(&report);
-            if let Some(c) = &shared.cluster {
-                c.finish(&name, slot).await;
-            }
         }
         Err(RunError::Locked { run_id, pid, .. }) => {
             tracing::warn!(job = %name, slot = %slot, run_id, pid, "slot skipped: the job is running (manual run)");
             shared.record(&name, &slot, "skipped", None);
             shared.remember(&name, &missed);
             shared.remember(&name, &[slot]);
-            if let Some(c) = &shared.cluster {
-                c.finish(&name, slot).await;
-            }
         }
         Err(e) => {
             tracing::error!(job = %name, slot = %slot, "the run could not be carried out: {e:#}");
             shared.record(&name, &slot, "failed", None);
-            if let Some(c) = &shared.cluster {
-                c.finish(&name, slot).await;
+        }
+    }
+    if let (Some(c), false) = (&shared.cluster, fenced) {
+        crate::failpoint!("cluster-before-finish");
+        // The lease is kept renewed while we try, so no node takes the finished slot over; what
+        // is still unmarked after that, the watcher marks (see `finish_open_claims`).
+        for attempt in 1..=3 {
+            match c.finish(&name, slot).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(job = %name, slot = %slot, attempt, "CLUSTER DATABASE UNREACHABLE: cannot mark the slot done: {e} (retrying)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
+    }
+    if let Some(l) = lease {
+        l.abort();
     }
 }
 
 /// Retries undelivered notifications in the background, and once more on the way out.
 async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: CancellationToken) {
+    // The first pass is at start: reports stored by a process that died before delivering them
+    // (their outbox rows were written with the report) go out now, not 30 s later.
+    let mut first = true;
     loop {
-        let stopping = tokio::select! {
-            _ = tokio::time::sleep(OUTBOX_INTERVAL) => false,
-            _ = stop.cancelled() => true,
+        let stopping = if std::mem::take(&mut first) {
+            false
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(OUTBOX_INTERVAL) => false,
+                _ = stop.cancelled() => true,
+            }
         };
         let current = config.borrow().clone();
         // On the way out, one last try of everything pending, kept short so systemd's stop
@@ -649,31 +691,73 @@ async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: 
     }
 }
 
-/// With a cluster: notices slots whose node stopped renewing its lease (died mid-run) and asks
-/// the loop to take them over.
+/// With a cluster: runs [`watch_once`] every `lease/2`. A failed pass (a panic) is logged and
+/// the watcher goes on: without it, finished slots would stay unmarked and dead nodes' slots
+/// would never be taken over.
 async fn watch_expired_claims(
     cluster: Arc<Cluster>,
     config: watch::Receiver<Arc<Config>>,
+    store: Store,
     tx: mpsc::Sender<(String, DateTime<Utc>)>,
     stop: CancellationToken,
 ) {
-    let every = (cluster.lease / 2).max(Duration::from_secs(1));
+    let every = (cluster.lease / 2).max(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        let jobs: Vec<String> = config
-            .borrow()
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.schedule.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for job in jobs {
-            if let Some(slot) = cluster.expired_claim(&job).await {
-                let _ = tx.send((job, slot)).await;
+        let pass = tokio::spawn(watch_once(
+            cluster.clone(),
+            config.clone(),
+            store.clone(),
+            tx.clone(),
+        ));
+        if let Err(e) = pass.await {
+            tracing::error!("the cluster watcher failed ({e}); restarting it");
+        }
+    }
+}
+
+/// One pass of the cluster watcher: marks this node's finished slots done (their `finish()`
+/// did not reach the database, or the process died before it), then notices slots whose node
+/// stopped renewing its lease (died mid-run) and asks the loop to take them over.
+async fn watch_once(
+    cluster: Arc<Cluster>,
+    config: watch::Receiver<Arc<Config>>,
+    store: Store,
+    tx: mpsc::Sender<(String, DateTime<Utc>)>,
+) {
+    match cluster.my_open_claims().await {
+        Ok(open) => {
+            for (job, slot) in open {
+                let state = store.slot_state(&job, &slot).ok().flatten();
+                if matches!(state.as_deref(), Some("done" | "failed" | "skipped")) {
+                    match cluster.finish(&job, slot).await {
+                        Ok(()) => {
+                            tracing::info!(job, slot = %slot, "marked a finished slot done in the cluster database")
+                        }
+                        Err(e) => {
+                            tracing::error!(job, slot = %slot, "CLUSTER DATABASE UNREACHABLE: cannot mark the slot done: {e}")
+                        }
+                    }
+                }
             }
+        }
+        Err(e) => {
+            tracing::error!("CLUSTER DATABASE UNREACHABLE: cannot look for unmarked slots: {e}")
+        }
+    }
+    let jobs: Vec<String> = config
+        .borrow()
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.schedule.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    for job in jobs {
+        if let Some(slot) = cluster.expired_claim(&job).await {
+            let _ = tx.send((job, slot)).await;
         }
     }
 }

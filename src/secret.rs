@@ -129,6 +129,105 @@ pub fn redact(text: &str, secrets: &[&Secret]) -> String {
     out
 }
 
+/// What a secret's value becomes in a report.
+pub const REDACTED_IN_REPORT: &str = "[redacted]";
+
+/// Secrets shorter than this are not searched for: replacing every `ab` in a report would make
+/// it unreadable and protect nothing a guess could not find.
+const MIN_REDACTED_LEN: usize = 4;
+
+/// Replaces every configured secret's value with `[redacted]` in text bound for a report.
+///
+/// Built once from the loaded config's secrets ([`crate::config::Config::redactor`]). A child
+/// process gets only the secrets its item hands it, but it may print them (a script that
+/// echoes its token, `set -x`, a tool that repeats a connection string in an error): the
+/// output it leaves in a report goes through this first. A multi-line secret (a key file) is
+/// also searched for line by line. Matching is by exact value in one pass, longest first.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// One alternation of the escaped values, longest first; None when there is nothing to hide.
+    pattern: Option<std::sync::Arc<regex::Regex>>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Redactor([REDACTED])")
+    }
+}
+
+impl Redactor {
+    /// A redactor for these secrets' values.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Redactor {
+        let mut needles: Vec<&str> = Vec::new();
+        for s in secrets {
+            let v = s.expose();
+            needles.push(v);
+            if v.contains('\n') {
+                needles.extend(v.lines().map(|l| l.trim_end_matches('\r')));
+            }
+        }
+        needles.retain(|n| n.chars().count() >= MIN_REDACTED_LEN);
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        needles.dedup();
+        if needles.is_empty() {
+            return Redactor { pattern: None };
+        }
+        let alternation = needles
+            .iter()
+            .map(|n| regex::escape(n))
+            .collect::<Vec<_>>()
+            .join("|");
+        // Escaped literals always compile; the size limit is raised for very long secrets.
+        let pattern = regex::RegexBuilder::new(&alternation)
+            .size_limit(64 << 20)
+            .build()
+            .ok()
+            .map(std::sync::Arc::new);
+        Redactor { pattern }
+    }
+
+    /// `text` with every secret value replaced by `[redacted]`.
+    pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        match &self.pattern {
+            Some(re) => re.replace_all(text, REDACTED_IN_REPORT),
+            None => std::borrow::Cow::Borrowed(text),
+        }
+    }
+
+    /// Redacts `s` in place.
+    pub fn redact_string(&self, s: &mut String) {
+        if let std::borrow::Cow::Owned(r) = self.redact(s) {
+            *s = r;
+        }
+    }
+
+    /// Redacts every string (and object key) of a JSON value in place.
+    pub fn redact_json(&self, v: &mut serde_json::Value) {
+        if self.pattern.is_none() {
+            return;
+        }
+        match v {
+            serde_json::Value::String(s) => self.redact_string(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.redact_json(x)),
+            serde_json::Value::Object(o) => {
+                let needs_key_change = o
+                    .keys()
+                    .any(|k| matches!(self.redact(k), std::borrow::Cow::Owned(_)));
+                if needs_key_change {
+                    let old = std::mem::take(o);
+                    for (k, mut x) in old {
+                        self.redact_json(&mut x);
+                        o.insert(self.redact(&k).into_owned(), x);
+                    }
+                } else {
+                    o.values_mut().for_each(|x| self.redact_json(x));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +256,27 @@ mod tests {
             redact("url=https://x/hunter2-very-secret/y", &[&s]),
             "url=https://x/[REDACTED]/y"
         );
+    }
+
+    #[test]
+    fn redactor_hides_every_secret_longest_first_and_leaves_short_ones() {
+        let long = Secret::literal("hunter2-long");
+        let short = Secret::literal("hunter2");
+        let tiny = Secret::literal("ab");
+        let key = Secret::literal("-----BEGIN KEY-----\nc2VjcmV0LWxpbmU=\n-----END KEY-----");
+        let r = Redactor::new([&short, &long, &tiny, &key]);
+        assert_eq!(
+            r.redact("a hunter2-long b hunter2 c ab"),
+            "a [redacted] b [redacted] c ab"
+        );
+        assert_eq!(r.redact("line: c2VjcmV0LWxpbmU="), "line: [redacted]");
+        let mut v = serde_json::json!({ "output": ["x hunter2"], "hunter2": 1, "n": 5 });
+        r.redact_json(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({ "output": ["x [redacted]"], "[redacted]": 1, "n": 5 })
+        );
+        assert!(!format!("{r:?}").contains("hunter2"));
+        assert_eq!(Redactor::default().redact("hunter2"), "hunter2");
     }
 }

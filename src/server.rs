@@ -1,26 +1,47 @@
 //! The daemon's HTTP endpoint (`[server] listen`): `/metrics` for Prometheus, `/healthz` for
 //! load balancers and systemd-style probes, and a status page a person can open in a browser.
 //!
-//! The status page is plain server-rendered HTML (no scripts): jobs with their schedule and
-//! next runs, the latest report of each (`/runs/<run_id>` renders any stored report with the
-//! same HTML as the e-mail), and recent history. Every value is escaped.
+//! The status page ([`status`]) is server-rendered HTML from askama templates shared with the
+//! report (no scripts): each job with its latest runs and next runs, times in the job's zone;
+//! `/runs/<run_id>` is the run's HTML report, rendered as for the e-mail.
 //!
-//! Metrics (Prometheus text format):
-//! - `runbook_job_runs_total{job,status}`: finished runs by status (pass, warn, fail).
-//! - `runbook_job_last_run_timestamp_seconds{job}`: start of the latest finished run.
-//! - `runbook_job_last_success_timestamp_seconds{job}`: start of the latest run with status
+//! The handlers never block the runtime: state store reads run on tokio's blocking pool, at
+//! most [`Limits::concurrent_store_reads`] at once; every request is answered within
+//! [`Limits::request_timeout`]; a client must send its request headers within
+//! [`Limits::header_read_timeout`]; and an error body never names a file (the log does).
+//!
+//! Metrics (OpenMetrics text; labels follow Prometheus' conventions: `job_name` is runbook's job,
+//! because Prometheus sets `job` itself on every series it scrapes):
+//! - `runbook_build_info{version,commit}`: always 1.
+//! - `runbook_config_last_reload_successful`: 1 when the latest load of the configuration (start
+//!   or SIGHUP) succeeded, 0 when a reload failed and the daemon kept the previous one.
+//! - `runbook_config_last_reload_success_timestamp_seconds`: when it last succeeded.
+//! - `runbook_job_runs_total{job_name,status}`: finished runs by status (pass, warn, fail).
+//! - `runbook_job_last_run_timestamp_seconds{job_name}`: start of the latest finished run.
+//! - `runbook_job_last_success_timestamp_seconds{job_name}`: start of the latest run with status
 //!   pass or warn (no item failed).
-//! - `runbook_job_duration_seconds{job}`: duration of the latest run.
-//! - `runbook_item_status{job,item}`: the latest status of each item: 0 pass, 1 warn, 2 fail,
-//!   3 skipped, 4 manual.
-//! - `runbook_job_next_run_timestamp_seconds{job}`: the next slot.
+//! - `runbook_job_duration_seconds{job_name}`: duration of the latest run.
+//! - `runbook_item_status{job_name,item}`: the latest status of each item: 0 pass, 1 warn,
+//!   2 fail, 3 skipped, 4 manual.
+//! - `runbook_job_next_run_timestamp_seconds{job_name}`: the next slot (scheduled jobs only).
+//! - `runbook_job_schedule_max_interval_seconds{job_name}`: the longest time between two
+//!   consecutive slots of the schedule (a year ahead): how old the latest success may get.
 //! - `runbook_outbox_pending`: notifications waiting for (re)delivery.
+//!
+//! The gauges also follow runs stored by other processes (a manual `run-job` sharing the state
+//! folder), read from the store on each scrape; `runbook_job_runs_total` counts the daemon's own.
+//!
+//! Only jobs and items of the current configuration have series: a reload removes the series of
+//! jobs and items it removed (and the next-run series of a job that lost its schedule), so no
+//! alert keeps firing for something that no longer exists.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -30,6 +51,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+pub mod status;
 
 use crate::config::Config;
 use crate::items::Status;
@@ -48,11 +71,39 @@ pub struct Metrics {
     duration: Family<Labels, FloatGauge>,
     item_status: Family<Labels, Gauge>,
     next_run: Family<Labels, FloatGauge>,
+    max_interval: Family<Labels, FloatGauge>,
     outbox_pending: Gauge,
+    reload_successful: Gauge,
+    reload_success_time: FloatGauge,
+    /// The jobs (and their items) of the current configuration; `None` until [`Metrics::configure`]
+    /// is first called (then every job is accepted). Series are only created for what is in
+    /// here, so removing what a reload dropped is a comparison of two of these.
+    configured: RwLock<Option<BTreeMap<String, JobSeries>>>,
+}
+
+/// What a configured job may have series for.
+#[derive(Debug, Clone, PartialEq)]
+struct JobSeries {
+    scheduled: bool,
+    items: BTreeSet<String>,
 }
 
 fn job_label(job: &str) -> Labels {
-    vec![("job".into(), job.into())]
+    vec![("job_name".into(), job.into())]
+}
+
+fn item_labels(job: &str, item: &str) -> Labels {
+    vec![
+        ("job_name".into(), job.into()),
+        ("item".into(), item.into()),
+    ]
+}
+
+fn runs_labels(job: &str, status: Status) -> Labels {
+    vec![
+        ("job_name".into(), job.into()),
+        ("status".into(), status.as_str().into()),
+    ]
 }
 
 /// The value of `runbook_item_status`.
@@ -83,8 +134,35 @@ impl Metrics {
             duration: Family::default(),
             item_status: Family::default(),
             next_run: Family::default(),
+            max_interval: Family::default(),
             outbox_pending: Gauge::default(),
+            reload_successful: Gauge::default(),
+            reload_success_time: FloatGauge::default(),
+            configured: RwLock::new(None),
         };
+        // A gauge, as Prometheus' own `prometheus_build_info`: the text encoder names it as is.
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version".into(), env!("CARGO_PKG_VERSION").into()),
+                ("commit".into(), crate::GIT_COMMIT.into()),
+            ])
+            .set(1);
+        registry.register(
+            "runbook_build_info",
+            "runbook's version and the git commit it was built from (always 1)",
+            build_info,
+        );
+        registry.register(
+            "runbook_config_last_reload_successful",
+            "1 when the latest load of the configuration succeeded, 0 when the running one is older than the file",
+            m.reload_successful.clone(),
+        );
+        registry.register(
+            "runbook_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (Unix seconds)",
+            m.reload_success_time.clone(),
+        );
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "runbook_job_runs",
@@ -117,6 +195,11 @@ impl Metrics {
             m.next_run.clone(),
         );
         registry.register(
+            "runbook_job_schedule_max_interval_seconds",
+            "Longest time between two consecutive slots of the job's schedule",
+            m.max_interval.clone(),
+        );
+        registry.register(
             "runbook_outbox_pending",
             "Notifications waiting for (re)delivery",
             m.outbox_pending.clone(),
@@ -124,19 +207,100 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Takes a (re)loaded configuration: from now on only its jobs and items have series, and
+    /// the series of jobs and items it no longer has are removed. Publishes each schedule's
+    /// longest interval and marks the load successful.
+    pub fn configure(&self, config: &Config, now: chrono::DateTime<chrono::Utc>) {
+        let new: BTreeMap<String, JobSeries> = config
+            .jobs
+            .iter()
+            .map(|(name, job)| {
+                let series = JobSeries {
+                    scheduled: job.schedule.is_some(),
+                    items: job.config.items.iter().map(|i| i.name.clone()).collect(),
+                };
+                (name.clone(), series)
+            })
+            .collect();
+        // Up to 10 000 slots per schedule: computed before runs are made to wait for the lock.
+        let gaps: Vec<(String, std::time::Duration)> = config
+            .jobs
+            .iter()
+            .filter_map(|(name, job)| {
+                let gap = job.schedule.as_ref()?.longest_gap(job.tz, now)?;
+                Some((name.clone(), gap))
+            })
+            .collect();
+        let mut configured = self.configured.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = configured.as_ref() {
+            for (name, was) in old {
+                let now = new.get(name);
+                if now.is_none() {
+                    let job = job_label(name);
+                    self.last_run.remove(&job);
+                    self.last_success.remove(&job);
+                    self.duration.remove(&job);
+                    for status in [Status::Pass, Status::Warn, Status::Fail] {
+                        self.runs.remove(&runs_labels(name, status));
+                    }
+                }
+                if now.is_none_or(|j| !j.scheduled) {
+                    self.next_run.remove(&job_label(name));
+                    self.max_interval.remove(&job_label(name));
+                }
+                for item in &was.items {
+                    if now.is_none_or(|j| !j.items.contains(item)) {
+                        self.item_status.remove(&item_labels(name, item));
+                    }
+                }
+            }
+        }
+        *configured = Some(new);
+        drop(configured);
+        for (name, gap) in gaps {
+            self.max_interval
+                .get_or_create(&job_label(&name))
+                .set(gap.as_secs_f64());
+        }
+        self.reload_successful.set(1);
+        self.reload_success_time
+            .set(now.timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// A reload that failed: the daemon keeps the previous configuration.
+    pub fn reload_failed(&self) {
+        self.reload_successful.set(0);
+    }
+
+    /// True when `job` (and `item`, if given) may have series.
+    fn accepts(&self, job: &str, item: Option<&str>) -> bool {
+        let configured = self.configured.read().unwrap_or_else(|e| e.into_inner());
+        match configured.as_ref() {
+            None => true,
+            Some(jobs) => jobs
+                .get(job)
+                .is_some_and(|j| item.is_none_or(|i| j.items.contains(i))),
+        }
+    }
+
     /// Records a finished run.
     pub fn observe(&self, report: &Report) {
+        // A run of a job that a reload removed while it ran leaves no series behind.
+        if !self.accepts(&report.job, None) {
+            return;
+        }
         self.observe_latest(report);
         self.runs
-            .get_or_create(&vec![
-                ("job".into(), report.job.clone()),
-                ("status".into(), report.status.as_str().into()),
-            ])
+            .get_or_create(&runs_labels(&report.job, report.status))
             .inc();
     }
 
-    /// Sets the gauges from a run (without counting it: used for history at start).
+    /// Sets the gauges from a run (without counting it: used for history at start). A dry run
+    /// changed nothing and proves nothing: it is left out.
     fn observe_latest(&self, report: &Report) {
+        if report.dry_run {
+            return;
+        }
         let job = job_label(&report.job);
         let started = report.started_at.timestamp_millis() as f64 / 1000.0;
         self.last_run.get_or_create(&job).set(started);
@@ -147,11 +311,11 @@ impl Metrics {
             .get_or_create(&job)
             .set(report.duration_ms as f64 / 1000.0);
         for item in &report.items {
+            if !self.accepts(&report.job, Some(&item.name)) {
+                continue;
+            }
             self.item_status
-                .get_or_create(&vec![
-                    ("job".into(), report.job.clone()),
-                    ("item".into(), item.name.clone()),
-                ])
+                .get_or_create(&item_labels(&report.job, &item.name))
                 .set(status_value(item.status));
         }
     }
@@ -187,7 +351,35 @@ impl Metrics {
         }
     }
 
+    /// Takes runs that another process stored since (a manual `runbook run-job` sharing the
+    /// daemon's state): the latest run of each job, when it started after the latest one seen.
+    /// So a successful run by hand clears "no success in time". One stored report per job.
+    pub fn refresh_from_store(&self, store: &Store) {
+        let jobs: Vec<String> = match self
+            .configured
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(jobs) => jobs.keys().cloned().collect(),
+            None => return,
+        };
+        for job in jobs {
+            let Ok(Some(report)) = store.last_report(&job) else {
+                continue;
+            };
+            let started = report.started_at.timestamp_millis() as f64 / 1000.0;
+            let seen = self.last_run.get(&job_label(&job)).map(|g| g.get());
+            if seen.is_none_or(|seen| started > seen) {
+                self.observe_latest(&report);
+            }
+        }
+    }
+
     pub fn set_next_run(&self, job: &str, unix: f64) {
+        if !self.accepts(job, None) {
+            return;
+        }
         self.next_run.get_or_create(&job_label(job)).set(unix);
     }
 
@@ -211,28 +403,148 @@ pub struct AppState {
     pub config: watch::Receiver<Arc<Config>>,
 }
 
-/// Serves until `stop` is cancelled.
+/// How long the server waits for clients and for itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client that has not sent a request's headers within this time is disconnected (a
+    /// client that trickles bytes cannot hold a connection open). Also the idle time allowed
+    /// between requests on a kept-alive connection.
+    pub header_read_timeout: Duration,
+    /// A request not answered within this time gets 503 (a state database locked by another
+    /// process, a slow disk).
+    pub request_timeout: Duration,
+    /// At most this many state store reads for HTTP requests at once: while the store is stuck,
+    /// requests that keep coming wait for a permit (and time out) instead of each holding a
+    /// blocking thread.
+    pub concurrent_store_reads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
+            concurrent_store_reads: 4,
+        }
+    }
+}
+
+/// The log line for a listen address beyond loopback, or None for a loopback one.
+pub fn exposure_warning(addr: SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "[server] listen = {addr} is reachable beyond this host, and the status page, run \
+             reports and /metrics have no authentication: listen on 127.0.0.1 or put an \
+             authenticating proxy in front"
+        )
+    })
+}
+
+/// Serves until `stop` is cancelled, with the default [`Limits`].
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, stop: CancellationToken) {
+    serve_with(listener, state, stop, Limits::default()).await
+}
+
+/// Serves until `stop` is cancelled; then lets requests in progress finish (at most
+/// `request_timeout`) and returns.
+///
+/// The accept loop is ours rather than `axum::serve`, which offers no header read timeout:
+/// hyper's HTTP/1 connection gets one (and a timer to enforce it) here.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stop: CancellationToken,
+    limits: Limits,
+) {
+    if let Some(warning) = listener.local_addr().ok().and_then(exposure_warning) {
+        tracing::warn!("{warning}");
+    }
     let app = axum::Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/runs/{run_id}", get(run_report))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            time_limit,
+        ))
+        .layer(axum::Extension(StoreReads(Arc::new(
+            tokio::sync::Semaphore::new(limits.concurrent_store_reads.max(1)),
+        ))))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::error!("HTTP server stopped: {e}");
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("HTTP server cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(limits.request_timeout, conn)
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// Answers 503 when a handler takes longer than the request timeout.
+async fn time_limit(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(path, "HTTP request not answered within {limit:?}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request took too long (is the state database locked?); the daemon's log says more\n",
+            )
+                .into_response()
+        }
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
-    let pending = s
-        .store
-        .outbox(Some("pending"))
-        .map(|o| o.len() as i64)
-        .unwrap_or(-1);
+async fn metrics(State(s): State<AppState>, Extension(reads): Extension<StoreReads>) -> Response {
+    // The refresh and the outbox count read SQLite: off the runtime, like every store read.
+    let metrics = s.metrics.clone();
+    let pending = read_store(&reads, &s.store, move |st| {
+        metrics.refresh_from_store(st);
+        Ok(st
+            .outbox(Some("pending"))
+            .map(|o| o.len() as i64)
+            .unwrap_or(-1))
+    })
+    .await
+    .unwrap_or(-1);
     let body = s.metrics.encode(pending);
     (
         [(
@@ -244,139 +556,101 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The permits for state store reads of HTTP requests ([`Limits::concurrent_store_reads`]).
+#[derive(Clone)]
+struct StoreReads(Arc<tokio::sync::Semaphore>);
+
+/// Runs a state store read on tokio's blocking pool: SQLite calls block (on the disk, on
+/// another process's lock for up to the busy timeout), and the store's mutex is a std one.
+/// The permit is held until the read ends, even if the request has timed out meanwhile.
+async fn read_store<T: Send + 'static>(
+    reads: &StoreReads,
+    store: &Store,
+    read: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let permit = reads
+        .0
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ReadAborted(e.to_string()))?;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read(&store)
+    })
+    .await
+    .map_err(|e| ReadAborted(e.to_string()))?
+}
+
+/// A store read that panicked or was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("state store read did not finish: {0}")]
+struct ReadAborted(String);
+
+/// The body of a 503 for a store failure. The error (which names the state database's path)
+/// goes to the log, not to the client: the page has no authentication.
+fn store_unavailable(what: &str, e: &anyhow::Error) -> Response {
+    tracing::error!("{what}: state store unavailable: {e:#}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "state store unavailable; the daemon's log says why\n",
+    )
+        .into_response()
+}
+
 /// 200 when the state store answers; 503 otherwise.
-async fn healthz(State(s): State<AppState>) -> Response {
-    match s.store.outbox(Some("pending")) {
+async fn healthz(State(s): State<AppState>, Extension(reads): Extension<StoreReads>) -> Response {
+    match read_store(&reads, &s.store, |st| st.outbox(Some("pending"))).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("state store unavailable: {e:#}\n"),
-        )
-            .into_response(),
+        Err(e) => store_unavailable("GET /healthz", &e),
     }
 }
 
-async fn run_report(State(s): State<AppState>, Path(run_id): Path<String>) -> Response {
-    let id = if run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        run_id
-    } else {
-        String::new()
-    };
-    match s.store.report(&id) {
-        Ok(Some(r)) if !id.is_empty() => Html(crate::report::html::render(&r)).into_response(),
-        Ok(_) => (StatusCode::NOT_FOUND, "no such run\n").into_response(),
+/// A run's page: its HTML report, as e-mailed.
+async fn run_report(
+    State(s): State<AppState>,
+    Extension(reads): Extension<StoreReads>,
+    Path(run_id): Path<String>,
+) -> Response {
+    if run_id.is_empty() || !run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return (StatusCode::NOT_FOUND, "no such run\n").into_response();
+    }
+    let id = run_id.clone();
+    match read_store(&reads, &s.store, move |st| st.report(&id)).await {
+        Ok(Some(r)) => Html(crate::report::html::render(&r)).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such run\n").into_response(),
+        // The store's own refusals ("still running", "ambiguous prefix") name only the id;
+        // an SQLite or decoding failure may name the database file.
+        Err(e) if is_store_fault(&e) => store_unavailable(&format!("GET /runs/{run_id}"), &e),
         Err(e) => (StatusCode::NOT_FOUND, format!("{e:#}\n")).into_response(),
     }
 }
 
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// True for a failure of the database itself, as opposed to the store's answer about the run
+/// (a one-line refusal naming only the id): SQLite's errors come wrapped in a context that
+/// names the database file.
+fn is_store_fault(e: &anyhow::Error) -> bool {
+    e.chain().count() > 1
+        || e.chain().any(|c| {
+            c.is::<rusqlite::Error>() || c.is::<serde_json::Error>() || c.is::<ReadAborted>()
+        })
 }
 
-fn status_color(s: &str) -> &'static str {
-    match s {
-        "pass" => "#067647",
-        "warn" => "#b54708",
-        "fail" | "interrupted" => "#b42318",
-        _ => "#475467",
-    }
-}
-
-async fn status_page(State(s): State<AppState>) -> Html<String> {
+async fn status_page(
+    State(s): State<AppState>,
+    Extension(reads): Extension<StoreReads>,
+) -> Response {
     let config = s.config.borrow().clone();
-    Html(render_status(&config, &s.store, chrono::Utc::now()))
-}
-
-/// The status page (pure apart from reading the store).
-pub fn render_status(config: &Config, store: &Store, now: chrono::DateTime<chrono::Utc>) -> String {
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>runbook on {host}</title></head>\
-         <body style=\"font-family:sans-serif;margin:2em;color:#101828\"><h1>runbook on {host}</h1>\
-         <p>Configuration {path}; {n} jobs. Times are in each job's zone.</p>\
-         <h2>Jobs</h2><table cellpadding=\"6\" style=\"border-collapse:collapse\" border=\"1\">\
-         <tr><th>Job</th><th>Schedule</th><th>Next runs</th><th>Latest run</th></tr>",
-        host = esc(&config.hostname),
-        path = esc(&config.path.display().to_string()),
-        n = config.jobs.len()
-    );
-    for (name, job) in &config.jobs {
-        let schedule = match &job.schedule {
-            Some(sc) => format!(
-                "<code>{}</code><br>{} ({})",
-                esc(&sc.expr),
-                esc(&sc.describe()),
-                esc(job.tz.name())
-            ),
-            None => "by hand only".into(),
-        };
-        let next = match &job.schedule {
-            Some(sc) => sc
-                .next_n(job.tz, now, 3)
-                .iter()
-                .map(|t| esc(&t.format("%Y-%m-%d %H:%M:%S %Z").to_string()))
-                .collect::<Vec<_>>()
-                .join("<br>"),
-            None => String::new(),
-        };
-        let latest = match store.last_report(name) {
-            Ok(Some(r)) => format!(
-                "<a href=\"/runs/{id}\" style=\"color:{c};font-weight:bold\">{st}</a> {when}<br>{counts}",
-                id = esc(&r.run_id),
-                c = status_color(r.status.as_str()),
-                st = esc(&r.status.as_str().to_uppercase()),
-                when = esc(&r.started_local()),
-                counts = esc(&r.counts_phrase())
-            ),
-            Ok(None) => "never ran".into(),
-            Err(e) => esc(&format!("{e:#}")),
-        };
-        let _ = write!(
-            h,
-            "<tr><td><b>{}</b><br>{}</td><td>{schedule}</td><td>{next}</td><td>{latest}</td></tr>",
-            esc(name),
-            esc(&job.config.description)
-        );
+    let read_config = config.clone();
+    match read_store(&reads, &s.store, move |st| {
+        status::StatusData::read(&read_config, st)
+    })
+    .await
+    {
+        Ok(data) => Html(status::render(&config, &data, chrono::Utc::now())).into_response(),
+        Err(e) => store_unavailable("GET /", &e),
     }
-    h.push_str("</table><h2>Recent runs</h2><table cellpadding=\"6\" style=\"border-collapse:collapse\" border=\"1\"><tr><th>Started</th><th>Job</th><th>Trigger</th><th>Status</th><th>Duration</th><th>Host</th></tr>");
-    for r in store.history(None, 50).unwrap_or_default() {
-        let link = if r.finished_at.is_some() && r.status != "interrupted" {
-            format!(
-                "<a href=\"/runs/{}\">{}</a>",
-                esc(&r.run_id),
-                esc(&r.started_at)
-            )
-        } else {
-            esc(&r.started_at)
-        };
-        let _ = write!(
-            h,
-            "<tr><td>{link}</td><td>{}</td><td>{}</td><td style=\"color:{}\">{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&r.job),
-            esc(&r.trigger),
-            status_color(&r.status),
-            esc(&r.status),
-            r.duration_ms
-                .map(crate::report::human_ms)
-                .unwrap_or_default(),
-            esc(&r.host)
-        );
-    }
-    h.push_str("</table><p><a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">health</a></p></body></html>");
-    h
 }
 
 #[cfg(test)]
@@ -392,22 +666,122 @@ mod tests {
         m.set_next_run("daily", 1.8e9);
         let text = m.encode(2);
         for name in [
-            "runbook_job_runs_total{",
-            "runbook_job_last_run_timestamp_seconds{job=\"daily\"}",
-            "runbook_job_duration_seconds{job=\"daily\"}",
-            "runbook_item_status{",
-            "runbook_job_next_run_timestamp_seconds{job=\"daily\"} 1800000000",
+            "runbook_job_runs_total{job_name=\"daily\",status=\"fail\"} 1",
+            "runbook_job_last_run_timestamp_seconds{job_name=\"daily\"}",
+            "runbook_job_duration_seconds{job_name=\"daily\"}",
+            "runbook_item_status{job_name=\"daily\",item=\"Disk\"} 1",
+            "runbook_job_next_run_timestamp_seconds{job_name=\"daily\"} 1800000000",
             "runbook_outbox_pending 2",
+            "runbook_config_last_reload_successful ",
+            "runbook_config_last_reload_success_timestamp_seconds ",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }
+        let build = format!(
+            "runbook_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
+        );
+        assert!(text.contains(&build), "{build} missing in:\n{text}");
+        // Prometheus sets `job` on every scraped series: ours would become `exported_job`.
+        assert!(!text.contains("{job="), "{text}");
     }
 
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            esc("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+    fn config(text: &str) -> Config {
+        let dir = tempfile::tempdir().expect("temp");
+        let path = dir.path().join("jobs.toml");
+        let text = format!(
+            "[runbook]\ntimezone = \"UTC\"\nstate_dir = {:?}\n{text}",
+            dir.path().join("state")
         );
+        Config::from_text(&path, &text).expect("valid config")
+    }
+
+    /// `daily` with the sample report's items, `weekly` with one item.
+    const TWO_JOBS: &str = r#"
+[jobs.daily]
+schedule = "0 8 * * *"
+[[jobs.daily.items]]
+name = "Disk"
+kind = "manual"
+[[jobs.daily.items]]
+name = "Review Grafana"
+kind = "manual"
+[jobs.weekly]
+schedule = "0 8 * * MON"
+[[jobs.weekly.items]]
+name = "Disk"
+kind = "manual"
+"#;
+
+    #[test]
+    fn a_reload_removes_the_series_of_removed_jobs_and_items() {
+        let m = Metrics::new();
+        m.configure(&config(TWO_JOBS), chrono::Utc::now());
+        let text = m.encode(0);
+        for line in [
+            "runbook_job_schedule_max_interval_seconds{job_name=\"daily\"} 86400",
+            "runbook_job_schedule_max_interval_seconds{job_name=\"weekly\"} 604800",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
+        for job in ["daily", "weekly"] {
+            let mut r = crate::report::tests::sample();
+            r.job = job.into();
+            m.observe(&r);
+            m.set_next_run(job, 1.8e9);
+        }
+        let before = m.encode(0);
+        assert!(before.contains("job_name=\"weekly\""), "{before}");
+        assert!(
+            before.contains("{job_name=\"daily\",item=\"Review Grafana\"} 4"),
+            "{before}"
+        );
+        // Items of a report that are not in the configuration get no series.
+        assert!(!before.contains("Backups completed"), "{before}");
+
+        // `weekly` is gone, `daily` lost an item and its schedule.
+        let reloaded = config(
+            r#"
+[jobs.daily]
+[[jobs.daily.items]]
+name = "Disk"
+kind = "manual"
+"#,
+        );
+        m.reload_failed();
+        assert!(
+            m.encode(0)
+                .contains("runbook_config_last_reload_successful 0")
+        );
+        m.configure(&reloaded, chrono::Utc::now());
+        let after = m.encode(0);
+        assert!(!after.contains("weekly"), "{after}");
+        assert!(!after.contains("Review Grafana"), "{after}");
+        for gone in [
+            "runbook_job_next_run_timestamp_seconds{",
+            "runbook_job_schedule_max_interval_seconds{",
+        ] {
+            assert!(!after.contains(gone), "a job without schedule: {after}");
+        }
+        assert!(
+            after.contains("runbook_item_status{job_name=\"daily\",item=\"Disk\"} 1"),
+            "{after}"
+        );
+        assert!(
+            after.contains("runbook_job_runs_total{job_name=\"daily\",status=\"fail\"} 1"),
+            "counters of kept jobs survive a reload: {after}"
+        );
+        assert!(
+            after.contains("runbook_config_last_reload_successful 1"),
+            "{after}"
+        );
+
+        // A run of the removed job that finishes after the reload leaves nothing behind.
+        let mut late = crate::report::tests::sample();
+        late.job = "weekly".into();
+        m.observe(&late);
+        m.set_next_run("weekly", 1.8e9);
+        assert!(!m.encode(0).contains("weekly"));
     }
 }

@@ -9,6 +9,18 @@
 //! change is a transaction, writers wait up to 10 s for each other (`busy_timeout`), and a job
 //! lock is a row inserted under `BEGIN IMMEDIATE`. A lock whose process is gone (killed with
 //! `kill -9`, host rebooted) is taken over instead of blocking forever.
+//!
+//! Who holds a lock, a `running` run or an outbox claim is a [`Holder`]: host name, the kernel's
+//! boot id, pid and the process's start time. A pid alone lies: after a reboot it belongs to
+//! another process (in a container the daemon is PID 1 in every life), and `kill(pid, 0)`
+//! answers EPERM for anyone else's process. A holder is alive only when the boot id is this
+//! kernel's and the process with that pid started at the recorded time. The host name is for
+//! people; the state folder belongs to one host (one kernel, one PID namespace: the daemon and
+//! the commands run beside it).
+//!
+//! A finished run is one transaction: its report, the outbox rows of its channels and the
+//! `log_scan` offsets it advanced ([`Store::finish_run`]). A crash leaves either all of them or
+//! none (the run is then marked `interrupted` and its lines are read again next time).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -75,6 +87,18 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // log_scan: a hash of the file's first bytes, because inodes are reused after rotation.
     M::up("ALTER TABLE scan_offsets ADD COLUMN fingerprint INTEGER;"),
+    // Holders identified by boot id and process start time, not by pid alone (rows written
+    // before keep NULL there and are judged by pid and the lock's time, see Holder::alive).
+    M::up(
+        "ALTER TABLE locks ADD COLUMN boot_id TEXT;
+         ALTER TABLE locks ADD COLUMN start_ticks INTEGER;
+         ALTER TABLE runs ADD COLUMN boot_id TEXT;
+         ALTER TABLE runs ADD COLUMN start_ticks INTEGER;
+         ALTER TABLE outbox ADD COLUMN claim_host TEXT;
+         ALTER TABLE outbox ADD COLUMN claim_boot_id TEXT;
+         ALTER TABLE outbox ADD COLUMN claim_pid INTEGER;
+         ALTER TABLE outbox ADD COLUMN claim_start_ticks INTEGER;",
+    ),
 ];
 
 /// A handle on the state database; cheap to clone.
@@ -98,7 +122,24 @@ pub enum Lock {
         pid: i64,
         host: String,
         since: String,
+        /// The holding run's trigger (`manual`, `schedule`, `catch_up`), when it is recorded.
+        trigger: Option<String>,
     },
+}
+
+/// Where `log_scan` stopped reading a file: committed with the report of the run that read up
+/// to it ([`Store::finish_run`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOffset {
+    pub job: String,
+    pub item: String,
+    /// The configured file (its path as the item names it).
+    pub file: String,
+    pub inode: u64,
+    /// Bytes read, always at a line end.
+    pub offset: u64,
+    /// A hash of the file's first bytes (inodes are reused after rotation).
+    pub fingerprint: u64,
 }
 
 /// One line of `history`.
@@ -130,22 +171,148 @@ pub struct OutboxEntry {
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
     pub job: Option<String>,
+    /// The process that claimed a `sending` row, when recorded.
+    #[serde(skip)]
+    pub claimed_by: Option<Holder>,
+}
+
+/// What [`Store::prune`] removed (and kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Runs deleted, with their reports.
+    pub runs: usize,
+    /// Their outbox rows (all delivered or dropped).
+    pub outbox: usize,
+    /// Slot records deleted (the newest of each job is always kept: it is the loop's cursor).
+    pub slots: usize,
+    /// `log_scan` positions in files not read since the cut-off.
+    pub scan_offsets: usize,
+    /// Runs older than the cut-off kept because a notification of theirs is still pending.
+    pub kept_pending: usize,
 }
 
 fn now() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// True when a process with this pid exists on this host.
-pub fn pid_alive(pid: i64) -> bool {
+/// A process that holds a lock, a run or an outbox claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The host name it ran on (for messages).
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id` of its kernel; None in rows written before it was
+    /// recorded (or where the kernel does not say).
+    pub boot_id: Option<String>,
+    pub pid: i64,
+    /// When the process started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+    pub start_ticks: Option<i64>,
+}
+
+impl Holder {
+    /// This process.
+    pub fn me(host: &str) -> Holder {
+        let pid = std::process::id() as i64;
+        Holder {
+            host: host.to_string(),
+            boot_id: boot_id(),
+            pid,
+            start_ticks: process_start_ticks(pid),
+        }
+    }
+
+    /// Whether the holder still runs. `since` (RFC 3339), when the row was written, judges rows
+    /// without a boot id: a process with that pid that started after it is another process.
+    pub fn alive(&self, since: Option<&str>) -> bool {
+        if self.pid <= 0 {
+            return false;
+        }
+        let ours = boot_id();
+        match (&self.boot_id, &ours) {
+            // Written under another boot: whatever has this pid now is another process.
+            (Some(theirs), Some(ours)) if theirs != ours => false,
+            (Some(_), _) => match (process_start_ticks(self.pid), self.start_ticks) {
+                (Some(now), Some(then)) => now == then,
+                (Some(_), None) => true,
+                // Not visible in /proc (hidepid): ask the kernel; EPERM means it exists.
+                (None, _) => kill_says_alive(self.pid),
+            },
+            (None, _) => match process_start_ticks(self.pid) {
+                Some(ticks) => {
+                    let started = process_started_at(ticks);
+                    let since = since.and_then(|s| DateTime::parse_from_rfc3339(s).ok());
+                    match (started, since) {
+                        // One second of slack for the rounding of boot time and ticks.
+                        (Some(started), Some(since)) => {
+                            started <= since.with_timezone(&Utc) + chrono::Duration::seconds(1)
+                        }
+                        _ => true,
+                    }
+                }
+                None => kill_says_alive(self.pid),
+            },
+        }
+    }
+
+    /// `host NAME, process PID`, for messages.
+    pub fn describe(&self) -> String {
+        format!("process {} on {}", self.pid, self.host)
+    }
+}
+
+fn kill_says_alive(pid: i64) -> bool {
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// This kernel's boot id (changes at every boot; shared by the containers on one kernel).
+pub fn boot_id() -> Option<String> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .clone()
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot. (Still
+/// readable under systemd's `ProcSubset=pid`; None when there is no such process to see.)
+pub fn process_start_ticks(pid: i64) -> Option<i64> {
     if pid <= 0 {
-        return false;
+        return None;
     }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
-        Ok(()) => true,
-        Err(nix::errno::Errno::ESRCH) => false,
-        Err(_) => true,
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces and ')': fields resume
+    // after the last ')', at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The wall-clock time of `ticks` since boot (`btime` of /proc/stat; USER_HZ is 100 on Linux).
+fn process_started_at(ticks: i64) -> Option<DateTime<Utc>> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: i64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    DateTime::from_timestamp(btime + ticks / 100, ((ticks % 100) * 10_000_000) as u32)
+}
+
+/// True when a process with this pid exists on this host (a row without boot id or start time).
+pub fn pid_alive(pid: i64) -> bool {
+    Holder {
+        host: String::new(),
+        boot_id: None,
+        pid,
+        start_ticks: None,
     }
+    .alive(None)
 }
 
 impl Store {
@@ -173,7 +340,11 @@ impl Store {
             .with_context(|| format!("cannot open state database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: in WAL mode every commit is fsynced, so a committed report (and its outbox rows
+        // and scan offsets) survives a power loss; NORMAL could roll back the newest commits
+        // after a report was already e-mailed. A run commits a handful of times: the fsyncs
+        // cost nothing that matters (docs/daemon.md, "State and durability").
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
@@ -197,20 +368,28 @@ impl Store {
 
     /// Takes the job's lock for `run_id`, unless a live process holds it.
     pub fn try_lock(&self, job: &str, run_id: &str) -> Result<Lock> {
-        let pid = std::process::id() as i64;
-        let host = self.host.clone();
+        let me = Holder::me(&self.host);
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let held: Option<(String, i64, String, String)> = tx
-                .query_row("SELECT run_id, pid, host, acquired_at FROM locks WHERE job = ?1", [job], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
+            let held: Option<(String, Holder, String, Option<String>)> = tx
+                .query_row(
+                    "SELECT l.run_id, l.pid, l.host, l.acquired_at, l.boot_id, l.start_ticks, r.trigger
+                     FROM locks l LEFT JOIN runs r ON r.run_id = l.run_id WHERE l.job = ?1",
+                    [job],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            Holder { pid: r.get(1)?, host: r.get(2)?, boot_id: r.get(4)?, start_ticks: r.get(5)? },
+                            r.get(3)?,
+                            r.get(6)?,
+                        ))
+                    },
+                )
                 .optional()?;
             let mut stale = None;
-            if let Some((held_run, held_pid, held_host, since)) = held {
-                let alive = held_host != host || pid_alive(held_pid);
-                if alive {
-                    return Ok(Lock::Held { run_id: held_run, pid: held_pid, host: held_host, since });
+            if let Some((held_run, holder, since, trigger)) = held {
+                if holder.alive(Some(&since)) {
+                    return Ok(Lock::Held { run_id: held_run, pid: holder.pid, host: holder.host, since, trigger });
                 }
                 // The holder died without releasing: its run was interrupted.
                 tx.execute(
@@ -218,11 +397,18 @@ impl Store {
                     params![held_run, now()],
                 )?;
                 tx.execute("DELETE FROM locks WHERE job = ?1", [job])?;
-                stale = Some(format!("took over the lock of run {held_run} (process {held_pid} is gone)"));
+                let why = match (&holder.boot_id, boot_id()) {
+                    (Some(b), Some(ours)) if *b != ours => "it ran before the last reboot",
+                    _ => "that process is gone",
+                };
+                stale = Some(format!(
+                    "took over the lock of run {held_run} ({}, since {since}): {why}",
+                    holder.describe()
+                ));
             }
             tx.execute(
-                "INSERT INTO locks (job, run_id, pid, host, acquired_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![job, run_id, pid, host, now()],
+                "INSERT INTO locks (job, run_id, pid, host, acquired_at, boot_id, start_ticks) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![job, run_id, me.pid, me.host, now(), me.boot_id, me.start_ticks],
             )?;
             tx.commit()?;
             Ok(Lock::Acquired { stale_taken_over: stale })
@@ -242,17 +428,28 @@ impl Store {
 
     /// The run currently holding the job's lock, if its process is alive.
     pub fn lock_holder(&self, job: &str) -> Result<Option<(String, i64)>> {
-        let row: Option<(String, i64, String)> = self.with(|c| {
+        let row: Option<(String, Holder, String)> = self.with(|c| {
             c.query_row(
-                "SELECT run_id, pid, host FROM locks WHERE job = ?1",
+                "SELECT run_id, pid, host, boot_id, start_ticks, acquired_at FROM locks WHERE job = ?1",
                 [job],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        Holder {
+                            pid: r.get(1)?,
+                            host: r.get(2)?,
+                            boot_id: r.get(3)?,
+                            start_ticks: r.get(4)?,
+                        },
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()
         })?;
         Ok(row
-            .filter(|(_, pid, host)| *host != self.host || pid_alive(*pid))
-            .map(|(r, p, _)| (r, p)))
+            .filter(|(_, h, since)| h.alive(Some(since)))
+            .map(|(r, h, _)| (r, h.pid)))
     }
 
     /// Records a run that starts now.
@@ -264,30 +461,45 @@ impl Store {
         scheduled_for: Option<&str>,
         started_at: &DateTime<Utc>,
     ) -> Result<()> {
-        let pid = std::process::id() as i64;
-        let host = self.host.clone();
+        let me = Holder::me(&self.host);
         self.with(|c| {
             c.execute(
-                "INSERT INTO runs (run_id, job, trigger, scheduled_for, started_at, status, pid, host) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)",
-                params![run_id, job, trigger, scheduled_for, started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), pid, host],
+                "INSERT INTO runs (run_id, job, trigger, scheduled_for, started_at, status, pid, host, boot_id, start_ticks) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)",
+                params![run_id, job, trigger, scheduled_for, started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), me.pid, me.host, me.boot_id, me.start_ticks],
             )
             .map(|_| ())
         })
     }
 
-    /// Stores a finished run's report (and status), in one transaction.
-    pub fn finish_run(&self, report: &Report) -> Result<()> {
+    /// Stores a finished run's report (and status) together with what must not outlive or
+    /// predate it, in one transaction: the outbox rows of the channels it goes to (so a stored
+    /// report is always queued for delivery, even when the process dies right after) and the
+    /// `log_scan` offsets its items advanced (so lines are never skipped: either the report
+    /// that counted them is stored, or the offsets stay where they were).
+    pub fn finish_run(
+        &self,
+        report: &Report,
+        offsets: &[ScanOffset],
+        channels: &[String],
+    ) -> Result<()> {
         let json = serde_json::to_string(report)?;
         let finished = report
             .finished_at
             .with_timezone(&Utc)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         self.with(|c| {
-            c.execute(
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
                 "UPDATE runs SET status = ?2, finished_at = ?3, report = ?4 WHERE run_id = ?1",
                 params![report.run_id, report.status.as_str(), finished, json],
-            )
-            .map(|_| ())
+            )?;
+            for o in offsets {
+                upsert_scan_offset(&tx, o)?;
+            }
+            for channel in channels {
+                insert_outbox_row(&tx, &report.run_id, channel)?;
+            }
+            tx.commit()
         })
     }
 
@@ -306,16 +518,31 @@ impl Store {
     /// Marks runs left `running` by dead processes of this host as `interrupted`. Returns them.
     pub fn mark_interrupted(&self) -> Result<Vec<String>> {
         let host = self.host.clone();
-        let rows: Vec<(String, i64)> = self.with(|c| {
-            let mut st =
-                c.prepare("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?1")?;
-            st.query_map([host], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
+        let rows: Vec<(String, Holder, String)> = self.with(|c| {
+            // This host's runs, and any run recorded with a boot id whatever host name it had
+            // (a container gets a new one each time).
+            let mut st = c.prepare(
+                "SELECT run_id, pid, host, boot_id, start_ticks, started_at FROM runs
+                 WHERE status = 'running' AND (host = ?1 OR boot_id IS NOT NULL)",
+            )?;
+            st.query_map(params![host], |r| {
+                Ok((
+                    r.get(0)?,
+                    Holder {
+                        pid: r.get(1)?,
+                        host: r.get(2)?,
+                        boot_id: r.get(3)?,
+                        start_ticks: r.get(4)?,
+                    },
+                    r.get(5)?,
+                ))
+            })?
+            .collect()
         })?;
         let dead: Vec<String> = rows
             .into_iter()
-            .filter(|(_, pid)| !pid_alive(*pid))
-            .map(|(r, _)| r)
+            .filter(|(_, h, since)| !h.alive(Some(since)))
+            .map(|(r, _, _)| r)
             .collect();
         for run in &dead {
             self.with(|c| {
@@ -401,7 +628,8 @@ impl Store {
         })
     }
 
-    /// Records what happened to a slot: `running`, `done`, `skipped` (job still running), `missed`.
+    /// Records what happened to a slot: `running`, `done`, `skipped` (job still running), `missed`,
+    /// `elsewhere`, `failed`, `interrupted` (the run lost its cluster lease).
     pub fn record_slot(
         &self,
         job: &str,
@@ -417,6 +645,19 @@ impl Store {
                 params![job, slot, state, run_id, now()],
             )
             .map(|_| ())
+        })
+    }
+
+    /// The recorded state of one slot, if any.
+    pub fn slot_state(&self, job: &str, slot: &DateTime<Utc>) -> Result<Option<String>> {
+        let slot = slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.with(|c| {
+            c.query_row(
+                "SELECT state FROM slots WHERE job = ?1 AND slot = ?2",
+                params![job, slot],
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 
@@ -455,16 +696,52 @@ impl Store {
             .collect())
     }
 
+    /// Deletes what is older than `before`: finished runs (with their reports and their outbox
+    /// rows), slot records and `log_scan` positions. Never deleted: a run still running, a run
+    /// with a notification still pending delivery, the newest finished run of each job (the
+    /// "previous run" its next report compares with), the newest slot of each job (the
+    /// scheduler's cursor). One transaction.
+    pub fn prune(&self, before: &DateTime<Utc>) -> Result<Pruned> {
+        let millis = before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let secs = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut pruned = Pruned::default();
+            let old_finished = "FROM runs r WHERE r.started_at < ?1 AND r.status != 'running'
+                 AND r.started_at < (SELECT MAX(n.started_at) FROM runs n WHERE n.job = r.job AND n.status != 'running')";
+            let pending = "EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = r.run_id AND o.state IN ('pending', 'sending'))";
+            let doomed: Vec<String> = {
+                let mut st = tx.prepare(&format!("SELECT r.run_id {old_finished} AND NOT {pending}"))?;
+                st.query_map([&millis], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+            };
+            pruned.kept_pending = tx.query_row(
+                &format!("SELECT COUNT(*) {old_finished} AND {pending}"),
+                [&millis],
+                |r| r.get::<_, i64>(0),
+            )? as usize;
+            {
+                let mut del_outbox = tx.prepare("DELETE FROM outbox WHERE run_id = ?1")?;
+                let mut del_run = tx.prepare("DELETE FROM runs WHERE run_id = ?1")?;
+                for run in &doomed {
+                    pruned.outbox += del_outbox.execute([run])?;
+                    pruned.runs += del_run.execute([run])?;
+                }
+            }
+            pruned.slots = tx.execute(
+                "DELETE FROM slots WHERE slot < ?1
+                 AND slot < (SELECT MAX(s.slot) FROM slots s WHERE s.job = slots.job)",
+                [&secs],
+            )?;
+            pruned.scan_offsets =
+                tx.execute("DELETE FROM scan_offsets WHERE updated_at < ?1", [&millis])?;
+            tx.commit()?;
+            Ok(pruned)
+        })
+    }
+
     /// Adds a delivery to the outbox (no-op when it is already there).
     pub fn outbox_enqueue(&self, run_id: &str, channel: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO outbox (run_id, channel, created_at, state, next_attempt_at) VALUES (?1, ?2, ?3, 'pending', ?3)
-                 ON CONFLICT (run_id, channel) DO NOTHING",
-                params![run_id, channel, now()],
-            )
-            .map(|_| ())
-        })
+        self.with(|c| insert_outbox_row(c, run_id, channel))
     }
 
     /// Claims a delivery for this process before it is sent: a `pending` row (or a `sending` row
@@ -483,11 +760,47 @@ impl Store {
             + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let now = now_utc.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let me = Holder::me(&self.host);
         self.with(|c| {
             c.execute(
-                "UPDATE outbox SET state = 'sending', next_attempt_at = ?3
+                "UPDATE outbox SET state = 'sending', next_attempt_at = ?3,
+                        claim_host = ?5, claim_boot_id = ?6, claim_pid = ?7, claim_start_ticks = ?8
                  WHERE run_id = ?1 AND channel = ?2 AND (state = 'pending' OR (state = 'sending' AND next_attempt_at < ?4))",
-                params![run_id, channel, until, now],
+                params![run_id, channel, until, now, me.host, me.boot_id, me.pid, me.start_ticks],
+            )
+            .map(|n| if n == 1 { Some(until.clone()) } else { None })
+        })
+    }
+
+    /// Takes over a delivery whose claimer is dead (see [`Holder::alive`]) before its lease ran
+    /// out: only the very claim `dead_claim` (the lease end it holds), so of two processes
+    /// taking over at once exactly one wins. Returns the new claim, as [`Store::outbox_claim`].
+    pub fn outbox_take_over(
+        &self,
+        run_id: &str,
+        channel: &str,
+        lease: Duration,
+        dead_claim: &str,
+    ) -> Result<Option<String>> {
+        let until = (Utc::now()
+            + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let me = Holder::me(&self.host);
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET next_attempt_at = ?3,
+                        claim_host = ?5, claim_boot_id = ?6, claim_pid = ?7, claim_start_ticks = ?8
+                 WHERE run_id = ?1 AND channel = ?2 AND state = 'sending' AND next_attempt_at = ?4",
+                params![
+                    run_id,
+                    channel,
+                    until,
+                    dead_claim,
+                    me.host,
+                    me.boot_id,
+                    me.pid,
+                    me.start_ticks
+                ],
             )
             .map(|n| if n == 1 { Some(until.clone()) } else { None })
         })
@@ -543,7 +856,8 @@ impl Store {
     pub fn outbox(&self, state: Option<&str>) -> Result<Vec<OutboxEntry>> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT o.run_id, o.channel, o.created_at, o.state, o.attempts, o.next_attempt_at, o.last_error, r.job
+                "SELECT o.run_id, o.channel, o.created_at, o.state, o.attempts, o.next_attempt_at, o.last_error, r.job,
+                        o.claim_host, o.claim_boot_id, o.claim_pid, o.claim_start_ticks
                  FROM outbox o LEFT JOIN runs r ON r.run_id = o.run_id
                  WHERE (?1 IS NULL AND o.state != 'sent') OR o.state = ?1 ORDER BY o.created_at",
             )?;
@@ -557,6 +871,15 @@ impl Store {
                     next_attempt_at: r.get(5)?,
                     last_error: r.get(6)?,
                     job: r.get(7)?,
+                    claimed_by: match r.get::<_, Option<i64>>(10)? {
+                        Some(pid) => Some(Holder {
+                            host: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                            boot_id: r.get(9)?,
+                            pid,
+                            start_ticks: r.get(11)?,
+                        }),
+                        None => None,
+                    },
                 })
             })?
             .collect()
@@ -585,25 +908,24 @@ impl Store {
             .optional()
         })
     }
+}
 
-    pub fn set_scan_offset(
-        &self,
-        job: &str,
-        item: &str,
-        file: &str,
-        inode: u64,
-        offset: u64,
-        fingerprint: u64,
-    ) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (job, item, file) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_at = excluded.updated_at, fingerprint = excluded.fingerprint",
-                params![job, item, file, inode as i64, offset as i64, now(), fingerprint as i64],
-            )
-            .map(|_| ())
-        })
-    }
+fn insert_outbox_row(c: &Connection, run_id: &str, channel: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO outbox (run_id, channel, created_at, state, next_attempt_at) VALUES (?1, ?2, ?3, 'pending', ?3)
+         ON CONFLICT (run_id, channel) DO NOTHING",
+        params![run_id, channel, now()],
+    )
+    .map(|_| ())
+}
+
+fn upsert_scan_offset(c: &Connection, o: &ScanOffset) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO scan_offsets (job, item, file, inode, offset, updated_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (job, item, file) DO UPDATE SET inode = excluded.inode, offset = excluded.offset, updated_at = excluded.updated_at, fingerprint = excluded.fingerprint",
+        params![o.job, o.item, o.file, o.inode as i64, o.offset as i64, now(), o.fingerprint as i64],
+    )
+    .map(|_| ())
 }
 
 #[cfg(test)]

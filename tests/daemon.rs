@@ -224,37 +224,47 @@ fn scheduled_runs_happen_and_metrics_parse() {
     assert!(
         value(
             "runbook_job_runs_total",
-            &[("job", "tick"), ("status", "pass")]
+            &[("job_name", "tick"), ("status", "pass")]
         )
         .unwrap_or(0.0)
             >= 1.0,
         "{body}"
     );
     assert!(
-        value("runbook_job_last_run_timestamp_seconds", &[("job", "tick")]).unwrap_or(0.0) > 1.6e9,
-        "{body}"
-    );
-    assert!(
         value(
-            "runbook_job_last_success_timestamp_seconds",
-            &[("job", "tick")]
+            "runbook_job_last_run_timestamp_seconds",
+            &[("job_name", "tick")]
         )
         .unwrap_or(0.0)
             > 1.6e9,
         "{body}"
     );
     assert!(
-        value("runbook_job_next_run_timestamp_seconds", &[("job", "tick")]).unwrap_or(0.0) > 1.6e9,
+        value(
+            "runbook_job_last_success_timestamp_seconds",
+            &[("job_name", "tick")]
+        )
+        .unwrap_or(0.0)
+            > 1.6e9,
         "{body}"
     );
     assert!(
-        value("runbook_job_duration_seconds", &[("job", "tick")]).is_some(),
+        value(
+            "runbook_job_next_run_timestamp_seconds",
+            &[("job_name", "tick")]
+        )
+        .unwrap_or(0.0)
+            > 1.6e9,
+        "{body}"
+    );
+    assert!(
+        value("runbook_job_duration_seconds", &[("job_name", "tick")]).is_some(),
         "{body}"
     );
     assert_eq!(
         value(
             "runbook_item_status",
-            &[("job", "tick"), ("item", "Look at the dashboards")]
+            &[("job_name", "tick"), ("item", "Look at the dashboards")]
         ),
         Some(4.0),
         "manual = 4: {body}"
@@ -265,13 +275,62 @@ fn scheduled_runs_happen_and_metrics_parse() {
     let (code, page) = http_get(port, "/");
     assert_eq!(code, 200);
     assert!(
-        page.contains("tick") && page.contains("every two seconds") && page.contains("/runs/"),
+        page.contains("tick")
+            && page.contains("every two seconds")
+            && page.contains("href=\"runs/"),
         "{page}"
     );
     let run_id = finished(&config)[0]["run_id"].as_str().unwrap().to_string();
     let (code, html) = http_get(port, &format!("/runs/{run_id}"));
     assert_eq!(code, 200);
     assert!(html.contains("Look at the dashboards"));
+
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(), Some(0), "log:\n{}", daemon.log());
+}
+
+/// A run by hand (`runbook run-job` with the daemon's config, so its state) shows in the
+/// daemon's `/metrics`: its success clears "no success in time". A dry run does not count.
+#[test]
+fn a_manual_run_shows_in_the_daemons_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = format!(
+        "[runbook]\nstate_dir = \"{state}\"\nshutdown_grace = \"1s\"\n\
+         [server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [jobs.byhand]\ndescription = \"run by hand only\"\n\
+         [[jobs.byhand.items]]\nname = \"Look at the dashboards\"\nkind = \"manual\"\n",
+        state = dir.path().join("state").display()
+    );
+    let config = write_config(dir.path(), "jobs.toml", &text);
+    let mut daemon = Daemon::start(&config);
+    let series = "runbook_job_last_success_timestamp_seconds{job_name=\"byhand\"}";
+    wait_until_or(
+        "the daemon serves /metrics",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || daemon.log(),
+    );
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["run-job", "byhand", "--no-notify"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    };
+    run(&["--dry-run"]);
+    let body = http_get(port, "/metrics").1;
+    assert!(!body.contains(series), "a dry run is no success: {body}");
+
+    run(&[]);
+    let body = http_get(port, "/metrics").1;
+    assert!(body.contains(series), "{body}");
+    assert!(
+        body.contains("runbook_item_status{job_name=\"byhand\",item=\"Look at the dashboards\"} 4"),
+        "{body}"
+    );
 
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(), Some(0), "log:\n{}", daemon.log());
@@ -328,7 +387,9 @@ fn sigterm_mid_run_interrupts_items_kills_children_and_exits_zero() {
 #[test]
 fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_is_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "jobs.toml", &tick_config(dir.path(), ""));
+    let port = free_port();
+    let server = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = write_config(dir.path(), "jobs.toml", &tick_config(dir.path(), &server));
     // `history` reads the same state through a config that stays valid.
     let view = write_config(dir.path(), "view.toml", &tick_config(dir.path(), ""));
     let mut daemon = Daemon::start(&config);
@@ -348,8 +409,18 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_is_applied() {
         finished(&view).len() >= before + 2
     });
     assert!(daemon.alive());
+    let metrics = || http_get(port, "/metrics").1;
+    let body = metrics();
+    assert!(
+        body.contains("runbook_config_last_reload_successful 0"),
+        "a failed reload shows in the metrics: {body}"
+    );
+    assert!(
+        body.contains("runbook_job_last_run_timestamp_seconds{job_name=\"tick\"}"),
+        "{body}"
+    );
 
-    let good = tick_config(dir.path(), "")
+    let good = tick_config(dir.path(), &server)
         .replace("[jobs.tick]", "[jobs.tock]")
         .replace("jobs.tick.items", "jobs.tock.items");
     std::fs::write(&config, good).unwrap();
@@ -357,6 +428,20 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_is_applied() {
     wait_until("runs of the new job", || {
         finished(&view).iter().any(|r| r["job"] == "tock")
     });
+    let body = metrics();
+    assert!(
+        body.contains("runbook_config_last_reload_successful 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("runbook_job_last_run_timestamp_seconds{job_name=\"tock\"}"),
+        "{body}"
+    );
+    // The removed job's series are gone, so its alerts stop.
+    assert!(
+        !body.contains("\"tick\""),
+        "series of the removed job remain: {body}"
+    );
 
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(), Some(0));

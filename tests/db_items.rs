@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use db_support::{Holder, Setup, cluster_with_app_db, item, q, wait_for};
+use db_support::{Holder, Setup, cluster_with_app_db, item, q, require_password, wait_for};
 use runbook::pgcluster::TempCluster;
 
 const TABLES: &str = "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 5000) g; \
@@ -19,7 +19,15 @@ const TABLES: &str = "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a
 #[test]
 fn unreachable_target_fails_its_item_and_the_others_still_run() {
     let pg = cluster_with_app_db();
+    // The reachable target logs in as `ops`, whom the server asks for the password: "up"
+    // passing proves runbook sends it; the output proves it never prints it.
+    require_password(&pg, "ops", "sekrit-pw-4711");
     let jobs = r#"
+[targets.wrongpw]
+url = "postgres://ops@127.0.0.1:PORT/app"
+password = "wrong-pw-0815"
+sslmode = "disable"
+
 [targets.down]
 url = "postgres://ops@127.0.0.1:1/nowhere"
 password = "sekrit-pw-4711"
@@ -40,10 +48,20 @@ target = "down"
 name = "up"
 kind = "sql"
 target = "db"
+query = "SELECT current_user = 'ops'"
+expect = true
+[[jobs.check.items]]
+name = "wrong password"
+kind = "sql"
+target = "wrongpw"
 query = "SELECT 1"
-expect_rows = 1
-"#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+"#
+    .replace("PORT", &pg.port.to_string());
+    let s = Setup::new(
+        &format!("postgres://ops@127.0.0.1:{}/app", pg.port),
+        "password = \"sekrit-pw-4711\"",
+        &jobs,
+    );
     let (code, report, all) = s.run("check", &[]);
     assert_eq!(code, 1, "{all}");
     for name in ["down", "down vacuum"] {
@@ -53,8 +71,19 @@ expect_rows = 1
         assert!(summary.contains("target down"), "{summary}");
         assert!(summary.contains("127.0.0.1:1"), "{summary}");
     }
-    assert_eq!(item(&report, "up")["status"], "pass");
-    assert!(!all.contains("sekrit-pw-4711"), "password leaked: {all}");
+    assert_eq!(item(&report, "up")["status"], "pass", "{all}");
+    let wrong = item(&report, "wrong password");
+    assert_eq!(wrong["status"], "fail", "{wrong:#}");
+    assert!(
+        wrong["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("password authentication failed for user \"ops\""),
+        "{wrong:#}"
+    );
+    for pw in ["sekrit-pw-4711", "wrong-pw-0815"] {
+        assert!(!all.contains(pw), "password leaked: {all}");
+    }
 }
 
 #[test]
@@ -772,7 +801,7 @@ max_running = "1s"
     let running = item(&report, "running");
     assert_eq!(running["status"], "warn", "{running:#}");
     assert!(
-        running["details"].to_string().contains("pg_sleep(120)"),
+        running["details"].to_string().contains("pg_sleep($1)"),
         "{running:#}"
     );
 }

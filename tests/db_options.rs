@@ -1450,7 +1450,7 @@ max_running = "1s"
         summary(slow).contains("1 statement(s) running longer than 1s"),
         "{slow:#}"
     );
-    assert!(details.contains("pg_sleep(120)"), "{slow:#}");
+    assert!(details.contains("pg_sleep($1)"), "{slow:#}");
 }
 
 #[test]
@@ -1494,7 +1494,7 @@ name = "hanging check"
 kind = "sql"
 target = "plain"
 timeout = "2s"
-query = "SELECT 'hanging check', pg_sleep(30)"
+query = "SELECT 'hanging check', pg_sleep(3600)"
 "#,
         pg.url("app")
     );
@@ -1505,12 +1505,9 @@ query = "SELECT 'hanging check', pg_sleep(30)"
     assert_eq!(code, 1, "{all}");
     let capped = item(&report, "capped check");
     assert_eq!(capped["status"], "fail", "{capped:#}");
+    // The server's own message for statement_timeout (not the item's deadline, not a cancel).
     assert!(
         summary(capped).contains("canceling statement due to statement timeout"),
-        "{capped:#}"
-    );
-    assert!(
-        capped["duration_ms"].as_u64().unwrap_or(u64::MAX) < 3000,
         "{capped:#}"
     );
 
@@ -1537,25 +1534,21 @@ query = "SELECT 'hanging check', pg_sleep(30)"
         "2"
     );
 
-    // Without statement_timeout, the item's own timeout ends the statement on the server too.
-    let started = Instant::now();
+    // Without statement_timeout, the item's own timeout ends the statement on the server too:
+    // the run ends (the statement would sleep an hour) and the statement is gone from the
+    // server, cancelled, not merely abandoned by its client.
     let (code, report, all) = s.run("hang", &[]);
     assert_eq!(code, 1, "{all}");
-    assert!(started.elapsed() < Duration::from_secs(20), "{all}");
     let hang = item(&report, "hanging check");
     assert_eq!(hang["status"], "fail", "{hang:#}");
-    let gone = Instant::now();
-    while q(
+    assert!(
+        summary(hang).contains("canceling statement due to statement timeout"),
+        "{hang:#}"
+    );
+    wait_for(
         &pg,
-        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%''hanging check'', pg_sleep(30)%' AND pid <> pg_backend_pid()",
-    ) != "0"
-    {
-        assert!(
-            gone.elapsed() < Duration::from_secs(3),
-            "the check's statement is still running on the server after the item ended"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        "SELECT count(*) = 0 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%''hanging check'', pg_sleep(3600)%' AND pid <> pg_backend_pid()",
+    );
 }
 
 #[test]
@@ -1591,12 +1584,8 @@ expect = true
 "#
     );
     let s = Setup::new(&pg.url("app"), "", &jobs);
-    let started = Instant::now();
     let (code, report, all) = s.run("m", &[]);
-    let elapsed = started.elapsed();
     assert_eq!(code, 1, "{all}");
-    // Two connection attempts of about 1-2 s each (the default would be 10 s each).
-    assert!(elapsed < Duration::from_secs(9), "took {elapsed:?}: {all}");
     for name in ["silent check", "silent vacuum"] {
         let it = item(&report, name);
         assert_eq!(it["status"], "fail", "{it:#}");
@@ -1606,11 +1595,8 @@ expect = true
             )),
             "{it:#}"
         );
-        assert!(summary(it).contains("timed out"), "{it:#}");
-        assert!(
-            it["duration_ms"].as_u64().unwrap_or(u64::MAX) < 4000,
-            "{it:#}"
-        );
+        // The configured connect_timeout gave up, not the default 10 s.
+        assert!(summary(it).contains("timed out after 1s"), "{it:#}");
     }
     assert_eq!(item(&report, "session")["status"], "pass", "{all}");
     drop(silent);

@@ -16,13 +16,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use db_support::{Setup, cluster_with_app_db, item, q};
+use db_support::{Setup, cluster_with_app_db, item, q, require_password};
 use runbook::pgcluster::TempCluster;
 use serde_json::Value;
 use tls_support::{make_ca, make_server_cert};
 
 /// The password every target here is given: it must never appear in runbook's output.
 const PASSWORD: &str = "s3cret-pw-XYZ";
+
+/// The role the targets log in as: the servers ask it for [`PASSWORD`] (scram-sha-256), so a
+/// target that connects proves runbook sent the password, and the output proves it never
+/// printed it.
+const ROLE: &str = "pw_user";
 
 /// Proves the session is encrypted: `expect = true` on the server's own view of it.
 const TLS_QUERY: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
@@ -48,9 +53,9 @@ impl TlsServer {
         self.certs.path().join("other-ca.pem")
     }
 
-    /// `postgres://postgres@HOST:PORT/app` (no password: that is the target's `password`).
+    /// `postgres://pw_user@HOST:PORT/app` (no password: that is the target's `password`).
     fn url(&self, host: &str) -> String {
-        format!("postgres://postgres@{host}:{}/app", self.pg.port)
+        format!("postgres://{ROLE}@{host}:{}/app", self.pg.port)
     }
 
     /// Starts a cluster, installs a server certificate for `cn`/`san` signed by a private CA,
@@ -83,8 +88,17 @@ impl TlsServer {
         let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
         text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         std::fs::write(&conf, text).expect("write postgresql.conf");
-        // The `local` lines stay; TCP only over TLS. (`TempCluster::psql` goes over TCP and
-        // keeps working: libpq's default sslmode is `prefer`.)
+        // The `local` lines stay; TCP only over TLS, and pw_user only with its password.
+        // (`TempCluster::psql` goes over TCP as postgres and keeps working: libpq's default
+        // sslmode is `prefer`.)
+        pg.psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'scram-sha-256'; CREATE ROLE {ROLE} LOGIN PASSWORD :'pw'"
+            ),
+            &[("pw", PASSWORD)],
+        )
+        .expect("create the password role");
         let hba = pg.data.join("pg_hba.conf");
         let mut text: String = std::fs::read_to_string(&hba)
             .expect("read pg_hba.conf")
@@ -92,7 +106,9 @@ impl TlsServer {
             .filter(|l| !l.trim_start().starts_with("host"))
             .map(|l| format!("{l}\n"))
             .collect();
-        text.push_str("hostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n");
+        text.push_str(&format!(
+            "hostssl all {ROLE} 127.0.0.1/32 scram-sha-256\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n"
+        ));
         std::fs::write(&hba, text).expect("write pg_hba.conf");
         assert_eq!(q(&pg, "SELECT pg_reload_conf()"), "t");
 
@@ -102,20 +118,46 @@ impl TlsServer {
         loop {
             let tls = server.psql_with_sslmode("require", TLS_QUERY);
             let plain = server.psql_with_sslmode("disable", "SELECT 1");
+            let no_pw = server.login_as_role(None);
+            let with_pw = server.login_as_role(Some(PASSWORD));
             if tls.as_deref() == Ok("t")
                 && plain.as_ref().is_err_and(|e| e.contains("no encryption"))
+                && no_pw.is_err()
+                && with_pw.as_deref() == Ok("t")
             {
                 break;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(15),
-                "the server did not switch to TLS-only: require -> {tls:?}, disable -> {plain:?}\nserver log:\n{}",
+                "the server did not switch to TLS-only with a password for {ROLE}: require -> {tls:?}, disable -> {plain:?}, {ROLE} without password -> {no_pw:?}, with it -> {with_pw:?}\nserver log:\n{}",
                 std::fs::read_to_string(server.pg.data.parent().unwrap().join("server.log"))
                     .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
         server
+    }
+
+    /// Connects as the password role over TLS (with `password`, or none at all) and asks
+    /// whether the session is encrypted; Ok(output) or Err(stderr).
+    fn login_as_role(&self, password: Option<&str>) -> Result<String, String> {
+        let mut cmd = StdCommand::new(self.pg.tool("psql"));
+        cmd.arg(format!(
+            "host=127.0.0.1 port={} user={ROLE} dbname=app sslmode=require",
+            self.pg.port
+        ))
+        .args(["-X", "-w", "-At", "-c", TLS_QUERY])
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/dev/null");
+        if let Some(pw) = password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let out = cmd.output().expect("psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// Runs `sql` with psql (libpq) over TCP with `sslmode`; Ok(output) or Err(stderr).
@@ -220,7 +262,7 @@ fn verify_full_refuses_a_server_certificate_from_another_ca() {
     body += &tls_job("wrongca", "wrongca");
     body += &tls_job("noca", "noca");
     let s = Setup::with_body(&body);
-    let display = format!("postgres@127.0.0.1:{}/app", srv.pg.port);
+    let display = format!("{ROLE}@127.0.0.1:{}/app", srv.pg.port);
     for t in ["wrongca", "noca"] {
         let (code, it, all) = run_tls_job(&s, t);
         assert_eq!(code, 1, "{all}");
@@ -250,7 +292,7 @@ fn verify_full_refuses_a_certificate_for_another_host_name_and_require_does_not_
 
     let (code, it, all) = run_tls_job(&s, "mismatch");
     assert_eq!(code, 1, "{all}");
-    let display = format!("postgres@127.0.0.1:{}/app", srv.pg.port);
+    let display = format!("{ROLE}@127.0.0.1:{}/app", srv.pg.port);
     let summary = assert_connect_failure(&it, "mismatch", &display);
     assert!(
         summary.contains("invalid peer certificate")
@@ -271,7 +313,7 @@ fn disable_against_a_tls_only_server_fails_naming_the_target() {
     let s = Setup::with_body(&body);
     let (code, it, all) = run_tls_job(&s, "plain");
     assert_eq!(code, 1, "{all}");
-    let display = format!("postgres@127.0.0.1:{}/app", srv.pg.port);
+    let display = format!("{ROLE}@127.0.0.1:{}/app", srv.pg.port);
     let summary = assert_connect_failure(&it, "plain", &display);
     assert!(
         summary.contains("pg_hba.conf rejects connection") && summary.contains("no encryption"),
@@ -281,9 +323,10 @@ fn disable_against_a_tls_only_server_fails_naming_the_target() {
 
 #[test]
 fn prefer_falls_back_to_plaintext_on_a_server_without_tls() {
-    // The plain TempCluster: ssl = off, TCP with trust.
+    // The plain TempCluster: ssl = off; pw_user must give its password over plaintext TCP.
     let pg = cluster_with_app_db();
-    let url = pg.url("app");
+    require_password(&pg, ROLE, PASSWORD);
+    let url = format!("postgres://{ROLE}@127.0.0.1:{}/app", pg.port);
     let body = target("preferred", &url, "prefer", None)
         + &target("required", &url, "require", None)
         + "[jobs.preferred]\n[[jobs.preferred.items]]\nname = \"tls\"\nkind = \"sql\"\ntarget = \"preferred\"\n"
@@ -299,7 +342,7 @@ fn prefer_falls_back_to_plaintext_on_a_server_without_tls() {
     let summary = assert_connect_failure(
         &it,
         "required",
-        &format!("postgres@127.0.0.1:{}/app", pg.port),
+        &format!("{ROLE}@127.0.0.1:{}/app", pg.port),
     );
     assert!(summary.contains("server does not support TLS"), "{summary}");
 }

@@ -64,7 +64,8 @@ fn runbook(config: &Path, webhook: &str, args: &[&str]) -> Command {
         .args(args)
         .env_remove("RUNBOOK_CONFIG")
         .env("TEST_WEBHOOK_URL", webhook)
-        .env("RUST_LOG", "debug")
+        .env("RUNBOOK_LOG", "debug")
+        .env_remove("RUST_LOG")
         .timeout(Duration::from_secs(120));
     c
 }
@@ -232,6 +233,8 @@ async fn webhook_url_never_appears_in_output_or_errors() {
     seen += &stdout;
     seen += &String::from_utf8_lossy(&out.stderr);
 
+    // The runs logged at debug level (RUNBOOK_LOG), libraries' lines included.
+    assert!(seen.contains("DEBUG"), "no debug log lines:\n{seen}");
     assert!(!seen.contains(TOKEN), "the webhook URL leaked:\n{seen}");
 }
 
@@ -250,13 +253,15 @@ async fn heartbeat_pings_start_then_success_or_fail() {
     let out = run(runbook(&config, &base, &["run-job", "quiet"])).await;
     assert_eq!(out.status.code(), Some(0));
     // A dry run is not a run the monitor should count; --no-notify sends nothing at all.
-    let _ = run(runbook(&config, &base, &["run-job", "quiet", "--dry-run"])).await;
-    let _ = run(runbook(
+    let out = run(runbook(&config, &base, &["run-job", "quiet", "--dry-run"])).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run(runbook(
         &config,
         &base,
         &["run-job", "quiet", "--no-notify"],
     ))
     .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let paths: Vec<String> = server
         .received_requests()
         .await

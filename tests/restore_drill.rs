@@ -240,7 +240,7 @@ fn a_scratch_name_outside_the_prefix_is_a_config_error_and_dry_run_changes_nothi
         it["data"]["command"]
             .as_str()
             .unwrap()
-            .contains("pg_restore --no-owner --no-privileges -j 2"),
+            .contains("pg_restore --no-owner --no-privileges --exit-on-error -j 2"),
         "{it:#}"
     );
     assert!(drill_databases(&c).is_empty());

@@ -3,8 +3,9 @@
 //! The program runs in its own process group. On timeout or cancellation the whole group gets
 //! SIGTERM, then SIGKILL 5 s later, so a script's children do not outlive it. After the program
 //! exits, anything it left running in its group is killed too (a leftover holding our pipes
-//! would otherwise stall the run). `NOTIFY_SOCKET` is removed from its environment so a child
-//! cannot talk to systemd in our name.
+//! would otherwise stall the run). It gets a clean environment ([`super::child_env`]): none of
+//! the daemon's variables but `PATH`, `HOME`, the locale and a few more, plus the run's
+//! `RUNBOOK_*` variables and the item's `env`. Secrets it prints are `[redacted]` in the report.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -28,9 +29,15 @@ pub struct Command {
     pub argv: Vec<String>,
     /// Working folder. Default: the config file's folder.
     pub cwd: Option<PathBuf>,
-    /// Extra environment variables.
+    /// Environment variables for the program, on top of its clean environment (`PATH`,
+    /// `HOME`, `LANG`, `LC_*`, `TZ`, `TMPDIR`, `USER`, `LOGNAME` and the `RUNBOOK_*` variables
+    /// of the run; nothing else of the daemon's). A value is a string, or a secret:
+    /// `{ env = "VAR" }` (the daemon's variable VAR) or `{ file = "PATH" }`.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, crate::secret::SecretSource>,
+    /// `env` with its values resolved by `prepare` (never printed).
+    #[serde(skip)]
+    pub resolved_env: Vec<(String, crate::secret::Secret)>,
     /// How many of the last output lines (stdout and stderr) go into the report. Default 20.
     #[serde(default = "default_output_lines")]
     pub output_lines: usize,
@@ -89,6 +96,27 @@ impl Command {
         if self.ok_codes.is_empty() {
             p.error("ok_codes", "ok_codes must list at least one exit code");
         }
+        self.resolved_env.clear();
+        for (name, source) in &self.env {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                p.error("env", format!("invalid environment variable name {name:?}"));
+                continue;
+            }
+            // A plain string is an ordinary value, not a secret: no "written inline" warning.
+            match crate::secret::Secret::resolve(source, &format!("env.{name}"), p.config_dir) {
+                Ok(value) => self.resolved_env.push((name.clone(), value)),
+                Err(m) => p.error("env", m),
+            }
+        }
+    }
+
+    /// The `env` values read from the environment or a file: secrets.
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        self.resolved_env
+            .iter()
+            .filter(|(_, v)| !v.inline)
+            .map(|(_, v)| v)
+            .collect()
     }
 
     fn command_line(&self) -> String {
@@ -120,7 +148,6 @@ impl Command {
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&self.argv[1..])
             .current_dir(&cwd)
-            .env_remove("NOTIFY_SOCKET")
             .env("RUNBOOK_JOB", &ctx.job)
             .env("RUNBOOK_RUN_ID", &ctx.run_id)
             .env("RUNBOOK_TRIGGER", ctx.trigger.as_str())
@@ -128,12 +155,21 @@ impl Command {
                 "RUNBOOK_SCHEDULED_FOR",
                 ctx.scheduled_for.as_deref().unwrap_or(""),
             )
-            .envs(&self.env)
+            .envs(self.resolved_env.iter().map(|(k, v)| (k, v.expose())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        super::child_env::clean(cmd.as_std_mut(), super::child_env::Child::Command);
+        // A daemon killed with SIGKILL cannot kill its children: the program would run on
+        // (beside the run another cluster node takes over). The kernel kills it instead.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).map_err(std::io::Error::from)
+            });
+        }
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -151,11 +187,13 @@ impl Command {
                 child.stdout.take(),
                 tail.clone(),
                 self.output_lines,
+                ctx.redactor.clone(),
             )),
             tokio::spawn(collect(
                 child.stderr.take(),
                 tail.clone(),
                 self.output_lines,
+                ctx.redactor.clone(),
             )),
         ];
 
@@ -256,6 +294,7 @@ async fn collect(
     stream: Option<impl AsyncRead + Unpin>,
     tail: Arc<Mutex<VecDeque<String>>>,
     keep: usize,
+    redactor: crate::secret::Redactor,
 ) -> u64 {
     let Some(stream) = stream else { return 0 };
     let mut lines = CappedLines::new(BufReader::new(stream), LINE_CAP);
@@ -263,7 +302,10 @@ async fn collect(
         if keep == 0 {
             continue;
         }
-        let line = String::from_utf8_lossy(bytes);
+        // Secrets are hidden before the line is shortened, so no part of one survives the cut.
+        let line = redactor
+            .redact(&String::from_utf8_lossy(bytes))
+            .into_owned();
         if let Ok(mut t) = tail.lock() {
             if t.len() == keep {
                 t.pop_front();

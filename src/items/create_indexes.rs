@@ -158,7 +158,10 @@ impl CreateIndexes {
             )
             .await
         {
-            Ok(Some(r)) => (r.get::<_, u32>(0), r.get::<_, String>(1)),
+            Ok(Some(r)) => match (pg::col::<u32>(&r, 0), pg::col::<String>(&r, 1)) {
+                (Ok(oid), Ok(schema)) => (oid, schema),
+                (Err(e), _) | (_, Err(e)) => return ("failed", format!("cannot resolve table {}: {e}", st.table)),
+            },
             Ok(None) => return ("failed", format!("table {} does not exist (search_path as for psql)", st.table)),
             Err(e) => return ("failed", format!("cannot resolve table {}: {}", st.table, pg::pg_error(&e))),
         };
@@ -298,11 +301,12 @@ async fn lookup(client: &Client, index: &str, schema: &str) -> Result<Option<Exi
         )
         .await
         .map_err(|e| format!("cannot look up index {index}: {}", pg::pg_error(&e)))?;
-    Ok(row.map(|r| Existing {
-        relkind: r.get::<_, String>(0).chars().next().unwrap_or('?'),
-        valid: r.get(1),
-        table_oid: r.get(2),
-        being_built: r.get(3),
+    let Some(r) = row else { return Ok(None) };
+    Ok(Some(Existing {
+        relkind: pg::col::<String>(&r, 0)?.chars().next().unwrap_or('?'),
+        valid: pg::col(&r, 1)?,
+        table_oid: pg::col(&r, 2)?,
+        being_built: pg::col(&r, 3)?,
     }))
 }
 

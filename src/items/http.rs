@@ -88,6 +88,16 @@ const SHOW_CHARS: usize = 400;
 const MAX_BODY: usize = crate::bounded::API_BODY_CAP;
 
 impl Http {
+    /// Header values that are secrets: those read from the environment or a file, and
+    /// credential headers (`Authorization`, ...) even when written inline.
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        self.resolved_headers
+            .iter()
+            .filter(|(name, s)| !s.inline || is_credential_header(name))
+            .map(|(_, s)| s)
+            .collect()
+    }
+
     pub fn prepare(&mut self, p: &mut Prepare) {
         check_url(p, "url", &self.url);
         if reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).is_err() {

@@ -295,6 +295,7 @@ impl LogScan {
         let mut files_data = Vec::new();
         let mut problems: Vec<String> = Vec::new();
         let mut worst = Status::Pass;
+        let mut pending = Vec::new();
 
         let (bases, missing) = self.expand(ctx);
         for m in missing {
@@ -349,19 +350,19 @@ impl LogScan {
                         "reads": reads.iter().map(|r| json!({"path": r.path, "from": r.from, "to": r.to})).collect::<Vec<_>>(),
                         "inode": new_state.0, "offset": new_state.1,
                     }));
-                    if !ctx.dry_run
-                        && let Err(e) = ctx.store.set_scan_offset(
-                            &ctx.job,
-                            &ctx.item,
-                            &key,
-                            new_state.0,
-                            new_state.1,
-                            head_fingerprint(base, new_state.1),
-                        )
-                    {
-                        worst = Status::Fail;
-                        problems.push(format!("cannot remember the offset of {key}: {e:#}"));
+                    // The new offset is stored with the report (in its transaction), not now: a
+                    // crash before the report is stored must not lose these lines for good.
+                    if !ctx.dry_run {
+                        pending.push(crate::store::ScanOffset {
+                            job: ctx.job.clone(),
+                            item: ctx.item.clone(),
+                            file: key.clone(),
+                            inode: new_state.0,
+                            offset: new_state.1,
+                            fingerprint: head_fingerprint(base, new_state.1),
+                        });
                     }
+                    crate::failpoint!("log-scan-after-read");
                 }
                 Err(e) => {
                     worst = Status::Fail;
@@ -436,7 +437,7 @@ impl LogScan {
             ));
         }
         lines.extend(details);
-        Outcome::new(worst, summary).with_details(lines).with_data(json!({
+        Outcome::new(worst, summary).with_details(lines).with_pending(pending).with_data(json!({
             "matches": count,
             "lines_cut": tally.lines_cut,
             "pattern": self.pattern,

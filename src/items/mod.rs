@@ -23,6 +23,7 @@ use crate::store::Store;
 pub mod alertmanager;
 pub mod backup;
 pub mod backup_verify;
+pub mod child_env;
 pub mod command;
 pub mod create_indexes;
 pub mod http;
@@ -30,6 +31,7 @@ pub mod key_rotation;
 pub mod log_scan;
 pub mod manual;
 pub mod prometheus;
+pub mod query_text;
 pub mod reindex;
 pub mod restore_drill;
 pub mod slow_queries;
@@ -106,6 +108,10 @@ pub struct Outcome {
     pub details: Vec<String>,
     /// Machine-readable facts for this kind (an object).
     pub data: serde_json::Value,
+    /// State to remember only together with the report that accounts for it (`log_scan`'s new
+    /// offsets): the runner writes it in the report's own transaction, so a crash before the
+    /// report is stored leaves the old state and the next run reads those lines again.
+    pub pending: Vec<crate::store::ScanOffset>,
 }
 
 impl Outcome {
@@ -115,6 +121,7 @@ impl Outcome {
             summary: summary.into(),
             details: Vec::new(),
             data: serde_json::json!({}),
+            pending: Vec::new(),
         }
     }
     pub fn pass(summary: impl Into<String>) -> Outcome {
@@ -142,6 +149,11 @@ impl Outcome {
     }
     pub fn with_data(mut self, data: serde_json::Value) -> Outcome {
         self.data = data;
+        self
+    }
+    /// State committed with the report (see [`Outcome::pending`]).
+    pub fn with_pending(mut self, pending: Vec<crate::store::ScanOffset>) -> Outcome {
+        self.pending = pending;
         self
     }
     /// Raises the status to `status` if that is worse (never lowers it).
@@ -197,6 +209,9 @@ pub struct ItemCtx {
     pub previous_started_at: Option<DateTime<Utc>>,
     /// This item's deadline (the runner enforces it too; items may use it to stop early).
     pub deadline: tokio::time::Instant,
+    /// Hides the config's secrets in what a child process printed (the runner applies it to
+    /// every outcome as well).
+    pub redactor: crate::secret::Redactor,
 }
 
 impl ItemCtx {
@@ -349,6 +364,15 @@ impl ItemSpec {
             | ItemSpec::Prometheus(_)
             | ItemSpec::TlsCert(_) => Some(std::time::Duration::from_secs(60)),
             _ => None,
+        }
+    }
+
+    /// The secrets this item hands to a request or a child process (resolved by `prepare`).
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        match self {
+            ItemSpec::Command(o) => o.secrets(),
+            ItemSpec::Http(o) => o.secrets(),
+            _ => vec![],
         }
     }
 

@@ -215,7 +215,10 @@ impl Reindex {
                 match c.query("SELECT x::text FROM unnest($1::text[]) x WHERE NOT coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(x)), false)", &[&names]).await {
                     Ok(rows) => {
                         for r in rows {
-                            failures.push(format!("{} is not valid after the rebuild (indisvalid = false)", r.get::<_, String>(0)));
+                            match pg::col::<String>(&r, 0) {
+                                Ok(name) => failures.push(format!("{name} is not valid after the rebuild (indisvalid = false)")),
+                                Err(e) => failures.push(format!("cannot verify indisvalid: {e}")),
+                            }
                         }
                     }
                     Err(e) => failures.push(format!("cannot verify indisvalid: {}", pg::pg_error(&e))),
@@ -284,11 +287,16 @@ impl Reindex {
             )
             .await
             .map_err(|e| pg::pg_error(&e))?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| self.selected(&r.get::<_, String>(2), &r.get::<_, String>(3)))
-            .map(|r| qualified(&r.get::<_, String>(0), &r.get::<_, String>(1)))
-            .collect())
+        let mut out = Vec::new();
+        for r in &rows {
+            if self.selected(&pg::col::<String>(r, 2)?, &pg::col::<String>(r, 3)?) {
+                out.push(qualified(
+                    &pg::col::<String>(r, 0)?,
+                    &pg::col::<String>(r, 1)?,
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Tables with their valid indexes, largest first; a note when `min_bloat` could not apply.
@@ -316,7 +324,10 @@ impl Reindex {
             .query(&sql, &[])
             .await
             .map_err(|e| pg::pg_error(&e))?;
-        let oids: Vec<u32> = rows.iter().map(|r| r.get(5)).collect();
+        let oids: Vec<u32> = rows
+            .iter()
+            .map(|r| pg::col(r, 5))
+            .collect::<Result<_, _>>()?;
         let sizes = pg::relation_sizes(client, &oids, false, lock_timeout).await?;
         let mut note = None;
         let mut pgstattuple = false;
@@ -335,14 +346,18 @@ impl Reindex {
         }
         let mut tables: BTreeMap<String, TableWork> = BTreeMap::new();
         for r in rows {
-            let (schema, name, tschema, tname): (String, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let (schema, name, tschema, tname): (String, String, String, String) = (
+                pg::col(&r, 0)?,
+                pg::col(&r, 1)?,
+                pg::col(&r, 2)?,
+                pg::col(&r, 3)?,
+            );
             if !self.selected(&tschema, &tname) {
                 continue;
             }
             if let (Some(min), true) = (self.min_bloat, pgstattuple) {
-                let oid: u32 = r.get(5);
-                let am: String = r.get(6);
+                let oid: u32 = pg::col(&r, 5)?;
+                let am: String = pg::col(&r, 6)?;
                 if am != "btree" {
                     continue;
                 }
@@ -354,14 +369,14 @@ impl Reindex {
                         &[&oid],
                     )
                     .await
-                    .map(|r| r.get::<_, f64>(0))
-                    .map_err(|e| pg::pg_error(&e))?;
+                    .map_err(|e| pg::pg_error(&e))
+                    .and_then(|r| pg::col::<f64>(&r, 0))?;
                 if bloat < min.0 {
                     continue;
                 }
             }
             let key = qualified(&tschema, &tname);
-            let bytes: i64 = sizes.get(&r.get::<_, u32>(5)).copied().unwrap_or(0);
+            let bytes: i64 = sizes.get(&pg::col::<u32>(&r, 5)?).copied().unwrap_or(0);
             let w = tables.entry(key.clone()).or_insert_with(|| TableWork {
                 table: key,
                 bytes: 0,
@@ -501,10 +516,13 @@ async fn drop_ccnew(client: &Client, ix: &Index) {
         .await;
     if let Ok(rows) = rows {
         for r in rows {
+            let Ok(name) = pg::col::<String>(&r, 0) else {
+                continue;
+            };
             let _ = client
                 .batch_execute(&format!(
                     "DROP INDEX CONCURRENTLY IF EXISTS {}",
-                    qualified(&ix.schema, &r.get::<_, String>(0))
+                    qualified(&ix.schema, &name)
                 ))
                 .await;
         }

@@ -9,14 +9,30 @@
 //! Invariants:
 //! - It never touches a database whose name does not start with `runbook_drill_`: the name is
 //!   checked when the config loads (`scratch_database`) and again before every CREATE and DROP.
-//!   Plain dumps are fed to psql through a filter that refuses `\connect`, `CREATE DATABASE` and
-//!   shell escapes, so a dump made with `pg_dump --create` cannot lead psql out of the scratch
-//!   database.
+//! - A backup file is untrusted input: nothing in it can run a program anywhere or touch any
+//!   database but the scratch one. Three walls, each enough on its own for what it covers:
+//!   1. the restore (pg_restore, psql) and the checks log in as a role made for this drill
+//!      (`runbook_drill_<run id>`, the scratch database's name): not a superuser, no CREATEDB,
+//!      CREATEROLE, replication or membership in any role, owning only the scratch database.
+//!      So `COPY ... PROGRAM`, `DROP DATABASE other`, `ALTER SYSTEM`, untrusted extensions
+//!      (dblink) and the like fail on the server's side, whether a plain dump's statement, a
+//!      custom dump's TOC entry or a function the restore calls asks for them. It is never a
+//!      `SET ROLE` from a stronger session (a dump could `RESET ROLE`). The role is dropped with
+//!      the scratch database.
+//!   2. psql reads a plain dump in `\restrict` mode, entered first with a random key only
+//!      runbook knows: no meta-command (`\!`, backquotes in `\set`, `\connect`, `\o |`) can
+//!      run. A psql too old for `\restrict` stops at that first line, before anything ran.
+//!   3. [`bv::PlainGuard`] reads the plain dump as psql would and refuses meta-commands,
+//!      `CREATE/ALTER/DROP DATABASE` and `COPY ... PROGRAM` wherever they are, with the line, so
+//!      the report says why. It leaves out pg_dump's own ownership and privilege lines (the
+//!      drill's role could not run them), as `pg_restore --no-owner --no-privileges` does.
 //! - The scratch database is always dropped (`DROP DATABASE ... WITH (FORCE)`): after success,
 //!   failure, timeout and cancellation (SIGTERM/SIGINT of `run-job`, daemon shutdown). A guard
 //!   drops it even if this future is dropped midway. Only `keep_on_failure` keeps it, and only
 //!   when the restore or a check failed (never after an interruption).
 //! - Passwords reach pg_restore/psql through `PGPASSWORD` in the child's environment, never argv.
+//!   The drill role's password is random, made per drill, and sent to the server only as a
+//!   SCRAM verifier.
 
 use std::time::Duration;
 
@@ -61,6 +77,16 @@ pub struct RestoreDrill {
     /// A fixed name for the scratch database (must start with `runbook_drill_`). Default:
     /// `runbook_drill_<run id>`, unique per run.
     pub scratch_database: Option<String>,
+    /// A role of yours to restore as, instead of one the drill makes (for a target user that may
+    /// not create roles). Checked before each drill: it must be able to log in and must not be a
+    /// superuser, have CREATEDB, CREATEROLE, REPLICATION or BYPASSRLS, be a member of any role,
+    /// or own a database. The scratch database is created with it as the owner.
+    pub restore_role: Option<String>,
+    /// The password of `restore_role` (a secret), when pg_hba.conf asks for one.
+    pub restore_password: Option<crate::secret::SecretSource>,
+    /// `restore_password`, resolved by `prepare`.
+    #[serde(skip)]
+    pub resolved_restore_password: Option<crate::secret::Secret>,
 }
 
 /// How long dropping the scratch database may take before we give up and report it.
@@ -102,6 +128,20 @@ impl RestoreDrill {
                     format!("check {:?}: min {min} is above max {max}", c.name),
                 );
             }
+        }
+        match (&self.restore_role, &self.restore_password) {
+            (Some(role), _) if role.is_empty() || role.starts_with(SCRATCH_PREFIX) => p.error(
+                "restore_role",
+                format!("restore_role {role:?} must be a role of yours, not empty and not starting with \"{SCRATCH_PREFIX}\" (those are the drill's own, dropped after each drill)"),
+            ),
+            (None, Some(_)) => p.error(
+                "restore_password",
+                "restore_password needs restore_role (the drill's own role gets a random password)",
+            ),
+            (Some(_), Some(source)) => {
+                self.resolved_restore_password = p.secret("restore_password", source);
+            }
+            _ => {}
         }
         let dir = p.path(&self.dir);
         if !dir.is_dir() {
@@ -198,15 +238,29 @@ impl RestoreDrill {
                 format.as_str(),
                 human_bytes(backup.size)
             ))
-            .detail(format!("CREATE DATABASE {}", quote_ident(&scratch)))
+            .detail(match &self.restore_role {
+                Some(role) => format!(
+                    "CREATE DATABASE {} OWNER {} (restore_role, checked to be no superuser and to own no other database)",
+                    quote_ident(&scratch),
+                    quote_ident(role)
+                ),
+                None => format!(
+                    "CREATE ROLE {0} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD <random>; CREATE DATABASE {0} OWNER {0}",
+                    quote_ident(&scratch)
+                ),
+            })
             .detail(format!("restore: {command_line}"));
             for c in &self.checks {
                 o.details.push(format!("check {:?}: {}", c.name, c.query));
             }
-            o.details.push(format!(
-                "DROP DATABASE {} WITH (FORCE)",
-                quote_ident(&scratch)
-            ));
+            o.details.push(if self.restore_role.is_some() {
+                format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&scratch))
+            } else {
+                format!(
+                    "DROP DATABASE {0} WITH (FORCE); DROP ROLE {0}",
+                    quote_ident(&scratch)
+                )
+            });
             data["planned"] = true.into();
             return o.with_data(data);
         }
@@ -230,7 +284,7 @@ impl RestoreDrill {
             }
         };
         match admin.query_one("SELECT pg_is_in_recovery()", &[]).await {
-            Ok(row) if row.get::<_, bool>(0) => {
+            Ok(row) if crate::pg::col::<bool>(&row, 0).unwrap_or(false) => {
                 return Outcome::fail(format!(
                     "target {} is a standby (in recovery): a drill cannot create a database there; point it at the primary or a spare server",
                     target.name
@@ -248,28 +302,67 @@ impl RestoreDrill {
             }
         }
         let mut details = Vec::new();
-        if let Ok(rows) = admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%' ORDER BY 1", &[]).await {
-            let left: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).filter(|n| *n != scratch).collect();
+        if let Ok(rows) = admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%' UNION SELECT rolname FROM pg_roles WHERE rolname LIKE 'runbook\\_drill\\_%' ORDER BY 1", &[]).await {
+            let left: Vec<String> = rows.iter().filter_map(|r| crate::pg::col::<String>(r, 0).ok()).filter(|n| *n != scratch).collect();
             if !left.is_empty() {
-                details.push(format!("scratch databases left by earlier drills (kept or interrupted): {}", left.join(", ")));
+                details.push(format!("scratch databases or roles left by earlier drills (kept or interrupted): {}", left.join(", ")));
             }
         }
 
-        let created = Instant::now();
-        if let Err(e) = admin
-            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
-            .await
-        {
-            return Outcome::fail(format!(
-                "cannot create scratch database {scratch}: {}",
-                crate::pg::pg_error(&e)
-            ))
-            .with_data(data);
-        }
+        // The role the restore runs as (made for this drill, or the configured restore_role),
+        // then the scratch database it owns.
+        let (role, password) = match &self.restore_role {
+            Some(role) => match check_restore_role(&admin, role).await {
+                Ok(()) => (role.clone(), self.resolved_restore_password.clone()),
+                Err(e) => {
+                    return Outcome::fail(format!(
+                        "restore_role {role:?} {e}: a backup file could use that; nothing was restored"
+                    ))
+                    .with_data(data);
+                }
+            },
+            None => match create_drill_role(&admin, &scratch).await {
+                Ok(p) => (scratch.clone(), Some(p)),
+                Err(e) => {
+                    return Outcome::fail(format!(
+                        "cannot create the drill's restore role {scratch}: {e}; the target's user needs CREATEROLE and CREATEDB (or to be a superuser), or set restore_role"
+                    ))
+                    .with_data(data);
+                }
+            },
+        };
+        // Dropping the scratch database also drops a role of the same name: the drill's own
+        // (a configured restore_role never has such a name).
         let mut guard = ScratchGuard {
             target: Some(target.clone()),
             name: scratch.clone(),
         };
+        let mut restorer = target.clone();
+        restorer.pg.user(&role);
+        restorer.password = password;
+        data["restore_role"] = role.clone().into();
+
+        let created = Instant::now();
+        if let Err(e) = admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} OWNER {}",
+                quote_ident(&scratch),
+                quote_ident(&role)
+            ))
+            .await
+        {
+            let mut o = Outcome::fail(format!(
+                "cannot create scratch database {scratch}: {}",
+                crate::pg::pg_error(&e)
+            ));
+            if let Err(e) = drop_scratch(&admin, &scratch).await {
+                o.details
+                    .push(format!("could not drop role {scratch}: {e}"));
+            } else {
+                guard.disarm();
+            }
+            return o.with_data(data);
+        }
         details.push(format!(
             "restoring {} ({}, {}) into {scratch} on {}",
             backup.name,
@@ -278,10 +371,13 @@ impl RestoreDrill {
             target.display
         ));
         details.push(format!("command: {command_line}"));
+        details.push(format!(
+            "restored and checked as role {role}: not a superuser, owns only the scratch database (a dump cannot run programs or reach other databases)"
+        ));
 
         let work = self.restore_and_check(
             ctx,
-            &target,
+            &restorer,
             &scratch,
             &backup.path,
             method,
@@ -313,7 +409,15 @@ impl RestoreDrill {
 
         if failed && self.keep_on_failure {
             guard.disarm();
-            outcome.details.push(format!("scratch database {scratch} kept for inspection (keep_on_failure); drop it with: DROP DATABASE {} WITH (FORCE)", quote_ident(&scratch)));
+            if self.restore_role.is_none() {
+                // The drill's role stays as the kept database's owner, but can no longer log in.
+                let _ = admin
+                    .batch_execute(&format!("ALTER ROLE {} NOLOGIN", quote_ident(&scratch)))
+                    .await;
+                outcome.details.push(format!("scratch database {scratch} kept for inspection (keep_on_failure); drop it with: DROP DATABASE {0} WITH (FORCE); DROP ROLE {0}", quote_ident(&scratch)));
+            } else {
+                outcome.details.push(format!("scratch database {scratch} kept for inspection (keep_on_failure); drop it with: DROP DATABASE {} WITH (FORCE)", quote_ident(&scratch)));
+            }
             data["scratch_dropped"] = false.into();
         } else {
             match drop_scratch(&admin, &scratch).await {
@@ -321,7 +425,7 @@ impl RestoreDrill {
                     guard.disarm();
                     outcome
                         .details
-                        .push(format!("scratch database {scratch} dropped"));
+                        .push(format!("scratch database {scratch} and its role dropped"));
                     data["scratch_dropped"] = true.into();
                 }
                 Err(e) => {
@@ -347,12 +451,12 @@ impl RestoreDrill {
     ) -> String {
         match method {
             Method::PgRestore => format!(
-                "pg_restore --no-owner --no-privileges -j {} -d {scratch} {}",
+                "pg_restore --no-owner --no-privileges --exit-on-error -j {} -d {scratch} -U {scratch} {}",
                 self.parallel,
                 path.display()
             ),
             Method::Psql => format!(
-                "{}psql -X -q -v ON_ERROR_STOP=1 -d {scratch} -f - (through runbook's plain-dump filter)",
+                "{}psql -X -q -v ON_ERROR_STOP=1 -d {scratch} -U {scratch} -f - (in \\restrict mode, through runbook's plain-dump filter)",
                 if gzip {
                     format!("gzip -dc {} | ", path.display())
                 } else {
@@ -418,12 +522,14 @@ impl RestoreDrill {
         gzip: bool,
         started: Instant,
     ) -> DrillResult {
+        let mut skipped_ownership = 0;
         let run = match method {
             Method::PgRestore => {
                 let mut cmd = tokio::process::Command::new(bv::pg_tool("pg_restore"));
                 cmd.args([
                     "--no-owner",
                     "--no-privileges",
+                    "--exit-on-error",
                     "-j",
                     &self.parallel.to_string(),
                     "-d",
@@ -447,6 +553,18 @@ impl RestoreDrill {
                 ]);
                 Self::pg_env(&mut cmd, target);
                 let (tx, rx) = tokio::sync::mpsc::channel(8);
+                // psql's first line locks out every meta-command for the rest of the input;
+                // only this key unlocks it, and nobody else ever sees it.
+                let key = match random_alnum(32) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        return DrillResult {
+                            restore_error: Some(e),
+                            ..Default::default()
+                        };
+                    }
+                };
+                let _ = tx.try_send(format!("\\restrict {key}\n").into_bytes());
                 let (p, cancel) = (path.to_path_buf(), ctx.cancel.clone());
                 let feeder =
                     tokio::task::spawn_blocking(move || bv::feed_plain(&p, gzip, tx, cancel));
@@ -459,7 +577,21 @@ impl RestoreDrill {
                             ..Default::default()
                         };
                     }
+                    Ok(Ok(n)) if n > 0 => skipped_ownership = n,
                     _ => {}
+                }
+                if run
+                    .stderr_tail
+                    .iter()
+                    .any(|l| l.contains("invalid command \\restrict"))
+                {
+                    return DrillResult {
+                        restore_error: Some(format!(
+                            "{} is too old to restore an untrusted plain dump safely: it lacks \\restrict (psql 13.22, 14.19, 15.14, 16.10, 17.6 or later); nothing was restored",
+                            bv::pg_tool("psql").display()
+                        )),
+                        ..Default::default()
+                    };
                 }
                 run
             }
@@ -471,8 +603,19 @@ impl RestoreDrill {
             } else {
                 "psql"
             };
+            let mut why = run.failure(tool);
+            if run.stderr_tail.iter().any(|l| {
+                l.contains("authentication failed")
+                    || l.contains("no pg_hba.conf entry")
+                    || l.contains("no password supplied")
+            }) {
+                why.push_str(&format!(
+                    " (the drill logs in as its own role {}: pg_hba.conf must let it log in with a password from here, e.g. a `host all all <runbook's address> scram-sha-256` line)",
+                    target.pg.get_user().unwrap_or("?")
+                ));
+            }
             let mut r = DrillResult {
-                restore_error: Some(run.failure(tool)),
+                restore_error: Some(why),
                 rto: Some(rto),
                 ..Default::default()
             };
@@ -488,6 +631,7 @@ impl RestoreDrill {
         }
         let mut r = DrillResult {
             rto: Some(rto),
+            skipped_ownership,
             ..Default::default()
         };
         if self.checks.is_empty() {
@@ -537,6 +681,12 @@ impl RestoreDrill {
             fmt_secs(rto),
             trend.text
         ));
+        if r.skipped_ownership > 0 {
+            details.push(format!(
+                "{} ownership and privilege statements of the plain dump left out (as pg_restore --no-owner --no-privileges)",
+                r.skipped_ownership
+            ));
+        }
         for c in &r.checks {
             details.push(format!(
                 "{} check {:?}: {}",
@@ -652,6 +802,8 @@ enum End {
 #[derive(Default)]
 struct DrillResult {
     restore_error: Option<String>,
+    /// Ownership and privilege statements of a plain dump left out.
+    skipped_ownership: u64,
     restore_log: Vec<String>,
     rto: Option<Duration>,
     checks: Vec<CheckResult>,
@@ -728,17 +880,138 @@ async fn run_check(client: &tokio_postgres::Client, c: &SqlCheck) -> CheckResult
     }
 }
 
-/// `DROP DATABASE IF EXISTS "runbook_drill_..." WITH (FORCE)`, refusing any other name.
+/// `DROP DATABASE IF EXISTS "runbook_drill_..." WITH (FORCE)` and then the drill's role of the
+/// same name, refusing any other name.
 async fn drop_scratch(admin: &tokio_postgres::Client, name: &str) -> Result<(), String> {
     if !is_scratch_name(name) {
         return Err(format!("refusing to drop {name:?}: not a scratch database"));
     }
-    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-    match tokio::time::timeout(DROP_TIMEOUT, admin.batch_execute(&sql)).await {
+    let drop = async {
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(name)
+            ))
+            .await?;
+        admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(name)))
+            .await
+    };
+    match tokio::time::timeout(DROP_TIMEOUT, drop).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(crate::pg::pg_error(&e)),
         Err(_) => Err(format!("timed out after {}s", DROP_TIMEOUT.as_secs())),
     }
+}
+
+/// Creates the role a drill restores as (named like the scratch database): it can log in with a
+/// random password and nothing more (no superuser, CREATEDB, CREATEROLE, replication, BYPASSRLS,
+/// no membership in any role). Returns its password. A target user that is not a superuser is
+/// made a member of it, which PostgreSQL asks of `CREATE DATABASE ... OWNER`; the reverse never.
+async fn create_drill_role(
+    admin: &tokio_postgres::Client,
+    name: &str,
+) -> Result<crate::secret::Secret, String> {
+    if !is_scratch_name(name) {
+        return Err(format!("refusing role {name:?}: not a scratch name"));
+    }
+    let password = random_alnum(32)?;
+    // Only the SCRAM verifier travels (a server logging DDL logs no password).
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    if !verifier
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+/=$:-".contains(&b))
+    {
+        return Err("unexpected characters in a SCRAM verifier".into());
+    }
+    let role = quote_ident(name);
+    let sql = format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{verifier}'"
+    );
+    admin
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| crate::pg::pg_error(&e))?;
+    let superuser = admin
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map(|r| r.try_get::<_, bool>(0).unwrap_or(false))
+        .unwrap_or(false);
+    if !superuser
+        && let Err(e) = admin
+            .batch_execute(&format!("GRANT {role} TO CURRENT_USER"))
+            .await
+    {
+        let _ = admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+            .await;
+        return Err(crate::pg::pg_error(&e));
+    }
+    Ok(crate::secret::Secret::literal(&password))
+}
+
+/// Refuses a configured `restore_role` that a dump could use to leave the scratch database:
+/// `Err` says what it has too much of.
+async fn check_restore_role(admin: &tokio_postgres::Client, role: &str) -> Result<(), String> {
+    let row = admin
+        .query_opt(
+            "SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls, r.rolcanlogin,
+                    (SELECT string_agg(g.rolname, ', ' ORDER BY g.rolname) FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid),
+                    (SELECT string_agg(d.datname, ', ' ORDER BY d.datname) FROM pg_database d WHERE d.datdba = r.oid)
+             FROM pg_roles r WHERE r.rolname = $1",
+            &[&role],
+        )
+        .await
+        .map_err(|e| crate::pg::pg_error(&e))?
+        .ok_or("does not exist")?;
+    let flag = |i: usize| row.try_get::<_, bool>(i).unwrap_or(true);
+    let mut too_much = Vec::new();
+    for (i, what) in [
+        (0, "SUPERUSER"),
+        (1, "CREATEROLE"),
+        (2, "CREATEDB"),
+        (3, "REPLICATION"),
+        (4, "BYPASSRLS"),
+    ] {
+        if flag(i) {
+            too_much.push(what.to_string());
+        }
+    }
+    if let Ok(Some(groups)) = row.try_get::<_, Option<String>>(6) {
+        too_much.push(format!("membership in {groups}"));
+    }
+    if let Ok(Some(dbs)) = row.try_get::<_, Option<String>>(7) {
+        too_much.push(format!("ownership of database {dbs}"));
+    }
+    if !too_much.is_empty() {
+        return Err(format!("has {}", too_much.join(", ")));
+    }
+    if !row.try_get::<_, bool>(5).unwrap_or(false) {
+        return Err("cannot log in (NOLOGIN)".into());
+    }
+    Ok(())
+}
+
+/// `n` random letters and digits from the kernel's generator.
+fn random_alnum(n: usize) -> Result<String, String> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut out = String::with_capacity(n);
+    let mut f = std::fs::File::open("/dev/urandom")
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    let mut b = [0u8; 1];
+    while out.len() < n {
+        f.read_exact(&mut b)
+            .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+        // 248 = 4 * 62: no bias.
+        if b[0] < 248 {
+            out.push(ALPHABET[(b[0] % 62) as usize] as char);
+        }
+    }
+    Ok(out)
 }
 
 /// Drops the scratch database when it goes out of scope armed: the backstop for paths where the

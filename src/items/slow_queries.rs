@@ -5,11 +5,17 @@
 //! `mean_time`; both are handled), and statements running longer than `max_running` right now.
 //! The item creates nothing: when the extension is missing it says so, with the fix. `top = 0`
 //! checks only the running statements (no extension needed).
+//!
+//! Query texts are reported normalised ([`super::query_text`]): literals become `$1`, `$2`...,
+//! comments go, as pg_stat_statements shows them, so an `ALTER ROLE ... PASSWORD '...'` or a
+//! customer's address in a `WHERE` never reaches a report. pg_stat_activity's texts are raw,
+//! and pg_stat_statements keeps some utility statements' literals: both are normalised. What
+//! identifies a statement stays: pid, user, application, database, state, duration, query id.
 
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ItemCtx, Outcome, Prepare, Status};
+use super::{ItemCtx, Outcome, Prepare, Status, query_text};
 use crate::pg;
 #[allow(unused_imports)]
 use crate::units::{Dur, Percent, Size};
@@ -90,7 +96,7 @@ impl SlowQueries {
                     let mut over_warn = 0;
                     let mut over_fail = 0;
                     let mut list = Vec::new();
-                    for (query, calls, mean, total) in &rows {
+                    for (query, queryid, calls, mean, total) in &rows {
                         let mark = if fail_ms.is_some_and(|f| *mean > f) {
                             over_fail += 1;
                             "FAIL "
@@ -105,7 +111,7 @@ impl SlowQueries {
                             total / 1000.0,
                             one_line(query, 160)
                         ));
-                        list.push(json!({ "query": query, "calls": calls, "mean_ms": mean, "total_ms": total }));
+                        list.push(json!({ "query": query, "query_id": queryid, "calls": calls, "mean_ms": mean, "total_ms": total }));
                     }
                     if over_fail > 0 {
                         status = Status::Fail;
@@ -124,7 +130,7 @@ impl SlowQueries {
                     if over_fail == 0 && over_warn == 0 {
                         let slowest = rows
                             .first()
-                            .map(|r| format!(" (slowest {:.1} ms mean)", r.2))
+                            .map(|r| format!(" (slowest {:.1} ms mean)", r.3))
                             .unwrap_or_default();
                         summary_parts
                             .push(format!("no statement above {}{slowest}", self.warn_mean));
@@ -166,16 +172,25 @@ impl SlowQueries {
                     summary_parts.push(format!("nothing running longer than {}", self.max_running));
                 }
                 let mut list = Vec::new();
-                for (pid, user, db, state, secs, query) in &rows {
+                for r in &rows {
+                    let app = if r.application.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.application)
+                    };
                     details.insert(
                         0,
                         format!(
-                            "pid {pid} {user}@{db} {state} for {}: {}",
-                            Dur(std::time::Duration::from_secs(*secs as u64)),
-                            one_line(query, 160)
+                            "pid {} {}@{}{app} {} for {}: {}",
+                            r.pid,
+                            r.user,
+                            r.database,
+                            r.state,
+                            Dur(std::time::Duration::from_secs(r.seconds as u64)),
+                            one_line(&r.query, 160)
                         ),
                     );
-                    list.push(json!({ "pid": pid, "user": user, "database": db, "state": state, "seconds": secs, "query": query }));
+                    list.push(json!({ "pid": r.pid, "user": r.user, "application": r.application, "database": r.database, "state": r.state, "seconds": r.seconds, "query_id": r.query_id, "query": r.query }));
                 }
                 data["long_running"] = json!(list);
             }
@@ -191,11 +206,13 @@ impl SlowQueries {
             .with_data(data)
     }
 
-    /// (query, calls, mean ms, total ms) of this database, slowest mean first.
+    /// (normalised query, query id, calls, mean ms, total ms) of this database, slowest mean
+    /// first.
+    #[allow(clippy::type_complexity)]
     async fn statements(
         &self,
         client: &tokio_postgres::Client,
-    ) -> Result<(Vec<(String, i64, f64, f64)>, Option<i64>), Missing> {
+    ) -> Result<(Vec<(String, Option<i64>, i64, f64, f64)>, Option<i64>), Missing> {
         let schema = client
             .query_opt(
                 "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'",
@@ -203,7 +220,11 @@ impl SlowQueries {
             )
             .await
             .map_err(|e| Missing(format!("cannot check for pg_stat_statements: {}", pg::pg_error(&e))))?;
-        let Some(schema) = schema.map(|r| r.get::<_, String>(0)) else {
+        let schema = schema
+            .map(|r| pg::col::<String>(&r, 0))
+            .transpose()
+            .map_err(Missing)?;
+        let Some(schema) = schema else {
             return Err(Missing(
                 "the pg_stat_statements extension is not installed in this database".into(),
             ));
@@ -217,7 +238,7 @@ impl SlowQueries {
         let view = format!("{}.pg_stat_statements", pg::quote_ident(&schema));
         let this_db = "s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
         let sql = format!(
-            "SELECT coalesce(s.query, '<insufficient privilege>'), s.calls, s.{mean}, s.{total} FROM {view} s \
+            "SELECT s.query, s.queryid, s.calls, s.{mean}, s.{total} FROM {view} s \
              WHERE {this_db} AND ($2 OR coalesce(s.query, '') !~* $3) ORDER BY s.{mean} DESC LIMIT $1"
         );
         let limit = self.top as i64;
@@ -250,42 +271,87 @@ impl SlowQueries {
                 )
                 .await
                 .map_err(read_error)?;
-            Some(row.get::<_, i64>(0))
+            Some(pg::col::<i64>(&row, 0).map_err(Missing)?)
         };
-        Ok((
-            rows.into_iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                .collect(),
-            left_out,
-        ))
+        let top = rows
+            .iter()
+            .map(|r| {
+                let query: Option<String> = pg::col(r, 0)?;
+                let query = query.map_or_else(
+                    || "<insufficient privilege>".to_string(),
+                    |q| query_text::for_report(&q),
+                );
+                Ok((
+                    query,
+                    pg::col(r, 1)?,
+                    pg::col(r, 2)?,
+                    pg::col(r, 3)?,
+                    pg::col(r, 4)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(Missing)?;
+        Ok((top, left_out))
     }
 
-    /// (pid, user, database, state, seconds, query) of client sessions busy for longer than
-    /// `max_running`: active statements by `query_start`, idle-in-transaction sessions by
-    /// `xact_start`. Our own backend and idle sessions are left out.
-    async fn running(
-        &self,
-        client: &tokio_postgres::Client,
-    ) -> Result<Vec<(i32, String, String, String, f64, String)>, String> {
+    /// Client sessions busy for longer than `max_running`: active statements by
+    /// `query_start`, idle-in-transaction sessions by `xact_start`. Our own backend and idle
+    /// sessions are left out. Query texts are normalised.
+    async fn running(&self, client: &tokio_postgres::Client) -> Result<Vec<Running>, String> {
         let secs = self.max_running.0.as_secs_f64();
+        // pg_stat_activity.query_id exists from PostgreSQL 14 (set when compute_query_id is on,
+        // or auto with pg_stat_statements loaded).
+        let query_id = if pg::server_version_num(client).await? >= 140000 {
+            "query_id"
+        } else {
+            "NULL::bigint"
+        };
         let rows = client
             .query(
-                "SELECT pid, coalesce(usename::text, ''), coalesce(datname::text, ''), state, \
+                &format!(
+                    "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(datname::text, ''), state, \
                         extract(epoch FROM now() - CASE WHEN state = 'active' THEN query_start ELSE xact_start END)::float8 AS secs, \
-                        coalesce(query, '') \
+                        {query_id}, coalesce(query, '') \
                  FROM pg_stat_activity \
                  WHERE pid <> pg_backend_pid() AND backend_type = 'client backend' AND state IS NOT NULL AND state <> 'idle' \
                    AND CASE WHEN state = 'active' THEN query_start ELSE xact_start END < now() - make_interval(secs => $1) \
-                 ORDER BY secs DESC",
+                 ORDER BY secs DESC"
+                ),
                 &[&secs],
             )
             .await
             .map_err(|e| pg::pg_error(&e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-            .collect())
+        rows.iter()
+            .map(|r| {
+                Ok(Running {
+                    pid: pg::col(r, 0)?,
+                    user: pg::col(r, 1)?,
+                    application: pg::col(r, 2)?,
+                    database: pg::col(r, 3)?,
+                    state: pg::col(r, 4)?,
+                    seconds: pg::col(r, 5)?,
+                    query_id: pg::col(r, 6)?,
+                    query: query_text::for_report(pg::col(r, 7)?),
+                })
+            })
+            .collect()
     }
+}
+
+/// One session of [`SlowQueries::running`].
+struct Running {
+    pid: i32,
+    user: String,
+    /// `application_name` (empty when the client set none).
+    application: String,
+    database: String,
+    state: String,
+    /// How long the statement (or the idle transaction) has been running.
+    seconds: f64,
+    /// pg_stat_activity's `query_id` (None before PostgreSQL 14 or when not computed).
+    query_id: Option<i64>,
+    /// The query text, normalised (never raw).
+    query: String,
 }
 
 /// The extension cannot be used; the message says why.

@@ -4,8 +4,16 @@
 //! (`free -h`, `df -h`) as one check: disk use per path from `statvfs` (the same numbers `df`
 //! shows: used = total − free, percent of what non-root users can use), memory used =
 //! 1 − MemAvailable/MemTotal from `/proc/meminfo` (MemAvailable, not MemFree: page cache is
-//! reclaimable), and the 1- and 5-minute load averages of `/proc/loadavg` divided by the cores
-//! this process may use (`available_parallelism`, which honours cgroup CPU limits).
+//! reclaimable), and the 1- and 5-minute load averages from `sysinfo(2)` (the numbers of
+//! `/proc/loadavg`) divided by the cores this process may use (`available_parallelism`, which
+//! honours cgroup CPU limits and reads only `/proc/self`).
+//!
+//! The shipped systemd unit sets `ProcSubset=pid`, which hides `/proc/meminfo`, `/proc/loadavg`
+//! and `/proc/stat`. Load never needs them. Memory, when `/proc/meminfo` is hidden, is estimated
+//! as the kernel computes MemAvailable, minus its watermarks: MemFree and MemTotal from
+//! `sysinfo(2)`, plus the file pages and reclaimable kernel memory of every NUMA node
+//! (`/sys/devices/system/node/node*/meminfo`, which the unit leaves readable). The detail line
+//! says when memory is estimated, and a number that cannot be had is a warning that says why.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -138,11 +146,10 @@ impl System {
             }
         }
 
-        let memory = match std::fs::read_to_string("/proc/meminfo")
-            .map_err(|e| e.to_string())
-            .and_then(|t| parse_meminfo(&t))
-        {
-            Ok((total, avail)) => {
+        let sysinfo = nix::sys::sysinfo::sysinfo().map_err(|e| format!("sysinfo(2) failed: {e}"));
+        let memory = match memory_use(&sysinfo, std::path::Path::new(NODE_DIR)) {
+            Ok(m) => {
+                let (total, avail) = (m.total, m.available);
                 let used_percent = if total == 0 {
                     0.0
                 } else {
@@ -150,11 +157,16 @@ impl System {
                 };
                 let status = level(used_percent, self.memory_warn.0, self.memory_fail.0);
                 raise(status, &mut worst);
-                let line = format!(
+                let mut line = format!(
                     "memory: {used_percent:.1}% used ({} available of {})",
                     human_bytes(avail),
                     human_bytes(total)
                 );
+                if let Some(why) = &m.estimated_because {
+                    line.push_str(&format!(
+                        "; estimated from sysinfo(2) and {NODE_DIR}: {why}"
+                    ));
+                }
                 if status != Status::Pass {
                     let limit = if status == Status::Fail {
                         self.memory_fail.0
@@ -166,11 +178,14 @@ impl System {
                 } else {
                     details.push(line);
                 }
-                json!({"total": total, "available": avail, "used_percent": round1(used_percent), "status": status.as_str()})
+                json!({"total": total, "available": avail, "used_percent": round1(used_percent),
+                    "source": if m.estimated_because.is_some() { "sysinfo" } else { "meminfo" },
+                    "status": status.as_str()})
             }
             Err(e) => {
                 raise(Status::Warn, &mut worst);
                 problems.push(format!("memory unknown: {e}"));
+                details.push(format!("memory unknown: {e} — {}", Status::Warn.tag()));
                 json!({"error": e, "status": "warn"})
             }
         };
@@ -178,10 +193,7 @@ impl System {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let load = match std::fs::read_to_string("/proc/loadavg")
-            .map_err(|e| e.to_string())
-            .and_then(|t| parse_loadavg(&t))
-        {
+        let load = match sysinfo.as_ref().map(|si| si.load_average()) {
             Ok((l1, l5, l15)) => {
                 // The 5-minute average: the 1-minute one swings with a single cron job.
                 let per_core = l5 / cores as f64;
@@ -211,6 +223,7 @@ impl System {
             Err(e) => {
                 raise(Status::Warn, &mut worst);
                 problems.push(format!("load unknown: {e}"));
+                details.push(format!("load unknown: {e} — {}", Status::Warn.tag()));
                 json!({"error": e, "status": "warn"})
             }
         };
@@ -282,12 +295,100 @@ fn parse_meminfo(text: &str) -> Result<(u64, u64), String> {
     Ok((total, avail))
 }
 
-fn parse_loadavg(text: &str) -> Result<(f64, f64, f64), String> {
-    let mut it = text.split_whitespace().map(|s| s.parse::<f64>());
-    match (it.next(), it.next(), it.next()) {
-        (Some(Ok(a)), Some(Ok(b)), Some(Ok(c))) => Ok((a, b, c)),
-        _ => Err(format!("cannot read /proc/loadavg: {:?}", text.trim())),
+/// Where the NUMA nodes' memory counters are (sysfs, visible under `ProcSubset=pid`).
+const NODE_DIR: &str = "/sys/devices/system/node";
+
+/// Memory in bytes.
+struct MemoryUse {
+    total: u64,
+    available: u64,
+    /// Why `/proc/meminfo` was not used (the numbers are then an estimate).
+    estimated_because: Option<String>,
+}
+
+/// MemTotal and MemAvailable from `/proc/meminfo`, or, where it is hidden, estimated from
+/// `sysinfo(2)` and the NUMA nodes' counters in `node_dir`.
+fn memory_use(
+    sysinfo: &Result<nix::sys::sysinfo::SysInfo, String>,
+    node_dir: &std::path::Path,
+) -> Result<MemoryUse, String> {
+    let hidden = match std::fs::read_to_string("/proc/meminfo") {
+        Ok(text) => {
+            let (total, available) = parse_meminfo(&text)?;
+            return Ok(MemoryUse {
+                total,
+                available,
+                estimated_because: None,
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "/proc/meminfo is hidden (systemd's ProcSubset=pid)".to_string()
+        }
+        Err(e) => format!("cannot read /proc/meminfo: {e}"),
+    };
+    let si = sysinfo.as_ref().map_err(|e| format!("{hidden}, and {e}"))?;
+    let (total, free) = (si.ram_total(), si.ram_unused());
+    let reclaimable = node_reclaimable(node_dir).map_err(|e| {
+        format!(
+            "{hidden}, and the page cache is unknown ({e}): {} free of {} (sysinfo(2)) \
+             leaves out reclaimable memory",
+            human_bytes(free),
+            human_bytes(total)
+        )
+    })?;
+    Ok(MemoryUse {
+        total,
+        available: (free + reclaimable).min(total),
+        estimated_because: Some(hidden),
+    })
+}
+
+/// Reclaimable memory of all NUMA nodes in bytes: file pages (active and inactive) and
+/// reclaimable kernel memory, the parts of MemAvailable besides MemFree.
+fn node_reclaimable(node_dir: &std::path::Path) -> Result<u64, String> {
+    let entries =
+        std::fs::read_dir(node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
+    let mut sum = 0;
+    let mut nodes = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(n) = name.to_str().and_then(|n| n.strip_prefix("node")) else {
+            continue;
+        };
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let path = entry.path().join("meminfo");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        sum += parse_node_meminfo(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        nodes += 1;
     }
+    if nodes == 0 {
+        return Err(format!("{} lists no node", node_dir.display()));
+    }
+    Ok(sum)
+}
+
+/// Active(file) + Inactive(file) + KReclaimable (SReclaimable on kernels before 4.20) of one
+/// node's `meminfo` ("Node 0 Active(file):  6664860 kB"), in bytes.
+fn parse_node_meminfo(text: &str) -> Result<u64, String> {
+    let field = |name: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            // "Node <n> <field>: <value> kB"
+            let rest = l.strip_prefix("Node ")?;
+            let (_, rest) = rest.split_once(' ')?;
+            let rest = rest.trim_start().strip_prefix(name)?.strip_prefix(':')?;
+            let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kb * 1024)
+        })
+    };
+    let active = field("Active(file)").ok_or("no Active(file)")?;
+    let inactive = field("Inactive(file)").ok_or("no Inactive(file)")?;
+    let slab = field("KReclaimable")
+        .or_else(|| field("SReclaimable"))
+        .ok_or("no KReclaimable or SReclaimable")?;
+    Ok(active + inactive + slab)
 }
 
 /// `fail` over `fail`, `warn` over `warn`. "Over" is strict, except that a threshold of 0%
@@ -333,14 +434,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meminfo_and_loadavg_parse() {
+    fn meminfo_parses() {
         let m = "MemTotal:       16318420 kB\nMemFree:          512000 kB\nMemAvailable:    8159210 kB\n";
         assert_eq!(parse_meminfo(m), Ok((16318420 * 1024, 8159210 * 1024)));
-        assert_eq!(
-            parse_loadavg("0.52 1.10 0.90 2/345 12345\n"),
-            Ok((0.52, 1.10, 0.90))
-        );
         assert!(parse_meminfo("MemTotal: 1 kB\n").is_err());
+    }
+
+    #[test]
+    fn node_meminfo_counts_file_pages_and_reclaimable_slab() {
+        let node = "Node 0 MemTotal:       24683792 kB\nNode 0 MemFree:          221688 kB\n\
+                    Node 0 Active(file):    6664860 kB\nNode 0 Inactive(file): 16124844 kB\n\
+                    Node 0 KReclaimable:     780132 kB\nNode 0 SReclaimable:     780000 kB\n";
+        assert_eq!(
+            parse_node_meminfo(node),
+            Ok((6664860 + 16124844 + 780132) * 1024)
+        );
+        let old =
+            "Node 1 Active(file): 10 kB\nNode 1 Inactive(file): 20 kB\nNode 1 SReclaimable: 5 kB\n";
+        assert_eq!(parse_node_meminfo(old), Ok(35 * 1024));
+        assert!(parse_node_meminfo("Node 0 MemFree: 1 kB\n").is_err());
     }
 
     #[test]

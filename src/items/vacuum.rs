@@ -178,7 +178,7 @@ impl Vacuum {
             .map_err(|e| pg::pg_error(&e))?;
         // Before PostgreSQL 13 there is no such setting: nothing to do.
         let Some(row) = row else { return Ok(None) };
-        let (setting, source): (i32, String) = (row.get(0), row.get(1));
+        let (setting, source): (i32, String) = (crate::pg::col(&row, 0)?, crate::pg::col(&row, 1)?);
         // 0 is the built-in value where the platform cannot read ahead (no posix_fadvise).
         let raise = source == "default" && setting > 0 && (setting as u32) < DEFAULT_IO_CONCURRENCY;
         Ok(raise.then(|| {
@@ -477,28 +477,28 @@ impl Vacuum {
         // Each planned relation's partition root (0: not a partition).
         let mut roots = std::collections::HashMap::new();
         for r in rows {
-            let schema: String = r.get(1);
-            let name: String = r.get(2);
+            let schema: String = crate::pg::col(&r, 1)?;
+            let name: String = crate::pg::col(&r, 2)?;
             if !self.selected(&schema, &name) {
                 continue;
             }
-            let partitioned: bool = r.get(18);
-            let root: u32 = r.get(19);
-            roots.insert(r.get::<_, u32>(0), root);
-            let dead: i64 = r.get(4);
-            let modified: i64 = r.get(5);
-            let inserted: i64 = r.get(6);
-            let tuples: f64 = r.get::<_, f64>(7).max(0.0);
-            let never_analyzed: bool = r.get(8);
-            let xid_age: i64 = r.get(9);
+            let partitioned: bool = crate::pg::col(&r, 18)?;
+            let root: u32 = crate::pg::col(&r, 19)?;
+            roots.insert(crate::pg::col::<u32>(&r, 0)?, root);
+            let dead: i64 = crate::pg::col(&r, 4)?;
+            let modified: i64 = crate::pg::col(&r, 5)?;
+            let inserted: i64 = crate::pg::col(&r, 6)?;
+            let tuples: f64 = crate::pg::col::<f64>(&r, 7)?.max(0.0);
+            let never_analyzed: bool = crate::pg::col(&r, 8)?;
+            let xid_age: i64 = crate::pg::col(&r, 9)?;
             let (vt, vs, at, as_, it, is, freeze): (f64, f64, f64, f64, f64, f64, f64) = (
-                r.get(10),
-                r.get(11),
-                r.get(12),
-                r.get(13),
-                r.get(14),
-                r.get(15),
-                r.get(16),
+                crate::pg::col(&r, 10)?,
+                crate::pg::col(&r, 11)?,
+                crate::pg::col(&r, 12)?,
+                crate::pg::col(&r, 13)?,
+                crate::pg::col(&r, 14)?,
+                crate::pg::col(&r, 15)?,
+                crate::pg::col(&r, 16)?,
             );
             let mut reasons = Vec::new();
             let mut analyze_only = false;
@@ -535,16 +535,16 @@ impl Vacuum {
                     analyze_only = true;
                     reasons.push("ANALYZE only (below the vacuum thresholds)".to_string());
                 }
-                let own: String = r.get(17);
+                let own: String = crate::pg::col(&r, 17)?;
                 if !own.is_empty() {
                     reasons.push(format!("with the table's own {own}"));
                 }
             }
             tables.push(Table {
-                oid: r.get(0),
+                oid: crate::pg::col(&r, 0)?,
                 schema,
                 name,
-                bytes: r.get(3),
+                bytes: crate::pg::col(&r, 3)?,
                 dead_before: dead,
                 reasons,
                 analyze_only: analyze_only || partitioned,
@@ -784,7 +784,12 @@ impl Vacuum {
                 .await
         {
             for r in rows {
-                dead_after.insert(r.get::<_, u32>(0), r.get::<_, i64>(1));
+                // A row with an unexpected NULL is left out (the "after" count is informative).
+                if let (Ok(oid), Ok(dead)) =
+                    (crate::pg::col::<u32>(&r, 0), crate::pg::col::<i64>(&r, 1))
+                {
+                    dead_after.insert(oid, dead);
+                }
             }
         }
         let (mut done, mut skipped, mut failed, mut analyzed_only) = (0, 0, 0, 0);

@@ -1,9 +1,10 @@
 //! Delivery of reports: `file`, `email`, `slack`, `heartbeat`.
 //!
-//! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): after
-//! the runner has stored the report, [`dispatch`] records one outbox row per (run, channel),
-//! claims it, and tries to deliver it (all channels at once, each under
-//! [`DELIVERY_TIMEOUT`]). A delivery that fails stays in the outbox and is retried later with
+//! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): the
+//! runner stores the report and one outbox row per (run, channel) in one transaction
+//! ([`channels_for`]); then [`dispatch`] claims each row and tries to deliver it (all channels
+//! at once, each under [`DELIVERY_TIMEOUT`]). A process that dies in between leaves the rows
+//! `pending`: the daemon (at start and every 30 s) or `outbox --flush` delivers them. A delivery that fails stays in the outbox and is retried later with
 //! backoff ([`outbox::flush`]: the daemon, `outbox --flush`). The row keyed by (run, channel)
 //! is the idempotency record: a sender must claim it first (see [`outbox`]), so a report is
 //! never delivered twice for one run and channel. Delivery never changes a run's exit code.
@@ -77,6 +78,16 @@ impl NotifierConfig {
             NotifierConfig::File(c) => c.on,
             // A heartbeat must be pinged after every run: an outside monitor relies on it.
             NotifierConfig::Heartbeat(_) => On::Always,
+        }
+    }
+
+    /// The secrets this channel was given (for the report redactor).
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        match self {
+            NotifierConfig::Email(c) => c.password_resolved.iter().collect(),
+            NotifierConfig::Slack(c) => c.webhook_resolved.iter().collect(),
+            NotifierConfig::File(_) => vec![],
+            NotifierConfig::Heartbeat(c) => c.url_resolved.iter().collect(),
         }
     }
 
@@ -315,6 +326,31 @@ pub async fn run_started(config: &crate::config::Config, job: &crate::config::Jo
     while pings.join_next().await.is_some() {}
 }
 
+/// Whether `notifier` gets `report`: the channel's `on` wants its status, and a dry run never
+/// pings a heartbeat (it is not a run the outside monitor should count).
+fn wants(notifier: &NotifierConfig, report: &Report) -> bool {
+    !(report.dry_run && notifier.kind() == "heartbeat") && notifier.on().wants(report.status)
+}
+
+/// The channels of `job` that `report` goes to: the outbox rows the runner writes in the same
+/// transaction as the report.
+pub fn channels_for(
+    config: &crate::config::Config,
+    job: &crate::config::Job,
+    report: &Report,
+) -> Vec<String> {
+    job.notify
+        .iter()
+        .filter(|name| {
+            config
+                .notifiers
+                .get(*name)
+                .is_some_and(|n| wants(n, report))
+        })
+        .cloned()
+        .collect()
+}
+
 /// Delivers a finished, stored report to the job's channels, through the outbox, and records
 /// the outcome in the report's `notifications` (and in the store). Channels are delivered
 /// concurrently, so a slow one does not hold up the others.
@@ -336,17 +372,14 @@ pub async fn dispatch(
             status: "skipped".into(),
             error: None,
         };
-        if report.dry_run && notifier.kind() == "heartbeat" {
-            // A dry run is not a run the outside monitor should count.
-            statuses.push(Some(skipped));
-            continue;
-        }
-        if !notifier.on().wants(report.status) {
+        if !wants(notifier, report) {
             statuses.push(Some(skipped));
             continue;
         }
         let slot = statuses.len();
         statuses.push(None);
+        // The runner wrote the row with the report; enqueueing again is a no-op then, and
+        // queues the delivery when the report could not be stored.
         let claim = store
             .outbox_enqueue(&report.run_id, name)
             .and_then(|()| store.outbox_claim(&report.run_id, name, outbox::CLAIM_LEASE));
@@ -412,37 +445,48 @@ pub async fn dispatch(
 
 pub mod outbox;
 
+/// The outcome of `notify-test` for one notifier.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelTest {
+    /// The notifier's name (`[notify.NAME]`).
+    pub channel: String,
+    /// Its type: `email`, `slack`, `file`, ...
+    pub kind: &'static str,
+    /// `delivered` or `failed`.
+    pub status: &'static str,
+    /// Why it failed (never a secret), or None.
+    pub error: Option<String>,
+}
+
 /// `notify-test [CHANNEL]`: sends a small test report through each (or one) channel, at once,
-/// and says for each what failed. Not queued: the point is to see the failure now.
+/// and says for each what failed, in the order of the config. Not queued: the point is to see
+/// the failure now. `Err` is a usage mistake (unknown channel, no notifiers), with its message.
 pub async fn notify_test(
     config: &crate::config::Config,
     channel: Option<&str>,
-) -> std::process::ExitCode {
-    use std::process::ExitCode;
+) -> Result<Vec<ChannelTest>, String> {
     let names: Vec<&String> = match channel {
         Some(c) => match config.notifiers.get_key_value(c) {
             Some((k, _)) => vec![k],
             None => {
                 let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-                eprintln!(
-                    "runbook: unknown notifier {c:?} (defined: {})",
+                return Err(format!(
+                    "unknown notifier {c:?} (defined: {})",
                     if known.is_empty() {
                         "none".into()
                     } else {
                         known.join(", ")
                     }
-                );
-                return ExitCode::from(crate::cli::EXIT_USAGE);
+                ));
             }
         },
         None => config.notifiers.keys().collect(),
     };
     if names.is_empty() {
-        eprintln!(
-            "runbook: no notifiers are configured in {}",
+        return Err(format!(
+            "no notifiers are configured in {}",
             config.path.display()
-        );
-        return ExitCode::from(crate::cli::EXIT_USAGE);
+        ));
     }
     let report = std::sync::Arc::new(test_report(config));
     let mut tests = JoinSet::new();
@@ -457,18 +501,20 @@ pub async fn notify_test(
             results[i] = Some(r);
         }
     }
-    let mut ok = true;
-    for (name, r) in names.iter().zip(results) {
-        let n = &config.notifiers[*name];
-        match r.unwrap_or_else(|| Err("internal error: the test task failed".into())) {
-            Ok(()) => println!("{name} ({}): delivered", n.kind()),
-            Err(e) => {
-                ok = false;
-                println!("{name} ({}): FAILED: {e}", n.kind());
+    Ok(names
+        .iter()
+        .zip(results)
+        .map(|(name, r)| {
+            let kind = config.notifiers[*name].kind();
+            let r = r.unwrap_or_else(|| Err("internal error: the test task failed".into()));
+            ChannelTest {
+                channel: (*name).clone(),
+                kind,
+                status: if r.is_ok() { "delivered" } else { "failed" },
+                error: r.err(),
             }
-        }
-    }
-    ExitCode::from(if ok { 0 } else { 1 })
+        })
+        .collect())
 }
 
 /// The report sent by `notify-test`.

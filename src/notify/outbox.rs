@@ -7,8 +7,10 @@
 //! processes flushing at once (the daemon and a manual `outbox --flush`) exactly one wins the
 //! claim and the other skips the row. The winner marks the row `sent` or, after a failure,
 //! `pending` again with the time of the next attempt. A sender that dies mid-delivery leaves a
-//! `sending` row whose lease expires after [`CLAIM_LEASE`]; it is then retried. That is the one
-//! case where a message may arrive twice (the server accepted it, the process died before
+//! `sending` row; the claim records who holds it (a [`crate::store::Holder`]: boot id, pid,
+//! process start time), so the next flush sees the claimer is gone and takes the row over at
+//! once. Rows whose claimer is not recorded (written by an older version) wait for the lease,
+//! [`CLAIM_LEASE`], to expire. A takeover is the one case where a message may arrive twice (the server accepted it, the process died before
 //! recording it): we prefer that to losing a report.
 
 use std::time::Duration;
@@ -89,9 +91,46 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// whose next attempt time has come; without (`outbox --flush`) all of them, now.
 pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Result<FlushResult> {
     let mut result = FlushResult::default();
+    let busy = flush_pass(config, store, due_only, None, &mut result).await?;
+    if due_only {
+        result.busy = busy.len();
+        return Ok(result);
+    }
+    // An operator's flush should end with an answer: wait for the other sender to finish; if
+    // it dies meanwhile, deliver its rows ourselves.
+    if !busy.is_empty() {
+        tracing::info!(
+            "waiting for {} notification(s) being sent by another process",
+            busy.len()
+        );
+    }
+    let orphans = wait_for_others(store, busy, &mut result).await?;
+    if !orphans.is_empty() {
+        let busy = flush_pass(config, store, false, Some(&orphans), &mut result).await?;
+        result.busy += busy.len();
+    }
+    Ok(result)
+}
+
+/// One pass over the outbox (or over the rows in `only`); returns the rows another live
+/// process is delivering.
+async fn flush_pass(
+    config: &Config,
+    store: &Store,
+    due_only: bool,
+    only: Option<&[(String, String)]>,
+    result: &mut FlushResult,
+) -> anyhow::Result<Vec<(String, String)>> {
     let now = Utc::now();
     let mut busy = Vec::new();
     for entry in store.outbox(None)? {
+        if let Some(only) = only
+            && !only
+                .iter()
+                .any(|(r, c)| *r == entry.run_id && *c == entry.channel)
+        {
+            continue;
+        }
         let in_flight = match entry.state.as_str() {
             "pending" => false,
             "sending" => true,
@@ -103,9 +142,20 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
                 .as_deref()
                 .and_then(parse_time)
                 .is_some_and(|t| t > now);
+        // The claim of a sender that died (kill -9, a crash, a reboot) is taken over now rather
+        // than when its lease ends.
+        let mut dead_claim = None;
         if lease_active {
-            busy.push((entry.run_id.clone(), entry.channel.clone()));
-            continue;
+            match &entry.claimed_by {
+                Some(h) if !h.alive(None) => {
+                    tracing::warn!(run_id = %entry.run_id, channel = %entry.channel, "taking over a delivery claimed by {}, which is gone", h.describe());
+                    dead_claim = entry.next_attempt_at.clone();
+                }
+                _ => {
+                    busy.push((entry.run_id.clone(), entry.channel.clone()));
+                    continue;
+                }
+            }
         }
         let notifier = config.notifiers.get(&entry.channel);
         let mut max_age = config.runbook.outbox_max_age.0;
@@ -145,6 +195,7 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
         }
         if due_only
             && !in_flight
+            && dead_claim.is_none()
             && entry
                 .next_attempt_at
                 .as_deref()
@@ -154,7 +205,13 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
             result.not_due += 1;
             continue;
         }
-        let Some(claim) = store.outbox_claim(&entry.run_id, &entry.channel, CLAIM_LEASE)? else {
+        let claimed = match &dead_claim {
+            Some(token) => {
+                store.outbox_take_over(&entry.run_id, &entry.channel, CLAIM_LEASE, token)?
+            }
+            None => store.outbox_claim(&entry.run_id, &entry.channel, CLAIM_LEASE)?,
+        };
+        let Some(claim) = claimed else {
             // Another process claimed it between our listing and now.
             busy.push((entry.run_id.clone(), entry.channel.clone()));
             continue;
@@ -202,22 +259,18 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
             }
         }
     }
-    if !due_only {
-        // An operator's flush should end with an answer: wait for the other sender to finish.
-        wait_for_others(store, busy, &mut result).await?;
-    } else {
-        result.busy = busy.len();
-    }
-    Ok(result)
+    Ok(busy)
 }
 
 /// Waits (at most one delivery timeout) for rows claimed by another process to leave
-/// `sending`, then counts them as delivered elsewhere, failed, or still busy.
+/// `sending`, then counts them as delivered elsewhere, failed, or still busy. Returns the rows
+/// whose claimer died while we waited (to be delivered by us).
 async fn wait_for_others(
     store: &Store,
     mut busy: Vec<(String, String)>,
     result: &mut FlushResult,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut orphans = Vec::new();
     let deadline = tokio::time::Instant::now() + super::DELIVERY_TIMEOUT + Duration::from_secs(5);
     while !busy.is_empty() {
         let rows = store.outbox(None)?;
@@ -228,6 +281,12 @@ async fn wait_for_others(
                 .find(|e| e.run_id == run_id && e.channel == channel)
             {
                 None => result.delivered_elsewhere += 1,
+                Some(e)
+                    if e.state == "sending"
+                        && e.claimed_by.as_ref().is_some_and(|h| !h.alive(None)) =>
+                {
+                    orphans.push((run_id, channel))
+                }
                 Some(e) if e.state == "sending" => still.push((run_id, channel)),
                 Some(_) => result.failed += 1,
             }
@@ -239,7 +298,7 @@ async fn wait_for_others(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     result.busy = busy.len();
-    Ok(())
+    Ok(orphans)
 }
 
 /// Updates the stored report's `notifications` line of a channel. Best effort: the outbox row

@@ -1,6 +1,10 @@
 //! The HTML report (e-mail, archive, status page): table layout and inline styles only, no
 //! scripts, no remote images, so every mail client shows it the same. Worst items first; times
 //! in the job's zone. askama escapes every value.
+//!
+//! `templates/report.html` extends `templates/layout.html` (banner, count tiles, footer) and
+//! uses the chips of `templates/ui.html`; the daemon's status page (`server::status`) is built
+//! from the same pieces, with [`Tile`] and [`colors`] from here, so both look alike.
 
 use askama::Template;
 
@@ -26,12 +30,33 @@ struct Group<'a> {
     compact: bool,
 }
 
-/// One of the count tiles under the banner.
-struct Tile {
-    count: usize,
-    label: &'static str,
-    color: &'static str,
-    bg: &'static str,
+/// One of the count tiles under the banner (`ui::tile` in templates/ui.html).
+pub struct Tile {
+    pub count: usize,
+    pub label: &'static str,
+    pub color: &'static str,
+    pub bg: &'static str,
+}
+
+impl Tile {
+    /// A tile counting things of status `s`: in the status's colours, grey when the count is 0.
+    pub fn new(count: usize, label: &'static str, s: Status) -> Tile {
+        let (color, bg) = if count > 0 {
+            colors(s)
+        } else {
+            ("#98a2b3", "#f9fafb")
+        };
+        Tile {
+            count,
+            label,
+            color,
+            bg: if s == Status::Pass && count > 0 {
+                "#ecfdf3"
+            } else {
+                bg
+            },
+        }
+    }
 }
 
 #[derive(Template)]
@@ -50,7 +75,8 @@ struct Page<'a> {
     scheduled: String,
 }
 
-fn colors(s: Status) -> (&'static str, &'static str) {
+/// The (text, background) colours of a status.
+pub fn colors(s: Status) -> (&'static str, &'static str) {
     match s {
         Status::Fail => ("#b42318", "#fef3f2"),
         Status::Warn => ("#b54708", "#fffaeb"),
@@ -169,23 +195,7 @@ pub fn render(r: &Report) -> String {
         });
     }
     let c = &r.counts;
-    let tile = |count: usize, label: &'static str, s: Status| {
-        let (color, bg) = if count > 0 {
-            colors(s)
-        } else {
-            ("#98a2b3", "#f9fafb")
-        };
-        Tile {
-            count,
-            label,
-            color,
-            bg: if s == Status::Pass && count > 0 {
-                "#ecfdf3"
-            } else {
-                bg
-            },
-        }
-    };
+    let tile = Tile::new;
     let mut tiles = vec![
         tile(c.fail, "failed", Status::Fail),
         tile(c.warn, "warnings", Status::Warn),

@@ -174,3 +174,57 @@ pub fn wait_for(pg: &TempCluster, sql: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Makes `role` (a superuser) log in over TCP only with `password`, by scram-sha-256: a
+/// `host` line for it goes first in pg_hba.conf (the other roles keep `trust`, so the
+/// tests' psql still works), then the server reloads. Returns once a connection without the
+/// password is refused and one with it accepted: a target that reaches this server as `role`
+/// proves runbook sent the password.
+pub fn require_password(pg: &TempCluster, role: &str, password: &str) {
+    pg.psql(
+        "postgres",
+        &format!(
+            "SET password_encryption = 'scram-sha-256'; CREATE ROLE \"{role}\" LOGIN SUPERUSER PASSWORD :'pw'"
+        ),
+        &[("pw", password)],
+    )
+    .expect("create the password role");
+    let hba = pg.data.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let first_host = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("host"))
+        .unwrap_or(lines.len());
+    for (i, cidr) in ["127.0.0.1/32", "::1/128"].iter().enumerate() {
+        lines.insert(
+            first_host + i,
+            format!("host all \"{role}\" {cidr} scram-sha-256"),
+        );
+    }
+    std::fs::write(&hba, lines.join("\n") + "\n").expect("write pg_hba.conf");
+    pg.psql("postgres", "SELECT pg_reload_conf()", &[])
+        .expect("reload");
+    let login = |pw: Option<&str>| {
+        let mut cmd = StdCommand::new(pg.tool("psql"));
+        cmd.arg(format!(
+            "host=127.0.0.1 port={} user={role} dbname=postgres sslmode=disable",
+            pg.port
+        ))
+        .args(["-X", "-w", "-At", "-c", "SELECT 1"])
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/dev/null");
+        if let Some(pw) = pw {
+            cmd.env("PGPASSWORD", pw);
+        }
+        cmd.output().expect("psql").status.success()
+    };
+    let start = Instant::now();
+    while login(None) || !login(Some(password)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not start asking {role} for a password"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

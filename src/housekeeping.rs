@@ -1,0 +1,285 @@
+//! The daemon's housekeeping: retention (`[runbook] keep_runs`, default 400d).
+//!
+//! Left alone, a daemon that runs for years keeps every report in `state.db` and every file a
+//! `file` notifier wrote. Once at start and then daily, [`prune`] deletes what is older than
+//! `keep_runs`: stored runs (with their delivered outbox rows, old slot records and stale
+//! `log_scan` positions, see [`Store::prune`]) and, in each `file` notifier's folder, the reports
+//! it wrote (recognised by their names, [`crate::notify::file::written_at`]). It logs what it
+//! did at info, so the journal says when and what went.
+//!
+//! Deliberately not deleted: a run whose notifications are still pending (the outbox would lose
+//! its report), the newest run of each job, files in those folders that runbook did not write.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::notify::NotifierConfig;
+use crate::store::{Pruned, Store};
+
+/// How often the daemon prunes (and once at start).
+pub const INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// What one housekeeping pass did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Runs started before this were candidates.
+    pub cutoff: DateTime<Utc>,
+    pub store: Pruned,
+    /// Files deleted per `file` notifier folder, in config order.
+    pub files: Vec<(PathBuf, usize)>,
+    /// Folders that could not be pruned, with why.
+    pub errors: Vec<String>,
+}
+
+/// One pass: prunes the store and the `file` notifiers' folders of what is older than
+/// `keep_runs` before `now`, and logs it.
+pub fn prune(config: &Config, store: &Store, now: DateTime<Utc>) -> anyhow::Result<Summary> {
+    let keep = config.runbook.keep_runs;
+    let cutoff = now - chrono::Duration::from_std(keep.0).unwrap_or(chrono::Duration::days(400));
+    let pruned = store.prune(&cutoff)?;
+    let mut summary = Summary {
+        cutoff,
+        store: pruned,
+        ..Default::default()
+    };
+    let mut dirs: Vec<&PathBuf> = config
+        .notifiers
+        .values()
+        .filter_map(|n| match n {
+            NotifierConfig::File(f) => Some(&f.dir),
+            _ => None,
+        })
+        .collect();
+    dirs.dedup();
+    for dir in dirs {
+        match crate::notify::file::prune(dir, &cutoff) {
+            Ok(n) => summary.files.push((dir.clone(), n)),
+            Err(e) => summary
+                .errors
+                .push(format!("cannot prune {}: {e}", dir.display())),
+        }
+    }
+    let files: Vec<String> = summary
+        .files
+        .iter()
+        .map(|(d, n)| format!(", {n} file{} in {}", plural(*n), d.display()))
+        .collect();
+    tracing::info!(
+        runs = summary.store.runs,
+        files = summary.files.iter().map(|(_, n)| n).sum::<usize>(),
+        "housekeeping: pruned {} run{} older than {keep} (started before {}){}{}",
+        summary.store.runs,
+        plural(summary.store.runs),
+        cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        files.concat(),
+        if summary.store.kept_pending > 0 {
+            format!(
+                "; kept {} older run{} whose notifications are still pending",
+                summary.store.kept_pending,
+                plural(summary.store.kept_pending)
+            )
+        } else {
+            String::new()
+        }
+    );
+    for e in &summary.errors {
+        tracing::warn!("housekeeping: {e}");
+    }
+    Ok(summary)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The daemon's housekeeping task: a pass at start, then every [`INTERVAL`], with the config
+/// in force at the time, until `stop`.
+pub async fn run(config: watch::Receiver<Arc<Config>>, store: Store, stop: CancellationToken) {
+    loop {
+        let current = config.borrow().clone();
+        let s = store.clone();
+        let pass = tokio::task::spawn_blocking(move || prune(&current, &s, Utc::now())).await;
+        match pass {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("housekeeping: {e:#}"),
+            Err(e) => tracing::error!("housekeeping: the task failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(INTERVAL) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A real store and folder; runs inserted with backdated start times (no sleeping).
+    struct Fixture {
+        dir: tempfile::TempDir,
+        config: Config,
+        store: Store,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[runbook]\nstate_dir = {:?}\nkeep_runs = \"30d\"\n\n[notify.archive]\ntype = \"file\"\ndir = \"sent\"\n",
+            dir.path().join("state").display().to_string()
+        );
+        let config = Config::from_text(&dir.path().join("jobs.toml"), &text).unwrap();
+        let store = Store::open(&config.state_dir, "test").unwrap();
+        Fixture { dir, config, store }
+    }
+
+    impl Fixture {
+        /// A finished run of `job` that started `days_ago` days before `now`.
+        fn run(&self, job: &str, days_ago: i64, now: DateTime<Utc>) -> String {
+            let mut report = crate::notify::test_report(&self.config);
+            report.run_id = ulid::Ulid::new().to_string();
+            report.job = job.into();
+            let started = now - chrono::Duration::days(days_ago);
+            report.started_at = started.fixed_offset();
+            report.finished_at = report.started_at;
+            self.store
+                .insert_run(&report.run_id, job, "schedule", None, &started)
+                .unwrap();
+            self.store.finish_run(&report, &[], &[]).unwrap();
+            report.run_id
+        }
+
+        fn run_ids(&self) -> Vec<String> {
+            self.store
+                .history(None, 1000)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.run_id)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn old_runs_go_unless_pending_or_the_newest_of_their_job() {
+        let f = fixture();
+        let now = Utc::now();
+        let old = f.run("daily", 40, now);
+        let old_delivered = f.run("daily", 39, now);
+        f.store.outbox_enqueue(&old_delivered, "archive").unwrap();
+        let claim = f
+            .store
+            .outbox_claim(&old_delivered, "archive", Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        assert!(
+            f.store
+                .outbox_mark_sent(&old_delivered, "archive", &claim)
+                .unwrap()
+        );
+        let old_pending = f.run("daily", 38, now);
+        f.store.outbox_enqueue(&old_pending, "archive").unwrap();
+        let recent = f.run("daily", 2, now);
+        // A monthly job whose only run is older than keep_runs keeps it: it is its latest.
+        let only_monthly = f.run("monthly", 45, now);
+        let slot = |days: i64| now - chrono::Duration::days(days);
+        for d in [40, 39, 2] {
+            f.store
+                .record_slot("daily", &slot(d), "done", None)
+                .unwrap();
+        }
+        f.store
+            .record_slot("monthly", &slot(45), "done", None)
+            .unwrap();
+
+        let s = prune(&f.config, &f.store, now).unwrap();
+        assert_eq!(s.store.runs, 2, "{s:?}");
+        assert_eq!(s.store.outbox, 1, "the delivered row went with its run");
+        assert_eq!(s.store.kept_pending, 1);
+        assert_eq!(s.store.slots, 2, "old slots, but each job's newest stays");
+        let left = f.run_ids();
+        assert!(
+            !left.contains(&old) && !left.contains(&old_delivered),
+            "{left:?}"
+        );
+        for kept in [&old_pending, &recent, &only_monthly] {
+            assert!(left.contains(kept), "{kept} should stay: {left:?}");
+        }
+        assert_eq!(
+            f.store.outbox(None).unwrap().len(),
+            1,
+            "the pending entry stays"
+        );
+        assert_eq!(
+            f.store.last_slot("monthly").unwrap(),
+            Some(slot(45)).map(|t| t.with_nanosecond_zero())
+        );
+
+        // A second pass finds nothing more.
+        let s = prune(&f.config, &f.store, now).unwrap();
+        assert_eq!((s.store.runs, s.store.slots), (0, 0));
+    }
+
+    #[test]
+    fn the_file_notifiers_old_reports_go_and_other_files_stay() {
+        let f = fixture();
+        let now = Utc::now();
+        let sent = f.dir.path().join("sent");
+        std::fs::create_dir_all(&sent).unwrap();
+        let name = |days: i64, ext: &str| {
+            format!(
+                "daily-{}-{}.{ext}",
+                (now - chrono::Duration::days(days)).format("%Y%m%dT%H%M%SZ"),
+                ulid::Ulid::new()
+            )
+        };
+        let mut old = vec![];
+        for ext in ["txt", "html", "json", "eml"] {
+            old.push(name(31, ext));
+        }
+        old.push(format!(".{}.tmp", name(60, "html")));
+        let recent = name(29, "html");
+        let foreign = [
+            "notes.txt",
+            "daily-export.csv",
+            "daily-20000101T000000Z-x.txt",
+        ];
+        for n in old.iter().chain([&recent]) {
+            std::fs::write(sent.join(n), "report").unwrap();
+        }
+        for n in foreign {
+            std::fs::write(sent.join(n), "not ours").unwrap();
+        }
+        let s = prune(&f.config, &f.store, now).unwrap();
+        assert_eq!(s.files, vec![(sent.clone(), 5)]);
+        let mut left: Vec<String> = std::fs::read_dir(&sent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = foreign.iter().map(|s| s.to_string()).collect();
+        expected.push(recent);
+        expected.sort();
+        assert_eq!(left, expected);
+        // A folder not written yet is not an error.
+        std::fs::remove_dir_all(&sent).unwrap();
+        assert!(prune(&f.config, &f.store, now).unwrap().errors.is_empty());
+        assert!(!Path::new(&sent).exists());
+    }
+
+    trait NanosZero {
+        fn with_nanosecond_zero(self) -> Self;
+    }
+    impl NanosZero for DateTime<Utc> {
+        fn with_nanosecond_zero(self) -> Self {
+            use chrono::Timelike;
+            self.with_nanosecond(0).unwrap()
+        }
+    }
+}
