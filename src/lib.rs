@@ -18,6 +18,8 @@
 //! - [`report`]: the report model and its pure renderers (text, HTML, JSON, Slack).
 //! - [`notify`]: delivery of reports (file, email, Slack, heartbeat), fed by the outbox.
 //! - [`store`]: the state on disk (SQLite): runs, locks, slots, outbox, scan offsets.
+//! - [`bounded`]: lines and HTTP bodies read with a cap (64 KiB a line), so no input grows
+//!   memory without limit.
 //! - [`pg`]: connections to PostgreSQL targets (TLS, timeouts, session settings).
 //! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `demo`, the tests and the benchmarks.
 //! - [`demo`]: the zero-setup tour.
@@ -35,6 +37,7 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+pub mod bounded;
 pub mod cli;
 pub mod cluster;
 pub mod config;

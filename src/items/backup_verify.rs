@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -279,9 +279,20 @@ pub fn sidecar(e: &Entry) -> Option<PathBuf> {
 
 /// Reads the expected digest from a `sha256sum`-format sidecar (`HEX  NAME` or `HEX *NAME`).
 pub fn read_sidecar(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read checksum file {}: {e}", path.display()))?;
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let cannot = |e: std::io::Error| format!("cannot read checksum file {}: {e}", path.display());
+    // Line by line, each cut at 64 KiB: a sidecar is one short line, whatever the file holds.
+    let mut r = std::io::BufReader::new(std::fs::File::open(path).map_err(cannot)?);
+    let mut line = Vec::new();
+    let mut first = String::new();
+    while crate::bounded::read_line_capped(&mut r, &mut line, crate::bounded::LINE_CAP)
+        .map_err(cannot)?
+        .is_some()
+    {
+        if !line.trim_ascii().is_empty() {
+            first = String::from_utf8_lossy(&line).into_owned();
+            break;
+        }
+    }
     let hex = first.split_whitespace().next().unwrap_or("");
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!(
@@ -778,19 +789,19 @@ pub async fn run_tool_with_input(
     }
 }
 
+/// Stderr/stdout lines of a tool (the last `keep_last`, or all), each cut at 64 KiB while
+/// reading and marked when cut. The last lines (stderr, shown in reports) are shortened to 500
+/// characters; all lines (stdout, parsed) are kept as read.
 async fn collect_lines(r: Option<impl AsyncRead + Unpin>, keep_last: Option<usize>) -> Vec<String> {
     let Some(r) = r else { return vec![] };
-    let mut lines = BufReader::new(r).lines();
-    let mut out = std::collections::VecDeque::new();
-    while let Ok(Some(l)) = lines.next_line().await {
-        out.push_back(l);
-        if let Some(k) = keep_last
-            && out.len() > k
-        {
-            out.pop_front();
-        }
+    let (lines, _) = crate::bounded::tail_lines(BufReader::new(r), keep_last).await;
+    if keep_last.is_none() {
+        return lines;
     }
-    out.into()
+    lines
+        .iter()
+        .map(|l| crate::bounded::shorten(l, 500))
+        .collect()
 }
 
 /// What [`PlainGuard::check`] decided for one line of a plain dump.

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 
 use super::{ItemCtx, Outcome, Prepare};
+use crate::bounded::{CappedLines, LINE_CAP, lines_cut_text};
 
 /// Options of `kind = "command"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -247,8 +248,11 @@ impl Command {
         };
         // Whatever the program left in its group would hold our pipes open: give output a moment
         // to drain, then end the group.
+        let mut lines_cut = 0;
         for r in readers {
-            let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), r).await {
+                lines_cut += n;
+            }
         }
         if let Some(pg) = guard.0.take() {
             let _ = killpg(pg, Signal::SIGKILL);
@@ -267,18 +271,21 @@ impl Command {
             ));
             details.extend(output.iter().map(|l| format!("  {l}")));
         }
+        if lines_cut > 0 {
+            details.push(format!("output: {}", lines_cut_text(lines_cut)));
+        }
         let secs = format!("{:.1}s", elapsed.as_secs_f64());
         match status {
             None if !timed_out => Outcome::fail(format!("interrupted after {secs}; process group killed"))
                 .with_details(details)
-                .with_data(serde_json::json!({ "argv": self.argv, "exit_code": null, "interrupted": true, "output": output })),
+                .with_data(serde_json::json!({ "argv": self.argv, "exit_code": null, "interrupted": true, "output": output, "lines_cut": lines_cut })),
             None => Outcome::fail(format!("timed out after {secs}; process group killed"))
                 .with_details(details)
-                .with_data(serde_json::json!({ "argv": self.argv, "exit_code": null, "timed_out": true, "output": output })),
+                .with_data(serde_json::json!({ "argv": self.argv, "exit_code": null, "timed_out": true, "output": output, "lines_cut": lines_cut })),
             Some(Err(e)) => Outcome::fail(format!("waiting for `{}` failed: {e}", self.argv[0])).with_details(details),
             Some(Ok(st)) => {
                 use std::os::unix::process::ExitStatusExt;
-                let data = serde_json::json!({ "argv": self.argv, "exit_code": st.code(), "signal": st.signal(), "seconds": elapsed.as_secs_f64(), "output": output });
+                let data = serde_json::json!({ "argv": self.argv, "exit_code": st.code(), "signal": st.signal(), "seconds": elapsed.as_secs_f64(), "output": output, "lines_cut": lines_cut });
                 match st.code() {
                     Some(code) if self.ok_codes.contains(&code) => {
                         let last = output.last().map(|l| format!(": {}", truncate(l, 120))).unwrap_or_default();
@@ -300,21 +307,23 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// Keeps the last `keep` lines of a stream in `tail` (each cut at [`LINE_CAP`] bytes while
+/// reading, shown up to 500 characters); returns how many lines were cut.
 async fn collect(
     stream: Option<impl AsyncRead + Unpin>,
     tail: Arc<Mutex<VecDeque<String>>>,
     keep: usize,
     redactor: crate::secret::Redactor,
-) {
-    let Some(stream) = stream else { return };
-    let mut lines = BufReader::new(stream).split(b'\n');
-    while let Ok(Some(bytes)) = lines.next_segment().await {
+) -> u64 {
+    let Some(stream) = stream else { return 0 };
+    let mut lines = CappedLines::new(BufReader::new(stream), LINE_CAP);
+    while let Ok(Some((bytes, _))) = lines.next_line().await {
         if keep == 0 {
             continue;
         }
         // Secrets are hidden before the line is shortened, so no part of one survives the cut.
         let line = redactor
-            .redact(String::from_utf8_lossy(&bytes).trim_end_matches('\r'))
+            .redact(&String::from_utf8_lossy(bytes))
             .into_owned();
         if let Ok(mut t) = tail.lock() {
             if t.len() == keep {
@@ -323,4 +332,5 @@ async fn collect(
             t.push_back(truncate(&line, 500));
         }
     }
+    lines.lines_cut()
 }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
+use crate::bounded::{API_BODY_CAP, read_body, size_text};
 use crate::units::Dur;
 
 /// Options of `kind = "http"`.
@@ -84,7 +85,7 @@ fn default_redirects() -> usize {
 /// How many characters of a body the report shows.
 const SHOW_CHARS: usize = 400;
 /// Bodies larger than this are not read to the end (a health endpoint is small).
-const MAX_BODY: usize = 8 * 1024 * 1024;
+const MAX_BODY: usize = crate::bounded::API_BODY_CAP;
 
 impl Http {
     /// Header values that are secrets: those read from the environment or a file, and
@@ -196,7 +197,7 @@ impl Http {
         };
         let status = resp.status();
         let final_url = resp.url().to_string();
-        let body = match read_limited(resp, MAX_BODY).await {
+        let crate::bounded::Body { bytes: body, cut } = match read_body(resp, MAX_BODY).await {
             Ok(b) => b,
             Err(e) => {
                 return Outcome::fail(format!(
@@ -243,7 +244,22 @@ impl Http {
         }
 
         let mut assertions = Vec::new();
-        if !self.json.is_empty() {
+        let cut_note = format!(
+            "the body is larger than {}: only its first {} were read",
+            size_text(MAX_BODY),
+            size_text(MAX_BODY)
+        );
+        if cut {
+            out.details.push(cut_note.clone());
+        }
+        if !self.json.is_empty() && cut {
+            // A JSON document cut short cannot be parsed: say why rather than "not JSON".
+            out.escalate(Status::Fail);
+            problems.push(format!(
+                "{cut_note}, so the JSON assertions cannot be checked"
+            ));
+            show_body = true;
+        } else if !self.json.is_empty() {
             match serde_json::from_slice::<serde_json::Value>(&body) {
                 Err(e) => {
                     out.escalate(Status::Fail);
@@ -285,6 +301,8 @@ impl Http {
             "method": method.as_str(),
             "status": status.as_u16(),
             "latency_ms": latency_ms,
+            "body_bytes_read": body.len(),
+            "body_cut": cut,
             "final_url": final_url,
             "assertions": assertions,
         });
@@ -508,22 +526,6 @@ pub fn trim_for_report(s: &str, max: usize) -> String {
     format!("{cut}… ({total} characters)")
 }
 
-/// Reads at most `limit` bytes of the body.
-async fn read_limited(
-    mut resp: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        let room = limit.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= limit {
-            break;
-        }
-    }
-    Ok(body)
-}
-
 /// Time left until the item's deadline (at least one second, so a request is still tried).
 pub fn remaining(ctx: &ItemCtx) -> Duration {
     ctx.deadline
@@ -581,7 +583,8 @@ pub fn check_url(p: &mut Prepare, key: &str, url: &str) {
 }
 
 /// GET `url` of a monitoring API (`service` names it in messages, `base` is the configured
-/// URL) and read the whole answer: (status, body), or the reason as a one-line failure.
+/// URL) and read the whole answer, up to 8 MiB: (status, body), or the reason as a one-line
+/// failure (a longer answer is one).
 pub async fn get_text(
     ctx: &ItemCtx,
     service: &str,
@@ -595,13 +598,22 @@ pub async fn get_text(
         .await
         .map_err(|e| format!("{service} at {base} unreachable: {}", describe_error(&e)))?;
     let status = resp.status();
-    let body = resp.text().await.map_err(|e| {
+    let body = read_body(resp, API_BODY_CAP).await.map_err(|e| {
         format!(
             "{service} at {base}: reading the answer: {}",
             describe_error(&e)
         )
     })?;
-    Ok((status, body))
+    if body.cut {
+        return Err(format!(
+            "{service} at {base}: the answer ({} {}) is larger than {}; only its first {} were read, and a JSON answer cut short cannot be read",
+            status.as_u16(),
+            reason(status),
+            size_text(API_BODY_CAP),
+            size_text(API_BODY_CAP)
+        ));
+    }
+    Ok((status, body.text()))
 }
 
 pub fn describe_error(e: &reqwest::Error) -> String {

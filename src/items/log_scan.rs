@@ -16,14 +16,18 @@
 //!   file from 0.
 //!
 //! The offset only ever moves past complete lines, so a line being written is read next time.
-//! Reading streams line by line (`.gz` through `MultiGzDecoder`); the table of distinct messages
-//! is capped, so memory stays bounded whatever the log size.
+//!
+//! Reading is the way grep reads: large blocks (`.gz` through `MultiGzDecoder`), the pattern
+//! searched for in a whole block of lines, and only the lines around a match looked at; lines
+//! that do not match cost no allocation and no per-line work. A line longer than 64 KiB is cut
+//! (the pattern sees its first 64 KiB; the report counts such lines), and the table of distinct
+//! messages is capped, so memory stays bounded whatever the log holds.
 //!
 //! `--dry-run` scans as usual but does not move the offsets (a dry run changes nothing, and the
 //! real run after it must still see these lines).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -35,6 +39,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
+use crate::bounded::{LINE_CAP, lines_cut_text};
 use crate::units::Dur;
 
 /// Options of `kind = "log_scan"`.
@@ -95,6 +100,7 @@ static LEADING_TS: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Collects matches across files.
 struct Tally {
+    /// The pattern, with `^`/`$` at line starts and ends (it is searched for in a whole buffer).
     pattern: regex::bytes::Regex,
     /// Lines older than this are skipped (first run with `since`).
     cutoff: Option<DateTime<Utc>>,
@@ -103,14 +109,14 @@ struct Tally {
     /// normalised message → (count, first example).
     messages: HashMap<String, (u64, String)>,
     other: u64,
+    /// Lines longer than [`LINE_CAP`] read so far (the pattern saw their first `LINE_CAP` bytes).
+    lines_cut: u64,
     cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Tally {
-    fn line(&mut self, line: &[u8]) {
-        if !self.pattern.is_match(line) {
-            return;
-        }
+    /// Counts a line the pattern matched (with or without its newline).
+    fn matched(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
         if let Some(cutoff) = self.cutoff
@@ -127,6 +133,80 @@ impl Tally {
                 .insert(key, (1, text.chars().take(MESSAGE_CHARS).collect()));
         } else {
             self.other += 1;
+        }
+    }
+
+    /// A line too long to be held whole: its first [`LINE_CAP`] bytes.
+    fn cut_line(&mut self, head: &[u8]) {
+        self.lines_cut += 1;
+        if self.pattern.is_match(head) {
+            self.matched(head);
+        }
+    }
+
+    /// Counts the matching lines of `region`, whole lines each ending with a newline, the way
+    /// grep does: the pattern is searched for in the whole region, and only the lines around
+    /// its matches are looked at (no work, no allocation for the others).
+    fn region(&mut self, region: &[u8]) {
+        debug_assert_eq!(region.last(), Some(&b'\n'));
+        // Lines longer than the cap: one short backward search per LINE_CAP bytes finds them
+        // (a window of LINE_CAP + 1 bytes from a line start that holds no newline is one).
+        let mut p = 0;
+        while p + LINE_CAP < region.len() {
+            match memchr::memrchr(b'\n', &region[p..=p + LINE_CAP]) {
+                Some(i) => p += i + 1,
+                None => {
+                    self.lines_cut += 1;
+                    let from = p + LINE_CAP + 1;
+                    p = memchr::memchr(b'\n', &region[from..])
+                        .map_or(region.len(), |i| from + i + 1);
+                }
+            }
+        }
+        // `at` is always the start of a line.
+        let mut at = 0;
+        while at < region.len() {
+            let Some(m) = self.pattern.find_at(region, at) else {
+                break;
+            };
+            if m.start() >= region.len() {
+                break;
+            }
+            let start = memchr::memrchr(b'\n', &region[at..m.start()]).map_or(at, |i| at + i + 1);
+            let newline = memchr::memchr(b'\n', &region[m.start()..])
+                .map_or(region.len() - 1, |i| m.start() + i);
+            let line = &region[start..=newline];
+            if newline - start > LINE_CAP {
+                // A cut line matches on its first LINE_CAP bytes only (it is counted above).
+                let head = &region[start..start + LINE_CAP];
+                if self.pattern.is_match(head) {
+                    self.matched(head);
+                }
+            } else if m.end() <= newline + 1 {
+                self.matched(line);
+            } else {
+                // The match runs on into the next line(s): a line counts only if it matches
+                // alone. Such a pattern (`[\s\S]`, `[^x]`) could make every search from here run
+                // to the end of the block, so the rest of the block goes line by line.
+                self.line_by_line(&region[start..]);
+                return;
+            }
+            at = newline + 1;
+        }
+    }
+
+    /// Matches each line of `lines` (whole lines, each ending with a newline) on its own, cut
+    /// lines on their first [`LINE_CAP`] bytes (they were counted by [`Tally::region`]).
+    fn line_by_line(&mut self, lines: &[u8]) {
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            let line = if line.len() - 1 > LINE_CAP {
+                &line[..LINE_CAP]
+            } else {
+                line
+            };
+            if self.pattern.is_match(line) {
+                self.matched(line);
+            }
         }
     }
 }
@@ -166,7 +246,7 @@ impl LogScan {
         if self.files.is_empty() {
             p.error("files", "log_scan needs at least one file or glob");
         }
-        if let Err(e) = regex::bytes::Regex::new(&self.pattern) {
+        if let Err(e) = line_pattern(&self.pattern) {
             p.error("pattern", format!("invalid regex: {e}"));
         }
         for f in &self.files {
@@ -197,7 +277,7 @@ impl LogScan {
     }
 
     fn scan(&self, ctx: &ItemCtx) -> Outcome {
-        let pattern = match regex::bytes::Regex::new(&self.pattern) {
+        let pattern = match line_pattern(&self.pattern) {
             Ok(r) => r,
             Err(e) => return Outcome::fail(format!("invalid pattern: {e}")),
         };
@@ -208,6 +288,7 @@ impl LogScan {
             matches: 0,
             messages: HashMap::new(),
             other: 0,
+            lines_cut: 0,
             cancel: ctx.cancel.clone(),
         };
         let mut details = Vec::new();
@@ -348,9 +429,17 @@ impl LogScan {
                 tally.other
             ));
         }
+        if tally.lines_cut > 0 {
+            lines.push(format!(
+                "{} (the pattern sees only the first {} of a line)",
+                lines_cut_text(tally.lines_cut),
+                crate::bounded::size_text(LINE_CAP)
+            ));
+        }
         lines.extend(details);
         Outcome::new(worst, summary).with_details(lines).with_pending(pending).with_data(json!({
             "matches": count,
+            "lines_cut": tally.lines_cut,
             "pattern": self.pattern,
             "distinct": distinct,
             "top": top.iter().take(self.top).map(|(m, n, ex)| json!({"message": m, "count": n, "example": ex})).collect::<Vec<_>>(),
@@ -508,58 +597,126 @@ impl LogScan {
     }
 }
 
+/// Bytes asked for in one read: large reads keep the per-call cost negligible (grep reads
+/// 96 KiB, ripgrep 64 KiB; more helps little and costs memory).
+const READ_SIZE: usize = 256 * 1024;
+
 /// Reads complete lines from `offset` to the end; returns where it stopped (after the last
 /// complete line; for `.gz` the end of the decompressed stream).
+///
+/// The file is read in large blocks and the pattern searched for in each block of whole lines
+/// ([`Tally::region`]); an unfinished line is carried to the front of the buffer. A line longer
+/// than [`LINE_CAP`] is not carried: its first `LINE_CAP` bytes are kept and the rest skipped up
+/// to its newline, so memory stays at about `READ_SIZE + LINE_CAP` whatever the file holds.
 fn read_from(path: &Path, offset: u64, tally: &mut Tally) -> Result<FileRead, String> {
+    let io_err = |e: std::io::Error| format!("{}: {e}", path.display());
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let gz = is_gz(path);
-    let mut reader: Box<dyn BufRead> = if gz {
-        let mut r = BufReader::with_capacity(
-            64 * 1024,
-            flate2::read::MultiGzDecoder::new(BufReader::new(file)),
-        );
+    let mut reader: Box<dyn Read> = if gz {
+        let mut r = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(64 * 1024, file));
         // Decompressed bytes are skipped to reach the offset.
-        std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(io_err)?;
         Box::new(r)
     } else {
         let mut f = file;
         use std::io::Seek;
-        f.seek(std::io::SeekFrom::Start(offset))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Box::new(BufReader::with_capacity(64 * 1024, f))
+        f.seek(std::io::SeekFrom::Start(offset)).map_err(io_err)?;
+        Box::new(f)
     };
+    let mut buf = vec![0u8; READ_SIZE + LINE_CAP + 1];
+    // buf[..len] holds unread bytes that start at a line start (or, while a cut line is being
+    // skipped, the bytes after what was skipped).
+    let mut len = 0;
+    // The file position of buf[0].
     let mut pos = offset;
-    let mut buf = Vec::with_capacity(4096);
-    let mut lines = 0u64;
+    // The position after the last complete line counted: what the next run starts from.
+    let mut done = offset;
+    // A line longer than LINE_CAP whose newline is still to come: its first LINE_CAP bytes.
+    let mut long: Option<Vec<u8>> = None;
     loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if n == 0 {
+        // Fill the buffer (a read may return less than asked, a gzip stream often does).
+        let mut eof = false;
+        while len < buf.len() {
+            match reader.read(&mut buf[len..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        let mut start = 0;
+        if long.is_some() {
+            match memchr::memchr(b'\n', &buf[..len]) {
+                Some(i) => {
+                    if let Some(head) = long.take() {
+                        tally.cut_line(&head);
+                    }
+                    start = i + 1;
+                    done = pos + start as u64;
+                }
+                None => {
+                    // Still inside the long line: skip all of it.
+                    pos += len as u64;
+                    len = 0;
+                }
+            }
+        }
+        if long.is_none() {
+            let end = memchr::memrchr(b'\n', &buf[start..len]).map_or(start, |i| start + i + 1);
+            if end > start {
+                tally.region(&buf[start..end]);
+                done = pos + end as u64;
+            }
+            let rest = len - end;
+            if rest > LINE_CAP {
+                // No newline within LINE_CAP bytes: a line to cut.
+                long = Some(buf[end..end + LINE_CAP].to_vec());
+                pos += len as u64;
+                len = 0;
+            } else {
+                buf.copy_within(end..len, 0);
+                pos += end as u64;
+                len = rest;
+            }
+        }
+        if eof {
+            // A gzip'd file is complete: its last line counts even without a newline. A plain
+            // file's unfinished line is being written: it is read next time, whole.
+            if gz {
+                if let Some(head) = long.take() {
+                    tally.cut_line(&head);
+                } else if len > 0 {
+                    let line = &buf[..len];
+                    if tally.pattern.is_match(line) {
+                        tally.matched(line);
+                    }
+                }
+                done = pos + len as u64;
+            }
             break;
         }
-        if buf.last() != Some(&b'\n') && !gz {
-            // A line still being written: leave it for the next run.
+        if tally.cancel.is_cancelled() {
             break;
-        }
-        pos += n as u64;
-        tally.line(&buf);
-        lines += 1;
-        if lines.is_multiple_of(100_000) && tally.cancel.is_cancelled() {
-            break;
-        }
-        if buf.capacity() > 1024 * 1024 {
-            buf = Vec::with_capacity(4096);
         }
     }
     Ok(FileRead {
         path: path.to_path_buf(),
         from: offset,
-        to: pos,
+        to: done,
     })
+}
+
+/// The pattern as it is searched for: `^` and `$` match at line starts and ends (also before a
+/// `\r\n`), as they do when each line is matched on its own.
+fn line_pattern(pattern: &str) -> Result<regex::bytes::Regex, regex::Error> {
+    regex::bytes::RegexBuilder::new(pattern)
+        .multi_line(true)
+        .crlf(true)
+        .build()
 }
 
 fn is_gz(p: &Path) -> bool {
@@ -617,8 +774,19 @@ fn rotated_siblings(base: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
 /// The message of a line for grouping: leading timestamp removed, UUIDs and hex ids → `<id>`,
 /// numbers → `<n>`, cut to a readable length.
 pub fn normalise(line: &str) -> String {
-    let rest = LEADING_TS.replace(line, "");
-    let s = UUID.replace_all(&rest, "<id>");
+    // The timestamp pattern is anchored at the start: removing its match is slicing it off.
+    let rest = LEADING_TS.find(line).map_or(line, |m| &line[m.end()..]);
+    if rest.is_ascii() {
+        normalise_ascii(rest.as_bytes())
+    } else {
+        normalise_regex(rest)
+    }
+}
+
+/// [`normalise`] with the regexes `UUID`, `HEX` and `NUMBER` applied one after the other: the
+/// definition, used for lines with non-ASCII text (where `\b` and `\d` follow Unicode).
+fn normalise_regex(rest: &str) -> String {
+    let s = UUID.replace_all(rest, "<id>");
     let s = HEX.replace_all(&s, |c: &regex::Captures| {
         // Words like "deadbeef" without digits are not matched; "a1b2c3" and 0x1f are ids, but
         // short all-letter words ("add", "bad") never reach here.
@@ -634,6 +802,95 @@ pub fn normalise(line: &str) -> String {
         .collect::<String>()
         .trim()
         .to_string()
+}
+
+/// [`normalise_regex`] for ASCII text in two passes over the bytes, with the same result (a
+/// test compares them): it runs for every matching line, so it is the part of `log_scan` whose
+/// cost grows with the number of matches. Words are runs of `[A-Za-z0-9_]` (ASCII's `\w`).
+fn normalise_ascii(b: &[u8]) -> String {
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    // Pass 1: UUIDs, then hex ids, word by word (both regexes match whole words only).
+    let mut ids = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if !is_word(b[i]) {
+            ids.push(b[i]);
+            i += 1;
+            continue;
+        }
+        if let Some(end) = uuid_at(b, i) {
+            ids.extend_from_slice(b"<id>");
+            i = end;
+            continue;
+        }
+        let mut j = i;
+        while j < b.len() && is_word(b[j]) {
+            j += 1;
+        }
+        let word = &b[i..j];
+        if is_hex_id(word) {
+            ids.extend_from_slice(b"<id>");
+        } else {
+            ids.extend_from_slice(word);
+        }
+        i = j;
+    }
+    // Pass 2: numbers (`\d+(?:\.\d+)?`, greedy).
+    let mut out = Vec::with_capacity(ids.len());
+    let mut k = 0;
+    while k < ids.len() {
+        if !ids[k].is_ascii_digit() {
+            out.push(ids[k]);
+            k += 1;
+            continue;
+        }
+        let digits_from = |mut e: usize| {
+            while e < ids.len() && ids[e].is_ascii_digit() {
+                e += 1;
+            }
+            e
+        };
+        let mut e = digits_from(k);
+        if e + 1 < ids.len() && ids[e] == b'.' && ids[e + 1].is_ascii_digit() {
+            e = digits_from(e + 1);
+        }
+        out.extend_from_slice(b"<n>");
+        k = e;
+    }
+    out.truncate(MESSAGE_CHARS);
+    // ASCII in, ASCII out.
+    std::str::from_utf8(&out)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The end of a UUID (`8-4-4-4-12` hex digits, whole words) starting at word start `i`.
+fn uuid_at(b: &[u8], i: usize) -> Option<usize> {
+    let end = i + 36;
+    if end > b.len()
+        || b.get(end)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    {
+        return None;
+    }
+    let ok = b[i..end].iter().enumerate().all(|(k, c)| match k {
+        8 | 13 | 18 | 23 => *c == b'-',
+        _ => c.is_ascii_hexdigit(),
+    });
+    ok.then_some(end)
+}
+
+/// A whole word that `HEX` matches and the replacement turns into `<id>`: `0x` and hex digits,
+/// or 6 or more hex digits with at least one digit and one letter.
+fn is_hex_id(w: &[u8]) -> bool {
+    if w.len() > 2 && (w.starts_with(b"0x") || w.starts_with(b"0X")) {
+        return w[2..].iter().all(u8::is_ascii_hexdigit);
+    }
+    w.len() >= 6
+        && w.iter().all(u8::is_ascii_hexdigit)
+        && w.iter().any(u8::is_ascii_digit)
+        && w.iter().any(u8::is_ascii_alphabetic)
 }
 
 /// The time of a line's leading timestamp; without an offset it is read in `tz`.
@@ -685,6 +942,82 @@ mod tests {
     }
 
     #[test]
+    fn the_ascii_normaliser_agrees_with_the_regexes() {
+        let tokens = [
+            "2026-01-05 10:00:01.123 ",
+            "[2026-01-05 10:00:01] ",
+            "ERROR",
+            "INFO",
+            " ",
+            "  ",
+            "\t",
+            "\u{b}",
+            "-",
+            ".",
+            ":",
+            "_",
+            "<",
+            ">",
+            "/",
+            "x",
+            "0x",
+            "0X",
+            "0x1f",
+            "0XAB",
+            "0xg",
+            "0x",
+            "deadbeef",
+            "deadbeef12",
+            "a1b2c3",
+            "a1b2",
+            "12ab",
+            "ABCDEF1",
+            "abcdef",
+            "123",
+            "4",
+            "4.2",
+            "1.2.3",
+            "2.",
+            ".5",
+            "exec7",
+            "nio_8080",
+            "3f2a9c1e-8b7d-4c1a-9e2f-1a2b3c4d5e6f",
+            "3F2A9C1E-8B7D-4C1A-9E2F-1A2B3C4D5E6F",
+            "3f2a9c1e-8b7d-4c1a-9e2f-1a2b3c4d5e6fa",
+            "3f2a9c1e-8b7d-4c1a-9e2f",
+            "g3f2a9c1e-8b7d-4c1a-9e2f-1a2b3c4d5e6f",
+            "Order",
+            "rejected",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let long = next(10) == 0;
+            let n = 1 + next(if long { 120 } else { 12 });
+            let line: String = (0..n).map(|_| tokens[next(tokens.len())]).collect();
+            assert_eq!(
+                normalise(&line),
+                normalise_regex(
+                    LEADING_TS
+                        .find(&line)
+                        .map_or(&line[..], |m| &line[m.end()..])
+                ),
+                "{line:?}"
+            );
+        }
+        // Non-ASCII text takes the regexes (Unicode `\b` and `\d`).
+        assert_eq!(
+            normalise("Bestellung ١٢٣ für a1b2c3d4"),
+            "Bestellung <n> für <id>"
+        );
+    }
+
+    #[test]
     fn leading_timestamps_parse_in_the_zone_or_with_their_offset() {
         let tz: chrono_tz::Tz = "Asia/Kolkata".parse().expect("zone");
         let t = leading_time("2026-01-05 10:00:00,123 ERROR x", tz).expect("parsed");
@@ -694,6 +1027,152 @@ mod tests {
         let t = leading_time("[2026-01-05 10:00:00 +0100] x", tz).expect("parsed");
         assert_eq!(t.to_rfc3339(), "2026-01-05T09:00:00+00:00");
         assert!(leading_time("Jan  5 10:00:00 host x", tz).is_none());
+    }
+
+    fn tally(pattern: &str) -> Tally {
+        Tally {
+            pattern: line_pattern(pattern).expect("valid pattern"),
+            cutoff: None,
+            tz: chrono_tz::UTC,
+            matches: 0,
+            messages: HashMap::new(),
+            other: 0,
+            lines_cut: 0,
+            cancel: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// What a line-by-line reader finds in `text`: (matching lines, lines cut, bytes of
+    /// complete lines). Each complete line is matched on its own, cut at LINE_CAP.
+    fn line_by_line(text: &[u8], pattern: &str) -> (u64, u64, u64) {
+        let re = line_pattern(pattern).expect("valid pattern");
+        let (mut matches, mut cut, mut bytes) = (0, 0, 0);
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            if !line.ends_with(b"\n") {
+                break;
+            }
+            bytes += line.len() as u64;
+            if line.len() - 1 > LINE_CAP {
+                cut += 1;
+                matches += u64::from(re.is_match(&line[..LINE_CAP]));
+            } else {
+                matches += u64::from(re.is_match(line));
+            }
+        }
+        (matches, cut, bytes)
+    }
+
+    fn scan_bytes(text: &[u8], pattern: &str, offset: u64) -> (u64, u64, u64) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, text).expect("write");
+        let mut t = tally(pattern);
+        let read = read_from(&path, offset, &mut t).expect("read");
+        (t.matches, t.lines_cut, read.to)
+    }
+
+    #[test]
+    fn a_match_running_into_the_next_line_counts_only_a_line_that_matches_alone() {
+        let text = b"ERROR\nx\nERROR x\nfoo ERROR\r\nERROR: a\n";
+        assert_eq!(scan_bytes(text, r"ERROR\s+x", 0).0, 1);
+        // `^` and `$` are a line's start and end (before `\r\n` too).
+        assert_eq!(scan_bytes(text, "^ERROR", 0).0, 3);
+        assert_eq!(scan_bytes(text, "ERROR$", 0).0, 2);
+        // Empty matches and a pattern matching the newline itself do not loop or miscount.
+        assert_eq!(scan_bytes(text, "x*", 0).0, 5);
+        assert_eq!(scan_bytes(text, r"\n", 0).0, 5);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_counted_and_the_offset_stays_on_line_boundaries() {
+        let mut text = b"ERROR short\n".to_vec();
+        // An error beyond the first 64 KiB of a line is not seen; one within it is.
+        text.extend(std::iter::repeat_n(b'a', 100_000));
+        text.extend_from_slice(b"ERROR late\nERROR");
+        text.extend(std::iter::repeat_n(b'b', 3 * READ_SIZE));
+        text.extend_from_slice(b"\nINFO fine\n");
+        let complete = text.len() as u64;
+        // A long line still being written is left for the next run, whole.
+        text.extend_from_slice(b"ERROR");
+        text.extend(std::iter::repeat_n(b'c', 2 * READ_SIZE));
+        assert_eq!(scan_bytes(&text, "ERROR", 0), (2, 2, complete));
+        assert_eq!(line_by_line(&text, "ERROR"), (2, 2, complete));
+    }
+
+    #[test]
+    fn a_gzip_file_is_read_to_its_end_with_long_lines_cut() {
+        let mut text = b"ERROR one\n".to_vec();
+        text.extend(std::iter::repeat_n(b'z', 3 * READ_SIZE));
+        text.extend_from_slice(b"\nERROR short\nERROR long last line without newline");
+        text.extend(std::iter::repeat_n(b'w', 2 * LINE_CAP));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.log.1.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).expect("create"),
+            flate2::Compression::fast(),
+        );
+        std::io::Write::write_all(&mut enc, &text).expect("gzip");
+        enc.finish().expect("gzip");
+        let mut t = tally("ERROR");
+        let read = read_from(&path, 0, &mut t).expect("read");
+        // A compressed file is complete: its last line counts without a newline.
+        assert_eq!((t.matches, t.lines_cut, read.to), (3, 2, text.len() as u64));
+        // From a decompressed offset: only the rest.
+        let mut t = tally("ERROR");
+        let read = read_from(&path, 10, &mut t).expect("read");
+        assert_eq!((t.matches, t.lines_cut, read.to), (2, 2, text.len() as u64));
+    }
+
+    #[test]
+    fn block_search_finds_what_a_line_by_line_reader_finds() {
+        // Lines of every length around the cap and the buffer size, errors anywhere in them.
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut text = Vec::new();
+        for _ in 0..800 {
+            let len = match next(40) {
+                0 | 1 => LINE_CAP as u64 - 8 + next(16),
+                2 => next((READ_SIZE + 2 * LINE_CAP) as u64),
+                _ => next(200),
+            } as usize;
+            let mut line: Vec<u8> = (0..len).map(|i| b"abc defgh"[i % 9]).collect();
+            if next(3) == 0 && len > 5 {
+                let at = next((len - 5) as u64) as usize;
+                line[at..at + 5].copy_from_slice(b"ERROR");
+            }
+            text.extend_from_slice(&line);
+            text.push(if next(50) == 0 { b'\r' } else { b' ' });
+            text.push(b'\n');
+        }
+        text.extend_from_slice(b"ERROR unfinished");
+        for pattern in [
+            "ERROR",
+            "ERROR $",
+            "^ERROR",
+            r"ERROR[\s\S]{0,3}abc",
+            r"ERROR[\s\S]*c",
+        ] {
+            let want = line_by_line(&text, pattern);
+            assert_eq!(scan_bytes(&text, pattern, 0), want, "{pattern}");
+        }
+        // From an offset on a line boundary: the same as the rest of the file.
+        let offset = text.len() / 2;
+        let offset = offset
+            + text[offset..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .expect("newline")
+            + 1;
+        let (m, c, b) = line_by_line(&text[offset..], "ERROR");
+        assert_eq!(
+            scan_bytes(&text, "ERROR", offset as u64),
+            (m, c, offset as u64 + b)
+        );
     }
 
     #[test]

@@ -238,7 +238,11 @@ pub(crate) async fn describe_http_status(
     secret: &crate::secret::Secret,
 ) -> String {
     let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
+    // Only the first line is shown: a misbehaving endpoint's huge answer is not read to its end.
+    let body = crate::bounded::read_body(resp, crate::bounded::NOTIFY_BODY_CAP)
+        .await
+        .map(|b| b.text())
+        .unwrap_or_default();
     let first: String = body
         .lines()
         .next()
