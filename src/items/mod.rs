@@ -39,6 +39,7 @@ pub mod sql;
 pub mod system;
 pub mod tls_cert;
 pub mod vacuum;
+pub mod wal_archive;
 
 /// The status of one item, and of a run (the worst of its items).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -304,6 +305,7 @@ pub enum ItemSpec {
     TlsCert(tls_cert::TlsCert),
     System(system::System),
     LogScan(log_scan::LogScan),
+    WalArchive(wal_archive::WalArchive),
 }
 
 impl ItemSpec {
@@ -326,6 +328,7 @@ impl ItemSpec {
             ItemSpec::TlsCert(_) => "tls_cert",
             ItemSpec::System(_) => "system",
             ItemSpec::LogScan(_) => "log_scan",
+            ItemSpec::WalArchive(_) => "wal_archive",
         }
     }
 
@@ -338,6 +341,7 @@ impl ItemSpec {
             ItemSpec::CreateIndexes(o) => Some(&o.target),
             ItemSpec::Sql(o) => Some(&o.target),
             ItemSpec::SlowQueries(o) => Some(&o.target),
+            ItemSpec::WalArchive(o) => Some(&o.target),
             _ => None,
         }
     }
@@ -395,6 +399,7 @@ impl ItemSpec {
             ItemSpec::TlsCert(o) => o.prepare(p),
             ItemSpec::System(o) => o.prepare(p),
             ItemSpec::LogScan(o) => o.prepare(p),
+            ItemSpec::WalArchive(o) => o.prepare(p),
         }
     }
 
@@ -417,6 +422,7 @@ impl ItemSpec {
             ItemSpec::TlsCert(o) => o.run(ctx).await,
             ItemSpec::System(o) => o.run(ctx).await,
             ItemSpec::LogScan(o) => o.run(ctx).await,
+            ItemSpec::WalArchive(o) => o.run(ctx).await,
         }
     }
 }

@@ -1,0 +1,214 @@
+//! `wal_archive` end to end: `runbook run-job --format json` against real throwaway clusters
+//! with WAL archiving into a folder, failing archiving (`archive_command = 'false'`), and
+//! archiving off.
+
+mod db_support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use db_support::{Setup, cluster_with_app_db, item, q, wait_for};
+use runbook::pgcluster::TempCluster;
+
+/// Turns archiving on with `archive_command` (restart).
+fn archive_with(pg: &TempCluster, command: &str) {
+    pg.restart_with(&format!(
+        "archive_mode = on\narchive_command = '{}'",
+        command.replace('\'', "''")
+    ))
+    .expect("restart with archiving");
+}
+
+/// The archive folder: next to the data directory, in the cluster's own (postgres-owned)
+/// temporary folder, created by the archive_command itself.
+fn archive_dir(pg: &TempCluster) -> PathBuf {
+    pg.data.parent().expect("data has a parent").join("archive")
+}
+
+fn copying(dir: &Path) -> String {
+    let d = dir.display();
+    format!("mkdir -p \"{d}\" && test ! -f \"{d}/%f\" && cp \"%p\" \"{d}/%f\"")
+}
+
+/// Writes a little, switches WAL; returns the name of the segment switched away from.
+fn switch(pg: &TempCluster) -> String {
+    q(
+        pg,
+        "CREATE TABLE IF NOT EXISTS w (v text); INSERT INTO w SELECT md5(g::text) FROM generate_series(1, 1000) g",
+    );
+    q(pg, "SELECT pg_walfile_name(pg_switch_wal())")
+}
+
+const JOBS: &str = r#"
+[jobs.wal]
+[[jobs.wal.items]]
+name = "archive"
+kind = "wal_archive"
+target = "db"
+max_age = "1h"
+
+[jobs.old]
+[[jobs.old.items]]
+name = "archive, tiny max_age"
+kind = "wal_archive"
+target = "db"
+max_age = "1s"
+
+[jobs.optional]
+[[jobs.optional.items]]
+name = "required"
+kind = "wal_archive"
+target = "db"
+[[jobs.optional.items]]
+name = "not required"
+kind = "wal_archive"
+target = "db"
+required = false
+"#;
+
+#[test]
+fn archiving_into_a_folder_passes_counts_since_the_last_run_and_fails_past_max_age() {
+    let pg = cluster_with_app_db();
+    let dir = archive_dir(&pg);
+    archive_with(&pg, &copying(&dir));
+    let wal = switch(&pg);
+    wait_for(
+        &pg,
+        &format!("SELECT last_archived_wal = '{wal}' FROM pg_stat_archiver"),
+    );
+    assert!(dir.join(&wal).is_file(), "the archive_command copied {wal}");
+    let s = Setup::new(&pg.url("app"), "", JOBS);
+
+    let (code, report, all) = s.run("wal", &[]);
+    assert_eq!(code, 0, "{all}");
+    let it = item(&report, "archive");
+    assert_eq!(it["status"], "pass", "{all}");
+    assert_eq!(it["kind"], "wal_archive");
+    let summary = it["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("last WAL {wal} archived")),
+        "{summary}"
+    );
+    assert!(summary.contains("0 failure(s)"), "{summary}");
+    let data = &it["data"];
+    assert_eq!(data["last_archived_wal"], wal.as_str(), "{data}");
+    assert_eq!(data["archive_mode"], "on");
+    assert_eq!(data["archive_command_set"], true);
+    assert_eq!(data["failed_count"], 0);
+    assert!(data["archived_count"].as_i64().unwrap() >= 1, "{data}");
+    assert!(data["value"].is_number(), "{data}");
+    assert_eq!(data["value"], data["last_archived_age_seconds"]);
+    // The command itself is never reported (it may hold a credential).
+    assert!(!report.to_string().contains("cp \\\"%p"), "{report}");
+
+    // Nothing switched since: nothing archived since the last run.
+    let (code, report, all) = s.run("wal", &[]);
+    assert_eq!(code, 0, "{all}");
+    let data = &item(&report, "archive")["data"];
+    assert_eq!(data["counted_since"], "last run", "{data}");
+    assert_eq!(data["archived_count"], 0, "{data}");
+
+    // One more segment: one archived since the last run.
+    let wal2 = switch(&pg);
+    wait_for(
+        &pg,
+        &format!("SELECT last_archived_wal = '{wal2}' FROM pg_stat_archiver"),
+    );
+    let (code, report, all) = s.run("wal", &[]);
+    assert_eq!(code, 0, "{all}");
+    let it = item(&report, "archive");
+    assert_eq!(it["data"]["archived_count"], 1, "{all}");
+    assert_eq!(it["data"]["last_archived_wal"], wal2.as_str());
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .contains("1 archived since last run"),
+        "{it}"
+    );
+
+    // Read-only: --dry-run runs it.
+    let (code, report, all) = s.run("wal", &["--dry-run"]);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(item(&report, "archive")["status"], "pass", "{all}");
+
+    // The newest archived segment is older than max_age.
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, report, all) = s.run("old", &[]);
+    assert_eq!(code, 1, "{all}");
+    let it = item(&report, "archive, tiny max_age");
+    assert_eq!(it["status"], "fail", "{all}");
+    let summary = it["summary"].as_str().unwrap();
+    assert!(summary.contains(&wal2), "{summary}");
+    assert!(summary.contains("older than max_age 1s"), "{summary}");
+}
+
+#[test]
+fn a_failing_archive_command_fails_naming_the_segment_and_the_time() {
+    let pg = cluster_with_app_db();
+    archive_with(&pg, "false");
+    let wal = switch(&pg);
+    wait_for(
+        &pg,
+        &format!("SELECT failed_count > 0 AND last_failed_wal = '{wal}' FROM pg_stat_archiver"),
+    );
+    let failed_at = q(
+        &pg,
+        "SELECT to_char(last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI') FROM pg_stat_archiver",
+    );
+    let s = Setup::new(&pg.url("app"), "", JOBS);
+    let (code, report, all) = s.run("wal", &[]);
+    assert_eq!(code, 1, "{all}");
+    let it = item(&report, "archive");
+    assert_eq!(it["status"], "fail", "{all}");
+    let summary = it["summary"].as_str().unwrap();
+    assert!(summary.contains("archiving is failing"), "{summary}");
+    assert!(
+        summary.contains(&format!("WAL {wal} failed at {failed_at}")),
+        "{summary}"
+    );
+    assert!(summary.contains("no WAL archived yet"), "{summary}");
+    let data = &it["data"];
+    assert_eq!(data["failing"], true, "{data}");
+    assert_eq!(data["last_failed_wal"], wal.as_str());
+    assert!(data["failed_count"].as_i64().unwrap() >= 1, "{data}");
+    assert_eq!(data["archived_count"], 0);
+    assert!(data["value"].is_null(), "{data}");
+}
+
+#[test]
+fn archiving_off_warns_unless_not_required() {
+    let pg = cluster_with_app_db();
+    let s = Setup::new(&pg.url("app"), "", JOBS);
+    let (code, report, all) = s.run("optional", &[]);
+    assert_eq!(code, 0, "{all}");
+    let it = item(&report, "required");
+    assert_eq!(it["status"], "warn", "{all}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .contains("WAL archiving is off (archive_mode = off)"),
+        "{it}"
+    );
+    assert_eq!(it["data"]["archive_mode"], "off");
+    let it = item(&report, "not required");
+    assert_eq!(it["status"], "pass", "{all}");
+    assert!(
+        it["summary"].as_str().unwrap().contains("not required"),
+        "{it}"
+    );
+    assert_eq!(report["status"], "warn", "{all}");
+}
+
+#[test]
+fn a_bad_max_age_is_a_config_error_with_its_position() {
+    let s = Setup::with_body(
+        "[targets.db]\nurl = \"postgres://127.0.0.1:1/x\"\n\n[jobs.w]\n[[jobs.w.items]]\nname = \"archive\"\nkind = \"wal_archive\"\ntarget = \"db\"\nmax_age = \"soon\"\n",
+    );
+    let (code, _, all) = s.run("w", &[]);
+    assert_eq!(code, 2, "{all}");
+    assert!(all.contains("jobs.toml:13:"), "{all}");
+    assert!(all.contains("item \"archive\""), "{all}");
+    assert!(all.contains("invalid duration \"soon\""), "{all}");
+}
