@@ -1,6 +1,6 @@
 //! `wal_archive` end to end: `runbook run-job --format json` against real throwaway clusters
 //! with WAL archiving into a folder, failing archiving (`archive_command = 'false'`), and
-//! archiving off.
+//! archiving off, and a streaming standby (`archive_mode = always` and `on`).
 
 mod db_support;
 
@@ -211,4 +211,166 @@ fn a_bad_max_age_is_a_config_error_with_its_position() {
     assert!(all.contains("jobs.toml:13:"), "{all}");
     assert!(all.contains("item \"archive\""), "{all}");
     assert!(all.contains("invalid duration \"soon\""), "{all}");
+}
+
+/// A streaming standby of `pg` (pg_basebackup -R) with `conf` appended, stopped on drop.
+struct Standby {
+    dir: tempfile::TempDir,
+    pg_ctl: PathBuf,
+    port: u16,
+}
+
+fn as_server_user(program: &Path) -> std::process::Command {
+    if nix::unistd::Uid::effective().is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+impl Standby {
+    fn start(pg: &TempCluster, conf: &str) -> Standby {
+        let dir = tempfile::Builder::new()
+            .prefix("runbook-standby-")
+            .tempdir()
+            .expect("tempdir");
+        if nix::unistd::Uid::effective().is_root() {
+            let u = nix::unistd::User::from_name("postgres")
+                .expect("lookup")
+                .expect("postgres user");
+            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).expect("chown");
+        }
+        let data = dir.path().join("data");
+        let out = as_server_user(&pg.tool("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .current_dir("/")
+            .output()
+            .expect("pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).expect("conf");
+        text.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n{conf}\n",
+            dir.path().display()
+        ));
+        std::fs::write(&path, text).expect("conf");
+        let s = Standby {
+            dir,
+            pg_ctl: pg.tool("pg_ctl"),
+            port,
+        };
+        s.pg_ctl("start");
+        s
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let log = self.dir.path().join("standby.log");
+        let out = as_server_user(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(&log)
+            .args(["-m", "fast", "-w", "-t", "60", action])
+            .current_dir("/")
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "standby {action} failed: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/app", self.port)
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = as_server_user(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .current_dir("/")
+            .output();
+    }
+}
+
+#[test]
+fn on_a_standby_archive_mode_always_is_checked_and_on_does_not_archive_there() {
+    let pg = cluster_with_app_db();
+    archive_with(&pg, &copying(&archive_dir(&pg)));
+    // The standby archives into its own folder, in its own (postgres-owned) temporary folder.
+    let standby = Standby::start(&pg, "");
+    let standby_archive = standby.dir.path().join("archive");
+    let conf = standby.dir.path().join("data").join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).expect("conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{text}\narchive_mode = always\narchive_command = '{}'\n",
+            copying(&standby_archive)
+        ),
+    )
+    .expect("conf");
+    standby.pg_ctl("restart");
+    let wal = switch(&pg);
+    let s = Setup::new(&standby.url(), "", JOBS);
+    // Wait until the standby has archived the segment it received.
+    let start = std::time::Instant::now();
+    let report = loop {
+        let (_, report, all) = s.run("wal", &[]);
+        if item(&report, "archive")["data"]["last_archived_wal"] == wal.as_str() {
+            break report;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the standby never archived {wal}: {all}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let it = item(&report, "archive");
+    assert_eq!(it["status"], "pass", "{it}");
+    assert_eq!(it["data"]["in_recovery"], true, "{it}");
+    assert_eq!(it["data"]["archive_mode"], "always", "{it}");
+    assert!(standby_archive.join(&wal).is_file());
+
+    // archive_mode = on: the standby does not archive (its primary does).
+    let text = std::fs::read_to_string(&conf).expect("conf");
+    std::fs::write(&conf, format!("{text}\narchive_mode = on\n")).expect("conf");
+    standby.pg_ctl("restart");
+    let (code, report, all) = s.run("optional", &[]);
+    assert_eq!(code, 0, "{all}");
+    let it = item(&report, "required");
+    assert_eq!(it["status"], "warn", "{all}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .contains("this standby does not archive WAL"),
+        "{it}"
+    );
+    assert_eq!(item(&report, "not required")["status"], "pass", "{all}");
 }
