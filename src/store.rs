@@ -432,18 +432,7 @@ impl Store {
             c.query_row(
                 "SELECT run_id, pid, host, boot_id, start_ticks, acquired_at FROM locks WHERE job = ?1",
                 [job],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        Holder {
-                            pid: r.get(1)?,
-                            host: r.get(2)?,
-                            boot_id: r.get(3)?,
-                            start_ticks: r.get(4)?,
-                        },
-                        r.get(5)?,
-                    ))
-                },
+                id_holder_since,
             )
             .optional()
         })?;
@@ -525,19 +514,7 @@ impl Store {
                 "SELECT run_id, pid, host, boot_id, start_ticks, started_at FROM runs
                  WHERE status = 'running' AND (host = ?1 OR boot_id IS NOT NULL)",
             )?;
-            st.query_map(params![host], |r| {
-                Ok((
-                    r.get(0)?,
-                    Holder {
-                        pid: r.get(1)?,
-                        host: r.get(2)?,
-                        boot_id: r.get(3)?,
-                        start_ticks: r.get(4)?,
-                    },
-                    r.get(5)?,
-                ))
-            })?
-            .collect()
+            st.query_map(params![host], id_holder_since)?.collect()
         })?;
         let dead: Vec<String> = rows
             .into_iter()
@@ -926,6 +903,21 @@ fn upsert_scan_offset(c: &Connection, o: &ScanOffset) -> rusqlite::Result<()> {
         params![o.job, o.item, o.file, o.inode as i64, o.offset as i64, now(), o.fingerprint as i64],
     )
     .map(|_| ())
+}
+
+/// A row of `(run_id, pid, host, boot_id, start_ticks, <since>)`: who holds something, and since
+/// when (a lock's `acquired_at`, a running run's `started_at`).
+fn id_holder_since(r: &rusqlite::Row) -> rusqlite::Result<(String, Holder, String)> {
+    Ok((
+        r.get(0)?,
+        Holder {
+            pid: r.get(1)?,
+            host: r.get(2)?,
+            boot_id: r.get(3)?,
+            start_ticks: r.get(4)?,
+        },
+        r.get(5)?,
+    ))
 }
 
 #[cfg(test)]
