@@ -142,6 +142,46 @@ impl Standby {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Runs `sql` on the standby's `postgres` database with psql; its trimmed output.
+    fn psql(&self, sql: &str) -> String {
+        let out = Command::new(tool(&self.bin, "psql"))
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql on the standby: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Polls `sql` on the standby until it prints `want` (60 s at most).
+    fn wait_until(&self, sql: &str, want: &str) {
+        let start = Instant::now();
+        loop {
+            let got = self.psql(sql);
+            if got == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{sql} on the standby still gives {got:?}, not {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Stops the server (`pg_ctl stop -m fast`), keeping the folder.
     fn stop(&mut self) {
         if self.running {
@@ -312,6 +352,12 @@ name = "replication"
 kind = "replication"
 target = "db"
 slot_retained_warn = "1kB"
+
+[jobs.defaults]
+[[jobs.defaults.items]]
+name = "replication"
+kind = "replication"
+target = "db"
 "#,
     );
     let (_, report, out) = s.run("slots", &[]);
@@ -331,4 +377,82 @@ slot_retained_warn = "1kB"
         "{it:#}"
     );
     assert_eq!(slot["wal_status"], "reserved", "{it:#}");
+
+    // Below the default 5GB threshold, the inactive slot still warns: it holds WAL.
+    let (_, report, out) = s.run("defaults", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "warn", "{out}");
+    let summary = it["summary"].as_str().unwrap();
+    assert!(summary.contains("slot held is inactive, holding"), "{it:#}");
+    assert!(!summary.contains("above"), "{it:#}");
+}
+
+#[test]
+fn standby_lag_counts_only_wal_waiting_to_be_replayed() {
+    let pg = primary();
+    let standby = Standby::start(&pg);
+    let s = Setup::new(
+        &pg.url("postgres"),
+        &format!(
+            "\n[targets.standby]\nurl = \"{}\"\nsslmode = \"disable\"\n",
+            standby.url()
+        ),
+        r#"
+[jobs.standby]
+[[jobs.standby.items]]
+name = "replication"
+kind = "replication"
+target = "standby"
+lag_warn = "1s"
+lag_fail = "1h"
+"#,
+    );
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (1);",
+        &[],
+    )
+    .expect("write on the primary");
+    standby.wait_until("SELECT to_regclass('public.t') IS NOT NULL", "t");
+    standby.wait_until("SELECT count(*) FROM t", "1");
+    // A quiet primary: the last transaction gets older, but nothing is waiting to be replayed.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, report, out) = s.run("standby", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "pass", "{out}");
+    assert!(
+        it["data"]["seconds_since_last_replay"].as_f64().unwrap() > 1.0,
+        "{it:#}"
+    );
+    assert_eq!(it["data"]["replay_lag_seconds"], 0.0, "{it:#}");
+    assert_eq!(it["data"]["value"], 0.0, "{it:#}");
+
+    // Replay held back for an hour: the next commit is received but waits, so the standby
+    // lags by the age of the last transaction it replayed.
+    standby.psql("ALTER SYSTEM SET recovery_min_apply_delay = '1h'");
+    standby.psql("SELECT pg_reload_conf()");
+    standby.wait_until("SHOW recovery_min_apply_delay", "1h");
+    pg.psql("postgres", "INSERT INTO t VALUES (2);", &[])
+        .expect("write on the primary");
+    standby.wait_until(
+        "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) > 0",
+        "t",
+    );
+    let (_, report, out) = s.run("standby", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "warn", "{out}");
+    assert!(
+        it["data"]["replay_lag_seconds"].as_f64().unwrap() > 1.0,
+        "{it:#}"
+    );
+    assert!(
+        it["data"]["receive_replay_distance_bytes"]
+            .as_i64()
+            .unwrap()
+            > 0,
+        "{it:#}"
+    );
+    let summary = it["summary"].as_str().unwrap();
+    assert!(summary.contains("(warn above 1s)"), "{it:#}");
+    assert!(summary.contains("streaming from"), "{it:#}");
 }

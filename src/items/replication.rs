@@ -413,7 +413,7 @@ impl Replication {
                         (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver LIMIT 1), \
                         extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, \
                         pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint, \
-                        pg_last_xact_replay_timestamp()::text",
+                        pg_last_xact_replay_timestamp()::text, pg_last_wal_receive_lsn()::text",
                 &[],
             )
             .await
@@ -424,11 +424,43 @@ impl Replication {
         let pending: Option<i64> = pg::col(&row, 3)?;
         let last_replay: Option<String> = pg::col(&row, 4)?;
         let streaming = receiver.as_deref() == Some("streaming");
-        // Nothing waiting to be replayed: caught up, whatever the clock says.
-        let lag = match pending {
+        let received: Option<String> = pg::col(&row, 5)?;
+        let mut details = Vec::new();
+        // Nothing waiting to be replayed: caught up, whatever the clock says. No receive
+        // position at all (no WAL receiver since start): unknown.
+        let mut lag = match pending {
             Some(p) if p > 0 => since_replay.map(|s| s.max(0.0)),
-            _ => Some(0.0),
+            Some(_) => Some(0.0),
+            None => None,
         };
+        // WAL that is not a transaction (a checkpoint, the primary's periodic running-xacts
+        // record) can be caught between receive and replay while the last transaction is
+        // hours old: look again a second later. If by then the standby replayed everything it
+        // had received, it is less than that second behind.
+        if let (Some(l), Some(at)) = (lag, &received)
+            && l > self.lag_warn.0.as_secs_f64()
+        {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let row = client
+                .query_one(
+                    "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), $1::text::pg_lsn) >= 0",
+                    &[at],
+                )
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot read the standby's replay position: {}",
+                        pg::pg_error(&e)
+                    )
+                })?;
+            if pg::col::<bool>(&row, 0)? {
+                lag = Some(0.0);
+                details.push(format!(
+                    "WAL received up to {at} was replayed within a second: caught up (the last transaction is simply {} old: the primary is quiet)",
+                    secs(l)
+                ));
+            }
+        }
         let mut status = Status::Pass;
         let mut problems = Vec::new();
         if !streaming {
