@@ -456,3 +456,74 @@ lag_fail = "1h"
     assert!(summary.contains("(warn above 1s)"), "{it:#}");
     assert!(summary.contains("streaming from"), "{it:#}");
 }
+
+#[test]
+fn bad_thresholds_are_config_errors_with_their_position() {
+    let s = Setup::new(
+        "postgres://postgres@127.0.0.1:1/postgres",
+        "",
+        r#"
+[jobs.j]
+[[jobs.j.items]]
+name = "r"
+kind = "replication"
+target = "db"
+lag_warn = "10m"
+lag_fail = "5m"
+slot_retained_warn = "30GB"
+slot_retained_fail = "10GB"
+"#,
+    );
+    let jobs = s.dir.path().join("jobs.toml");
+    let text = std::fs::read_to_string(&jobs).unwrap();
+    let line_of = |key: &str| {
+        text.lines()
+            .position(|l| l.starts_with(key))
+            .expect("key in jobs.toml")
+            + 1
+    };
+    let out = assert_cmd::Command::cargo_bin("runbook")
+        .unwrap()
+        .arg("--config")
+        .arg(&jobs)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "jobs.toml:{}:1: job \"j\", item \"r\": lag_fail (5m) is below lag_warn (10m)",
+            line_of("lag_fail")
+        )),
+        "{err}"
+    );
+    let at = format!(
+        "jobs.toml:{}:1: job \"j\", item \"r\": slot_retained_fail (",
+        line_of("slot_retained_fail")
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&at) && l.contains("is below slot_retained_warn (")),
+        "{err}"
+    );
+
+    // A size that does not parse names its value and the item.
+    std::fs::write(&jobs, text.replace("\"30GB\"", "\"5 gigs\"")).unwrap();
+    let out = assert_cmd::Command::cargo_bin("runbook")
+        .unwrap()
+        .arg("--config")
+        .arg(&jobs)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "jobs.toml:{}:1: job \"j\", item \"r\": invalid size \"5 gigs\"",
+            line_of("slot_retained_warn")
+        )),
+        "{err}"
+    );
+}
