@@ -264,12 +264,22 @@ expect_standbys = 1
 name = "replication"
 kind = "replication"
 target = "standby"
+
+[jobs.unprivileged]
+[[jobs.unprivileged.items]]
+name = "replication"
+kind = "replication"
+target = "plain"
+expect_standbys = 1
 "#;
 
 fn setup(pg: &TempCluster, standby_url: &str) -> Setup {
     Setup::new(
         &pg.url("postgres"),
-        &format!("\n[targets.standby]\nurl = \"{standby_url}\"\nsslmode = \"disable\"\n"),
+        &format!(
+            "\n[targets.standby]\nurl = \"{standby_url}\"\nsslmode = \"disable\"\n\n[targets.plain]\nurl = \"postgres://plain@127.0.0.1:{}/postgres\"\nsslmode = \"disable\"\n",
+            pg.port
+        ),
         JOBS,
     )
 }
@@ -311,6 +321,19 @@ fn streaming_standby_passes_on_both_sides_and_a_stopped_one_fails() {
     assert!(it["data"]["value"].as_f64().is_some(), "{it:#}");
     assert!(
         it["summary"].as_str().unwrap().contains("streaming from"),
+        "{it:#}"
+    );
+
+    // A role without pg_monitor sees the standby but not its state: the failure says why.
+    pg.psql("postgres", "CREATE ROLE plain LOGIN", &[])
+        .expect("create role");
+    let (_, report, out) = s.run("unprivileged", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "fail", "{out}");
+    assert!(
+        it["summary"].as_str().unwrap().contains(
+            "expected 1 standby(s), 0 streaming (1 connected but their state is hidden: grant pg_monitor to the target's role)"
+        ),
         "{it:#}"
     );
 

@@ -50,6 +50,9 @@ fn default_retained_fail() -> Size {
     Size(20_000_000_000)
 }
 
+/// A standby's state as shown to a role without `pg_read_all_stats` (NULL).
+const UNKNOWN_STATE: &str = "unknown (needs pg_monitor)";
+
 /// One row of `pg_stat_replication`.
 struct Standby {
     application_name: String,
@@ -158,12 +161,12 @@ impl Replication {
         let rows = client
             .query(
                 "SELECT coalesce(application_name, ''), coalesce(host(client_addr), 'local socket'), \
-                        coalesce(state, 'unknown (needs pg_monitor)'), coalesce(sync_state, ''), \
+                        coalesce(state, $1), coalesce(sync_state, ''), \
                         extract(epoch FROM write_lag)::float8, extract(epoch FROM flush_lag)::float8, \
                         extract(epoch FROM replay_lag)::float8, \
                         pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint \
                  FROM pg_stat_replication ORDER BY application_name, client_addr",
-                &[],
+                &[&UNKNOWN_STATE],
             )
             .await
             .map_err(|e| format!("cannot read pg_stat_replication: {}", pg::pg_error(&e)))?;
@@ -224,9 +227,15 @@ impl Replication {
         let streaming = standbys.iter().filter(|s| s.state == "streaming").count();
         if (streaming as u64) < u64::from(self.expect_standbys) {
             status = Status::Fail;
+            let hidden = standbys.iter().filter(|s| s.state == UNKNOWN_STATE).count();
             problems.push(format!(
-                "expected {} standby(s), {streaming} streaming",
-                self.expect_standbys
+                "expected {} standby(s), {streaming} streaming{}",
+                self.expect_standbys,
+                if hidden > 0 {
+                    format!(" ({hidden} connected but their state is hidden: grant pg_monitor to the target's role)")
+                } else {
+                    String::new()
+                }
             ));
         }
         // A NULL lag means the standby has caught up and nothing has happened since.
