@@ -33,6 +33,7 @@ pub mod manual;
 pub mod prometheus;
 pub mod query_text;
 pub mod reindex;
+pub mod replication;
 pub mod restore_drill;
 pub mod slow_queries;
 pub mod sql;
@@ -299,6 +300,7 @@ pub enum ItemSpec {
     CreateIndexes(create_indexes::CreateIndexes),
     Sql(sql::Sql),
     SlowQueries(slow_queries::SlowQueries),
+    Replication(replication::Replication),
     Http(http::Http),
     Alertmanager(alertmanager::Alertmanager),
     Prometheus(prometheus::Prometheus),
@@ -322,6 +324,7 @@ impl ItemSpec {
             ItemSpec::CreateIndexes(_) => "create_indexes",
             ItemSpec::Sql(_) => "sql",
             ItemSpec::SlowQueries(_) => "slow_queries",
+            ItemSpec::Replication(_) => "replication",
             ItemSpec::Http(_) => "http",
             ItemSpec::Alertmanager(_) => "alertmanager",
             ItemSpec::Prometheus(_) => "prometheus",
@@ -342,6 +345,7 @@ impl ItemSpec {
             ItemSpec::Sql(o) => Some(&o.target),
             ItemSpec::SlowQueries(o) => Some(&o.target),
             ItemSpec::WalArchive(o) => Some(&o.target),
+            ItemSpec::Replication(o) => Some(&o.target),
             _ => None,
         }
     }
@@ -393,6 +397,7 @@ impl ItemSpec {
             ItemSpec::CreateIndexes(o) => o.prepare(p),
             ItemSpec::Sql(o) => o.prepare(p),
             ItemSpec::SlowQueries(o) => o.prepare(p),
+            ItemSpec::Replication(o) => o.prepare(p),
             ItemSpec::Http(o) => o.prepare(p),
             ItemSpec::Alertmanager(o) => o.prepare(p),
             ItemSpec::Prometheus(o) => o.prepare(p),
@@ -416,6 +421,7 @@ impl ItemSpec {
             ItemSpec::CreateIndexes(o) => o.run(ctx).await,
             ItemSpec::Sql(o) => o.run(ctx).await,
             ItemSpec::SlowQueries(o) => o.run(ctx).await,
+            ItemSpec::Replication(o) => o.run(ctx).await,
             ItemSpec::Http(o) => o.run(ctx).await,
             ItemSpec::Alertmanager(o) => o.run(ctx).await,
             ItemSpec::Prometheus(o) => o.run(ctx).await,

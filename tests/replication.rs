@@ -1,0 +1,552 @@
+//! `kind = "replication"` end to end: `runbook run-job --format json` against a real primary
+//! with a real streaming standby (`pg_basebackup -R`), the standby stopped, and an inactive
+//! physical slot holding WAL.
+
+mod db_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use db_support::{Setup, item};
+use runbook::pgcluster::TempCluster;
+use serde_json::Value;
+
+/// A streaming standby of a [`TempCluster`], made with `pg_basebackup -R` and started on its
+/// own free port. Dropping it stops the server (also when a test fails) and removes its folder.
+struct Standby {
+    dir: Option<tempfile::TempDir>,
+    data: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    run_as: Option<String>,
+    running: bool,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn tool(bin: &Path, name: &str) -> PathBuf {
+    let p = bin.join(name);
+    if p.exists() { p } else { PathBuf::from(name) }
+}
+
+/// Runs `program args` as `run_as` (the `postgres` user when we are root); panics with its
+/// output when it fails.
+fn run_as(user: &Option<String>, program: &Path, args: &[&str]) -> String {
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg(u).arg("--").arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    let out = cmd
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Standby {
+    /// Base backup of `primary` (its default pg_hba.conf from `initdb -A trust` already allows
+    /// replication connections from 127.0.0.1; wal_level replica and max_wal_senders 10 are the
+    /// defaults), started as a streaming standby; returns once the primary sees it streaming.
+    fn start(primary: &TempCluster) -> Standby {
+        let dir = tempfile::Builder::new()
+            .prefix("runbook-standby-")
+            .tempdir()
+            .expect("tempdir");
+        let user = nix::unistd::Uid::effective()
+            .is_root()
+            .then(|| "postgres".to_string());
+        if let Some(u) = &user {
+            let u = nix::unistd::User::from_name(u)
+                .expect("user lookup")
+                .expect("we are root and PostgreSQL refuses root: a `postgres` user is needed");
+            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).expect("chown");
+        }
+        let data = dir.path().join("data");
+        let bin = primary.bin.clone();
+        let port = free_port();
+        run_as(
+            &user,
+            &tool(&bin, "pg_basebackup"),
+            &[
+                "-R",
+                "-D",
+                data.to_str().unwrap(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\n",
+            dir.path().display()
+        ));
+        std::fs::write(&conf, text).expect("write postgresql.conf");
+        let mut s = Standby {
+            dir: Some(dir),
+            data,
+            port,
+            bin,
+            run_as: user,
+            running: false,
+        };
+        let log = s.dir.as_ref().unwrap().path().join("server.log");
+        run_as(
+            &s.run_as,
+            &tool(&s.bin, "pg_ctl"),
+            &[
+                "-D",
+                s.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        s.running = true;
+        wait_until(
+            primary,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            "1",
+        );
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs `sql` on the standby's `postgres` database with psql; its trimmed output.
+    fn psql(&self, sql: &str) -> String {
+        let out = Command::new(tool(&self.bin, "psql"))
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql on the standby: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Polls `sql` on the standby until it prints `want` (60 s at most).
+    fn wait_until(&self, sql: &str, want: &str) {
+        let start = Instant::now();
+        loop {
+            let got = self.psql(sql);
+            if got == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{sql} on the standby still gives {got:?}, not {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`), keeping the folder.
+    fn stop(&mut self) {
+        if self.running {
+            self.running = false;
+            run_as(
+                &self.run_as,
+                &tool(&self.bin, "pg_ctl"),
+                &[
+                    "-D",
+                    self.data.to_str().unwrap(),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "60",
+                    "stop",
+                ],
+            );
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        if self.running {
+            self.running = false;
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_as(
+                    &self.run_as,
+                    &tool(&self.bin, "pg_ctl"),
+                    &[
+                        "-D",
+                        self.data.to_str().unwrap(),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "-t",
+                        "30",
+                        "stop",
+                    ],
+                )
+            }));
+        }
+        if let Some(d) = self.dir.take() {
+            let _ = d.close();
+        }
+    }
+}
+
+/// Polls `sql` on the primary's `postgres` database until it prints `want` (60 s at most).
+fn wait_until(pg: &TempCluster, sql: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = pg.psql("postgres", sql, &[]).expect("psql");
+        if got.trim() == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{sql} still gives {got:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn primary() -> TempCluster {
+    TempCluster::start().expect("PostgreSQL server binaries are needed for these tests (Debian: apt-get install postgresql)")
+}
+
+const JOBS: &str = r#"
+[jobs.primary]
+[[jobs.primary.items]]
+name = "replication"
+kind = "replication"
+target = "db"
+expect_standbys = 1
+
+[jobs.standby]
+[[jobs.standby.items]]
+name = "replication"
+kind = "replication"
+target = "standby"
+
+[jobs.unprivileged]
+[[jobs.unprivileged.items]]
+name = "replication"
+kind = "replication"
+target = "plain"
+expect_standbys = 1
+"#;
+
+fn setup(pg: &TempCluster, standby_url: &str) -> Setup {
+    Setup::new(
+        &pg.url("postgres"),
+        &format!(
+            "\n[targets.standby]\nurl = \"{standby_url}\"\nsslmode = \"disable\"\n\n[targets.plain]\nurl = \"postgres://plain@127.0.0.1:{}/postgres\"\nsslmode = \"disable\"\n",
+            pg.port
+        ),
+        JOBS,
+    )
+}
+
+#[test]
+fn streaming_standby_passes_on_both_sides_and_a_stopped_one_fails() {
+    let pg = primary();
+    let mut standby = Standby::start(&pg);
+    let s = setup(&pg, &standby.url());
+
+    // (a) The primary sees its one standby streaming: pass, and the standby is listed.
+    let (code, report, out) = s.run("primary", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "pass", "{out}");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(it["data"]["role"], "primary", "{it:#}");
+    assert_eq!(it["data"]["streaming"], 1, "{it:#}");
+    let standbys = it["data"]["standbys"].as_array().expect("standbys");
+    assert_eq!(standbys.len(), 1, "{it:#}");
+    assert_eq!(standbys[0]["state"], "streaming", "{it:#}");
+    assert_eq!(standbys[0]["client_addr"], "127.0.0.1", "{it:#}");
+    assert!(it["data"]["value"].as_f64().is_some(), "{it:#}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 1 standby(s) streaming"),
+        "{it:#}"
+    );
+
+    // (d) The item pointed at the standby: streaming, pass, with its replay lag.
+    let (code, report, out) = s.run("standby", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "pass", "{out}");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(it["data"]["role"], "standby", "{it:#}");
+    assert_eq!(it["data"]["streaming"], true, "{it:#}");
+    assert_eq!(it["data"]["wal_receiver_status"], "streaming", "{it:#}");
+    assert!(it["data"]["value"].as_f64().is_some(), "{it:#}");
+    assert!(
+        it["summary"].as_str().unwrap().contains("streaming from"),
+        "{it:#}"
+    );
+
+    // A role without pg_monitor sees the standby but not its state: the failure says why.
+    pg.psql("postgres", "CREATE ROLE plain LOGIN", &[])
+        .expect("create role");
+    let (_, report, out) = s.run("unprivileged", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "fail", "{out}");
+    assert!(
+        it["summary"].as_str().unwrap().contains(
+            "expected 1 standby(s), 0 streaming (1 connected but their state is hidden: grant pg_monitor to the target's role)"
+        ),
+        "{it:#}"
+    );
+
+    // (b) The standby stopped: the primary has none streaming and expected one.
+    standby.stop();
+    wait_until(&pg, "SELECT count(*) FROM pg_stat_replication", "0");
+    let (code, report, out) = s.run("primary", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "fail", "{out}");
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(it["data"]["streaming"], 0, "{it:#}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .contains("expected 1 standby(s), 0 streaming"),
+        "{it:#}"
+    );
+}
+
+#[test]
+fn inactive_slot_holding_wal_warns_naming_it() {
+    let pg = primary();
+    pg.psql(
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('held', true); \
+         CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+         SELECT pg_switch_wal();",
+        &[],
+    )
+    .expect("slot and WAL");
+    let s = Setup::new(
+        &pg.url("postgres"),
+        "",
+        r#"
+[jobs.slots]
+[[jobs.slots.items]]
+name = "replication"
+kind = "replication"
+target = "db"
+slot_retained_warn = "1kB"
+
+[jobs.defaults]
+[[jobs.defaults.items]]
+name = "replication"
+kind = "replication"
+target = "db"
+"#,
+    );
+    let (_, report, out) = s.run("slots", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "warn", "{out}");
+    let summary = it["summary"].as_str().unwrap();
+    assert!(summary.contains("slot held is inactive, holding"), "{it:#}");
+    assert!(summary.contains("of WAL (warn above 1000B)"), "{it:#}");
+    let slots = it["data"]["slots"].as_array().expect("slots");
+    assert_eq!(slots.len(), 1, "{it:#}");
+    let slot: &Value = &slots[0];
+    assert_eq!(slot["slot_name"], "held", "{it:#}");
+    assert_eq!(slot["slot_type"], "physical", "{it:#}");
+    assert_eq!(slot["active"], false, "{it:#}");
+    assert!(
+        slot["wal_retained_bytes"].as_i64().unwrap() > 1000,
+        "{it:#}"
+    );
+    assert_eq!(slot["wal_status"], "reserved", "{it:#}");
+
+    // Below the default 5GB threshold, the inactive slot still warns: it holds WAL.
+    let (_, report, out) = s.run("defaults", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "warn", "{out}");
+    let summary = it["summary"].as_str().unwrap();
+    assert!(summary.contains("slot held is inactive, holding"), "{it:#}");
+    assert!(!summary.contains("above"), "{it:#}");
+}
+
+#[test]
+fn standby_lag_counts_only_wal_waiting_to_be_replayed() {
+    let pg = primary();
+    let standby = Standby::start(&pg);
+    let s = Setup::new(
+        &pg.url("postgres"),
+        &format!(
+            "\n[targets.standby]\nurl = \"{}\"\nsslmode = \"disable\"\n",
+            standby.url()
+        ),
+        r#"
+[jobs.standby]
+[[jobs.standby.items]]
+name = "replication"
+kind = "replication"
+target = "standby"
+lag_warn = "1s"
+lag_fail = "1h"
+"#,
+    );
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (1);",
+        &[],
+    )
+    .expect("write on the primary");
+    standby.wait_until("SELECT to_regclass('public.t') IS NOT NULL", "t");
+    standby.wait_until("SELECT count(*) FROM t", "1");
+    // A quiet primary: the last transaction gets older, but nothing is waiting to be replayed.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, report, out) = s.run("standby", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "pass", "{out}");
+    assert!(
+        it["data"]["seconds_since_last_replay"].as_f64().unwrap() > 1.0,
+        "{it:#}"
+    );
+    assert_eq!(it["data"]["replay_lag_seconds"], 0.0, "{it:#}");
+    assert_eq!(it["data"]["value"], 0.0, "{it:#}");
+
+    // Replay held back for an hour: the next commit is received but waits, so the standby
+    // lags by the age of the last transaction it replayed.
+    standby.psql("ALTER SYSTEM SET recovery_min_apply_delay = '1h'");
+    standby.psql("SELECT pg_reload_conf()");
+    standby.wait_until("SHOW recovery_min_apply_delay", "1h");
+    pg.psql("postgres", "INSERT INTO t VALUES (2);", &[])
+        .expect("write on the primary");
+    standby.wait_until(
+        "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) > 0",
+        "t",
+    );
+    let (_, report, out) = s.run("standby", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "warn", "{out}");
+    assert!(
+        it["data"]["replay_lag_seconds"].as_f64().unwrap() > 1.0,
+        "{it:#}"
+    );
+    assert!(
+        it["data"]["receive_replay_distance_bytes"]
+            .as_i64()
+            .unwrap()
+            > 0,
+        "{it:#}"
+    );
+    let summary = it["summary"].as_str().unwrap();
+    assert!(summary.contains("(warn above 1s)"), "{it:#}");
+    assert!(summary.contains("streaming from"), "{it:#}");
+}
+
+#[test]
+fn bad_thresholds_are_config_errors_with_their_position() {
+    let s = Setup::new(
+        "postgres://postgres@127.0.0.1:1/postgres",
+        "",
+        r#"
+[jobs.j]
+[[jobs.j.items]]
+name = "r"
+kind = "replication"
+target = "db"
+lag_warn = "10m"
+lag_fail = "5m"
+slot_retained_warn = "30GB"
+slot_retained_fail = "10GB"
+"#,
+    );
+    let jobs = s.dir.path().join("jobs.toml");
+    let text = std::fs::read_to_string(&jobs).unwrap();
+    let line_of = |key: &str| {
+        text.lines()
+            .position(|l| l.starts_with(key))
+            .expect("key in jobs.toml")
+            + 1
+    };
+    let out = assert_cmd::Command::cargo_bin("runbook")
+        .unwrap()
+        .arg("--config")
+        .arg(&jobs)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "jobs.toml:{}:1: job \"j\", item \"r\": lag_fail (5m) is below lag_warn (10m)",
+            line_of("lag_fail")
+        )),
+        "{err}"
+    );
+    let at = format!(
+        "jobs.toml:{}:1: job \"j\", item \"r\": slot_retained_fail (",
+        line_of("slot_retained_fail")
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&at) && l.contains("is below slot_retained_warn (")),
+        "{err}"
+    );
+
+    // A size that does not parse names its value and the item.
+    std::fs::write(&jobs, text.replace("\"30GB\"", "\"5 gigs\"")).unwrap();
+    let out = assert_cmd::Command::cargo_bin("runbook")
+        .unwrap()
+        .arg("--config")
+        .arg(&jobs)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "jobs.toml:{}:1: job \"j\", item \"r\": invalid size \"5 gigs\"",
+            line_of("slot_retained_warn")
+        )),
+        "{err}"
+    );
+}
