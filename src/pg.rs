@@ -195,12 +195,7 @@ impl Target {
         &self,
     ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
         let (client, notices) = self.connect_with_notices(self.dbname()).await?;
-        let set = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis());
-        client
-            .batch_execute(&set)
-            .await
-            .map_err(|e| format!("target {}: {}", self.name, pg_error(&e)))?;
-        Ok((client, notices))
+        self.under_lock_timeout(client, notices).await
     }
 
     /// A connection to another database on the same server (e.g. a scratch database).
@@ -212,6 +207,39 @@ impl Target {
     pub async fn connect_with_notices(
         &self,
         dbname: &str,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+        self.open(dbname, true).await
+    }
+
+    /// An extra worker's connection for maintenance (`parallel` > 1): as
+    /// [`Target::connect_for_maintenance_with_notices`], but a full server ("too many
+    /// clients") is not retried. The item does its work on the connections it has and reports
+    /// the one it could not get, rather than waiting for a slot.
+    pub async fn connect_extra_worker(
+        &self,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+        let (client, notices) = self.open(self.dbname(), false).await?;
+        self.under_lock_timeout(client, notices).await
+    }
+
+    /// Puts a fresh connection under the target's `lock_timeout`.
+    async fn under_lock_timeout(
+        &self,
+        client: Client,
+        notices: mpsc::UnboundedReceiver<String>,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+        let set = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis());
+        client
+            .batch_execute(&set)
+            .await
+            .map_err(|e| format!("target {}: {}", self.name, pg_error(&e)))?;
+        Ok((client, notices))
+    }
+
+    async fn open(
+        &self,
+        dbname: &str,
+        retry_when_full: bool,
     ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
         let mut cfg = self.pg.clone();
         cfg.dbname(dbname);
@@ -239,33 +267,60 @@ impl Target {
                 pg_error(&e)
             )
         };
-        let connect = async {
-            match self.sslmode {
-                SslMode::Disable => {
-                    cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
-                    tokio::spawn(drive(conn, tx));
-                    Ok(client)
-                }
-                mode => {
-                    cfg.ssl_mode(if mode == SslMode::Prefer {
-                        tokio_postgres::config::SslMode::Prefer
-                    } else {
-                        tokio_postgres::config::SslMode::Require
-                    });
-                    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config(mode)?);
-                    let (client, conn) = cfg.connect(tls).await.map_err(fail)?;
-                    tokio::spawn(drive(conn, tx));
-                    Ok(client)
-                }
+        let tls = match self.sslmode {
+            SslMode::Disable => {
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+            mode => {
+                cfg.ssl_mode(if mode == SslMode::Prefer {
+                    tokio_postgres::config::SslMode::Prefer
+                } else {
+                    tokio_postgres::config::SslMode::Require
+                });
+                Some(self.tls_config(mode)?)
             }
         };
-        match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), connect).await {
-            Ok(r) => r.map(|c| (c, rx)),
-            Err(_) => Err(format!(
-                "cannot connect to target {} ({}): timed out after {:?}",
-                self.name, self.display, self.connect_timeout
-            )),
+        // "Too many clients" is retried briefly: right after one of our own connections closed
+        // (the previous item on this target), its server process may still be exiting and hold
+        // the slot for a few milliseconds. A server that stays full fails after ~0.85 s more.
+        let mut backoff = [100u64, 250, 500].into_iter();
+        loop {
+            let attempt = async {
+                match &tls {
+                    None => {
+                        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+                        tokio::spawn(drive(conn, tx.clone()));
+                        Ok::<_, tokio_postgres::Error>(client)
+                    }
+                    Some(tls) => {
+                        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone());
+                        let (client, conn) = cfg.connect(tls).await?;
+                        tokio::spawn(drive(conn, tx.clone()));
+                        Ok(client)
+                    }
+                }
+            };
+            match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), attempt).await
+            {
+                Ok(Ok(client)) => return Ok((client, rx)),
+                Ok(Err(e)) => {
+                    let full =
+                        e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS);
+                    match backoff.next() {
+                        Some(ms) if full && retry_when_full => {
+                            tokio::time::sleep(Duration::from_millis(ms)).await
+                        }
+                        _ => return Err(fail(e)),
+                    }
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "cannot connect to target {} ({}): timed out after {:?}",
+                        self.name, self.display, self.connect_timeout
+                    ));
+                }
+            }
         }
     }
 

@@ -430,8 +430,8 @@ impl Reindex {
                     // Already under statement_timeout = 0.
                     Some(c) => c,
                     None => {
-                        let c = match target.connect_for_maintenance().await {
-                            Ok(c) => c,
+                        let c = match target.connect_extra_worker().await {
+                            Ok((c, _notices)) => c,
                             Err(e) => return (Some(e), None),
                         };
                         if let Err(e) = c.batch_execute("SET statement_timeout = 0").await {

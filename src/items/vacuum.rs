@@ -232,7 +232,7 @@ impl Vacuum {
             (0..n)
                 .map(|_| {
                     let target = target.clone();
-                    tokio::spawn(async move { target.connect_for_maintenance_with_notices().await })
+                    tokio::spawn(async move { target.connect_extra_worker().await })
                 })
                 .collect()
         };
