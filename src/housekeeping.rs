@@ -150,7 +150,7 @@ mod tests {
             report.started_at = started.fixed_offset();
             report.finished_at = report.started_at;
             self.store
-                .insert_run(&report.run_id, job, "schedule", None, &started)
+                .insert_run(&report.run_id, job, "schedule", None, &started, true)
                 .unwrap();
             self.store.finish_run(&report, &[], &[]).unwrap();
             report.run_id
