@@ -1129,4 +1129,48 @@ kind = "manual"
         assert!(e[0].starts_with("jobs.toml:2:"), "{}", e[0]);
         assert!(e[0].contains("job \"daily\""), "{}", e[0]);
     }
+
+    #[test]
+    fn an_explicit_threshold_moves_the_defaulted_side_of_its_pair() {
+        use crate::items::ItemSpec;
+        let text = "[jobs.d]\n[[jobs.d.items]]\nname = \"s\"\nkind = \"system\"\ndisk_fail = \"75%\"\nmemory_warn = \"97%\"\nload_fail_per_core = 1.5\n\n[[jobs.d.items]]\nname = \"l\"\nkind = \"log_scan\"\nfiles = [\"x.log\"]\nfail_count = 0\n";
+        let config = Config::from_text(Path::new("jobs.toml"), text).unwrap_or_else(|e| {
+            panic!(
+                "{:?}",
+                e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+            )
+        });
+        let items = &config.jobs["d"].config.items;
+        let ItemSpec::System(s) = &items[0].spec else {
+            panic!("not a system item")
+        };
+        // Explicit fail below the default warn lowers the warn; explicit warn above the
+        // default fail raises the fail; untouched defaults stay.
+        assert_eq!((s.disk_warn.0, s.disk_fail.0), (75.0, 75.0));
+        assert_eq!((s.memory_warn.0, s.memory_fail.0), (97.0, 97.0));
+        assert_eq!(s.load_warn_per_core, 1.5);
+        let ItemSpec::LogScan(l) = &items[1].spec else {
+            panic!("not a log_scan item")
+        };
+        assert_eq!((l.warn_count, l.fail_count), (0, Some(0)));
+        let text = "[jobs.d]\n[[jobs.d.items]]\nname = \"s\"\nkind = \"system\"\n";
+        let config = Config::from_text(Path::new("jobs.toml"), text).unwrap();
+        let ItemSpec::System(s) = &config.jobs["d"].config.items[0].spec else {
+            panic!("not a system item")
+        };
+        assert_eq!((s.disk_warn.0, s.disk_fail.0), (80.0, 90.0));
+        assert_eq!((s.memory_warn.0, s.memory_fail.0), (85.0, 95.0));
+        assert_eq!(s.load_warn_per_core, 2.0);
+    }
+
+    #[test]
+    fn an_explicit_pair_in_the_wrong_order_is_still_an_error_at_its_position() {
+        let e = errors(
+            "[jobs.d]\n[[jobs.d.items]]\nname = \"s\"\nkind = \"system\"\ndisk_warn = \"85%\"\ndisk_fail = \"75%\"\n",
+        );
+        assert_eq!(
+            e,
+            ["jobs.toml:5:1: job \"d\", item \"s\": disk_warn (85%) is above disk_fail (75%)"]
+        );
+    }
 }

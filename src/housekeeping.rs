@@ -143,6 +143,11 @@ mod tests {
     impl Fixture {
         /// A finished run of `job` that started `days_ago` days before `now`.
         fn run(&self, job: &str, days_ago: i64, now: DateTime<Utc>) -> String {
+            self.run_of(job, days_ago, now, true)
+        }
+
+        /// Like `run`; `comparable: false` is a `--dry-run` or `--item` run.
+        fn run_of(&self, job: &str, days_ago: i64, now: DateTime<Utc>, comparable: bool) -> String {
             let mut report = crate::notify::test_report(&self.config);
             report.run_id = ulid::Ulid::new().to_string();
             report.job = job.into();
@@ -150,7 +155,7 @@ mod tests {
             report.started_at = started.fixed_offset();
             report.finished_at = report.started_at;
             self.store
-                .insert_run(&report.run_id, job, "schedule", None, &started)
+                .insert_run(&report.run_id, job, "schedule", None, &started, comparable)
                 .unwrap();
             self.store.finish_run(&report, &[], &[]).unwrap();
             report.run_id
@@ -164,6 +169,29 @@ mod tests {
                 .map(|r| r.run_id)
                 .collect()
         }
+    }
+
+    #[test]
+    fn pruning_keeps_the_previous_comparable_run_behind_a_newer_partial_one() {
+        let f = fixture();
+        let now = Utc::now();
+        let older_full = f.run("daily", 42, now);
+        let full = f.run("daily", 41, now);
+        let partial = f.run_of("daily", 40, now, false);
+        f.store.prune(&(now - chrono::Duration::days(30))).unwrap();
+        let mut left = f.run_ids();
+        left.sort();
+        let mut want = vec![full.clone(), partial];
+        want.sort();
+        assert_eq!(left, want, "{older_full} should be the only one pruned");
+        assert_eq!(
+            f.store
+                .last_comparable_report("daily")
+                .unwrap()
+                .unwrap()
+                .run_id,
+            full
+        );
     }
 
     #[test]

@@ -155,7 +155,11 @@ async fn run_locked(
     opts: &RunOptions,
     run_id: &str,
 ) -> Result<Report, RunError> {
+    // `log_scan` counts lines since the job's last run, whatever kind it was; `change` and
+    // `on = "change"` compare with the previous comparable run (SPEC 9.1): neither a dry run
+    // nor limited by `--item`, so a partial run never becomes the base of the next full one.
     let previous = store.last_report(&job.name)?;
+    let comparable = store.last_comparable_report(&job.name)?;
     let started = Utc::now();
     let scheduled_local = opts
         .scheduled_for
@@ -166,6 +170,7 @@ async fn run_locked(
         opts.trigger.as_str(),
         scheduled_local.map(|s| s.to_rfc3339()).as_deref(),
         &started,
+        !opts.dry_run && opts.only_items.is_empty(),
     )?;
     if opts.notify && !opts.dry_run {
         crate::notify::run_started(config, job).await;
@@ -250,9 +255,10 @@ async fn run_locked(
         items,
         missed: opts.missed.iter().map(|m| local(*m).to_rfc3339()).collect(),
         notifications: vec![],
+        previous_status: None,
     };
     report.finish_status();
-    report.compare_with(previous.as_ref());
+    report.compare_with(comparable.as_ref());
     // The items have run: their report must reach a person even when the state database
     // cannot be written (disk full, locked by a stuck process). It is still printed and
     // delivered; only history loses it, and the log says so.

@@ -99,6 +99,11 @@ const MIGRATIONS: &[M<'static>] = &[
          ALTER TABLE outbox ADD COLUMN claim_pid INTEGER;
          ALTER TABLE outbox ADD COLUMN claim_start_ticks INTEGER;",
     ),
+    // Whether a run can be the "previous comparable run" (SPEC 9.1): 0 for `--dry-run` and
+    // `--item` runs. Rows written before keep NULL: their report says whether they were dry
+    // runs; whether they were limited by `--item` was not recorded, so they count as full runs
+    // (what they were taken for before).
+    M::up("ALTER TABLE runs ADD COLUMN comparable INTEGER;"),
 ];
 
 /// A handle on the state database; cheap to clone.
@@ -449,12 +454,13 @@ impl Store {
         trigger: &str,
         scheduled_for: Option<&str>,
         started_at: &DateTime<Utc>,
+        comparable: bool,
     ) -> Result<()> {
         let me = Holder::me(&self.host);
         self.with(|c| {
             c.execute(
-                "INSERT INTO runs (run_id, job, trigger, scheduled_for, started_at, status, pid, host, boot_id, start_ticks) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)",
-                params![run_id, job, trigger, scheduled_for, started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), me.pid, me.host, me.boot_id, me.start_ticks],
+                "INSERT INTO runs (run_id, job, trigger, scheduled_for, started_at, status, pid, host, boot_id, start_ticks, comparable) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10)",
+                params![run_id, job, trigger, scheduled_for, started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), me.pid, me.host, me.boot_id, me.start_ticks, comparable],
             )
             .map(|_| ())
         })
@@ -546,6 +552,28 @@ impl Store {
         })?;
         json.map(|j| serde_json::from_str(&j).context("stored report is not valid JSON"))
             .transpose()
+    }
+
+    /// The previous comparable run of a job (SPEC 9.1): its newest finished report that was
+    /// neither a `--dry-run` nor limited by `--item`. What `change` and `on = "change"`
+    /// compare with. Runs stored before this was recorded count as full runs unless their
+    /// report says they were dry runs.
+    pub fn last_comparable_report(&self, job: &str) -> Result<Option<Report>> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT report FROM runs WHERE job = ?1 AND report IS NOT NULL
+                 AND COALESCE(comparable, 1) = 1 ORDER BY started_at DESC",
+            )?;
+            st.query_map([job], |r| r.get(0))?.collect()
+        })?;
+        for json in rows {
+            let report: Report =
+                serde_json::from_str(&json).context("stored report is not valid JSON")?;
+            if !report.dry_run {
+                return Ok(Some(report));
+            }
+        }
+        Ok(None)
     }
 
     /// The newest `limit` finished reports of a job, newest first (e.g. a restore drill's trend
@@ -675,8 +703,9 @@ impl Store {
 
     /// Deletes what is older than `before`: finished runs (with their reports and their outbox
     /// rows), slot records and `log_scan` positions. Never deleted: a run still running, a run
-    /// with a notification still pending delivery, the newest finished run of each job (the
-    /// "previous run" its next report compares with), the newest slot of each job (the
+    /// with a notification still pending delivery, the newest finished run of each job and its
+    /// newest comparable one (the "previous comparable run" its next report compares with),
+    /// the newest slot of each job (the
     /// scheduler's cursor). One transaction.
     pub fn prune(&self, before: &DateTime<Utc>) -> Result<Pruned> {
         let millis = before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -685,7 +714,11 @@ impl Store {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut pruned = Pruned::default();
             let old_finished = "FROM runs r WHERE r.started_at < ?1 AND r.status != 'running'
-                 AND r.started_at < (SELECT MAX(n.started_at) FROM runs n WHERE n.job = r.job AND n.status != 'running')";
+                 AND r.started_at < (SELECT MAX(n.started_at) FROM runs n WHERE n.job = r.job AND n.status != 'running')
+                 AND r.run_id IS NOT (SELECT n.run_id FROM runs n WHERE n.job = r.job AND n.status != 'running'
+                     AND n.report IS NOT NULL AND COALESCE(n.comparable, 1) = 1
+                     AND COALESCE(json_extract(n.report, '$.dry_run'), 0) = 0
+                     ORDER BY n.started_at DESC LIMIT 1)";
             let pending = "EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = r.run_id AND o.state IN ('pending', 'sending'))";
             let doomed: Vec<String> = {
                 let mut st = tx.prepare(&format!("SELECT r.run_id {old_finished} AND NOT {pending}"))?;

@@ -798,6 +798,93 @@ fn change_is_reported_against_the_previous_run() {
     assert!(txt.contains("[recovered]"), "{txt}");
 }
 
+/// Two items that fail while their file exists; a channel with `on = "change"`.
+const TWO_FLAGS: &str = "[notify.changes]\ntype = \"file\"\ndir = \"changes\"\non = \"change\"\n\n[jobs.c]\nnotify = [\"changes\"]\n[[jobs.c.items]]\nname = \"a\"\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"test ! -e broken_a\"]\n[[jobs.c.items]]\nname = \"b\"\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"test ! -e broken_b\"]\n";
+
+fn changes(v: &Value) -> Vec<String> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{}={}",
+                i["name"].as_str().unwrap(),
+                i["change"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn channel_status(v: &Value, channel: &str) -> String {
+    v["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["channel"] == channel)
+        .unwrap_or_else(|| panic!("no {channel} in {v}"))["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn change_compares_with_the_previous_comparable_run_not_an_item_or_dry_run() {
+    let s = Setup::new(TWO_FLAGS);
+    std::fs::write(s.path().join("broken_a"), "").unwrap();
+    std::fs::write(s.path().join("broken_b"), "").unwrap();
+    let (c, full) = s.json(&["run-job", "c", "--format", "json"]);
+    assert_eq!(c, 1);
+    assert_eq!(changes(&full), ["a=new_failure", "b=new_failure"]);
+    // A partial run compares with the full run, and is not the base of the next one.
+    let (_, partial) = s.json(&["run-job", "c", "--item", "a", "--format", "json"]);
+    assert_eq!(changes(&partial), ["a=same"]);
+    let (_, next) = s.json(&["run-job", "c", "--format", "json"]);
+    assert_eq!(changes(&next), ["a=same", "b=same"], "{next}");
+    // Nor is a dry run (its command items are skipped).
+    let (_, dry) = s.json(&["run-job", "c", "--dry-run", "--format", "json"]);
+    assert_eq!(dry["items"][1]["status"], "skipped", "{dry}");
+    let (_, after_dry) = s.json(&["run-job", "c", "--format", "json"]);
+    assert_eq!(changes(&after_dry), ["a=same", "b=same"], "{after_dry}");
+}
+
+#[test]
+fn on_change_sends_only_when_the_run_differs_from_the_previous_comparable_run() {
+    let s = Setup::new(TWO_FLAGS);
+    std::fs::write(s.path().join("broken_a"), "").unwrap();
+    std::fs::write(s.path().join("broken_b"), "").unwrap();
+    // A job's first run is a change.
+    let (_, first) = s.json(&["run-job", "c", "--format", "json"]);
+    assert_eq!(channel_status(&first, "changes"), "sent", "{first}");
+    let (_, partial) = s.json(&["run-job", "c", "--item", "a", "--format", "json"]);
+    assert_eq!(channel_status(&partial, "changes"), "skipped", "{partial}");
+    let (_, same) = s.json(&["run-job", "c", "--format", "json"]);
+    assert_eq!(channel_status(&same, "changes"), "skipped", "{same}");
+    // Still failing overall, but b recovered: that is a change.
+    std::fs::remove_file(s.path().join("broken_b")).unwrap();
+    let (_, recovered) = s.json(&["run-job", "c", "--format", "json"]);
+    assert_eq!(changes(&recovered), ["a=same", "b=recovered"]);
+    assert_eq!(channel_status(&recovered, "changes"), "sent", "{recovered}");
+    // a recovers too: the run passes.
+    std::fs::remove_file(s.path().join("broken_a")).unwrap();
+    let (c, pass) = s.json(&["run-job", "c", "--format", "json"]);
+    assert_eq!(c, 0);
+    assert_eq!(channel_status(&pass, "changes"), "sent", "{pass}");
+    let (_, again) = s.json(&["run-job", "c", "--format", "json"]);
+    assert_eq!(channel_status(&again, "changes"), "skipped", "{again}");
+    let sent = std::fs::read_dir(s.path().join("changes"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(sent, 3);
+}
+
 #[test]
 fn key_rotation_warns_before_and_fails_after_due() {
     let today = chrono::Utc::now().date_naive();

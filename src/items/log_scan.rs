@@ -56,8 +56,12 @@ pub struct LogScan {
     /// On the first run (no remembered offset), only lines newer than this; lines without a
     /// parseable leading timestamp are counted. Default: the whole file.
     pub since: Option<Dur>,
-    /// Warn when at least this many lines match (0: never warn). Default 1.
-    #[serde(default = "default_warn_count")]
+    /// Warn when at least this many lines match (0: never warn). Default 1 (at most
+    /// `fail_count` when only that is set: explicit beats default).
+    #[serde(rename = "warn_count", default)]
+    warn_count_set: Option<u64>,
+    /// The warning threshold in effect (set by `prepare`).
+    #[serde(skip, default = "default_warn_count")]
     pub warn_count: u64,
     /// Fail when at least this many lines match. Default: never.
     pub fail_count: Option<u64>,
@@ -254,6 +258,11 @@ impl LogScan {
                 p.error("files", format!("invalid glob {f:?}: {e}"));
             }
         }
+        self.warn_count = match (self.warn_count_set, self.fail_count) {
+            (Some(w), _) => w,
+            (None, Some(f)) => default_warn_count().min(f),
+            (None, None) => default_warn_count(),
+        };
         if let Some(fc) = self.fail_count
             && self.warn_count > fc
         {

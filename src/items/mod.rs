@@ -243,6 +243,24 @@ pub struct Prepare<'a> {
     pub warnings: Vec<String>,
 }
 
+/// A warn/fail pair where warn ≤ fail and either side may be left at its default: explicit
+/// beats default, so a defaulted side moves to the explicit one when it would otherwise be on
+/// the wrong side of it (`disk_fail = "75%"` alone lowers the default 80% warning to 75%).
+/// Two explicit values are returned as they are: the caller refuses a pair in the wrong order.
+pub fn explicit_beats_default<T: PartialOrd + Copy>(
+    warn: Option<T>,
+    fail: Option<T>,
+    default_warn: T,
+    default_fail: T,
+) -> (T, T) {
+    match (warn, fail) {
+        (Some(w), Some(f)) => (w, f),
+        (Some(w), None) => (w, if default_fail < w { w } else { default_fail }),
+        (None, Some(f)) => (if default_warn > f { f } else { default_warn }, f),
+        (None, None) => (default_warn, default_fail),
+    }
+}
+
 impl<'a> Prepare<'a> {
     pub fn new(config_dir: &'a Path, targets: &'a BTreeMap<String, Target>) -> Prepare<'a> {
         Prepare {

@@ -221,11 +221,8 @@ impl Prometheus {
                 .as_ref()
                 .map(|w| format!(" — {} ({w})", st.tag()))
                 .unwrap_or_default();
-            o.details.push(format!(
-                "{} = {}{why}",
-                labels_text(&s.labels),
-                num(s.value)
-            ));
+            o.details
+                .push(format!("{}{why}", series_text(&s.labels, s.value)));
         }
         if n > SHOW_SERIES {
             o.details
@@ -344,7 +341,17 @@ fn parse_value(s: &str) -> Result<f64, String> {
 }
 
 /// `{uri="/api/orders", status="500"}`, `__name__` first as the metric name.
-fn labels_text(labels: &serde_json::Map<String, serde_json::Value>) -> String {
+/// One series for people: `name{k="v"} = 312.5`, or just `312.5` for a result without labels
+/// (`sum(...)`, a scalar), where `{} = 312.5` would only be noise.
+fn series_text(labels: &serde_json::Map<String, serde_json::Value>, value: f64) -> String {
+    match labels_text(labels) {
+        None => num(value),
+        Some(l) => format!("{l} = {}", num(value)),
+    }
+}
+
+/// `name{k="v", ...}`; None when there is no label at all.
+fn labels_text(labels: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
     let name = labels
         .get("__name__")
         .and_then(|n| n.as_str())
@@ -355,9 +362,9 @@ fn labels_text(labels: &serde_json::Map<String, serde_json::Value>) -> String {
         .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or_default()))
         .collect();
     if rest.is_empty() && name.is_empty() {
-        "{}".into()
+        None
     } else {
-        format!("{name}{{{}}}", rest.join(", "))
+        Some(format!("{name}{{{}}}", rest.join(", ")))
     }
 }
 
@@ -394,5 +401,19 @@ mod tests {
         assert_eq!(num(0.00123456), "0.0012");
         assert_eq!(num(200.0), "200");
         assert_eq!(parse_value("+Inf"), Ok(f64::INFINITY));
+    }
+
+    #[test]
+    fn a_series_without_labels_is_shown_as_its_value() {
+        let labels = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert_eq!(series_text(&labels(json!({})), 312.5), "312.5");
+        assert_eq!(
+            series_text(&labels(json!({"__name__": "up", "job": "api"})), 1.0),
+            "up{job=\"api\"} = 1"
+        );
+        assert_eq!(
+            series_text(&labels(json!({"route": "/orders"})), 0.25),
+            "{route=\"/orders\"} = 0.25"
+        );
     }
 }

@@ -20,17 +20,27 @@ use crate::units::{Dur, Size, human_bytes};
 #[serde(deny_unknown_fields)]
 pub struct Replication {
     pub target: String,
-    /// Warn when a standby's replay lag is above. Default 30s.
-    #[serde(default = "default_lag_warn")]
-    pub lag_warn: Dur,
+    /// Warn when a standby's replay lag is above. Default 30s (explicit beats default: at
+    /// most `lag_fail` when only that is set, and the other way round).
+    #[serde(rename = "lag_warn", default)]
+    lag_warn_set: Option<Dur>,
     /// Fail when a standby's replay lag is above. Default 5m.
-    #[serde(default = "default_lag_fail")]
-    pub lag_fail: Dur,
+    #[serde(rename = "lag_fail", default)]
+    lag_fail_set: Option<Dur>,
     /// Warn when a slot keeps more WAL than this on the primary. Default 5GB.
-    #[serde(default = "default_retained_warn")]
-    pub slot_retained_warn: Size,
+    #[serde(rename = "slot_retained_warn", default)]
+    slot_retained_warn_set: Option<Size>,
     /// Fail when a slot keeps more WAL than this on the primary. Default 20GB.
-    #[serde(default = "default_retained_fail")]
+    #[serde(rename = "slot_retained_fail", default)]
+    slot_retained_fail_set: Option<Size>,
+    /// The thresholds in effect (set by `prepare` from the above and the defaults).
+    #[serde(skip, default = "default_lag_warn")]
+    pub lag_warn: Dur,
+    #[serde(skip, default = "default_lag_fail")]
+    pub lag_fail: Dur,
+    #[serde(skip, default = "default_retained_warn")]
+    pub slot_retained_warn: Size,
+    #[serde(skip, default = "default_retained_fail")]
     pub slot_retained_fail: Size,
     /// On a primary: fail when fewer standbys than this are streaming. Default 0.
     #[serde(default)]
@@ -94,6 +104,19 @@ fn bytes(n: Option<i64>) -> String {
 
 impl Replication {
     pub fn prepare(&mut self, p: &mut Prepare) {
+        use super::explicit_beats_default as pair;
+        (self.lag_warn, self.lag_fail) = pair(
+            self.lag_warn_set,
+            self.lag_fail_set,
+            default_lag_warn(),
+            default_lag_fail(),
+        );
+        (self.slot_retained_warn, self.slot_retained_fail) = pair(
+            self.slot_retained_warn_set,
+            self.slot_retained_fail_set,
+            default_retained_warn(),
+            default_retained_fail(),
+        );
         if self.lag_fail < self.lag_warn {
             p.error(
                 "lag_fail",

@@ -29,8 +29,12 @@ pub struct SlowQueries {
     /// first). 0: only the long-running check. Default 10.
     #[serde(default = "default_top")]
     pub top: usize,
-    /// Warn when a statement's mean time is above. Default 500ms.
-    #[serde(default = "default_warn_mean")]
+    /// Warn when a statement's mean time is above. Default 500ms (at most `fail_mean` when
+    /// only that is set: explicit beats default).
+    #[serde(rename = "warn_mean", default)]
+    warn_mean_set: Option<Dur>,
+    /// The warning threshold in effect (set by `prepare`).
+    #[serde(skip, default = "default_warn_mean")]
     pub warn_mean: Dur,
     /// Fail when a statement's mean time is above. Default: never.
     pub fail_mean: Option<Dur>,
@@ -56,6 +60,11 @@ const FIX: &str = "to enable it: add pg_stat_statements to shared_preload_librar
 
 impl SlowQueries {
     pub fn prepare(&mut self, p: &mut Prepare) {
+        self.warn_mean = match (self.warn_mean_set, self.fail_mean) {
+            (Some(w), _) => w,
+            (None, Some(f)) => default_warn_mean().min(f),
+            (None, None) => default_warn_mean(),
+        };
         if let Some(f) = self.fail_mean
             && f < self.warn_mean
         {

@@ -28,20 +28,33 @@ pub struct System {
     /// Mount points (or any path on them) whose disk use is checked. Default `["/"]`.
     #[serde(default = "default_paths")]
     pub paths: Vec<std::path::PathBuf>,
-    /// Warn when a file system is used more than this. Default 80%.
-    #[serde(default = "default_disk_warn")]
-    pub disk_warn: Percent,
-    /// Fail when a file system is used more than this. Default 90%.
-    #[serde(default = "default_disk_fail")]
-    pub disk_fail: Percent,
+    /// Warn when a file system is used more than this. Default 80% (at most `disk_fail` when
+    /// only that is set: explicit beats default).
+    #[serde(rename = "disk_warn", default)]
+    disk_warn_set: Option<Percent>,
+    /// Fail when a file system is used more than this. Default 90% (at least `disk_warn`).
+    #[serde(rename = "disk_fail", default)]
+    disk_fail_set: Option<Percent>,
     /// Warn when more memory than this is in use (1 − MemAvailable/MemTotal). Default 85%.
-    #[serde(default = "default_memory_warn")]
-    pub memory_warn: Percent,
+    #[serde(rename = "memory_warn", default)]
+    memory_warn_set: Option<Percent>,
     /// Fail when more memory than this is in use. Default 95%.
-    #[serde(default = "default_memory_fail")]
+    #[serde(rename = "memory_fail", default)]
+    memory_fail_set: Option<Percent>,
+    /// The thresholds in effect (set by `prepare` from the above and the defaults).
+    #[serde(skip, default = "default_disk_warn")]
+    pub disk_warn: Percent,
+    #[serde(skip, default = "default_disk_fail")]
+    pub disk_fail: Percent,
+    #[serde(skip, default = "default_memory_warn")]
+    pub memory_warn: Percent,
+    #[serde(skip, default = "default_memory_fail")]
     pub memory_fail: Percent,
-    /// Warn when the 5-minute load average per core is above this. Default 2.0.
-    #[serde(default = "default_load")]
+    /// Warn when the 5-minute load average per core is above this. Default 2.0 (at most
+    /// `load_fail_per_core` when only that is set).
+    #[serde(rename = "load_warn_per_core", default)]
+    load_warn_set: Option<f64>,
+    #[serde(skip, default = "default_load")]
     pub load_warn_per_core: f64,
     /// Fail when the 5-minute load average per core is above this. Default: never.
     pub load_fail_per_core: Option<f64>,
@@ -49,6 +62,24 @@ pub struct System {
 
 impl System {
     pub fn prepare(&mut self, p: &mut Prepare) {
+        use super::explicit_beats_default as pair;
+        (self.disk_warn, self.disk_fail) = pair(
+            self.disk_warn_set,
+            self.disk_fail_set,
+            default_disk_warn(),
+            default_disk_fail(),
+        );
+        (self.memory_warn, self.memory_fail) = pair(
+            self.memory_warn_set,
+            self.memory_fail_set,
+            default_memory_warn(),
+            default_memory_fail(),
+        );
+        self.load_warn_per_core = match (self.load_warn_set, self.load_fail_per_core) {
+            (Some(w), _) => w,
+            (None, Some(f)) => default_load().min(f),
+            (None, None) => default_load(),
+        };
         if self.disk_warn.0 > self.disk_fail.0 {
             p.error(
                 "disk_warn",

@@ -513,5 +513,42 @@ mod tests {
         assert!(raw.contains("multipart/alternative"));
         assert!(raw.contains("text/plain") && raw.contains("text/html"));
         assert_eq!(m.envelope().to().len(), 2);
+        assert_eq!(
+            m.headers().get_raw("Subject"),
+            Some("[runbook] daily FAIL — 1 passed, 1 warning, 1 failed")
+        );
+    }
+
+    #[test]
+    fn a_dry_run_says_so_in_the_subject_and_the_html_header() {
+        let cfg = EmailConfig {
+            smtp_url: "smtp://localhost".into(),
+            username: None,
+            password: None,
+            password_resolved: None,
+            from: "Runbook <runbook@trademaster.example>".into(),
+            to: vec!["a@x.example".into()],
+            ca_file: None,
+            on: On::Always,
+            endpoint: None,
+            ca_pem: None,
+        };
+        let mut r = crate::report::tests::sample();
+        r.dry_run = true;
+        let m = cfg.message(&r).unwrap();
+        assert_eq!(
+            m.headers().get_raw("Subject"),
+            Some("[runbook] daily FAIL (dry run) — 1 passed, 1 warning, 1 failed")
+        );
+        let html = crate::report::html::render(&r);
+        let headline = html
+            .lines()
+            .find(|l| l.contains("font-size:28px"))
+            .expect("the header's headline");
+        assert!(headline.contains("(dry run)"), "{headline}");
+        assert!(
+            html.contains("<title>[runbook] daily FAIL (dry run) — "),
+            "{html}"
+        );
     }
 }

@@ -28,7 +28,8 @@ pub mod file;
 pub mod heartbeat;
 pub mod slack;
 
-/// Send when the run is at least this bad.
+/// Send when the run is at least this bad (`change`: when it differs from the previous
+/// comparable run, see `Report::changed`).
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum On {
@@ -36,15 +37,18 @@ pub enum On {
     Always,
     Warn,
     Fail,
+    Change,
 }
 
 impl On {
-    /// Whether a run with `status` should be sent.
-    pub fn wants(self, status: Status) -> bool {
+    /// Whether `report` should be sent.
+    pub fn wants(self, report: &Report) -> bool {
+        let status = report.status;
         match self {
             On::Always => true,
             On::Warn => status.severity() >= 1,
             On::Fail => status.severity() >= 2,
+            On::Change => report.changed(),
         }
     }
 }
@@ -329,7 +333,7 @@ pub async fn run_started(config: &crate::config::Config, job: &crate::config::Jo
 /// Whether `notifier` gets `report`: the channel's `on` wants its status, and a dry run never
 /// pings a heartbeat (it is not a run the outside monitor should count).
 fn wants(notifier: &NotifierConfig, report: &Report) -> bool {
-    !(report.dry_run && notifier.kind() == "heartbeat") && notifier.on().wants(report.status)
+    !(report.dry_run && notifier.kind() == "heartbeat") && notifier.on().wants(report)
 }
 
 /// The channels of `job` that `report` goes to: the outbox rows the runner writes in the same
@@ -546,6 +550,7 @@ pub fn test_report(config: &crate::config::Config) -> Report {
         }],
         missed: vec![],
         notifications: vec![],
+        previous_status: None,
     };
     r.finish_status();
     r

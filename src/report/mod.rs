@@ -74,6 +74,10 @@ pub struct Report {
     #[serde(default)]
     pub missed: Vec<String>,
     pub notifications: Vec<NotificationStatus>,
+    /// The status of the previous comparable run (SPEC 9.1), set by `compare_with`; None on a
+    /// job's first run. Only for `on = "change"` at delivery time: not part of the JSON.
+    #[serde(skip)]
+    pub previous_status: Option<Status>,
 }
 
 impl Report {
@@ -99,6 +103,7 @@ impl Report {
 
     /// Sets each item's `change` against the previous run of the job (None: first run).
     pub fn compare_with(&mut self, previous: Option<&Report>) {
+        self.previous_status = previous.map(|p| p.status);
         for item in &mut self.items {
             let before = previous
                 .and_then(|p| p.items.iter().find(|i| i.name == item.name))
@@ -110,6 +115,17 @@ impl Report {
                 _ => Change::Same,
             };
         }
+    }
+
+    /// Whether this run differs from the previous comparable one (`on = "change"`): its status
+    /// is not that run's (a first run counts as a change), or an item is `new_failure` or
+    /// `recovered`.
+    pub fn changed(&self) -> bool {
+        self.previous_status != Some(self.status)
+            || self
+                .items
+                .iter()
+                .any(|i| matches!(i.change, Change::NewFailure | Change::Recovered))
     }
 
     /// Items, worst first (fail, warn, manual, skipped, pass), file order within a status.
@@ -139,11 +155,14 @@ impl Report {
     }
 
     /// `[runbook] daily FAIL — 5 passed, 1 warning, 1 failed` (contract).
+    /// SPEC 6's subject; a dry run says so after the status (it changed nothing, and a mail
+    /// filter on `[runbook] daily FAIL` should not take it for a real failure).
     pub fn subject(&self) -> String {
         format!(
-            "[runbook] {} {} — {}",
+            "[runbook] {} {}{} — {}",
             self.job,
             self.status.as_str().to_uppercase(),
+            if self.dry_run { " (dry run)" } else { "" },
             self.counts_phrase()
         )
     }
@@ -246,6 +265,7 @@ pub mod tests {
             ],
             missed: vec![],
             notifications: vec![],
+            previous_status: None,
         };
         r.finish_status();
         r.compare_with(None);
