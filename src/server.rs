@@ -514,6 +514,17 @@ async fn require_token(
         return next.run(request).await;
     };
     let headers = request.headers();
+    // `?token=`: the browser's way in, once. Checked first, so the token leaves the address
+    // even when the browser already has the cookie.
+    let query = request.uri().query().unwrap_or("");
+    let pairs: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x/?{query}"))
+        .map(|u| u.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    if let Some((_, offered)) = pairs.iter().find(|(k, _)| k == "token")
+        && token_matches(&token, offered)
+    {
+        return token_redirect(&path, &pairs, &token, headers);
+    }
     let bearer = headers
         .get_all(header::AUTHORIZATION)
         .iter()
@@ -536,15 +547,8 @@ async fn require_token(
     if bearer || cookie {
         return next.run(request).await;
     }
-    // `?token=`: the browser's way in, once.
-    let query = request.uri().query().unwrap_or("");
-    let pairs: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x/?{query}"))
-        .map(|u| u.query_pairs().into_owned().collect())
-        .unwrap_or_default();
-    if let Some((_, offered)) = pairs.iter().find(|(k, _)| k == "token") {
-        if token_matches(&token, offered) {
-            return token_redirect(&path, &pairs, &token, headers);
-        }
+    let offered = pairs.iter().find(|(k, _)| k == "token");
+    if offered.is_some() {
         tracing::warn!(path, "HTTP request with a wrong ?token= refused");
     } else {
         tracing::warn!(

@@ -553,6 +553,11 @@ fn a_token_guards_every_page_but_healthz_and_metrics() {
         "{head}"
     );
     bodies.push(head + &body);
+    // With the cookie already set, ?token= still leaves the address.
+    let (code, head, body) = http(port, &format!("/?token={TOKEN_IN_URL}"), &[&cookie]);
+    assert_eq!(code, 303, "{head}\n{body}");
+    assert_eq!(header(&head, "location"), Some("./"), "{head}");
+    bodies.push(head + &body);
     // A forged cookie does not pass.
     let (code, head, body) = http(port, "/", &[&format!("Cookie: runbook_token={TOKEN}")]);
     assert_eq!(code, 401, "{head}\n{body}");
