@@ -165,11 +165,33 @@ pub fn resolve_state_dir(
 }
 
 /// `[server]`: the daemon's HTTP endpoint (metrics, health, status page).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// Address to listen on, e.g. `127.0.0.1:9187`.
     pub listen: String,
+    /// A secret: when set, every path but `/healthz` and `/metrics` needs
+    /// `Authorization: Bearer <token>` (or the cookie `?token=` sets; SPEC 9.6).
+    pub token: Option<crate::secret::SecretSource>,
+    #[serde(skip)]
+    pub token_resolved: Option<crate::secret::Secret>,
+}
+
+/// By hand: an inline `token` source holds the value itself, and Debug output must not show it.
+impl std::fmt::Debug for ServerSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSection")
+            .field("listen", &self.listen)
+            .field("token", &self.token_resolved)
+            .finish()
+    }
+}
+
+impl ServerSection {
+    /// The resolved `token`, if one is set.
+    pub fn token(&self) -> Option<&crate::secret::Secret> {
+        self.token_resolved.as_ref()
+    }
 }
 
 /// What a daemon does when the shared cluster database cannot be reached.
@@ -414,6 +436,9 @@ impl Config {
         all.extend(self.targets.values().filter_map(|t| t.password.as_ref()));
         if let Some(c) = &self.cluster {
             all.extend(c.password_resolved.as_ref());
+        }
+        if let Some(s) = &self.server {
+            all.extend(s.token());
         }
         for n in self.notifiers.values() {
             all.extend(n.secrets());
@@ -673,6 +698,27 @@ fn validate(
         }
     }
 
+    let mut server = raw.server;
+    if let Some(sv) = &mut server
+        && let Some(src) = &sv.token
+    {
+        match crate::secret::Secret::resolve(src, "server.token", &dir) {
+            Ok(s) if s.expose().trim().is_empty() => {
+                errors.push(loc.at_key("server", "token", None, "server.token is empty".into()))
+            }
+            Ok(s) => {
+                if s.inline {
+                    warnings.push(
+                        "server.token is written inline; prefer { env = \"VAR\" } or { file = \"PATH\" }"
+                            .into(),
+                    );
+                }
+                sv.token_resolved = Some(s)
+            }
+            Err(m) => errors.push(loc.at_key("server", "token", None, m)),
+        }
+    }
+
     if !errors.is_empty() {
         errors.sort_by_key(|e| (e.line, e.column));
         return Err(ConfigErrors(errors));
@@ -701,7 +747,7 @@ fn validate(
         targets: Arc::new(targets),
         notifiers,
         jobs,
-        server: raw.server,
+        server,
         cluster,
         warnings,
         redactor: crate::secret::Redactor::default(),

@@ -5,6 +5,10 @@
 //! report (no scripts): each job with its latest runs and next runs, times in the job's zone;
 //! `/runs/<run_id>` is the run's HTML report, rendered as for the e-mail.
 //!
+//! With `[server] token` set (SPEC 9.6), every path but `/healthz` and `/metrics` needs
+//! `Authorization: Bearer <token>` or the cookie that `?token=<token>` sets
+//! ([`require_token`]); the token is read from the current configuration on each request.
+//!
 //! The handlers never block the runtime: state store reads run on tokio's blocking pool, at
 //! most [`Limits::concurrent_store_reads`] at once; every request is answered within
 //! [`Limits::request_timeout`]; a client must send its request headers within
@@ -430,14 +434,180 @@ impl Default for Limits {
 }
 
 /// The log line for a listen address beyond loopback, or None for a loopback one.
-pub fn exposure_warning(addr: SocketAddr) -> Option<String> {
+/// `token_set`: whether `[server] token` protects the pages (then only `/metrics` and
+/// `/healthz` are open, and the traffic is still plain HTTP).
+pub fn exposure_warning(addr: SocketAddr, token_set: bool) -> Option<String> {
     (!addr.ip().is_loopback()).then(|| {
-        format!(
-            "[server] listen = {addr} is reachable beyond this host, and the status page, run \
-             reports and /metrics have no authentication: listen on 127.0.0.1 or put an \
-             authenticating proxy in front"
-        )
+        if token_set {
+            format!(
+                "[server] listen = {addr} is reachable beyond this host over plain HTTP: the \
+                 token and the pages cross the network unencrypted, and /metrics and /healthz \
+                 are open; put a TLS proxy in front or listen on 127.0.0.1"
+            )
+        } else {
+            format!(
+                "[server] listen = {addr} is reachable beyond this host, unauthenticated: the \
+                 status page, run reports and /metrics have no authentication; set [server] \
+                 token, listen on 127.0.0.1 or put an authenticating proxy in front"
+            )
+        }
     })
+}
+
+/// The cookie `?token=` sets. Its value is a digest of the token, not the token itself: it
+/// carries no characters a cookie cannot, and the configured secret never leaves in a response.
+pub const TOKEN_COOKIE: &str = "runbook_token";
+
+/// SHA-256 of `text` with a purpose prefix, so comparisons are of equal-length values.
+fn digest(purpose: &str, text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(purpose.as_bytes());
+    h.update([0]);
+    h.update(text.as_bytes());
+    h.finalize().into()
+}
+
+/// Equality of two digests in time independent of where they differ.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// True when `offered` is the token (compared in constant time, via digests).
+fn token_matches(token: &crate::secret::Secret, offered: &str) -> bool {
+    same(
+        &digest("bearer", token.expose()),
+        &digest("bearer", offered),
+    )
+}
+
+/// The cookie value for `token` (hex of a digest).
+fn cookie_value(token: &crate::secret::Secret) -> String {
+    digest("cookie", token.expose())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Lets a request through when no `[server] token` is set, for `/healthz` and `/metrics`, with
+/// `Authorization: Bearer <token>`, or with the cookie; turns `?token=<token>` into the cookie
+/// and a redirect to the same page without the token in its address; answers 401 otherwise.
+/// The token is read from the current configuration, so a reload that changes it applies to
+/// the next request.
+async fn require_token(
+    State(s): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    if path == "/healthz" || path == "/metrics" {
+        return next.run(request).await;
+    }
+    let token = s
+        .config
+        .borrow()
+        .server
+        .as_ref()
+        .and_then(|sv| sv.token().cloned());
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    // `?token=`: the browser's way in, once. Checked first, so the token leaves the address
+    // even when the browser already has the cookie.
+    let query = request.uri().query().unwrap_or("");
+    let pairs: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x/?{query}"))
+        .map(|u| u.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    if let Some((_, offered)) = pairs.iter().find(|(k, _)| k == "token")
+        && token_matches(&token, offered)
+    {
+        return token_redirect(&path, &pairs, &token, headers);
+    }
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim())
+        })
+        .any(|t| token_matches(&token, t));
+    let expected_cookie = digest("cookie-check", &cookie_value(&token));
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .filter(|(name, _)| *name == TOKEN_COOKIE)
+        .any(|(_, value)| same(&expected_cookie, &digest("cookie-check", value)));
+    if bearer || cookie {
+        return next.run(request).await;
+    }
+    let offered = pairs.iter().find(|(k, _)| k == "token");
+    if offered.is_some() {
+        tracing::warn!(path, "HTTP request with a wrong ?token= refused");
+    } else {
+        tracing::warn!(
+            path,
+            "HTTP request without a valid [server] token refused (401)"
+        );
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this server needs its [server] token: send the header `Authorization: Bearer <token>`, \
+         or in a browser open the page once with ?token=<token> appended (a cookie then keeps \
+         you signed in)\n",
+    )
+        .into_response()
+}
+
+/// 303 to the same page without `token` in the query, setting the cookie. The Location is
+/// relative (the last path segment, or `./`), so it works behind a proxy that adds a prefix, as
+/// the status page's links do. `Secure` is added only when a proxy says the request came over
+/// TLS (`X-Forwarded-Proto: https`): the server itself speaks plain HTTP.
+fn token_redirect(
+    path: &str,
+    pairs: &[(String, String)],
+    token: &crate::secret::Secret,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let last = path.rsplit('/').next().unwrap_or("");
+    let mut location = if last.is_empty() {
+        "./".to_string()
+    } else {
+        last.to_string()
+    };
+    let rest: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "token").collect();
+    if !rest.is_empty() {
+        let mut u = reqwest::Url::parse("http://x/").expect("a valid URL");
+        u.query_pairs_mut().extend_pairs(rest);
+        location.push('?');
+        location.push_str(u.query().unwrap_or(""));
+    }
+    let tls = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+    let cookie = format!(
+        "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/{}",
+        cookie_value(token),
+        if tls { "; Secure" } else { "" }
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, location),
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        "signed in; continue to the page without the token in its address\n",
+    )
+        .into_response()
 }
 
 /// Serves until `stop` is cancelled, with the default [`Limits`].
@@ -456,7 +626,17 @@ pub async fn serve_with(
     stop: CancellationToken,
     limits: Limits,
 ) {
-    if let Some(warning) = listener.local_addr().ok().and_then(exposure_warning) {
+    let token_set = state
+        .config
+        .borrow()
+        .server
+        .as_ref()
+        .is_some_and(|sv| sv.token().is_some());
+    if let Some(warning) = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| exposure_warning(a, token_set))
+    {
         tracing::warn!("{warning}");
     }
     let app = axum::Router::new()
@@ -464,6 +644,10 @@ pub async fn serve_with(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/runs/{run_id}", get(run_report))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             limits.request_timeout,
             time_limit,
@@ -713,6 +897,51 @@ schedule = "0 8 * * MON"
 name = "Disk"
 kind = "manual"
 "#;
+
+    #[test]
+    fn the_server_token_is_a_secret_like_the_others() {
+        let c = config("[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"tok-3141-inline\"\n");
+        let token = c.server.as_ref().and_then(|s| s.token()).expect("token");
+        assert_eq!(token.expose(), "tok-3141-inline");
+        assert!(c.secrets().iter().any(|s| s.expose() == "tok-3141-inline"));
+        assert_eq!(
+            c.redactor.redact("printed tok-3141-inline"),
+            "printed [redacted]"
+        );
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("server.token is written inline")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(!format!("{c:?}").contains("tok-3141-inline"));
+
+        let dir = tempfile::tempdir().expect("temp");
+        let path = dir.path().join("jobs.toml");
+        for (token, says) in [
+            (
+                "{ env = \"RUNBOOK_NO_SUCH_TOKEN_VAR\" }",
+                "server.token: environment variable RUNBOOK_NO_SUCH_TOKEN_VAR is not set",
+            ),
+            ("\"  \"", "server.token is empty"),
+        ] {
+            let text = format!("[runbook]\n[server]\nlisten = \"127.0.0.1:0\"\ntoken = {token}\n");
+            let e = Config::from_text(&path, &text)
+                .expect_err(token)
+                .to_string();
+            assert!(e.contains(says) && e.contains("jobs.toml:4:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_by_value() {
+        let t = crate::secret::Secret::literal("abc-123");
+        assert!(token_matches(&t, "abc-123"));
+        for other in ["", "abc-12", "abc-1234", "ABC-123"] {
+            assert!(!token_matches(&t, other), "{other:?}");
+        }
+    }
 
     #[test]
     fn a_reload_removes_the_series_of_removed_jobs_and_items() {

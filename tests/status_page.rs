@@ -339,11 +339,29 @@ async fn a_stuck_state_database_gets_an_answer_within_the_request_timeout() {
 fn listening_beyond_loopback_is_warned_about() {
     use runbook::server::exposure_warning;
     for quiet in ["127.0.0.1:9187", "[::1]:9187"] {
-        assert_eq!(exposure_warning(quiet.parse().unwrap()), None, "{quiet}");
+        for token_set in [false, true] {
+            assert_eq!(
+                exposure_warning(quiet.parse().unwrap(), token_set),
+                None,
+                "{quiet}"
+            );
+        }
     }
     for loud in ["0.0.0.0:9187", "10.1.2.3:9187", "[::]:9187"] {
-        let w = exposure_warning(loud.parse().unwrap()).expect(loud);
-        assert!(w.contains(loud) && w.contains("no authentication"), "{w}");
+        let w = exposure_warning(loud.parse().unwrap(), false).expect(loud);
+        assert!(
+            w.contains(loud) && w.contains("no authentication") && w.contains("unauthenticated"),
+            "{w}"
+        );
+        // With a token the pages are protected: the warning is about plain HTTP only.
+        let w = exposure_warning(loud.parse().unwrap(), true).expect(loud);
+        assert!(
+            w.contains(loud)
+                && w.contains("plain HTTP")
+                && !w.contains("unauthenticated")
+                && !w.contains("no authentication"),
+            "{w}"
+        );
     }
 
     // The daemon logs it at start.
@@ -366,17 +384,199 @@ fn listening_beyond_loopback_is_warned_about() {
         std::thread::sleep(Duration::from_millis(200));
         log = std::fs::read_to_string(&log_path).unwrap_or_default();
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    stop_daemon(&mut child, &log);
     assert!(
         log.contains("WARN")
             && log.contains("listen = 0.0.0.0:")
             && log.contains("no authentication"),
         "{log}"
     );
+}
+
+fn stop_daemon(child: &mut std::process::Child, log: &str) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
     assert!(status.success(), "{log}");
+}
+
+/// One HTTP/1.0 request (`GET path` plus `headers`, each a `Name: value` line); returns
+/// (status code, head, body).
+fn http(port: u16, path: &str, headers: &[&str]) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("the server answers");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
+}
+
+/// The value of header `name` (case-insensitive) in `head`.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    })
+}
+
+#[test]
+fn a_token_guards_every_page_but_healthz_and_metrics() {
+    const TOKEN: &str = "Zq7+status/page token";
+    const TOKEN_IN_URL: &str = "Zq7%2Bstatus%2Fpage+token";
+    let dir = tempfile::tempdir().unwrap();
+    // The token from a file, as systemd's LoadCredential= hands it over.
+    std::fs::write(dir.path().join("server-token"), format!("{TOKEN}\n")).unwrap();
+    let (_config, store) = with_runs(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\ntoken = { file = \"server-token\" }\n",
+    );
+    let run_id = store.history(Some("mumbai"), 1).unwrap()[0].run_id.clone();
+    let log_path = dir.path().join("daemon.log");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("jobs.toml"))
+        .arg("daemon")
+        .env("RUNBOOK_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut port = None;
+    while Instant::now() < deadline && port.is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        port = log
+            .split("listen=127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse::<u16>().ok());
+    }
+    let port = port.unwrap_or_else(|| {
+        panic!(
+            "the daemon logs its address:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        )
+    });
+    let mut bodies = Vec::new();
+    let run_page = format!("/runs/{run_id}");
+
+    // Without the token: 401 naming what to do, for the page and a run.
+    for path in ["/", run_page.as_str()] {
+        let (code, head, body) = http(port, path, &[]);
+        assert_eq!(code, 401, "GET {path}: {head}\n{body}");
+        assert_eq!(header(&head, "www-authenticate"), Some("Bearer"), "{head}");
+        assert!(body.contains("Authorization: Bearer"), "{body}");
+        bodies.push(head + &body);
+    }
+    // A wrong token, in the header or the query: 401 too.
+    let (code, head, body) = http(port, "/", &["Authorization: Bearer Zq7+status/page"]);
+    assert_eq!(code, 401, "{head}\n{body}");
+    bodies.push(head + &body);
+    let (code, head, body) = http(port, "/?token=nope", &[]);
+    assert_eq!(code, 401, "{head}\n{body}");
+    assert!(header(&head, "set-cookie").is_none(), "{head}");
+    bodies.push(head + &body);
+
+    // Probes and Prometheus need no token.
+    let (code, _, body) = http(port, "/healthz", &[]);
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, _, body) = http(port, "/metrics", &[]);
+    assert_eq!(code, 200);
+    assert!(body.contains("runbook_build_info"), "{body}");
+
+    // The bearer header opens the pages.
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let (code, head, page) = http(port, "/", &[&bearer]);
+    assert_eq!(code, 200, "{head}\n{page}");
+    assert!(page.contains(&format!("href=\"runs/{run_id}\"")), "{page}");
+    bodies.push(head + &page);
+    let (code, head, body) = http(port, &run_page, &[&bearer]);
+    assert_eq!(code, 200, "{head}\n{body}");
+    bodies.push(head + &body);
+
+    // A browser: ?token= once sets the cookie and sends it on to the address without the token.
+    let (code, head, body) = http(port, &format!("/?token={TOKEN_IN_URL}"), &[]);
+    assert_eq!(code, 303, "{head}\n{body}");
+    assert_eq!(header(&head, "location"), Some("./"), "{head}");
+    let set_cookie = header(&head, "set-cookie").expect("a cookie").to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{set_cookie}");
+    }
+    assert!(
+        !set_cookie.contains("Secure"),
+        "plain HTTP: a Secure cookie would never come back: {set_cookie}"
+    );
+    bodies.push(head.clone() + &body);
+    let cookie = format!("Cookie: {}", set_cookie.split(';').next().unwrap());
+    let (code, head, page) = http(port, "/", &[&cookie]);
+    assert_eq!(code, 200, "{head}\n{page}");
+    bodies.push(head + &page);
+    let (code, head, body) = http(port, &run_page, &["Cookie: theme=dark", &cookie]);
+    assert_eq!(
+        code, 200,
+        "the page's relative link works with the cookie: {head}\n{body}"
+    );
+    bodies.push(head + &body);
+    // Behind a TLS proxy the cookie is Secure; other query parameters are kept.
+    let (code, head, body) = http(
+        port,
+        &format!("{run_page}?token={TOKEN_IN_URL}&view=full"),
+        &["X-Forwarded-Proto: https"],
+    );
+    assert_eq!(code, 303, "{head}\n{body}");
+    assert_eq!(
+        header(&head, "location"),
+        Some(format!("{run_id}?view=full").as_str()),
+        "{head}"
+    );
+    assert!(
+        header(&head, "set-cookie").unwrap().contains("Secure"),
+        "{head}"
+    );
+    bodies.push(head + &body);
+    // With the cookie already set, ?token= still leaves the address.
+    let (code, head, body) = http(port, &format!("/?token={TOKEN_IN_URL}"), &[&cookie]);
+    assert_eq!(code, 303, "{head}\n{body}");
+    assert_eq!(header(&head, "location"), Some("./"), "{head}");
+    bodies.push(head + &body);
+    // A forged cookie does not pass.
+    let (code, head, body) = http(port, "/", &[&format!("Cookie: runbook_token={TOKEN}")]);
+    assert_eq!(code, 401, "{head}\n{body}");
+    bodies.push(head + &body);
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    stop_daemon(&mut child, &log);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("WARN") && log.contains("refused"),
+        "refusals are logged: {log}"
+    );
+    for (what, text) in bodies
+        .iter()
+        .map(|b| ("a response", b))
+        .chain([("the log", &log)])
+    {
+        for secret in [TOKEN, TOKEN_IN_URL, "Zq7"] {
+            assert!(!text.contains(secret), "{what} shows the token:\n{text}");
+        }
+    }
 }
