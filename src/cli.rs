@@ -368,6 +368,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Trend {
+            job,
+            item,
+            field,
+            n,
+            format,
+        } => trend(&config, &job, &item, &field, n, format),
         Command::Report { run, job, format } => {
             let store = match open_store(&config) {
                 Ok(s) => s,
@@ -826,4 +833,155 @@ fn config_error_json(e: &crate::config::ConfigError) -> serde_json::Value {
         "context": e.context,
         "message": e.message,
     })
+}
+
+/// `runbook trend` (SPEC 9.3).
+fn trend(
+    config: &Config,
+    job: &str,
+    item: &str,
+    field: &str,
+    n: usize,
+    format: Format,
+) -> ExitCode {
+    if let Err(e) = crate::store::trend_field_path(field) {
+        return usage(e);
+    }
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let known = trend_known(config, &store, job, item);
+    match known {
+        Ok(Ok(())) => {}
+        Ok(Err(msg)) => return usage(msg),
+        Err(e) => {
+            eprintln!("runbook: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    }
+    let (points, skipped) = match store.trend(job, item, field, n) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runbook: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match format {
+        Format::Json => {
+            /// SPEC 9.3, in the contract's order.
+            #[derive(serde::Serialize)]
+            struct Trend<'a> {
+                job: &'a str,
+                item: &'a str,
+                field: &'a str,
+                points: &'a [crate::store::TrendPoint],
+            }
+            print_json(&Trend {
+                job,
+                item,
+                field,
+                points: &points,
+            })
+        }
+        Format::Text => print!("{}", trend_text(job, item, field, &points, skipped)),
+    }
+    ExitCode::from(EXIT_OK)
+}
+
+fn trend_text(
+    job: &str,
+    item: &str,
+    field: &str,
+    points: &[crate::store::TrendPoint],
+    skipped: usize,
+) -> String {
+    use std::fmt::Write;
+    let num = |v: f64| {
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            format!("{v:.0}")
+        } else {
+            format!("{:.3}", v).trim_end_matches('0').to_string()
+        }
+    };
+    let mut out = format!("{job} / {item} / {field}\n");
+    if points.is_empty() {
+        out.push_str("no points yet\n");
+    } else {
+        let _ = writeln!(out, "{:<25}  {:>14}  run", "started_at", "value");
+        for p in points {
+            let when = chrono::DateTime::parse_from_rfc3339(&p.started_at)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S %:z").to_string())
+                .unwrap_or_else(|_| p.started_at.clone());
+            let _ = writeln!(out, "{when:<25}  {:>14}  {}", num(p.value), p.run_id);
+        }
+        let min = points.iter().map(|p| p.value).fold(f64::INFINITY, f64::min);
+        let max = points
+            .iter()
+            .map(|p| p.value)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let last = points[points.len() - 1].value;
+        let change = match points.len() {
+            1 => "no previous point".to_string(),
+            k => {
+                let d = last - points[k - 2].value;
+                format!(
+                    "{}{} since the previous point",
+                    if d >= 0.0 { "+" } else { "" },
+                    num(d)
+                )
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{} points: min {}, max {}, last {} ({change})",
+            points.len(),
+            num(min),
+            num(max),
+            num(last)
+        );
+    }
+    if skipped > 0 {
+        let _ = writeln!(
+            out,
+            "{skipped} run(s) skipped: the item was absent or its `{field}` was missing or not a number"
+        );
+    }
+    out
+}
+
+/// Ok(Err(message)) when the job or the item is unknown: not in the config and in no stored run.
+fn trend_known(
+    config: &Config,
+    store: &Store,
+    job: &str,
+    item: &str,
+) -> anyhow::Result<Result<(), String>> {
+    let configured = config.job(job);
+    if let Err(e) = &configured
+        && !store.job_ever_stored(job)?
+    {
+        return Ok(Err(e.clone()));
+    }
+    if let Ok(j) = &configured
+        && j.config.items.iter().any(|i| i.name == item)
+    {
+        return Ok(Ok(()));
+    }
+    if store.item_ever_stored(job, item)? {
+        return Ok(Ok(()));
+    }
+    Ok(Err(match configured {
+        Ok(j) => format!(
+            "unknown item {item:?} in job {job:?} (not in {} and in no stored run; items: {})",
+            config.path.display(),
+            j.config
+                .items
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(_) => format!("unknown item {item:?}: no stored run of job {job:?} has it"),
+    }))
 }

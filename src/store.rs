@@ -606,6 +606,75 @@ impl Store {
         }
     }
 
+    /// The series of one item's number over a job's stored runs (SPEC 9.3): the newest `limit`
+    /// points, returned oldest first, and how many runs were skipped on the way (the item absent,
+    /// or the field missing or not a number). `field` is a path under the item's `data`
+    /// (`value`, `used_pct`, `disks.0.used_percent`), checked by [`trend_field_path`]. Dry runs
+    /// are left out. The JSON is read by SQLite (`json_extract`), newest first along the
+    /// `(job, started_at)` index, and stepping stops once `limit` points are found.
+    pub fn trend(
+        &self,
+        job: &str,
+        item: &str,
+        field: &str,
+        limit: usize,
+    ) -> Result<(Vec<TrendPoint>, usize)> {
+        let path = trend_field_path(field).map_err(anyhow::Error::msg)?;
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT r.run_id, json_extract(r.report, '$.started_at'),
+                   (SELECT CASE WHEN json_type(j.value, ?3) IN ('integer', 'real')
+                                THEN json_extract(j.value, ?3) END
+                      FROM json_each(r.report, '$.items') j
+                     WHERE json_extract(j.value, '$.name') = ?2 LIMIT 1)
+                 FROM runs r
+                 WHERE r.job = ?1 AND r.report IS NOT NULL
+                   AND coalesce(json_extract(r.report, '$.dry_run'), 0) = 0
+                 ORDER BY r.started_at DESC",
+            )?;
+            let mut rows = st.query(params![job, item, path])?;
+            let mut points = Vec::new();
+            let mut skipped = 0;
+            while points.len() < limit {
+                let Some(r) = rows.next()? else { break };
+                match r.get::<_, Option<f64>>(2)? {
+                    Some(value) => points.push(TrendPoint {
+                        run_id: r.get(0)?,
+                        started_at: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        value,
+                    }),
+                    None => skipped += 1,
+                }
+            }
+            points.reverse();
+            Ok((points, skipped))
+        })
+    }
+
+    /// True when a stored report of `job` has an item named `item` (for "unknown item" errors
+    /// about items since removed from the config).
+    pub fn item_ever_stored(&self, job: &str, item: &str) -> Result<bool> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs r, json_each(r.report, '$.items') j
+                  WHERE r.job = ?1 AND r.report IS NOT NULL AND json_extract(j.value, '$.name') = ?2)",
+                params![job, item],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// True when the store holds a run of `job`.
+    pub fn job_ever_stored(&self, job: &str) -> Result<bool> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE job = ?1)",
+                [job],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// Recent runs, newest first.
     pub fn history(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunSummary>> {
         self.with(|c| {
@@ -974,4 +1043,36 @@ mod open_tests {
             assert_eq!(h.join().unwrap(), Ok(()));
         }
     }
+}
+
+/// One point of `runbook trend` (SPEC 9.3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrendPoint {
+    pub run_id: String,
+    /// RFC3339 in the job's zone, as in the report.
+    pub started_at: String,
+    pub value: f64,
+}
+
+/// The SQLite JSON path of an item's `data` field named with dots (`value`, `disks.0.used_percent`:
+/// a number segment indexes an array). Segments are letters, digits, `_` and `-`.
+pub fn trend_field_path(field: &str) -> Result<String, String> {
+    let mut path = String::from("$.data");
+    for seg in field.split('.') {
+        if seg.is_empty()
+            || !seg
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            return Err(format!(
+                "bad --field {field:?}: use names of letters, digits, `_` or `-` joined by dots (e.g. `value`, `disks.0.used_percent`)"
+            ));
+        }
+        if seg.chars().all(|ch| ch.is_ascii_digit()) {
+            path.push_str(&format!("[{seg}]"));
+        } else {
+            path.push_str(&format!(".\"{seg}\""));
+        }
+    }
+    Ok(path)
 }

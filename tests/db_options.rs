@@ -1150,6 +1150,11 @@ fn sql_assertion_forms_and_parameter_types_judge_as_documented() {
         item(&report, "no assertion")["data"]["first_row"],
         "hello | 42"
     );
+    // data.value (SPEC 9.3, `runbook trend`): a numeric first column, asserted on or not; none
+    // when the first column is text.
+    let v = item(&report, "numeric param")["data"]["value"].as_f64();
+    assert!(matches!(v, Some(x) if (98.0..=100.0).contains(&x)), "{v:?}");
+    assert!(item(&report, "no assertion")["data"]["value"].is_null());
 }
 
 #[test]

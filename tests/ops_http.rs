@@ -312,6 +312,10 @@ query = "bad{{"
             .starts_with("value 187.5"),
         "{p95:#}"
     );
+    // One series: its value is the item's data.value (SPEC 9.3); three series: none.
+    let v = p95["data"]["value"].as_f64();
+    assert!(matches!(v, Some(x) if (x - 187.5).abs() < 1e-9), "{p95:#}");
+    assert!(fr["data"]["value"].is_null(), "{fr:#}");
 
     assert_eq!(item(&report, "empty warns")["status"], "warn");
     assert_eq!(item(&report, "empty passes")["status"], "pass");

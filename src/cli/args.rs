@@ -96,6 +96,19 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// One item's number over the job's stored runs, oldest first (dry runs left out).
+    Trend {
+        job: String,
+        item: String,
+        /// The field of the item's `data`; dots name a nested one (`disks.0.used_percent`).
+        #[arg(long, default_value = "value")]
+        field: String,
+        /// The newest N points.
+        #[arg(short = 'n', default_value_t = 30)]
+        n: usize,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Re-render a stored report.
     Report {
         /// A run id (or a unique prefix), or `last`.

@@ -240,6 +240,12 @@ impl Prometheus {
                 "status": st.as_str(),
             })).collect::<Vec<_>>(),
         });
+        // The primary number (SPEC 9.3): the result's value when it is a single finite series.
+        if let [(s, _, _)] = judged.as_slice()
+            && s.value.is_finite()
+        {
+            o.data["value"] = json!(s.value);
+        }
         o
     }
 

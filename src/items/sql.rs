@@ -149,6 +149,14 @@ impl Sql {
                 .join(" | ")
         });
         let mut data = json!({ "rows": rows.len(), "first_row": shown });
+        // The primary number (SPEC 9.3): the first column of the first row when it is a number
+        // (the checked value when min/max are set, see below).
+        if let Some(row) = first
+            && !row.is_empty()
+            && let Ok(v) = number(row, 0)
+        {
+            data["value"] = json!(v);
+        }
         let mut problems: Vec<(Status, String)> = Vec::new();
         if let Some(n) = self.expect_rows
             && rows.len() as u64 != n

@@ -275,9 +275,14 @@ impl System {
         } else {
             problems.join("; ")
         };
+        // The primary number (SPEC 9.3): the used % of the fullest disk that could be measured.
+        let value = disks
+            .iter()
+            .filter_map(|d| d.get("used_percent").and_then(|v| v.as_f64()))
+            .reduce(f64::max);
         Outcome::new(worst, summary)
             .with_details(details)
-            .with_data(json!({"disks": disks, "memory": memory, "load": load}))
+            .with_data(json!({"disks": disks, "memory": memory, "load": load, "value": value}))
     }
 }
 

@@ -1,0 +1,229 @@
+//! `runbook trend` (SPEC 9.3) end to end: the real binary, a real state database filled by real
+//! `run-job` runs, the series read back.
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+const JOBS: &str = r#"
+[runbook]
+timezone = "Asia/Kolkata"
+state_dir = "state"
+
+[jobs.daily]
+schedule = "0 10 * * *"
+
+[[jobs.daily.items]]
+name = "Queue depth"
+kind = "command"
+argv = ["sh", "-c", "exit $(cat depth)"]
+# Read-only: it runs under --dry-run too, so a dry run has a number to leave out.
+read_only = true
+
+[[jobs.daily.items]]
+name = "Disk"
+kind = "system"
+paths = ["."]
+disk_warn = "100%"
+disk_fail = "100%"
+memory_warn = "100%"
+memory_fail = "100%"
+load_warn_per_core = 1000.0
+"#;
+
+fn cmd(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("runbook").unwrap();
+    c.current_dir(dir)
+        .env_remove("RUNBOOK_CONFIG")
+        .env_remove("RUNBOOK_LOG")
+        .env("RUNBOOK_STATE_DIR", dir.join("state"))
+        .args(["--config", "jobs.toml"]);
+    c
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    cmd(dir).args(args).output().unwrap()
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let out = run(dir, args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Four runs whose "Queue depth" exits 0, 3, 1, 2; returns their run ids, oldest first.
+fn four_runs(dir: &Path) -> Vec<String> {
+    std::fs::write(dir.join("jobs.toml"), JOBS).unwrap();
+    let mut ids = Vec::new();
+    for depth in [0, 3, 1, 2] {
+        std::fs::write(dir.join("depth"), depth.to_string()).unwrap();
+        let out = run(
+            dir,
+            &["run-job", "daily", "--no-notify", "--format", "json"],
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "run-job printed no report ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        ids.push(report["run_id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+#[test]
+fn trend_prints_the_series_oldest_first_in_the_contract_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ids = four_runs(dir);
+    // A dry run is no measurement of anything: it never shows in a trend.
+    std::fs::write(dir.join("depth"), "9").unwrap();
+    run(dir, &["run-job", "daily", "--no-notify", "--dry-run"]);
+
+    let v = json(
+        dir,
+        &[
+            "trend",
+            "daily",
+            "Queue depth",
+            "--field",
+            "exit_code",
+            "--format",
+            "json",
+        ],
+    );
+    let obj = v.as_object().unwrap();
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["field", "item", "job", "points"], "{v}");
+    assert_eq!(v["job"], "daily");
+    assert_eq!(v["item"], "Queue depth");
+    assert_eq!(v["field"], "exit_code");
+    let points = v["points"].as_array().unwrap();
+    let values: Vec<f64> = points
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [0.0, 3.0, 1.0, 2.0], "{v}");
+    let run_ids: Vec<&str> = points
+        .iter()
+        .map(|p| p["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(run_ids, ids);
+    for p in points {
+        let mut keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["run_id", "started_at", "value"]);
+        // In the job's zone (Asia/Kolkata).
+        assert!(p["started_at"].as_str().unwrap().ends_with("+05:30"), "{p}");
+    }
+
+    // -n keeps the newest N, still oldest first.
+    let v = json(
+        dir,
+        &[
+            "trend",
+            "daily",
+            "Queue depth",
+            "--field",
+            "exit_code",
+            "-n",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
+    let values: Vec<f64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [1.0, 2.0], "{v}");
+
+    // The text table ends with the summary and the change since the previous point.
+    let out = run(
+        dir,
+        &["trend", "daily", "Queue depth", "--field", "exit_code"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("4 points: min 0, max 3, last 2 (+1 since the previous point)"),
+        "{text}"
+    );
+    assert!(text.contains(&ids[3]), "{text}");
+}
+
+#[test]
+fn trend_defaults_to_data_value_and_follows_dotted_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    four_runs(dir);
+    // `system` puts the fullest disk's used % in data.value.
+    let v = json(dir, &["trend", "daily", "Disk", "--format", "json"]);
+    assert_eq!(v["field"], "value");
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4, "{v}");
+    let nested = json(
+        dir,
+        &[
+            "trend",
+            "daily",
+            "Disk",
+            "--field",
+            "disks.0.used_percent",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(nested["points"].as_array().unwrap().len(), 4, "{nested}");
+    for (a, b) in points.iter().zip(nested["points"].as_array().unwrap()) {
+        assert_eq!(a["value"], b["value"]);
+        let pct = a["value"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&pct), "{a}");
+    }
+    // A command item has no data.value: no points, exit 0, and the text says why.
+    let v = json(dir, &["trend", "daily", "Queue depth", "--format", "json"]);
+    assert_eq!(v["points"], serde_json::json!([]));
+    let out = run(dir, &["trend", "daily", "Queue depth"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 run(s) skipped"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn trend_of_an_unknown_job_or_item_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    four_runs(dir);
+    let out = run(dir, &["trend", "daily", "No such item"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown item \"No such item\""), "{err}");
+    assert!(out.stdout.is_empty());
+    let out = run(dir, &["trend", "weekly", "Disk"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown job \"weekly\""));
+    let out = run(dir, &["trend", "daily", "Disk", "--field", "a..b"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // An item removed from the config still has its stored series.
+    let text = std::fs::read_to_string(dir.join("jobs.toml")).unwrap();
+    let cut = text.find("[[jobs.daily.items]]\nname = \"Disk\"").unwrap();
+    std::fs::write(dir.join("jobs.toml"), &text[..cut]).unwrap();
+    let v = json(dir, &["trend", "daily", "Disk", "--format", "json"]);
+    assert_eq!(v["points"].as_array().unwrap().len(), 4, "{v}");
+}
