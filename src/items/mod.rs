@@ -224,6 +224,25 @@ impl ItemCtx {
             .ok_or_else(|| format!("unknown target {name:?}"))
     }
 
+    /// A connection for a read-only check on the target called `name`: its statements run
+    /// under `statement_timeout` (the time left before the item's deadline, or the target's own
+    /// when shorter) and `default_transaction_read_only`. Both are best effort: a server that
+    /// refuses the SET still answers the check's queries.
+    pub async fn check_connection(
+        &self,
+        name: &str,
+    ) -> Result<(&Target, tokio_postgres::Client), String> {
+        let target = self.target(name)?;
+        let client = target.connect().await?;
+        let timeout = target.check_timeout_ms(self.deadline);
+        let _ = client
+            .batch_execute(&format!(
+                "SET statement_timeout = {timeout}; SET default_transaction_read_only = on"
+            ))
+            .await;
+        Ok((target, client))
+    }
+
     /// A path from the config, made absolute against the config's folder.
     pub fn path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {

@@ -138,20 +138,10 @@ impl Replication {
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
-        let target = match ctx.target(&self.target) {
-            Ok(t) => t,
-            Err(e) => return Outcome::fail(e),
-        };
-        let client = match target.connect().await {
+        let (target, client) = match ctx.check_connection(&self.target).await {
             Ok(c) => c,
             Err(e) => return Outcome::fail(e),
         };
-        let timeout = target.check_timeout_ms(ctx.deadline);
-        let _ = client
-            .batch_execute(&format!(
-                "SET statement_timeout = {timeout}; SET default_transaction_read_only = on"
-            ))
-            .await;
         let in_recovery = match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
             Ok(r) => match pg::col::<bool>(&r, 0) {
                 Ok(b) => b,

@@ -79,19 +79,10 @@ impl SlowQueries {
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
-        let target = match ctx.target(&self.target) {
-            Ok(t) => t,
-            Err(e) => return Outcome::fail(e),
-        };
-        let client = match target.connect().await {
+        let (target, client) = match ctx.check_connection(&self.target).await {
             Ok(c) => c,
             Err(e) => return Outcome::fail(e),
         };
-        // The item's deadline, or the target's own statement_timeout when that is shorter.
-        let timeout = target.check_timeout_ms(ctx.deadline);
-        let _ = client
-            .batch_execute(&format!("SET statement_timeout = {timeout}"))
-            .await;
         let mut status = Status::Pass;
         let mut summary_parts = Vec::new();
         let mut details = Vec::new();

@@ -83,18 +83,10 @@ impl WalArchive {
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
-        let target = match ctx.target(&self.target) {
-            Ok(t) => t,
-            Err(e) => return Outcome::fail(e),
-        };
-        let client = match target.connect().await {
+        let (target, client) = match ctx.check_connection(&self.target).await {
             Ok(c) => c,
             Err(e) => return Outcome::fail(e),
         };
-        let timeout = target.check_timeout_ms(ctx.deadline);
-        let _ = client
-            .batch_execute(&format!("SET statement_timeout = {timeout}"))
-            .await;
         let a = match read(&client).await {
             Ok(a) => a,
             Err(e) => {
