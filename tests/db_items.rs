@@ -3,12 +3,11 @@
 
 mod db_support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use db_support::{Holder, Setup, cluster_with_app_db, item, q, require_password, wait_for};
-use runbook::pgcluster::TempCluster;
+use db_support::{
+    Holder, Setup, Standby, cluster_with_app_db, item, q, require_password, wait_for,
+};
 
 const TABLES: &str = "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 5000) g; \
     CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, md5(g::text) FROM generate_series(1, 100) g; \
@@ -804,102 +803,6 @@ max_running = "1s"
         running["details"].to_string().contains("pg_sleep($1)"),
         "{running:#}"
     );
-}
-
-/// A streaming standby of `pg` (pg_basebackup -R), stopped on drop.
-struct Standby {
-    dir: tempfile::TempDir,
-    pg_ctl: PathBuf,
-    port: u16,
-}
-
-fn as_server_user(program: &Path) -> StdCommand {
-    if nix::unistd::Uid::effective().is_root() {
-        let mut c = StdCommand::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        StdCommand::new(program)
-    }
-}
-
-impl Standby {
-    fn start(pg: &TempCluster) -> Standby {
-        let dir = tempfile::Builder::new()
-            .prefix("runbook-standby-")
-            .tempdir()
-            .expect("tempdir");
-        if nix::unistd::Uid::effective().is_root() {
-            let u = nix::unistd::User::from_name("postgres")
-                .expect("lookup")
-                .expect("postgres user");
-            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).expect("chown");
-        }
-        let data = dir.path().join("data");
-        let out = as_server_user(&pg.tool("pg_basebackup"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-D",
-            ])
-            .arg(&data)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
-            .current_dir("/")
-            .output()
-            .expect("pg_basebackup");
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let conf = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).expect("conf");
-        text.push_str(&format!(
-            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
-            dir.path().display()
-        ));
-        std::fs::write(&conf, text).expect("conf");
-        let log = dir.path().join("standby.log");
-        let out = as_server_user(&pg.tool("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", "60", "start"])
-            .current_dir("/")
-            .output()
-            .expect("pg_ctl");
-        assert!(
-            out.status.success(),
-            "standby did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Standby {
-            dir,
-            pg_ctl: pg.tool("pg_ctl"),
-            port,
-        }
-    }
-}
-
-impl Drop for Standby {
-    fn drop(&mut self) {
-        let _ = as_server_user(&self.pg_ctl)
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .current_dir("/")
-            .output();
-    }
 }
 
 #[test]

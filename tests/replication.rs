@@ -4,232 +4,11 @@
 
 mod db_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use db_support::{Setup, item};
+use db_support::{Setup, Standby, item};
 use runbook::pgcluster::TempCluster;
 use serde_json::Value;
-
-/// A streaming standby of a [`TempCluster`], made with `pg_basebackup -R` and started on its
-/// own free port. Dropping it stops the server (also when a test fails) and removes its folder.
-struct Standby {
-    dir: Option<tempfile::TempDir>,
-    data: PathBuf,
-    port: u16,
-    bin: PathBuf,
-    run_as: Option<String>,
-    running: bool,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn tool(bin: &Path, name: &str) -> PathBuf {
-    let p = bin.join(name);
-    if p.exists() { p } else { PathBuf::from(name) }
-}
-
-/// Runs `program args` as `run_as` (the `postgres` user when we are root); panics with its
-/// output when it fails.
-fn run_as(user: &Option<String>, program: &Path, args: &[&str]) -> String {
-    let mut cmd = match user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.arg("-u").arg(u).arg("--").arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
-    let out = cmd
-        .args(args)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed: {}{}",
-        program.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Standby {
-    /// Base backup of `primary` (its default pg_hba.conf from `initdb -A trust` already allows
-    /// replication connections from 127.0.0.1; wal_level replica and max_wal_senders 10 are the
-    /// defaults), started as a streaming standby; returns once the primary sees it streaming.
-    fn start(primary: &TempCluster) -> Standby {
-        let dir = tempfile::Builder::new()
-            .prefix("runbook-standby-")
-            .tempdir()
-            .expect("tempdir");
-        let user = nix::unistd::Uid::effective()
-            .is_root()
-            .then(|| "postgres".to_string());
-        if let Some(u) = &user {
-            let u = nix::unistd::User::from_name(u)
-                .expect("user lookup")
-                .expect("we are root and PostgreSQL refuses root: a `postgres` user is needed");
-            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).expect("chown");
-        }
-        let data = dir.path().join("data");
-        let bin = primary.bin.clone();
-        let port = free_port();
-        run_as(
-            &user,
-            &tool(&bin, "pg_basebackup"),
-            &[
-                "-R",
-                "-D",
-                data.to_str().unwrap(),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &primary.port.to_string(),
-                "-U",
-                "postgres",
-                "-c",
-                "fast",
-                "--no-sync",
-            ],
-        );
-        let conf = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
-        text.push_str(&format!(
-            "\nport = {port}\nunix_socket_directories = '{}'\n",
-            dir.path().display()
-        ));
-        std::fs::write(&conf, text).expect("write postgresql.conf");
-        let mut s = Standby {
-            dir: Some(dir),
-            data,
-            port,
-            bin,
-            run_as: user,
-            running: false,
-        };
-        let log = s.dir.as_ref().unwrap().path().join("server.log");
-        run_as(
-            &s.run_as,
-            &tool(&s.bin, "pg_ctl"),
-            &[
-                "-D",
-                s.data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
-        s.running = true;
-        wait_until(
-            primary,
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-            "1",
-        );
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Runs `sql` on the standby's `postgres` database with psql; its trimmed output.
-    fn psql(&self, sql: &str) -> String {
-        let out = Command::new(tool(&self.bin, "psql"))
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-            ])
-            .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql on the standby: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Polls `sql` on the standby until it prints `want` (60 s at most).
-    fn wait_until(&self, sql: &str, want: &str) {
-        let start = Instant::now();
-        loop {
-            let got = self.psql(sql);
-            if got == want {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{sql} on the standby still gives {got:?}, not {want:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Stops the server (`pg_ctl stop -m fast`), keeping the folder.
-    fn stop(&mut self) {
-        if self.running {
-            self.running = false;
-            run_as(
-                &self.run_as,
-                &tool(&self.bin, "pg_ctl"),
-                &[
-                    "-D",
-                    self.data.to_str().unwrap(),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    "60",
-                    "stop",
-                ],
-            );
-        }
-    }
-}
-
-impl Drop for Standby {
-    fn drop(&mut self) {
-        if self.running {
-            self.running = false;
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_as(
-                    &self.run_as,
-                    &tool(&self.bin, "pg_ctl"),
-                    &[
-                        "-D",
-                        self.data.to_str().unwrap(),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "-t",
-                        "30",
-                        "stop",
-                    ],
-                )
-            }));
-        }
-        if let Some(d) = self.dir.take() {
-            let _ = d.close();
-        }
-    }
-}
 
 /// Polls `sql` on the primary's `postgres` database until it prints `want` (60 s at most).
 fn wait_until(pg: &TempCluster, sql: &str, want: &str) {
@@ -288,7 +67,7 @@ fn setup(pg: &TempCluster, standby_url: &str) -> Setup {
 fn streaming_standby_passes_on_both_sides_and_a_stopped_one_fails() {
     let pg = primary();
     let mut standby = Standby::start(&pg);
-    let s = setup(&pg, &standby.url());
+    let s = setup(&pg, &standby.url("postgres"));
 
     // (a) The primary sees its one standby streaming: pass, and the standby is listed.
     let (code, report, out) = s.run("primary", &[]);
@@ -418,7 +197,7 @@ fn standby_lag_counts_only_wal_waiting_to_be_replayed() {
         &pg.url("postgres"),
         &format!(
             "\n[targets.standby]\nurl = \"{}\"\nsslmode = \"disable\"\n",
-            standby.url()
+            standby.url("postgres")
         ),
         r#"
 [jobs.standby]

@@ -7,7 +7,7 @@ mod db_support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use db_support::{Setup, cluster_with_app_db, item, q, wait_for};
+use db_support::{Setup, Standby, cluster_with_app_db, item, q, wait_for};
 use runbook::pgcluster::TempCluster;
 
 /// Turns archiving on with `archive_command` (restart).
@@ -214,118 +214,15 @@ fn a_bad_max_age_is_a_config_error_with_its_position() {
 }
 
 /// A streaming standby of `pg` (pg_basebackup -R) with `conf` appended, stopped on drop.
-struct Standby {
-    dir: tempfile::TempDir,
-    pg_ctl: PathBuf,
-    port: u16,
-}
-
-fn as_server_user(program: &Path) -> std::process::Command {
-    if nix::unistd::Uid::effective().is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        std::process::Command::new(program)
-    }
-}
-
-impl Standby {
-    fn start(pg: &TempCluster, conf: &str) -> Standby {
-        let dir = tempfile::Builder::new()
-            .prefix("runbook-standby-")
-            .tempdir()
-            .expect("tempdir");
-        if nix::unistd::Uid::effective().is_root() {
-            let u = nix::unistd::User::from_name("postgres")
-                .expect("lookup")
-                .expect("postgres user");
-            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).expect("chown");
-        }
-        let data = dir.path().join("data");
-        let out = as_server_user(&pg.tool("pg_basebackup"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-D",
-            ])
-            .arg(&data)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
-            .current_dir("/")
-            .output()
-            .expect("pg_basebackup");
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let path = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&path).expect("conf");
-        text.push_str(&format!(
-            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n{conf}\n",
-            dir.path().display()
-        ));
-        std::fs::write(&path, text).expect("conf");
-        let s = Standby {
-            dir,
-            pg_ctl: pg.tool("pg_ctl"),
-            port,
-        };
-        s.pg_ctl("start");
-        s
-    }
-
-    fn pg_ctl(&self, action: &str) {
-        let log = self.dir.path().join("standby.log");
-        let out = as_server_user(&self.pg_ctl)
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .arg("-l")
-            .arg(&log)
-            .args(["-m", "fast", "-w", "-t", "60", action])
-            .current_dir("/")
-            .output()
-            .expect("pg_ctl");
-        assert!(
-            out.status.success(),
-            "standby {action} failed: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/app", self.port)
-    }
-}
-
-impl Drop for Standby {
-    fn drop(&mut self) {
-        let _ = as_server_user(&self.pg_ctl)
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .current_dir("/")
-            .output();
-    }
-}
 
 #[test]
 fn on_a_standby_archive_mode_always_is_checked_and_on_does_not_archive_there() {
     let pg = cluster_with_app_db();
     archive_with(&pg, &copying(&archive_dir(&pg)));
     // The standby archives into its own folder, in its own (postgres-owned) temporary folder.
-    let standby = Standby::start(&pg, "");
-    let standby_archive = standby.dir.path().join("archive");
-    let conf = standby.dir.path().join("data").join("postgresql.conf");
+    let mut standby = Standby::start(&pg);
+    let standby_archive = standby.dir().join("archive");
+    let conf = standby.dir().join("data").join("postgresql.conf");
     let text = std::fs::read_to_string(&conf).expect("conf");
     std::fs::write(
         &conf,
@@ -335,9 +232,9 @@ fn on_a_standby_archive_mode_always_is_checked_and_on_does_not_archive_there() {
         ),
     )
     .expect("conf");
-    standby.pg_ctl("restart");
+    standby.restart();
     let wal = switch(&pg);
-    let s = Setup::new(&standby.url(), "", JOBS);
+    let s = Setup::new(&standby.url("app"), "", JOBS);
     // Wait until the standby has archived the segment it received.
     let start = std::time::Instant::now();
     let report = loop {
@@ -360,7 +257,7 @@ fn on_a_standby_archive_mode_always_is_checked_and_on_does_not_archive_there() {
     // archive_mode = on: the standby does not archive (its primary does).
     let text = std::fs::read_to_string(&conf).expect("conf");
     std::fs::write(&conf, format!("{text}\narchive_mode = on\n")).expect("conf");
-    standby.pg_ctl("restart");
+    standby.restart();
     let (code, report, all) = s.run("optional", &[]);
     assert_eq!(code, 0, "{all}");
     let it = item(&report, "required");

@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use runbook::pgcluster::TempCluster;
+
 use serde_json::Value;
+
+mod standby;
+// Not every test binary that includes this module uses it.
+#[allow(unused_imports)]
+pub use standby::Standby;
 
 /// A config folder with a jobs.toml.
 pub struct Setup {
