@@ -10,8 +10,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/docs/report-screenshot.png}
-chrome=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
-[ -n "$chrome" ] || { echo "render-html: chromium is not installed (apt-get install chromium)" >&2; exit 2; }
+# shellcheck source=bench/chromium.sh
+. "$root/bench/chromium.sh"
+need_chromium render-html
 
 cargo build --quiet --manifest-path "$root/Cargo.toml"
 bin=$root/target/debug/runbook
@@ -83,8 +84,6 @@ rm flaky
 "$bin" --config jobs.toml run-job daily >/dev/null 2>&1 || true
 "$bin" --config jobs.toml report last --format html > report.html
 
-"$chrome" --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
-  --no-first-run --disable-sync --user-data-dir="$work/chrome-profile" --hide-scrollbars \
-  --window-size=820,1100 --screenshot="$out" "file://$work/report.html" >/dev/null 2>&1
+screenshot "file://$work/report.html" "$out" 820,1100
 cp report.html "${out%.png}.html"
 echo "render-html: wrote $out (and ${out%.png}.html)"

@@ -11,8 +11,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/docs/status-screenshot.png}
-chrome=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
-[ -n "$chrome" ] || { echo "render-status: chromium is not installed (apt-get install chromium)" >&2; exit 2; }
+# shellcheck source=bench/chromium.sh
+. "$root/bench/chromium.sh"
+need_chromium render-status
 
 cargo build --quiet --manifest-path "$root/Cargo.toml"
 bin=$root/target/debug/runbook
@@ -123,9 +124,6 @@ for _ in $(seq 100); do
 done
 curl -fsS "http://127.0.0.1:$port/" > status.html
 
-"$chrome" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-  --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$work/chrome-profile" --hide-scrollbars \
-  --window-size=1140,1000 --screenshot="$out" "http://127.0.0.1:$port/" >/dev/null 2>&1
+screenshot "http://127.0.0.1:$port/" "$out" 1140,1000
 cp status.html "${out%.png}.html"
 echo "render-status: wrote $out (and ${out%.png}.html)"
