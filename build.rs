@@ -5,7 +5,7 @@
 //!    `RUNBOOK_GIT_COMMIT` in the build environment overrides it (packagers building from a
 //!    tarball).
 //! 2. Generates the shell completions (bash, zsh, fish) and the man pages from the clap
-//!    definitions themselves (`src/cli/args.rs`, included below), so they can never disagree
+//!    definitions themselves (`src/face/cli/args.rs`, included below), so they can never disagree
 //!    with the binary. They are written to `assets/` in the profile's folder (`target/release/
 //!    assets/` for `cargo build --release` and `cargo deb`), where `Cargo.toml`'s
 //!    `[package.metadata.deb]` assets and `scripts/install` pick them up.
@@ -16,7 +16,7 @@ use std::process::Command;
 
 #[allow(dead_code)]
 mod cli {
-    include!("src/cli/args.rs");
+    include!("src/face/cli/args.rs");
 }
 
 fn main() {
@@ -38,7 +38,7 @@ fn main() {
         commit.as_deref().unwrap_or("unknown")
     );
 
-    println!("cargo:rerun-if-changed=src/cli/args.rs");
+    println!("cargo:rerun-if-changed=src/face/cli/args.rs");
     println!("cargo:rerun-if-changed=build.rs");
     let assets = assets_dir();
     if let Err(e) = write_assets(&assets) {

@@ -17,9 +17,9 @@ use serde::Deserialize;
 
 use crate::items::{ItemSpec, Prepare};
 use crate::notify::NotifierConfig;
-use crate::pg::{Target, TargetConfig};
-use crate::schedule::Schedule;
-use crate::units::Dur;
+use crate::base::pg::{Target, TargetConfig};
+use crate::base::schedule::Schedule;
+use crate::base::units::Dur;
 
 /// The `[runbook]` table: defaults for the whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -172,9 +172,9 @@ pub struct ServerSection {
     pub listen: String,
     /// A secret: when set, every path but `/healthz` and `/metrics` needs
     /// `Authorization: Bearer <token>` (or the cookie `?token=` sets; SPEC 9.6).
-    pub token: Option<crate::secret::SecretSource>,
+    pub token: Option<crate::base::secret::SecretSource>,
     #[serde(skip)]
-    pub token_resolved: Option<crate::secret::Secret>,
+    pub token_resolved: Option<crate::base::secret::Secret>,
 }
 
 /// By hand: an inline `token` source holds the value itself, and Debug output must not show it.
@@ -189,7 +189,7 @@ impl std::fmt::Debug for ServerSection {
 
 impl ServerSection {
     /// The resolved `token`, if one is set.
-    pub fn token(&self) -> Option<&crate::secret::Secret> {
+    pub fn token(&self) -> Option<&crate::base::secret::Secret> {
         self.token_resolved.as_ref()
     }
 }
@@ -212,9 +212,9 @@ pub struct ClusterSection {
     /// The shared PostgreSQL database.
     pub url: String,
     /// Password for `url`, a secret.
-    pub password: Option<crate::secret::SecretSource>,
+    pub password: Option<crate::base::secret::SecretSource>,
     #[serde(skip)]
-    pub password_resolved: Option<crate::secret::Secret>,
+    pub password_resolved: Option<crate::base::secret::Secret>,
     /// How long a claim lasts without renewal before another node may take the slot over.
     #[serde(default = "default_lease")]
     pub lease: Dur,
@@ -335,7 +335,7 @@ pub struct Config {
     /// Non-fatal findings (inline secrets, ...), shown by `check-config`.
     pub warnings: Vec<String>,
     /// Hides every secret of this config in text bound for a report (what a child printed).
-    pub redactor: crate::secret::Redactor,
+    pub redactor: crate::base::secret::Redactor,
 }
 
 /// One configuration mistake, located.
@@ -430,9 +430,9 @@ impl Config {
 
     /// Every secret of the configuration: targets' and the cluster's passwords, notifiers'
     /// credentials, and the secrets items hand to requests and child processes. The
-    /// [`crate::secret::Redactor`] of reports is built from these.
-    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
-        let mut all: Vec<&crate::secret::Secret> = Vec::new();
+    /// [`crate::base::secret::Redactor`] of reports is built from these.
+    pub fn secrets(&self) -> Vec<&crate::base::secret::Secret> {
+        let mut all: Vec<&crate::base::secret::Secret> = Vec::new();
         all.extend(self.targets.values().filter_map(|t| t.password.as_ref()));
         if let Some(c) = &self.cluster {
             all.extend(c.password_resolved.as_ref());
@@ -692,7 +692,7 @@ fn validate(
     if let Some(c) = &mut cluster
         && let Some(src) = &c.password
     {
-        match crate::secret::Secret::resolve(src, "cluster.password", &dir) {
+        match crate::base::secret::Secret::resolve(src, "cluster.password", &dir) {
             Ok(s) => c.password_resolved = Some(s),
             Err(m) => errors.push(loc.at_key("cluster", "password", None, m)),
         }
@@ -702,7 +702,7 @@ fn validate(
     if let Some(sv) = &mut server
         && let Some(src) = &sv.token
     {
-        match crate::secret::Secret::resolve(src, "server.token", &dir) {
+        match crate::base::secret::Secret::resolve(src, "server.token", &dir) {
             Ok(s) if s.expose().trim().is_empty() => {
                 errors.push(loc.at_key("server", "token", None, "server.token is empty".into()))
             }
@@ -750,9 +750,9 @@ fn validate(
         server,
         cluster,
         warnings,
-        redactor: crate::secret::Redactor::default(),
+        redactor: crate::base::secret::Redactor::default(),
     };
-    config.redactor = crate::secret::Redactor::new(config.secrets());
+    config.redactor = crate::base::secret::Redactor::new(config.secrets());
     Ok(config)
 }
 

@@ -37,22 +37,12 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
-pub mod bounded;
-pub mod cli;
-pub mod cluster;
+pub mod base;
 pub mod config;
-pub mod demo;
-pub mod failpoints;
-pub mod housekeeping;
+pub mod daemon;
+pub mod face;
 pub mod items;
 pub mod notify;
-pub mod pg;
-pub mod pgcluster;
 pub mod report;
 pub mod runner;
-pub mod schedule;
-pub mod scheduler;
-pub mod secret;
-pub mod server;
 pub mod store;
-pub mod units;

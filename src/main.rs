@@ -1,6 +1,6 @@
 fn main() -> std::process::ExitCode {
-    // Fault tests only: arms the crash points named in FAILPOINTS (see runbook::failpoints).
+    // Fault tests only: arms the crash points named in FAILPOINTS (see runbook::base::failpoints).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    runbook::cli::main()
+    runbook::face::cli::main()
 }

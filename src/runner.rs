@@ -364,7 +364,7 @@ async fn run_item(
     item: &crate::config::ItemConfig,
     base: &ItemCtx,
     job_deadline: Instant,
-    job_timeout: crate::units::Dur,
+    job_timeout: crate::base::units::Dur,
     reason: &CancelReason,
 ) -> (Outcome, u64) {
     let started = Instant::now();
@@ -375,7 +375,7 @@ async fn run_item(
     let (deadline, limit_text) = match limit {
         Some(l) if started + l < job_deadline => (
             started + l,
-            format!("its timeout ({})", crate::units::Dur(l)),
+            format!("its timeout ({})", crate::base::units::Dur(l)),
         ),
         _ => (job_deadline, format!("the job's timeout ({job_timeout})")),
     };

@@ -3,7 +3,7 @@
 mod db_support;
 
 use assert_cmd::Command;
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 #[test]
 fn connect_reports_reachable_and_unreachable_targets_without_secrets() {

@@ -1,5 +1,5 @@
 //! Crash points: the real binary is killed with SIGKILL at the instants where a crash used to
-//! lose work (the `failpoints` feature arms them through `FAILPOINTS`, see src/failpoints.rs),
+//! lose work (the `failpoints` feature arms them through `FAILPOINTS`, see src/base/failpoints.rs),
 //! then started again; the invariants are checked on what a user sees afterwards.
 //!
 //! - Every stored report is delivered at least once (exactly once here: the `file` notifier

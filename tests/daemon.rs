@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runbook");

@@ -21,7 +21,7 @@ mod db_support;
 use std::time::{Duration, Instant};
 
 use db_support::{Holder, Setup, cluster_with_app_db, end_lock_holder, item, q, wait_for};
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
 
 /// Manual VACUUM and ANALYZE counts of the tables in `public` and `trading`:

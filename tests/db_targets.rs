@@ -17,7 +17,7 @@ use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
 use db_support::{Setup, cluster_with_app_db, item, q, require_password};
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
 use tls_support::{make_ca, make_server_cert};
 

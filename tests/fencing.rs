@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runbook");
 
@@ -459,11 +459,11 @@ fn a_null_where_a_value_was_expected_is_an_error_naming_the_column_not_a_panic()
             .query_one("SELECT NULL::bigint AS dead_tuples, 'x'::text AS name", &[])
             .await
             .unwrap();
-        let null = runbook::pg::col::<i64>(&row, 0).unwrap_err();
+        let null = runbook::base::pg::col::<i64>(&row, 0).unwrap_err();
         assert!(null.contains("\"dead_tuples\""), "{null}");
-        let mismatch = runbook::pg::col::<i64>(&row, 1).unwrap_err();
+        let mismatch = runbook::base::pg::col::<i64>(&row, 1).unwrap_err();
         assert!(mismatch.contains("\"name\""), "{mismatch}");
-        assert_eq!(runbook::pg::col::<Option<i64>>(&row, 0), Ok(None));
+        assert_eq!(runbook::base::pg::col::<Option<i64>>(&row, 0), Ok(None));
     });
 }
 

@@ -13,7 +13,7 @@ mod db_support;
 use std::path::PathBuf;
 
 use db_support::{Holder, Setup, item, q, wait_for};
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 /// Where scripts/fetch-pg-versions puts them: `$RUNBOOK_PG_VERSIONS_DIR`, else
 /// /var/cache/runbook/pg-versions for root, else `${XDG_CACHE_HOME:-~/.cache}/runbook/pg-versions`.

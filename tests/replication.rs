@@ -7,7 +7,7 @@ mod db_support;
 use std::time::{Duration, Instant};
 
 use db_support::{Setup, Standby, item};
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
 
 /// Polls `sql` on the primary's `postgres` database until it prints `want` (60 s at most).

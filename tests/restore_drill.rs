@@ -6,7 +6,7 @@ mod backup_support;
 use std::time::{Duration, Instant};
 
 use backup_support::*;
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backup_support::*;
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use runbook::config::Config;
-use runbook::server::{AppState, Limits, Metrics};
+use runbook::daemon::server::{AppState, Limits, Metrics};
 use runbook::store::{RunSummary, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -100,7 +100,7 @@ fn status_page_shows_each_jobs_runs_and_next_runs_in_its_own_zone() {
     // The page is rendered as if three days later, so its own "updated" time (in the default
     // zone, UTC here) cannot coincide with a run's time in UTC.
     let now = Utc::now() + chrono::Duration::days(3);
-    let html = runbook::server::status::render_from_store(&config, &store, now).unwrap();
+    let html = runbook::daemon::server::status::render_from_store(&config, &store, now).unwrap();
 
     for r in &runs {
         let tz = config.jobs[&r.job].tz;
@@ -169,7 +169,7 @@ async fn start(config: Config, store: Store, limits: Limits) -> Server {
         config: rx,
     };
     let stop = CancellationToken::new();
-    let task = tokio::spawn(runbook::server::serve_with(
+    let task = tokio::spawn(runbook::daemon::server::serve_with(
         listener,
         state,
         stop.clone(),
@@ -337,7 +337,7 @@ async fn a_stuck_state_database_gets_an_answer_within_the_request_timeout() {
 
 #[test]
 fn listening_beyond_loopback_is_warned_about() {
-    use runbook::server::exposure_warning;
+    use runbook::daemon::server::exposure_warning;
     for quiet in ["127.0.0.1:9187", "[::1]:9187"] {
         for token_set in [false, true] {
             assert_eq!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use db_support::{Setup, Standby, cluster_with_app_db, item, q, wait_for};
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 /// Turns archiving on with `archive_command` (restart).
 fn archive_with(pg: &TempCluster, command: &str) {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::backup_verify::{self as bv, Entry, Format};
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::units::{Dur, Percent, Size, human_bytes};
+use crate::base::units::{Dur, Percent, Size, human_bytes};
 
 /// Options of `kind = "backup"`.
 #[derive(Debug, Clone, Deserialize)]

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, BufReader};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::units::human_bytes;
+use crate::base::units::human_bytes;
 
 /// Read buffer for hashing and decompressing: large reads keep the per-call overhead negligible.
 pub const READ_BUF: usize = 1 << 20;
@@ -284,7 +284,7 @@ pub fn read_sidecar(path: &Path) -> Result<String, String> {
     let mut r = std::io::BufReader::new(std::fs::File::open(path).map_err(cannot)?);
     let mut line = Vec::new();
     let mut first = String::new();
-    while crate::bounded::read_line_capped(&mut r, &mut line, crate::bounded::LINE_CAP)
+    while crate::base::bounded::read_line_capped(&mut r, &mut line, crate::base::bounded::LINE_CAP)
         .map_err(cannot)?
         .is_some()
     {
@@ -604,7 +604,7 @@ pub fn toc_tables(lines: &[String]) -> Vec<(String, String)> {
 
 /// Path of a PostgreSQL client tool: the newest server installation's bin folder, else `$PATH`.
 pub fn pg_tool(name: &str) -> PathBuf {
-    if let Ok(dir) = crate::pgcluster::find_bin_dir() {
+    if let Ok(dir) = crate::face::pgcluster::find_bin_dir() {
         let p = dir.join(name);
         if p.exists() {
             return p;
@@ -794,13 +794,13 @@ pub async fn run_tool_with_input(
 /// characters; all lines (stdout, parsed) are kept as read.
 async fn collect_lines(r: Option<impl AsyncRead + Unpin>, keep_last: Option<usize>) -> Vec<String> {
     let Some(r) = r else { return vec![] };
-    let (lines, _) = crate::bounded::tail_lines(BufReader::new(r), keep_last).await;
+    let (lines, _) = crate::base::bounded::tail_lines(BufReader::new(r), keep_last).await;
     if keep_last.is_none() {
         return lines;
     }
     lines
         .iter()
-        .map(|l| crate::bounded::shorten(l, 500))
+        .map(|l| crate::base::bounded::shorten(l, 500))
         .collect()
 }
 
@@ -1191,7 +1191,7 @@ pub async fn select_newest(
                 format!(
                     "still being written: modified {} ago, within settle ({})",
                     human_age(e.age(now)),
-                    crate::units::Dur(settle)
+                    crate::base::units::Dur(settle)
                 ),
             ));
             continue;

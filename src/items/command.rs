@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, BufReader};
 
 use super::{ItemCtx, Outcome, Prepare};
-use crate::bounded::{CappedLines, LINE_CAP, lines_cut_text};
+use crate::base::bounded::{CappedLines, LINE_CAP, lines_cut_text};
 
 /// Options of `kind = "command"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,10 +35,10 @@ pub struct Command {
     /// of the run; nothing else of the daemon's). A value is a string, or a secret:
     /// `{ env = "VAR" }` (the daemon's variable VAR) or `{ file = "PATH" }`.
     #[serde(default)]
-    pub env: BTreeMap<String, crate::secret::SecretSource>,
+    pub env: BTreeMap<String, crate::base::secret::SecretSource>,
     /// `env` with its values resolved by `prepare` (never printed).
     #[serde(skip)]
-    pub resolved_env: Vec<(String, crate::secret::Secret)>,
+    pub resolved_env: Vec<(String, crate::base::secret::Secret)>,
     /// How many of the last output lines (stdout and stderr) go into the report. Default 20.
     #[serde(default = "default_output_lines")]
     pub output_lines: usize,
@@ -122,7 +122,7 @@ impl Command {
                 continue;
             }
             // A plain string is an ordinary value, not a secret: no "written inline" warning.
-            match crate::secret::Secret::resolve(source, &format!("env.{name}"), p.config_dir) {
+            match crate::base::secret::Secret::resolve(source, &format!("env.{name}"), p.config_dir) {
                 Ok(value) => self.resolved_env.push((name.clone(), value)),
                 Err(m) => p.error("env", m),
             }
@@ -130,7 +130,7 @@ impl Command {
     }
 
     /// The `env` values read from the environment or a file: secrets.
-    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+    pub fn secrets(&self) -> Vec<&crate::base::secret::Secret> {
         self.resolved_env
             .iter()
             .filter(|(_, v)| !v.inline)
@@ -313,7 +313,7 @@ async fn collect(
     stream: Option<impl AsyncRead + Unpin>,
     tail: Arc<Mutex<VecDeque<String>>>,
     keep: usize,
-    redactor: crate::secret::Redactor,
+    redactor: crate::base::secret::Redactor,
 ) -> u64 {
     let Some(stream) = stream else { return 0 };
     let mut lines = CappedLines::new(BufReader::new(stream), LINE_CAP);

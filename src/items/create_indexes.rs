@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::pg::{self, Target, qualified};
+use crate::base::pg::{self, Target, qualified};
 
 /// Options of `kind = "create_indexes"`.
 #[derive(Debug, Clone, Deserialize)]

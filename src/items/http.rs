@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::bounded::{API_BODY_CAP, read_body, size_text};
-use crate::units::Dur;
+use crate::base::bounded::{API_BODY_CAP, read_body, size_text};
+use crate::base::units::Dur;
 
 /// Options of `kind = "http"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,10 +32,10 @@ pub struct Http {
     /// Request headers; values may be secrets (`{ env = "VAR" }`, `{ file = "PATH" }`), e.g. an
     /// `Authorization` bearer token. Resolved when the config loads.
     #[serde(default)]
-    pub headers: BTreeMap<String, crate::secret::SecretSource>,
+    pub headers: BTreeMap<String, crate::base::secret::SecretSource>,
     /// The headers with their values resolved by `prepare` (never printed).
     #[serde(skip)]
-    pub resolved_headers: Vec<(String, crate::secret::Secret)>,
+    pub resolved_headers: Vec<(String, crate::base::secret::Secret)>,
     /// Request body (sent as is; set a `Content-Type` header yourself).
     pub body: Option<String>,
     /// The status the response must have. Default 200.
@@ -85,12 +85,12 @@ fn default_redirects() -> usize {
 /// How many characters of a body the report shows.
 const SHOW_CHARS: usize = 400;
 /// Bodies larger than this are not read to the end (a health endpoint is small).
-const MAX_BODY: usize = crate::bounded::API_BODY_CAP;
+const MAX_BODY: usize = crate::base::bounded::API_BODY_CAP;
 
 impl Http {
     /// Header values that are secrets: those read from the environment or a file, and
     /// credential headers (`Authorization`, ...) even when written inline.
-    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+    pub fn secrets(&self) -> Vec<&crate::base::secret::Secret> {
         self.resolved_headers
             .iter()
             .filter(|(name, s)| !s.inline || is_credential_header(name))
@@ -117,11 +117,11 @@ impl Http {
             }
             // A literal `Accept = "application/json"` is not a secret: only header names that
             // carry credentials get check-config's "written inline" warning.
-            if let crate::secret::SecretSource::Literal(v) = source
+            if let crate::base::secret::SecretSource::Literal(v) = source
                 && !is_credential_header(name)
             {
                 self.resolved_headers
-                    .push((name.clone(), crate::secret::Secret::literal(v)));
+                    .push((name.clone(), crate::base::secret::Secret::literal(v)));
                 continue;
             }
             if let Some(secret) = p.secret(&format!("headers.{name}"), source) {
@@ -197,7 +197,7 @@ impl Http {
         };
         let status = resp.status();
         let final_url = resp.url().to_string();
-        let crate::bounded::Body { bytes: body, cut } = match read_body(resp, MAX_BODY).await {
+        let crate::base::bounded::Body { bytes: body, cut } = match read_body(resp, MAX_BODY).await {
             Ok(b) => b,
             Err(e) => {
                 return Outcome::fail(format!(

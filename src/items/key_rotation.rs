@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::units::{Date, Dur};
+use crate::base::units::{Date, Dur};
 
 /// One key to track.
 #[derive(Debug, Clone, Deserialize)]

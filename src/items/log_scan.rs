@@ -39,8 +39,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::bounded::{LINE_CAP, lines_cut_text};
-use crate::units::Dur;
+use crate::base::bounded::{LINE_CAP, lines_cut_text};
+use crate::base::units::Dur;
 
 /// Options of `kind = "log_scan"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -442,7 +442,7 @@ impl LogScan {
             lines.push(format!(
                 "{} (the pattern sees only the first {} of a line)",
                 lines_cut_text(tally.lines_cut),
-                crate::bounded::size_text(LINE_CAP)
+                crate::base::bounded::size_text(LINE_CAP)
             ));
         }
         lines.extend(details);

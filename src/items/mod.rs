@@ -17,7 +17,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::pg::Target;
+use crate::base::pg::Target;
 use crate::store::Store;
 
 pub mod alertmanager;
@@ -213,7 +213,7 @@ pub struct ItemCtx {
     pub deadline: tokio::time::Instant,
     /// Hides the config's secrets in what a child process printed (the runner applies it to
     /// every outcome as well).
-    pub redactor: crate::secret::Redactor,
+    pub redactor: crate::base::secret::Redactor,
 }
 
 impl ItemCtx {
@@ -306,9 +306,9 @@ impl<'a> Prepare<'a> {
     pub fn secret(
         &mut self,
         key: &str,
-        source: &crate::secret::SecretSource,
-    ) -> Option<crate::secret::Secret> {
-        match crate::secret::Secret::resolve(source, key, self.config_dir) {
+        source: &crate::base::secret::SecretSource,
+    ) -> Option<crate::base::secret::Secret> {
+        match crate::base::secret::Secret::resolve(source, key, self.config_dir) {
             Ok(s) => {
                 if s.inline {
                     self.warning(format!("{key} is written inline; prefer {{ env = \"VAR\" }} or {{ file = \"PATH\" }}"));
@@ -413,7 +413,7 @@ impl ItemSpec {
     }
 
     /// The secrets this item hands to a request or a child process (resolved by `prepare`).
-    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+    pub fn secrets(&self) -> Vec<&crate::base::secret::Secret> {
         match self {
             ItemSpec::Command(o) => o.secrets(),
             ItemSpec::Http(o) => o.secrets(),

@@ -18,9 +18,9 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::pg::{self, Target, qualified};
+use crate::base::pg::{self, Target, qualified};
 #[allow(unused_imports)]
-use crate::units::{Dur, Percent, Size};
+use crate::base::units::{Dur, Percent, Size};
 
 /// Options of `kind = "reindex"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -154,7 +154,7 @@ impl Reindex {
                         "{}; -- on {}, {}",
                         self.statement(ix),
                         w.table,
-                        crate::units::human_bytes(ix.bytes.max(0) as u64)
+                        crate::base::units::human_bytes(ix.bytes.max(0) as u64)
                     ));
                 }
             }

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::pg;
-use crate::units::{Dur, Size, human_bytes};
+use crate::base::pg;
+use crate::base::units::{Dur, Size, human_bytes};
 
 /// Options of `kind = "replication"`.
 #[derive(Debug, Clone, Deserialize)]

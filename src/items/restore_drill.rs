@@ -42,9 +42,9 @@ use tokio::time::Instant;
 use super::backup::Verify;
 use super::backup_verify::{self as bv, Format};
 use super::{ItemCtx, Outcome, Prepare, SqlCheck, Status};
-use crate::pg::{Target, quote_ident};
+use crate::base::pg::{Target, quote_ident};
 #[allow(unused_imports)]
-use crate::units::{Dur, Percent, Size, human_bytes};
+use crate::base::units::{Dur, Percent, Size, human_bytes};
 
 /// Every scratch database name starts with this; nothing else is ever created or dropped.
 pub const SCRATCH_PREFIX: &str = "runbook_drill_";
@@ -83,10 +83,10 @@ pub struct RestoreDrill {
     /// or own a database. The scratch database is created with it as the owner.
     pub restore_role: Option<String>,
     /// The password of `restore_role` (a secret), when pg_hba.conf asks for one.
-    pub restore_password: Option<crate::secret::SecretSource>,
+    pub restore_password: Option<crate::base::secret::SecretSource>,
     /// `restore_password`, resolved by `prepare`.
     #[serde(skip)]
-    pub resolved_restore_password: Option<crate::secret::Secret>,
+    pub resolved_restore_password: Option<crate::base::secret::Secret>,
 }
 
 /// How long dropping the scratch database may take before we give up and report it.
@@ -284,7 +284,7 @@ impl RestoreDrill {
             }
         };
         match admin.query_one("SELECT pg_is_in_recovery()", &[]).await {
-            Ok(row) if crate::pg::col::<bool>(&row, 0).unwrap_or(false) => {
+            Ok(row) if crate::base::pg::col::<bool>(&row, 0).unwrap_or(false) => {
                 return Outcome::fail(format!(
                     "target {} is a standby (in recovery): a drill cannot create a database there; point it at the primary or a spare server",
                     target.name
@@ -296,14 +296,14 @@ impl RestoreDrill {
                 return Outcome::fail(format!(
                     "target {}: {}",
                     target.name,
-                    crate::pg::pg_error(&e)
+                    crate::base::pg::pg_error(&e)
                 ))
                 .with_data(data);
             }
         }
         let mut details = Vec::new();
         if let Ok(rows) = admin.query("SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%' UNION SELECT rolname FROM pg_roles WHERE rolname LIKE 'runbook\\_drill\\_%' ORDER BY 1", &[]).await {
-            let left: Vec<String> = rows.iter().filter_map(|r| crate::pg::col::<String>(r, 0).ok()).filter(|n| *n != scratch).collect();
+            let left: Vec<String> = rows.iter().filter_map(|r| crate::base::pg::col::<String>(r, 0).ok()).filter(|n| *n != scratch).collect();
             if !left.is_empty() {
                 details.push(format!("scratch databases or roles left by earlier drills (kept or interrupted): {}", left.join(", ")));
             }
@@ -353,7 +353,7 @@ impl RestoreDrill {
         {
             let mut o = Outcome::fail(format!(
                 "cannot create scratch database {scratch}: {}",
-                crate::pg::pg_error(&e)
+                crate::base::pg::pg_error(&e)
             ));
             if let Err(e) = drop_scratch(&admin, &scratch).await {
                 o.details
@@ -495,10 +495,10 @@ impl RestoreDrill {
             None => cmd.env_remove("PGPASSWORD"),
         };
         let mode = match target.sslmode {
-            crate::pg::SslMode::Disable => "disable",
-            crate::pg::SslMode::Prefer => "prefer",
-            crate::pg::SslMode::Require => "require",
-            crate::pg::SslMode::VerifyFull => "verify-full",
+            crate::base::pg::SslMode::Disable => "disable",
+            crate::base::pg::SslMode::Prefer => "prefer",
+            crate::base::pg::SslMode::Require => "require",
+            crate::base::pg::SslMode::VerifyFull => "verify-full",
         };
         cmd.env("PGSSLMODE", mode);
         if let Some(ca) = &target.ca_file {
@@ -826,7 +826,7 @@ async fn run_check(client: &tokio_postgres::Client, c: &SqlCheck) -> CheckResult
     };
     let msgs = match client.simple_query(&c.query).await {
         Ok(m) => m,
-        Err(e) => return fail(format!("query failed: {}", crate::pg::pg_error(&e))),
+        Err(e) => return fail(format!("query failed: {}", crate::base::pg::pg_error(&e))),
     };
     let Some(row) = msgs.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
@@ -899,7 +899,7 @@ async fn drop_scratch(admin: &tokio_postgres::Client, name: &str) -> Result<(), 
     };
     match tokio::time::timeout(DROP_TIMEOUT, drop).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(crate::pg::pg_error(&e)),
+        Ok(Err(e)) => Err(crate::base::pg::pg_error(&e)),
         Err(_) => Err(format!("timed out after {}s", DROP_TIMEOUT.as_secs())),
     }
 }
@@ -911,7 +911,7 @@ async fn drop_scratch(admin: &tokio_postgres::Client, name: &str) -> Result<(), 
 async fn create_drill_role(
     admin: &tokio_postgres::Client,
     name: &str,
-) -> Result<crate::secret::Secret, String> {
+) -> Result<crate::base::secret::Secret, String> {
     if !is_scratch_name(name) {
         return Err(format!("refusing role {name:?}: not a scratch name"));
     }
@@ -931,7 +931,7 @@ async fn create_drill_role(
     admin
         .batch_execute(&sql)
         .await
-        .map_err(|e| crate::pg::pg_error(&e))?;
+        .map_err(|e| crate::base::pg::pg_error(&e))?;
     let superuser = admin
         .query_one(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -948,9 +948,9 @@ async fn create_drill_role(
         let _ = admin
             .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
             .await;
-        return Err(crate::pg::pg_error(&e));
+        return Err(crate::base::pg::pg_error(&e));
     }
-    Ok(crate::secret::Secret::literal(&password))
+    Ok(crate::base::secret::Secret::literal(&password))
 }
 
 /// Refuses a configured `restore_role` that a dump could use to leave the scratch database:
@@ -965,7 +965,7 @@ async fn check_restore_role(admin: &tokio_postgres::Client, role: &str) -> Resul
             &[&role],
         )
         .await
-        .map_err(|e| crate::pg::pg_error(&e))?
+        .map_err(|e| crate::base::pg::pg_error(&e))?
         .ok_or("does not exist")?;
     let flag = |i: usize| row.try_get::<_, bool>(i).unwrap_or(true);
     let mut too_much = Vec::new();

@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ItemCtx, Outcome, Prepare, Status, query_text};
-use crate::pg;
+use crate::base::pg;
 #[allow(unused_imports)]
-use crate::units::{Dur, Percent, Size};
+use crate::base::units::{Dur, Percent, Size};
 
 /// Options of `kind = "slow_queries"`.
 #[derive(Debug, Clone, Deserialize)]

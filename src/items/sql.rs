@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::pg;
+use crate::base::pg;
 
 /// Options of `kind = "sql"`.
 #[derive(Debug, Clone, Deserialize)]

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::units::{Percent, human_bytes};
+use crate::base::units::{Percent, human_bytes};
 
 /// Options of `kind = "system"`.
 #[derive(Debug, Clone, Deserialize)]

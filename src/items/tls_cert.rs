@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::units::Dur;
+use crate::base::units::Dur;
 
 /// Options of `kind = "tls_cert"`.
 #[derive(Debug, Clone, Deserialize)]

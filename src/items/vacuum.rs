@@ -22,9 +22,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::Client;
 
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::pg::{self, Target, qualified};
+use crate::base::pg::{self, Target, qualified};
 #[allow(unused_imports)]
-use crate::units::{Dur, Percent, Size};
+use crate::base::units::{Dur, Percent, Size};
 
 /// Options of `kind = "vacuum"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -178,7 +178,7 @@ impl Vacuum {
             .map_err(|e| pg::pg_error(&e))?;
         // Before PostgreSQL 13 there is no such setting: nothing to do.
         let Some(row) = row else { return Ok(None) };
-        let (setting, source): (i32, String) = (crate::pg::col(&row, 0)?, crate::pg::col(&row, 1)?);
+        let (setting, source): (i32, String) = (crate::base::pg::col(&row, 0)?, crate::base::pg::col(&row, 1)?);
         // 0 is the built-in value where the platform cannot read ahead (no posix_fadvise).
         let raise = source == "default" && setting > 0 && (setting as u32) < DEFAULT_IO_CONCURRENCY;
         Ok(raise.then(|| {
@@ -266,7 +266,7 @@ impl Vacuum {
                 details.push(format!(
                     "{}; -- {}{why}",
                     self.statement(t),
-                    crate::units::human_bytes(t.bytes.max(0) as u64)
+                    crate::base::units::human_bytes(t.bytes.max(0) as u64)
                 ));
             }
             if self.only_needed {
@@ -477,28 +477,28 @@ impl Vacuum {
         // Each planned relation's partition root (0: not a partition).
         let mut roots = std::collections::HashMap::new();
         for r in rows {
-            let schema: String = crate::pg::col(&r, 1)?;
-            let name: String = crate::pg::col(&r, 2)?;
+            let schema: String = crate::base::pg::col(&r, 1)?;
+            let name: String = crate::base::pg::col(&r, 2)?;
             if !self.selected(&schema, &name) {
                 continue;
             }
-            let partitioned: bool = crate::pg::col(&r, 18)?;
-            let root: u32 = crate::pg::col(&r, 19)?;
-            roots.insert(crate::pg::col::<u32>(&r, 0)?, root);
-            let dead: i64 = crate::pg::col(&r, 4)?;
-            let modified: i64 = crate::pg::col(&r, 5)?;
-            let inserted: i64 = crate::pg::col(&r, 6)?;
-            let tuples: f64 = crate::pg::col::<f64>(&r, 7)?.max(0.0);
-            let never_analyzed: bool = crate::pg::col(&r, 8)?;
-            let xid_age: i64 = crate::pg::col(&r, 9)?;
+            let partitioned: bool = crate::base::pg::col(&r, 18)?;
+            let root: u32 = crate::base::pg::col(&r, 19)?;
+            roots.insert(crate::base::pg::col::<u32>(&r, 0)?, root);
+            let dead: i64 = crate::base::pg::col(&r, 4)?;
+            let modified: i64 = crate::base::pg::col(&r, 5)?;
+            let inserted: i64 = crate::base::pg::col(&r, 6)?;
+            let tuples: f64 = crate::base::pg::col::<f64>(&r, 7)?.max(0.0);
+            let never_analyzed: bool = crate::base::pg::col(&r, 8)?;
+            let xid_age: i64 = crate::base::pg::col(&r, 9)?;
             let (vt, vs, at, as_, it, is, freeze): (f64, f64, f64, f64, f64, f64, f64) = (
-                crate::pg::col(&r, 10)?,
-                crate::pg::col(&r, 11)?,
-                crate::pg::col(&r, 12)?,
-                crate::pg::col(&r, 13)?,
-                crate::pg::col(&r, 14)?,
-                crate::pg::col(&r, 15)?,
-                crate::pg::col(&r, 16)?,
+                crate::base::pg::col(&r, 10)?,
+                crate::base::pg::col(&r, 11)?,
+                crate::base::pg::col(&r, 12)?,
+                crate::base::pg::col(&r, 13)?,
+                crate::base::pg::col(&r, 14)?,
+                crate::base::pg::col(&r, 15)?,
+                crate::base::pg::col(&r, 16)?,
             );
             let mut reasons = Vec::new();
             let mut analyze_only = false;
@@ -535,16 +535,16 @@ impl Vacuum {
                     analyze_only = true;
                     reasons.push("ANALYZE only (below the vacuum thresholds)".to_string());
                 }
-                let own: String = crate::pg::col(&r, 17)?;
+                let own: String = crate::base::pg::col(&r, 17)?;
                 if !own.is_empty() {
                     reasons.push(format!("with the table's own {own}"));
                 }
             }
             tables.push(Table {
-                oid: crate::pg::col(&r, 0)?,
+                oid: crate::base::pg::col(&r, 0)?,
                 schema,
                 name,
-                bytes: crate::pg::col(&r, 3)?,
+                bytes: crate::base::pg::col(&r, 3)?,
                 dead_before: dead,
                 reasons,
                 analyze_only: analyze_only || partitioned,
@@ -786,7 +786,7 @@ impl Vacuum {
             for r in rows {
                 // A row with an unexpected NULL is left out (the "after" count is informative).
                 if let (Ok(oid), Ok(dead)) =
-                    (crate::pg::col::<u32>(&r, 0), crate::pg::col::<i64>(&r, 1))
+                    (crate::base::pg::col::<u32>(&r, 0), crate::base::pg::col::<i64>(&r, 1))
                 {
                     dead_after.insert(oid, dead);
                 }
@@ -812,7 +812,7 @@ impl Vacuum {
                         format!(
                             "{} {} in {seconds:.1}s",
                             t.display(),
-                            crate::units::human_bytes(t.bytes.max(0) as u64)
+                            crate::base::units::human_bytes(t.bytes.max(0) as u64)
                         ),
                     ));
                     let mut notes = Vec::new();

@@ -18,8 +18,8 @@ use serde_json::json;
 
 use super::backup_verify::human_age;
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::pg;
-use crate::units::Dur;
+use crate::base::pg;
+use crate::base::units::Dur;
 
 /// Options of `kind = "wal_archive"`.
 #[derive(Debug, Clone, Deserialize)]

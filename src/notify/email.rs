@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use super::On;
 use crate::report::Report;
-use crate::secret::{Secret, SecretSource};
+use crate::base::secret::{Secret, SecretSource};
 
 /// How long one SMTP command may take (connect, each reply).
 const SMTP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -339,7 +339,7 @@ impl EmailConfig {
         let secrets: Vec<&Secret> = self.password_resolved.iter().collect();
         result
             .map(|_| ())
-            .map_err(|e| crate::secret::redact(&describe_smtp_error(&e, &ep), &secrets))
+            .map_err(|e| crate::base::secret::redact(&describe_smtp_error(&e, &ep), &secrets))
     }
 
     /// `check-config --connect`: connect, EHLO, STARTTLS and AUTH, without sending anything.
@@ -364,7 +364,7 @@ impl EmailConfig {
                 "SMTP server {}:{} did not answer NOOP",
                 ep.host, ep.port
             )),
-            Err(e) => Err(crate::secret::redact(
+            Err(e) => Err(crate::base::secret::redact(
                 &describe_smtp_error(&e, &ep),
                 &secrets,
             )),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::items::Status;
 use crate::report::Report;
-use crate::secret::{Secret, SecretSource};
+use crate::base::secret::{Secret, SecretSource};
 
 /// Options of `type = "heartbeat"`.
 #[derive(Debug, Clone, Deserialize)]

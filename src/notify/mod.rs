@@ -86,7 +86,7 @@ impl NotifierConfig {
     }
 
     /// The secrets this channel was given (for the report redactor).
-    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+    pub fn secrets(&self) -> Vec<&crate::base::secret::Secret> {
         match self {
             NotifierConfig::Email(c) => c.password_resolved.iter().collect(),
             NotifierConfig::Slack(c) => c.webhook_resolved.iter().collect(),
@@ -205,10 +205,10 @@ pub fn public_origin(url: &reqwest::Url) -> String {
 pub(crate) fn describe_http_error(
     e: reqwest::Error,
     origin: &str,
-    secret: &crate::secret::Secret,
+    secret: &crate::base::secret::Secret,
 ) -> String {
     let e = e.without_url();
-    let chain = crate::secret::redact(&error_chain(&e), &[secret]);
+    let chain = crate::base::secret::redact(&error_chain(&e), &[secret]);
     let lower = chain.to_lowercase();
     if e.is_timeout() || lower.contains("timed out") {
         return format!(
@@ -239,11 +239,11 @@ pub(crate) fn describe_http_error(
 pub(crate) async fn describe_http_status(
     resp: reqwest::Response,
     origin: &str,
-    secret: &crate::secret::Secret,
+    secret: &crate::base::secret::Secret,
 ) -> String {
     let status = resp.status();
     // Only the first line is shown: a misbehaving endpoint's huge answer is not read to its end.
-    let body = crate::bounded::read_body(resp, crate::bounded::NOTIFY_BODY_CAP)
+    let body = crate::base::bounded::read_body(resp, crate::base::bounded::NOTIFY_BODY_CAP)
         .await
         .map(|b| b.text())
         .unwrap_or_default();
@@ -254,7 +254,7 @@ pub(crate) async fn describe_http_status(
         .chars()
         .take(200)
         .collect();
-    let first = crate::secret::redact(&first, &[secret]);
+    let first = crate::base::secret::redact(&first, &[secret]);
     let class = if status.is_client_error() {
         "rejected by"
     } else {
@@ -268,7 +268,7 @@ pub(crate) async fn describe_http_status(
 }
 
 /// Connects to a secret URL's host (DNS, TCP, TLS for https) without sending a request.
-async fn probe_https(url: &crate::secret::Secret) -> Result<String, String> {
+async fn probe_https(url: &crate::base::secret::Secret) -> Result<String, String> {
     let parsed =
         reqwest::Url::parse(url.expose()).map_err(|_| "the URL is not valid".to_string())?;
     let origin = public_origin(&parsed);

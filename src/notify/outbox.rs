@@ -175,8 +175,8 @@ async fn flush_pass(
                     attempts = entry.attempts,
                     last_error = entry.last_error.as_deref().unwrap_or(""),
                     "NOTIFICATION DROPPED: undelivered for {} (longer than {}); this report was not delivered to {}",
-                    crate::units::Dur(age),
-                    crate::units::Dur(max_age),
+                    crate::base::units::Dur(age),
+                    crate::base::units::Dur(max_age),
                     entry.channel
                 );
                 record_in_report(
@@ -186,7 +186,7 @@ async fn flush_pass(
                     "failed",
                     Some(format!(
                         "dropped after {} undelivered",
-                        crate::units::Dur(max_age)
+                        crate::base::units::Dur(max_age)
                     )),
                 );
                 result.dropped += 1;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::On;
 use crate::report::Report;
-use crate::secret::{Secret, SecretSource};
+use crate::base::secret::{Secret, SecretSource};
 
 /// The longest `Retry-After` we wait for within one delivery.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 /// Starts a cluster and loads `trading` with orders, positions and transactions.
 pub fn trading_cluster() -> TempCluster {

@@ -9,7 +9,7 @@ use std::process::{Child, Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 use serde_json::Value;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use runbook::pgcluster::TempCluster;
+use runbook::face::pgcluster::TempCluster;
 
 pub struct Standby {
     /// Its temporary folder (owned by `postgres` when we are root): `data/`, the log, and

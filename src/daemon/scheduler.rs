@@ -32,12 +32,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Claim, Cluster};
+use crate::daemon::cluster::{Claim, Cluster};
 use crate::config::{CatchUp, Config, OnClusterDown};
 use crate::items::Trigger;
 use crate::runner::{RunError, RunOptions};
-use crate::schedule::Schedule;
-use crate::server::Metrics;
+use crate::base::schedule::Schedule;
+use crate::daemon::server::Metrics;
 use crate::store::Store;
 
 /// The loop re-reads the wall clock at least this often (suspend, clock steps, reloads).
@@ -251,12 +251,12 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|e| anyhow::anyhow!("[server] listen = {:?}: {e}", s.listen))?;
             tracing::info!(listen = %listener.local_addr()?, "serving /metrics, /healthz and the status page");
-            let state = crate::server::AppState {
+            let state = crate::daemon::server::AppState {
                 metrics: metrics.clone(),
                 store: store.clone(),
                 config: config_rx.clone(),
             };
-            Some(tokio::spawn(crate::server::serve(
+            Some(tokio::spawn(crate::daemon::server::serve(
                 listener,
                 state,
                 stop.clone(),
@@ -265,7 +265,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let outbox = tokio::spawn(drain_outbox(config_rx.clone(), store.clone(), stop.clone()));
-    let housekeeping = tokio::spawn(crate::housekeeping::run(
+    let housekeeping = tokio::spawn(crate::daemon::housekeeping::run(
         config_rx.clone(),
         store.clone(),
         stop.clone(),

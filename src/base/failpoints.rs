@@ -18,7 +18,7 @@
 macro_rules! failpoint {
     ($name:literal) => {
         #[cfg(feature = "failpoints")]
-        $crate::failpoints::hit($name);
+        $crate::base::failpoints::hit($name);
     };
 }
 
@@ -27,7 +27,7 @@ macro_rules! failpoint {
 macro_rules! failpoint_async {
     ($name:literal) => {
         #[cfg(feature = "failpoints")]
-        if $crate::failpoints::hit($name) {
+        if $crate::base::failpoints::hit($name) {
             std::future::pending::<()>().await;
         }
     };

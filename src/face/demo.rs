@@ -16,14 +16,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::pgcluster::TempCluster;
+use crate::face::pgcluster::TempCluster;
 use crate::runner::RunOptions;
 use crate::store::Store;
 
 /// The shipped configuration, as in the repository.
-pub const SHIPPED_JOBS: &str = include_str!("../jobs.toml");
-const FIXTURE: &str = include_str!("../demo/fixture.sql");
-const INDEXES: &str = include_str!("../sql/indexes.sql");
+pub const SHIPPED_JOBS: &str = include_str!("../../jobs.toml");
+const FIXTURE: &str = include_str!("../../demo/fixture.sql");
+const INDEXES: &str = include_str!("../../sql/indexes.sql");
 
 pub async fn run(keep: bool) -> ExitCode {
     tokio::select! {

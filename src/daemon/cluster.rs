@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::config::{ClusterSection, OnClusterDown};
-use crate::pg::Target;
+use crate::base::pg::Target;
 
 /// Every statement against the cluster database must finish within this.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,7 +110,7 @@ impl Cluster {
                 format!(
                     "cluster database {}: {}",
                     self.target.display,
-                    crate::pg::pg_error(&e)
+                    crate::base::pg::pg_error(&e)
                 )
             })?;
             *guard = Some(client);
@@ -123,7 +123,7 @@ impl Cluster {
             Ok(Err(e)) => Err(format!(
                 "cluster database {}: {}",
                 self.target.display,
-                crate::pg::pg_error(&e)
+                crate::base::pg::pg_error(&e)
             )),
             Err(_) => Err(format!(
                 "cluster database {}: no answer within {}s",

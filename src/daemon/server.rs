@@ -475,7 +475,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// True when `offered` is the token (compared in constant time, via digests).
-fn token_matches(token: &crate::secret::Secret, offered: &str) -> bool {
+fn token_matches(token: &crate::base::secret::Secret, offered: &str) -> bool {
     same(
         &digest("bearer", token.expose()),
         &digest("bearer", offered),
@@ -483,7 +483,7 @@ fn token_matches(token: &crate::secret::Secret, offered: &str) -> bool {
 }
 
 /// The cookie value for `token` (hex of a digest).
-fn cookie_value(token: &crate::secret::Secret) -> String {
+fn cookie_value(token: &crate::base::secret::Secret) -> String {
     digest("cookie", token.expose())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -573,7 +573,7 @@ async fn require_token(
 fn token_redirect(
     path: &str,
     pairs: &[(String, String)],
-    token: &crate::secret::Secret,
+    token: &crate::base::secret::Secret,
     headers: &axum::http::HeaderMap,
 ) -> Response {
     let last = path.rsplit('/').next().unwrap_or("");
@@ -936,7 +936,7 @@ kind = "manual"
 
     #[test]
     fn tokens_compare_by_value() {
-        let t = crate::secret::Secret::literal("abc-123");
+        let t = crate::base::secret::Secret::literal("abc-123");
         assert!(token_matches(&t, "abc-123"));
         for other in ["", "abc-12", "abc-1234", "ABC-123"] {
             assert!(!token_matches(&t, other), "{other:?}");

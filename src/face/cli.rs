@@ -141,7 +141,7 @@ fn print_json(v: &impl serde::Serialize) {
 
 /// A manual run's cluster claim and the task renewing its lease.
 type ManualClaim = (
-    std::sync::Arc<crate::cluster::Cluster>,
+    std::sync::Arc<crate::daemon::cluster::Cluster>,
     chrono::DateTime<chrono::Utc>,
     tokio::task::JoinHandle<()>,
 );
@@ -154,7 +154,7 @@ async fn manual_claim(
     job: &str,
     opts: &RunOptions,
 ) -> Result<Option<ManualClaim>, String> {
-    use crate::cluster::{Claim, Cluster};
+    use crate::daemon::cluster::{Claim, Cluster};
     let cluster = std::sync::Arc::new(
         Cluster::new(section, hostname).map_err(|e| format!("[cluster]: {e}"))?,
     );
@@ -192,7 +192,7 @@ async fn manual_claim(
 
 async fn dispatch(cli: Cli) -> ExitCode {
     if let Command::Demo { keep } = cli.command {
-        return crate::demo::run(keep).await;
+        return crate::face::demo::run(keep).await;
     }
     if let Command::CheckConfig { connect, format } = cli.command {
         return check_config(&cli, connect, format).await;
@@ -205,7 +205,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Daemon => match prepare_state(&config) {
             Err(code) => code,
-            Ok(()) => match crate::scheduler::run(config).await {
+            Ok(()) => match crate::daemon::scheduler::run(config).await {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("runbook: {e:#}");
@@ -708,7 +708,7 @@ async fn check_config(cli: &Cli, connect: bool, format: Format) -> ExitCode {
                         .query_one("SELECT pg_is_in_recovery()", &[])
                         .await
                         .ok()
-                        .and_then(|r| crate::pg::col(&r, 0).ok())
+                        .and_then(|r| crate::base::pg::col(&r, 0).ok())
                         .unwrap_or(false);
                     Reached {
                         name: name.clone(),

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::secret::{Secret, SecretSource};
-use crate::units::Dur;
+use crate::base::secret::{Secret, SecretSource};
+use crate::base::units::Dur;
 
 /// `sslmode`, as libpq spells it.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -844,7 +844,7 @@ mod tests {
                 sslmode: SslMode::Disable,
                 ca_file: None,
                 lock_timeout: default_lock_timeout(),
-                statement_timeout: st.map(crate::units::Dur),
+                statement_timeout: st.map(crate::base::units::Dur),
                 connect_timeout: default_connect_timeout(),
             };
             Target::resolve("t", &c, Path::new("."))
