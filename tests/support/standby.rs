@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use runbook::face::pgcluster::TempCluster;
 
+use super::free_port;
+use super::pg::wait_until_gives;
+
 pub struct Standby {
     /// Its temporary folder (owned by `postgres` when we are root): `data/`, the log, and
     /// whatever a test puts beside them.
@@ -51,22 +54,6 @@ fn run_as(user: &Option<String>, program: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `sql` on the primary until it prints `want` (60 s at most).
-fn wait_on_primary(pg: &TempCluster, sql: &str, want: &str) {
-    let start = Instant::now();
-    loop {
-        let got = pg.psql("postgres", sql, &[]).expect("psql");
-        if got.trim() == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{sql} still gives {got:?}, not {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 impl Standby {
     /// A standby of `primary` (whose pg_hba.conf from `initdb -A trust` allows replication from
     /// 127.0.0.1; wal_level replica and max_wal_senders are the defaults); returns once the
@@ -92,11 +79,7 @@ impl Standby {
         }
         let data = dir.path().join("data");
         let bin = primary.bin.clone();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         run_as(
             &user,
             &tool(&bin, "pg_basebackup"),
@@ -134,7 +117,7 @@ impl Standby {
         };
         s.pg_ctl("start");
         s.running = true;
-        wait_on_primary(
+        wait_until_gives(
             primary,
             "SELECT count(*) > 0 FROM pg_stat_replication WHERE state = 'streaming'",
             "t",
