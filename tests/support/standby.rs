@@ -189,24 +189,18 @@ impl Standby {
         }
     }
 
+    /// `pg_ctl ACTION` with its log in the folder, a fast shutdown, waiting up to 60 s.
     fn pg_ctl(&self, action: &str) {
         let log = self.dir().join("standby.log");
-        run_as(
-            &self.run_as,
-            &tool(&self.bin, "pg_ctl"),
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                "60",
-                action,
-            ],
-        );
+        let log = log.to_str().unwrap();
+        self.pg_ctl_args(&["-l", log, "-m", "fast", "-w", "-t", "60", action]);
+    }
+
+    /// `pg_ctl -D DATA ARGS` as the server's user.
+    fn pg_ctl_args(&self, args: &[&str]) -> String {
+        let mut all = vec!["-D", self.data.to_str().unwrap()];
+        all.extend(args);
+        run_as(&self.run_as, &tool(&self.bin, "pg_ctl"), &all)
     }
 }
 
@@ -215,20 +209,7 @@ impl Drop for Standby {
         if self.running {
             self.running = false;
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_as(
-                    &self.run_as,
-                    &tool(&self.bin, "pg_ctl"),
-                    &[
-                        "-D",
-                        self.data.to_str().unwrap(),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "-t",
-                        "30",
-                        "stop",
-                    ],
-                )
+                self.pg_ctl_args(&["-m", "immediate", "-w", "-t", "30", "stop"])
             }));
         }
         if let Some(d) = self.dir.take() {
