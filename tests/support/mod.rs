@@ -281,7 +281,7 @@ impl Setup {
 
 /// The `runbook` binary with no `RUNBOOK_CONFIG`, `RUNBOOK_LOG` or `RUST_LOG` from the
 /// test's environment.
-fn clean_command() -> std::process::Command {
+pub fn clean_command() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_runbook"));
     c.env_remove("RUNBOOK_CONFIG")
         .env_remove("RUNBOOK_LOG")
