@@ -751,7 +751,7 @@ impl Store {
         field: &str,
         limit: usize,
     ) -> Result<(Vec<TrendPoint>, usize)> {
-        let path = trend_field_path(field).map_err(anyhow::Error::msg)?;
+        let path = trend_field_path(field)?;
         self.with(|c| {
             let mut st = c.prepare_cached(
                 "SELECT r.run_id, json_extract(r.report, '$.started_at'),
@@ -1279,9 +1279,16 @@ pub struct TrendPoint {
     pub value: f64,
 }
 
+/// A `--field` that is not a path of names joined by dots.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bad --field {0:?}: use names of letters, digits, `_` or `-` joined by dots (e.g. `value`, `disks.0.used_percent`)"
+)]
+pub struct BadTrendField(pub String);
+
 /// The SQLite JSON path of an item's `data` field named with dots (`value`, `disks.0.used_percent`:
 /// a number segment indexes an array). Segments are letters, digits, `_` and `-`.
-pub fn trend_field_path(field: &str) -> Result<String, String> {
+pub fn trend_field_path(field: &str) -> Result<String, BadTrendField> {
     let mut path = String::from("$.data");
     for seg in field.split('.') {
         if seg.is_empty()
@@ -1289,9 +1296,7 @@ pub fn trend_field_path(field: &str) -> Result<String, String> {
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
         {
-            return Err(format!(
-                "bad --field {field:?}: use names of letters, digits, `_` or `-` joined by dots (e.g. `value`, `disks.0.used_percent`)"
-            ));
+            return Err(BadTrendField(field.to_string()));
         }
         if seg.chars().all(|ch| ch.is_ascii_digit()) {
             path.push_str(&format!("[{seg}]"));

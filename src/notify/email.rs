@@ -115,7 +115,7 @@ impl Security {
 }
 
 /// Parses `smtp_url`. The error names what is wrong, never a password.
-pub fn parse_smtp_url(text: &str) -> Result<Endpoint, String> {
+fn parse_smtp_url(text: &str) -> Result<Endpoint, String> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("smtp_url is not a URL: {e}"))?;
     if url.password().is_some() {
         return Err("smtp_url must not contain a password: set `password = { env = \"VAR\" }` (or { file = ... }) instead".into());
@@ -359,7 +359,7 @@ impl Mailer {
 
     /// The message for a report: multipart/alternative (text, HTML), the contract subject, a
     /// Date, and a Message-ID derived from the run id, so a mail client would fold a duplicate.
-    pub fn message(&self, report: &Report) -> Result<Message, String> {
+    fn message(&self, report: &Report) -> Result<Message, String> {
         let domain = self.from.email.domain().to_string();
         let mut b = Message::builder()
             .from(self.from.clone())
