@@ -312,6 +312,99 @@ async fn wait_for_others(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::{Notifier, On};
+    use crate::report::DeliveryStatus;
+
+    /// A store with one stored run of `report`, queued for channel `archive`: a `file`
+    /// notifier into `dir`.
+    fn stored_run(
+        state: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> (Store, Notifiers, crate::report::Report) {
+        let store = Store::open(state, "test-host").unwrap();
+        let mut report = crate::notify::test_report("test-host", "UTC");
+        let started = report.started_at.with_timezone(&Utc);
+        store
+            .insert_run(&report.run_id, &report.job, "manual", None, &started, true)
+            .unwrap();
+        let notifiers: Notifiers = [(
+            "archive".to_string(),
+            Notifier {
+                on: On::Always,
+                sender: Sender::File(crate::notify::file::Folder {
+                    dir: dir.to_path_buf(),
+                }),
+            },
+        )]
+        .into();
+        report.notifications = crate::notify::plan(&notifiers, &["archive".into()], &report);
+        store
+            .finish_run(&report, &[], &crate::notify::outbox_keys(&report))
+            .unwrap();
+        (store, notifiers, report)
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_max_age_is_dropped_and_the_report_says_failed_with_the_last_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The folder's parent is a file: every delivery fails, even as root.
+        std::fs::write(tmp.path().join("blocked"), "x").unwrap();
+        let (store, notifiers, report) =
+            stored_run(&tmp.path().join("state"), &tmp.path().join("blocked/out"));
+        let keep = RetryPolicy {
+            max_age: Duration::from_secs(3600),
+        };
+        let lines = crate::notify::deliver_run(&notifiers, &store, &keep, &report, true).await;
+        assert_eq!(lines[0].status, DeliveryStatus::Queued, "{lines:?}");
+
+        let r = flush(&notifiers, &keep, &store, false).await.unwrap();
+        assert_eq!((r.failed, r.dropped), (1, 0), "{r:?}");
+        let shown = store.report(&report.run_id).unwrap().unwrap();
+        assert_eq!(shown.notifications[0].status, DeliveryStatus::Queued);
+
+        let none = RetryPolicy {
+            max_age: Duration::ZERO,
+        };
+        let r = flush(&notifiers, &none, &store, false).await.unwrap();
+        assert_eq!((r.failed, r.dropped), (0, 1), "{r:?}");
+        let shown = store.report(&report.run_id).unwrap().unwrap();
+        let line = &shown.notifications[0];
+        assert_eq!(line.status, DeliveryStatus::Failed, "{line:?}");
+        let error = line.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("dropped after") && error.contains("cannot create"),
+            "{error}"
+        );
+        assert_eq!(store.outbox(None).unwrap()[0].state, OutboxState::Dropped);
+        // Nothing is retried any more, even once the channel works again.
+        std::fs::remove_file(tmp.path().join("blocked")).unwrap();
+        let r = flush(&notifiers, &keep, &store, false).await.unwrap();
+        assert_eq!((r.delivered, r.failed), (0, 0), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn the_first_attempt_of_a_report_the_store_has_is_claimed_and_delivered_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let (store, notifiers, report) = stored_run(&tmp.path().join("state"), &out);
+        let policy = RetryPolicy {
+            max_age: Duration::from_secs(3600),
+        };
+        let lines = crate::notify::deliver_run(&notifiers, &store, &policy, &report, true).await;
+        assert_eq!(lines[0].status, DeliveryStatus::Sent, "{lines:?}");
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            4,
+            "txt, html, json, eml"
+        );
+        // A second attempt finds the entry sent: nothing is delivered twice.
+        std::fs::remove_dir_all(&out).unwrap();
+        let again = crate::notify::deliver_run(&notifiers, &store, &policy, &report, true).await;
+        assert_eq!(again[0].status, DeliveryStatus::Sent, "{again:?}");
+        assert!(!out.exists(), "delivered twice");
+        let r = flush(&notifiers, &policy, &store, false).await.unwrap();
+        assert_eq!(r.delivered, 0, "{r:?}");
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
