@@ -1268,6 +1268,68 @@ mod open_tests {
             assert_eq!(h.join().unwrap(), Ok(()));
         }
     }
+
+    /// A state folder of the version before outbox events: its rows keep their state, attempts
+    /// and claim, get the empty event key, and a stored report's old `notifications` (written
+    /// back then by the delivery) are replaced by what the outbox says.
+    #[test]
+    fn outbox_rows_of_the_previous_schema_survive_the_event_key_migration() {
+        use super::{DeliveryStatus, MIGRATIONS, OutboxKey, OutboxState};
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = crate::report::tests::sample();
+        report.notifications = vec![crate::report::NotificationStatus {
+            channel: "mail".into(),
+            status: DeliveryStatus::Queued,
+            error: Some("connection refused".into()),
+        }];
+        {
+            let mut c = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+            rusqlite_migration::Migrations::from_slice(&MIGRATIONS[..4])
+                .to_latest(&mut c)
+                .unwrap();
+            c.execute(
+                "INSERT INTO runs (run_id, job, trigger, started_at, status, pid, host, report)
+                 VALUES (?1, 'notify-test', 'manual', '2026-01-01T00:00:00Z', 'pass', 1, 'h', ?2)",
+                rusqlite::params![report.run_id, serde_json::to_string(&report).unwrap()],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO outbox (run_id, channel, created_at, state, attempts, sent_at)
+                 VALUES (?1, 'mail', '2026-01-01T00:00:00Z', 'sent', 2, '2026-01-01T00:05:00Z')",
+                [&report.run_id],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path(), "h").unwrap();
+        let key = OutboxKey::report(&report.run_id, "mail");
+        let row = store.outbox_entry(&key).unwrap().expect("the row survives");
+        assert_eq!((row.state, row.attempts), (OutboxState::Sent, 2));
+        let shown = store.report(&report.run_id).unwrap().unwrap();
+        assert_eq!(shown.notifications.len(), 1);
+        assert_eq!(shown.notifications[0].status, DeliveryStatus::Sent);
+        assert_eq!(shown.notifications[0].error, None);
+        // A second entry of the same run and channel, with its own event key, fits beside it.
+        let event = OutboxKey {
+            event: "item/Disk space".into(),
+            ..key
+        };
+        store
+            .outbox_enqueue_event(&event, Some(r#"{"action":"trigger"}"#))
+            .unwrap();
+        let pending = store.outbox(Some(OutboxState::Pending)).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].key, event);
+        assert_eq!(
+            pending[0].payload.as_deref(),
+            Some(r#"{"action":"trigger"}"#)
+        );
+        let shown = store.report(&report.run_id).unwrap().unwrap();
+        assert_eq!(
+            shown.notifications[0].status,
+            DeliveryStatus::Queued,
+            "the worst entry"
+        );
+    }
 }
 
 /// One point of `runbook trend` (SPEC 9.3).
