@@ -53,10 +53,19 @@ impl Ping {
 }
 
 /// A built heartbeat sender: the resolved ping URL, checked at load time.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pinger {
     secret: Secret,
     url: reqwest::Url,
+}
+
+/// Shows the origin only: the URL's path is the credential.
+impl std::fmt::Debug for Pinger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinger")
+            .field("origin", &super::public_origin(&self.url))
+            .finish_non_exhaustive()
+    }
 }
 
 impl HeartbeatConfig {

@@ -682,3 +682,25 @@ pub fn test_report(host: &str, timezone: &str) -> Report {
     r.finish_status();
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built senders hold their secret URLs parsed; printing one (a `Config` with `{:?}`, a
+    /// panic message) must still show only the origin.
+    #[test]
+    fn built_notifiers_never_print_their_secret_urls_or_password() {
+        for text in [
+            "type = \"slack\"\nwebhook_url = \"https://hooks.example/services/T0/B0/TOPSECRET\"",
+            "type = \"heartbeat\"\nurl = \"https://hc.example/ping/TOPSECRET\"",
+            "type = \"email\"\nsmtp_url = \"smtp://u@127.0.0.1:25?tls=none\"\npassword = \"TOPSECRET\"\nfrom = \"a@x.example\"\nto = [\"b@x.example\"]",
+        ] {
+            let options: NotifierConfig = toml::from_str(text).unwrap();
+            let (built, _warnings) = options.prepare("n", Path::new(".")).unwrap();
+            let shown = format!("{built:?}");
+            assert!(!shown.contains("TOPSECRET"), "{shown}");
+            assert_eq!(built.secrets().len(), 1, "{text}");
+        }
+    }
+}

@@ -33,10 +33,19 @@ pub struct SlackConfig {
 }
 
 /// A built Slack sender: the resolved webhook URL, checked at load time.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Webhook {
     secret: Secret,
     url: reqwest::Url,
+}
+
+/// Shows the origin only: the URL's path is the credential.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("origin", &super::public_origin(&self.url))
+            .finish_non_exhaustive()
+    }
 }
 
 impl SlackConfig {
