@@ -664,7 +664,12 @@ async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: 
         let limit = Duration::from_secs(if stopping { 15 } else { 120 });
         match tokio::time::timeout(
             limit,
-            crate::notify::outbox::flush(&current, &store, !stopping),
+            crate::notify::outbox::flush(
+                &current.notifiers,
+                &current.retry_policy(),
+                &store,
+                !stopping,
+            ),
         )
         .await
         {
