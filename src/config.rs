@@ -15,11 +15,11 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::items::{ItemSpec, Prepare};
-use crate::notify::{Notifier, NotifierConfig, Notifiers, RetryPolicy};
 use crate::base::pg::{Target, TargetConfig};
 use crate::base::schedule::Schedule;
 use crate::base::units::Dur;
+use crate::items::{ItemSpec, Prepare};
+use crate::notify::{Notifier, NotifierConfig, Notifiers, RetryPolicy};
 
 /// The `[runbook]` table: defaults for the whole file.
 #[derive(Debug, Clone, Deserialize)]

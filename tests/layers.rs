@@ -371,9 +371,17 @@ fn checker_finds_upward_edges_and_cycles() {
     assert!(layer_of("store").unwrap() < layer_of("items").unwrap());
 
     let mut e: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    e.entry("a".into()).or_default().insert("b".into(), "f".into());
-    e.entry("b".into()).or_default().insert("c".into(), "f".into());
-    e.entry("c".into()).or_default().insert("a".into(), "f".into());
-    e.entry("d".into()).or_default().insert("a".into(), "f".into());
+    e.entry("a".into())
+        .or_default()
+        .insert("b".into(), "f".into());
+    e.entry("b".into())
+        .or_default()
+        .insert("c".into(), "f".into());
+    e.entry("c".into())
+        .or_default()
+        .insert("a".into(), "f".into());
+    e.entry("d".into())
+        .or_default()
+        .insert("a".into(), "f".into());
     assert_eq!(cycles(&e), vec![vec!["a", "b", "c"]]);
 }

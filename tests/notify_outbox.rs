@@ -5,30 +5,19 @@
 //! created (its parent is a regular file, which stops root too) until the test removes the
 //! obstacle.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod support;
 
-use assert_cmd::Command;
+use std::path::Path;
 
-fn runbook(config: &Path) -> Command {
-    let mut c = Command::cargo_bin("runbook").unwrap();
-    c.arg("--config")
-        .arg(config)
-        .env_remove("RUNBOOK_CONFIG")
-        .env("NO_COLOR", "1")
-        .timeout(Duration::from_secs(120));
-    c
-}
+use support::Setup;
 
 /// jobs.toml with job `quiet` (one passing command) notifying `archive` (a file notifier into
 /// `blocked/reports`) and `alerts` (a file notifier that only wants failures).
-fn setup() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = r#"[runbook]
-state_dir = "state"
-hostname = "ops-test"
-
-[notify.archive]
+fn setup() -> Setup {
+    Setup::builder()
+        .hostname("ops-test")
+        .body(
+            r#"[notify.archive]
 type = "file"
 dir = "blocked/reports"
 
@@ -44,10 +33,9 @@ name = "Always fine"
 kind = "command"
 argv = ["true"]
 read_only = true
-"#;
-    let path = dir.path().join("jobs.toml");
-    std::fs::write(&path, config).unwrap();
-    (dir, path)
+"#,
+        )
+        .build()
 }
 
 /// A run's stored report, exactly as `state.db` holds it.
@@ -80,11 +68,13 @@ fn line<'a>(report: &'a serde_json::Value, channel: &str) -> &'a serde_json::Val
 
 #[test]
 fn deliveries_change_outbox_rows_only_and_the_shown_report_follows_them() {
-    let (dir, config) = setup();
+    let s = setup();
+    let dir = &s.dir;
     // `blocked` is a file: the folder `blocked/reports` cannot be created, even by root.
     std::fs::write(dir.path().join("blocked"), "in the way").unwrap();
 
-    let out = runbook(&config)
+    let out = s
+        .runbook(&[])
         .args(["run-job", "quiet", "--format", "json"])
         .output()
         .unwrap();
@@ -104,10 +94,7 @@ fn deliveries_change_outbox_rows_only_and_the_shown_report_follows_them() {
     let stored = stored_report(dir.path(), &run_id);
 
     // A retry that fails again: the row counts the attempt, the stored report stays.
-    let out = runbook(&config)
-        .args(["outbox", "--flush"])
-        .output()
-        .unwrap();
+    let out = s.runbook(&["outbox", "--flush"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(
         stored_report(dir.path(), &run_id),
@@ -115,8 +102,7 @@ fn deliveries_change_outbox_rows_only_and_the_shown_report_follows_them() {
         "a failed retry rewrote the stored report"
     );
     let shown = json(
-        &runbook(&config)
-            .args(["report", &run_id, "--format", "json"])
+        &s.runbook(&["report", &run_id, "--format", "json"])
             .output()
             .unwrap(),
     );
@@ -131,10 +117,7 @@ fn deliveries_change_outbox_rows_only_and_the_shown_report_follows_them() {
 
     // The obstacle goes: the retry delivers.
     std::fs::remove_file(dir.path().join("blocked")).unwrap();
-    let out = runbook(&config)
-        .args(["outbox", "--flush"])
-        .output()
-        .unwrap();
+    let out = s.runbook(&["outbox", "--flush"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let written: Vec<_> = std::fs::read_dir(dir.path().join("blocked/reports"))
         .unwrap()
@@ -154,7 +137,7 @@ fn deliveries_change_outbox_rows_only_and_the_shown_report_follows_them() {
         vec!["report", run_id.as_str(), "--format", "json"],
         vec!["report", "last", "--job", "quiet", "--format", "json"],
     ] {
-        let shown = json(&runbook(&config).args(&args).output().unwrap());
+        let shown = json(&s.runbook(&[]).args(&args).output().unwrap());
         assert_eq!(
             line(&shown, "archive")["status"],
             "sent",
@@ -163,7 +146,7 @@ fn deliveries_change_outbox_rows_only_and_the_shown_report_follows_them() {
         assert_eq!(line(&shown, "archive")["error"], serde_json::Value::Null);
         assert_eq!(line(&shown, "alerts")["status"], "skipped", "{shown}");
     }
-    let out = runbook(&config).args(["report", &run_id]).output().unwrap();
+    let out = s.runbook(&["report", &run_id]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("notify archive: sent"), "{text}");
     assert!(text.contains("notify alerts: skipped"), "{text}");

@@ -32,12 +32,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::cluster::{Claim, Cluster};
+use crate::base::schedule::Schedule;
 use crate::config::{CatchUp, Config, OnClusterDown};
+use crate::daemon::cluster::{Claim, Cluster};
+use crate::daemon::server::Metrics;
 use crate::items::Trigger;
 use crate::runner::{RunError, RunOptions};
-use crate::base::schedule::Schedule;
-use crate::daemon::server::Metrics;
 use crate::store::Store;
 
 /// The loop re-reads the wall clock at least this often (suspend, clock steps, reloads).

@@ -122,7 +122,8 @@ impl Command {
                 continue;
             }
             // A plain string is an ordinary value, not a secret: no "written inline" warning.
-            match crate::base::secret::Secret::resolve(source, &format!("env.{name}"), p.config_dir) {
+            match crate::base::secret::Secret::resolve(source, &format!("env.{name}"), p.config_dir)
+            {
                 Ok(value) => self.resolved_env.push((name.clone(), value)),
                 Err(m) => p.error("env", m),
             }

@@ -197,7 +197,8 @@ impl Http {
         };
         let status = resp.status();
         let final_url = resp.url().to_string();
-        let crate::base::bounded::Body { bytes: body, cut } = match read_body(resp, MAX_BODY).await {
+        let crate::base::bounded::Body { bytes: body, cut } = match read_body(resp, MAX_BODY).await
+        {
             Ok(b) => b,
             Err(e) => {
                 return Outcome::fail(format!(

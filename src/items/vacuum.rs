@@ -178,7 +178,10 @@ impl Vacuum {
             .map_err(|e| pg::pg_error(&e))?;
         // Before PostgreSQL 13 there is no such setting: nothing to do.
         let Some(row) = row else { return Ok(None) };
-        let (setting, source): (i32, String) = (crate::base::pg::col(&row, 0)?, crate::base::pg::col(&row, 1)?);
+        let (setting, source): (i32, String) = (
+            crate::base::pg::col(&row, 0)?,
+            crate::base::pg::col(&row, 1)?,
+        );
         // 0 is the built-in value where the platform cannot read ahead (no posix_fadvise).
         let raise = source == "default" && setting > 0 && (setting as u32) < DEFAULT_IO_CONCURRENCY;
         Ok(raise.then(|| {
@@ -785,9 +788,10 @@ impl Vacuum {
         {
             for r in rows {
                 // A row with an unexpected NULL is left out (the "after" count is informative).
-                if let (Ok(oid), Ok(dead)) =
-                    (crate::base::pg::col::<u32>(&r, 0), crate::base::pg::col::<i64>(&r, 1))
-                {
+                if let (Ok(oid), Ok(dead)) = (
+                    crate::base::pg::col::<u32>(&r, 0),
+                    crate::base::pg::col::<i64>(&r, 1),
+                ) {
                     dead_after.insert(oid, dead);
                 }
             }
