@@ -15,11 +15,11 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
+use crate::base::pg::{Target, TargetConfig};
+use crate::base::schedule::{CatchUp, Schedule};
+use crate::base::units::Dur;
 use crate::items::{ItemSpec, Prepare};
 use crate::notify::NotifierConfig;
-use crate::base::pg::{Target, TargetConfig};
-use crate::base::schedule::Schedule;
-use crate::base::units::Dur;
 
 /// The `[runbook]` table: defaults for the whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -226,17 +226,6 @@ pub struct ClusterSection {
 
 fn default_lease() -> Dur {
     Dur::from_secs(60)
-}
-
-/// What to do with slots missed while the daemon was down.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CatchUp {
-    /// Run the newest missed slot once, if it is within `catch_up_within`.
-    #[default]
-    Once,
-    /// Only record the missed slots.
-    Skip,
 }
 
 /// One `[jobs.NAME]` table.
@@ -451,274 +440,60 @@ impl Config {
         all
     }
 
-    /// The job called `name`, or a usage error listing the known ones.
-    pub fn job(&self, name: &str) -> Result<&Job, String> {
-        self.jobs.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
-            format!(
-                "unknown job {name:?} in {} (jobs: {})",
-                self.path.display(),
-                known.join(", ")
-            )
+    /// The job called `name`, or an error listing the known ones.
+    pub fn job(&self, name: &str) -> Result<&Job, UnknownJob> {
+        self.jobs.get(name).ok_or_else(|| UnknownJob {
+            name: name.to_string(),
+            file: self.path.clone(),
+            known: self.jobs.keys().cloned().collect(),
         })
     }
 }
 
+/// A job name that is not in the configuration (a usage error for the command line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job {name:?} in {} (jobs: {})", file.display(), known.join(", "))]
+pub struct UnknownJob {
+    pub name: String,
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The jobs it defines.
+    pub known: Vec<String>,
+}
+
+/// Checks the parsed file section by section and assembles the [`Config`]; every mistake is
+/// collected (located at file:line:column, naming the job and item) before any is returned.
 fn validate(
     raw: RawConfig,
     path: PathBuf,
     dir: PathBuf,
     loc: &Locator,
 ) -> Result<Config, ConfigErrors> {
-    let mut errors = Vec::new();
-    let mut warnings = Vec::new();
-
-    let default_tz: Tz = match raw.runbook.timezone.parse() {
-        Ok(tz) => tz,
-        Err(_) => {
-            errors.push(loc.at_key(
-                "runbook",
-                "timezone",
-                None,
-                unknown_zone(&raw.runbook.timezone),
-            ));
-            Tz::UTC
-        }
+    let mut check = Check {
+        loc,
+        dir: &dir,
+        errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    if raw.runbook.keep_runs.0 < std::time::Duration::from_secs(86400) {
-        errors.push(loc.at_key(
-            "runbook",
-            "keep_runs",
-            None,
-            format!(
-                "keep_runs = \"{}\" is too short: runs are kept at least 1d (the default is 400d)",
-                raw.runbook.keep_runs
-            ),
-        ));
-    }
-    if raw.runbook.max_parallel_items == 0 {
-        errors.push(loc.at_key(
-            "runbook",
-            "max_parallel_items",
-            None,
-            "max_parallel_items must be at least 1".into(),
-        ));
-    }
-
-    let mut targets = BTreeMap::new();
-    for (name, t) in &raw.targets {
-        match Target::resolve(name, t, &dir) {
-            Ok((target, warns)) => {
-                for w in warns {
-                    warnings.push(format!(
-                        "{}: target {name:?}: {w}",
-                        loc.position_of_section(&format!("targets.{name}"))
-                    ));
-                }
-                targets.insert(name.clone(), target);
-            }
-            Err(msgs) => {
-                for m in msgs {
-                    errors.push(loc.at_section(
-                        &format!("targets.{name}"),
-                        Some(format!("target {name:?}")),
-                        m,
-                    ));
-                }
-            }
-        }
-    }
-
-    let mut notifiers = BTreeMap::new();
-    for (name, n) in raw.notify {
-        let mut n = n;
-        let section = format!("notify.{name}");
-        match n.prepare(&name, &dir) {
-            Ok(warns) => {
-                for w in warns {
-                    warnings.push(format!(
-                        "{}: notifier {name:?}: {w}",
-                        loc.position_of_section(&section)
-                    ));
-                }
-            }
-            Err(msgs) => {
-                for m in msgs {
-                    errors.push(loc.at_section(&section, Some(format!("notifier {name:?}")), m));
-                }
-            }
-        }
-        notifiers.insert(name, n);
-    }
-
+    let default_tz = check.runbook(&raw.runbook);
+    let targets = check.targets(&raw.targets);
+    let notifiers = check.notifiers(raw.notify);
+    // Items naming a target that failed to resolve get that target's error, not "unknown".
     let target_names: BTreeSet<String> = raw.targets.keys().cloned().collect();
-    let mut jobs = BTreeMap::new();
-    for (name, mut job) in raw.jobs {
-        let section = format!("jobs.{name}");
-        let ctx = Some(format!("job {name:?}"));
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            errors.push(loc.at_section(
-                &section,
-                ctx.clone(),
-                "job names may contain only letters, digits, '-' and '_'".into(),
-            ));
-        }
-        let tz = match &job.timezone {
-            None => default_tz,
-            Some(z) => match z.parse::<Tz>() {
-                Ok(tz) => tz,
-                Err(_) => {
-                    errors.push(loc.at_key(&section, "timezone", ctx.clone(), unknown_zone(z)));
-                    default_tz
-                }
-            },
-        };
-        let schedule = match &job.schedule {
-            None => None,
-            Some(expr) => match Schedule::parse(expr) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    errors.push(loc.at_key(&section, "schedule", ctx.clone(), e));
-                    None
-                }
-            },
-        };
-        if job.max_parallel_items == Some(0) {
-            errors.push(loc.at_key(
-                &section,
-                "max_parallel_items",
-                ctx.clone(),
-                "max_parallel_items must be at least 1".into(),
-            ));
-        }
-        let notify = match &job.notify {
-            None => notifiers.keys().cloned().collect(),
-            Some(list) => {
-                for n in list {
-                    if !notifiers.contains_key(n) {
-                        let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
-                        errors.push(loc.at_key(
-                            &section,
-                            "notify",
-                            ctx.clone(),
-                            format!(
-                                "unknown notifier {n:?} (defined: {})",
-                                if known.is_empty() {
-                                    "none".into()
-                                } else {
-                                    known.join(", ")
-                                }
-                            ),
-                        ));
-                    }
-                }
-                list.clone()
-            }
-        };
-        if job.items.is_empty() {
-            warnings.push(format!(
-                "{}: job {name:?} has no items",
-                loc.position_of_section(&section)
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for (index, item) in job.items.iter_mut().enumerate() {
-            let item_section = format!("jobs.{name}.items#{index}");
-            let ictx = Some(format!("job {name:?}, item {:?}", item.name));
-            if item.name.trim().is_empty() {
-                errors.push(loc.at_key(
-                    &item_section,
-                    "name",
-                    ictx.clone(),
-                    "item name must not be empty".into(),
-                ));
-            }
-            if !seen.insert(item.name.clone()) {
-                errors.push(loc.at_key(
-                    &item_section,
-                    "name",
-                    ictx.clone(),
-                    format!("duplicate item name {:?} in job {name:?}", item.name),
-                ));
-            }
-            if let Some(t) = item.spec.target()
-                && !target_names.contains(t)
-            {
-                let known: Vec<&str> = target_names.iter().map(String::as_str).collect();
-                errors.push(loc.at_key(
-                    &item_section,
-                    "target",
-                    ictx.clone(),
-                    format!(
-                        "unknown target {t:?} (defined: {})",
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            }
-            let mut prep = Prepare::new(&dir, &targets);
-            item.spec.prepare(&mut prep);
-            for (key, msg) in prep.errors {
-                let key = key.as_deref().unwrap_or("kind");
-                errors.push(loc.at_key(&item_section, key, ictx.clone(), msg));
-            }
-            for w in prep.warnings {
-                warnings.push(format!(
-                    "{}: job {name:?}, item {:?}: {w}",
-                    loc.position_of_section(&item_section),
-                    item.name
-                ));
-            }
-        }
-        jobs.insert(
-            name.clone(),
-            Job {
-                name,
-                config: job,
-                tz,
-                schedule,
-                notify,
-            },
-        );
-    }
-
-    let mut cluster = raw.cluster;
-    if let Some(c) = &mut cluster
-        && let Some(src) = &c.password
-    {
-        match crate::base::secret::Secret::resolve(src, "cluster.password", &dir) {
-            Ok(s) => c.password_resolved = Some(s),
-            Err(m) => errors.push(loc.at_key("cluster", "password", None, m)),
-        }
-    }
-
-    let mut server = raw.server;
-    if let Some(sv) = &mut server
-        && let Some(src) = &sv.token
-    {
-        match crate::base::secret::Secret::resolve(src, "server.token", &dir) {
-            Ok(s) if s.expose().trim().is_empty() => {
-                errors.push(loc.at_key("server", "token", None, "server.token is empty".into()))
-            }
-            Ok(s) => {
-                if s.inline {
-                    warnings.push(
-                        "server.token is written inline; prefer { env = \"VAR\" } or { file = \"PATH\" }"
-                            .into(),
-                    );
-                }
-                sv.token_resolved = Some(s)
-            }
-            Err(m) => errors.push(loc.at_key("server", "token", None, m)),
-        }
-    }
-
+    let known = Known {
+        default_tz,
+        notifiers: &notifiers,
+        targets: &targets,
+        target_names: &target_names,
+    };
+    let jobs = check.jobs(raw.jobs, &known);
+    let cluster = check.cluster(raw.cluster);
+    let server = check.server(raw.server);
+    let Check {
+        mut errors,
+        warnings,
+        ..
+    } = check;
     if !errors.is_empty() {
         errors.sort_by_key(|e| (e.line, e.column));
         return Err(ConfigErrors(errors));
@@ -754,6 +529,345 @@ fn validate(
     };
     config.redactor = crate::base::secret::Redactor::new(config.secrets());
     Ok(config)
+}
+
+/// What the jobs may refer to, checked before them.
+struct Known<'a> {
+    /// `[runbook] timezone` (UTC when it was wrong).
+    default_tz: Tz,
+    notifiers: &'a BTreeMap<String, NotifierConfig>,
+    /// The targets that resolved.
+    targets: &'a BTreeMap<String, Target>,
+    /// Every `[targets.NAME]`, resolved or not.
+    target_names: &'a BTreeSet<String>,
+}
+
+/// The validators of [`validate`], one per section: each checks what types cannot and records
+/// its findings here.
+struct Check<'a> {
+    loc: &'a Locator,
+    /// The config's folder: relative paths are relative to it.
+    dir: &'a Path,
+    errors: Vec<ConfigError>,
+    /// Non-fatal findings, `file:line:col: ...`.
+    warnings: Vec<String>,
+}
+
+impl Check<'_> {
+    /// `[runbook]`: the default zone (UTC when it is wrong, so the jobs are still checked),
+    /// `keep_runs` and `max_parallel_items`.
+    fn runbook(&mut self, runbook: &RunbookSection) -> Tz {
+        let loc = self.loc;
+        if runbook.keep_runs.0 < std::time::Duration::from_secs(86400) {
+            self.errors.push(loc.at_key(
+                "runbook",
+                "keep_runs",
+                None,
+                format!(
+                    "keep_runs = \"{}\" is too short: runs are kept at least 1d (the default is 400d)",
+                    runbook.keep_runs
+                ),
+            ));
+        }
+        if runbook.max_parallel_items == 0 {
+            self.errors.push(loc.at_key(
+                "runbook",
+                "max_parallel_items",
+                None,
+                "max_parallel_items must be at least 1".into(),
+            ));
+        }
+        match runbook.timezone.parse() {
+            Ok(tz) => tz,
+            Err(_) => {
+                self.errors.push(loc.at_key(
+                    "runbook",
+                    "timezone",
+                    None,
+                    unknown_zone(&runbook.timezone),
+                ));
+                Tz::UTC
+            }
+        }
+    }
+
+    /// `[targets.NAME]`: each resolved (password, TLS files) into a ready [`Target`].
+    fn targets(&mut self, raw: &BTreeMap<String, TargetConfig>) -> BTreeMap<String, Target> {
+        let (loc, dir) = (self.loc, self.dir);
+        let mut targets = BTreeMap::new();
+        for (name, t) in raw {
+            match Target::resolve(name, t, dir) {
+                Ok((target, warns)) => {
+                    for w in warns {
+                        self.warnings.push(format!(
+                            "{}: target {name:?}: {w}",
+                            loc.position_of_section(&format!("targets.{name}"))
+                        ));
+                    }
+                    targets.insert(name.clone(), target);
+                }
+                Err(msgs) => {
+                    for m in msgs {
+                        self.errors.push(loc.at_section(
+                            &format!("targets.{name}"),
+                            Some(format!("target {name:?}")),
+                            m,
+                        ));
+                    }
+                }
+            }
+        }
+        targets
+    }
+
+    /// `[notify.NAME]`: each notifier prepared (its secrets resolved, its options checked).
+    fn notifiers(
+        &mut self,
+        raw: BTreeMap<String, NotifierConfig>,
+    ) -> BTreeMap<String, NotifierConfig> {
+        let (loc, dir) = (self.loc, self.dir);
+        let (errors, warnings) = (&mut self.errors, &mut self.warnings);
+        let mut notifiers = BTreeMap::new();
+        for (name, n) in raw {
+            let mut n = n;
+            let section = format!("notify.{name}");
+            match n.prepare(&name, dir) {
+                Ok(warns) => {
+                    for w in warns {
+                        warnings.push(format!(
+                            "{}: notifier {name:?}: {w}",
+                            loc.position_of_section(&section)
+                        ));
+                    }
+                }
+                Err(msgs) => {
+                    for m in msgs {
+                        errors.push(loc.at_section(
+                            &section,
+                            Some(format!("notifier {name:?}")),
+                            m,
+                        ));
+                    }
+                }
+            }
+            notifiers.insert(name, n);
+        }
+        notifiers
+    }
+
+    /// `[jobs.NAME]`: every job and its items.
+    fn jobs(&mut self, raw: BTreeMap<String, JobConfig>, known: &Known) -> BTreeMap<String, Job> {
+        raw.into_iter()
+            .map(|(name, job)| {
+                let job = self.job(name.clone(), job, known);
+                (name, job)
+            })
+            .collect()
+    }
+
+    /// One job: its name, zone, schedule, notifiers and items.
+    fn job(&mut self, name: String, mut job: JobConfig, known: &Known) -> Job {
+        let loc = self.loc;
+        let section = format!("jobs.{name}");
+        let ctx = Some(format!("job {name:?}"));
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            self.errors.push(loc.at_section(
+                &section,
+                ctx.clone(),
+                "job names may contain only letters, digits, '-' and '_'".into(),
+            ));
+        }
+        let (tz, schedule) = self.job_schedule(&section, &ctx, &job, known.default_tz);
+        if job.max_parallel_items == Some(0) {
+            self.errors.push(loc.at_key(
+                &section,
+                "max_parallel_items",
+                ctx.clone(),
+                "max_parallel_items must be at least 1".into(),
+            ));
+        }
+        let notify = self.job_notifiers(&section, &ctx, &job, known.notifiers);
+        if job.items.is_empty() {
+            self.warnings.push(format!(
+                "{}: job {name:?} has no items",
+                loc.position_of_section(&section)
+            ));
+        }
+        self.items(&name, &mut job.items, known);
+        Job {
+            name,
+            config: job,
+            tz,
+            schedule,
+            notify,
+        }
+    }
+
+    /// A job's `timezone` (default: `[runbook]`'s) and `schedule` (None: runs only by hand).
+    fn job_schedule(
+        &mut self,
+        section: &str,
+        ctx: &Option<String>,
+        job: &JobConfig,
+        default_tz: Tz,
+    ) -> (Tz, Option<Schedule>) {
+        let loc = self.loc;
+        let tz = match &job.timezone {
+            None => default_tz,
+            Some(z) => match z.parse::<Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    self.errors
+                        .push(loc.at_key(section, "timezone", ctx.clone(), unknown_zone(z)));
+                    default_tz
+                }
+            },
+        };
+        let schedule = match &job.schedule {
+            None => None,
+            Some(expr) => match Schedule::parse(expr) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.errors
+                        .push(loc.at_key(section, "schedule", ctx.clone(), e.to_string()));
+                    None
+                }
+            },
+        };
+        (tz, schedule)
+    }
+
+    /// A job's `notify` list: each name must be a defined notifier (default: all of them).
+    fn job_notifiers(
+        &mut self,
+        section: &str,
+        ctx: &Option<String>,
+        job: &JobConfig,
+        notifiers: &BTreeMap<String, NotifierConfig>,
+    ) -> Vec<String> {
+        let Some(list) = &job.notify else {
+            return notifiers.keys().cloned().collect();
+        };
+        for n in list {
+            if !notifiers.contains_key(n) {
+                let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+                self.errors.push(self.loc.at_key(
+                    section,
+                    "notify",
+                    ctx.clone(),
+                    format!("unknown notifier {n:?} (defined: {})", or_none(&known)),
+                ));
+            }
+        }
+        list.clone()
+    }
+
+    /// A job's `[[jobs.NAME.items]]`: unique non-empty names, known targets, and each kind's
+    /// own rules (its `prepare`).
+    fn items(&mut self, job: &str, items: &mut [ItemConfig], known: &Known) {
+        let (loc, dir) = (self.loc, self.dir);
+        let mut seen = BTreeSet::new();
+        for (index, item) in items.iter_mut().enumerate() {
+            let item_section = format!("jobs.{job}.items#{index}");
+            let ictx = Some(format!("job {job:?}, item {:?}", item.name));
+            if item.name.trim().is_empty() {
+                self.errors.push(loc.at_key(
+                    &item_section,
+                    "name",
+                    ictx.clone(),
+                    "item name must not be empty".into(),
+                ));
+            }
+            if !seen.insert(item.name.clone()) {
+                self.errors.push(loc.at_key(
+                    &item_section,
+                    "name",
+                    ictx.clone(),
+                    format!("duplicate item name {:?} in job {job:?}", item.name),
+                ));
+            }
+            if let Some(t) = item.spec.target()
+                && !known.target_names.contains(t)
+            {
+                let names: Vec<&str> = known.target_names.iter().map(String::as_str).collect();
+                self.errors.push(loc.at_key(
+                    &item_section,
+                    "target",
+                    ictx.clone(),
+                    format!("unknown target {t:?} (defined: {})", or_none(&names)),
+                ));
+            }
+            let mut prep = Prepare::new(dir, known.targets);
+            item.spec.prepare(&mut prep);
+            for (key, msg) in prep.errors {
+                let key = key.as_deref().unwrap_or("kind");
+                self.errors
+                    .push(loc.at_key(&item_section, key, ictx.clone(), msg));
+            }
+            for w in prep.warnings {
+                self.warnings.push(format!(
+                    "{}: job {job:?}, item {:?}: {w}",
+                    loc.position_of_section(&item_section),
+                    item.name
+                ));
+            }
+        }
+    }
+
+    /// `[cluster]`: its password resolved.
+    fn cluster(&mut self, cluster: Option<ClusterSection>) -> Option<ClusterSection> {
+        let mut cluster = cluster?;
+        if let Some(src) = &cluster.password {
+            match crate::base::secret::Secret::resolve(src, "cluster.password", self.dir) {
+                Ok(s) => cluster.password_resolved = Some(s),
+                Err(m) => self
+                    .errors
+                    .push(self.loc.at_key("cluster", "password", None, m)),
+            }
+        }
+        Some(cluster)
+    }
+
+    /// `[server]`: its token resolved, not empty.
+    fn server(&mut self, server: Option<ServerSection>) -> Option<ServerSection> {
+        let mut sv = server?;
+        let Some(src) = &sv.token else {
+            return Some(sv);
+        };
+        match crate::base::secret::Secret::resolve(src, "server.token", self.dir) {
+            Ok(s) if s.expose().trim().is_empty() => self.errors.push(self.loc.at_key(
+                "server",
+                "token",
+                None,
+                "server.token is empty".into(),
+            )),
+            Ok(s) => {
+                if s.inline {
+                    self.warnings.push(
+                        "server.token is written inline; prefer { env = \"VAR\" } or { file = \"PATH\" }"
+                            .into(),
+                    );
+                }
+                sv.token_resolved = Some(s)
+            }
+            Err(m) => self
+                .errors
+                .push(self.loc.at_key("server", "token", None, m)),
+        }
+        Some(sv)
+    }
+}
+
+/// `a, b, c`, or `none`.
+fn or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn unknown_zone(z: &str) -> String {

@@ -190,29 +190,69 @@ async fn manual_claim(
     }
 }
 
-async fn dispatch(cli: Cli) -> ExitCode {
-    if let Command::Demo { keep } = cli.command {
-        return crate::face::demo::run(keep).await;
+/// `runbook daemon`: the scheduler's loop on the real clock, until SIGTERM or SIGINT; SIGHUP
+/// reloads the configuration. Exit 0 after a clean stop.
+async fn daemon(config: Config) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Err(code) = prepare_state(&config) {
+        return code;
     }
-    if let Command::CheckConfig { connect, format } = cli.command {
-        return check_config(&cli, connect, format).await;
+    let installed = (|| {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })();
+    let (mut sigterm, mut sigint, mut sighup) = match installed {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("runbook: cannot install the signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+    // One pending reload is enough: it reads the file as it is when the loop gets to it.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = reload_tx.try_send(())
+            {
+                return;
+            }
+        }
+    });
+    let clock = crate::daemon::scheduler::SystemClock;
+    match crate::daemon::scheduler::run(config, clock, shutdown, reload_rx).await {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("runbook: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Runs one command; each has its function below.
+async fn dispatch(cli: Cli) -> ExitCode {
+    match &cli.command {
+        Command::Demo { keep } => return crate::face::demo::run(*keep).await,
+        Command::CheckConfig { connect, format } => {
+            return check_config(&cli, *connect, *format).await;
+        }
+        _ => {}
     }
     let config = match load(&cli) {
         Ok(c) => c,
         Err(code) => return code,
     };
     match cli.command {
-        Command::Demo { .. } => unreachable!("handled above"),
-        Command::Daemon => match prepare_state(&config) {
-            Err(code) => code,
-            Ok(()) => match crate::daemon::scheduler::run(config).await {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("runbook: {e:#}");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            },
-        },
+        Command::Demo { .. } | Command::CheckConfig { .. } => unreachable!("handled above"),
+        Command::Daemon => daemon(config).await,
         Command::RunJob {
             job,
             items,
@@ -221,91 +261,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
             format,
             strict,
         } => {
-            let Ok(job) = config.job(&job).map_err(|e| eprintln!("runbook: {e}")) else {
-                return ExitCode::from(EXIT_USAGE);
-            };
-            let store = match open_store(&config) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            let opts = RunOptions {
-                only_items: items,
+            let flags = RunJobFlags {
+                items,
                 dry_run,
-                notify: !no_notify,
-                ..RunOptions::manual()
+                no_notify,
+                format,
+                strict,
             };
-            // Ctrl-C or SIGTERM (systemd, a terminal closing, `kill`) during a manual run: cancel
-            // the items (children are killed, scratch databases dropped) and still print and
-            // store the report.
-            let cancel = opts.cancel.clone();
-            tokio::spawn(async move {
-                let term = async {
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(mut s) => {
-                            s.recv().await;
-                        }
-                        Err(_) => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term => {}
-                }
-                eprintln!("runbook: interrupted; stopping the items and writing the report");
-                cancel.cancel();
-            });
-            // With `[cluster]`, a manual run takes a claim like a scheduled slot: it cannot
-            // overlap a run of the job on another node (exit 3), and it is fenced the same way.
-            let mut claimed = None;
-            if let Some(section) = config.cluster.as_ref().filter(|_| !dry_run) {
-                match manual_claim(section, &config.hostname, &job.name, &opts).await {
-                    Ok(c) => claimed = c,
-                    Err(message) => {
-                        eprintln!("runbook: {message}");
-                        return ExitCode::from(EXIT_LOCKED);
-                    }
-                }
-            }
-            let result = crate::runner::run_job(&config, &store, job, opts).await;
-            if let Some((cluster, slot, lease)) = claimed {
-                crate::failpoint!("cluster-before-finish");
-                for _ in 0..3 {
-                    match cluster.finish(&job.name, slot).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            eprintln!(
-                                "runbook: cannot mark the manual run done in the cluster database: {e}"
-                            );
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-                lease.abort();
-            }
-            match result {
-                Ok(report) => {
-                    match format {
-                        Format::Json => println!("{}", crate::report::json::render(&report)),
-                        Format::Text => print!("{}", crate::report::text::render(&report)),
-                    }
-                    let bad = match report.status {
-                        crate::items::Status::Fail => true,
-                        crate::items::Status::Warn => strict,
-                        _ => false,
-                    };
-                    ExitCode::from(if bad { EXIT_FAILED } else { EXIT_OK })
-                }
-                Err(e @ RunError::Locked { .. }) => {
-                    eprintln!("runbook: {e}");
-                    ExitCode::from(EXIT_LOCKED)
-                }
-                Err(RunError::Usage(e)) => usage(e),
-                Err(RunError::Infra(e)) => {
-                    eprintln!("runbook: {e:#}");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
+            run_job(&config, &job, flags).await
         }
         Command::List { format } => list(&config, format),
         Command::Next {
@@ -314,60 +277,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             after,
             format,
         } => next(&config, job.as_deref(), n, after.as_deref(), format),
-        Command::CheckConfig { .. } => unreachable!("handled above"),
-        Command::History { job, n, format } => {
-            if let Some(j) = &job
-                && let Err(e) = config.job(j)
-            {
-                return usage(e);
-            }
-            let store = match open_store(&config) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            match store.history(job.as_deref(), n) {
-                Ok(rows) => {
-                    match format {
-                        Format::Json => print_json(&rows),
-                        Format::Text => {
-                            if rows.is_empty() {
-                                println!("no runs recorded yet in {}", store.dir.display());
-                            }
-                            for r in rows {
-                                let counts = r
-                                    .counts
-                                    .map(|c| {
-                                        format!(
-                                            "{} pass, {} warn, {} fail, {} todo, {} skipped",
-                                            c.pass, c.warn, c.fail, c.manual, c.skipped
-                                        )
-                                    })
-                                    .unwrap_or_default();
-                                let dur = r
-                                    .duration_ms
-                                    .map(crate::report::human_ms)
-                                    .unwrap_or_default();
-                                println!(
-                                    "{}  {:<12} {:<11} {:<9} {:>8}  {}  {}",
-                                    r.started_at,
-                                    r.job,
-                                    r.status.to_uppercase(),
-                                    r.trigger,
-                                    dur,
-                                    counts,
-                                    r.run_id
-                                );
-                            }
-                        }
-                    }
-                    ExitCode::from(EXIT_OK)
-                }
-                Err(e) => {
-                    eprintln!("runbook: {e:#}");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
-        }
+        Command::History { job, n, format } => history(&config, job.as_deref(), n, format),
         Command::Trend {
             job,
             item,
@@ -375,130 +285,301 @@ async fn dispatch(cli: Cli) -> ExitCode {
             n,
             format,
         } => trend(&config, &job, &item, &field, n, format),
-        Command::Report { run, job, format } => {
-            let store = match open_store(&config) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            let found = if run == "last" {
-                match &job {
-                    Some(j) => {
-                        if let Err(e) = config.job(j) {
-                            return usage(e);
-                        }
-                        store.last_report(j)
-                    }
-                    None => store
-                        .history(None, 50)
-                        .map(|h| h.into_iter().find(|r| r.finished_at.is_some()))
-                        .and_then(|r| match r {
-                            Some(r) => store.report(&r.run_id),
-                            None => Ok(None),
-                        }),
-                }
-            } else {
-                store.report(&run)
-            };
-            match found {
-                Ok(Some(r)) => {
-                    match format {
-                        ReportFormat::Text => print!("{}", crate::report::text::render(&r)),
-                        ReportFormat::Html => print!("{}", crate::report::html::render(&r)),
-                        ReportFormat::Json => println!("{}", crate::report::json::render(&r)),
-                    }
-                    ExitCode::from(EXIT_OK)
-                }
-                Ok(None) => usage(format!(
-                    "no stored report for {run:?}{}",
-                    job.map(|j| format!(" of job {j:?}")).unwrap_or_default()
-                )),
-                Err(e) => usage(format!("{e:#}")),
-            }
-        }
+        Command::Report { run, job, format } => report(&config, &run, job.as_deref(), format),
         Command::NotifyTest { channel, format } => {
-            // As root, send as the daemon's user: a file notifier's folder it creates (often
-            // inside the state folder) must stay writable for the daemon.
-            if let Err(e) = state_access::become_owner_if_root(&config) {
-                return usage(e);
-            }
-            let tests = match crate::notify::notify_test(&config, channel.as_deref()).await {
-                Ok(t) => t,
-                Err(e) => return usage(e),
-            };
-            match format {
-                Format::Json => print_json(&serde_json::json!({ "channels": tests })),
-                Format::Text => {
-                    for t in &tests {
-                        match &t.error {
-                            None => println!("{} ({}): delivered", t.channel, t.kind),
-                            Some(e) => println!("{} ({}): FAILED: {e}", t.channel, t.kind),
-                        }
-                    }
-                }
-            }
-            let ok = tests.iter().all(|t| t.error.is_none());
-            ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+            notify_test(&config, channel.as_deref(), format).await
         }
-        Command::Outbox { flush, format } => {
-            let store = match open_store(&config) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            let mut code = EXIT_OK;
-            let mut flushed = None;
-            if flush {
-                match crate::notify::outbox::flush(&config, &store, false).await {
-                    Ok(r) => {
-                        if r.left_undelivered() {
-                            code = EXIT_FAILED;
-                        }
-                        flushed = Some(r);
-                    }
-                    Err(e) => {
-                        eprintln!("runbook: {e:#}");
-                        return ExitCode::from(EXIT_FAILED);
-                    }
+        Command::Outbox { flush, format } => outbox(&config, flush, format).await,
+    }
+}
+
+/// `run-job`'s options besides the job's name.
+struct RunJobFlags {
+    /// `--item`: only these items (all when empty).
+    items: Vec<String>,
+    dry_run: bool,
+    no_notify: bool,
+    format: Format,
+    /// `--strict`: a warning exits 1 too.
+    strict: bool,
+}
+
+/// `runbook run-job JOB`: one manual run, its report printed; exit 1 when it failed (or, with
+/// `--strict`, warned), 3 when the job is running elsewhere.
+async fn run_job(config: &Config, job: &str, flags: RunJobFlags) -> ExitCode {
+    let RunJobFlags {
+        items,
+        dry_run,
+        no_notify,
+        format,
+        strict,
+    } = flags;
+    let Ok(job) = config.job(job).map_err(|e| eprintln!("runbook: {e}")) else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let opts = RunOptions {
+        only_items: items,
+        dry_run,
+        notify: !no_notify,
+        ..RunOptions::manual()
+    };
+    // Ctrl-C or SIGTERM (systemd, a terminal closing, `kill`) during a manual run: cancel
+    // the items (children are killed, scratch databases dropped) and still print and
+    // store the report.
+    let cancel = opts.cancel.clone();
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
                 }
+                Err(_) => std::future::pending::<()>().await,
             }
-            let entries = match store.outbox(None) {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("runbook: {e:#}");
-                    return ExitCode::from(EXIT_FAILED);
-                }
-            };
-            match format {
-                Format::Json => {
-                    print_json(&serde_json::json!({ "flushed": flushed, "entries": entries }))
-                }
-                Format::Text => {
-                    if let Some(f) = &flushed {
-                        println!(
-                            "flushed: {} delivered, {} delivered by another process, {} failed, {} dropped, {} still being sent by another process",
-                            f.delivered, f.delivered_elsewhere, f.failed, f.dropped, f.busy
-                        );
-                    }
-                    if entries.is_empty() {
-                        println!("outbox is empty: every report was delivered");
-                    }
-                    for e in &entries {
-                        println!(
-                            "{:<8} {:<16} job {:<12} run {}  attempts {}  queued {}  next {}  {}",
-                            e.state,
-                            e.channel,
-                            e.job.as_deref().unwrap_or("?"),
-                            e.run_id,
-                            e.attempts,
-                            e.created_at,
-                            e.next_attempt_at.as_deref().unwrap_or("-"),
-                            e.last_error.as_deref().unwrap_or("")
-                        );
-                    }
-                }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        eprintln!("runbook: interrupted; stopping the items and writing the report");
+        cancel.cancel();
+    });
+    // With `[cluster]`, a manual run takes a claim like a scheduled slot: it cannot
+    // overlap a run of the job on another node (exit 3), and it is fenced the same way.
+    let mut claimed = None;
+    if let Some(section) = config.cluster.as_ref().filter(|_| !dry_run) {
+        match manual_claim(section, &config.hostname, &job.name, &opts).await {
+            Ok(c) => claimed = c,
+            Err(message) => {
+                eprintln!("runbook: {message}");
+                return ExitCode::from(EXIT_LOCKED);
             }
-            ExitCode::from(code)
         }
     }
+    let result = crate::runner::run_job(config, &store, job, opts).await;
+    if let Some((cluster, slot, lease)) = claimed {
+        crate::failpoint!("cluster-before-finish");
+        for _ in 0..3 {
+            match cluster.finish(&job.name, slot).await {
+                Ok(()) => break,
+                Err(e) => {
+                    eprintln!(
+                        "runbook: cannot mark the manual run done in the cluster database: {e}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+        lease.abort();
+    }
+    match result {
+        Ok(report) => {
+            match format {
+                Format::Json => println!("{}", crate::report::json::render(&report)),
+                Format::Text => print!("{}", crate::report::text::render(&report)),
+            }
+            let bad = match report.status {
+                crate::items::Status::Fail => true,
+                crate::items::Status::Warn => strict,
+                _ => false,
+            };
+            ExitCode::from(if bad { EXIT_FAILED } else { EXIT_OK })
+        }
+        Err(e @ RunError::Locked { .. }) => {
+            eprintln!("runbook: {e}");
+            ExitCode::from(EXIT_LOCKED)
+        }
+        Err(RunError::Usage(e)) => usage(e),
+        Err(RunError::Infra(e)) => {
+            eprintln!("runbook: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `runbook history [JOB]`: the newest runs.
+fn history(config: &Config, job: Option<&str>, n: usize, format: Format) -> ExitCode {
+    if let Some(j) = job
+        && let Err(e) = config.job(j)
+    {
+        return usage(e);
+    }
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match store.history(job, n) {
+        Ok(rows) => {
+            match format {
+                Format::Json => print_json(&rows),
+                Format::Text => {
+                    if rows.is_empty() {
+                        println!("no runs recorded yet in {}", store.dir.display());
+                    }
+                    for r in rows {
+                        let counts = r
+                            .counts
+                            .map(|c| {
+                                format!(
+                                    "{} pass, {} warn, {} fail, {} todo, {} skipped",
+                                    c.pass, c.warn, c.fail, c.manual, c.skipped
+                                )
+                            })
+                            .unwrap_or_default();
+                        let dur = r
+                            .duration_ms
+                            .map(crate::report::human_ms)
+                            .unwrap_or_default();
+                        println!(
+                            "{}  {:<12} {:<11} {:<9} {:>8}  {}  {}",
+                            r.started_at,
+                            r.job,
+                            r.status.to_uppercase(),
+                            r.trigger,
+                            dur,
+                            counts,
+                            r.run_id
+                        );
+                    }
+                }
+            }
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("runbook: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `runbook report RUN|last [--job JOB]`: a stored report.
+fn report(config: &Config, run: &str, job: Option<&str>, format: ReportFormat) -> ExitCode {
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let found = if run == "last" {
+        match job {
+            Some(j) => {
+                if let Err(e) = config.job(j) {
+                    return usage(e);
+                }
+                store.last_report(j)
+            }
+            None => store
+                .history(None, 50)
+                .map(|h| h.into_iter().find(|r| r.finished_at.is_some()))
+                .and_then(|r| match r {
+                    Some(r) => store.report(&r.run_id),
+                    None => Ok(None),
+                }),
+        }
+    } else {
+        store.report(run)
+    };
+    match found {
+        Ok(Some(r)) => {
+            match format {
+                ReportFormat::Text => print!("{}", crate::report::text::render(&r)),
+                ReportFormat::Html => print!("{}", crate::report::html::render(&r)),
+                ReportFormat::Json => println!("{}", crate::report::json::render(&r)),
+            }
+            ExitCode::from(EXIT_OK)
+        }
+        Ok(None) => usage(format!(
+            "no stored report for {run:?}{}",
+            job.map(|j| format!(" of job {j:?}")).unwrap_or_default()
+        )),
+        Err(e) => usage(format!("{e:#}")),
+    }
+}
+
+/// `runbook notify-test [CHANNEL]`: a test message through each notifier.
+async fn notify_test(config: &Config, channel: Option<&str>, format: Format) -> ExitCode {
+    // As root, send as the daemon's user: a file notifier's folder it creates (often
+    // inside the state folder) must stay writable for the daemon.
+    if let Err(e) = state_access::become_owner_if_root(config) {
+        return usage(e);
+    }
+    let tests = match crate::notify::notify_test(config, channel).await {
+        Ok(t) => t,
+        Err(e) => return usage(e),
+    };
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "channels": tests })),
+        Format::Text => {
+            for t in &tests {
+                match &t.error {
+                    None => println!("{} ({}): delivered", t.channel, t.kind),
+                    Some(e) => println!("{} ({}): FAILED: {e}", t.channel, t.kind),
+                }
+            }
+        }
+    }
+    let ok = tests.iter().all(|t| t.error.is_none());
+    ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// `runbook outbox [--flush]`: undelivered notifications (retried first with `--flush`).
+async fn outbox(config: &Config, flush: bool, format: Format) -> ExitCode {
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let mut code = EXIT_OK;
+    let mut flushed = None;
+    if flush {
+        match crate::notify::outbox::flush(config, &store, false).await {
+            Ok(r) => {
+                if r.left_undelivered() {
+                    code = EXIT_FAILED;
+                }
+                flushed = Some(r);
+            }
+            Err(e) => {
+                eprintln!("runbook: {e:#}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        }
+    }
+    let entries = match store.outbox(None) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("runbook: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "flushed": flushed, "entries": entries })),
+        Format::Text => {
+            if let Some(f) = &flushed {
+                println!(
+                    "flushed: {} delivered, {} delivered by another process, {} failed, {} dropped, {} still being sent by another process",
+                    f.delivered, f.delivered_elsewhere, f.failed, f.dropped, f.busy
+                );
+            }
+            if entries.is_empty() {
+                println!("outbox is empty: every report was delivered");
+            }
+            for e in &entries {
+                println!(
+                    "{:<8} {:<16} job {:<12} run {}  attempts {}  queued {}  next {}  {}",
+                    e.state,
+                    e.channel,
+                    e.job.as_deref().unwrap_or("?"),
+                    e.run_id,
+                    e.attempts,
+                    e.created_at,
+                    e.next_attempt_at.as_deref().unwrap_or("-"),
+                    e.last_error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    ExitCode::from(code)
 }
 
 fn list(config: &Config, format: Format) -> ExitCode {
@@ -961,7 +1042,7 @@ fn trend_known(
     if let Err(e) = &configured
         && !store.job_ever_stored(job)?
     {
-        return Ok(Err(e.clone()));
+        return Ok(Err(e.to_string()));
     }
     if let Ok(j) = &configured
         && j.config.items.iter().any(|i| i.name == item)
