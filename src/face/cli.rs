@@ -146,18 +146,32 @@ type ManualClaim = (
     tokio::task::JoinHandle<()>,
 );
 
+/// Why a manual run may not start in a cluster (exit 3; nothing ran).
+#[derive(Debug, thiserror::Error)]
+enum ClaimRefused {
+    #[error("[cluster]: {0}")]
+    Cluster(String),
+    #[error("job {job:?}: the cluster claim returned no slot; nothing ran")]
+    NoSlot { job: String },
+    #[error("job {job:?} is already running on cluster node {node}; nothing ran")]
+    RunningOn { job: String, node: String },
+    #[error(
+        "CLUSTER DATABASE UNREACHABLE ({reason}): job {job:?} not run (on_cluster_down = \"skip\")"
+    )]
+    DatabaseDown { job: String, reason: String },
+}
+
 /// Claims a manual run in the cluster: `Ok(Some(..))` claimed, `Ok(None)` the database is down
-/// and `on_cluster_down = "run"`, `Err` the message of exit 3 (nothing runs).
+/// and `on_cluster_down = "run"`, `Err` why it may not run (exit 3).
 async fn manual_claim(
     section: &crate::config::ClusterSection,
     hostname: &str,
     job: &str,
     opts: &RunOptions,
-) -> Result<Option<ManualClaim>, String> {
+) -> Result<Option<ManualClaim>, ClaimRefused> {
     use crate::daemon::cluster::{Claim, Cluster};
-    let cluster = std::sync::Arc::new(
-        Cluster::new(section, hostname).map_err(|e| format!("[cluster]: {e}"))?,
-    );
+    let cluster =
+        std::sync::Arc::new(Cluster::new(section, hostname).map_err(ClaimRefused::Cluster)?);
     let sent = tokio::time::Instant::now();
     match cluster.claim_manual(job).await {
         (Claim::Mine { .. }, Some(slot)) => {
@@ -170,12 +184,13 @@ async fn manual_claim(
             );
             Ok(Some((cluster, slot, lease)))
         }
-        (Claim::Mine { .. }, None) => Err(format!(
-            "job {job:?}: the cluster claim returned no slot; nothing ran"
-        )),
-        (Claim::Busy(node) | Claim::Elsewhere(node), _) => Err(format!(
-            "job {job:?} is already running on cluster node {node}; nothing ran"
-        )),
+        (Claim::Mine { .. }, None) => Err(ClaimRefused::NoSlot {
+            job: job.to_string(),
+        }),
+        (Claim::Busy(node) | Claim::Elsewhere(node), _) => Err(ClaimRefused::RunningOn {
+            job: job.to_string(),
+            node,
+        }),
         (Claim::Down(e), _) => match cluster.on_cluster_down {
             crate::config::OnClusterDown::Run => {
                 eprintln!(
@@ -183,9 +198,10 @@ async fn manual_claim(
                 );
                 Ok(None)
             }
-            crate::config::OnClusterDown::Skip => Err(format!(
-                "CLUSTER DATABASE UNREACHABLE ({e}): job {job:?} not run (on_cluster_down = \"skip\")"
-            )),
+            crate::config::OnClusterDown::Skip => Err(ClaimRefused::DatabaseDown {
+                job: job.to_string(),
+                reason: e.to_string(),
+            }),
         },
     }
 }
@@ -1031,18 +1047,38 @@ fn trend_text(
     out
 }
 
-/// Ok(Err(message)) when the job or the item is unknown: not in the config and in no stored run.
+/// A `trend` of a job or item that is neither configured nor in any stored run (exit 2).
+#[derive(Debug, thiserror::Error)]
+enum UnknownTrend {
+    #[error(transparent)]
+    Job(#[from] crate::config::UnknownJob),
+    #[error(
+        "unknown item {item:?} in job {job:?} (not in {} and in no stored run; items: {})",
+        file.display(),
+        items.join(", ")
+    )]
+    ConfiguredJob {
+        job: String,
+        item: String,
+        file: std::path::PathBuf,
+        items: Vec<String>,
+    },
+    #[error("unknown item {item:?}: no stored run of job {job:?} has it")]
+    StoredJob { job: String, item: String },
+}
+
+/// Ok(Err(..)) when the job or the item is unknown: not in the config and in no stored run.
 fn trend_known(
     config: &Config,
     store: &Store,
     job: &str,
     item: &str,
-) -> anyhow::Result<Result<(), String>> {
+) -> anyhow::Result<Result<(), UnknownTrend>> {
     let configured = config.job(job);
     if let Err(e) = &configured
         && !store.job_ever_stored(job)?
     {
-        return Ok(Err(e.to_string()));
+        return Ok(Err(e.clone().into()));
     }
     if let Ok(j) = &configured
         && j.config.items.iter().any(|i| i.name == item)
@@ -1052,17 +1088,14 @@ fn trend_known(
     if store.item_ever_stored(job, item)? {
         return Ok(Ok(()));
     }
+    let (job, item) = (job.to_string(), item.to_string());
     Ok(Err(match configured {
-        Ok(j) => format!(
-            "unknown item {item:?} in job {job:?} (not in {} and in no stored run; items: {})",
-            config.path.display(),
-            j.config
-                .items
-                .iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Err(_) => format!("unknown item {item:?}: no stored run of job {job:?} has it"),
+        Ok(j) => UnknownTrend::ConfiguredJob {
+            job,
+            item,
+            file: config.path.clone(),
+            items: j.config.items.iter().map(|i| i.name.clone()).collect(),
+        },
+        Err(_) => UnknownTrend::StoredJob { job, item },
     }))
 }
