@@ -205,7 +205,8 @@ pub enum OnClusterDown {
     Skip,
 }
 
-/// `[cluster]`: several daemons sharing one PostgreSQL so every slot runs exactly once.
+/// `[cluster]` as written: several daemons sharing one PostgreSQL so every slot runs exactly
+/// once. Validation builds a [`ClusterConfig`] from it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
@@ -213,8 +214,6 @@ pub struct ClusterSection {
     pub url: String,
     /// Password for `url`, a secret.
     pub password: Option<crate::base::secret::SecretSource>,
-    #[serde(skip)]
-    pub password_resolved: Option<crate::base::secret::Secret>,
     /// How long a claim lasts without renewal before another node may take the slot over.
     #[serde(default = "default_lease")]
     pub lease: Dur,
@@ -226,6 +225,19 @@ pub struct ClusterSection {
 
 fn default_lease() -> Dur {
     Dur::from_secs(60)
+}
+
+/// `[cluster]` built at load: the URL parsed and the password resolved, so a daemon or a
+/// manual run finds nothing left to check.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The shared database (named `cluster` in messages).
+    pub target: Target,
+    /// This node's name in claim rows (`node`, default the host name).
+    pub node: String,
+    /// How long a claim lasts without renewal before another node may take the slot over.
+    pub lease: Dur,
+    pub on_cluster_down: OnClusterDown,
 }
 
 /// One `[jobs.NAME]` table.
@@ -320,7 +332,7 @@ pub struct Config {
     pub notifiers: BTreeMap<String, NotifierConfig>,
     pub jobs: BTreeMap<String, Job>,
     pub server: Option<ServerSection>,
-    pub cluster: Option<ClusterSection>,
+    pub cluster: Option<ClusterConfig>,
     /// Non-fatal findings (inline secrets, ...), shown by `check-config`.
     pub warnings: Vec<String>,
     /// Hides every secret of this config in text bound for a report (what a child printed).
@@ -424,7 +436,7 @@ impl Config {
         let mut all: Vec<&crate::base::secret::Secret> = Vec::new();
         all.extend(self.targets.values().filter_map(|t| t.password.as_ref()));
         if let Some(c) = &self.cluster {
-            all.extend(c.password_resolved.as_ref());
+            all.extend(c.target.password.as_ref());
         }
         if let Some(s) = &self.server {
             all.extend(s.token());
@@ -487,7 +499,7 @@ fn validate(
         target_names: &target_names,
     };
     let jobs = check.jobs(raw.jobs, &known);
-    let cluster = check.cluster(raw.cluster);
+    let cluster_target = raw.cluster.as_ref().and_then(|c| check.cluster(c));
     let server = check.server(raw.server);
     let Check {
         mut errors,
@@ -511,6 +523,16 @@ fn validate(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into())
     });
+
+    let cluster = raw
+        .cluster
+        .zip(cluster_target)
+        .map(|(section, target)| ClusterConfig {
+            target,
+            node: section.node.unwrap_or_else(|| hostname.clone()),
+            lease: section.lease,
+            on_cluster_down: section.on_cluster_down,
+        });
 
     let mut config = Config {
         path,
@@ -817,18 +839,32 @@ impl Check<'_> {
         }
     }
 
-    /// `[cluster]`: its password resolved.
-    fn cluster(&mut self, cluster: Option<ClusterSection>) -> Option<ClusterSection> {
-        let mut cluster = cluster?;
-        if let Some(src) = &cluster.password {
-            match crate::base::secret::Secret::resolve(src, "cluster.password", self.dir) {
-                Ok(s) => cluster.password_resolved = Some(s),
-                Err(m) => self
-                    .errors
-                    .push(self.loc.at_key("cluster", "password", None, m)),
+    /// `[cluster]`: its URL parsed and its password resolved into the shared database's
+    /// [`Target`] (None also when they are wrong: the errors say why).
+    fn cluster(&mut self, cluster: &ClusterSection) -> Option<Target> {
+        let password = match &cluster.password {
+            None => None,
+            Some(src) => {
+                match crate::base::secret::Secret::resolve(src, "cluster.password", self.dir) {
+                    Ok(s) => Some(s),
+                    Err(m) => {
+                        self.errors
+                            .push(self.loc.at_key("cluster", "password", None, m));
+                        None
+                    }
+                }
+            }
+        };
+        match Target::from_url("cluster", &cluster.url) {
+            Ok(mut target) => {
+                target.password = password;
+                Some(target)
+            }
+            Err(m) => {
+                self.errors.push(self.loc.at_key("cluster", "url", None, m));
+                None
             }
         }
-        Some(cluster)
     }
 
     /// `[server]`: its token resolved, not empty.
@@ -1280,6 +1316,22 @@ kind = "manual"
             (e.0[0].job.as_deref(), e.0[0].item.as_deref()),
             (Some("daily"), None)
         );
+    }
+
+    #[test]
+    fn cluster_is_built_at_load_and_a_bad_url_is_a_located_error() {
+        let c = Config::from_text(
+            Path::new("jobs.toml"),
+            "[runbook]\nhostname = \"node-a\"\n\n[cluster]\nurl = \"postgres://runbook@db.example/claims\"\nlease = \"30s\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cluster = c.cluster.expect("built");
+        assert_eq!(cluster.node, "node-a", "node defaults to the host name");
+        assert_eq!(cluster.lease.0.as_secs(), 30);
+        assert_eq!(cluster.target.dbname(), "claims");
+        let e = errors("[cluster]\nurl = \"postgres://[::1\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("jobs.toml:2:1: "), "{}", e[0]);
     }
 
     #[test]

@@ -231,12 +231,7 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         metrics.configure(&config, now);
         metrics.load_history(&config, &store);
-        let cluster = match &config.cluster {
-            Some(c) => Some(Arc::new(
-                Cluster::new(c, &config.hostname).map_err(|e| anyhow::anyhow!("[cluster]: {e}"))?,
-            )),
-            None => None,
-        };
+        let cluster = config.cluster.as_ref().map(|c| Arc::new(Cluster::new(c)));
         let config = Arc::new(config);
         let (config_tx, config_rx) = watch::channel(config.clone());
         let stop = CancellationToken::new();

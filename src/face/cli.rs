@@ -149,8 +149,6 @@ type ManualClaim = (
 /// Why a manual run may not start in a cluster (exit 3; nothing ran).
 #[derive(Debug, thiserror::Error)]
 enum ClaimRefused {
-    #[error("[cluster]: {0}")]
-    Cluster(String),
     #[error("job {job:?}: the cluster claim returned no slot; nothing ran")]
     NoSlot { job: String },
     #[error("job {job:?} is already running on cluster node {node}; nothing ran")]
@@ -164,14 +162,12 @@ enum ClaimRefused {
 /// Claims a manual run in the cluster: `Ok(Some(..))` claimed, `Ok(None)` the database is down
 /// and `on_cluster_down = "run"`, `Err` why it may not run (exit 3).
 async fn manual_claim(
-    section: &crate::config::ClusterSection,
-    hostname: &str,
+    section: &crate::config::ClusterConfig,
     job: &str,
     opts: &RunOptions,
 ) -> Result<Option<ManualClaim>, ClaimRefused> {
     use crate::daemon::cluster::{Claim, Cluster};
-    let cluster =
-        std::sync::Arc::new(Cluster::new(section, hostname).map_err(ClaimRefused::Cluster)?);
+    let cluster = std::sync::Arc::new(Cluster::new(section));
     let sent = tokio::time::Instant::now();
     match cluster.claim_manual(job).await {
         (Claim::Mine { .. }, Some(slot)) => {
@@ -367,7 +363,7 @@ async fn run_job(config: &Config, job: &str, flags: RunJobFlags) -> ExitCode {
     // overlap a run of the job on another node (exit 3), and it is fenced the same way.
     let mut claimed = None;
     if let Some(section) = config.cluster.as_ref().filter(|_| !dry_run) {
-        match manual_claim(section, &config.hostname, &job.name, &opts).await {
+        match manual_claim(section, &job.name, &opts).await {
             Ok(c) => claimed = c,
             Err(message) => {
                 eprintln!("runbook: {message}");
