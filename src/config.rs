@@ -164,7 +164,8 @@ pub fn resolve_state_dir(
     )
 }
 
-/// `[server]`: the daemon's HTTP endpoint (metrics, health, status page).
+/// `[server]` as written: the daemon's HTTP endpoint (metrics, health, status page).
+/// Validation builds a [`ServerConfig`] from it.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
@@ -173,8 +174,6 @@ pub struct ServerSection {
     /// A secret: when set, every path but `/healthz` and `/metrics` needs
     /// `Authorization: Bearer <token>` (or the cookie `?token=` sets; SPEC 9.6).
     pub token: Option<crate::base::secret::SecretSource>,
-    #[serde(skip)]
-    pub token_resolved: Option<crate::base::secret::Secret>,
 }
 
 /// By hand: an inline `token` source holds the value itself, and Debug output must not show it.
@@ -182,15 +181,23 @@ impl std::fmt::Debug for ServerSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerSection")
             .field("listen", &self.listen)
-            .field("token", &self.token_resolved)
+            .field("token", &self.token.as_ref().map(|_| "..."))
             .finish()
     }
 }
 
-impl ServerSection {
+/// `[server]` built at load: the token resolved (and not empty).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9187`.
+    pub listen: String,
+    token: Option<crate::base::secret::Secret>,
+}
+
+impl ServerConfig {
     /// The resolved `token`, if one is set.
     pub fn token(&self) -> Option<&crate::base::secret::Secret> {
-        self.token_resolved.as_ref()
+        self.token.as_ref()
     }
 }
 
@@ -331,7 +338,7 @@ pub struct Config {
     pub targets: Arc<BTreeMap<String, Target>>,
     pub notifiers: BTreeMap<String, NotifierConfig>,
     pub jobs: BTreeMap<String, Job>,
-    pub server: Option<ServerSection>,
+    pub server: Option<ServerConfig>,
     pub cluster: Option<ClusterConfig>,
     /// Non-fatal findings (inline secrets, ...), shown by `check-config`.
     pub warnings: Vec<String>,
@@ -868,10 +875,14 @@ impl Check<'_> {
     }
 
     /// `[server]`: its token resolved, not empty.
-    fn server(&mut self, server: Option<ServerSection>) -> Option<ServerSection> {
-        let mut sv = server?;
-        let Some(src) = &sv.token else {
-            return Some(sv);
+    fn server(&mut self, server: Option<ServerSection>) -> Option<ServerConfig> {
+        let server = server?;
+        let mut built = ServerConfig {
+            listen: server.listen,
+            token: None,
+        };
+        let Some(src) = &server.token else {
+            return Some(built);
         };
         match crate::base::secret::Secret::resolve(src, "server.token", self.dir) {
             Ok(s) if s.expose().trim().is_empty() => self.errors.push(self.loc.at_key(
@@ -887,13 +898,13 @@ impl Check<'_> {
                             .into(),
                     );
                 }
-                sv.token_resolved = Some(s)
+                built.token = Some(s)
             }
             Err(m) => self
                 .errors
                 .push(self.loc.at_key("server", "token", None, m)),
         }
-        Some(sv)
+        Some(built)
     }
 }
 

@@ -66,7 +66,10 @@ impl Schedule {
             reason: e.to_string(),
         })?;
         // A pattern like "0 0 31 2 *" parses but never fires; say so now, not never.
-        let probe = Utc::now();
+        // A pattern that fires at all fires again within a few decades of any instant (a leap
+        // day that is a Monday: 28 years), so a fixed start will do and keeps this module free
+        // of the clock.
+        let probe = DateTime::<Utc>::from_timestamp(946_684_800, 0).expect("2000-01-01");
         if cron.find_next_occurrence(&probe, false).is_err() {
             return Err(ScheduleError::NeverFires {
                 expr: expr.to_string(),
@@ -425,6 +428,9 @@ mod tests {
             err("0 0 0 1 1 * 2030"),
             ScheduleError::FieldCount { found: 7, .. }
         ));
+        // Rare but real: leap days, and a leap day that is a Monday.
+        assert!(Schedule::parse("0 0 29 2 *").is_ok());
+        assert!(Schedule::parse("0 0 29 2 MON").is_ok());
     }
 
     #[test]
