@@ -1,11 +1,15 @@
 //! `jobs.toml` → a validated [`Config`].
 //!
-//! Loading happens in two steps. First `toml` + `serde` turn the text into typed structs; every
-//! struct denies unknown keys, so a typo is an error, and toml's spans give the line and column.
-//! Then [`Config::validate`] checks what types cannot: cron syntax, zone names, references to
-//! notifiers and targets, duplicate item names, secrets that resolve, and each kind's own rules.
-//! All semantic mistakes are collected, not just the first, and each names file:line:column and
-//! the job/item ([`Locator`] maps them back to the text).
+//! Loading happens in two steps. First `toml` + `serde` turn the text into typed structs (the
+//! file as written: `RawConfig`, `ServerSection`, `ClusterSection`, ...); every struct denies
+//! unknown keys, so a typo is an error, and toml's spans give the line and column. Then
+//! `validate` checks what types cannot, one validator per section (`Check::runbook`,
+//! `targets`, `notifiers`, `jobs`, `items`, `cluster`, `server`): cron syntax, zone names,
+//! references to notifiers and targets, duplicate item names, secrets that resolve, and each
+//! kind's own rules; and builds what runs (the parsed [`Schedule`], resolved [`Target`]s,
+//! [`ServerConfig`], [`ClusterConfig`]), so nothing is checked again at run time. All semantic
+//! mistakes are collected, not just the first, and each names file:line:column and the
+//! job/item ([`Locator`] maps them back to the text).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
