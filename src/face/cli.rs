@@ -749,160 +749,188 @@ async fn check_config(cli: &Cli, connect: bool, format: Format) -> ExitCode {
         }
     };
     let now = chrono::Utc::now();
-    let items: usize = config.jobs.values().map(|j| j.config.items.len()).sum();
     if format == Format::Text {
-        for w in &config.warnings {
-            println!("warning: {w}");
-        }
-        println!(
-            "{}: OK — {} job{}, {} item{}, {} target{}, {} notifier{}",
-            config.path.display(),
-            config.jobs.len(),
-            if config.jobs.len() == 1 { "" } else { "s" },
-            items,
-            if items == 1 { "" } else { "s" },
-            config.targets.len(),
-            if config.targets.len() == 1 { "" } else { "s" },
-            config.notifiers.len(),
-            if config.notifiers.len() == 1 { "" } else { "s" },
-        );
-        println!(
-            "  state: {} ({})",
-            config.state_dir.display(),
-            config.state_dir_origin
-        );
-        for j in config.jobs.values() {
-            let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
-            println!(
-                "  {:<14} {:>2} items  {}",
-                j.name,
-                j.config.items.len(),
-                match next {
-                    Some(n) => format!(
-                        "next {} ({})",
-                        n.format("%Y-%m-%d %H:%M %Z"),
-                        j.schedule
-                            .as_ref()
-                            .map(|s| s.describe())
-                            .unwrap_or_default()
-                    ),
-                    None => "no schedule: runs only by hand".into(),
-                }
-            );
-        }
+        print_config_summary(&config, now);
     }
-    let mut reached = None;
-    if connect {
-        let mut targets = Vec::new();
-        for (name, t) in config.targets.iter() {
-            targets.push(match t.connect().await {
-                Ok(client) => {
-                    let standby: bool = client
-                        .query_one("SELECT pg_is_in_recovery()", &[])
-                        .await
-                        .ok()
-                        .and_then(|r| crate::base::pg::col(&r, 0).ok())
-                        .unwrap_or(false);
-                    Reached {
-                        name: name.clone(),
-                        ok: true,
-                        message: format!(
-                            "reachable ({}){}",
-                            t.display,
-                            if standby {
-                                ", a standby (state-changing items will refuse it)"
-                            } else {
-                                ""
-                            }
-                        ),
-                        standby: Some(standby),
-                    }
-                }
-                Err(e) => Reached {
-                    name: name.clone(),
-                    ok: false,
-                    message: format!("UNREACHABLE: {e}"),
-                    standby: None,
-                },
-            });
-        }
-        let mut notifiers = Vec::new();
-        for (name, n) in &config.notifiers {
-            notifiers.push(match n.check_reachable().await {
-                Ok(msg) => Reached {
-                    name: name.clone(),
-                    ok: true,
-                    message: msg,
-                    standby: None,
-                },
-                Err(e) => Reached {
-                    name: name.clone(),
-                    ok: false,
-                    message: format!("UNREACHABLE: {e}"),
-                    standby: None,
-                },
-            });
-        }
+    let reached = if connect {
+        let reached = reach_all(&config).await;
         if format == Format::Text {
-            for r in &targets {
+            for r in &reached.targets {
                 println!("  target {}: {}", r.name, r.message);
             }
-            for r in &notifiers {
+            for r in &reached.notifiers {
                 println!("  notifier {}: {}", r.name, r.message);
             }
         }
-        reached = Some((targets, notifiers));
-    }
+        Some(reached)
+    } else {
+        None
+    };
     let ok = reached
         .as_ref()
-        .is_none_or(|(t, n)| t.iter().chain(n).all(|r| r.ok));
+        .is_none_or(|r| r.targets.iter().chain(&r.notifiers).all(|r| r.ok));
     if format == Format::Json {
-        let jobs: Vec<serde_json::Value> = config
-            .jobs
-            .values()
-            .map(|j| {
-                let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
-                serde_json::json!({
-                    "job": j.name,
-                    "items": j.config.items.len(),
-                    "schedule": j.schedule.as_ref().map(|s| s.expr.clone()),
-                    "schedule_description": j.schedule.as_ref().map(|s| s.describe()),
-                    "timezone": j.tz.name(),
-                    "next_run": next.map(|n| n.to_rfc3339()),
-                })
-            })
-            .collect();
-        let reached_json = |list: &[Reached], key: &str| -> Vec<serde_json::Value> {
-            list.iter()
-                .map(|r| {
-                    let mut v = serde_json::json!({ key: r.name, "reachable": r.ok });
-                    v[if r.ok { "detail" } else { "error" }] = serde_json::Value::String(
-                        r.message.trim_start_matches("UNREACHABLE: ").to_string(),
-                    );
-                    if let Some(s) = r.standby {
-                        v["standby"] = serde_json::Value::Bool(s);
-                    }
-                    v
-                })
-                .collect()
-        };
-        print_json(&serde_json::json!({
-            "ok": ok,
-            "config": config.path,
-            "errors": [],
-            "warnings": config.warnings,
-            "state_dir": config.state_dir,
-            "state_dir_origin": config.state_dir_origin,
-            "jobs": jobs,
-            "targets": config.targets.keys().collect::<Vec<_>>(),
-            "notifiers": config.notifiers.keys().collect::<Vec<_>>(),
-            "connect": reached.as_ref().map(|(t, n)| serde_json::json!({
-                "targets": reached_json(t, "target"),
-                "notifiers": reached_json(n, "notifier"),
-            })),
-        }));
+        print_json(&check_config_json(&config, ok, reached.as_ref(), now));
     }
     ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// `check-config`'s text: the counts, the state folder and each job's next run.
+fn print_config_summary(config: &Config, now: chrono::DateTime<chrono::Utc>) {
+    let items: usize = config.jobs.values().map(|j| j.config.items.len()).sum();
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "{}: OK — {} job{}, {} item{}, {} target{}, {} notifier{}",
+        config.path.display(),
+        config.jobs.len(),
+        if config.jobs.len() == 1 { "" } else { "s" },
+        items,
+        if items == 1 { "" } else { "s" },
+        config.targets.len(),
+        if config.targets.len() == 1 { "" } else { "s" },
+        config.notifiers.len(),
+        if config.notifiers.len() == 1 { "" } else { "s" },
+    );
+    println!(
+        "  state: {} ({})",
+        config.state_dir.display(),
+        config.state_dir_origin
+    );
+    for j in config.jobs.values() {
+        let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+        println!(
+            "  {:<14} {:>2} items  {}",
+            j.name,
+            j.config.items.len(),
+            match next {
+                Some(n) => format!(
+                    "next {} ({})",
+                    n.format("%Y-%m-%d %H:%M %Z"),
+                    j.schedule
+                        .as_ref()
+                        .map(|s| s.describe())
+                        .unwrap_or_default()
+                ),
+                None => "no schedule: runs only by hand".into(),
+            }
+        );
+    }
+}
+
+/// What `check-config --connect` found.
+struct ReachedAll {
+    targets: Vec<Reached>,
+    notifiers: Vec<Reached>,
+}
+
+/// Connects to every target and asks every notifier whether it is reachable.
+async fn reach_all(config: &Config) -> ReachedAll {
+    let mut targets = Vec::new();
+    for (name, t) in config.targets.iter() {
+        targets.push(match t.connect().await {
+            Ok(client) => {
+                let standby: bool = client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .ok()
+                    .and_then(|r| crate::base::pg::col(&r, 0).ok())
+                    .unwrap_or(false);
+                Reached {
+                    name: name.clone(),
+                    ok: true,
+                    message: format!(
+                        "reachable ({}){}",
+                        t.display,
+                        if standby {
+                            ", a standby (state-changing items will refuse it)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    standby: Some(standby),
+                }
+            }
+            Err(e) => Reached {
+                name: name.clone(),
+                ok: false,
+                message: format!("UNREACHABLE: {e}"),
+                standby: None,
+            },
+        });
+    }
+    let mut notifiers = Vec::new();
+    for (name, n) in &config.notifiers {
+        notifiers.push(match n.check_reachable().await {
+            Ok(msg) => Reached {
+                name: name.clone(),
+                ok: true,
+                message: msg,
+                standby: None,
+            },
+            Err(e) => Reached {
+                name: name.clone(),
+                ok: false,
+                message: format!("UNREACHABLE: {e}"),
+                standby: None,
+            },
+        });
+    }
+    ReachedAll { targets, notifiers }
+}
+
+/// `check-config --format json` for a valid file (SPEC; docs/configuration.md).
+fn check_config_json(
+    config: &Config,
+    ok: bool,
+    reached: Option<&ReachedAll>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let jobs: Vec<serde_json::Value> = config
+        .jobs
+        .values()
+        .map(|j| {
+            let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+            serde_json::json!({
+                "job": j.name,
+                "items": j.config.items.len(),
+                "schedule": j.schedule.as_ref().map(|s| s.expr.clone()),
+                "schedule_description": j.schedule.as_ref().map(|s| s.describe()),
+                "timezone": j.tz.name(),
+                "next_run": next.map(|n| n.to_rfc3339()),
+            })
+        })
+        .collect();
+    let reached_json = |list: &[Reached], key: &str| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|r| {
+                let mut v = serde_json::json!({ key: r.name, "reachable": r.ok });
+                v[if r.ok { "detail" } else { "error" }] = serde_json::Value::String(
+                    r.message.trim_start_matches("UNREACHABLE: ").to_string(),
+                );
+                if let Some(s) = r.standby {
+                    v["standby"] = serde_json::Value::Bool(s);
+                }
+                v
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "ok": ok,
+        "config": config.path,
+        "errors": [],
+        "warnings": config.warnings,
+        "state_dir": config.state_dir,
+        "state_dir_origin": config.state_dir_origin,
+        "jobs": jobs,
+        "targets": config.targets.keys().collect::<Vec<_>>(),
+        "notifiers": config.notifiers.keys().collect::<Vec<_>>(),
+        "connect": reached.map(|r| serde_json::json!({
+            "targets": reached_json(&r.targets, "target"),
+            "notifiers": reached_json(&r.notifiers, "notifier"),
+        })),
+    })
 }
 
 /// One target or notifier as `check-config --connect` found it.
