@@ -197,6 +197,62 @@ struct Background {
     watcher: Option<JoinHandle<()>>,
 }
 
+impl Background {
+    /// Starts the server (binding `[server] listen`), the outbox drain, housekeeping and, with a
+    /// cluster, the watcher of expired claims (which sends slots to take over on `takeovers`).
+    async fn spawn(
+        config: watch::Receiver<Arc<Config>>,
+        store: &Store,
+        metrics: &Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+        takeovers: mpsc::Sender<(String, DateTime<Utc>)>,
+    ) -> anyhow::Result<Background> {
+        let stop = CancellationToken::new();
+        let listen = config.borrow().server.as_ref().map(|s| s.listen.clone());
+        let server = match listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("[server] listen = {listen:?}: {e}"))?;
+                tracing::info!(listen = %listener.local_addr()?, "serving /metrics, /healthz and the status page");
+                let state = crate::daemon::server::AppState {
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    config: config.clone(),
+                };
+                Some(tokio::spawn(crate::daemon::server::serve(
+                    listener,
+                    state,
+                    stop.clone(),
+                )))
+            }
+            None => None,
+        };
+        let outbox = tokio::spawn(drain_outbox(config.clone(), store.clone(), stop.clone()));
+        let housekeeping = tokio::spawn(crate::daemon::housekeeping::run(
+            config.clone(),
+            store.clone(),
+            stop.clone(),
+        ));
+        let watcher = cluster.map(|c| {
+            tokio::spawn(watch_expired_claims(
+                c,
+                config,
+                store.clone(),
+                takeovers,
+                stop.clone(),
+            ))
+        });
+        Ok(Background {
+            stop,
+            server,
+            outbox,
+            housekeeping,
+            watcher,
+        })
+    }
+}
+
 /// The loop's state between wake-ups.
 struct Daemon {
     /// The configuration in force (replaced on reload).
@@ -234,42 +290,9 @@ impl Daemon {
         let cluster = config.cluster.as_ref().map(|c| Arc::new(Cluster::new(c)));
         let config = Arc::new(config);
         let (config_tx, config_rx) = watch::channel(config.clone());
-        let stop = CancellationToken::new();
-        let server = match &config.server {
-            Some(s) => {
-                let listener = tokio::net::TcpListener::bind(&s.listen)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("[server] listen = {:?}: {e}", s.listen))?;
-                tracing::info!(listen = %listener.local_addr()?, "serving /metrics, /healthz and the status page");
-                let state = crate::daemon::server::AppState {
-                    metrics: metrics.clone(),
-                    store: store.clone(),
-                    config: config_rx.clone(),
-                };
-                Some(tokio::spawn(crate::daemon::server::serve(
-                    listener,
-                    state,
-                    stop.clone(),
-                )))
-            }
-            None => None,
-        };
-        let outbox = tokio::spawn(drain_outbox(config_rx.clone(), store.clone(), stop.clone()));
-        let housekeeping = tokio::spawn(crate::daemon::housekeeping::run(
-            config_rx.clone(),
-            store.clone(),
-            stop.clone(),
-        ));
         let (takeover_tx, takeover_rx) = mpsc::channel::<(String, DateTime<Utc>)>(16);
-        let watcher = cluster.clone().map(|c| {
-            tokio::spawn(watch_expired_claims(
-                c,
-                config_rx.clone(),
-                store.clone(),
-                takeover_tx,
-                stop.clone(),
-            ))
-        });
+        let background =
+            Background::spawn(config_rx, &store, &metrics, cluster.clone(), takeover_tx).await?;
         let shared = Shared {
             store: store.clone(),
             metrics: metrics.clone(),
@@ -290,13 +313,7 @@ impl Daemon {
             shared,
             jobs,
             watchdog,
-            background: Background {
-                stop,
-                server,
-                outbox,
-                housekeeping,
-                watcher,
-            },
+            background,
         };
         Ok((daemon, takeover_rx))
     }
