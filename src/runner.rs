@@ -256,9 +256,14 @@ async fn run_locked(
         missed: opts.missed.iter().map(|m| local(*m).to_rfc3339()).collect(),
         notifications: vec![],
         previous_status: None,
+        history: Default::default(),
     };
     report.finish_status();
     report.compare_with(comparable.as_ref());
+    // The HTML report's charts: each item's value in the comparable runs before this one.
+    if let Err(e) = store.fill_history(&mut report) {
+        tracing::warn!(job = %job.name, run_id, "cannot read the items' earlier values for the report's charts: {e:#}");
+    }
     // The items have run: their report must reach a person even when the state database
     // cannot be written (disk full, locked by a stuck process). It is still printed and
     // delivered; only history loses it, and the log says so.

@@ -551,6 +551,7 @@ pub fn test_report(config: &crate::config::Config) -> Report {
         missed: vec![],
         notifications: vec![],
         previous_status: None,
+        history: Default::default(),
     };
     r.finish_status();
     r

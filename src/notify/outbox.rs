@@ -230,7 +230,13 @@ async fn flush_pass(
             continue;
         };
         let report = match store.report(&entry.run_id) {
-            Ok(Some(r)) => r,
+            Ok(Some(mut r)) => {
+                // A retry shows the same charts as the first attempt would have.
+                if let Err(e) = store.fill_history(&mut r) {
+                    tracing::warn!("cannot read earlier values for the charts: {e:#}");
+                }
+                r
+            }
             Ok(None) | Err(_) => {
                 store.outbox_mark_failed(
                     &entry.run_id,
