@@ -15,11 +15,11 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::items::{ItemSpec, Prepare};
-use crate::notify::NotifierConfig;
 use crate::base::pg::{Target, TargetConfig};
 use crate::base::schedule::Schedule;
 use crate::base::units::Dur;
+use crate::items::{ItemSpec, Prepare};
+use crate::notify::NotifierConfig;
 
 /// The `[runbook]` table: defaults for the whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -383,6 +383,18 @@ impl std::error::Error for ConfigErrors {}
 
 /// The config path per SPEC: `--config`, else `$RUNBOOK_CONFIG`, else `./jobs.toml`, else
 /// `/etc/runbook/jobs.toml`.
+/// `35d`, `36h` (gaps and windows in check-config's warnings).
+fn days_or_hours(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(86400) {
+        format!("{}d", secs / 86400)
+    } else if secs >= 86400 {
+        format!("{:.1}d", secs as f64 / 86400.0)
+    } else {
+        format!("{}h", secs.div_ceil(3600))
+    }
+}
+
 pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return p.to_path_buf();
@@ -552,6 +564,7 @@ fn validate(
     }
 
     let target_names: BTreeSet<String> = raw.targets.keys().cloned().collect();
+    let job_names: BTreeSet<String> = raw.jobs.keys().cloned().collect();
     let mut jobs = BTreeMap::new();
     for (name, mut job) in raw.jobs {
         let section = format!("jobs.{name}");
@@ -624,6 +637,9 @@ fn validate(
                 loc.position_of_section(&section)
             ));
         }
+        // The longest time between two runs of the job (first Mondays: 35 days), against the
+        // look-ahead window of items that warn before a date.
+        let longest_gap = schedule.as_ref().and_then(|s| s.longest_gap_ahead(tz));
         let mut seen = BTreeSet::new();
         for (index, item) in job.items.iter_mut().enumerate() {
             let item_section = format!("jobs.{name}.items#{index}");
@@ -662,6 +678,21 @@ fn validate(
                     ),
                 ));
             }
+            // A `capacity` item reads another job's stored runs: that job must exist.
+            if let crate::items::ItemSpec::Capacity(c) = &item.spec
+                && let Some(source) = &c.job
+                && !job_names.contains(source)
+            {
+                errors.push(loc.at_key(
+                    &item_section,
+                    "job",
+                    ictx.clone(),
+                    format!(
+                        "unknown job {source:?} (defined: {})",
+                        job_names.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
             let mut prep = Prepare::new(&dir, &targets);
             item.spec.prepare(&mut prep);
             for (key, msg) in prep.errors {
@@ -673,6 +704,18 @@ fn validate(
                     "{}: job {name:?}, item {:?}: {w}",
                     loc.position_of_section(&item_section),
                     item.name
+                ));
+            }
+            if let (Some(gap), Some((key, window))) = (longest_gap, item.spec.warning_window())
+                && gap > window
+            {
+                warnings.push(format!(
+                    "{}: job {name:?}, item {:?}: the job's runs can be {} apart (the longest gap between its slots), longer than {key} ({}): a date can pass the whole window between two runs unwarned; set {key} to at least {} or check it in a job that runs more often",
+                    loc.position_of_section(&item_section),
+                    item.name,
+                    days_or_hours(gap),
+                    days_or_hours(window),
+                    days_or_hours(gap),
                 ));
             }
         }
