@@ -80,7 +80,7 @@ fn html_report_charts_each_items_values_over_the_comparable_runs_before_it() {
         "the caption: this value, the change since the previous comparable run, the range:\n{html}"
     );
     assert_eq!(
-        html.matches("solid #ffffff;border-right").count(),
+        html.matches("<td width=\"4\" bgcolor=").count(),
         5,
         "one bar per value"
     );

@@ -27,11 +27,11 @@ struct Row<'a> {
 const CHART_HEIGHT: u32 = 24;
 
 /// A small bar chart of an item's `data.value` over its recent runs, drawn as one table row of
-/// cells whose coloured part (`background`) and blank part (`border-top` in the row's colour)
-/// add up to [`CHART_HEIGHT`]: HTML tables and inline CSS only, which every mail client shows
+/// cells whose coloured part (`bgcolor`) and blank part (`border-top` in the row's colour) add
+/// up to [`CHART_HEIGHT`]: HTML tables and inline CSS only, which every mail client shows
 /// (inline SVG is dropped by Gmail and Outlook, data-URI images by several clients, remote
-/// images are off by default). About 150 bytes a bar, so 30-point charts keep a report well
-/// under Gmail's 102 KB clipping limit.
+/// images are off by default). About 100 bytes a bar: a 30-point chart is ~3 KB, so a daily
+/// report with a dozen charts stays under Gmail's 102 KB clipping limit.
 struct Chart {
     bars: Vec<Bar>,
     /// The row's background (the blank part of each bar).
