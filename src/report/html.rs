@@ -425,6 +425,32 @@ mod tests {
     }
 
     #[test]
+    fn change_and_numbers_for_people() {
+        assert_eq!(super::change_since(66.0, 72.6), "+10% since previous (66)");
+        assert_eq!(super::change_since(40.0, 39.0), "-2.5% since previous (40)");
+        assert_eq!(super::change_since(5.0, 5.0), "no change since previous");
+        assert_eq!(super::change_since(0.0, 3.0), "+3 since previous (0)");
+        assert_eq!(super::fmt_value(1_500_000_000.0), "1,500,000,000");
+        assert_eq!(super::fmt_value(71.43), "71.4");
+        assert_eq!(super::fmt_value(0.0042), "4.20e-3");
+        assert_eq!(super::fmt_value(-1234.6), "-1,235");
+    }
+
+    #[test]
+    fn a_chart_needs_an_earlier_value_and_keeps_every_bar_visible() {
+        assert!(super::chart(&[5.0], "#ffffff").is_none());
+        let c = super::chart(&[10.0, 10.0, 10.0], "#ffffff").expect("a chart");
+        assert!(
+            c.bars
+                .iter()
+                .all(|b| b.fill + b.empty == super::CHART_HEIGHT)
+        );
+        let c = super::chart(&[0.0, 50.0, 100.0], "#ffffff").expect("a chart");
+        let fills: Vec<u32> = c.bars.iter().map(|b| b.fill).collect();
+        assert_eq!(fills, vec![2, 12, 24], "from 0, the smallest still visible");
+    }
+
+    #[test]
     fn all_passed_says_so() {
         let mut r = crate::report::tests::sample();
         for i in &mut r.items {
