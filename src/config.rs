@@ -639,7 +639,11 @@ fn validate(
         }
         // The longest time between two runs of the job (first Mondays: 35 days), against the
         // look-ahead window of items that warn before a date.
-        let longest_gap = schedule.as_ref().and_then(|s| s.longest_gap_ahead(tz));
+        // Only worked out for jobs that have such an item (a minutely job steps 10 000 slots).
+        let longest_gap = schedule
+            .as_ref()
+            .filter(|_| job.items.iter().any(|i| i.spec.warning_window().is_some()))
+            .and_then(|s| s.longest_gap_ahead(tz));
         let mut seen = BTreeSet::new();
         for (index, item) in job.items.iter_mut().enumerate() {
             let item_section = format!("jobs.{name}.items#{index}");
