@@ -394,6 +394,18 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// `35d`, `36h` (gaps and windows in check-config's warnings).
+fn days_or_hours(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(86400) {
+        format!("{}d", secs / 86400)
+    } else if secs >= 86400 {
+        format!("{:.1}d", secs as f64 / 86400.0)
+    } else {
+        format!("{}h", secs.div_ceil(3600))
+    }
+}
+
 /// The config path per SPEC: `--config`, else `$RUNBOOK_CONFIG`, else `./jobs.toml`, else
 /// `/etc/runbook/jobs.toml`.
 pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
@@ -511,11 +523,13 @@ fn validate(
     let notifiers = check.notifiers(raw.notify);
     // Items naming a target that failed to resolve get that target's error, not "unknown".
     let target_names: BTreeSet<String> = raw.targets.keys().cloned().collect();
+    let job_names: BTreeSet<String> = raw.jobs.keys().cloned().collect();
     let known = Known {
         default_tz,
         notifiers: &notifiers,
         targets: &targets,
         target_names: &target_names,
+        job_names: &job_names,
     };
     let jobs = check.jobs(raw.jobs, &known);
     let cluster_target = raw.cluster.as_ref().and_then(|c| check.cluster(c));
@@ -585,6 +599,8 @@ struct Known<'a> {
     targets: &'a BTreeMap<String, Target>,
     /// Every `[targets.NAME]`, resolved or not.
     target_names: &'a BTreeSet<String>,
+    /// Every `[jobs.NAME]` (a `capacity` item reads another job's runs).
+    job_names: &'a BTreeSet<String>,
 }
 
 /// The validators of [`validate`], one per section: each checks what types cannot and records
@@ -743,7 +759,14 @@ impl Check<'_> {
                 loc.position_of_section(&section)
             ));
         }
-        self.items(&name, &mut job.items, known);
+        // The longest time between two runs of the job (first Mondays: 35 days), against the
+        // look-ahead window of items that warn before a date.
+        // Only worked out for jobs that have such an item (a minutely job steps 10 000 slots).
+        let longest_gap = schedule
+            .as_ref()
+            .filter(|_| job.items.iter().any(|i| i.spec.warning_window().is_some()))
+            .and_then(|s| s.longest_gap_ahead(tz));
+        self.items(&name, &mut job.items, known, longest_gap);
         Job {
             name,
             config: job,
@@ -814,7 +837,13 @@ impl Check<'_> {
 
     /// A job's `[[jobs.NAME.items]]`: unique non-empty names, known targets, and each kind's
     /// own rules (its `prepare`).
-    fn items(&mut self, job: &str, items: &mut [ItemConfig], known: &Known) {
+    fn items(
+        &mut self,
+        job: &str,
+        items: &mut [ItemConfig],
+        known: &Known,
+        longest_gap: Option<std::time::Duration>,
+    ) {
         let (loc, dir) = (self.loc, self.dir);
         let mut seen = BTreeSet::new();
         for (index, item) in items.iter_mut().enumerate() {
@@ -847,6 +876,21 @@ impl Check<'_> {
                     format!("unknown target {t:?} (defined: {})", or_none(&names)),
                 ));
             }
+            // A `capacity` item reads another job's stored runs: that job must exist.
+            if let crate::items::ItemSpec::Capacity(c) = &item.spec
+                && let Some(source) = &c.job
+                && !known.job_names.contains(source)
+            {
+                self.errors.push(loc.at_key(
+                    &item_section,
+                    "job",
+                    ictx.clone(),
+                    format!(
+                        "unknown job {source:?} (defined: {})",
+                        known.job_names.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
             let mut prep = Prepare::new(dir, known.targets);
             item.spec.prepare(&mut prep);
             for (key, msg) in prep.errors {
@@ -859,6 +903,18 @@ impl Check<'_> {
                     "{}: job {job:?}, item {:?}: {w}",
                     loc.position_of_section(&item_section),
                     item.name
+                ));
+            }
+            if let (Some(gap), Some((key, window))) = (longest_gap, item.spec.warning_window())
+                && gap > window
+            {
+                self.warnings.push(format!(
+                    "{}: job {job:?}, item {:?}: the job's runs can be {} apart (the longest gap between its slots), longer than {key} ({}): a date can pass the whole window between two runs unwarned; set {key} to at least {} or check it in a job that runs more often",
+                    loc.position_of_section(&item_section),
+                    item.name,
+                    days_or_hours(gap),
+                    days_or_hours(window),
+                    days_or_hours(gap),
                 ));
             }
         }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Job};
-use crate::items::{ItemCtx, Outcome, Status, Trigger};
+use crate::items::{ItemCtx, ItemSpec, Outcome, Status, Trigger};
 use crate::report::{Change, Counts, ItemReport, Report};
 use crate::store::{Lock, Store};
 
@@ -185,6 +185,20 @@ async fn run_locked(
     }
     tracing::info!(job = %job.name, run_id, trigger = opts.trigger.as_str(), "run started");
 
+    // `capacity` items forecast numbers other items stored: the runner reads them (items sit
+    // below the store) into a copy of the job, so the items themselves stay pure.
+    let with_inputs;
+    let job = if job
+        .config
+        .items
+        .iter()
+        .any(|i| matches!(i.spec, ItemSpec::Capacity(_)))
+    {
+        with_inputs = capacity_inputs(job, store, started);
+        &with_inputs
+    } else {
+        job
+    };
     let selected: Vec<usize> = (0..job.config.items.len())
         .filter(|&i| {
             opts.only_items.is_empty() || opts.only_items.contains(&job.config.items[i].name)
@@ -264,9 +278,14 @@ async fn run_locked(
         missed: opts.missed.iter().map(|m| local(*m).to_rfc3339()).collect(),
         notifications: vec![],
         previous_status: None,
+        history: Default::default(),
     };
     report.finish_status();
     report.compare_with(comparable.as_ref());
+    // The HTML report's charts: each item's value in the comparable runs before this one.
+    if let Err(e) = store.fill_history(&mut report) {
+        tracing::warn!(job = %job.name, run_id, "cannot read the items' earlier values for the report's charts: {e:#}");
+    }
     // The items have run: their report must reach a person even when the state database
     // cannot be written (disk full, locked by a stuck process). It is still printed and
     // delivered; only history loses it, and the log says so.
@@ -288,6 +307,41 @@ async fn run_locked(
     crate::failpoint!("report-stored");
     tracing::info!(job = %job.name, run_id, status = report.status.as_str(), duration_ms = report.duration_ms, "run finished");
     Ok((report, stored))
+}
+
+/// A copy of `job` whose `capacity` items carry their series' points: each series' number in
+/// the source job's stored runs (`runbook trend`'s series: dry runs left out) within the item's
+/// `window` before `now`, oldest first.
+fn capacity_inputs(job: &Job, store: &Store, now: DateTime<Utc>) -> Job {
+    /// Enough for a run every 10 minutes over 30 days; older points are outside any sane window.
+    const MAX_POINTS: usize = 5000;
+    let mut copy = job.clone();
+    for item in &mut copy.config.items {
+        let ItemSpec::Capacity(c) = &mut item.spec else {
+            continue;
+        };
+        let source = c.job.clone().unwrap_or_else(|| job.name.clone());
+        let since = now - chrono::Duration::from_std(c.window.0).unwrap_or_default();
+        c.history = c
+            .series
+            .iter()
+            .map(|s| {
+                let (points, _) = store
+                    .trend(&source, &s.item, &s.field, MAX_POINTS)
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(points
+                    .into_iter()
+                    .filter_map(|p| {
+                        let t = DateTime::parse_from_rfc3339(&p.started_at)
+                            .ok()?
+                            .with_timezone(&Utc);
+                        (t >= since && t <= now).then_some((t, p.value))
+                    })
+                    .collect())
+            })
+            .collect();
+    }
+    copy
 }
 
 /// Runs the selected items; returns (outcome, duration in ms) in the order of `selected`.

@@ -783,6 +783,61 @@ impl Store {
         })
     }
 
+    /// Fills `report.history` (the HTML report's charts, SPEC 9.3): for each of its items with a
+    /// number in `data.value`, that number in the job's comparable runs (neither `--dry-run`
+    /// nor `--item`, SPEC 9.1) before this one, at most `CHART_POINTS - 1`, oldest first, so
+    /// that with this run's own value a chart has up to [`CHART_POINTS`]. "Before" is by the
+    /// stored start of this run, so a report shown again later (status page, `report`, an
+    /// outbox retry) gets the same chart as when it was first sent. One query: the newest
+    /// comparable runs along the `(job, started_at)` index, their items read by SQLite.
+    pub fn fill_history(&self, report: &mut Report) -> Result<()> {
+        let wanted: std::collections::HashSet<&str> = report
+            .items
+            .iter()
+            .filter(|i| i.data.get("value").and_then(|v| v.as_f64()).is_some())
+            .map(|i| i.name.as_str())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let started = report
+            .started_at
+            .with_timezone(&Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let rows: Vec<(String, String, f64)> = self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT r.started_at, json_extract(j.value, '$.name'), json_extract(j.value, '$.data.value')
+                   FROM (SELECT started_at, report FROM runs
+                          WHERE job = ?1 AND report IS NOT NULL AND run_id <> ?2
+                            AND started_at < ?3 AND COALESCE(comparable, 1) = 1
+                            AND coalesce(json_extract(report, '$.dry_run'), 0) = 0
+                          ORDER BY started_at DESC LIMIT ?4) r,
+                        json_each(r.report, '$.items') j
+                  WHERE json_type(j.value, '$.data.value') IN ('integer', 'real')",
+            )?;
+            st.query_map(
+                params![
+                    report.job,
+                    report.run_id,
+                    started,
+                    (crate::report::CHART_POINTS - 1) as i64
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect()
+        })?;
+        let mut rows: Vec<_> = rows
+            .into_iter()
+            .filter(|(_, name, _)| wanted.contains(name.as_str()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        report.history.clear();
+        for (_, name, value) in rows {
+            report.history.entry(name).or_default().push(value);
+        }
+        Ok(())
+    }
+
     /// True when a stored report of `job` has an item named `item` (for "unknown item" errors
     /// about items since removed from the config).
     pub fn item_ever_stored(&self, job: &str, item: &str) -> Result<bool> {

@@ -37,6 +37,13 @@ fn demo_runs_the_shipped_jobs_against_a_throwaway_cluster_and_cleans_up() {
         stdout.contains("TODO  Review incident postmortems"),
         "{stdout}"
     );
+    // The runbook's alerts checked every morning: the stand-in answers them, and they pass.
+    for item in [
+        "API latency p99 in ms (CriticalAPILatencyP99)",
+        "Order placement failures per second (OrderPlacementFailures)",
+    ] {
+        assert!(stdout.contains(&format!("PASS  {item}")), "{stdout}");
+    }
     let html_dir = stdout
         .lines()
         .find_map(|l| l.strip_prefix("HTML reports (as e-mailed): "))

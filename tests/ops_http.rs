@@ -356,3 +356,110 @@ query = "up"
     );
     assert_eq!(item(&report, "prom down")["status"], "fail");
 }
+
+/// A Prometheus vector answer with one unlabelled sample.
+fn one_value(v: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1764900000,"{v}"]}}]}}}}"#
+        ),
+        "application/json",
+    )
+}
+
+/// A query evaluated as of about a week ago (Prometheus' `time` parameter, unix seconds).
+fn a_week_ago(req: &wiremock::Request) -> bool {
+    req.url.query_pairs().any(|(k, v)| {
+        k == "time"
+            && v.parse::<i64>().is_ok_and(|t| {
+                let ago = chrono::Utc::now().timestamp() - t;
+                (7 * 86400 - 3600..7 * 86400 + 3600).contains(&ago)
+            })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn error_trend_compares_with_the_week_before() {
+    let server = MockServer::start().await;
+    for (query, now, before) in [
+        ("errors_grew", "1240", "812"),
+        ("errors_steady", "212", "198"),
+        ("errors_few", "7", "2"),
+        ("errors_tripled", "2600", "600"),
+    ] {
+        Mock::given(method("GET"))
+            .and(path("/api/v1/query"))
+            .and(query_param("query", query))
+            .and(a_week_ago)
+            .respond_with(one_value(before))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/api/v1/query"))
+            .and(query_param("query", query))
+            .respond_with(one_value(now))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+    }
+    let item_text = |name: &str, query: &str| {
+        format!(
+            "[[jobs.t.items]]\nname = \"{name}\"\nkind = \"prometheus\"\nurl = \"{}\"\nquery = \"{query}\"\ncompare_with = \"7d\"\nwarn_increase_pct = 50\nfail_increase_pct = 200\nincrease_min = 100\n\n",
+            server.uri()
+        )
+    };
+    let items = [
+        item_text("grew", "errors_grew"),
+        item_text("steady", "errors_steady"),
+        item_text("few", "errors_few"),
+        item_text("tripled", "errors_tripled"),
+    ]
+    .concat();
+    let (code, report) = report_t(Setup::job_t("", &items)).await;
+    assert_eq!(code, 1, "{report:#}");
+
+    let grew = item(&report, "grew");
+    assert_eq!(grew["status"], "warn", "{grew:#}");
+    assert_eq!(
+        grew["summary"],
+        "1240 now, 812 7d earlier (+53%): grew more than 50%"
+    );
+    assert_eq!(grew["data"]["value"], 1240.0);
+    assert_eq!(grew["data"]["earlier_value"], 812.0);
+
+    let steady = item(&report, "steady");
+    assert_eq!(steady["status"], "pass", "{steady:#}");
+    assert_eq!(steady["summary"], "212 now, 198 7d earlier (+7.1%)");
+
+    let few = item(&report, "few");
+    assert_eq!(
+        few["status"], "pass",
+        "below increase_min a tripling is no trend: {few:#}"
+    );
+
+    let tripled = item(&report, "tripled");
+    assert_eq!(tripled["status"], "fail", "{tripled:#}");
+    assert!(
+        details(&tripled).contains("2600 now, 600 7d earlier (+333%) — FAIL (grew more than 200%)"),
+        "{tripled:#}"
+    );
+}
+
+#[test]
+fn an_increase_threshold_without_compare_with_is_a_config_error() {
+    let setup = Setup::new(
+        "[[jobs.t.items]]\nname = \"p\"\nkind = \"prometheus\"\nurl = \"http://localhost:9090\"\nquery = \"x\"\nwarn_increase_pct = 50\n",
+    );
+    let out = setup.runbook(&["check-config"]).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("warn_increase_pct needs compare_with"),
+        "{text}"
+    );
+}

@@ -333,3 +333,129 @@ async fn every_certificate_of_a_pem_file_is_checked() {
     );
     assert_eq!(item(&report, "garbage")["status"], "fail");
 }
+
+/// Serves TLS only to clients asking (SNI) for `host`, with this certificate: like a
+/// production front end that hosts several names on one address.
+async fn serve_by_sni(host: &str, cert: &Path, key: &Path) -> u16 {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).expect("cert"),
+    ))
+    .collect::<Result<_, _>>()
+    .expect("certs");
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).expect("key"),
+    ))
+    .expect("key")
+    .expect("a key");
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .expect("signing key");
+    let mut by_name = rustls::server::ResolvesServerCertUsingSni::new();
+    by_name
+        .add(host, rustls::sign::CertifiedKey::new(certs, signing))
+        .expect("add the certificate");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(by_name));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 64];
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf))
+                            .await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_name_connects_to_the_address_and_verifies_the_production_name() {
+    let pki = tempfile::tempdir().expect("temp");
+    let dir = pki.path();
+    make_ca(dir);
+    let name = "trading.trademaster.example";
+    let (cert, key) = make_leaf(dir, "prod", name, 400);
+    let port = serve_by_sni(name, &cert, &key).await;
+    let endpoint = format!("127.0.0.1:{port}");
+    let items = format!(
+        r#"
+[[jobs.t.items]]
+name = "by address"
+kind = "tls_cert"
+endpoints = [{endpoint:?}]
+ca_file = {ca:?}
+
+[[jobs.t.items]]
+name = "as the production name"
+kind = "tls_cert"
+endpoints = [{endpoint:?}]
+server_name = {name:?}
+ca_file = {ca:?}
+"#,
+        ca = dir.join("ca.pem"),
+    );
+    let setup = Setup::job_t("", &items);
+    let (_, report) = report_t(setup).await;
+    // Asking for the address gets no certificate at all from a server that picks by name.
+    let plain = item(&report, "by address");
+    assert_eq!(plain["status"], "fail", "{plain:#}");
+
+    let named = item(&report, "as the production name");
+    assert_eq!(named["status"], "pass", "{named:#}");
+    let c = cert_of(&named, &endpoint);
+    assert_eq!(
+        (
+            c["chain_verified"].as_bool(),
+            c["name_matches"].as_bool(),
+            c["server_name"].as_str(),
+            c["days_left"].as_i64()
+        ),
+        (Some(true), Some(true), Some(name), Some(400)),
+        "{c:#}"
+    );
+    assert!(
+        details(&named).contains(&format!("{endpoint} (as {name}): CN={name}")),
+        "{named:#}"
+    );
+}
+
+#[test]
+fn a_server_name_that_is_no_name_is_a_config_error() {
+    let setup = Setup::job_t(
+        "",
+        "[[jobs.t.items]]\nname = \"bad\"\nkind = \"tls_cert\"\nendpoints = [\"localhost:443\"]\nserver_name = \"not a name!\"\n",
+    );
+    let out = setup.runbook(&["check-config"]).output().unwrap();
+    let out = (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    assert_eq!(out.0, 2, "{}", out.1);
+    assert!(
+        out.1.contains("server_name") && out.1.contains("item \"bad\""),
+        "{}",
+        out.1
+    );
+}

@@ -132,6 +132,11 @@ impl Schedule {
         out.into()
     }
 
+    /// [`Schedule::longest_gap`] from now (for `check-config`'s warnings).
+    pub fn longest_gap_ahead(&self, tz: Tz) -> Option<std::time::Duration> {
+        self.longest_gap(tz, Utc::now())
+    }
+
     /// The longest time between two consecutive slots from `after` on, looking at most a year
     /// ahead and at most 10 000 slots (a 2-second schedule is regular long before that). For
     /// `0 8 * * MON-FRI` it is the weekend (72 h); across a DST change a daily slot is 25 h

@@ -805,7 +805,18 @@ async fn run_report(
         return (StatusCode::NOT_FOUND, "no such run\n").into_response();
     }
     let id = run_id.clone();
-    match read_store(&reads, &s.store, move |st| st.report(&id)).await {
+    let found = read_store(&reads, &s.store, move |st| {
+        let mut found = st.report(&id)?;
+        if let Some(r) = found.as_mut() {
+            // The charts as when the report was sent: the values before it.
+            if let Err(e) = st.fill_history(r) {
+                tracing::warn!("cannot read earlier values for the charts: {e:#}");
+            }
+        }
+        Ok(found)
+    })
+    .await;
+    match found {
         Ok(Some(r)) => Html(crate::report::html::render(&r)).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, "no such run\n").into_response(),
         // The store's own refusals ("still running", "ambiguous prefix") name only the id;

@@ -496,7 +496,14 @@ fn report(config: &Config, run: &str, job: Option<&str>, format: ReportFormat) -
         Ok(Some(r)) => {
             match format {
                 ReportFormat::Text => print!("{}", crate::report::text::render(&r)),
-                ReportFormat::Html => print!("{}", crate::report::html::render(&r)),
+                ReportFormat::Html => {
+                    // The charts as when the report was sent: the values before it.
+                    let mut r = r;
+                    if let Err(e) = store.fill_history(&mut r) {
+                        tracing::warn!("cannot read earlier values for the charts: {e:#}");
+                    }
+                    print!("{}", crate::report::html::render(&r))
+                }
                 ReportFormat::Json => println!("{}", crate::report::json::render(&r)),
             }
             ExitCode::from(EXIT_OK)

@@ -23,6 +23,7 @@ use crate::store::Store;
 pub mod alertmanager;
 pub mod backup;
 pub mod backup_verify;
+pub mod capacity;
 pub mod child_env;
 pub mod command;
 pub mod create_indexes;
@@ -330,6 +331,7 @@ pub enum ItemSpec {
     Manual(manual::Manual),
     Command(command::Command),
     KeyRotation(key_rotation::KeyRotation),
+    Capacity(capacity::Capacity),
     Backup(backup::Backup),
     RestoreDrill(restore_drill::RestoreDrill),
     Vacuum(vacuum::Vacuum),
@@ -354,6 +356,7 @@ impl ItemSpec {
             ItemSpec::Manual(_) => "manual",
             ItemSpec::Command(_) => "command",
             ItemSpec::KeyRotation(_) => "key_rotation",
+            ItemSpec::Capacity(_) => "capacity",
             ItemSpec::Backup(_) => "backup",
             ItemSpec::RestoreDrill(_) => "restore_drill",
             ItemSpec::Vacuum(_) => "vacuum",
@@ -400,6 +403,18 @@ impl ItemSpec {
         }
     }
 
+    /// The option and length of an item's look-ahead window, for kinds that warn before a date
+    /// (`tls_cert` `warn_within`, `key_rotation` `remind_before`): a job whose runs can be
+    /// further apart than this lets the date pass between two runs unwarned (`check-config`
+    /// says so).
+    pub fn warning_window(&self) -> Option<(&'static str, std::time::Duration)> {
+        match self {
+            ItemSpec::TlsCert(o) => Some(("warn_within", o.warn_within.0)),
+            ItemSpec::KeyRotation(o) => Some(("remind_before", o.remind_before.0)),
+            _ => None,
+        }
+    }
+
     /// The default timeout of this kind when the item sets none (the job's timeout caps it).
     pub fn default_timeout(&self) -> Option<std::time::Duration> {
         match self {
@@ -427,6 +442,7 @@ impl ItemSpec {
             ItemSpec::Manual(o) => o.prepare(p),
             ItemSpec::Command(o) => o.prepare(p),
             ItemSpec::KeyRotation(o) => o.prepare(p),
+            ItemSpec::Capacity(o) => o.prepare(p),
             ItemSpec::Backup(o) => o.prepare(p),
             ItemSpec::RestoreDrill(o) => o.prepare(p),
             ItemSpec::Vacuum(o) => o.prepare(p),
@@ -451,6 +467,7 @@ impl ItemSpec {
             ItemSpec::Manual(o) => o.run(ctx).await,
             ItemSpec::Command(o) => o.run(ctx).await,
             ItemSpec::KeyRotation(o) => o.run(ctx).await,
+            ItemSpec::Capacity(o) => o.run(),
             ItemSpec::Backup(o) => o.run(ctx).await,
             ItemSpec::RestoreDrill(o) => o.run(ctx).await,
             ItemSpec::Vacuum(o) => o.run(ctx).await,

@@ -6,6 +6,12 @@
 //! every series of a vector result (or the single value of a scalar) is compared with
 //! `warn_above`/`fail_above`/`warn_below`/`fail_below`, and listed with its labels. An error
 //! answer (`"status": "error"`, e.g. a PromQL syntax error) fails with Prometheus' own message.
+//!
+//! With `compare_with = "7d"` the same query is also evaluated as of that long before the run
+//! (Prometheus' `time` parameter: its own stored samples, so the comparison works from the
+//! first run and does not depend on when runbook last ran), and a series that grew by more than
+//! `warn_increase_pct`/`fail_increase_pct` percent warns/fails: "Analyze error trends from past
+//! week" as week-over-week, not a fixed count that is wrong for every traffic level.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -32,6 +38,17 @@ pub struct Prometheus {
     /// What an empty result means. Default warn.
     #[serde(default)]
     pub no_data: NoData,
+    /// Also evaluate the query this long before the run (e.g. `"7d"`: the week before) and
+    /// compare each series with its value then (matched by labels).
+    pub compare_with: Option<crate::base::units::Dur>,
+    /// With `compare_with`: warn when a series grew by more than this many percent since then.
+    pub warn_increase_pct: Option<f64>,
+    /// With `compare_with`: fail when a series grew by more than this many percent since then.
+    pub fail_increase_pct: Option<f64>,
+    /// With `compare_with`: growth is judged only for a value now of at least this (from 2
+    /// errors to 7 is +250% and no trend). Default 0.
+    #[serde(default)]
+    pub increase_min: f64,
 }
 
 /// What an empty query result means.
@@ -57,6 +74,38 @@ struct Series {
 impl Prometheus {
     pub fn prepare(&mut self, p: &mut Prepare) {
         check_url(p, "url", &self.url);
+        for (key, v) in [
+            ("warn_increase_pct", self.warn_increase_pct),
+            ("fail_increase_pct", self.fail_increase_pct),
+        ] {
+            if v.is_some() && self.compare_with.is_none() {
+                p.error(
+                    key,
+                    format!(
+                        "{key} needs compare_with (how long before to compare with, e.g. \"7d\")"
+                    ),
+                );
+            }
+            if let Some(v) = v
+                && !(v >= 0.0 && v.is_finite())
+            {
+                p.error(
+                    key,
+                    format!("{key} must be a percentage of 0 or more, not {v}"),
+                );
+            }
+        }
+        if let (Some(w), Some(f)) = (self.warn_increase_pct, self.fail_increase_pct)
+            && w > f
+        {
+            p.error(
+                "warn_increase_pct",
+                format!("warn_increase_pct ({w}) is above fail_increase_pct ({f})"),
+            );
+        }
+        if self.compare_with.is_some_and(|d| d.0.is_zero()) {
+            p.error("compare_with", "compare_with must be longer than 0");
+        }
         if self.query.trim().is_empty() {
             p.error("query", "the PromQL query is empty");
         }
@@ -102,24 +151,137 @@ impl Prometheus {
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
+        let (series, warnings) = match self.query_at(ctx, None).await {
+            Ok(r) => r,
+            Err(o) => return o,
+        };
+        let Some(ago) = self.compare_with else {
+            return self.judge_all(series, warnings);
+        };
+        let then_at = ctx.started_at - chrono::Duration::from_std(ago.0).unwrap_or_default();
+        let (then, mut then_warnings) = match self.query_at(ctx, Some(then_at)).await {
+            Ok(r) => r,
+            Err(mut o) => {
+                o.summary = format!("{} earlier: {}", days_text(ago.0), o.summary);
+                return o;
+            }
+        };
+        let mut warnings = warnings;
+        warnings.append(&mut then_warnings);
+        let mut o = self.judge_all(series.clone(), warnings);
+        self.compare(&mut o, &series, &then, ago.0);
+        o
+    }
+
+    /// Each series against its value `ago` earlier (matched by labels): the change in the
+    /// details and data, and `warn_increase_pct`/`fail_increase_pct` applied to growth.
+    fn compare(&self, o: &mut Outcome, now: &[Series], then: &[Series], ago: std::time::Duration) {
+        let window = days_text(ago);
+        let mut lines = Vec::new();
+        let mut earlier = Vec::new();
+        let mut single: Option<(f64, f64, Option<f64>, String)> = None;
+        let absolute = o.status;
+        for s in now {
+            let before = then.iter().find(|t| t.labels == s.labels).map(|t| t.value);
+            let label = labels_text(&s.labels)
+                .map(|l| format!("{l}: "))
+                .unwrap_or_default();
+            let Some(b) = before.filter(|b| b.is_finite()) else {
+                lines.push(format!(
+                    "{label}{} now, no value {window} earlier",
+                    num(s.value)
+                ));
+                continue;
+            };
+            let change = (b != 0.0 && s.value.is_finite()).then(|| (s.value - b) / b.abs() * 100.0);
+            let mut verdict = String::new();
+            let mut why = String::new();
+            if let Some(c) = change.filter(|_| s.value >= self.increase_min) {
+                let over = |limit: Option<f64>| limit.filter(|l| c > *l);
+                if let Some(l) = over(self.fail_increase_pct) {
+                    o.escalate(Status::Fail);
+                    why = format!("grew more than {}%", num(l));
+                    verdict = format!(" — FAIL ({why})");
+                } else if let Some(l) = over(self.warn_increase_pct) {
+                    o.escalate(Status::Warn);
+                    why = format!("grew more than {}%", num(l));
+                    verdict = format!(" — WARN ({why})");
+                }
+            }
+            lines.push(format!(
+                "{label}{} now, {} {window} earlier ({}){verdict}",
+                num(s.value),
+                num(b),
+                change_text(change, s.value)
+            ));
+            earlier.push(json!({"labels": s.labels, "value": b, "change_percent": change}));
+            if now.len() == 1 {
+                single = Some((s.value, b, change, why));
+            }
+        }
+        if let Some((v, b, change, why)) = single {
+            // The absolute thresholds' reason when they were crossed, else the growth's.
+            let reason = if absolute != Status::Pass {
+                format!(": {}", o.summary)
+            } else if !why.is_empty() {
+                format!(": {why}")
+            } else {
+                String::new()
+            };
+            o.summary = format!(
+                "{} now, {} {window} earlier ({}){reason}",
+                num(v),
+                num(b),
+                change_text(change, v),
+            );
+            o.data["earlier_value"] = json!(b);
+            o.data["change_percent"] = json!(change);
+        }
+        o.data["compare_with"] = json!(window);
+        o.data["earlier"] = json!(earlier);
+        // Before the "query: ..." line.
+        let at = o
+            .details
+            .iter()
+            .position(|d| d.starts_with("query: "))
+            .unwrap_or(o.details.len());
+        for (i, l) in lines.into_iter().enumerate() {
+            o.details.insert(at + i, l);
+        }
+    }
+
+    /// Runs the query (as of `at`, or now): the series and Prometheus' warnings, or the
+    /// failed outcome saying why.
+    async fn query_at(
+        &self,
+        ctx: &ItemCtx,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(Vec<Series>, Vec<String>), Outcome> {
         let base = self.url.trim_end_matches('/');
         let mut url = match reqwest::Url::parse(&format!("{base}/api/v1/query")) {
             Ok(u) => u,
-            Err(e) => return Outcome::fail(format!("invalid URL {:?}: {e}", self.url)),
+            Err(e) => return Err(Outcome::fail(format!("invalid URL {:?}: {e}", self.url))),
         };
         url.query_pairs_mut().append_pair("query", &self.query);
+        if let Some(at) = at {
+            url.query_pairs_mut()
+                .append_pair("time", &at.timestamp().to_string());
+        }
+        let fail = |o: Outcome| -> Result<(Vec<Series>, Vec<String>), Outcome> { Err(o) };
         let (http_status, body) = match get_text(ctx, "Prometheus", &self.url, url).await {
             Ok(r) => r,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return fail(Outcome::fail(e)),
         };
         let doc: serde_json::Value = match serde_json::from_str(&body) {
             Ok(d) => d,
             Err(_) => {
-                return Outcome::fail(format!(
-                    "Prometheus answered {} with a body that is not JSON",
-                    http_status.as_u16()
-                ))
-                .detail(format!("received: {}", trim_for_report(&body, 400)));
+                return fail(
+                    Outcome::fail(format!(
+                        "Prometheus answered {} with a body that is not JSON",
+                        http_status.as_u16()
+                    ))
+                    .detail(format!("received: {}", trim_for_report(&body, 400))),
+                );
             }
         };
         // Prometheus answers errors (bad PromQL: 400, execution errors: 422/503) with
@@ -133,21 +295,24 @@ impl Prometheus {
                 .get("error")
                 .and_then(|s| s.as_str())
                 .unwrap_or("no message");
-            return Outcome::fail(format!(
-                "query failed ({kind}): {}",
-                trim_for_report(msg, 300)
-            ))
-            .detail(format!("query: {}", self.query))
-            .detail(format!("HTTP {}", http_status.as_u16()))
-            .with_data(
-                json!({"url": self.url, "query": self.query, "error_type": kind, "error": msg}),
+            return fail(
+                Outcome::fail(format!(
+                    "query failed ({kind}): {}",
+                    trim_for_report(msg, 300)
+                ))
+                .detail(format!("query: {}", self.query))
+                .detail(format!("HTTP {}", http_status.as_u16()))
+                .with_data(
+                    json!({"url": self.url, "query": self.query, "error_type": kind, "error": msg}),
+                ),
             );
         }
         let series = match parse_result(&doc) {
             Ok(s) => s,
             Err(e) => {
-                return Outcome::fail(e)
-                    .detail(format!("received: {}", trim_for_report(&body, 400)));
+                return fail(
+                    Outcome::fail(e).detail(format!("received: {}", trim_for_report(&body, 400))),
+                );
             }
         };
         let warnings: Vec<String> = doc
@@ -159,7 +324,7 @@ impl Prometheus {
                     .collect()
             })
             .unwrap_or_default();
-        self.judge_all(series, warnings)
+        Ok((series, warnings))
     }
 
     fn judge_all(&self, series: Vec<Series>, warnings: Vec<String>) -> Outcome {
@@ -374,6 +539,29 @@ fn labels_text(labels: &serde_json::Map<String, serde_json::Value>) -> Option<St
     }
 }
 
+/// "+53%", "-12%", "none before" (0 then), "no change".
+fn change_text(change: Option<f64>, now: f64) -> String {
+    match change {
+        Some(0.0) => "no change".into(),
+        Some(c) if c.abs() < 9.95 => format!("{c:+.1}%"),
+        Some(c) => format!("{c:+.0}%"),
+        None if now == 0.0 => "no change".into(),
+        None => "none before".into(),
+    }
+}
+
+/// `7d`, `36h`: a `compare_with` for people.
+fn days_text(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(86400) {
+        format!("{}d", secs / 86400)
+    } else if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else {
+        crate::base::units::Dur(d).to_string()
+    }
+}
+
 /// A number for people: up to 4 decimals, no trailing zeros.
 fn num(v: f64) -> String {
     if !v.is_finite() {
@@ -398,6 +586,10 @@ mod tests {
             warn_below: None,
             fail_below: Some(1.0),
             no_data: NoData::Warn,
+            compare_with: None,
+            warn_increase_pct: None,
+            fail_increase_pct: None,
+            increase_min: 0.0,
         };
         assert_eq!(p.judge(50.0).0, Status::Pass);
         assert_eq!(p.judge(81.0).0, Status::Warn);

@@ -44,6 +44,10 @@ pub struct TlsCert {
     /// name. Default true; false checks expiry only (e.g. self-signed internal endpoints).
     #[serde(default = "default_verify")]
     pub verify: bool,
+    /// The name to ask for (SNI) and to match the certificate against, for every endpoint,
+    /// instead of the endpoint's host: connect to `localhost:443` or `10.0.4.7:443` and verify
+    /// `trading.trademaster.example`, the name the certificate carries. Default: the host.
+    pub server_name: Option<String>,
 }
 
 fn default_warn() -> Dur {
@@ -162,6 +166,14 @@ impl TlsCert {
                 p.error("endpoints", m);
             }
         }
+        if let Some(name) = &self.server_name
+            && ServerName::try_from(name.clone()).is_err()
+        {
+            p.error(
+                "server_name",
+                format!("server_name {name:?} is not a DNS name or an IP address"),
+            );
+        }
         if self.fail_within > self.warn_within {
             p.error(
                 "fail_within",
@@ -190,7 +202,7 @@ impl TlsCert {
             for endpoint in &self.endpoints {
                 let budget = super::http::remaining(ctx).min(Duration::from_secs(15));
                 let result = tokio::select! {
-                    r = tokio::time::timeout(budget, handshake(endpoint, roots.clone())) => r
+                    r = tokio::time::timeout(budget, handshake(endpoint, self.server_name.as_deref(), roots.clone())) => r
                         .unwrap_or_else(|_| Err(format!("no TLS handshake within {}s", budget.as_secs()))),
                     _ = ctx.cancel.cancelled() => Err("interrupted".into()),
                 };
@@ -373,7 +385,12 @@ impl TlsCert {
             }
         };
         let (mut status, when) = self.expiry(&info, now);
-        let mut short = format!("{endpoint} {when}");
+        // "localhost:443 (as trading.example)": the address connected to and the name checked.
+        let shown = match &self.server_name {
+            Some(name) => format!("{endpoint} (as {name})"),
+            None => endpoint.to_string(),
+        };
+        let mut short = format!("{shown} {when}");
         let mut problems = Vec::new();
         if let Err(e) = &hs.chain {
             problems.push(format!("chain does not verify: {e}"));
@@ -383,14 +400,14 @@ impl TlsCert {
         }
         if self.verify && !problems.is_empty() && status != Status::Fail {
             status = Status::Fail;
-            short = format!("{endpoint}: {}", problems.join(", "));
+            short = format!("{shown}: {}", problems.join(", "));
         }
         let verified = match (&hs.chain, &hs.name) {
             (Ok(()), Ok(())) => "chain verifies, name matches".to_string(),
             _ => problems.join("; "),
         };
         let line = format!(
-            "{endpoint}: {} — {when} ({}), issuer {}; {verified}; names: {}",
+            "{shown}: {} — {when} ({}), issuer {}; {verified}; names: {}",
             info.subject,
             info.not_after.format("%Y-%m-%d"),
             info.issuer,
@@ -401,7 +418,7 @@ impl TlsCert {
             }
         );
         let data = json!({
-            "endpoint": endpoint, "subject": info.subject, "issuer": info.issuer, "names": info.names,
+            "endpoint": endpoint, "server_name": self.server_name, "subject": info.subject, "issuer": info.issuer, "names": info.names,
             "not_after": info.not_after.to_rfc3339(), "days_left": days_left(&info, now),
             "chain_verified": hs.chain.is_ok(), "chain_error": hs.chain.err(),
             "name_matches": hs.name.is_ok(), "name_error": hs.name.err(),
@@ -434,8 +451,13 @@ struct Handshake {
     protocol: Option<String>,
 }
 
-async fn handshake(endpoint: &str, roots: Arc<rustls::RootCertStore>) -> Result<Handshake, String> {
+async fn handshake(
+    endpoint: &str,
+    name: Option<&str>,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<Handshake, String> {
     let (host, port) = split_endpoint(endpoint)?;
+    let name = name.map(str::to_string).unwrap_or_else(|| host.clone());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let inner =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
@@ -452,8 +474,8 @@ async fn handshake(endpoint: &str, roots: Arc<rustls::RootCertStore>) -> Result<
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|e| format!("{host:?} is not a valid server name: {e}"))?;
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|e| format!("{name:?} is not a valid server name: {e}"))?;
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("connect to {host}:{port}: {e}"))?;

@@ -678,6 +678,7 @@ pub fn test_report(host: &str, timezone: &str) -> Report {
         missed: vec![],
         notifications: vec![],
         previous_status: None,
+        history: Default::default(),
     };
     r.finish_status();
     r

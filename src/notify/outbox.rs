@@ -210,7 +210,13 @@ async fn flush_pass(
         };
         let attempts = entry.attempts.max(0) as u32 + 1;
         let report = match store.report(&key.run_id) {
-            Ok(Some(r)) => r,
+            Ok(Some(mut r)) => {
+                // A retry shows the same charts as the first attempt would have.
+                if let Err(e) = store.fill_history(&mut r) {
+                    tracing::warn!("cannot read earlier values for the charts: {e:#}");
+                }
+                r
+            }
             Ok(None) | Err(_) => {
                 store.outbox_mark_failed(
                     key,

@@ -119,7 +119,16 @@ pub struct Report {
     /// job's first run. Only for `on = "change"` at delivery time: not part of the JSON.
     #[serde(skip)]
     pub previous_status: Option<Status>,
+    /// Each item's `data.value` in the comparable runs before this one, oldest first, by item
+    /// name (at most [`CHART_POINTS`] - 1 values): the HTML report's charts (SPEC 9.3). Filled
+    /// from the store by whoever renders (`Store::fill_history`); the renderers only read it.
+    /// Not part of the JSON.
+    #[serde(skip)]
+    pub history: std::collections::BTreeMap<String, Vec<f64>>,
 }
+
+/// The number of values a chart in the HTML report shows at most (this run's included).
+pub const CHART_POINTS: usize = 30;
 
 impl Report {
     /// Fills `status` and `counts` from the items.
@@ -307,6 +316,7 @@ pub mod tests {
             missed: vec![],
             notifications: vec![],
             previous_status: None,
+            history: Default::default(),
         };
         r.finish_status();
         r.compare_with(None);
