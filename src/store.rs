@@ -133,19 +133,8 @@ pub enum Lock {
 }
 
 /// Where `log_scan` stopped reading a file: committed with the report of the run that read up
-/// to it ([`Store::finish_run`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanOffset {
-    pub job: String,
-    pub item: String,
-    /// The configured file (its path as the item names it).
-    pub file: String,
-    pub inode: u64,
-    /// Bytes read, always at a line end.
-    pub offset: u64,
-    /// A hash of the file's first bytes (inodes are reused after rotation).
-    pub fingerprint: u64,
-}
+/// to it ([`Store::finish_run`]). Defined with the items, which produce it.
+pub use crate::items::state::ScanOffset;
 
 /// One line of `history`.
 #[derive(Debug, Clone, Serialize)]
@@ -986,6 +975,49 @@ impl Store {
             )
             .optional()
         })
+    }
+}
+
+/// The items' narrow view of the store: their own offsets and earlier results.
+impl crate::items::state::StateSource for Store {
+    fn scan_offset(
+        &self,
+        job: &str,
+        item: &str,
+        file: &str,
+    ) -> std::result::Result<
+        Option<crate::items::state::FilePosition>,
+        crate::items::state::StateError,
+    > {
+        Store::scan_offset(self, job, item, file)
+            .map_err(|e| crate::items::state::StateError(format!("{e:#}")))
+    }
+
+    fn earlier_results(
+        &self,
+        job: &str,
+        item: &str,
+        kind: &str,
+        limit: usize,
+    ) -> std::result::Result<Vec<crate::items::state::EarlierResult>, crate::items::state::StateError>
+    {
+        let reports = self
+            .recent_reports(job, limit)
+            .map_err(|e| crate::items::state::StateError(format!("{e:#}")))?;
+        Ok(reports
+            .into_iter()
+            .filter_map(|r| {
+                let found = r
+                    .items
+                    .into_iter()
+                    .find(|i| i.name == item && i.kind == kind)?;
+                Some(crate::items::state::EarlierResult {
+                    run_id: r.run_id,
+                    status: found.status,
+                    data: found.data,
+                })
+            })
+            .collect())
     }
 }
 

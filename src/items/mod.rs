@@ -14,15 +14,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::base::pg::Target;
-use crate::store::Store;
+pub use crate::base::status::{Status, Trigger};
 
 pub mod alertmanager;
 pub mod backup;
-pub mod backup_verify;
 pub mod child_env;
 pub mod command;
 pub mod create_indexes;
@@ -37,68 +36,12 @@ pub mod replication;
 pub mod restore_drill;
 pub mod slow_queries;
 pub mod sql;
+pub mod state;
+pub mod support;
 pub mod system;
 pub mod tls_cert;
 pub mod vacuum;
 pub mod wal_archive;
-
-/// The status of one item, and of a run (the worst of its items).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pass,
-    /// A checklist line for a person: shown unchecked.
-    Manual,
-    /// Not run (dry run, or excluded); the plan is in the details.
-    Skipped,
-    Warn,
-    Fail,
-}
-
-/// The report line for workers whose connection failed (`max_connections` reached, say): they
-/// took nothing and the others did their share, but the run was slower than asked and the
-/// reason matters. `None` when every worker connected.
-pub fn workers_failed_line(errors: &[String], workers: usize) -> Option<String> {
-    (!errors.is_empty()).then(|| {
-        format!(
-            "{} of {workers} worker connection(s) failed, so fewer tables ran at once: {}",
-            errors.len(),
-            errors.join("; ")
-        )
-    })
-}
-
-impl Status {
-    /// Severity for "worst first" and for the run status: manual and skipped count as pass.
-    pub fn severity(self) -> u8 {
-        match self {
-            Status::Pass | Status::Manual | Status::Skipped => 0,
-            Status::Warn => 1,
-            Status::Fail => 2,
-        }
-    }
-
-    /// The four-letter tag of the text report.
-    pub fn tag(self) -> &'static str {
-        match self {
-            Status::Pass => "PASS",
-            Status::Warn => "WARN",
-            Status::Fail => "FAIL",
-            Status::Skipped => "SKIP",
-            Status::Manual => "TODO",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pass => "pass",
-            Status::Warn => "warn",
-            Status::Fail => "fail",
-            Status::Skipped => "skipped",
-            Status::Manual => "manual",
-        }
-    }
-}
 
 /// What one item found.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,7 +56,7 @@ pub struct Outcome {
     /// State to remember only together with the report that accounts for it (`log_scan`'s new
     /// offsets): the runner writes it in the report's own transaction, so a crash before the
     /// report is stored leaves the old state and the next run reads those lines again.
-    pub pending: Vec<crate::store::ScanOffset>,
+    pub pending: Vec<state::ScanOffset>,
 }
 
 impl Outcome {
@@ -154,7 +97,7 @@ impl Outcome {
         self
     }
     /// State committed with the report (see [`Outcome::pending`]).
-    pub fn with_pending(mut self, pending: Vec<crate::store::ScanOffset>) -> Outcome {
+    pub fn with_pending(mut self, pending: Vec<state::ScanOffset>) -> Outcome {
         self.pending = pending;
         self
     }
@@ -162,25 +105,6 @@ impl Outcome {
     pub fn escalate(&mut self, status: Status) {
         if status.severity() > self.status.severity() {
             self.status = status;
-        }
-    }
-}
-
-/// How a run was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Manual,
-    Schedule,
-    CatchUp,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Manual => "manual",
-            Trigger::Schedule => "schedule",
-            Trigger::CatchUp => "catch_up",
         }
     }
 }
@@ -201,7 +125,8 @@ pub struct ItemCtx {
     /// The config file's folder: relative paths are relative to it.
     pub config_dir: PathBuf,
     pub targets: Arc<BTreeMap<String, Target>>,
-    pub store: Store,
+    /// This item's own remembered state (log offsets, its earlier results); never the store.
+    pub state: state::ItemState,
     /// Cancelled when the run must stop (job timeout, daemon shutdown). Items that hold external
     /// resources (child processes, scratch databases) clean up when it fires.
     pub cancel: CancellationToken,
@@ -217,6 +142,15 @@ pub struct ItemCtx {
 }
 
 impl ItemCtx {
+    /// The context of the item `item` of kind `kind`, from the run's shared one.
+    pub fn for_item(&self, item: &str, kind: &str) -> ItemCtx {
+        ItemCtx {
+            item: item.to_string(),
+            state: self.state.for_item(item, kind),
+            ..self.clone()
+        }
+    }
+
     /// The target called `name` (validated at load, so it exists).
     pub fn target(&self, name: &str) -> Result<&Target, String> {
         self.targets

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{check_url, get_text, trim_for_report};
+use super::support::http::{BaseUrl, get_text, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
 
 /// Options of `kind = "prometheus"`.
@@ -18,7 +18,7 @@ use super::{ItemCtx, Outcome, Prepare, Status};
 #[serde(deny_unknown_fields)]
 pub struct Prometheus {
     /// Base URL, e.g. `http://localhost:9090`.
-    pub url: String,
+    pub url: BaseUrl,
     /// The PromQL expression, evaluated as an instant query at "now".
     pub query: String,
     /// Warn when a series' value is above this.
@@ -56,7 +56,6 @@ struct Series {
 
 impl Prometheus {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        check_url(p, "url", &self.url);
         if self.query.trim().is_empty() {
             p.error("query", "the PromQL query is empty");
         }
@@ -102,13 +101,9 @@ impl Prometheus {
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
-        let base = self.url.trim_end_matches('/');
-        let mut url = match reqwest::Url::parse(&format!("{base}/api/v1/query")) {
-            Ok(u) => u,
-            Err(e) => return Outcome::fail(format!("invalid URL {:?}: {e}", self.url)),
-        };
+        let mut url = self.url.endpoint("/api/v1/query");
         url.query_pairs_mut().append_pair("query", &self.query);
-        let (http_status, body) = match get_text(ctx, "Prometheus", &self.url, url).await {
+        let (http_status, body) = match get_text(ctx, "Prometheus", self.url.as_str(), url).await {
             Ok(r) => r,
             Err(e) => return Outcome::fail(e),
         };
@@ -391,7 +386,7 @@ mod tests {
     #[test]
     fn values_and_thresholds() {
         let p = Prometheus {
-            url: "http://p".into(),
+            url: BaseUrl::try_from("http://p".to_string()).expect("valid"),
             query: "x".into(),
             warn_above: Some(80.0),
             fail_above: Some(95.0),
