@@ -91,7 +91,7 @@ impl Alertmanager {
         let (status, body) =
             match get_text(ctx, "Alertmanager", self.url.as_str(), url.clone()).await {
                 Ok(r) => r,
-                Err(e) => return Outcome::fail(e),
+                Err(e) => return Outcome::fail(e.to_string()),
             };
         if !status.is_success() {
             return Outcome::fail(format!(

@@ -103,7 +103,10 @@ impl Backup {
             .await
             {
                 Ok(s) => s,
-                Err(e) => return Outcome::fail(e).with_data(serde_json::json!({ "dir": dir })),
+                Err(e) => {
+                    return Outcome::fail(e.to_string())
+                        .with_data(serde_json::json!({ "dir": dir }));
+                }
             };
             let now = SystemTime::now();
             let Some(newest_i) = sel.newest else {
@@ -301,7 +304,7 @@ pub async fn verify_entry(
             Ok(h) => Some(h),
             Err(m) => {
                 v.checksum = "error";
-                v.problems.push(m);
+                v.problems.push(m.to_string());
                 None
             }
         },
@@ -527,7 +530,7 @@ pub async fn verify_entry(
             }
             Err(m) => {
                 v.checksum = "error";
-                v.problems.push(m);
+                v.problems.push(m.to_string());
             }
         }
     } else if expected.is_none() && sidecar.is_none() && !e.is_dir {

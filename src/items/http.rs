@@ -131,7 +131,7 @@ impl Http {
         if let Some(ca) = &self.ca_file
             && let Err(e) = load_ca(&p.path(ca))
         {
-            p.error("ca_file", e);
+            p.error("ca_file", e.to_string());
         }
         for a in &self.json {
             let given = [
@@ -165,7 +165,7 @@ impl Http {
         let ca = match &self.ca_file {
             Some(path) => match load_ca(&ctx.path(path)) {
                 Ok(c) => c,
-                Err(e) => return Outcome::fail(e),
+                Err(e) => return Outcome::fail(e.to_string()),
             },
             None => Vec::new(),
         };
@@ -176,7 +176,7 @@ impl Http {
         };
         let client = match client(ctx, &ca, policy) {
             Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
             .unwrap_or(reqwest::Method::GET);

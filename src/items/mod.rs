@@ -152,10 +152,10 @@ impl ItemCtx {
     }
 
     /// The target called `name` (validated at load, so it exists).
-    pub fn target(&self, name: &str) -> Result<&Target, String> {
+    pub fn target(&self, name: &str) -> Result<&Target, TargetError> {
         self.targets
             .get(name)
-            .ok_or_else(|| format!("unknown target {name:?}"))
+            .ok_or_else(|| TargetError::Unknown(name.to_string()))
     }
 
     /// A connection for a read-only check on the target called `name`: its statements run
@@ -165,9 +165,9 @@ impl ItemCtx {
     pub async fn check_connection(
         &self,
         name: &str,
-    ) -> Result<(&Target, tokio_postgres::Client), String> {
+    ) -> Result<(&Target, tokio_postgres::Client), TargetError> {
         let target = self.target(name)?;
-        let client = target.connect().await?;
+        let client = target.connect().await.map_err(TargetError::Connect)?;
         let timeout = target.check_timeout_ms(self.deadline);
         let _ = client
             .batch_execute(&format!(
@@ -185,6 +185,17 @@ impl ItemCtx {
             self.config_dir.join(p)
         }
     }
+}
+
+/// Why an item cannot use its target.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Not in `[targets]` (the config refuses that at load; kept for items run by hand).
+    #[error("unknown target {0:?}")]
+    Unknown(String),
+    /// The connection failed (the reason, as `base::pg` words it).
+    #[error("{0}")]
+    Connect(String),
 }
 
 /// Load-time checks of one item: collects errors (with the key they concern) and warnings.
@@ -414,4 +425,50 @@ pub struct SqlCheck {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub expect: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ItemSpec;
+
+    /// The error of reading `toml` as an item, or `None` when it reads. (The config names the
+    /// file, line, column, job and item of such an error: `tests/cli.rs`.)
+    fn read_error(toml: &str) -> Option<String> {
+        toml::from_str::<ItemSpec>(toml)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn options_that_can_be_checked_are_refused_when_the_config_is_read() {
+        let cases = [
+            (
+                "kind = \"backup\"\ndir = \"/b\"\npattern = \"[oops\"\n",
+                "invalid glob \"[oops\"",
+            ),
+            (
+                "kind = \"restore_drill\"\ntarget = \"db\"\ndir = \"/b\"\npattern = \"[oops\"\n",
+                "invalid glob \"[oops\"",
+            ),
+            (
+                "kind = \"log_scan\"\nfiles = [\"/l\"]\npattern = \"(unclosed\"\n",
+                "invalid regex",
+            ),
+            (
+                "kind = \"alertmanager\"\nurl = \"ftp://am:9093\"\n",
+                "unsupported URL scheme \"ftp\"",
+            ),
+            (
+                "kind = \"prometheus\"\nurl = \"not a url\"\nquery = \"up\"\n",
+                "invalid URL \"not a url\"",
+            ),
+        ];
+        for (toml, words) in cases {
+            let err = read_error(toml).unwrap_or_else(|| panic!("accepted:\n{toml}"));
+            assert!(err.contains(words), "expected {words:?} in {err}");
+        }
+        // The defaults and good values read.
+        assert_eq!(read_error("kind = \"backup\"\ndir = \"/b\"\n"), None);
+        assert_eq!(read_error("kind = \"log_scan\"\nfiles = [\"/l\"]\n"), None);
+    }
 }

@@ -105,7 +105,7 @@ impl Prometheus {
         url.query_pairs_mut().append_pair("query", &self.query);
         let (http_status, body) = match get_text(ctx, "Prometheus", self.url.as_str(), url).await {
             Ok(r) => r,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let doc: serde_json::Value = match serde_json::from_str(&body) {
             Ok(d) => d,

@@ -161,7 +161,7 @@ impl RestoreDrill {
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let target = match ctx.target(&self.target) {
             Ok(t) => t.clone(),
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let scratch = self.scratch_name(ctx);
         if !is_scratch_name(&scratch) {
@@ -181,7 +181,7 @@ impl RestoreDrill {
         .await
         {
             Ok(s) => s,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let Some(i) = sel.newest else {
             let why = if sel.all.is_empty() {
@@ -573,7 +573,7 @@ impl RestoreDrill {
                     pg_tools::run_tool_with_input(cmd, ctx.deadline, &ctx.cancel, false, Some(rx))
                         .await;
                 match feeder.await {
-                    Ok(Err(e)) if e != "psql stopped reading" => {
+                    Ok(Err(e)) if !matches!(e, plain_guard::FeedError::PsqlStopped) => {
                         return DrillResult {
                             restore_error: Some(format!("plain dump refused or unreadable: {e}")),
                             ..Default::default()

@@ -219,7 +219,7 @@ impl Vacuum {
         let started = Instant::now();
         let target = match ctx.target(&self.target) {
             Ok(t) => t.clone(),
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         // The planning connection is a maintenance one (under `lock_timeout`): it becomes the
         // first worker.

@@ -85,7 +85,7 @@ impl WalArchive {
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let (target, client) = match ctx.check_connection(&self.target).await {
             Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let a = match read(&client).await {
             Ok(a) => a,

@@ -82,19 +82,43 @@ fn is_sidecar(name: &str) -> bool {
         .any(|s| name.ends_with(s))
 }
 
+/// Why a backup folder could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("backup folder {} does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("backup folder {} is not readable by this user: {source}", .dir.display())]
+    NotReadable {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read backup folder {}: {source}", .dir.display())]
+    Read {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The listing task died (a panic).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
 /// The files and folders of `dir` whose names match `pattern`, newest first.
-pub fn list_backups(dir: &Path, pattern: &globset::GlobMatcher) -> Result<Vec<Entry>, String> {
+pub fn list_backups(dir: &Path, pattern: &globset::GlobMatcher) -> Result<Vec<Entry>, ListError> {
+    let read = |source| ListError::Read {
+        dir: dir.to_path_buf(),
+        source,
+    };
     let rd = std::fs::read_dir(dir).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("backup folder {} does not exist", dir.display()),
-        std::io::ErrorKind::PermissionDenied => format!(
-            "backup folder {} is not readable by this user: {e}",
-            dir.display()
-        ),
-        _ => format!("cannot read backup folder {}: {e}", dir.display()),
+        std::io::ErrorKind::NotFound => ListError::Missing(dir.to_path_buf()),
+        std::io::ErrorKind::PermissionDenied => ListError::NotReadable {
+            dir: dir.to_path_buf(),
+            source: e,
+        },
+        _ => read(e),
     })?;
     let mut out = Vec::new();
     for de in rd {
-        let de = de.map_err(|e| format!("cannot read backup folder {}: {e}", dir.display()))?;
+        let de = de.map_err(read)?;
         let name = de.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || is_sidecar(&name) || !pattern.is_match(&name) {
             continue;
@@ -239,11 +263,11 @@ pub async fn select_newest(
     settle: Duration,
     restat_after: Duration,
     exclude: &[(PathBuf, String)],
-) -> Result<Selection, String> {
+) -> Result<Selection, ListError> {
     let (dir2, pattern2) = (dir.to_path_buf(), pattern.clone());
     let all = tokio::task::spawn_blocking(move || list_backups(&dir2, &pattern2))
         .await
-        .map_err(|e| format!("internal error: {e}"))??;
+        .map_err(|e| ListError::Internal(e.to_string()))??;
     let now = SystemTime::now();
     let mut in_progress = Vec::new();
     let mut newest = None;

@@ -23,9 +23,24 @@ pub fn sidecar(e: &Entry) -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// Why a checksum sidecar gives no digest.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("cannot read checksum file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checksum file {} is not in sha256sum format (\"<64 hex digits>  <file>\")", .0.display())]
+    Format(PathBuf),
+}
+
 /// Reads the expected digest from a `sha256sum`-format sidecar (`HEX  NAME` or `HEX *NAME`).
-pub fn read_sidecar(path: &Path) -> Result<String, String> {
-    let cannot = |e: std::io::Error| format!("cannot read checksum file {}: {e}", path.display());
+pub fn read_sidecar(path: &Path) -> Result<String, SidecarError> {
+    let cannot = |source| SidecarError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     // Line by line, each cut at 64 KiB: a sidecar is one short line, whatever the file holds.
     let mut r = std::io::BufReader::new(std::fs::File::open(path).map_err(cannot)?);
     let mut line = Vec::new();
@@ -41,10 +56,7 @@ pub fn read_sidecar(path: &Path) -> Result<String, String> {
     }
     let hex = first.split_whitespace().next().unwrap_or("");
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "checksum file {} is not in sha256sum format (\"<64 hex digits>  <file>\")",
-            path.display()
-        ));
+        return Err(SidecarError::Format(path.to_path_buf()));
     }
     Ok(hex.to_ascii_lowercase())
 }

@@ -41,12 +41,61 @@ pub fn remaining(ctx: &ItemCtx) -> Duration {
         .max(Duration::from_secs(1))
 }
 
+/// Why a monitoring API gave no answer to read.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    /// No answer (refused, timed out, TLS failure).
+    #[error("{service} at {base} unreachable: {reason}")]
+    Unreachable {
+        service: String,
+        base: String,
+        reason: String,
+    },
+    /// The answer broke off.
+    #[error("{service} at {base}: reading the answer: {reason}")]
+    Read {
+        service: String,
+        base: String,
+        reason: String,
+    },
+    /// The answer is larger than the cap: a JSON answer cut short cannot be read.
+    #[error(
+        "{service} at {base}: the answer ({status}) is larger than {cap}; only its first {cap} were read, and a JSON answer cut short cannot be read"
+    )]
+    TooLarge {
+        service: String,
+        base: String,
+        status: String,
+        cap: String,
+    },
+}
+
+/// Why a `ca_file` gives no certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read ca_file {}: {source}", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ca_file {}: {reason}", .path.display())]
+    Invalid {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("ca_file {} holds no PEM certificate", .0.display())]
+    Empty(std::path::PathBuf),
+}
+
 /// A reqwest client (rustls) whose every request ends before the item's deadline.
 pub fn client(
     ctx: &ItemCtx,
     extra_ca: &[reqwest::Certificate],
     redirect: reqwest::redirect::Policy,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, ApiError> {
     let total = remaining(ctx);
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
@@ -57,21 +106,21 @@ pub fn client(
     for c in extra_ca {
         b = b.add_root_certificate(c.clone());
     }
-    b.build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    b.build().map_err(|e| ApiError::Client(e.to_string()))
 }
 
 /// Reads every certificate of a PEM file.
-pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, CaError> {
+    let pem = std::fs::read(path).map_err(|source| CaError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| CaError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(format!(
-            "ca_file {} holds no PEM certificate",
-            path.display()
-        ));
+        return Err(CaError::Empty(path.to_path_buf()));
     }
     Ok(certs)
 }
@@ -96,28 +145,32 @@ pub async fn get_text(
     service: &str,
     base: &str,
     url: reqwest::Url,
-) -> Result<(reqwest::StatusCode, String), String> {
+) -> Result<(reqwest::StatusCode, String), ApiError> {
     let client = client(ctx, &[], reqwest::redirect::Policy::limited(5))?;
     let resp = client
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("{service} at {base} unreachable: {}", describe_error(&e)))?;
+        .map_err(|e| ApiError::Unreachable {
+            service: service.to_string(),
+            base: base.to_string(),
+            reason: describe_error(&e),
+        })?;
     let status = resp.status();
-    let body = read_body(resp, API_BODY_CAP).await.map_err(|e| {
-        format!(
-            "{service} at {base}: reading the answer: {}",
-            describe_error(&e)
-        )
-    })?;
+    let body = read_body(resp, API_BODY_CAP)
+        .await
+        .map_err(|e| ApiError::Read {
+            service: service.to_string(),
+            base: base.to_string(),
+            reason: describe_error(&e),
+        })?;
     if body.cut {
-        return Err(format!(
-            "{service} at {base}: the answer ({} {}) is larger than {}; only its first {} were read, and a JSON answer cut short cannot be read",
-            status.as_u16(),
-            reason(status),
-            size_text(API_BODY_CAP),
-            size_text(API_BODY_CAP)
-        ));
+        return Err(ApiError::TooLarge {
+            service: service.to_string(),
+            base: base.to_string(),
+            status: format!("{} {}", status.as_u16(), reason(status)),
+            cap: size_text(API_BODY_CAP),
+        });
     }
     Ok((status, body.text()))
 }

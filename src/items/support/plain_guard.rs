@@ -9,6 +9,26 @@ use tokio_util::sync::CancellationToken;
 
 use super::checksum::{READ_BUF, open_sequential};
 
+/// Why a line of a plain dump must not reach psql (one sentence, with its line number).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Why [`feed_plain`] stopped before the end of the dump.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// A line must not run: nothing after it was sent.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("{0}")]
+    Read(String),
+    /// psql exited or closed its input (its own error says why).
+    #[error("psql stopped reading")]
+    PsqlStopped,
+    #[error("interrupted")]
+    Cancelled,
+}
+
 /// What [`PlainGuard::check`] decided for one line of a plain dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineVerdict {
@@ -94,8 +114,8 @@ impl PlainGuard {
         }
     }
 
-    /// `Err(reason)` for a line that must not run; otherwise whether to send it.
-    pub fn check(&mut self, line: &[u8]) -> Result<LineVerdict, String> {
+    /// `Err(why)` for a line that must not run; otherwise whether to send it.
+    pub fn check(&mut self, line: &[u8]) -> Result<LineVerdict, Refused> {
         self.line_no += 1;
         let body = line.strip_suffix(b"\n").unwrap_or(line);
         let body = body.strip_suffix(b"\r").unwrap_or(body);
@@ -195,10 +215,10 @@ impl PlainGuard {
                         .take_while(|c| !c.is_whitespace() && *c != '\\')
                         .take(20)
                         .collect();
-                    return Err(format!(
+                    return Err(Refused(format!(
                         "line {}: the dump contains the psql meta-command \\{cmd}; a drill runs no psql commands (they could run programs or connect elsewhere)",
                         self.line_no
-                    ));
+                    )));
                 }
                 b'\'' => {
                     let e_string = prev_ident
@@ -269,7 +289,7 @@ impl PlainGuard {
     }
 
     /// A statement ended (a `;` at depth 0): judge it by its words.
-    fn end_statement(&mut self) -> Result<(), String> {
+    fn end_statement(&mut self) -> Result<(), Refused> {
         let words = std::mem::take(&mut self.words);
         self.at_start = true;
         let w: Vec<&str> = words.iter().map(String::as_str).collect();
@@ -277,16 +297,16 @@ impl PlainGuard {
         self.last_was_ownership = Self::is_ownership(&w);
         match w.as_slice() {
             ["CREATE" | "ALTER" | "DROP", "DATABASE", ..] => {
-                return Err(format!(
+                return Err(Refused(format!(
                     "line {line}: the dump creates, changes or drops a database ({} DATABASE; made with pg_dump --create?); a drill restores only into its scratch database",
                     w[0]
-                ));
+                )));
             }
             ["COPY", ..] => {
                 if w.contains(&"PROGRAM") {
-                    return Err(format!(
+                    return Err(Refused(format!(
                         "line {line}: the dump runs a program (COPY ... PROGRAM)"
-                    ));
+                    )));
                 }
                 if w.windows(2).any(|p| p == ["FROM", "STDIN"]) {
                     self.in_copy = true;
@@ -320,8 +340,9 @@ pub fn feed_plain(
     gzip: bool,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     cancel: CancellationToken,
-) -> Result<u64, String> {
-    let f = open_sequential(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+) -> Result<u64, FeedError> {
+    let f = open_sequential(path)
+        .map_err(|e| FeedError::Read(format!("cannot read {}: {e}", path.display())))?;
     let inner: Box<dyn Read> = if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(
             std::io::BufReader::with_capacity(READ_BUF, f),
@@ -335,12 +356,12 @@ pub fn feed_plain(
     let mut line = Vec::new();
     loop {
         if cancel.is_cancelled() {
-            return Err("interrupted".into());
+            return Err(FeedError::Cancelled);
         }
         line.clear();
         let n = r
             .read_until(b'\n', &mut line)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .map_err(|e| FeedError::Read(format!("cannot read {}: {e}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -351,12 +372,12 @@ pub fn feed_plain(
         if chunk.len() >= 256 * 1024 {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(256 * 1024));
             if tx.blocking_send(full).is_err() {
-                return Err("psql stopped reading".into());
+                return Err(FeedError::PsqlStopped);
             }
         }
     }
     if !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
-        return Err("psql stopped reading".into());
+        return Err(FeedError::PsqlStopped);
     }
     Ok(guard.skipped)
 }
@@ -364,7 +385,7 @@ pub fn feed_plain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    fn guard_all(lines: &[&str]) -> Result<Vec<LineVerdict>, String> {
+    fn guard_all(lines: &[&str]) -> Result<Vec<LineVerdict>, Refused> {
         let mut g = PlainGuard::new();
         lines
             .iter()
