@@ -91,3 +91,89 @@ impl Drop for ProcessGroup {
         self.kill_group();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Stdio;
+
+    use tokio::io::AsyncBufReadExt;
+
+    use super::*;
+
+    /// Starts `sh -c script` (which prints a background child's pid first) in a group; returns
+    /// the group and that pid.
+    async fn start(script: &str) -> (ProcessGroup, i32) {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]).stdout(Stdio::piped());
+        let mut group = ProcessGroup::spawn(&mut cmd).expect("sh starts");
+        let out = group.child.stdout.take().expect("piped");
+        let mut first = String::new();
+        tokio::io::BufReader::new(out)
+            .read_line(&mut first)
+            .await
+            .expect("reads the pid");
+        (group, first.trim().parse().expect("a pid"))
+    }
+
+    /// Whether `pid` still runs (a zombie waiting for its reaper does not).
+    fn running(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                let state = s.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('Z') && !state.starts_with('X')
+            })
+            .unwrap_or(false)
+    }
+
+    /// Waits (up to 10 s) for `pid` to end; whether it did.
+    async fn ends(pid: i32) -> bool {
+        for _ in 0..100 {
+            if !running(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_deadline_stops_the_leader_and_its_children() {
+        let (mut group, child) = start("sleep 60 & echo $!; wait").await;
+        assert!(running(child));
+        let end = group
+            .wait(
+                Instant::now() + Duration::from_millis(200),
+                &CancellationToken::new(),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(matches!(end, End::TimedOut), "{end:?}");
+        assert!(ends(child).await, "the leader's child {child} still runs");
+    }
+
+    #[tokio::test]
+    async fn what_an_exited_leader_left_in_its_group_is_killed() {
+        let (mut group, child) = start("sleep 60 & echo $!").await;
+        let end = group
+            .wait(
+                Instant::now() + Duration::from_secs(30),
+                &CancellationToken::new(),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(matches!(end, End::Exited(s) if s.success()), "{end:?}");
+        assert!(
+            running(child),
+            "the leftover should outlive its leader until the group is killed"
+        );
+        group.kill_group();
+        assert!(ends(child).await, "the leftover {child} still runs");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_running_group_kills_it() {
+        let (group, child) = start("sleep 60 & echo $!; wait").await;
+        drop(group);
+        assert!(ends(child).await, "the group's process {child} still runs");
+    }
+}
