@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::support::http::{BaseUrl, get_text, trim_for_report};
+use super::support::http::{HttpUrl, get_text, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
 
 /// Options of `kind = "alertmanager"`.
@@ -19,7 +19,7 @@ use super::{ItemCtx, Outcome, Prepare, Status};
 #[serde(deny_unknown_fields)]
 pub struct Alertmanager {
     /// Base URL, e.g. `http://localhost:9093`.
-    pub url: BaseUrl,
+    pub url: HttpUrl,
     /// Fail when more alerts fire. Default 0.
     #[serde(default)]
     pub max_firing: usize,
@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn api_url_hides_silenced_and_passes_matchers_as_filters() {
         let am = Alertmanager {
-            url: BaseUrl::try_from("http://am:9093/".to_string()).expect("valid"),
+            url: HttpUrl::try_from("http://am:9093/".to_string()).expect("valid"),
             max_firing: 0,
             matchers: vec!["severity=critical".into()],
             include_silenced: false,

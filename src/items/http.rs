@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::support::http::{check_url, client, describe_error, load_ca, reason, trim_for_report};
+use super::support::http::{HttpUrl, client, describe_error, load_ca, reason, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
 use crate::base::bounded::{read_body, size_text};
 use crate::base::units::Dur;
@@ -25,7 +25,7 @@ use crate::base::units::Dur;
 #[serde(deny_unknown_fields)]
 pub struct Http {
     /// The URL to request (`http://` or `https://`).
-    pub url: String,
+    pub url: HttpUrl,
     /// The HTTP method. Default `GET`.
     #[serde(default = "default_method")]
     pub method: String,
@@ -99,7 +99,6 @@ impl Http {
     }
 
     pub fn prepare(&mut self, p: &mut Prepare) {
-        check_url(p, "url", &self.url);
         if reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).is_err() {
             p.error("method", format!("invalid HTTP method {:?}", self.method));
         }
@@ -180,7 +179,7 @@ impl Http {
         };
         let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
             .unwrap_or(reqwest::Method::GET);
-        let mut req = client.request(method.clone(), &self.url);
+        let mut req = client.request(method.clone(), self.url.url().clone());
         for (name, value) in &self.resolved_headers {
             req = req.header(name.as_str(), value.expose());
         }
@@ -222,7 +221,7 @@ impl Http {
             self.url,
             status.as_u16()
         ));
-        if final_url != self.url {
+        if final_url != self.url.as_str() {
             out.details.push(format!("redirected to {final_url}"));
         }
         let mut problems: Vec<String> = Vec::new();

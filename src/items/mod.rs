@@ -462,6 +462,10 @@ mod tests {
                 "kind = \"prometheus\"\nurl = \"not a url\"\nquery = \"up\"\n",
                 "invalid URL \"not a url\"",
             ),
+            (
+                "kind = \"http\"\nurl = \"file:///etc/passwd\"\n",
+                "unsupported URL scheme \"file\"",
+            ),
         ];
         for (toml, words) in cases {
             let err = read_error(toml).unwrap_or_else(|| panic!("accepted:\n{toml}"));

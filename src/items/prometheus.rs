@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::support::http::{BaseUrl, get_text, trim_for_report};
+use super::support::http::{HttpUrl, get_text, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
 
 /// Options of `kind = "prometheus"`.
@@ -18,7 +18,7 @@ use super::{ItemCtx, Outcome, Prepare, Status};
 #[serde(deny_unknown_fields)]
 pub struct Prometheus {
     /// Base URL, e.g. `http://localhost:9090`.
-    pub url: BaseUrl,
+    pub url: HttpUrl,
     /// The PromQL expression, evaluated as an instant query at "now".
     pub query: String,
     /// Warn when a series' value is above this.
@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn values_and_thresholds() {
         let p = Prometheus {
-            url: BaseUrl::try_from("http://p".to_string()).expect("valid"),
+            url: HttpUrl::try_from("http://p".to_string()).expect("valid"),
             query: "x".into(),
             warn_above: Some(80.0),
             fail_above: Some(95.0),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::base::bounded::{API_BODY_CAP, read_body, size_text};
-use crate::items::{ItemCtx, Prepare};
+use crate::items::ItemCtx;
 
 /// The standard reason phrase of `status` ("Not Found"), empty when it has none.
 pub fn reason(status: reqwest::StatusCode) -> &'static str {
@@ -125,18 +125,6 @@ pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, CaEr
     Ok(certs)
 }
 
-/// Load-time check of an `http`/`https` URL option, shared by the HTTP-based kinds.
-pub fn check_url(p: &mut Prepare, key: &str, url: &str) {
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-        Ok(u) => p.error(
-            key,
-            format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
-        ),
-        Err(e) => p.error(key, format!("invalid URL {url:?}: {e}")),
-    }
-}
-
 /// GET `url` of a monitoring API (`service` names it in messages, `base` is the configured
 /// URL) and read the whole answer, up to 8 MiB: (status, body), or the reason as a one-line
 /// failure (a longer answer is one).
@@ -195,17 +183,17 @@ pub fn describe_error(e: &reqwest::Error) -> String {
     msg
 }
 
-/// The base URL of a monitoring API (`alertmanager`, `prometheus`: `http://localhost:9093`),
-/// checked when the config is read; the item appends the API path.
+/// An `http`/`https` URL option (`http`'s `url`, the base URL of `alertmanager` and
+/// `prometheus`), checked when the config is read: `run` never parses it again.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(try_from = "String")]
-pub struct BaseUrl {
+pub struct HttpUrl {
     /// As written (named in messages).
     text: String,
     url: reqwest::Url,
 }
 
-/// A base URL that is not an `http`/`https` URL.
+/// A URL option that is not an `http`/`https` URL.
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidUrl {
     #[error("invalid URL {url:?}: {reason}")]
@@ -214,9 +202,9 @@ pub enum InvalidUrl {
     Scheme(String),
 }
 
-impl TryFrom<String> for BaseUrl {
+impl TryFrom<String> for HttpUrl {
     type Error = InvalidUrl;
-    fn try_from(text: String) -> Result<BaseUrl, InvalidUrl> {
+    fn try_from(text: String) -> Result<HttpUrl, InvalidUrl> {
         let url = reqwest::Url::parse(&text).map_err(|e| InvalidUrl::Parse {
             url: text.clone(),
             reason: e.to_string(),
@@ -224,21 +212,33 @@ impl TryFrom<String> for BaseUrl {
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(InvalidUrl::Scheme(url.scheme().to_string()));
         }
-        Ok(BaseUrl { text, url })
+        Ok(HttpUrl { text, url })
     }
 }
 
-impl serde::Serialize for BaseUrl {
+impl serde::Serialize for HttpUrl {
     /// As written (a report's `data` shows the URL the config names).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.text)
     }
 }
 
-impl BaseUrl {
+impl std::fmt::Display for HttpUrl {
+    /// As written.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl HttpUrl {
     /// The URL as written.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// The URL, parsed.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
     }
 
     /// The API endpoint `path` (`/api/v2/alerts`) below this base, without a query.

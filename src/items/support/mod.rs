@@ -1,5 +1,6 @@
 //! Helpers shared by several item kinds, one concern per file. Nothing here is an item: these
-//! modules use no item's options, only `base` and what they are handed.
+//! modules use `base`, the item context (`ItemCtx`, `Prepare`) and `child_env`, never the module
+//! of one kind, so each kind can use them without reaching into another.
 //!
 //! - [`backup_files`]: which files of a backup folder are backups, and the newest complete one
 //!   (`backup` and `restore_drill` must pick the same file).
