@@ -136,17 +136,19 @@ mod tests {
         false
     }
 
+    /// Waits for the group with a deadline `limit` from now (5 s grace after SIGTERM).
+    async fn wait_for(group: &mut ProcessGroup, limit: Duration) -> End {
+        let deadline = Instant::now() + limit;
+        group
+            .wait(deadline, &CancellationToken::new(), Duration::from_secs(5))
+            .await
+    }
+
     #[tokio::test]
     async fn a_deadline_stops_the_leader_and_its_children() {
         let (mut group, child) = start("sleep 60 & echo $!; wait").await;
         assert!(running(child));
-        let end = group
-            .wait(
-                Instant::now() + Duration::from_millis(200),
-                &CancellationToken::new(),
-                Duration::from_secs(5),
-            )
-            .await;
+        let end = wait_for(&mut group, Duration::from_millis(200)).await;
         assert!(matches!(end, End::TimedOut), "{end:?}");
         assert!(ends(child).await, "the leader's child {child} still runs");
     }
@@ -154,13 +156,7 @@ mod tests {
     #[tokio::test]
     async fn what_an_exited_leader_left_in_its_group_is_killed() {
         let (mut group, child) = start("sleep 60 & echo $!").await;
-        let end = group
-            .wait(
-                Instant::now() + Duration::from_secs(30),
-                &CancellationToken::new(),
-                Duration::from_secs(5),
-            )
-            .await;
+        let end = wait_for(&mut group, Duration::from_secs(30)).await;
         assert!(matches!(end, End::Exited(s) if s.success()), "{end:?}");
         assert!(
             running(child),
