@@ -15,11 +15,11 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::items::{ItemSpec, Prepare};
-use crate::notify::NotifierConfig;
 use crate::base::pg::{Target, TargetConfig};
 use crate::base::schedule::Schedule;
 use crate::base::units::Dur;
+use crate::items::{ItemSpec, Prepare};
+use crate::notify::{Notifier, NotifierConfig, Notifiers, RetryPolicy};
 
 /// The `[runbook]` table: defaults for the whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -328,7 +328,8 @@ pub struct Config {
     pub state_dir_origin: StateDirOrigin,
     pub hostname: String,
     pub targets: Arc<BTreeMap<String, Target>>,
-    pub notifiers: BTreeMap<String, NotifierConfig>,
+    /// The built notifiers by name (`[notify.NAME]`).
+    pub notifiers: Notifiers,
     pub jobs: BTreeMap<String, Job>,
     pub server: Option<ServerSection>,
     pub cluster: Option<ClusterSection>,
@@ -451,6 +452,13 @@ impl Config {
         all
     }
 
+    /// How long undelivered notifications are retried (`outbox_max_age`).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_age: self.runbook.outbox_max_age.0,
+        }
+    }
+
     /// The job called `name`, or a usage error listing the known ones.
     pub fn job(&self, name: &str) -> Result<&Job, String> {
         self.jobs.get(name).ok_or_else(|| {
@@ -529,26 +537,28 @@ fn validate(
         }
     }
 
-    let mut notifiers = BTreeMap::new();
+    // Every named notifier, built (None: its options are wrong, and the errors say why).
+    let mut notifiers: BTreeMap<String, Option<Notifier>> = BTreeMap::new();
     for (name, n) in raw.notify {
-        let mut n = n;
         let section = format!("notify.{name}");
-        match n.prepare(&name, &dir) {
-            Ok(warns) => {
+        let built = match n.prepare(&name, &dir) {
+            Ok((built, warns)) => {
                 for w in warns {
                     warnings.push(format!(
                         "{}: notifier {name:?}: {w}",
                         loc.position_of_section(&section)
                     ));
                 }
+                Some(built)
             }
             Err(msgs) => {
                 for m in msgs {
                     errors.push(loc.at_section(&section, Some(format!("notifier {name:?}")), m));
                 }
+                None
             }
-        }
-        notifiers.insert(name, n);
+        };
+        notifiers.insert(name, built);
     }
 
     let target_names: BTreeSet<String> = raw.targets.keys().cloned().collect();
@@ -745,7 +755,10 @@ fn validate(
         state_dir_origin,
         hostname,
         targets: Arc::new(targets),
-        notifiers,
+        notifiers: notifiers
+            .into_iter()
+            .filter_map(|(name, n)| Some((name, n?)))
+            .collect(),
         jobs,
         server,
         cluster,

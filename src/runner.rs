@@ -141,9 +141,17 @@ pub async fn run_job(
     if let Err(e) = store.unlock(&job.name, &run_id) {
         tracing::error!(job = %job.name, "cannot release the job lock: {e:#}");
     }
-    let mut report = result?;
+    let (mut report, stored) = result?;
     if opts.notify {
-        crate::notify::dispatch(config, store, job, &mut report).await;
+        // The stored report stays as it is; the one returned shows how the deliveries went.
+        report.notifications = crate::notify::deliver_run(
+            &config.notifiers,
+            store,
+            &config.retry_policy(),
+            &report,
+            stored,
+        )
+        .await;
     }
     Ok(report)
 }
@@ -154,7 +162,7 @@ async fn run_locked(
     job: &Job,
     opts: &RunOptions,
     run_id: &str,
-) -> Result<Report, RunError> {
+) -> Result<(Report, bool), RunError> {
     // `log_scan` counts lines since the job's last run, whatever kind it was; `change` and
     // `on = "change"` compare with the previous comparable run (SPEC 9.1): neither a dry run
     // nor limited by `--item`, so a partial run never becomes the base of the next full one.
@@ -173,7 +181,7 @@ async fn run_locked(
         !opts.dry_run && opts.only_items.is_empty(),
     )?;
     if opts.notify && !opts.dry_run {
-        crate::notify::run_started(config, job).await;
+        crate::notify::run_started(&config.notifiers, &job.notify).await;
     }
     tracing::info!(job = %job.name, run_id, trigger = opts.trigger.as_str(), "run started");
 
@@ -262,19 +270,24 @@ async fn run_locked(
     // The items have run: their report must reach a person even when the state database
     // cannot be written (disk full, locked by a stuck process). It is still printed and
     // delivered; only history loses it, and the log says so.
-    // The outbox rows are written with the report: once it is stored, its delivery is queued
-    // even if this process dies before `dispatch` (the daemon or `outbox --flush` sends it).
-    let channels = if opts.notify {
-        crate::notify::channels_for(config, job, &report)
-    } else {
-        vec![]
-    };
-    if let Err(e) = store.finish_run(&report, &pending, &channels) {
-        tracing::error!(job = %job.name, run_id, "cannot store the report (it is still printed and delivered): {e:#}");
+    // The outbox entries are written with the report: once it is stored, its delivery is
+    // queued even if this process dies before delivering (the daemon or `outbox --flush`
+    // sends it). The report says where it goes (`queued` or `skipped`); it is never stored
+    // again: the outbox entries carry the delivery state from here on.
+    if opts.notify {
+        report.notifications = crate::notify::plan(&config.notifiers, &job.notify, &report);
     }
+    let outbox = crate::notify::outbox_keys(&report);
+    let stored = match store.finish_run(&report, &pending, &outbox) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(job = %job.name, run_id, "cannot store the report (it is still printed and delivered): {e:#}");
+            false
+        }
+    };
     crate::failpoint!("report-stored");
     tracing::info!(job = %job.name, run_id, status = report.status.as_str(), duration_ms = report.duration_ms, "run finished");
-    Ok(report)
+    Ok((report, stored))
 }
 
 /// Runs the selected items; returns (outcome, duration in ms) in the order of `selected`.

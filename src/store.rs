@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
-use crate::report::Report;
+use crate::report::{DeliveryStatus, NotificationStatus, Report};
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(
@@ -104,6 +104,34 @@ const MIGRATIONS: &[M<'static>] = &[
     // runs; whether they were limited by `--item` was not recorded, so they count as full runs
     // (what they were taken for before).
     M::up("ALTER TABLE runs ADD COLUMN comparable INTEGER;"),
+    // Outbox entries keyed by (run, channel, event): a channel may queue several entries for
+    // one run (one event per bad item, say), each with its own payload. Today's channels queue
+    // one entry per run with the empty event key and no payload, so the rows keep their meaning.
+    M::up(
+        "CREATE TABLE outbox_v2 (
+        run_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        event TEXT NOT NULL DEFAULT '',
+        payload TEXT,
+        created_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT,
+        last_error TEXT,
+        sent_at TEXT,
+        claim_host TEXT,
+        claim_boot_id TEXT,
+        claim_pid INTEGER,
+        claim_start_ticks INTEGER,
+        PRIMARY KEY (run_id, channel, event)
+    );
+    INSERT INTO outbox_v2 (run_id, channel, event, created_at, state, attempts, next_attempt_at,
+        last_error, sent_at, claim_host, claim_boot_id, claim_pid, claim_start_ticks)
+    SELECT run_id, channel, '', created_at, state, attempts, next_attempt_at, last_error, sent_at,
+        claim_host, claim_boot_id, claim_pid, claim_start_ticks FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v2 RENAME TO outbox;",
+    ),
 ];
 
 /// A handle on the state database; cheap to clone.
@@ -152,22 +180,130 @@ pub struct RunSummary {
     pub host: String,
 }
 
+/// The state of an outbox entry, stored as its serde name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Claimed by a sender until `next_attempt_at`.
+    Sending,
+    /// Delivered.
+    Sent,
+    /// Given up after `outbox_max_age`.
+    Dropped,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Sending => "sending",
+            OutboxState::Sent => "sent",
+            OutboxState::Dropped => "dropped",
+        }
+    }
+
+    /// What a report's `notifications` says about a delivery in this state.
+    pub fn delivery_status(self) -> DeliveryStatus {
+        match self {
+            OutboxState::Pending | OutboxState::Sending => DeliveryStatus::Queued,
+            OutboxState::Sent => DeliveryStatus::Sent,
+            OutboxState::Dropped => DeliveryStatus::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for OutboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl rusqlite::types::FromSql for OutboxState {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match v.as_str()? {
+            "pending" => Ok(OutboxState::Pending),
+            "sending" => Ok(OutboxState::Sending),
+            "sent" => Ok(OutboxState::Sent),
+            "dropped" => Ok(OutboxState::Dropped),
+            other => Err(rusqlite::types::FromSqlError::Other(
+                format!("unknown outbox state {other:?}").into(),
+            )),
+        }
+    }
+}
+
+impl rusqlite::ToSql for OutboxState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+/// What identifies one outbox entry: the run, the channel, and an event key (empty for the
+/// one report delivery of today's channels; a notifier that sends one event per bad item
+/// queues one entry per item, each with its key and payload).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct OutboxKey {
+    pub run_id: String,
+    pub channel: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub event: String,
+}
+
+impl OutboxKey {
+    /// The entry that delivers a run's report to a channel.
+    pub fn report(run_id: &str, channel: &str) -> OutboxKey {
+        OutboxKey {
+            run_id: run_id.into(),
+            channel: channel.into(),
+            event: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for OutboxKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "run {} channel {}", self.run_id, self.channel)?;
+        if !self.event.is_empty() {
+            write!(f, " event {}", self.event)?;
+        }
+        Ok(())
+    }
+}
+
+/// A sender's claim on an outbox entry ([`Store::outbox_claim`]): the lease's end, which the
+/// `outbox_mark_*` calls must present, so a sender whose lease was taken over cannot mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim(String);
+
 /// One outbox row.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxEntry {
-    pub run_id: String,
-    pub channel: String,
+    #[serde(flatten)]
+    pub key: OutboxKey,
+    /// The entry's own payload (JSON), for channels that queue events; None for a report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
     pub created_at: String,
-    /// `pending` (waiting for its next attempt), `sending` (claimed by a sender until
-    /// `next_attempt_at`), `sent`, `dropped` (given up after `outbox_max_age`).
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
+    /// For a `sending` row: when its claim's lease ends.
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
     pub job: Option<String>,
     /// The process that claimed a `sending` row, when recorded.
     #[serde(skip)]
     pub claimed_by: Option<Holder>,
+}
+
+impl OutboxEntry {
+    /// The claim a `sending` row holds (for taking over from a dead sender).
+    pub fn held_claim(&self) -> Option<Claim> {
+        (self.state == OutboxState::Sending)
+            .then(|| self.next_attempt_at.clone().map(Claim))
+            .flatten()
+    }
 }
 
 /// What [`Store::prune`] removed (and kept).
@@ -456,15 +592,17 @@ impl Store {
     }
 
     /// Stores a finished run's report (and status) together with what must not outlive or
-    /// predate it, in one transaction: the outbox rows of the channels it goes to (so a stored
-    /// report is always queued for delivery, even when the process dies right after) and the
+    /// predate it, in one transaction: the outbox entries of its deliveries (so a stored report
+    /// is always queued for delivery, even when the process dies right after) and the
     /// `log_scan` offsets its items advanced (so lines are never skipped: either the report
-    /// that counted them is stored, or the offsets stay where they were).
+    /// that counted them is stored, or the offsets stay where they were). The report's row is
+    /// written here once and never changed: delivery state lives in the outbox rows, and
+    /// reading a report brings its `notifications` up to date from them.
     pub fn finish_run(
         &self,
         report: &Report,
         offsets: &[ScanOffset],
-        channels: &[String],
+        outbox: &[OutboxKey],
     ) -> Result<()> {
         let json = serde_json::to_string(report)?;
         let finished = report
@@ -480,23 +618,18 @@ impl Store {
             for o in offsets {
                 upsert_scan_offset(&tx, o)?;
             }
-            for channel in channels {
-                insert_outbox_row(&tx, &report.run_id, channel)?;
+            for key in outbox {
+                insert_outbox_row(&tx, key, None)?;
             }
             tx.commit()
         })
     }
 
-    /// Replaces a stored report (e.g. after its notifications were delivered).
-    pub fn update_report(&self, report: &Report) -> Result<()> {
-        let json = serde_json::to_string(report)?;
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET report = ?2 WHERE run_id = ?1",
-                params![report.run_id, json],
-            )
-            .map(|_| ())
-        })
+    /// A stored report's JSON as users see it (see [`with_deliveries`]).
+    fn load_report(&self, json: &str) -> Result<Report> {
+        let report: Report =
+            serde_json::from_str(json).context("stored report is not valid JSON")?;
+        self.with(|c| with_deliveries(c, report))
     }
 
     /// Marks runs left `running` by dead processes of this host as `interrupted`. Returns them.
@@ -539,8 +672,7 @@ impl Store {
             )
             .optional()
         })?;
-        json.map(|j| serde_json::from_str(&j).context("stored report is not valid JSON"))
-            .transpose()
+        json.map(|j| self.load_report(&j)).transpose()
     }
 
     /// The previous comparable run of a job (SPEC 9.1): its newest finished report that was
@@ -559,7 +691,7 @@ impl Store {
             let report: Report =
                 serde_json::from_str(&json).context("stored report is not valid JSON")?;
             if !report.dry_run {
-                return Ok(Some(report));
+                return self.with(|c| with_deliveries(c, report)).map(Some);
             }
         }
         Ok(None)
@@ -574,7 +706,7 @@ impl Store {
         })?;
         Ok(rows
             .iter()
-            .filter_map(|j| serde_json::from_str(j).ok())
+            .filter_map(|j| self.load_report(j).ok())
             .collect())
     }
 
@@ -586,7 +718,7 @@ impl Store {
             st.query_map([pattern], |r| r.get(0))?.collect()
         })?;
         match rows.as_slice() {
-            [Some(j)] => Ok(Some(serde_json::from_str(j)?)),
+            [Some(j)] => self.load_report(j).map(Some),
             [None] => {
                 anyhow::bail!("run {run_id} has no report (it is still running or was interrupted)")
             }
@@ -608,7 +740,7 @@ impl Store {
         field: &str,
         limit: usize,
     ) -> Result<(Vec<TrendPoint>, usize)> {
-        let path = trend_field_path(field).map_err(anyhow::Error::msg)?;
+        let path = trend_field_path(field)?;
         self.with(|c| {
             let mut st = c.prepare_cached(
                 "SELECT r.run_id, json_extract(r.report, '$.started_at'),
@@ -807,22 +939,23 @@ impl Store {
         })
     }
 
-    /// Adds a delivery to the outbox (no-op when it is already there).
+    /// Adds a report delivery to the outbox (no-op when it is already there).
     pub fn outbox_enqueue(&self, run_id: &str, channel: &str) -> Result<()> {
-        self.with(|c| insert_outbox_row(c, run_id, channel))
+        self.outbox_enqueue_event(&OutboxKey::report(run_id, channel), None)
+    }
+
+    /// Adds an entry with its own event key and payload to the outbox (no-op when it is
+    /// already there).
+    pub fn outbox_enqueue_event(&self, key: &OutboxKey, payload: Option<&str>) -> Result<()> {
+        self.with(|c| insert_outbox_row(c, key, payload))
     }
 
     /// Claims a delivery for this process before it is sent: a `pending` row (or a `sending` row
     /// whose sender's lease ran out) becomes `sending` until now + `lease`. Returns the claim
-    /// token (the lease's end, which the later mark_* calls must present), or None when the row
-    /// is not claimable (sent, dropped, or being delivered by another process). One UPDATE, so
-    /// of two processes claiming at once exactly one wins.
-    pub fn outbox_claim(
-        &self,
-        run_id: &str,
-        channel: &str,
-        lease: Duration,
-    ) -> Result<Option<String>> {
+    /// (which the later mark_* calls must present), or None when the row is not claimable
+    /// (missing, sent, dropped, or being delivered by another process). One UPDATE, so of two
+    /// processes claiming at once exactly one wins.
+    pub fn outbox_claim(&self, key: &OutboxKey, lease: Duration) -> Result<Option<Claim>> {
         let now_utc = Utc::now();
         let until = (now_utc
             + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
@@ -831,126 +964,129 @@ impl Store {
         let me = Holder::me(&self.host);
         self.with(|c| {
             c.execute(
-                "UPDATE outbox SET state = 'sending', next_attempt_at = ?3,
-                        claim_host = ?5, claim_boot_id = ?6, claim_pid = ?7, claim_start_ticks = ?8
-                 WHERE run_id = ?1 AND channel = ?2 AND (state = 'pending' OR (state = 'sending' AND next_attempt_at < ?4))",
-                params![run_id, channel, until, now, me.host, me.boot_id, me.pid, me.start_ticks],
-            )
-            .map(|n| if n == 1 { Some(until.clone()) } else { None })
-        })
-    }
-
-    /// Takes over a delivery whose claimer is dead (see [`Holder::alive`]) before its lease ran
-    /// out: only the very claim `dead_claim` (the lease end it holds), so of two processes
-    /// taking over at once exactly one wins. Returns the new claim, as [`Store::outbox_claim`].
-    pub fn outbox_take_over(
-        &self,
-        run_id: &str,
-        channel: &str,
-        lease: Duration,
-        dead_claim: &str,
-    ) -> Result<Option<String>> {
-        let until = (Utc::now()
-            + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let me = Holder::me(&self.host);
-        self.with(|c| {
-            c.execute(
-                "UPDATE outbox SET next_attempt_at = ?3,
-                        claim_host = ?5, claim_boot_id = ?6, claim_pid = ?7, claim_start_ticks = ?8
-                 WHERE run_id = ?1 AND channel = ?2 AND state = 'sending' AND next_attempt_at = ?4",
+                "UPDATE outbox SET state = 'sending', next_attempt_at = ?4,
+                        claim_host = ?6, claim_boot_id = ?7, claim_pid = ?8, claim_start_ticks = ?9
+                 WHERE run_id = ?1 AND channel = ?2 AND event = ?3
+                   AND (state = 'pending' OR (state = 'sending' AND next_attempt_at < ?5))",
                 params![
-                    run_id,
-                    channel,
+                    key.run_id,
+                    key.channel,
+                    key.event,
                     until,
-                    dead_claim,
+                    now,
                     me.host,
                     me.boot_id,
                     me.pid,
                     me.start_ticks
                 ],
             )
-            .map(|n| if n == 1 { Some(until.clone()) } else { None })
+            .map(|n| (n == 1).then(|| Claim(until.clone())))
+        })
+    }
+
+    /// Takes over a delivery whose claimer is dead (see [`Holder::alive`]) before its lease ran
+    /// out: only the very claim `dead_claim`, so of two processes taking over at once exactly
+    /// one wins. Returns the new claim, as [`Store::outbox_claim`].
+    pub fn outbox_take_over(
+        &self,
+        key: &OutboxKey,
+        lease: Duration,
+        dead_claim: &Claim,
+    ) -> Result<Option<Claim>> {
+        let until = (Utc::now()
+            + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5)))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let me = Holder::me(&self.host);
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET next_attempt_at = ?4,
+                        claim_host = ?6, claim_boot_id = ?7, claim_pid = ?8, claim_start_ticks = ?9
+                 WHERE run_id = ?1 AND channel = ?2 AND event = ?3 AND state = 'sending' AND next_attempt_at = ?5",
+                params![
+                    key.run_id,
+                    key.channel,
+                    key.event,
+                    until,
+                    dead_claim.0,
+                    me.host,
+                    me.boot_id,
+                    me.pid,
+                    me.start_ticks
+                ],
+            )
+            .map(|n| (n == 1).then(|| Claim(until.clone())))
         })
     }
 
     /// Marks a claimed delivery as sent. Returns false when the claim was lost (its lease ran
     /// out and another process took the row over).
-    pub fn outbox_mark_sent(&self, run_id: &str, channel: &str, claim: &str) -> Result<bool> {
+    pub fn outbox_mark_sent(&self, key: &OutboxKey, claim: &Claim) -> Result<bool> {
         self.with(|c| {
             c.execute(
-                "UPDATE outbox SET state = 'sent', sent_at = ?3, attempts = attempts + 1, last_error = NULL, next_attempt_at = NULL
-                 WHERE run_id = ?1 AND channel = ?2 AND state = 'sending' AND next_attempt_at = ?4",
-                params![run_id, channel, now(), claim],
+                "UPDATE outbox SET state = 'sent', sent_at = ?4, attempts = attempts + 1, last_error = NULL, next_attempt_at = NULL
+                 WHERE run_id = ?1 AND channel = ?2 AND event = ?3 AND state = 'sending' AND next_attempt_at = ?5",
+                params![key.run_id, key.channel, key.event, now(), claim.0],
             )
             .map(|n| n == 1)
         })
     }
 
     /// Records a failed attempt of a claimed delivery and when to try again (back to `pending`).
+    /// Returns false when the claim was lost.
     pub fn outbox_mark_failed(
         &self,
-        run_id: &str,
-        channel: &str,
-        claim: &str,
+        key: &OutboxKey,
+        claim: &Claim,
         error: &str,
         next_attempt: &DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.with(|c| {
             c.execute(
-                "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4
-                 WHERE run_id = ?1 AND channel = ?2 AND state = 'sending' AND next_attempt_at = ?5",
-                params![run_id, channel, error, next_attempt.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), claim],
+                "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?4, next_attempt_at = ?5
+                 WHERE run_id = ?1 AND channel = ?2 AND event = ?3 AND state = 'sending' AND next_attempt_at = ?6",
+                params![key.run_id, key.channel, key.event, error, next_attempt.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), claim.0],
             )
-            .map(|_| ())
+            .map(|n| n == 1)
         })
     }
 
-    /// Gives up on a delivery (older than `outbox_max_age`). Returns false when it was not
-    /// pending any more.
-    pub fn outbox_mark_dropped(&self, run_id: &str, channel: &str) -> Result<bool> {
+    /// Gives up on a delivery (older than `outbox_max_age`), recording why in `last_error`.
+    /// Returns false when it was not pending any more.
+    pub fn outbox_mark_dropped(&self, key: &OutboxKey, reason: &str) -> Result<bool> {
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         self.with(|c| {
             c.execute(
-                "UPDATE outbox SET state = 'dropped' WHERE run_id = ?1 AND channel = ?2
-                 AND (state = 'pending' OR (state = 'sending' AND next_attempt_at < ?3))",
-                params![run_id, channel, now],
+                "UPDATE outbox SET state = 'dropped', last_error = ?5 WHERE run_id = ?1 AND channel = ?2 AND event = ?3
+                 AND (state = 'pending' OR (state = 'sending' AND next_attempt_at < ?4))",
+                params![key.run_id, key.channel, key.event, now, reason],
             )
             .map(|n| n == 1)
         })
     }
 
     /// Outbox rows in a state (None: all but `sent`), oldest first.
-    pub fn outbox(&self, state: Option<&str>) -> Result<Vec<OutboxEntry>> {
+    pub fn outbox(&self, state: Option<OutboxState>) -> Result<Vec<OutboxEntry>> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT o.run_id, o.channel, o.created_at, o.state, o.attempts, o.next_attempt_at, o.last_error, r.job,
-                        o.claim_host, o.claim_boot_id, o.claim_pid, o.claim_start_ticks
-                 FROM outbox o LEFT JOIN runs r ON r.run_id = o.run_id
-                 WHERE (?1 IS NULL AND o.state != 'sent') OR o.state = ?1 ORDER BY o.created_at",
-            )?;
-            st.query_map([state], |r| {
-                Ok(OutboxEntry {
-                    run_id: r.get(0)?,
-                    channel: r.get(1)?,
-                    created_at: r.get(2)?,
-                    state: r.get(3)?,
-                    attempts: r.get(4)?,
-                    next_attempt_at: r.get(5)?,
-                    last_error: r.get(6)?,
-                    job: r.get(7)?,
-                    claimed_by: match r.get::<_, Option<i64>>(10)? {
-                        Some(pid) => Some(Holder {
-                            host: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                            boot_id: r.get(9)?,
-                            pid,
-                            start_ticks: r.get(11)?,
-                        }),
-                        None => None,
-                    },
-                })
-            })?
-            .collect()
+            let mut st = c.prepare(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox o LEFT JOIN runs r ON r.run_id = o.run_id
+                 WHERE (?1 IS NULL AND o.state != 'sent') OR o.state = ?1 ORDER BY o.created_at"
+            ))?;
+            st.query_map([state], outbox_entry)?.collect()
+        })
+    }
+
+    /// One outbox row, whatever its state.
+    pub fn outbox_entry(&self, key: &OutboxKey) -> Result<Option<OutboxEntry>> {
+        self.with(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox o LEFT JOIN runs r ON r.run_id = o.run_id
+                     WHERE o.run_id = ?1 AND o.channel = ?2 AND o.event = ?3"
+                ),
+                params![key.run_id, key.channel, key.event],
+                outbox_entry,
+            )
+            .optional()
         })
     }
 
@@ -1021,13 +1157,102 @@ impl crate::items::state::StateSource for Store {
     }
 }
 
-fn insert_outbox_row(c: &Connection, run_id: &str, channel: &str) -> rusqlite::Result<()> {
+fn insert_outbox_row(
+    c: &Connection,
+    key: &OutboxKey,
+    payload: Option<&str>,
+) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT INTO outbox (run_id, channel, created_at, state, next_attempt_at) VALUES (?1, ?2, ?3, 'pending', ?3)
-         ON CONFLICT (run_id, channel) DO NOTHING",
-        params![run_id, channel, now()],
+        "INSERT INTO outbox (run_id, channel, event, payload, created_at, state, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?5)
+         ON CONFLICT (run_id, channel, event) DO NOTHING",
+        params![key.run_id, key.channel, key.event, payload, now()],
     )
     .map(|_| ())
+}
+
+const OUTBOX_COLUMNS: &str = "o.run_id, o.channel, o.event, o.payload, o.created_at, o.state, o.attempts,
+    o.next_attempt_at, o.last_error, r.job, o.claim_host, o.claim_boot_id, o.claim_pid, o.claim_start_ticks";
+
+fn outbox_entry(r: &rusqlite::Row) -> rusqlite::Result<OutboxEntry> {
+    Ok(OutboxEntry {
+        key: OutboxKey {
+            run_id: r.get(0)?,
+            channel: r.get(1)?,
+            event: r.get(2)?,
+        },
+        payload: r.get(3)?,
+        created_at: r.get(4)?,
+        state: r.get(5)?,
+        attempts: r.get(6)?,
+        next_attempt_at: r.get(7)?,
+        last_error: r.get(8)?,
+        job: r.get(9)?,
+        claimed_by: match r.get::<_, Option<i64>>(12)? {
+            Some(pid) => Some(Holder {
+                host: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                boot_id: r.get(11)?,
+                pid,
+                start_ticks: r.get(13)?,
+            }),
+            None => None,
+        },
+    })
+}
+
+/// A stored report as users see it: the stored JSON (written once, never changed) with its
+/// `notifications` brought up to date from the run's outbox rows (SPEC 9.1). A channel's
+/// entries sum up as its worst state: any dropped is `failed`, else any pending or sending is
+/// `queued`, else `sent`.
+fn with_deliveries(c: &Connection, mut report: Report) -> rusqlite::Result<Report> {
+    let mut st = c.prepare_cached(
+        "SELECT channel, state, last_error FROM outbox WHERE run_id = ?1 ORDER BY channel, event",
+    )?;
+    let rows = st
+        .query_map([&report.run_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, OutboxState>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rank = |s: DeliveryStatus| match s {
+        DeliveryStatus::Sent | DeliveryStatus::Skipped => 0,
+        DeliveryStatus::Queued => 1,
+        DeliveryStatus::Failed => 2,
+    };
+    let mut derived: Vec<NotificationStatus> = Vec::new();
+    for (channel, state, error) in rows {
+        let status = state.delivery_status();
+        let error = match state {
+            OutboxState::Sent => None,
+            _ => error,
+        };
+        match derived.iter_mut().find(|n| n.channel == channel) {
+            Some(n) if rank(status) > rank(n.status) => {
+                n.status = status;
+                n.error = error;
+            }
+            Some(_) => {}
+            None => derived.push(NotificationStatus {
+                channel,
+                status,
+                error,
+            }),
+        }
+    }
+    for d in derived {
+        match report
+            .notifications
+            .iter_mut()
+            .find(|n| n.channel == d.channel)
+        {
+            Some(n) => *n = d,
+            None => report.notifications.push(d),
+        }
+    }
+    Ok(report)
 }
 
 fn upsert_scan_offset(c: &Connection, o: &ScanOffset) -> rusqlite::Result<()> {
@@ -1075,6 +1300,68 @@ mod open_tests {
             assert_eq!(h.join().unwrap(), Ok(()));
         }
     }
+
+    /// A state folder of the version before outbox events: its rows keep their state, attempts
+    /// and claim, get the empty event key, and a stored report's old `notifications` (written
+    /// back then by the delivery) are replaced by what the outbox says.
+    #[test]
+    fn outbox_rows_of_the_previous_schema_survive_the_event_key_migration() {
+        use super::{DeliveryStatus, MIGRATIONS, OutboxKey, OutboxState};
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = crate::report::tests::sample();
+        report.notifications = vec![crate::report::NotificationStatus {
+            channel: "mail".into(),
+            status: DeliveryStatus::Queued,
+            error: Some("connection refused".into()),
+        }];
+        {
+            let mut c = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+            rusqlite_migration::Migrations::from_slice(&MIGRATIONS[..4])
+                .to_latest(&mut c)
+                .unwrap();
+            c.execute(
+                "INSERT INTO runs (run_id, job, trigger, started_at, status, pid, host, report)
+                 VALUES (?1, 'notify-test', 'manual', '2026-01-01T00:00:00Z', 'pass', 1, 'h', ?2)",
+                rusqlite::params![report.run_id, serde_json::to_string(&report).unwrap()],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO outbox (run_id, channel, created_at, state, attempts, sent_at)
+                 VALUES (?1, 'mail', '2026-01-01T00:00:00Z', 'sent', 2, '2026-01-01T00:05:00Z')",
+                [&report.run_id],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path(), "h").unwrap();
+        let key = OutboxKey::report(&report.run_id, "mail");
+        let row = store.outbox_entry(&key).unwrap().expect("the row survives");
+        assert_eq!((row.state, row.attempts), (OutboxState::Sent, 2));
+        let shown = store.report(&report.run_id).unwrap().unwrap();
+        assert_eq!(shown.notifications.len(), 1);
+        assert_eq!(shown.notifications[0].status, DeliveryStatus::Sent);
+        assert_eq!(shown.notifications[0].error, None);
+        // A second entry of the same run and channel, with its own event key, fits beside it.
+        let event = OutboxKey {
+            event: "item/Disk space".into(),
+            ..key
+        };
+        store
+            .outbox_enqueue_event(&event, Some(r#"{"action":"trigger"}"#))
+            .unwrap();
+        let pending = store.outbox(Some(OutboxState::Pending)).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].key, event);
+        assert_eq!(
+            pending[0].payload.as_deref(),
+            Some(r#"{"action":"trigger"}"#)
+        );
+        let shown = store.report(&report.run_id).unwrap().unwrap();
+        assert_eq!(
+            shown.notifications[0].status,
+            DeliveryStatus::Queued,
+            "the worst entry"
+        );
+    }
 }
 
 /// One point of `runbook trend` (SPEC 9.3).
@@ -1086,9 +1373,16 @@ pub struct TrendPoint {
     pub value: f64,
 }
 
+/// A `--field` that is not a path of names joined by dots.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bad --field {0:?}: use names of letters, digits, `_` or `-` joined by dots (e.g. `value`, `disks.0.used_percent`)"
+)]
+pub struct BadTrendField(pub String);
+
 /// The SQLite JSON path of an item's `data` field named with dots (`value`, `disks.0.used_percent`:
 /// a number segment indexes an array). Segments are letters, digits, `_` and `-`.
-pub fn trend_field_path(field: &str) -> Result<String, String> {
+pub fn trend_field_path(field: &str) -> Result<String, BadTrendField> {
     let mut path = String::from("$.data");
     for seg in field.split('.') {
         if seg.is_empty()
@@ -1096,9 +1390,7 @@ pub fn trend_field_path(field: &str) -> Result<String, String> {
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
         {
-            return Err(format!(
-                "bad --field {field:?}: use names of letters, digits, `_` or `-` joined by dots (e.g. `value`, `disks.0.used_percent`)"
-            ));
+            return Err(BadTrendField(field.to_string()));
         }
         if seg.chars().all(|ch| ch.is_ascii_digit()) {
             path.push_str(&format!("[{seg}]"));

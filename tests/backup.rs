@@ -1,18 +1,22 @@
 //! `backup` end to end: real `pg_dump` output, real files, `runbook run-job --format json`.
 
-mod backup_support;
+mod support;
 
 use std::io::Write;
 use std::time::Duration;
 
-use backup_support::*;
+use support::{
+    Setup,
+    files::{age, toml_path, write_sidecar},
+    pg::{pg_dump, pg_tool, trading_cluster},
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn item(dir: &std::path::Path, extra: &str) -> String {
     format!(
         "[[jobs.t.items]]\nname = \"Backup completed\"\nkind = \"backup\"\ndir = {}\n{extra}\n",
-        q(dir)
+        toml_path(dir)
     )
 }
 
@@ -37,14 +41,14 @@ fn healthy_custom_dump_passes_with_listing_checksum_and_tables() {
     write_sidecar(&newest);
     age(&older, 25 * HOUR);
     age(&newest, HOUR);
-    let s = Setup::new(
+    let s = Setup::job_t(
         "",
         &item(
             backups.path(),
             "pattern = \"*.dump\"\nrequire_tables = [\"orders\", \"public.positions\", \"transactions\"]",
         ),
     );
-    let (code, it) = s.run(&[]);
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["status"], "pass", "{it:#}");
     assert_eq!(it["data"]["newest"]["name"], "trading-2026-11-24.dump");
@@ -70,8 +74,8 @@ fn healthy_custom_dump_passes_with_listing_checksum_and_tables() {
 #[test]
 fn empty_missing_and_non_folder_dirs_fail() {
     let empty = tempfile::tempdir().unwrap();
-    let s = Setup::new("", &item(empty.path(), ""));
-    let (code, it) = s.run(&[]);
+    let s = Setup::job_t("", &item(empty.path(), ""));
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 1);
     assert_eq!(it["status"], "fail");
     assert!(
@@ -83,8 +87,8 @@ fn empty_missing_and_non_folder_dirs_fail() {
     );
 
     let missing = empty.path().join("nope");
-    let s = Setup::new("", &item(&missing, ""));
-    let (code, it) = s.run(&[]);
+    let s = Setup::job_t("", &item(&missing, ""));
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 1);
     assert!(
         it["summary"].as_str().unwrap().contains("does not exist"),
@@ -93,8 +97,8 @@ fn empty_missing_and_non_folder_dirs_fail() {
 
     let file = empty.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
-    let s = Setup::new("", &item(&file, ""));
-    let (code, it) = s.run(&[]);
+    let s = Setup::job_t("", &item(&file, ""));
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 1);
     assert!(
         it["summary"]
@@ -121,7 +125,7 @@ fn corrupt_custom_and_directory_dumps_fail() {
         .set_len(len * 2 / 3)
         .unwrap();
     age(&f, HOUR);
-    let (code, it) = Setup::new("", &item(d1.path(), "")).run(&[]);
+    let (code, it) = Setup::job_t("", &item(d1.path(), "")).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert_eq!(it["status"], "fail");
     assert!(
@@ -141,7 +145,7 @@ fn corrupt_custom_and_directory_dumps_fail() {
     bytes[mid] ^= 0xff;
     std::fs::write(&f, bytes).unwrap();
     age(&f, HOUR);
-    let (code, it) = Setup::new("", &item(d2.path(), "")).run(&[]);
+    let (code, it) = Setup::job_t("", &item(d2.path(), "")).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert!(
         it["summary"].as_str().unwrap().contains("corrupt"),
@@ -159,7 +163,7 @@ fn corrupt_custom_and_directory_dumps_fail() {
         .unwrap();
     std::fs::remove_file(&data_file).unwrap();
     age(&dd, HOUR);
-    let (code, it) = Setup::new("", &item(d3.path(), "")).run(&[]);
+    let (code, it) = Setup::job_t("", &item(d3.path(), "")).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert_eq!(it["data"]["format"], "directory dump");
     assert!(
@@ -178,11 +182,11 @@ fn a_dump_without_a_required_table_fails() {
     let f = d.path().join("t.dump");
     pg_dump(&c, "trading", "c", &f, &["--exclude-table=positions"]);
     age(&f, HOUR);
-    let (code, it) = Setup::new(
+    let (code, it) = Setup::job_t(
         "",
         &item(d.path(), "require_tables = [\"orders\", \"positions\"]"),
     )
-    .run(&[]);
+    .first_item_t(&[]);
     assert_eq!(code, 1);
     assert!(
         it["summary"]
@@ -213,11 +217,11 @@ fn plain_dumps_need_their_completion_marker_also_inside_multi_member_gzip() {
     }
     std::fs::write(&gz, &out).unwrap();
     age(&gz, HOUR);
-    let s = Setup::new(
+    let s = Setup::job_t(
         "",
         &item(d.path(), "require_tables = [\"orders\", \"transactions\"]"),
     );
-    let (code, it) = s.run(&[]);
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(
         it["data"]["verified"],
@@ -229,7 +233,7 @@ fn plain_dumps_need_their_completion_marker_also_inside_multi_member_gzip() {
     e.write_all(&text[..text.len() - 200]).unwrap();
     std::fs::write(&gz, e.finish().unwrap()).unwrap();
     age(&gz, HOUR);
-    let (code, it) = s.run(&[]);
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert!(
         it["summary"]
@@ -258,7 +262,7 @@ fn corrupt_gzip_fails() {
     bytes[mid] ^= 0x55;
     std::fs::write(&gz, bytes).unwrap();
     age(&gz, HOUR);
-    let (code, it) = Setup::new("", &item(d.path(), "")).run(&[]);
+    let (code, it) = Setup::job_t("", &item(d.path(), "")).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert!(
         it["summary"]
@@ -277,7 +281,7 @@ fn checksum_mismatch_fails() {
     write_sidecar(&f);
     std::fs::write(&f, vec![8u8; 100_000]).unwrap();
     age(&f, HOUR);
-    let (code, it) = Setup::new("", &item(d.path(), "")).run(&[]);
+    let (code, it) = Setup::job_t("", &item(d.path(), "")).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert_eq!(it["data"]["checksum"], "mismatch");
     assert!(
@@ -299,7 +303,7 @@ fn stale_small_and_shrunken_backups() {
     age(&prev, 30 * HOUR);
     age(&newest, 2 * HOUR);
     // 80% smaller than the previous backup: a warning.
-    let (code, it) = Setup::new("", &item(d.path(), "")).run(&[]);
+    let (code, it) = Setup::job_t("", &item(d.path(), "")).first_item_t(&[]);
     assert_eq!(code, 0, "warnings do not fail the run: {it:#}");
     assert_eq!(it["status"], "warn", "{it:#}");
     assert_eq!(it["data"]["shrink_pct"], 80.0);
@@ -308,12 +312,12 @@ fn stale_small_and_shrunken_backups() {
         "{it:#}"
     );
     // ... which --strict turns into exit 1.
-    let (code, _) = Setup::new("", &item(d.path(), "")).run(&["--strict"]);
+    let (code, _) = Setup::job_t("", &item(d.path(), "")).first_item_t(&["--strict"]);
     assert_eq!(code, 1);
 
     // Older than max_age: fail.
     age(&newest, 27 * HOUR);
-    let (code, it) = Setup::new("", &item(d.path(), "max_shrink = \"90%\"")).run(&[]);
+    let (code, it) = Setup::job_t("", &item(d.path(), "max_shrink = \"90%\"")).first_item_t(&[]);
     assert_eq!(code, 1);
     assert!(
         it["summary"]
@@ -325,11 +329,11 @@ fn stale_small_and_shrunken_backups() {
 
     // Smaller than min_size: fail.
     age(&newest, HOUR);
-    let (code, it) = Setup::new(
+    let (code, it) = Setup::job_t(
         "",
         &item(d.path(), "max_shrink = \"90%\"\nmin_size = \"1MB\""),
     )
-    .run(&[]);
+    .first_item_t(&[]);
     assert_eq!(code, 1);
     assert!(
         it["summary"]
@@ -349,7 +353,7 @@ fn a_file_still_being_written_is_not_the_newest() {
     // Modified just now: within `settle`.
     let writing = d.path().join("b-2.bin");
     std::fs::write(&writing, vec![1u8; 10_000]).unwrap();
-    let (code, it) = Setup::new("", &item(d.path(), "max_shrink = \"100%\"")).run(&[]);
+    let (code, it) = Setup::job_t("", &item(d.path(), "max_shrink = \"100%\"")).first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["data"]["newest"]["name"], "b-1.bin");
     assert_eq!(it["data"]["in_progress"][0], "b-2.bin");
@@ -381,11 +385,11 @@ fn a_file_still_being_written_is_not_the_newest() {
             }
         })
     };
-    let (code, it) = Setup::new(
+    let (code, it) = Setup::job_t(
         "",
         &item(d2.path(), "settle = \"0s\"\nmax_shrink = \"100%\""),
     )
-    .run(&[]);
+    .first_item_t(&[]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     assert_eq!(code, 0, "{it:#}");
@@ -400,38 +404,26 @@ fn base_backup_with_manifest_is_verified_and_a_changed_file_fails() {
     let c = trading_cluster();
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base-20261124");
-    let st = std::process::Command::new(c.tool("pg_basebackup"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &c.port.to_string(),
-            "-U",
-            &c.superuser,
-            "-X",
-            "fetch",
-            "-c",
-            "fast",
-            "-D",
-        ])
-        .arg(&base)
-        .status()
-        .expect("pg_basebackup runs");
-    assert!(st.success(), "pg_basebackup failed");
+    let to = base.to_str().unwrap();
+    pg_tool(
+        &c,
+        "pg_basebackup",
+        &["-X", "fetch", "-c", "fast", "-D", to],
+    );
     assert!(base.join("backup_manifest").exists());
     age(&base, HOUR);
-    let setup = Setup::new(
+    let setup = Setup::job_t(
         "",
         &item(d.path(), "pattern = \"base-*\"\nverify = \"manifest\""),
     );
-    let (code, it) = setup.run(&[]);
+    let (code, it) = setup.first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["status"], "pass", "{it:#}");
 
     // Change a data file's bytes after the backup: the manifest's checksum no longer matches.
     std::fs::write(base.join("PG_VERSION"), "99\n").unwrap();
     age(&base, HOUR);
-    let (code, it) = setup.run(&[]);
+    let (code, it) = setup.first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert_eq!(it["status"], "fail");
     assert!(

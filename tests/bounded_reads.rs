@@ -5,19 +5,12 @@
 //! (`getrusage(RUSAGE_CHILDREN)`, the largest child waited for): a generous fixed bound, far
 //! below what reading the whole input would take.
 
-mod ops_support;
+mod support;
 
-use std::io::{Read, Write};
-
-use ops_support::{Setup, details, item};
+use support::http::{report_t, stream_server};
+use support::{Setup, details, item};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-async fn run(setup: Setup) -> (i32, serde_json::Value) {
-    tokio::task::spawn_blocking(move || setup.run(&[]))
-        .await
-        .expect("join")
-}
 
 /// The peak resident memory, in MiB, of the largest child process this test has waited for.
 fn peak_child_rss_mib() -> u64 {
@@ -45,7 +38,8 @@ fn big_json_body() -> Vec<u8> {
 
 #[test]
 fn a_command_printing_a_10_mb_line_completes_and_reports_the_cut() {
-    let setup = Setup::new(
+    let setup = Setup::job_t(
+        "",
         r#"
 [[jobs.t.items]]
 name = "long line"
@@ -54,13 +48,13 @@ argv = ["sh", "-c", "echo before; head -c 10000000 /dev/zero | tr '\\0' x; echo;
 read_only = true
 "#,
     );
-    let (code, report) = setup.run(&[]);
+    let (code, report) = setup.report_t(&[]);
     let it = item(&report, "long line");
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["status"], "pass", "{it:#}");
     assert_eq!(it["data"]["lines_cut"], 1, "{it:#}");
     assert!(
-        details(&it).contains("output: 1 line cut at 64 KiB"),
+        details(it).contains("output: 1 line cut at 64 KiB"),
         "{it:#}"
     );
     let output: Vec<&str> = it["data"]["output"]
@@ -77,15 +71,16 @@ read_only = true
     assert_eq!((output[0], output[2]), ("before", "after"));
     assert!(output[1].starts_with("xxxx"), "{output:?}");
     assert!(
-        summary(&it).ends_with(": after"),
+        summary(it).ends_with(": after"),
         "the last line is still the summary's: {}",
-        summary(&it)
+        summary(it)
     );
 }
 
 #[test]
 fn a_command_printing_a_300_mb_line_stays_within_bounded_memory() {
-    let setup = Setup::new(
+    let setup = Setup::job_t(
+        "",
         r#"
 [[jobs.t.items]]
 name = "huge line"
@@ -94,7 +89,7 @@ argv = ["sh", "-c", "head -c 300000000 /dev/zero | tr '\\0' x; echo"]
 read_only = true
 "#,
     );
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     let peak = peak_child_rss_mib();
     eprintln!("peak RSS of the runbook process: {peak} MiB");
     assert!(
@@ -108,7 +103,8 @@ read_only = true
 
 #[test]
 fn a_log_line_of_5_mb_is_cut_counted_and_matched_on_its_first_64_kib() {
-    let setup = Setup::new(
+    let setup = Setup::job_t(
+        "",
         r#"
 [[jobs.t.items]]
 name = "app errors"
@@ -126,12 +122,12 @@ files = ["app.log"]
     log.extend_from_slice(b" ERROR hidden\n2026-01-05 10:00:02 INFO fine\n");
     std::fs::write(setup.path().join("app.log"), &log).expect("write log");
 
-    let (code, report) = setup.run(&[]);
+    let (code, report) = setup.report_t(&[]);
     let it = item(&report, "app errors");
     assert_eq!(code, 0, "two matches warn: {it:#}");
     assert_eq!(it["data"]["matches"], 2, "{it:#}");
     assert_eq!(it["data"]["lines_cut"], 2, "{it:#}");
-    assert!(details(&it).contains("2 lines cut at 64 KiB"), "{it:#}");
+    assert!(details(it).contains("2 lines cut at 64 KiB"), "{it:#}");
     assert_eq!(
         it["data"]["files"][0]["offset"],
         log.len(),
@@ -146,7 +142,7 @@ files = ["app.log"]
     );
 
     // The next run starts after them.
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     assert_eq!(item(&report, "app errors")["data"]["matches"], 0);
 }
 
@@ -187,14 +183,14 @@ url = "{0}/health"
 "#,
         server.uri()
     );
-    let (code, report) = run(Setup::new(&items)).await;
+    let (code, report) = report_t(Setup::job_t("", &items)).await;
     assert_eq!(code, 1, "{report:#}");
 
     for name in ["alerts", "query"] {
         let it = item(&report, name);
         assert_eq!(it["status"], "fail", "{it:#}");
         assert!(
-            summary(&it).contains("is larger than 8 MiB; only its first 8 MiB were read"),
+            summary(it).contains("is larger than 8 MiB; only its first 8 MiB were read"),
             "{it:#}"
         );
     }
@@ -202,7 +198,7 @@ url = "{0}/health"
     let json = item(&report, "health json");
     assert_eq!(json["status"], "fail", "{json:#}");
     assert!(
-        summary(&json).contains("the body is larger than 8 MiB: only its first 8 MiB were read, so the JSON assertions cannot be checked"),
+        summary(json).contains("the body is larger than 8 MiB: only its first 8 MiB were read, so the JSON assertions cannot be checked"),
         "{json:#}"
     );
     assert_eq!(json["data"]["body_cut"], true);
@@ -213,58 +209,19 @@ url = "{0}/health"
     assert_eq!(status["data"]["body_cut"], true);
     assert_eq!(status["data"]["body_bytes_read"], 8 * 1024 * 1024);
     assert!(
-        details(&status).contains("only its first 8 MiB were read"),
+        details(status).contains("only its first 8 MiB were read"),
         "{status:#}"
     );
-}
-
-/// An HTTP server for one kind of answer: `status` and `size` bytes of body starting with
-/// `first` and padded with spaces, generated as it is written (the test holds none of it), to
-/// every connection.
-fn stream_server(status: &'static str, first: &'static str, size: usize) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut request = Vec::new();
-                let mut byte = [0u8; 1];
-                while !request.ends_with(b"\r\n\r\n") {
-                    match conn.read(&mut byte) {
-                        Ok(1) => request.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n{first}"
-                );
-                if conn.write_all(head.as_bytes()).is_err() {
-                    return;
-                }
-                let chunk = vec![b' '; 1024 * 1024];
-                let mut left = size - first.len();
-                while left > 0 {
-                    let n = left.min(chunk.len());
-                    // The client hangs up once it has read its cap: that ends this answer.
-                    if conn.write_all(&chunk[..n]).is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-            });
-        }
-    });
-    url
 }
 
 #[test]
 fn an_answer_of_300_mb_to_alertmanager_stays_within_bounded_memory() {
     let url = stream_server("200 OK", "[", 300 * 1024 * 1024);
-    let setup = Setup::new(&format!(
-        "[[jobs.t.items]]\nname = \"alerts\"\nkind = \"alertmanager\"\nurl = \"{url}\"\n"
-    ));
-    let (_, report) = setup.run(&[]);
+    let setup = Setup::job_t(
+        "",
+        &format!("[[jobs.t.items]]\nname = \"alerts\"\nkind = \"alertmanager\"\nurl = \"{url}\"\n"),
+    );
+    let (_, report) = setup.report_t(&[]);
     let peak = peak_child_rss_mib();
     eprintln!("peak RSS of the runbook process: {peak} MiB");
     assert!(
@@ -273,7 +230,7 @@ fn an_answer_of_300_mb_to_alertmanager_stays_within_bounded_memory() {
     );
     let it = item(&report, "alerts");
     assert_eq!(it["status"], "fail", "{it:#}");
-    assert!(summary(&it).contains("larger than 8 MiB"), "{it:#}");
+    assert!(summary(it).contains("larger than 8 MiB"), "{it:#}");
 }
 
 #[test]

@@ -1,32 +1,24 @@
 //! `check-config --connect` reaches every target for real.
 
-mod db_support;
+mod support;
 
-use assert_cmd::Command;
-use runbook::face::pgcluster::TempCluster;
+use support::Setup;
 
 #[test]
 fn connect_reports_reachable_and_unreachable_targets_without_secrets() {
-    let pg = TempCluster::start().unwrap();
+    let pg = support::pg::cluster();
     // The live target must log in with its password (scram-sha-256): "reachable" proves
     // runbook sent it.
-    db_support::require_password(&pg, "checker", "live-pw-that-must-not-leak");
-    let dir = tempfile::tempdir().unwrap();
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    support::pg::require_password(&pg, "checker", "live-pw-that-must-not-leak");
+    let dead_port = support::free_port();
     // An explicit state folder, as in every test: the default would be /var/lib/runbook on a
     // machine where the package is installed.
-    let config = format!(
-        "[runbook]\nstate_dir = \"state\"\n\n[targets.live]\nurl = \"postgres://checker@127.0.0.1:{}/postgres\"\npassword = {{ env = \"RUNBOOK_TEST_LIVE_PW\" }}\nsslmode = \"disable\"\n\n[targets.down]\nurl = \"postgres://app@127.0.0.1:{dead_port}/app\"\npassword = {{ env = \"RUNBOOK_TEST_DB_PW\" }}\nsslmode = \"disable\"\nconnect_timeout = \"2s\"\n",
+    let dir = Setup::new(&format!(
+        "[targets.live]\nurl = \"postgres://checker@127.0.0.1:{}/postgres\"\npassword = {{ env = \"RUNBOOK_TEST_LIVE_PW\" }}\nsslmode = \"disable\"\n\n[targets.down]\nurl = \"postgres://app@127.0.0.1:{dead_port}/app\"\npassword = {{ env = \"RUNBOOK_TEST_DB_PW\" }}\nsslmode = \"disable\"\nconnect_timeout = \"2s\"\n",
         pg.port
-    );
-    std::fs::write(dir.path().join("jobs.toml"), config).unwrap();
-    let out = Command::cargo_bin("runbook")
-        .unwrap()
-        .current_dir(dir.path())
+    ));
+    let out = dir
+        .cmd()
         .args(["check-config", "--connect"])
         .env("RUNBOOK_TEST_DB_PW", "pw-that-must-not-leak")
         .env("RUNBOOK_TEST_LIVE_PW", "live-pw-that-must-not-leak")
@@ -43,9 +35,8 @@ fn connect_reports_reachable_and_unreachable_targets_without_secrets() {
     assert!(!all.contains("pw-that-must-not-leak"), "{all}");
 
     // With a wrong password the live target is unreachable, and says why.
-    let out = Command::cargo_bin("runbook")
-        .unwrap()
-        .current_dir(dir.path())
+    let out = dir
+        .cmd()
         .args(["check-config", "--connect"])
         .env("RUNBOOK_TEST_DB_PW", "pw-that-must-not-leak")
         .env("RUNBOOK_TEST_LIVE_PW", "wrong-pw-that-must-not-leak")
@@ -61,9 +52,8 @@ fn connect_reports_reachable_and_unreachable_targets_without_secrets() {
     assert!(!all.contains("pw-that-must-not-leak"), "{all}");
 
     // Without --connect nothing is contacted: the file itself is fine.
-    let out = Command::cargo_bin("runbook")
-        .unwrap()
-        .current_dir(dir.path())
+    let out = dir
+        .cmd()
         .arg("check-config")
         .env("RUNBOOK_TEST_DB_PW", "x")
         .env("RUNBOOK_TEST_LIVE_PW", "x")

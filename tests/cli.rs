@@ -1,65 +1,19 @@
 //! The command line end to end: real processes, real files, a real state database.
 //! Each test writes a jobs.toml into its own temporary folder and runs the built binary.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use assert_cmd::Command;
 use serde_json::Value;
+use support::{Setup, code, text};
 
-struct Setup {
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new(jobs: &str) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "[runbook]\ntimezone = \"Asia/Kolkata\"\nstate_dir = \"state\"\n\n[notify.archive]\ntype = \"file\"\ndir = \"sent\"\n\n{jobs}"
-        );
-        std::fs::write(dir.path().join("jobs.toml"), text).unwrap();
-        Setup { dir }
-    }
-    fn raw(text: &str) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("jobs.toml"), text).unwrap();
-        Setup { dir }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("runbook").unwrap();
-        // Files written with `raw` name no state_dir: keep their state here too, whether or
-        // not this machine has the daemon's /var/lib/runbook.
-        c.current_dir(self.path())
-            .env_remove("RUNBOOK_CONFIG")
-            .env_remove("RUNBOOK_LOG")
-            .env("RUNBOOK_STATE_DIR", self.path().join("state"));
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-    fn json(&self, args: &[&str]) -> (i32, Value) {
-        let out = self.run(args);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not one JSON document ({e}): {}\nstderr: {}",
-                text(&out.stdout),
-                text(&out.stderr)
-            )
-        });
-        (out.status.code().unwrap(), v)
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
+/// Every jobs.toml of these tests has a file channel `archive` that writes to `sent/`.
+fn setup(jobs: &str) -> Setup {
+    Setup::new(&format!(
+        "[notify.archive]\ntype = \"file\"\ndir = \"sent\"\n\n{jobs}"
+    ))
 }
 
 const PASSING: &str = r#"
@@ -178,7 +132,7 @@ fn check_config_reports_all_semantic_mistakes_at_once() {
 
 #[test]
 fn check_config_on_a_good_file_says_what_it_found() {
-    let s = Setup::new(PASSING);
+    let s = setup(PASSING);
     let out = s.run(&["check-config"]);
     let o = text(&out.stdout);
     assert_eq!(code(&out), 0, "{o}{}", text(&out.stderr));
@@ -240,7 +194,7 @@ fn secrets_missing_or_inline_are_named_by_key_never_by_value() {
 
 #[test]
 fn config_path_comes_from_flag_then_env() {
-    let s = Setup::new(PASSING);
+    let s = setup(PASSING);
     std::fs::rename(s.path().join("jobs.toml"), s.path().join("other.toml")).unwrap();
     // No ./jobs.toml: the fallback is /etc/runbook/jobs.toml, which exists only where the
     // package is installed; either way the output names it.
@@ -266,7 +220,7 @@ fn config_path_comes_from_flag_then_env() {
 
 #[test]
 fn next_lists_fire_times_in_zone_and_utc_with_dom_and_dow() {
-    let s = Setup::new(
+    let s = setup(
         "[jobs.monthly]\nschedule = \"0 11 1-7 * MON\"\n[jobs.ny]\nschedule = \"30 2 * * *\"\ntimezone = \"America/New_York\"\n[jobs.byhand]\n",
     );
     let (c, v) = s.json(&[
@@ -344,7 +298,7 @@ fn next_lists_fire_times_in_zone_and_utc_with_dom_and_dow() {
 
 #[test]
 fn list_shows_jobs_with_schedule_zone_description_and_items() {
-    let s = Setup::new(PASSING);
+    let s = setup(PASSING);
     let (c, v) = s.json(&["list", "--format", "json"]);
     assert_eq!(c, 0);
     let job = &v["jobs"][0];
@@ -359,7 +313,7 @@ fn list_shows_jobs_with_schedule_zone_description_and_items() {
 
 #[test]
 fn run_job_prints_report_stores_it_and_writes_files() {
-    let s = Setup::new(PASSING);
+    let s = setup(PASSING);
     let (c, v) = s.json(&["run-job", "daily", "--format", "json"]);
     assert_eq!(c, 0, "{v}");
     assert_eq!(v["job"], "daily");
@@ -410,7 +364,7 @@ fn run_job_prints_report_stores_it_and_writes_files() {
 
 #[test]
 fn exit_codes_follow_the_contract() {
-    let s = Setup::new(
+    let s = setup(
         r#"
 [jobs.ok]
 [[jobs.ok.items]]
@@ -476,7 +430,7 @@ argv = ["true"]
 
 #[test]
 fn item_filter_runs_only_the_named_items() {
-    let s = Setup::new(PASSING);
+    let s = setup(PASSING);
     let (c, v) = s.json(&[
         "run-job",
         "daily",
@@ -492,7 +446,7 @@ fn item_filter_runs_only_the_named_items() {
 
 #[test]
 fn second_run_of_a_running_job_exits_3_and_a_killed_holder_does_not_block() {
-    let s = Setup::new(
+    let s = setup(
         r#"
 [jobs.slow]
 [[jobs.slow.items]]
@@ -501,8 +455,8 @@ kind = "command"
 argv = ["sh", "-c", "touch started; sleep 30"]
 "#,
     );
-    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("runbook"))
-        .current_dir(s.path())
+    let mut first = s
+        .std_command()
         .args(["run-job", "slow", "--no-notify"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -521,8 +475,8 @@ argv = ["sh", "-c", "touch started; sleep 30"]
     first.kill().unwrap();
     first.wait().unwrap();
     std::fs::remove_file(s.path().join("started")).unwrap();
-    let mut third = std::process::Command::new(assert_cmd::cargo::cargo_bin("runbook"))
-        .current_dir(s.path())
+    let mut third = s
+        .std_command()
         .args(["run-job", "slow", "--no-notify"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -564,7 +518,7 @@ fn pid_alive(pid: i32) -> bool {
 
 #[test]
 fn timeout_kills_the_whole_process_group_and_others_finish() {
-    let s = Setup::new(
+    let s = setup(
         r#"
 [jobs.t]
 [[jobs.t.items]]
@@ -610,7 +564,7 @@ argv = ["sh", "-c", "echo ok"]
 
 #[test]
 fn job_timeout_fails_unfinished_items_with_the_reason() {
-    let s = Setup::new(
+    let s = setup(
         r#"
 [jobs.t]
 timeout = "1s"
@@ -650,7 +604,7 @@ fn items_run_concurrently_up_to_max_parallel_items() {
             "[[jobs.p.items]]\nname = \"i{n}\"\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"echo start >> events; sleep 0.5; echo end >> events\"]\n"
         )
     };
-    let s = Setup::new(&format!(
+    let s = setup(&format!(
         "[jobs.p]\nmax_parallel_items = 2\n{}",
         (0..6).map(item).collect::<String>()
     ));
@@ -670,7 +624,7 @@ fn items_run_concurrently_up_to_max_parallel_items() {
 
 #[test]
 fn dry_run_plans_state_changing_commands_and_runs_read_only_ones() {
-    let s = Setup::new(
+    let s = setup(
         r#"
 [jobs.d]
 [[jobs.d.items]]
@@ -699,7 +653,7 @@ read_only = true
 
 #[test]
 fn command_gets_runbook_environment_cwd_and_last_output_lines() {
-    let s = Setup::new(
+    let s = setup(
         r#"
 [jobs.e]
 [[jobs.e.items]]
@@ -764,7 +718,7 @@ cwd = "sub"
 
 #[test]
 fn missing_program_is_a_failed_item_not_a_crash() {
-    let s = Setup::new(
+    let s = setup(
         "[jobs.m]\n[[jobs.m.items]]\nname = \"nope\"\nkind = \"command\"\nargv = [\"/nonexistent/program\"]\n[[jobs.m.items]]\nname = \"ok\"\nkind = \"manual\"\n",
     );
     let (c, v) = s.json(&["run-job", "m", "--format", "json"]);
@@ -781,7 +735,7 @@ fn missing_program_is_a_failed_item_not_a_crash() {
 
 #[test]
 fn change_is_reported_against_the_previous_run() {
-    let s = Setup::new(
+    let s = setup(
         "[jobs.c]\n[[jobs.c.items]]\nname = \"flag\"\nkind = \"command\"\nargv = [\"sh\", \"-c\", \"test ! -e broken\"]\n",
     );
     let (_, first) = s.json(&["run-job", "c", "--format", "json"]);
@@ -830,7 +784,7 @@ fn channel_status(v: &Value, channel: &str) -> String {
 
 #[test]
 fn change_compares_with_the_previous_comparable_run_not_an_item_or_dry_run() {
-    let s = Setup::new(TWO_FLAGS);
+    let s = setup(TWO_FLAGS);
     std::fs::write(s.path().join("broken_a"), "").unwrap();
     std::fs::write(s.path().join("broken_b"), "").unwrap();
     let (c, full) = s.json(&["run-job", "c", "--format", "json"]);
@@ -850,7 +804,7 @@ fn change_compares_with_the_previous_comparable_run_not_an_item_or_dry_run() {
 
 #[test]
 fn on_change_sends_only_when_the_run_differs_from_the_previous_comparable_run() {
-    let s = Setup::new(TWO_FLAGS);
+    let s = setup(TWO_FLAGS);
     std::fs::write(s.path().join("broken_a"), "").unwrap();
     std::fs::write(s.path().join("broken_b"), "").unwrap();
     // A job's first run is a change.
@@ -888,7 +842,7 @@ fn on_change_sends_only_when_the_run_differs_from_the_previous_comparable_run() 
 #[test]
 fn key_rotation_warns_before_and_fails_after_due() {
     let today = chrono::Utc::now().date_naive();
-    let s = Setup::new(&format!(
+    let s = setup(&format!(
         "[jobs.k]\n[[jobs.k.items]]\nname = \"keys\"\nkind = \"key_rotation\"\nkeys = [\n  {{ name = \"fresh\", rotated = {}, max_age = \"90d\" }},\n  {{ name = \"soon\", rotated = {}, max_age = \"90d\", owner = \"payments\" }},\n  {{ name = \"late\", rotated = {}, max_age = \"90d\" }},\n]\n",
         today - chrono::Duration::days(1),
         today - chrono::Duration::days(85),
@@ -976,7 +930,7 @@ fn shipped_jobs_toml_is_valid_and_covers_the_runbook_jobs() {
 fn a_report_that_cannot_be_stored_is_still_printed() {
     // A process outside the run's process group holds the state database's write lock past
     // the busy timeout (10 s), as a stuck process or a full disk would make writes fail.
-    let s = Setup::new(
+    let s = setup(
         r#"
 [jobs.w]
 [[jobs.w.items]]

@@ -2,25 +2,18 @@
 //! `--format json` on `check-config` and `notify-test` is one document, no colour codes when
 //! stderr is not a terminal, journald fields without a prefix.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_runbook");
+use support::text;
 
 fn runbook(dir: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.current_dir(dir)
-        .env_remove("RUNBOOK_CONFIG")
-        .env_remove("RUNBOOK_LOG")
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("NO_COLOR");
+    let mut c = support::runbook_in(dir);
+    c.env_remove("JOURNAL_STREAM").env_remove("NO_COLOR");
     c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn json(out: &Output) -> Value {
@@ -220,7 +213,7 @@ fn journald_fields_have_no_prefix() {
             "sh",
         ])
         .arg(&journal)
-        .arg(BIN)
+        .arg(env!("CARGO_BIN_EXE_runbook"))
         .args(["--config", "jobs.toml", "run-job", "j"])
         .current_dir(dir.path())
         .env("JOURNAL_STREAM", "8:12345")

@@ -7,11 +7,13 @@
 //!   Message-ID).
 //! - No log line is skipped: `log_scan` offsets are committed with the report.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runbook");
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use support::smtp::Smtp;
+use support::wait_until;
 
 /// The crash points exist only in a build with the `failpoints` feature: without it these
 /// tests could not crash anything, so they fail and say how to run them.
@@ -23,31 +25,38 @@ fn require_failpoints() {
     }
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-}
+/// Job `t` notifying a channel, with a short shutdown grace.
+struct Setup(support::Setup);
 
 impl Setup {
+    /// Job `t` with `items`, notifying `out`: a `file` channel writing to `out/`.
     fn new(items: &str) -> Setup {
+        Setup::notifying("out", "type = \"file\"\ndir = \"out\"", items)
+    }
+
+    /// Job `t` with `items`, notifying channel `name` (`[notify.NAME]` holding `channel`).
+    fn notifying(name: &str, channel: &str, items: &str) -> Setup {
         require_failpoints();
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "[runbook]\nstate_dir = {state:?}\nshutdown_grace = \"1s\"\n\n\
-             [notify.out]\ntype = \"file\"\ndir = {out:?}\n\n\
-             [jobs.t]\nnotify = [\"out\"]\n\n{items}\n",
-            state = dir.path().join("state"),
-            out = dir.path().join("out"),
-        );
-        std::fs::write(dir.path().join("jobs.toml"), text).unwrap();
-        Setup { dir }
+        Setup(
+            support::Setup::builder()
+                .runbook("shutdown_grace = \"1s\"")
+                .body(&format!(
+                    "[notify.{name}]\n{channel}\n\n[jobs.t]\nnotify = [{name:?}]\n\n{items}\n"
+                ))
+                .build(),
+        )
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn config(&self) -> PathBuf {
-        self.dir.path().join("jobs.toml")
+        self.0.config()
     }
 
     fn cli(&self, args: &[&str], failpoints: Option<&str>) -> Output {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = self.0.std_command();
         cmd.arg("--config").arg(self.config()).args(args);
         cmd.env_remove("FAILPOINTS");
         if let Some(f) = failpoints {
@@ -81,18 +90,12 @@ impl Setup {
     }
 
     fn history(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["history", "--format", "json"], None);
-        assert!(out.status.success(), "{out:?}");
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .cloned()
-            .unwrap()
+        support::daemon::history(&self.config())
     }
 
     /// Run ids of the reports the `file` notifier wrote (one `.json` per delivered report).
     fn delivered(&self) -> Vec<String> {
-        let mut ids: Vec<String> = std::fs::read_dir(self.dir.path().join("out"))
+        let mut ids: Vec<String> = std::fs::read_dir(self.path().join("out"))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().into_string().ok())
@@ -112,17 +115,6 @@ impl Setup {
     }
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("gave up waiting: {what}");
-}
-
 const MANUAL_ITEM: &str = "[[jobs.t.items]]\nname = \"look\"\nkind = \"manual\"\n";
 
 #[test]
@@ -138,11 +130,8 @@ fn a_report_stored_just_before_a_crash_is_delivered_by_the_restarted_daemon() {
     );
 
     // The daemon delivers what the dead process left queued, as soon as it starts.
-    let log = std::fs::File::create(setup.dir.path().join("daemon.log")).unwrap();
-    let mut daemon = Command::new(BIN)
-        .arg("--config")
-        .arg(setup.config())
-        .arg("daemon")
+    let log = std::fs::File::create(setup.path().join("daemon.log")).unwrap();
+    let mut daemon = support::runbook_std(&setup.config(), &["daemon"])
         .env_remove("FAILPOINTS")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -195,7 +184,7 @@ fn a_crash_after_a_log_scan_read_skips_no_line() {
     let setup = Setup::new(
         "[[jobs.t.items]]\nname = \"errors\"\nkind = \"log_scan\"\nfiles = [\"app.log\"]\nwarn_count = 0\n",
     );
-    let log = setup.dir.path().join("app.log");
+    let log = setup.path().join("app.log");
     append(&log, "ERROR one\nINFO fine\nERROR two\nERROR three\n");
     // Killed after reading the file, before the report (and so the offset) was stored.
     setup.run_killed_at("log-scan-after-read");
@@ -216,70 +205,19 @@ fn a_crash_after_a_log_scan_read_skips_no_line() {
     assert_eq!(setup.delivered().len(), 2);
 }
 
-/// A real SMTP server (mailin-embedded) that keeps every message it accepts.
-#[derive(Clone, Default)]
-struct Inbox {
-    messages: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-    current: Vec<u8>,
-}
-
-impl mailin_embedded::Handler for Inbox {
-    fn data_start(&mut self, _: &str, _: &str, _: bool, _: &[String]) -> mailin_embedded::Response {
-        self.current.clear();
-        mailin_embedded::response::OK
-    }
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.current.extend_from_slice(buf);
-        Ok(())
-    }
-    fn data_end(&mut self) -> mailin_embedded::Response {
-        self.messages
-            .lock()
-            .unwrap()
-            .push(std::mem::take(&mut self.current));
-        mailin_embedded::response::OK
-    }
-}
-
-impl Inbox {
-    /// The Message-ID header of every message received.
-    fn message_ids(&self) -> Vec<String> {
-        self.messages
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|m| {
-                String::from_utf8_lossy(m)
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
-                    .map(|l| l[11..].trim().to_string())
-            })
-            .collect()
-    }
-}
-
 #[test]
 fn a_report_stored_just_before_a_crash_reaches_a_real_smtp_server_once() {
     require_failpoints();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let inbox = Inbox::default();
-    let mut server = mailin_embedded::Server::new(inbox.clone());
-    server.with_name("test.smtp").with_tcp_listener(listener);
-    std::thread::spawn(move || {
-        let _ = server.serve();
-    });
-
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[runbook]\nstate_dir = {state:?}\n\n\
-         [notify.mail]\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{port}?tls=none\"\n\
-         from = \"runbook@example.com\"\nto = [\"oncall@example.com\"]\n\n\
-         [jobs.t]\nnotify = [\"mail\"]\n\n{MANUAL_ITEM}",
-        state = dir.path().join("state"),
+    let inbox = Smtp::start(None, None);
+    let setup = Setup::notifying(
+        "mail",
+        &format!(
+            "type = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}?tls=none\"\n\
+             from = \"runbook@example.com\"\nto = [\"oncall@example.com\"]",
+            inbox.port
+        ),
+        MANUAL_ITEM,
     );
-    std::fs::write(dir.path().join("jobs.toml"), text).unwrap();
-    let setup = Setup { dir };
     setup.run_killed_at("report-stored");
     let runs = setup.history();
     let run_id = runs[0]["run_id"].as_str().unwrap().to_string();

@@ -3,135 +3,23 @@
 //! shared PostgreSQL. No timing assertions: every wait is generous and only counts and states
 //! are asserted.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_runbook");
-/// How long any condition may take to become true before the test fails.
-const PATIENCE: Duration = Duration::from_secs(90);
-
-/// A daemon process; killed when dropped so a failing test leaks nothing.
-struct Daemon {
-    child: Child,
-    config: PathBuf,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let log = std::fs::File::create(config.with_extension("log")).unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .arg("daemon")
-            .env("RUNBOOK_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start the daemon");
-        Daemon {
-            child,
-            config: config.to_path_buf(),
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn signal(&self, s: Signal) {
-        kill(self.pid(), s).expect("cannot signal the daemon");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
-    }
-
-    /// Waits for the process to exit and returns its exit code.
-    fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the daemon did not exit; log:\n{}", self.log());
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.alive() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("gave up waiting: {what}");
-}
-
-/// Like [`wait_until`], with the daemon's log in the failure message.
-fn wait_until_or(what: &str, cond: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, cond)));
-    if r.is_err() {
-        panic!("gave up waiting: {what}; daemon log:\n{}", log());
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::daemon::{Daemon, history, report};
+use support::{free_port, wait_until, wait_until_or};
 
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// `runbook history --format json` (newest first).
-fn history(config: &Path) -> Vec<Value> {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["history", "-n", "1000", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "history failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn finished(config: &Path) -> Vec<Value> {
@@ -141,35 +29,10 @@ fn finished(config: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn report(config: &Path, run_id: &str) -> Value {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["report", run_id, "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "report failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// A plain HTTP/1.0 GET; returns (status code, body).
 fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
+    let (code, _, body) = support::http::get(port, path, &[]).expect("the daemon answers");
+    (code, body)
 }
 
 fn tick_config(dir: &Path, extra: &str) -> String {
@@ -311,10 +174,7 @@ fn a_manual_run_shows_in_the_daemons_metrics() {
         || daemon.log(),
     );
     let run = |extra: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .args(["run-job", "byhand", "--no-notify"])
+        let out = support::runbook_std(&config, &["run-job", "byhand", "--no-notify"])
             .args(extra)
             .output()
             .unwrap();
@@ -533,7 +393,7 @@ fn claims(pg: &TempCluster, sql: &str) -> String {
 
 #[test]
 fn two_daemons_sharing_a_cluster_run_every_slot_exactly_once() {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let pg = support::pg::cluster();
     let dir = tempfile::tempdir().unwrap();
     let item = "name = \"check\"\nkind = \"manual\"";
     let a = cluster_config(dir.path(), &pg, "node-a", "10s", item);
@@ -585,7 +445,7 @@ fn two_daemons_sharing_a_cluster_run_every_slot_exactly_once() {
 
 #[test]
 fn when_a_node_is_killed_mid_run_the_other_takes_over_the_next_slots() {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let pg = support::pg::cluster();
     let dir = tempfile::tempdir().unwrap();
     let item = "name = \"work\"\nkind = \"command\"\nargv = [\"sleep\", \"3\"]";
     let a = cluster_config(dir.path(), &pg, "node-a", "3s", item);

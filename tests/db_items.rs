@@ -1,12 +1,14 @@
 //! The database item kinds end to end, as users run them: `runbook run-job --format json` on a
 //! jobs.toml written into a temporary folder, against a real throwaway PostgreSQL.
 
-mod db_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use db_support::{
-    Holder, Setup, Standby, cluster_with_app_db, item, q, require_password, wait_for,
+use support::{
+    Setup, item,
+    pg::{Holder, cluster_with_app_db, q, require_password, wait_for},
+    standby::Standby,
 };
 
 const TABLES: &str = "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 5000) g; \
@@ -56,12 +58,12 @@ target = "wrongpw"
 query = "SELECT 1"
 "#
     .replace("PORT", &pg.port.to_string());
-    let s = Setup::new(
+    let s = Setup::with_db(
         &format!("postgres://ops@127.0.0.1:{}/app", pg.port),
         "password = \"sekrit-pw-4711\"",
         &jobs,
     );
-    let (code, report, all) = s.run("check", &[]);
+    let (code, report, all) = s.run_job("check", &[]);
     assert_eq!(code, 1, "{all}");
     for name in ["down", "down vacuum"] {
         let down = item(&report, name);
@@ -104,10 +106,10 @@ target = "db"
 schemas = ["public"]
 skip_locked = true
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     let _holder = Holder::lock(&pg, "b");
 
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 1, "{all}");
     let v = item(&report, "vacuum");
     assert_eq!(v["status"], "fail", "{v:#}");
@@ -185,8 +187,8 @@ target = "db"
 tables = ["crawl"]
 retries = 0
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("m", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 1, "{all}");
     let v = item(&report, "vacuum");
     let crawl = &v["data"]["tables"][0];
@@ -228,8 +230,8 @@ target = "db"
 schemas = ["public"]
 parallel = 2
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("m", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "{all}");
     let said = "1 of 2 worker connection(s) failed, so fewer tables ran at once";
 
@@ -279,10 +281,10 @@ schemas = ["public"]
 parallel = 1
 window = "600ms"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     let _holder = Holder::lock(&pg, "a");
     let started = Instant::now();
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     // The run does not wait for the lock past the window (nor for the retries' back-off).
     assert!(started.elapsed() < Duration::from_secs(60), "{all}");
     assert_eq!(code, 0, "a warn is exit 0: {all}");
@@ -324,8 +326,8 @@ kind = "vacuum"
 target = "db"
 schemas = ["public"]
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("m", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "a warn is exit 0: {all}");
     let v = item(&report, "vacuum");
     assert_eq!(v["status"], "warn", "{v:#}");
@@ -383,7 +385,7 @@ kind = "create_indexes"
 target = "db"
 file = "indexes.sql"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     s.write("indexes.sql", "CREATE INDEX CONCURRENTLY a_v ON a (v);\n");
     let index_snapshot = "SELECT string_agg(indexrelid::regclass::text || ':' || indexrelid::int || ':' || indisvalid, ',' ORDER BY indexrelid) FROM pg_index WHERE indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)";
     let before = q(&pg, index_snapshot);
@@ -392,7 +394,7 @@ file = "indexes.sql"
         "{before}"
     );
 
-    let (code, report, all) = s.run("m", &["--dry-run"]);
+    let (code, report, all) = s.run_job("m", &["--dry-run"]);
     assert_eq!(code, 0, "{all}");
     for name in ["vacuum", "reindex", "indexes"] {
         assert_eq!(item(&report, name)["status"], "skipped", "{all}");
@@ -453,9 +455,9 @@ kind = "create_indexes"
 target = "db"
 file = "indexes.sql"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     s.write("indexes.sql", "CREATE INDEX CONCURRENTLY a_v ON a (v);\n");
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 1, "{all}");
     let waited = format!(
         "waited for pid {pid} (psql, user postgres, idle in transaction, transaction open "
@@ -501,12 +503,12 @@ kind = "reindex"
 target = "db"
 schemas = ["public"]
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     let oids_before = q(
         &pg,
         "SELECT string_agg(indexrelid::text, ',') FROM pg_index WHERE indrelid = 'a'::regclass OR indrelid = '\"Weird \"\"Name\"\"\"'::regclass",
     );
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "{all}");
     let r = item(&report, "reindex");
     assert_eq!(r["status"], "warn", "{r:#}");
@@ -564,7 +566,7 @@ kind = "create_indexes"
 target = "db"
 file = "sql/indexes.sql"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     std::fs::create_dir(s.dir.path().join("sql")).expect("mkdir");
     s.write(
         "sql/indexes.sql",
@@ -574,7 +576,7 @@ file = "sql/indexes.sql"
          CREATE INDEX CONCURRENTLY orders_user ON trading.orders (user_id);\n\
          CREATE UNIQUE INDEX CONCURRENTLY dup2_v ON dup2 (v);\n",
     );
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 1, "{all}");
     let it = item(&report, "indexes");
     assert_eq!(it["status"], "fail", "{it:#}");
@@ -630,12 +632,12 @@ kind = "create_indexes"
 target = "db"
 file = "indexes.sql"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     s.write(
         "indexes.sql",
         "CREATE INDEX CONCURRENTLY a_v ON a (v);\nDROP TABLE b;\n",
     );
-    let (code, _report, all) = s.run("m", &[]);
+    let (code, _report, all) = s.run_job("m", &[]);
     assert_eq!(code, 2, "{all}");
     assert!(
         all.contains("line 2: not a CREATE INDEX statement"),
@@ -689,8 +691,8 @@ kind = "sql"
 target = "db"
 query = "DELETE FROM b RETURNING id"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("c", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("c", &[]);
     assert_eq!(code, 1, "{all}");
     assert_eq!(item(&report, "rows")["status"], "pass", "{all}");
     let max = item(&report, "max");
@@ -761,11 +763,11 @@ max_running = "1s"
 "#,
         pg.url("noext")
     );
-    let s = Setup::new(&pg.url("app"), "", "");
+    let s = Setup::with_db(&pg.url("app"), "", "");
     let text = std::fs::read_to_string(s.dir.path().join("jobs.toml")).expect("read") + &jobs;
     s.write("jobs.toml", &text);
 
-    let (code, report, all) = s.run("quiet", &[]);
+    let (code, report, all) = s.run_job("quiet", &[]);
     assert_eq!(code, 0, "{all}");
     assert_eq!(
         item(&report, "long running only")["status"],
@@ -778,7 +780,7 @@ max_running = "1s"
         &pg,
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(120)%' AND now() - query_start > interval '1.5s')",
     );
-    let (code, report, all) = s.run("w", &[]);
+    let (code, report, all) = s.run_job("w", &[]);
     assert_eq!(code, 0, "{all}");
     let slow = item(&report, "slow");
     assert_eq!(slow["status"], "warn", "{slow:#}");
@@ -833,9 +835,9 @@ target = "db"
 query = "SELECT pg_is_in_recovery()"
 expect = true
 "#;
-    let s = Setup::new(&url, "", jobs);
+    let s = Setup::with_db(&url, "", jobs);
     s.write("indexes.sql", "CREATE INDEX CONCURRENTLY a_v ON a (v);\n");
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 1, "{all}");
     for name in ["vacuum", "reindex", "indexes"] {
         let it = item(&report, name);
@@ -882,8 +884,8 @@ target = "db"
 schemas = ["public"]
 only_needed = true
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("m", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "{all}");
     let v = item(&report, "vacuum");
     assert_eq!(v["data"]["tables_done"], 1, "{v:#}");
@@ -941,8 +943,8 @@ target = "db"
 schemas = ["public"]
 only_needed = true
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("m", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "{all}");
     let v = item(&report, "vacuum");
     assert_eq!(v["status"], "pass", "{all}");

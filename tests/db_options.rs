@@ -16,13 +16,16 @@
 //! - targets: `statement_timeout` (index builds excepted), the item's deadline for `sql`,
 //!   `connect_timeout`, and the session settings every connection has.
 
-mod db_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use db_support::{Holder, Setup, cluster_with_app_db, end_lock_holder, item, q, wait_for};
 use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
+use support::{
+    Setup, item,
+    pg::{Holder, cluster_with_app_db, end_lock_holder, q, wait_for},
+};
 
 /// Manual VACUUM and ANALYZE counts of the tables in `public` and `trading`:
 /// `schema.table:vacuums:analyzes,...`.
@@ -71,7 +74,7 @@ fn summary(it: &Value) -> &str {
 
 /// Runs `job` and asserts it ran to a report (exit 0 or 1, not a config error).
 fn run_ok(s: &Setup, job: &str, args: &[&str]) -> Value {
-    let (code, report, all) = s.run(job, args);
+    let (code, report, all) = s.run_job(job, args);
     assert!(code == 0 || code == 1, "run-job {job} exited {code}: {all}");
     assert!(!report.is_null(), "no report from {job}: {all}");
     report
@@ -132,7 +135,7 @@ name = "vacuum"
 kind = "vacuum"
 target = "db"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     assert_eq!(
         q(&pg, COUNTS),
         "public.a:0:0,public.b:0:0,public.c:0:0,trading.audit:0:0,trading.orders:0:0"
@@ -254,8 +257,8 @@ kind = "vacuum"
 target = "db"
 schemas = ["public"]
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("m", &["--dry-run"]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("m", &["--dry-run"]);
     assert_eq!(code, 0, "{all}");
     let d = item(&report, "vacuum");
     let details = d["details"].as_array().expect("details");
@@ -321,7 +324,7 @@ schemas = ["public"]
 parallel = 2
 io_concurrency = 0
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
 
     // The server runs with PostgreSQL's built-in 10: each of the two workers' sessions uses 128.
     q(&pg, "SELECT pg_stat_statements_reset()");
@@ -360,12 +363,12 @@ io_concurrency = 0
     );
 
     // Out of PostgreSQL's range: a config error naming the item and the key, nothing runs.
-    let bad = Setup::new(
+    let bad = Setup::with_db(
         &pg.url("app"),
         "",
         "[jobs.bad]\n[[jobs.bad.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nio_concurrency = 5000\n",
     );
-    let (code, report, all) = bad.run("bad", &[]);
+    let (code, report, all) = bad.run_job("bad", &[]);
     assert_eq!(code, 2, "{all}");
     assert_eq!(report, Value::Null, "{all}");
     assert!(all.contains("jobs.toml:"), "{all}");
@@ -390,7 +393,7 @@ fn vacuum_parallel_two_goes_on_with_other_tables_while_one_waits_and_parallel_on
          [jobs.two]\n[[jobs.two.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nschemas = [\"public\"]\nparallel = 2\n",
         pg.url("app")
     );
-    let s = Setup::with_body(&body);
+    let s = Setup::new(&body);
     let waiting_for_a = "EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'runbook' AND wait_event_type = 'Lock' AND query LIKE 'VACUUM%public.a')";
     let vacuums_of_b_and_c =
         "SELECT sum(vacuum_count) FROM pg_stat_user_tables WHERE relname IN ('b', 'c')";
@@ -398,7 +401,7 @@ fn vacuum_parallel_two_goes_on_with_other_tables_while_one_waits_and_parallel_on
     // parallel = 1: while the one worker waits for `a`, nothing else is vacuumed.
     let _holder = Holder::lock(&pg, "a");
     let (code, report, all) = std::thread::scope(|scope| {
-        let run = scope.spawn(|| s.run("one", &[]));
+        let run = scope.spawn(|| s.run_job("one", &[]));
         wait_for(&pg, &format!("SELECT {waiting_for_a}"));
         assert_eq!(q(&pg, vacuums_of_b_and_c), "0");
         assert_eq!(
@@ -423,7 +426,7 @@ fn vacuum_parallel_two_goes_on_with_other_tables_while_one_waits_and_parallel_on
     // second connection.
     let _holder = Holder::lock(&pg, "a");
     let (code, report, all) = std::thread::scope(|scope| {
-        let run = scope.spawn(|| s.run("two", &[]));
+        let run = scope.spawn(|| s.run_job("two", &[]));
         wait_for(
             &pg,
             &format!("SELECT {waiting_for_a} AND ({vacuums_of_b_and_c}) = 4"),
@@ -468,11 +471,11 @@ fn vacuum_retries_a_table_whose_lock_is_released_and_vacuums_it() {
          [jobs.m]\n[[jobs.m.items]]\nname = \"vacuum\"\nkind = \"vacuum\"\ntarget = \"db\"\nschemas = [\"public\"]\n",
         pg.url("app")
     );
-    let s = Setup::with_body(&body);
+    let s = Setup::new(&body);
     let _holder = Holder::lock(&pg, "b");
     let started = Instant::now();
     let (code, report, all) = std::thread::scope(|scope| {
-        let run = scope.spawn(|| s.run("m", &[]));
+        let run = scope.spawn(|| s.run_job("m", &[]));
         // The first attempt waits for the lock (and gives up after lock_timeout) ...
         wait_for(
             &pg,
@@ -524,9 +527,9 @@ name = "reindex"
 kind = "reindex"
 target = "db"
 "#;
-    let s = Setup::new(&url, "", jobs);
+    let s = Setup::with_db(&url, "", jobs);
     let (mine_before, theirs_before) = (ident(&pg, "mine_pkey"), ident(&pg, "theirs_pkey"));
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "{all}");
 
     // Neither the other owner's table nor the catalogs: no failures, no warnings.
@@ -602,7 +605,7 @@ name = "reindex"
 kind = "reindex"
 target = "db"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     let snapshot =
         |names: &[&str]| -> Vec<String> { names.iter().map(|n| ident(&pg, n)).collect() };
     let names = ["a_pkey", "a_v", "b_pkey", "trading.orders_pkey"];
@@ -717,8 +720,8 @@ target = "db"
 tables = ["t", "other"]
 concurrently = false
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("m", &["--dry-run"]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("m", &["--dry-run"]);
     assert_eq!(code, 0, "{all}");
     let r = item(&report, "reindex");
     assert_eq!(r["data"]["leftovers"], serde_json::json!([]), "{r:#}");
@@ -810,7 +813,7 @@ kind = "reindex"
 target = "db"
 concurrently = false
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     let names = ["t_pkey", "t_f", "b_pkey", "c_pkey"];
     let snapshot = || -> Vec<String> { names.iter().map(|n| ident(&pg, n)).collect() };
     let find = |r: &Value, name: &str| -> Value {
@@ -824,7 +827,7 @@ concurrently = false
         WHERE NOT i.indisvalid OR c.relname LIKE '%ccnew%' OR c.relname LIKE '%ccold%'";
 
     let before = snapshot();
-    let (code, report, all) = s.run("concurrent", &[]);
+    let (code, report, all) = s.run_job("concurrent", &[]);
     assert_eq!(code, 1, "{all}");
     let r = item(&report, "reindex");
     assert_eq!(r["status"], "fail", "{r:#}");
@@ -851,7 +854,7 @@ concurrently = false
     let before = after;
     let _holder = Holder::lock(&pg, "b");
     let started = Instant::now();
-    let (code, report, all) = s.run("blocking", &[]);
+    let (code, report, all) = s.run_job("blocking", &[]);
     assert!(started.elapsed() < Duration::from_secs(30), "{all}");
     assert_eq!(code, 1, "{all}");
     let r = item(&report, "reindex");
@@ -906,7 +909,7 @@ kind = "create_indexes"
 target = "db"
 file = "indexes.sql"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     s.write(
         "indexes.sql",
         "CREATE INDEX shared_name ON a (v);\n\
@@ -916,7 +919,7 @@ file = "indexes.sql"
     );
     let (shared_before, taken_before) =
         (ident(&pg, "public.shared_name"), ident(&pg, "public.taken"));
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 1, "{all}");
     let it = item(&report, "indexes");
     assert_eq!(it["status"], "fail", "{it:#}");
@@ -1133,8 +1136,8 @@ fn sql_assertion_forms_and_parameter_types_judge_as_documented() {
             "[[jobs.c.items]]\nname = \"{name}\"\nkind = \"sql\"\ntarget = \"db\"\n{opts}\n"
         );
     }
-    let s = Setup::new(&pg.url("app"), "", &jobs);
-    let (code, report, all) = s.run("c", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", &jobs);
+    let (code, report, all) = s.run_job("c", &[]);
     assert_eq!(code, 1, "{all}");
     for (name, _, status, fragment) in cases {
         let it = item(&report, name);
@@ -1225,8 +1228,8 @@ fn sql_cannot_change_the_database_whatever_the_query_tries() {
             "[[jobs.c.items]]\nname = \"{name}\"\nkind = \"sql\"\ntarget = \"db\"\nquery = '''{query}'''\n"
         );
     }
-    let s = Setup::new(&pg.url("app"), "", &jobs);
-    let (code, report, all) = s.run("c", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", &jobs);
+    let (code, report, all) = s.run_job("c", &[]);
     assert_eq!(code, 1, "{all}");
     for (name, _, refusal) in writes {
         let it = item(&report, name);
@@ -1309,8 +1312,8 @@ target = "db"
 top = 0
 max_running = "1s"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("w", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("w", &[]);
     assert_eq!(code, 1, "{all}");
 
     let top1 = item(&report, "top 1");
@@ -1377,7 +1380,7 @@ max_running = "1s"
         &pg,
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE state = 'idle' AND query LIKE '%just idle%' AND state_change < now() - interval '1.5s')",
     );
-    let (code, report, all) = s.run("running", &[]);
+    let (code, report, all) = s.run_job("running", &[]);
     assert_eq!(code, 0, "{all}");
     let running = item(&report, "running");
     assert_eq!(running["status"], "warn", "{running:#}");
@@ -1430,13 +1433,13 @@ kind = "slow_queries"
 target = "db"
 max_running = "1s"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
     let _sleeper = Holder::start(&pg, "SELECT pg_sleep(120);\n");
     wait_for(
         &pg,
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(120)%' AND now() - query_start > interval '1.5s')",
     );
-    let (code, report, all) = s.run("w", &[]);
+    let (code, report, all) = s.run_job("w", &[]);
     assert_eq!(code, 0, "{all}");
     let slow = item(&report, "slow");
     assert_eq!(slow["status"], "warn", "{slow:#}");
@@ -1503,10 +1506,10 @@ query = "SELECT 'hanging check', pg_sleep(3600)"
 "#,
         pg.url("app")
     );
-    let s = Setup::new(&pg.url("app"), "statement_timeout = \"300ms\"", &jobs);
+    let s = Setup::with_db(&pg.url("app"), "statement_timeout = \"300ms\"", &jobs);
     s.write("indexes.sql", "CREATE INDEX t_slow ON t (slow(id));\n");
 
-    let (code, report, all) = s.run("capped", &[]);
+    let (code, report, all) = s.run_job("capped", &[]);
     assert_eq!(code, 1, "{all}");
     let capped = item(&report, "capped check");
     assert_eq!(capped["status"], "fail", "{capped:#}");
@@ -1516,7 +1519,7 @@ query = "SELECT 'hanging check', pg_sleep(3600)"
         "{capped:#}"
     );
 
-    let (code, report, all) = s.run("m", &[]);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "{all}");
     // The index builds ran longer than statement_timeout and finished.
     let ix = item(&report, "indexes");
@@ -1542,7 +1545,7 @@ query = "SELECT 'hanging check', pg_sleep(3600)"
     // Without statement_timeout, the item's own timeout ends the statement on the server too:
     // the run ends (the statement would sleep an hour) and the statement is gone from the
     // server, cancelled, not merely abandoned by its client.
-    let (code, report, all) = s.run("hang", &[]);
+    let (code, report, all) = s.run_job("hang", &[]);
     assert_eq!(code, 1, "{all}");
     let hang = item(&report, "hanging check");
     assert_eq!(hang["status"], "fail", "{hang:#}");
@@ -1588,8 +1591,8 @@ query = "SELECT current_setting('application_name') = 'runbook' AND current_sett
 expect = true
 "#
     );
-    let s = Setup::new(&pg.url("app"), "", &jobs);
-    let (code, report, all) = s.run("m", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", &jobs);
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 1, "{all}");
     for name in ["silent check", "silent vacuum"] {
         let it = item(&report, name);
@@ -1640,8 +1643,8 @@ top = 1000
 warn_mean = "1ms"
 include_maintenance = true
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("w", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("w", &[]);
     assert_eq!(code, 0, "{all}");
     let queries = |it: &Value| -> Vec<String> {
         it["data"]["statements"]

@@ -9,17 +9,19 @@
 //! - `reindex` with `min_bloat`: with `pgstattuple` only the bloated B-tree index is rebuilt;
 //!   without it every index is, with the documented note.
 
-mod db_support;
-mod tls_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use db_support::{Setup, cluster_with_app_db, item, q, require_password};
 use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
-use tls_support::{make_ca, make_server_cert};
+use support::tls::{make_ca, make_server_cert};
+use support::{
+    Setup, item,
+    pg::{cluster_with_app_db, q, require_password},
+};
 
 /// The password every target here is given: it must never appear in runbook's output.
 const PASSWORD: &str = "s3cret-pw-XYZ";
@@ -197,7 +199,7 @@ fn tls_job(name: &str, target: &str) -> String {
 
 /// Runs `job` and returns its "tls" item, asserting the password shows up nowhere.
 fn run_tls_job(s: &Setup, job: &str) -> (i32, Value, String) {
-    let (code, report, all) = s.run(job, &[]);
+    let (code, report, all) = s.run_job(job, &[]);
     assert!(
         !all.contains(PASSWORD),
         "the target's password appears in the output of {job}: {all}"
@@ -238,7 +240,7 @@ fn verify_full_require_and_prefer_connect_over_tls() {
     for t in ["verified", "verified_by_name", "required", "preferred"] {
         body += &tls_job(t, t);
     }
-    let s = Setup::with_body(&body);
+    let s = Setup::new(&body);
     for t in ["verified", "verified_by_name", "required", "preferred"] {
         let (code, it, all) = run_tls_job(&s, t);
         assert_eq!(code, 0, "sslmode of target {t}: {all}");
@@ -261,7 +263,7 @@ fn verify_full_refuses_a_server_certificate_from_another_ca() {
     body += &target("noca", &srv.url("127.0.0.1"), "verify-full", None);
     body += &tls_job("wrongca", "wrongca");
     body += &tls_job("noca", "noca");
-    let s = Setup::with_body(&body);
+    let s = Setup::new(&body);
     let display = format!("{ROLE}@127.0.0.1:{}/app", srv.pg.port);
     for t in ["wrongca", "noca"] {
         let (code, it, all) = run_tls_job(&s, t);
@@ -288,7 +290,7 @@ fn verify_full_refuses_a_certificate_for_another_host_name_and_require_does_not_
     body += &target("unverified", &srv.url("127.0.0.1"), "require", None);
     body += &tls_job("mismatch", "mismatch");
     body += &tls_job("unverified", "unverified");
-    let s = Setup::with_body(&body);
+    let s = Setup::new(&body);
 
     let (code, it, all) = run_tls_job(&s, "mismatch");
     assert_eq!(code, 1, "{all}");
@@ -310,7 +312,7 @@ fn verify_full_refuses_a_certificate_for_another_host_name_and_require_does_not_
 fn disable_against_a_tls_only_server_fails_naming_the_target() {
     let srv = TlsServer::start("localhost", "DNS:localhost,IP:127.0.0.1");
     let body = target("plain", &srv.url("127.0.0.1"), "disable", None) + &tls_job("plain", "plain");
-    let s = Setup::with_body(&body);
+    let s = Setup::new(&body);
     let (code, it, all) = run_tls_job(&s, "plain");
     assert_eq!(code, 1, "{all}");
     let display = format!("{ROLE}@127.0.0.1:{}/app", srv.pg.port);
@@ -332,7 +334,7 @@ fn prefer_falls_back_to_plaintext_on_a_server_without_tls() {
         + "[jobs.preferred]\n[[jobs.preferred.items]]\nname = \"tls\"\nkind = \"sql\"\ntarget = \"preferred\"\n"
         + &format!("query = \"{TLS_QUERY}\"\nexpect = false\n\n")
         + &tls_job("required", "required");
-    let s = Setup::with_body(&body);
+    let s = Setup::new(&body);
     let (code, it, all) = run_tls_job(&s, "preferred");
     assert_eq!(code, 0, "{all}");
     assert_eq!(it["status"], "pass", "prefer connects without TLS: {it:#}");
@@ -403,8 +405,8 @@ fn reindex_min_bloat_rebuilds_only_the_bloated_index() {
     assert!(compact < 15.0, "t_k should be compact: {compact}%");
     let (pkey_before, k_before) = (relfilenode(&pg, "t_pkey"), relfilenode(&pg, "t_k"));
 
-    let s = Setup::with_body(&REINDEX_JOB.replace("URL", &pg.url("app")));
-    let (code, report, all) = s.run("m", &[]);
+    let s = Setup::new(&REINDEX_JOB.replace("URL", &pg.url("app")));
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "{all}");
     let r = item(&report, "reindex");
     assert_eq!(r["status"], "pass", "{r:#}");
@@ -449,8 +451,8 @@ fn reindex_min_bloat_without_pgstattuple_rebuilds_every_index_and_says_why() {
     q(&pg, "DROP EXTENSION pgstattuple;");
     let (pkey_before, k_before) = (relfilenode(&pg, "t_pkey"), relfilenode(&pg, "t_k"));
 
-    let s = Setup::with_body(&REINDEX_JOB.replace("URL", &pg.url("app")));
-    let (code, report, all) = s.run("m", &[]);
+    let s = Setup::new(&REINDEX_JOB.replace("URL", &pg.url("app")));
+    let (code, report, all) = s.run_job("m", &[]);
     assert_eq!(code, 0, "{all}");
     let r = item(&report, "reindex");
     assert_eq!(r["status"], "pass", "{r:#}");

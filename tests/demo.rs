@@ -1,7 +1,7 @@
 //! `runbook demo` works from nothing but PostgreSQL's server binaries, and cleans up after
 //! itself: the README's first command.
 
-use assert_cmd::Command;
+mod support;
 
 fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -18,12 +18,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 #[test]
 fn demo_runs_the_shipped_jobs_against_a_throwaway_cluster_and_cleans_up() {
-    let out = Command::cargo_bin("runbook")
-        .unwrap()
-        .arg("demo")
-        .env_remove("RUNBOOK_CONFIG")
-        .output()
-        .unwrap();
+    let out = support::clean_command().arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
@@ -75,7 +70,7 @@ fn demo_runs_the_shipped_jobs_against_a_throwaway_cluster_and_cleans_up() {
 #[test]
 fn demo_interrupted_with_ctrl_c_stops_the_cluster_and_removes_its_folder() {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("runbook"))
+    let mut child = support::clean_command()
         .arg("demo")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

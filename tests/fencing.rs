@@ -6,16 +6,18 @@
 //! appends its start and end instants (and its node) to a file; intervals of different nodes
 //! must not overlap. Short leases (3 s) keep each test to seconds.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runbook::face::pgcluster::TempCluster;
-
-const BIN: &str = env!("CARGO_BIN_EXE_runbook");
+use support::daemon::{Daemon, history, report};
+use support::wait_until_or;
 
 /// A TCP proxy to `target` on 127.0.0.1; `cut()` makes it a black hole for every connection,
 /// open or new.
@@ -94,60 +96,6 @@ impl Proxy {
     }
 }
 
-/// A daemon process; killed when dropped so a failing test leaks nothing.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(config: &Path, failpoints: Option<&str>) -> Daemon {
-        let log = config.with_extension(format!("{}.log", Instant::now().elapsed().as_nanos()));
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(config)
-            .arg("daemon")
-            .env("RUNBOOK_LOG", "info")
-            .env_remove("FAILPOINTS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(f) = failpoints {
-            cmd.env("FAILPOINTS", f);
-        }
-        Daemon {
-            child: cmd.spawn().expect("cannot start the daemon"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool, logs: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("gave up waiting: {what}\n{}", logs());
-}
-
 /// The `command` item: appends `start NODE T PID SLOT` and, when it ends or is stopped,
 /// `end NODE T`.
 fn interval_item(file: &Path, node: &str, seconds: u32) -> String {
@@ -222,35 +170,9 @@ fn sql(pg: &TempCluster, q: &str) -> String {
         .to_string()
 }
 
-fn history(config: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["history", "--format", "json"])
-        .env_remove("FAILPOINTS")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap()
-}
-
-fn report(config: &Path, run_id: &str) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["report", run_id, "--format", "json"])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn a_node_cut_off_from_the_cluster_database_stops_its_run_before_another_takes_over() {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let pg = support::pg::cluster();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("intervals");
     let proxies = BTreeMap::from([
@@ -269,7 +191,7 @@ fn a_node_cut_off_from_the_cluster_database_stops_its_run_before_another_takes_o
         .collect();
     let daemons: BTreeMap<&str, Daemon> = configs
         .iter()
-        .map(|(n, c)| (*n, Daemon::start(c, None)))
+        .map(|(n, c)| (*n, Daemon::start(c)))
         .collect();
     let logs = || {
         daemons
@@ -279,7 +201,7 @@ fn a_node_cut_off_from_the_cluster_database_stops_its_run_before_another_takes_o
     };
 
     // Wait until one node runs the job, then cut that node off the cluster database.
-    wait_until("a run started", || !intervals(&file).is_empty(), logs);
+    wait_until_or("a run started", || !intervals(&file).is_empty(), logs);
     let victim = intervals(&file)[0].0.clone();
     let survivor = if victim == "node-a" {
         "node-b"
@@ -289,7 +211,7 @@ fn a_node_cut_off_from_the_cluster_database_stops_its_run_before_another_takes_o
     proxies[victim.as_str()].cut();
 
     // The survivor runs the job (takes the slot over, or claims a later one) ...
-    wait_until(
+    wait_until_or(
         "the survivor runs the job",
         || intervals(&file).iter().any(|r| r.0 == survivor),
         logs,
@@ -302,7 +224,7 @@ fn a_node_cut_off_from_the_cluster_database_stops_its_run_before_another_takes_o
         "the cut-off node stopped its run: {runs:?}"
     );
     let victim_config = &configs[victim.as_str()];
-    wait_until(
+    wait_until_or(
         "the cut-off node stored its report",
         || {
             history(victim_config)
@@ -336,7 +258,7 @@ fn a_node_cut_off_from_the_cluster_database_stops_its_run_before_another_takes_o
 
 #[test]
 fn a_manual_run_job_cannot_overlap_a_scheduled_run_on_another_node() {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let pg = support::pg::cluster();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("intervals");
     let a = node_config(
@@ -353,17 +275,14 @@ fn a_manual_run_job_cannot_overlap_a_scheduled_run_on_another_node() {
         "0 0 1 1 *",
         &interval_item(&file, "node-b", 1),
     );
-    let daemon = Daemon::start(&a, None);
-    wait_until(
+    let daemon = Daemon::start(&a);
+    wait_until_or(
         "a run started",
         || !intervals(&file).is_empty(),
         || daemon.log(),
     );
 
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&b)
-        .args(["run-job", "work"])
+    let out = support::runbook_std(&b, &["run-job", "work"])
         .env_remove("FAILPOINTS")
         .output()
         .unwrap();
@@ -381,7 +300,7 @@ fn a_manual_run_job_cannot_overlap_a_scheduled_run_on_another_node() {
 
 #[test]
 fn a_node_killed_before_marking_its_slot_done_marks_it_after_restart_and_never_reruns_it() {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let pg = support::pg::cluster();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("intervals");
     let a = node_config(
@@ -391,10 +310,10 @@ fn a_node_killed_before_marking_its_slot_done_marks_it_after_restart_and_never_r
         "*/2 * * * * *",
         &interval_item(&file, "node-a", 0),
     );
-    let mut first = Daemon::start(&a, Some("cluster-before-finish=return"));
+    let mut first = Daemon::with_failpoints(&a, "cluster-before-finish=return");
     let log = first.log.clone();
     let log = move || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until(
+    wait_until_or(
         "the daemon killed itself before finish()",
         || first.exited(),
         &log,
@@ -410,8 +329,8 @@ fn a_node_killed_before_marking_its_slot_done_marks_it_after_restart_and_never_r
     );
     assert!(!slot.is_empty(), "the claim was left running");
 
-    let second = Daemon::start(&a, None);
-    wait_until(
+    let second = Daemon::start(&a);
+    wait_until_or(
         "the left-over claim marked done",
         || {
             sql(
@@ -442,7 +361,7 @@ fn a_node_killed_before_marking_its_slot_done_marks_it_after_restart_and_never_r
 
 #[test]
 fn a_null_where_a_value_was_expected_is_an_error_naming_the_column_not_a_panic() {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for this test");
+    let pg = support::pg::cluster();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let (client, conn) = tokio_postgres::connect(
@@ -498,25 +417,24 @@ fn victim_then_survivor(
         "*/2 * * * * *",
         &interval_item(&file, "node-b", seconds),
     );
-    let victim = Daemon::start(&a, Some(failpoints));
-    let log = victim.log.clone();
-    wait_until(
+    let victim = Daemon::with_failpoints(&a, failpoints);
+    wait_until_or(
         "node-a runs the job",
         || !intervals(&file).is_empty(),
-        || std::fs::read_to_string(&log).unwrap_or_default(),
+        || victim.log(),
     );
-    let survivor = Daemon::start(&b, None);
+    let survivor = Daemon::start(&b);
     (victim, survivor, file, a)
 }
 
 #[test]
 fn a_node_whose_lease_renewal_hangs_stops_its_run_before_another_takes_over() {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let pg = support::pg::cluster();
     let dir = tempfile::tempdir().unwrap();
     let (victim, survivor, file, a) =
         victim_then_survivor(&pg, dir.path(), "cluster-renew=return(hang)", 6);
     let logs = || format!("--- a:\n{}\n--- b:\n{}", victim.log(), survivor.log());
-    wait_until(
+    wait_until_or(
         "node-b runs the job",
         || intervals(&file).iter().any(|r| r.0 == "node-b"),
         logs,
@@ -524,7 +442,7 @@ fn a_node_whose_lease_renewal_hangs_stops_its_run_before_another_takes_over() {
     let runs = intervals(&file);
     assert_no_overlap(&runs);
     assert!(runs[0].2.is_some(), "node-a stopped its run: {runs:?}");
-    wait_until(
+    wait_until_or(
         "node-a stored its report",
         || history(&a).iter().any(|r| r["status"] != "running"),
         logs,
@@ -543,14 +461,14 @@ fn a_node_whose_lease_renewal_hangs_stops_its_run_before_another_takes_over() {
 
 #[test]
 fn a_node_killed_during_a_lease_renewal_is_taken_over_and_its_command_dies_with_it() {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for the HA tests");
+    let pg = support::pg::cluster();
     let dir = tempfile::tempdir().unwrap();
     let (mut victim, survivor, file, _) =
         victim_then_survivor(&pg, dir.path(), "cluster-renew=return", 10);
     let log = victim.log.clone();
     let victim_log = move || std::fs::read_to_string(&log).unwrap_or_default();
     let mut died_at = 0.0;
-    wait_until(
+    wait_until_or(
         "node-a killed at its lease renewal",
         || {
             died_at = now_secs();
@@ -563,7 +481,7 @@ fn a_node_killed_during_a_lease_renewal_is_taken_over_and_its_command_dies_with_
         "{}",
         victim_log()
     );
-    wait_until(
+    wait_until_or(
         "node-b runs the job",
         || intervals(&file).iter().any(|r| r.0 == "node-b"),
         || format!("{}\n--- b:\n{}", victim_log(), survivor.log()),

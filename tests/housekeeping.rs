@@ -2,56 +2,32 @@
 //! than `keep_runs` at start, says so in its log, and `history` no longer lists them. The old
 //! entries are real ones, backdated in the real state database (no sleeping).
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use support::Setup;
+use support::daemon::history;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runbook");
-
+/// `runbook --config CONFIG` that finds its state only through the config.
 fn runbook(config: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("--config")
-        .arg(config)
-        .env_remove("RUNBOOK_CONFIG")
-        .env_remove("RUNBOOK_STATE_DIR")
+    let mut c = support::runbook_std(config, &[]);
+    c.env_remove("RUNBOOK_STATE_DIR")
         .env_remove("STATE_DIRECTORY");
     c
 }
 
-fn history(config: &Path) -> Vec<Value> {
-    let out = runbook(config)
-        .args(["history", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap()
-}
-
 #[test]
 fn daemon_prunes_runs_and_report_files_older_than_keep_runs_and_logs_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Setup::builder().runbook("shutdown_grace = \"1s\"").build();
     let state = dir.path().join("state");
     let sent = dir.path().join("sent");
-    let config = dir.path().join("jobs.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[runbook]\nstate_dir = {:?}\nshutdown_grace = \"1s\"\n\n[notify.archive]\ntype = \"file\"\ndir = {:?}\n\n[jobs.daily]\n[[jobs.daily.items]]\nname = \"Look at the dashboards\"\nkind = \"manual\"\n",
-            state.display().to_string(),
-            sent.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = dir.write_body(&format!(
+        "[notify.archive]\ntype = \"file\"\ndir = {:?}\n\n[jobs.daily]\n[[jobs.daily.items]]\nname = \"Look at the dashboards\"\nkind = \"manual\"\n",
+        sent.display().to_string()
+    ));
     for _ in 0..3 {
         let out = runbook(&config)
             .args(["run-job", "daily"])

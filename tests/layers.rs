@@ -295,12 +295,18 @@ fn cycles(edges: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<Vec<String>
 fn graph_prints_and_every_unit_has_a_layer() {
     let g = graph();
     let mut unknown = Vec::new();
-    for (from, tos) in &g.edges {
+    let mut units: Vec<(&String, &BTreeMap<String, String>)> = g.edges.iter().collect();
+    units.sort_by_key(|(u, _)| (layer_of(u).unwrap_or(usize::MAX), u.to_string()));
+    for (from, tos) in units {
         let lf = layer_of(from);
         if lf.is_none() {
             unknown.push(from.clone());
         }
-        let name = lf.and_then(|l| LAYERS.get(l)).map_or("-", |l| l.0);
+        let name = match lf {
+            Some(l) if l == LAYERS.len() => "root",
+            Some(l) => LAYERS[l].0,
+            None => "-",
+        };
         let list: Vec<&str> = tos.keys().map(String::as_str).collect();
         println!("[{name:7}] {from} -> {}", list.join(", "));
     }
@@ -365,9 +371,17 @@ fn checker_finds_upward_edges_and_cycles() {
     assert!(layer_of("store").unwrap() < layer_of("items").unwrap());
 
     let mut e: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    e.entry("a".into()).or_default().insert("b".into(), "f".into());
-    e.entry("b".into()).or_default().insert("c".into(), "f".into());
-    e.entry("c".into()).or_default().insert("a".into(), "f".into());
-    e.entry("d".into()).or_default().insert("a".into(), "f".into());
+    e.entry("a".into())
+        .or_default()
+        .insert("b".into(), "f".into());
+    e.entry("b".into())
+        .or_default()
+        .insert("c".into(), "f".into());
+    e.entry("c".into())
+        .or_default()
+        .insert("a".into(), "f".into());
+    e.entry("d".into())
+        .or_default()
+        .insert("a".into(), "f".into());
     assert_eq!(cycles(&e), vec![vec!["a", "b", "c"]]);
 }

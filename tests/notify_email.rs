@@ -4,184 +4,24 @@
 //! message). Received messages are parsed by Python's `email` package, an independent MIME
 //! parser, so "the message arrives with both parts" is checked by someone else's reading.
 
-mod tls_support;
+mod support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
-use mailin_embedded::response::{AUTH_OK, INVALID_CREDENTIALS, OK};
-use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig};
-use tls_support::{make_ca, make_server_cert};
-
-/// One message as the server received it.
-#[derive(Debug, Clone)]
-struct Received {
-    from: String,
-    to: Vec<String>,
-    data: Vec<u8>,
-    /// The user name that authenticated in this session, if any.
-    user: Option<String>,
-}
-
-#[derive(Clone)]
-struct Collect {
-    inbox: Arc<Mutex<Vec<Received>>>,
-    /// Accepted (user, password) for AUTH.
-    login: Option<(String, String)>,
-    current: Option<Received>,
-    user: Option<String>,
-}
-
-impl Handler for Collect {
-    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
-        self.current = Some(Received {
-            from: from.into(),
-            to: to.to_vec(),
-            data: vec![],
-            user: self.user.clone(),
-        });
-        OK
-    }
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if let Some(c) = &mut self.current {
-            c.data.extend_from_slice(buf);
-        }
-        Ok(())
-    }
-    fn data_end(&mut self) -> Response {
-        if let Some(c) = self.current.take() {
-            self.inbox.lock().unwrap().push(c);
-        }
-        OK
-    }
-    fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> Response {
-        self.check(user, password)
-    }
-    fn auth_login(&mut self, user: &str, password: &str) -> Response {
-        self.check(user, password)
-    }
-}
-
-impl Collect {
-    fn check(&mut self, user: &str, password: &str) -> Response {
-        match &self.login {
-            Some((u, p)) if u == user && p == password => {
-                self.user = Some(user.into());
-                AUTH_OK
-            }
-            _ => INVALID_CREDENTIALS,
-        }
-    }
-}
-
-/// A running SMTP server; it lives until the test process ends (mailin has no stop).
-struct Smtp {
-    port: u16,
-    inbox: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Smtp {
-    fn start_on(
-        listener: TcpListener,
-        tls: Option<(&Path, &Path)>,
-        login: Option<(&str, &str)>,
-    ) -> Smtp {
-        // rustls needs a process-wide crypto provider when more than one is compiled in.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let port = listener.local_addr().unwrap().port();
-        let inbox = Arc::new(Mutex::new(Vec::new()));
-        let handler = Collect {
-            inbox: inbox.clone(),
-            login: login.map(|(u, p)| (u.into(), p.into())),
-            current: None,
-            user: None,
-        };
-        let mut server = Server::new(handler);
-        server
-            .with_name("test.smtp")
-            .with_tcp_listener(listener)
-            .with_num_threads(4);
-        if let Some((cert, key)) = tls {
-            server
-                .with_ssl(SslConfig::SelfSigned {
-                    cert_path: cert.display().to_string(),
-                    key_path: key.display().to_string(),
-                })
-                .expect("TLS setup of the test SMTP server");
-        }
-        if login.is_some() {
-            server
-                .with_auth(AuthMechanism::Plain)
-                .with_auth(AuthMechanism::Login);
-        }
-        std::thread::spawn(move || {
-            if let Err(e) = server.serve() {
-                eprintln!("test SMTP server stopped: {e}");
-            }
-        });
-        Smtp { port, inbox }
-    }
-
-    fn start(tls: Option<(&Path, &Path)>, login: Option<(&str, &str)>) -> Smtp {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), tls, login)
-    }
-
-    fn count(&self) -> usize {
-        self.inbox.lock().unwrap().len()
-    }
-
-    fn messages(&self) -> Vec<Received> {
-        self.inbox.lock().unwrap().clone()
-    }
-}
-
-/// Parses a raw message with Python's `email` package: subject, headers and the parts.
-fn parse_mime(raw: &[u8]) -> serde_json::Value {
-    let script = r#"
-import email, json, sys
-from email import policy
-m = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)
-parts = [{"type": p.get_content_type(), "body": p.get_content()} for p in m.walk() if not p.is_multipart()]
-print(json.dumps({"subject": str(m["subject"]), "to": str(m["to"]), "from": str(m["from"]),
-  "message_id": str(m["message-id"]), "date": str(m["date"]), "type": m.get_content_type(), "parts": parts}))
-"#;
-    let mut child = StdCommand::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 is needed to parse the received message");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(raw).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "python could not parse the message");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// A free port with nothing listening on it.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::smtp::{Smtp, parse_mime};
+use support::tls::{make_ca, make_server_cert};
+use support::{Setup, free_port};
 
 /// A folder with jobs.toml: job `daily` (one failing command, one passing, one manual) and job
 /// `quiet` (all pass), both notifying `mail`.
-fn setup(email_section: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"[runbook]
-timezone = "Asia/Kolkata"
-state_dir = "state"
-hostname = "ops-test"
-
-[notify.mail]
+fn setup(email_section: &str) -> (Setup, PathBuf) {
+    let s = Setup::builder()
+        .hostname("ops-test")
+        .body(&format!(
+            r#"[notify.mail]
 type = "email"
 {email_section}
 
@@ -212,27 +52,16 @@ kind = "command"
 argv = ["true"]
 read_only = true
 "#
-    );
-    let path = dir.path().join("jobs.toml");
-    std::fs::write(&path, config).unwrap();
-    (dir, path)
+        ))
+        .build();
+    let config = s.config();
+    (s, config)
 }
 
 fn runbook(config: &Path) -> Command {
-    let mut c = Command::cargo_bin("runbook").unwrap();
-    c.arg("--config")
-        .arg(config)
-        .env_remove("RUNBOOK_CONFIG")
-        .env("NO_COLOR", "1")
-        .timeout(Duration::from_secs(120));
+    let mut c = support::runbook(config);
+    c.env("NO_COLOR", "1");
     c
-}
-
-fn wait_for(smtp: &Smtp, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while smtp.count() < n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -254,7 +83,7 @@ fn report_arrives_multipart_with_contract_subject_and_all_recipients() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("notify mail: sent"), "{stdout}");
-    wait_for(&smtp, 1);
+    smtp.wait_for(1);
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 1);
     let mut to = msgs[0].to.clone();
@@ -353,7 +182,7 @@ fn starttls_and_auth_with_a_private_ca() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("mail (email): delivered"), "{stdout}");
-    wait_for(&smtp, 1);
+    smtp.wait_for(1);
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 1);
     assert_eq!(
@@ -502,7 +331,7 @@ fn server_down_queues_then_flush_delivers_exactly_once() {
         a.success() && b.success(),
         "both flushers report that nothing is left undelivered"
     );
-    wait_for(&smtp, 2);
+    smtp.wait_for(2);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(smtp.count(), 2, "each queued report arrived exactly once");
     let subjects: Vec<String> = smtp

@@ -1,25 +1,24 @@
 //! Slack and heartbeat delivery end to end: the `runbook` binary posting to an HTTP mock of the
 //! third-party APIs (wiremock). The Block Kit JSON Slack receives is kept as an insta snapshot.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use assert_cmd::Command;
+use support::Setup;
+use support::http::blocking;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// The secret part of the webhook URL: it must never be printed.
 const TOKEN: &str = "B0SECRETTOKENxyz123";
 
-fn setup(notify: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"[runbook]
-timezone = "Asia/Kolkata"
-state_dir = "state"
-hostname = "ops-test"
-
-{notify}
+fn setup(notify: &str) -> (Setup, PathBuf) {
+    let s = Setup::builder()
+        .hostname("ops-test")
+        .body(&format!(
+            r#"{notify}
 
 [jobs.daily]
 description = "Morning checklist"
@@ -49,24 +48,19 @@ kind = "command"
 argv = ["true"]
 read_only = true
 "#
-    );
-    let p = dir.path().join("jobs.toml");
-    std::fs::write(&p, config).unwrap();
-    (dir, p)
+        ))
+        .build();
+    let config = s.config();
+    (s, config)
 }
 
 /// The CLI with the webhook (or ping) URL in its environment and debug logging on, so a leak
 /// through a library's log line would show too.
 fn runbook(config: &Path, webhook: &str, args: &[&str]) -> Command {
-    let mut c = Command::cargo_bin("runbook").unwrap();
-    c.arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("RUNBOOK_CONFIG")
+    let mut c = support::runbook(config);
+    c.args(args)
         .env("TEST_WEBHOOK_URL", webhook)
-        .env("RUNBOOK_LOG", "debug")
-        .env_remove("RUST_LOG")
-        .timeout(Duration::from_secs(120));
+        .env("RUNBOOK_LOG", "debug");
     c
 }
 
@@ -75,9 +69,7 @@ const SLACK: &str =
 
 /// Runs the CLI on a blocking thread (the mock server answers on the test's runtime).
 async fn run(mut cmd: Command) -> std::process::Output {
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    blocking(move || cmd.output().unwrap()).await
 }
 
 /// Replaces what changes from run to run (ids, times, durations) so the snapshot is stable.

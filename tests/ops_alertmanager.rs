@@ -2,13 +2,13 @@
 //! are posted through its API v2, the item counts them, one is silenced through the API, and
 //! the item counts again. `.ci/run` installs the package; without it this test fails loudly.
 
-mod ops_support;
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ops_support::{Setup, details, item};
+use support::{Setup, details, item};
 
 /// A running Alertmanager; killed when dropped.
 struct Alertmanager {
@@ -48,7 +48,7 @@ fn start() -> Alertmanager {
         "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
     )
     .expect("write config");
-    let port = ops_support::free_port();
+    let port = support::free_port();
     let child = Command::new(binary())
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
@@ -172,10 +172,10 @@ include_silenced = true
 "#,
         am.url
     );
-    let setup = Setup::new(&items);
+    let setup = Setup::job_t("", &items);
 
     // Nothing fires yet.
-    let (code, report) = setup.run(&[]);
+    let (code, report) = setup.report_t(&[]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(
         item(&report, "all firing")["summary"],
@@ -195,12 +195,12 @@ include_silenced = true
     );
     wait_for_active(&am, 2);
 
-    let (code, report) = setup.run(&[]);
+    let (code, report) = setup.report_t(&[]);
     assert_eq!(code, 1, "alerts firing over max_firing fail the run");
     let all = item(&report, "all firing");
     assert_eq!(all["status"], "fail");
     assert_eq!(all["data"]["firing"], 2);
-    let d = details(&all);
+    let d = details(all);
     // Oldest first, with severity, since when in the job's zone (IST) and the summary.
     assert!(
         d.starts_with("HighErrorRate [critical] since 2026-01-05 09:30 IST: 5xx error rate above 1% for 5 minutes"),
@@ -224,11 +224,11 @@ include_silenced = true
     );
     wait_for_active(&am, 1);
 
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     let all = item(&report, "all firing");
     assert_eq!(all["data"]["firing"], 1, "{all:#}");
     assert!(
-        !details(&all).contains("HighErrorRate"),
+        !details(all).contains("HighErrorRate"),
         "a silenced alert is not listed"
     );
     assert_eq!(item(&report, "critical only")["data"]["firing"], 0);
@@ -238,7 +238,7 @@ include_silenced = true
         "include_silenced counts silenced alerts: {with:#}"
     );
     assert!(
-        details(&with).contains("HighErrorRate [critical] since 2026-01-05 09:30 IST (silenced)"),
+        details(with).contains("HighErrorRate [critical] since 2026-01-05 09:30 IST (silenced)"),
         "{with:#}"
     );
 }

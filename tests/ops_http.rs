@@ -2,20 +2,16 @@
 //! Actuator, Resilience4j and Prometheus (tests/fixtures/README.md says where each is from),
 //! driven through the real CLI binary.
 
-mod ops_support;
+mod support;
 
-use ops_support::{Setup, details, fixture, item};
+use support::files::fixture;
+use support::http::report_t;
+use support::{Setup, details, item};
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn json_response(status: u16, fixture_name: &str) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_raw(fixture(fixture_name), "application/json")
-}
-
-async fn run(setup: Setup) -> (i32, serde_json::Value) {
-    tokio::task::spawn_blocking(move || setup.run(&[]))
-        .await
-        .expect("join")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,12 +49,12 @@ json = [{{ pointer = "/circuitBreakers", all = {{ state = "CLOSED" }} }}]
 "#,
         server.uri()
     );
-    let (code, report) = run(Setup::new(&items)).await;
+    let (code, report) = report_t(Setup::job_t("", &items)).await;
     assert_eq!(code, 1, "a failed item makes exit code 1");
 
     let closed = item(&report, "closed");
     assert_eq!(closed["status"], "pass", "{closed:#}");
-    assert!(details(&closed).contains("3 checked"), "{closed:#}");
+    assert!(details(closed).contains("3 checked"), "{closed:#}");
 
     let open = item(&report, "open");
     assert_eq!(open["status"], "fail");
@@ -118,7 +114,7 @@ json = [{{ pointer = "/components", all = {{ status = "UP" }} }}]
 "#,
         server.uri()
     );
-    let (_, report) = run(Setup::new(&items)).await;
+    let (_, report) = report_t(Setup::job_t("", &items)).await;
     let up = item(&report, "up");
     assert_eq!(up["status"], "pass", "{up:#}");
     assert_eq!(up["data"]["status"], 200);
@@ -132,7 +128,7 @@ json = [{{ pointer = "/components", all = {{ status = "UP" }} }}]
             .contains("status 503 (expected 200)"),
         "{down:#}"
     );
-    let d = details(&down);
+    let d = details(down);
     assert!(
         d.contains("received: {\"status\":\"DOWN\""),
         "the body is shown: {d}"
@@ -203,7 +199,7 @@ expect_status = 302
         server.uri(),
         token_file.path()
     );
-    let (code, report) = run(Setup::new(&items)).await;
+    let (code, report) = report_t(Setup::job_t("", &items)).await;
     assert_eq!(code, 0, "{report:#}");
     let auth = item(&report, "authorised");
     assert_eq!(auth["status"], "pass", "{auth:#}");
@@ -291,11 +287,11 @@ query = "bad{{"
 "#,
         server.uri()
     );
-    let (_, report) = run(Setup::new(&items)).await;
+    let (_, report) = report_t(Setup::job_t("", &items)).await;
     let fr = item(&report, "failure rate");
     assert_eq!(fr["status"], "fail", "{fr:#}");
     assert_eq!(fr["summary"], "1 of 3 series outside thresholds");
-    let d = details(&fr);
+    let d = details(fr);
     assert!(
         d.contains("resilience4j_circuitbreaker_failure_rate{")
             && d.contains("name=\"brokerService\"} = 62.5 — FAIL (above 50)"),
@@ -331,7 +327,7 @@ query = "bad{{"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_endpoint_is_a_failed_item_not_an_error() {
-    let port = ops_support::free_port();
+    let port = support::free_port();
     let items = format!(
         r#"
 [[jobs.t.items]]
@@ -346,7 +342,7 @@ url = "http://127.0.0.1:{port}"
 query = "up"
 "#
     );
-    let (code, report) = run(Setup::new(&items)).await;
+    let (code, report) = report_t(Setup::job_t("", &items)).await;
     assert_eq!(code, 1);
     let down = item(&report, "down");
     assert_eq!(down["status"], "fail");

@@ -1,12 +1,12 @@
 //! `log_scan` driven through the CLI several times with one state folder, with the log rotated
 //! (plain and compressed) and truncated between runs, as logrotate does it.
 
-mod ops_support;
+mod support;
 
 use std::io::Write;
 use std::path::Path;
 
-use ops_support::{Setup, details, item};
+use support::{Setup, details, item};
 
 fn append(path: &Path, text: &str) {
     let mut f = std::fs::OpenOptions::new()
@@ -36,7 +36,7 @@ top = 3
 
 #[test]
 fn counts_only_new_lines_across_rotation_truncation_and_compression() {
-    let setup = Setup::new(ITEM);
+    let setup = Setup::job_t("", ITEM);
     let logs = setup.path().join("logs");
     std::fs::create_dir_all(&logs).expect("mkdir");
     let log = logs.join("trading-service.log");
@@ -50,7 +50,7 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
     );
 
     // Run 1 (first run: the whole file). The line still being written is not counted yet.
-    let (code, report) = setup.run(&[]);
+    let (code, report) = setup.report_t(&[]);
     assert_eq!(code, 0, "3 matches is a warning, exit 0: {report:#}");
     let it = item(&report, "app errors");
     assert_eq!(it["status"], "warn");
@@ -65,12 +65,12 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
         "ERROR [kafka-consumer-<n>] Failed to deserialize event <id>"
     );
     assert!(
-        details(&it).contains("     2× ERROR [http-nio-<n>-exec-<n>] Order <n> rejected"),
+        details(it).contains("     2× ERROR [http-nio-<n>-exec-<n>] Order <n> rejected"),
         "{it:#}"
     );
 
     // Run 2 with nothing new: nothing counted.
-    let (code, report) = setup.run(&[]);
+    let (code, report) = setup.report_t(&[]);
     assert_eq!((code, matches(&report)), (0, 0), "{report:#}");
     assert_eq!(item(&report, "app errors")["status"], "pass");
 
@@ -85,14 +85,14 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
         &log,
         "2026-01-05 10:05:00.000 ERROR [y] Redis connection reset\n",
     );
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     assert_eq!(
         matches(&report),
         3,
         "the rest of the rotated file (2) and the new file (1): {report:#}"
     );
     let it = item(&report, "app errors");
-    assert!(details(&it).contains("rotated: read the rest of"), "{it:#}");
+    assert!(details(it).contains("rotated: read the rest of"), "{it:#}");
     assert_eq!(
         it["data"]["files"].as_array().map(|f| f.len()),
         Some(1),
@@ -104,9 +104,9 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
         &log,
         "2026-01-05 10:06:00.000 ERROR [z] Kafka producer fenced\n",
     );
-    let (_, report) = setup.run(&["--dry-run"]);
+    let (_, report) = setup.report_t(&["--dry-run"]);
     assert_eq!(matches(&report), 1);
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     assert_eq!(
         matches(&report),
         1,
@@ -115,9 +115,9 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
 
     // Truncated in place (shorter than the remembered offset): read from the start.
     std::fs::write(&log, "ERROR short\n").expect("truncate");
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     assert_eq!(matches(&report), 1, "{report:#}");
-    assert!(details(&item(&report, "app errors")).contains("truncated"));
+    assert!(details(item(&report, "app errors")).contains("truncated"));
 
     // Rotation with compression: the old file is gzipped (a new inode) and a new one started.
     append(&log, "ERROR before rotation\nINFO fine\n");
@@ -133,7 +133,7 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
     enc.finish().expect("gzip");
     std::fs::remove_file(&log).expect("remove");
     append(&log, "ERROR after rotation one\nERROR after rotation two\n");
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     assert_eq!(
         matches(&report),
         3,
@@ -142,14 +142,15 @@ fn counts_only_new_lines_across_rotation_truncation_and_compression() {
 
     // Over fail_count: fail.
     append(&log, &"ERROR burst\n".repeat(6));
-    let (code, report) = setup.run(&[]);
+    let (code, report) = setup.report_t(&[]);
     assert_eq!((code, matches(&report)), (1, 6));
     assert_eq!(item(&report, "app errors")["status"], "fail");
 }
 
 #[test]
 fn first_run_with_since_skips_older_timestamped_lines_and_reads_recent_rotated_files() {
-    let setup = Setup::new(
+    let setup = Setup::job_t(
+        "",
         r#"
 [[jobs.t.items]]
 name = "app errors"
@@ -179,7 +180,7 @@ since = "1d"
         &setup.path().join("app.log.1"),
         &format!("{} ERROR rotated recently\n", at(5)),
     );
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     let it = item(&report, "app errors");
     assert_eq!(
         it["data"]["matches"], 3,
@@ -190,10 +191,11 @@ since = "1d"
 
 #[test]
 fn a_missing_log_file_fails_the_item() {
-    let setup = Setup::new(
+    let setup = Setup::job_t(
+        "",
         "[[jobs.t.items]]\nname = \"app errors\"\nkind = \"log_scan\"\nfiles = [\"missing.log\"]\n",
     );
-    let (code, report) = setup.run(&[]);
+    let (code, report) = setup.report_t(&[]);
     assert_eq!(code, 1);
     let it = item(&report, "app errors");
     assert_eq!(it["status"], "fail");
@@ -211,16 +213,16 @@ fn a_missing_log_file_fails_the_item() {
 /// from the old file's offset.
 #[test]
 fn a_new_file_on_the_same_inode_is_read_from_the_start() {
-    let setup = Setup::new(ITEM);
+    let setup = Setup::job_t("", ITEM);
     let logs = setup.path().join("logs");
     std::fs::create_dir_all(&logs).expect("mkdir");
     let log = logs.join("app.log");
     append(&log, "INFO one\nINFO two\n");
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     assert_eq!(matches(&report), 0);
     // Same inode, different content, longer than the remembered offset (18 bytes).
     std::fs::write(&log, "ERROR first line of the new file\nERROR second\n").expect("rewrite");
-    let (_, report) = setup.run(&[]);
+    let (_, report) = setup.report_t(&[]);
     assert_eq!(
         matches(&report),
         2,

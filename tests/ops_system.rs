@@ -1,8 +1,8 @@
 //! `system` on the machine running the test, with thresholds chosen so the outcome is known.
 
-mod ops_support;
+mod support;
 
-use ops_support::{Setup, details, item};
+use support::{Setup, details, item};
 
 #[test]
 fn thresholds_decide_the_status_and_the_numbers_are_reported() {
@@ -36,8 +36,8 @@ paths = ["/no/such/mount/point"]
 "#,
         dir.path()
     );
-    let setup = Setup::new(&items);
-    let (code, report) = setup.run(&[]);
+    let setup = Setup::job_t("", &items);
+    let (code, report) = setup.report_t(&[]);
     assert_eq!(code, 1, "the missing path fails: {report:#}");
 
     let warn = item(&report, "always warns on disk");
@@ -59,7 +59,7 @@ paths = ["/no/such/mount/point"]
 
     let pass = item(&report, "never over");
     assert_eq!(pass["status"], "pass", "{pass:#}");
-    let d = details(&pass);
+    let d = details(pass);
     assert!(
         d.contains("disk /: ") && d.contains("memory: ") && d.contains("per core"),
         "{d}"
@@ -80,7 +80,8 @@ paths = ["/no/such/mount/point"]
 /// `/proc` mounted `subset=pid` (tests run as root).
 #[test]
 fn memory_and_load_are_measured_when_proc_shows_only_processes() {
-    let setup = Setup::new(
+    let setup = Setup::job_t(
+        "",
         r#"
 [[jobs.t.items]]
 name = "system"
@@ -155,7 +156,7 @@ exec "$1" --config "$2" run-job t --format json --no-notify
         load["load5"].as_f64().is_some() && load["cores"].as_u64().unwrap_or(0) >= 1,
         "{load:#}"
     );
-    let d = details(&sys);
+    let d = details(sys);
     assert!(
         d.contains("estimated from sysinfo(2)") && d.contains("ProcSubset=pid"),
         "the detail says where memory comes from: {d}"

@@ -2,14 +2,14 @@
 //! by the `openssl` CLI in the test: a private CA, leaves that expired, expire in 5, 20 and 400
 //! days, and one for the wrong host; and a PEM file with a chain.
 
-mod ops_support;
-mod tls_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ops_support::{Setup, details, item};
-use tls_support::openssl;
+use support::http::report_t;
+use support::tls::openssl;
+use support::{Setup, details, item};
 
 /// A private CA in `dir`: ca.pem, ca.key, and what `openssl ca` needs to sign with chosen dates.
 fn make_ca(dir: &Path) {
@@ -173,7 +173,7 @@ async fn endpoints_are_judged_by_expiry_chain_and_host_name() {
         ports.insert(name, serve(&cert, &key).await);
     }
     let ep = |n: &str| format!("localhost:{}", ports[n]);
-    let unreachable = format!("localhost:{}", ops_support::free_port());
+    let unreachable = format!("localhost:{}", support::free_port());
     let items = format!(
         r#"
 [[jobs.t.items]]
@@ -204,21 +204,19 @@ endpoints = [{:?}]
         dir.join("ca.pem"),
         ep("long"),
     );
-    let setup = Setup::new(&items);
-    let (code, report) = tokio::task::spawn_blocking(move || setup.run(&[]))
-        .await
-        .expect("join");
+    let setup = Setup::job_t("", &items);
+    let (code, report) = report_t(setup).await;
     assert_eq!(code, 1);
     let each = item(&report, "each");
     assert_eq!(each["status"], "fail");
 
-    let expired = cert_of(&each, &ep("expired"));
+    let expired = cert_of(each, &ep("expired"));
     assert_eq!(expired["status"], "fail");
     assert_eq!(expired["days_left"], -3, "{expired:#}");
     assert_eq!(expired["subject"], "CN=localhost");
     assert_eq!(expired["issuer"], "CN=Runbook Test CA");
 
-    let five = cert_of(&each, &ep("five"));
+    let five = cert_of(each, &ep("five"));
     assert_eq!(
         (five["status"].as_str(), five["days_left"].as_i64()),
         (Some("fail"), Some(5)),
@@ -226,14 +224,14 @@ endpoints = [{:?}]
     );
     assert_eq!(five["chain_verified"], true);
 
-    let twenty = cert_of(&each, &ep("twenty"));
+    let twenty = cert_of(each, &ep("twenty"));
     assert_eq!(
         (twenty["status"].as_str(), twenty["days_left"].as_i64()),
         (Some("warn"), Some(20)),
         "{twenty:#}"
     );
 
-    let long = cert_of(&each, &ep("long"));
+    let long = cert_of(each, &ep("long"));
     assert_eq!(
         (long["status"].as_str(), long["days_left"].as_i64()),
         (Some("pass"), Some(400)),
@@ -247,7 +245,7 @@ endpoints = [{:?}]
         (Some(true), Some(true))
     );
 
-    let wrong = cert_of(&each, &ep("wronghost"));
+    let wrong = cert_of(each, &ep("wronghost"));
     assert_eq!(wrong["status"], "fail", "{wrong:#}");
     assert_eq!(
         (
@@ -258,14 +256,14 @@ endpoints = [{:?}]
     );
     assert_eq!(wrong["subject"], "CN=other.example");
 
-    let gone = cert_of(&each, &unreachable);
+    let gone = cert_of(each, &unreachable);
     assert_eq!(gone["status"], "fail");
     assert!(
-        details(&each).contains(&format!("{unreachable}: unreachable")),
+        details(each).contains(&format!("{unreachable}: unreachable")),
         "{each:#}"
     );
 
-    let d = details(&each);
+    let d = details(each);
     assert!(d.contains("EXPIRED 3 days ago"), "{d}");
     assert!(d.contains("name does not match"), "{d}");
 
@@ -281,7 +279,7 @@ endpoints = [{:?}]
     // expiry reported, and the item fails saying why.
     let untrusted = item(&report, "untrusted");
     assert_eq!(untrusted["status"], "fail");
-    let c = cert_of(&untrusted, &ep("long"));
+    let c = cert_of(untrusted, &ep("long"));
     assert_eq!(
         (c["chain_verified"].as_bool(), c["days_left"].as_i64()),
         (Some(false), Some(400)),
@@ -314,10 +312,8 @@ async fn every_certificate_of_a_pem_file_is_checked() {
         dir.join("fullchain.pem"),
         dir.join("garbage.pem")
     );
-    let setup = Setup::new(&items);
-    let (_, report) = tokio::task::spawn_blocking(move || setup.run(&[]))
-        .await
-        .expect("join");
+    let setup = Setup::job_t("", &items);
+    let (_, report) = report_t(setup).await;
     let files = item(&report, "files");
     assert_eq!(
         files["status"], "warn",

@@ -8,12 +8,15 @@
 //! `.ci/run` fetches them; see [`versions_dir`]). A version
 //! that is not there fails its test with the command to fetch it; it is never skipped.
 
-mod db_support;
+mod support;
 
 use std::path::PathBuf;
 
-use db_support::{Holder, Setup, item, q, wait_for};
 use runbook::face::pgcluster::TempCluster;
+use support::{
+    Setup, item,
+    pg::{Holder, q, wait_for},
+};
 
 /// Where scripts/fetch-pg-versions puts them: `$RUNBOOK_PG_VERSIONS_DIR`, else
 /// /var/cache/runbook/pg-versions for root, else `${XDG_CACHE_HOME:-~/.cache}/runbook/pg-versions`.
@@ -169,7 +172,7 @@ target = "db"
 file = "indexes.sql"
 "#;
     let (shipped_sql, shipped_names) = shipped_sql_checks();
-    let s = Setup::new(&pg.url("app"), "", &format!("{jobs}{shipped_sql}"));
+    let s = Setup::with_db(&pg.url("app"), "", &format!("{jobs}{shipped_sql}"));
     s.write(
         "indexes.sql",
         "CREATE INDEX CONCURRENTLY a_v ON a (v);\nCREATE INDEX CONCURRENTLY \"Weird \"\"Ix\"\"\" ON \"Weird \"\"Name\"\"\" (\"Odd Col\");\n",
@@ -186,7 +189,7 @@ file = "indexes.sql"
         &pg,
         "SELECT n_dead_tup = 50 FROM pg_stat_user_tables WHERE relname = 'tuned'",
     );
-    let (code, report, all) = s.run("steady", &[]);
+    let (code, report, all) = s.run_job("steady", &[]);
     assert_eq!(code, 0, "PostgreSQL {major}: {all}");
     let v = item(&report, "vacuum only needed");
     assert_eq!(v["status"], "pass", "PostgreSQL {major}: {v:#}");
@@ -199,7 +202,7 @@ file = "indexes.sql"
     // A table held by another session: reported with the session that holds it, the rest done.
     {
         let _holder = Holder::lock(&pg, "b");
-        let (code, report, all) = s.run("locked", &[]);
+        let (code, report, all) = s.run_job("locked", &[]);
         assert_eq!(code, 1, "PostgreSQL {major}: {all}");
         let v = item(&report, "vacuum with b locked");
         assert_eq!(v["status"], "fail", "PostgreSQL {major}: {v:#}");
@@ -213,7 +216,7 @@ file = "indexes.sql"
         );
         // Largest first by real size.
         assert_eq!(tables[0]["table"], "a", "PostgreSQL {major}: {v:#}");
-        db_support::end_lock_holder(&pg, "b");
+        support::pg::end_lock_holder(&pg, "b");
     }
 
     let oids_before = q(
@@ -225,7 +228,7 @@ file = "indexes.sql"
         &pg,
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(120)%' AND now() - query_start > interval '1.5s')",
     );
-    let (code, report, all) = s.run("checks", &[]);
+    let (code, report, all) = s.run_job("checks", &[]);
     assert_eq!(code, 0, "PostgreSQL {major}: {all}");
     let sq = item(&report, "slow queries");
     assert_eq!(sq["status"], "warn", "PostgreSQL {major}: {sq:#}");
@@ -263,7 +266,7 @@ file = "indexes.sql"
         q(&pg, "SELECT count(*) FROM pg_stats WHERE tablename = 'm'"),
         "0"
     );
-    let (code, report, all) = s.run("monthly", &[]);
+    let (code, report, all) = s.run_job("monthly", &[]);
     assert_eq!(code, 0, "PostgreSQL {major}: {all}");
 
     let v = item(&report, "VACUUM ANALYZE");

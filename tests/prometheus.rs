@@ -3,12 +3,14 @@
 //! scrapes a running daemon, loads the rules, and is asked through its HTTP API what it stored.
 //! No timing assertions: every wait is generous.
 
-use std::io::{Read, Write};
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runbook");
 /// How long any condition may take to become true before the test fails.
@@ -60,14 +62,6 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Percent-encodes a query parameter value.
 fn encode(value: &str) -> String {
     value
@@ -83,14 +77,8 @@ fn encode(value: &str) -> String {
 
 /// A plain HTTP/1.0 GET; returns (status code, body), or None when nothing listens yet.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+    let (code, _, body) = support::http::get(port, path, &[]).ok()?;
+    Some((code, body))
 }
 
 /// `GET /api/v1/<endpoint>?<param>=<value>` of the Prometheus server: its `data`.

@@ -2,32 +2,16 @@
 //! with a real streaming standby (`pg_basebackup -R`), the standby stopped, and an inactive
 //! physical slot holding WAL.
 
-mod db_support;
+mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use db_support::{Setup, Standby, item};
 use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
-
-/// Polls `sql` on the primary's `postgres` database until it prints `want` (60 s at most).
-fn wait_until(pg: &TempCluster, sql: &str, want: &str) {
-    let start = Instant::now();
-    loop {
-        let got = pg.psql("postgres", sql, &[]).expect("psql");
-        if got.trim() == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{sql} still gives {got:?}, not {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use support::{Setup, item, pg::wait_until_gives, standby::Standby};
 
 fn primary() -> TempCluster {
-    TempCluster::start().expect("PostgreSQL server binaries are needed for these tests (Debian: apt-get install postgresql)")
+    support::pg::cluster()
 }
 
 const JOBS: &str = r#"
@@ -53,7 +37,7 @@ expect_standbys = 1
 "#;
 
 fn setup(pg: &TempCluster, standby_url: &str) -> Setup {
-    Setup::new(
+    Setup::with_db(
         &pg.url("postgres"),
         &format!(
             "\n[targets.standby]\nurl = \"{standby_url}\"\nsslmode = \"disable\"\n\n[targets.plain]\nurl = \"postgres://plain@127.0.0.1:{}/postgres\"\nsslmode = \"disable\"\n",
@@ -70,7 +54,7 @@ fn streaming_standby_passes_on_both_sides_and_a_stopped_one_fails() {
     let s = setup(&pg, &standby.url("postgres"));
 
     // (a) The primary sees its one standby streaming: pass, and the standby is listed.
-    let (code, report, out) = s.run("primary", &[]);
+    let (code, report, out) = s.run_job("primary", &[]);
     let it = item(&report, "replication");
     assert_eq!(it["status"], "pass", "{out}");
     assert_eq!(code, 0, "{out}");
@@ -90,7 +74,7 @@ fn streaming_standby_passes_on_both_sides_and_a_stopped_one_fails() {
     );
 
     // (d) The item pointed at the standby: streaming, pass, with its replay lag.
-    let (code, report, out) = s.run("standby", &[]);
+    let (code, report, out) = s.run_job("standby", &[]);
     let it = item(&report, "replication");
     assert_eq!(it["status"], "pass", "{out}");
     assert_eq!(code, 0, "{out}");
@@ -106,7 +90,7 @@ fn streaming_standby_passes_on_both_sides_and_a_stopped_one_fails() {
     // A role without pg_monitor sees the standby but not its state: the failure says why.
     pg.psql("postgres", "CREATE ROLE plain LOGIN", &[])
         .expect("create role");
-    let (_, report, out) = s.run("unprivileged", &[]);
+    let (_, report, out) = s.run_job("unprivileged", &[]);
     let it = item(&report, "replication");
     assert_eq!(it["status"], "fail", "{out}");
     assert!(
@@ -118,8 +102,8 @@ fn streaming_standby_passes_on_both_sides_and_a_stopped_one_fails() {
 
     // (b) The standby stopped: the primary has none streaming and expected one.
     standby.stop();
-    wait_until(&pg, "SELECT count(*) FROM pg_stat_replication", "0");
-    let (code, report, out) = s.run("primary", &[]);
+    wait_until_gives(&pg, "SELECT count(*) FROM pg_stat_replication", "0");
+    let (code, report, out) = s.run_job("primary", &[]);
     let it = item(&report, "replication");
     assert_eq!(it["status"], "fail", "{out}");
     assert_ne!(code, 0, "{out}");
@@ -144,7 +128,7 @@ fn inactive_slot_holding_wal_warns_naming_it() {
         &[],
     )
     .expect("slot and WAL");
-    let s = Setup::new(
+    let s = Setup::with_db(
         &pg.url("postgres"),
         "",
         r#"
@@ -162,7 +146,7 @@ kind = "replication"
 target = "db"
 "#,
     );
-    let (_, report, out) = s.run("slots", &[]);
+    let (_, report, out) = s.run_job("slots", &[]);
     let it = item(&report, "replication");
     assert_eq!(it["status"], "warn", "{out}");
     let summary = it["summary"].as_str().unwrap();
@@ -181,7 +165,7 @@ target = "db"
     assert_eq!(slot["wal_status"], "reserved", "{it:#}");
 
     // Below the default 5GB threshold, the inactive slot still warns: it holds WAL.
-    let (_, report, out) = s.run("defaults", &[]);
+    let (_, report, out) = s.run_job("defaults", &[]);
     let it = item(&report, "replication");
     assert_eq!(it["status"], "warn", "{out}");
     let summary = it["summary"].as_str().unwrap();
@@ -193,7 +177,7 @@ target = "db"
 fn standby_lag_counts_only_wal_waiting_to_be_replayed() {
     let pg = primary();
     let standby = Standby::start(&pg);
-    let s = Setup::new(
+    let s = Setup::with_db(
         &pg.url("postgres"),
         &format!(
             "\n[targets.standby]\nurl = \"{}\"\nsslmode = \"disable\"\n",
@@ -219,7 +203,7 @@ lag_fail = "1h"
     standby.wait_until("SELECT count(*) FROM t", "1");
     // A quiet primary: the last transaction gets older, but nothing is waiting to be replayed.
     std::thread::sleep(Duration::from_millis(2500));
-    let (_, report, out) = s.run("standby", &[]);
+    let (_, report, out) = s.run_job("standby", &[]);
     let it = item(&report, "replication");
     assert_eq!(it["status"], "pass", "{out}");
     assert!(
@@ -240,7 +224,7 @@ lag_fail = "1h"
         "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) > 0",
         "t",
     );
-    let (_, report, out) = s.run("standby", &[]);
+    let (_, report, out) = s.run_job("standby", &[]);
     let it = item(&report, "replication");
     assert_eq!(it["status"], "warn", "{out}");
     assert!(
@@ -261,7 +245,7 @@ lag_fail = "1h"
 
 #[test]
 fn bad_thresholds_are_config_errors_with_their_position() {
-    let s = Setup::new(
+    let s = Setup::with_db(
         "postgres://postgres@127.0.0.1:1/postgres",
         "",
         r#"

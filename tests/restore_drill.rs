@@ -1,12 +1,16 @@
 //! `restore_drill` end to end: a real cluster, real `pg_dump`/`pg_restore`, `runbook run-job`.
 //! Every test asserts through `pg_database` that no scratch database is left behind.
 
-mod backup_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use backup_support::*;
 use runbook::face::pgcluster::TempCluster;
+use support::{
+    Setup,
+    files::{age, toml_path, write_sidecar},
+    pg::{drill_databases, pg_dump, trading_cluster},
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -20,7 +24,7 @@ fn target(c: &TempCluster) -> String {
 fn drill(dir: &std::path::Path, extra: &str) -> String {
     format!(
         "[[jobs.t.items]]\nname = \"Restore drill\"\nkind = \"restore_drill\"\ntarget = \"scratch\"\ndir = {}\n{extra}\n",
-        q(dir)
+        toml_path(dir)
     )
 }
 
@@ -37,14 +41,14 @@ fn drill_restores_checks_records_rto_trend_and_drops_the_scratch_database() {
     pg_dump(&c, "trading", "c", &f, &[]);
     write_sidecar(&f);
     age(&f, HOUR);
-    let s = Setup::new(
+    let s = Setup::job_t(
         &target(&c),
         &drill(
             d.path(),
             &format!("parallel = 2\nmax_duration = \"10m\"\n{CHECKS}"),
         ),
     );
-    let (code, it) = s.run(&[]);
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["status"], "pass", "{it:#}");
     assert!(it["data"]["rto_ms"].as_u64().is_some());
@@ -60,7 +64,7 @@ fn drill_restores_checks_records_rto_trend_and_drops_the_scratch_database() {
     assert!(drill_databases(&c).is_empty());
 
     // The second drill compares its RTO with the first.
-    let (code, it) = s.run(&[]);
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert!(it["data"]["previous_rto_ms"].as_u64().is_some(), "{it:#}");
     assert!(
@@ -79,15 +83,15 @@ fn plain_and_directory_dumps_restore_too() {
     let d = tempfile::tempdir().unwrap();
     pg_dump(&c, "trading", "p", &d.path().join("trading.sql"), &[]);
     age(&d.path().join("trading.sql"), HOUR);
-    let s = Setup::new(&target(&c), &drill(d.path(), CHECKS));
-    let (code, it) = s.run(&[]);
+    let s = Setup::job_t(&target(&c), &drill(d.path(), CHECKS));
+    let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["data"]["format"], "plain SQL dump");
 
     let d2 = tempfile::tempdir().unwrap();
     pg_dump(&c, "trading", "d", &d2.path().join("trading.dir"), &[]);
     age(&d2.path().join("trading.dir"), HOUR);
-    let (code, it) = Setup::new(&target(&c), &drill(d2.path(), CHECKS)).run(&[]);
+    let (code, it) = Setup::job_t(&target(&c), &drill(d2.path(), CHECKS)).first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["data"]["format"], "directory dump");
     assert!(drill_databases(&c).is_empty());
@@ -104,7 +108,7 @@ fn a_plain_dump_that_would_leave_the_scratch_database_is_refused() {
     age(&f, HOUR);
     c.psql("trading", "CREATE TABLE canary (x int)", &[])
         .unwrap();
-    let (code, it) = Setup::new(&target(&c), &drill(d.path(), "")).run(&[]);
+    let (code, it) = Setup::job_t(&target(&c), &drill(d.path(), "")).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert!(
         it["summary"].as_str().unwrap().contains("refused"),
@@ -132,7 +136,7 @@ fn a_failing_check_fails_the_drill_and_the_scratch_database_is_still_dropped() {
     pg_dump(&c, "trading", "c", &f, &[]);
     age(&f, HOUR);
     let checks = r#"checks = [{ name = "a million orders", query = "SELECT count(*) FROM orders", min = 1000000 }]"#;
-    let (code, it) = Setup::new(&target(&c), &drill(d.path(), checks)).run(&[]);
+    let (code, it) = Setup::job_t(&target(&c), &drill(d.path(), checks)).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert_eq!(it["status"], "fail");
     assert!(
@@ -146,11 +150,11 @@ fn a_failing_check_fails_the_drill_and_the_scratch_database_is_still_dropped() {
     );
 
     // keep_on_failure keeps it for a person to look at.
-    let (code, it) = Setup::new(
+    let (code, it) = Setup::job_t(
         &target(&c),
         &drill(d.path(), &format!("keep_on_failure = true\n{checks}")),
     )
-    .run(&[]);
+    .first_item_t(&[]);
     assert_eq!(code, 1);
     assert_eq!(it["data"]["scratch_dropped"], false);
     assert_eq!(
@@ -173,7 +177,7 @@ fn a_corrupt_dump_fails_the_restore_and_leaves_nothing() {
         .set_len(len / 2)
         .unwrap();
     age(&f, HOUR);
-    let (code, it) = Setup::new(&target(&c), &drill(d.path(), CHECKS)).run(&[]);
+    let (code, it) = Setup::job_t(&target(&c), &drill(d.path(), CHECKS)).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert!(
         it["summary"]
@@ -203,7 +207,7 @@ fn restore_target_unreachable_fails_clearly() {
     let t = format!(
         "[targets.scratch]\nurl = \"postgres://postgres@127.0.0.1:{port}/postgres\"\nsslmode = \"disable\"\nconnect_timeout = \"2s\"\n"
     );
-    let (code, it) = Setup::new(&t, &drill(d.path(), "")).run(&[]);
+    let (code, it) = Setup::job_t(&t, &drill(d.path(), "")).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert!(
         it["summary"]
@@ -218,11 +222,11 @@ fn restore_target_unreachable_fails_clearly() {
 fn a_scratch_name_outside_the_prefix_is_a_config_error_and_dry_run_changes_nothing() {
     let c = trading_cluster();
     let d = tempfile::tempdir().unwrap();
-    let s = Setup::new(
+    let s = Setup::job_t(
         &target(&c),
         &drill(d.path(), "scratch_database = \"trading\""),
     );
-    let out = s.command(&[]).output().unwrap();
+    let out = s.job_t_command(&[]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -233,7 +237,8 @@ fn a_scratch_name_outside_the_prefix_is_a_config_error_and_dry_run_changes_nothi
     let f = d.path().join("trading.dump");
     pg_dump(&c, "trading", "c", &f, &[]);
     age(&f, HOUR);
-    let (code, it) = Setup::new(&target(&c), &drill(d.path(), CHECKS)).run(&["--dry-run"]);
+    let (code, it) =
+        Setup::job_t(&target(&c), &drill(d.path(), CHECKS)).first_item_t(&["--dry-run"]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["status"], "skipped");
     assert!(
@@ -256,9 +261,9 @@ fn sigterm_during_a_drill_drops_the_scratch_database_on_the_way_out() {
     // A slow check keeps the drill busy after the restore, with the scratch database in use.
     let checks =
         r#"checks = [{ name = "slow", query = "SELECT pg_sleep(60) IS NULL", expect = true }]"#;
-    let s = Setup::new(&target(&c), &drill(d.path(), checks));
+    let s = Setup::job_t(&target(&c), &drill(d.path(), checks));
     let child = s
-        .command(&[])
+        .job_t_command(&[])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -4,14 +4,18 @@
 //! failed with the reason, and no scratch database or role left behind.
 //! (Real `pg_dump` output of the fixture still restores: tests/restore_drill.rs.)
 
-mod backup_support;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backup_support::*;
 use runbook::face::pgcluster::TempCluster;
+use support::{
+    Setup,
+    files::{age, toml_path},
+    pg::{drill_databases, pg_dump, trading_cluster},
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -101,9 +105,9 @@ impl World {
         );
         let item = format!(
             "[[jobs.t.items]]\nname = \"Restore drill\"\nkind = \"restore_drill\"\ntarget = \"scratch\"\ndir = {}\n{checks}\n",
-            q(dump.parent().unwrap())
+            toml_path(dump.parent().unwrap())
         );
-        let (code, it) = Setup::new(&target, &item).run(&[]);
+        let (code, it) = Setup::job_t(&target, &item).first_item_t(&[]);
         assert_eq!(code, 1, "{case}: {it:#}");
         assert_eq!(it["status"], "fail", "{case}: {it:#}");
         let summary = it["summary"].as_str().unwrap_or_default();
@@ -354,9 +358,9 @@ fn real_dumps_restore_as_an_unprivileged_role_with_its_password_under_scram() {
         age(&f, HOUR);
         let item = format!(
             "[[jobs.t.items]]\nname = \"Restore drill\"\nkind = \"restore_drill\"\ntarget = \"scratch\"\ndir = {}\n{ORDERS_CHECK}\n",
-            q(d.path())
+            toml_path(d.path())
         );
-        let (code, it) = Setup::new(&target, &item).run(&[]);
+        let (code, it) = Setup::job_t(&target, &item).first_item_t(&[]);
         assert_eq!(code, 0, "{name}: {it:#}");
         assert_eq!(it["status"], "pass", "{name}: {it:#}");
         assert!(
@@ -392,14 +396,14 @@ fn real_dumps_restore_as_an_unprivileged_role_with_its_password_under_scram() {
     let item = |role: &str| {
         format!(
             "[[jobs.t.items]]\nname = \"Restore drill\"\nkind = \"restore_drill\"\ntarget = \"scratch\"\ndir = {}\nrestore_role = \"{role}\"\nrestore_password = \"Restorer-pw-1\"\n{ORDERS_CHECK}\n",
-            q(d.path())
+            toml_path(d.path())
         )
     };
-    let (code, it) = Setup::new(&target, &item("drill_restorer")).run(&[]);
+    let (code, it) = Setup::job_t(&target, &item("drill_restorer")).first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["data"]["restore_role"], "drill_restorer", "{it:#}");
     assert!(drill_databases(&c).is_empty());
-    let (code, it) = Setup::new(&target, &item("postgres")).run(&[]);
+    let (code, it) = Setup::job_t(&target, &item("postgres")).first_item_t(&[]);
     assert_eq!(code, 1, "{it:#}");
     assert!(
         it["summary"].as_str().unwrap().contains("SUPERUSER"),

@@ -7,23 +7,20 @@
 //! - PostgreSQL tools (pg_restore) get a clean environment too, and a target's password only
 //!   where the item hands it over (the restore drill, against a server that requires it).
 
-mod backup_support;
-mod db_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use db_support::{Setup, item, require_password};
+use support::{Setup, item, pg::require_password};
 
 /// Set in runbook's environment only: no child may see it.
 const DAEMON_ONLY: (&str, &str) = ("RUNBOOK_TEST_DAEMON_ONLY", "daemon-only-value-5150");
 
 fn runbook(config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runbook"));
-    cmd.arg("--config")
-        .arg(config)
-        .env(DAEMON_ONLY.0, DAEMON_ONLY.1);
+    let mut cmd = support::runbook_std(config, &[]);
+    cmd.env(DAEMON_ONLY.0, DAEMON_ONLY.1);
     cmd
 }
 
@@ -49,7 +46,7 @@ fn env_lines(item: &serde_json::Value) -> BTreeMap<String, String> {
 
 #[test]
 fn a_command_gets_a_clean_environment_and_the_secrets_it_prints_never_reach_a_report() {
-    let s = Setup::with_body("");
+    let s = Setup::new("");
     let dir = s.dir.path();
     // Secrets of every sort the config has: a target's password (file), a notifier's URL
     // (environment), and the command's own `env` secret (environment).
@@ -210,13 +207,13 @@ env = { API_TOKEN = { env = "RUNBOOK_TEST_API_TOKEN" }, PLAIN = "plain-value", F
 
 #[test]
 fn pg_tools_get_a_clean_environment_and_the_password_only_where_the_item_hands_it_over() {
-    let pg = backup_support::trading_cluster();
+    let pg = support::pg::trading_cluster();
     let password = "drill-pw-scram-1977";
     require_password(&pg, "drill_owner", password);
     let backups = tempfile::tempdir().unwrap();
     let dump = backups.path().join("trading.dump");
-    backup_support::pg_dump(&pg, "trading", "c", &dump, &[]);
-    backup_support::age(&dump, std::time::Duration::from_secs(3600));
+    support::pg::pg_dump(&pg, "trading", "c", &dump, &[]);
+    support::files::age(&dump, std::time::Duration::from_secs(3600));
 
     // The real server binaries, with pg_restore wrapped: the wrapper writes the environment it
     // was given to a file, then runs the real pg_restore.
@@ -248,10 +245,10 @@ fn pg_tools_get_a_clean_environment_and_the_password_only_where_the_item_hands_i
         "[targets.trading]\nurl = \"postgres://drill_owner@127.0.0.1:{}/trading\"\npassword = {{ env = \"RUNBOOK_TEST_DRILL_PW\" }}\nsslmode = \"disable\"\n",
         pg.port
     );
-    let dir = backup_support::q(backups.path());
+    let dir = support::files::toml_path(backups.path());
     let run = |items: &str| {
-        let s = backup_support::Setup::new(&targets, items);
-        let mut cmd = s.command(&[]);
+        let s = Setup::job_t(&targets, items);
+        let mut cmd = s.job_t_command(&[]);
         cmd.env(DAEMON_ONLY.0, DAEMON_ONLY.1)
             .env("RUNBOOK_TEST_DRILL_PW", password)
             .env("PG_BIN", bin.path())
@@ -323,14 +320,14 @@ fn pg_tools_get_a_clean_environment_and_the_password_only_where_the_item_hands_i
 
 #[test]
 fn slow_queries_reports_query_texts_without_their_literals() {
-    let pg = db_support::cluster_with_app_db();
-    db_support::q(
+    let pg = support::pg::cluster_with_app_db();
+    support::pg::q(
         &pg,
         "CREATE EXTENSION pg_stat_statements; CREATE ROLE app_user LOGIN",
     );
     // A utility statement with a password: pg_stat_statements keeps its text as sent.
-    db_support::q(&pg, "ALTER ROLE app_user PASSWORD 'hunter2-in-statements'");
-    let raw = db_support::q(
+    support::pg::q(&pg, "ALTER ROLE app_user PASSWORD 'hunter2-in-statements'");
+    let raw = support::pg::q(
         &pg,
         "SELECT string_agg(query, ' | ') FROM pg_stat_statements WHERE query LIKE 'ALTER ROLE%'",
     );
@@ -339,9 +336,9 @@ fn slow_queries_reports_query_texts_without_their_literals() {
         "this test expects a server whose pg_stat_statements keeps the literal: {raw}"
     );
     // Long-running statements with literals in the text and in a comment.
-    let _a = db_support::Holder::start(&pg, "SELECT pg_sleep(120) /* 'secret-literal' */;\n");
-    let _b = db_support::Holder::start(&pg, "SELECT 'hunter2-running', pg_sleep(120);\n");
-    db_support::wait_for(
+    let _a = support::pg::Holder::start(&pg, "SELECT pg_sleep(120) /* 'secret-literal' */;\n");
+    let _b = support::pg::Holder::start(&pg, "SELECT 'hunter2-running', pg_sleep(120);\n");
+    support::pg::wait_for(
         &pg,
         "SELECT count(*) = 2 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT %pg_sleep(120)%' AND now() - query_start > interval '1.5s'",
     );
@@ -355,8 +352,8 @@ top = 1000
 warn_mean = "1h"
 max_running = "1s"
 "#;
-    let s = Setup::new(&pg.url("app"), "", jobs);
-    let (code, report, all) = s.run("w", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", jobs);
+    let (code, report, all) = s.run_job("w", &[]);
     assert_eq!(code, 0, "{all}");
     let slow = item(&report, "slow");
     assert_eq!(slow["status"], "warn", "{slow:#}");

@@ -2,30 +2,28 @@
 //! holder is named. The holder is identified by boot id, pid and process start time: a pid alone
 //! belongs to another process after a reboot (or in every life of a container's PID 1).
 
-use std::io::{Read, Write};
+mod support;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::Setup;
+use support::http::{hanging_server, ok_server};
+use support::runbook_std as runbook;
+
 const SINCE: &str = "2026-12-05T10:00:00.000Z";
 
-fn setup(notify: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[runbook]\ntimezone = \"Asia/Kolkata\"\nstate_dir = \"state\"\nhostname = \"ops-test\"\n\n{notify}\n\n[jobs.t]\n\n[[jobs.t.items]]\nname = \"ok\"\nkind = \"command\"\nargv = [\"true\"]\nread_only = true\n"
-    );
-    let p = dir.path().join("jobs.toml");
-    std::fs::write(&p, config).unwrap();
-    (dir, p)
-}
-
-fn runbook(config: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_runbook"));
-    c.arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("RUNBOOK_CONFIG");
-    c
+fn setup(notify: &str) -> (Setup, PathBuf) {
+    let s = Setup::builder()
+        .hostname("ops-test")
+        .body(&format!(
+            "{notify}\n\n[jobs.t]\n\n[[jobs.t.items]]\nname = \"ok\"\nkind = \"command\"\nargv = [\"true\"]\nread_only = true\n"
+        ))
+        .build();
+    let config = s.config();
+    (s, config)
 }
 
 fn state(config: &Path) -> rusqlite::Connection {
@@ -165,61 +163,6 @@ fn a_lock_of_a_dead_reused_or_earlier_boot_process_is_taken_over_and_a_live_one_
     plant_lock(&config, pid, None, None, "2999-01-01T00:00:00.000Z");
     let (code, err) = run_job(&config);
     assert_eq!(code, 3, "{err}");
-}
-
-/// Accepts connections and never answers.
-fn hanging_server() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in l.incoming() {
-            held.push(s);
-        }
-    });
-    port
-}
-
-/// Answers every request with 200 and counts the requests.
-fn ok_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let n2 = n.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            // Read the head, then the body (Content-Length).
-            loop {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                }
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break;
-                    }
-                }
-            }
-            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
-    (port, n)
 }
 
 const HOOK: &str = "[notify.hook]\ntype = \"slack\"\nwebhook_url = { env = \"TEST_HOOK_URL\" }\n";

@@ -9,41 +9,23 @@
 //! mount namespace whose `/var/lib` holds only a `/var/lib/runbook` of its own; the others name
 //! their `state_dir`.
 
+mod support;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::{text, wait_until_or};
 
 const BIN: &str = env!("CARGO_BIN_EXE_runbook");
-const PATIENCE: Duration = Duration::from_secs(90);
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("gave up waiting: {what}\n{}", log());
-}
 
 /// A command with a clean environment as far as runbook is concerned, run from `cwd`.
 fn runbook(cwd: &Path, config: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = support::runbook_std(config, &[]);
     c.current_dir(cwd)
-        .arg("--config")
-        .arg(config)
-        .env_remove("RUNBOOK_CONFIG")
         .env_remove("RUNBOOK_STATE_DIR")
-        .env_remove("STATE_DIRECTORY")
-        .env_remove("RUNBOOK_LOG");
+        .env_remove("STATE_DIRECTORY");
     c
 }
 
@@ -110,7 +92,7 @@ timeout = "5m"
             .unwrap(),
     );
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until(
+    wait_until_or(
         "the daemon's first run to start",
         || dir.path().join("started").exists(),
         daemon_log,
@@ -157,7 +139,7 @@ timeout = "5m"
             .filter(|r| r["status"] == "pass")
             .collect::<Vec<_>>()
     };
-    wait_until(
+    wait_until_or(
         "a finished run in the shell's history",
         || !finished().is_empty(),
         daemon_log,
@@ -172,7 +154,7 @@ timeout = "5m"
     assert_eq!(report["trigger"], "schedule");
 
     // `outbox` lists the daemon's undelivered Slack messages.
-    wait_until(
+    wait_until_or(
         "an outbox entry for slack",
         || {
             let out = shell(&["outbox", "--format", "json"]);
@@ -445,7 +427,7 @@ timeout = "5m"
             .unwrap(),
     );
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until(
+    wait_until_or(
         "the daemon's first run to start",
         || work.join("started").exists(),
         daemon_log,
@@ -483,7 +465,7 @@ timeout = "5m"
         "{runs}"
     );
     std::fs::write(work.join("release"), "").unwrap();
-    wait_until(
+    wait_until_or(
         "the shell to see a finished run",
         || {
             let out = shell(&["report", "last", "--job", "tick", "--format", "json"]);

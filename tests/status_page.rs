@@ -4,7 +4,10 @@
 //! store fails, when a client is slow, and when it listens beyond loopback. No timing
 //! assertions: the limits are set short and only what the client receives is checked.
 
+mod support;
+
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +17,7 @@ use chrono_tz::Tz;
 use runbook::config::Config;
 use runbook::daemon::server::{AppState, Limits, Metrics};
 use runbook::store::{RunSummary, Store};
+use support::http::header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -57,10 +61,7 @@ read_only = true
 }
 
 fn run_job(config: &Path, job: &str) {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["run-job", job])
+    let out = support::runbook_std(config, &["run-job", job])
         .output()
         .unwrap();
     // 0 = passed, 1 = an item failed (newyork does, on purpose); anything else is a fault.
@@ -192,24 +193,11 @@ impl Server {
 
 /// A plain HTTP/1.0 GET; returns (status code, body).
 async fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let path = path.to_string();
+    let (code, _, body) = support::http::blocking(move || support::http::get(port, &path, &[]))
         .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_string(&mut text))
-        .await
-        .expect("the server answers")
-        .unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
+        .expect("the server answers");
+    (code, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,34 +394,7 @@ fn stop_daemon(child: &mut std::process::Child, log: &str) {
 /// One HTTP/1.0 request (`GET path` plus `headers`, each a `Name: value` line); returns
 /// (status code, head, body).
 fn http(port: u16, path: &str, headers: &[&str]) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("the server answers");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, head.to_string(), body.to_string())
-}
-
-/// The value of header `name` (case-insensitive) in `head`.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        l.split_once(':')
-            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
-    })
+    support::http::get(port, path, headers).expect("the server answers")
 }
 
 #[test]

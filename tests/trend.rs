@@ -1,6 +1,8 @@
 //! `runbook trend` (SPEC 9.3) end to end: the real binary, a real state database filled by real
 //! `run-job` runs, the series read back.
 
+mod support;
+
 use std::path::Path;
 use std::process::Output;
 
@@ -34,12 +36,9 @@ load_warn_per_core = 1000.0
 "#;
 
 fn cmd(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("runbook").unwrap();
-    c.current_dir(dir)
-        .env_remove("RUNBOOK_CONFIG")
-        .env_remove("RUNBOOK_LOG")
-        .env("RUNBOOK_STATE_DIR", dir.join("state"))
-        .args(["--config", "jobs.toml"]);
+    let mut c = Command::from_std(support::runbook_in(dir));
+    c.args(["--config", "jobs.toml"])
+        .timeout(support::RUN_TIMEOUT);
     c
 }
 

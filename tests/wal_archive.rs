@@ -2,13 +2,17 @@
 //! with WAL archiving into a folder, failing archiving (`archive_command = 'false'`), and
 //! archiving off, and a streaming standby (`archive_mode = always` and `on`).
 
-mod db_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use db_support::{Setup, Standby, cluster_with_app_db, item, q, wait_for};
 use runbook::face::pgcluster::TempCluster;
+use support::{
+    Setup, item,
+    pg::{cluster_with_app_db, q, wait_for},
+    standby::Standby,
+};
 
 /// Turns archiving on with `archive_command` (restart).
 fn archive_with(pg: &TempCluster, command: &str) {
@@ -77,9 +81,9 @@ fn archiving_into_a_folder_passes_counts_since_the_last_run_and_fails_past_max_a
         &format!("SELECT last_archived_wal = '{wal}' FROM pg_stat_archiver"),
     );
     assert!(dir.join(&wal).is_file(), "the archive_command copied {wal}");
-    let s = Setup::new(&pg.url("app"), "", JOBS);
+    let s = Setup::with_db(&pg.url("app"), "", JOBS);
 
-    let (code, report, all) = s.run("wal", &[]);
+    let (code, report, all) = s.run_job("wal", &[]);
     assert_eq!(code, 0, "{all}");
     let it = item(&report, "archive");
     assert_eq!(it["status"], "pass", "{all}");
@@ -102,7 +106,7 @@ fn archiving_into_a_folder_passes_counts_since_the_last_run_and_fails_past_max_a
     assert!(!report.to_string().contains("cp \\\"%p"), "{report}");
 
     // Nothing switched since: nothing archived since the last run.
-    let (code, report, all) = s.run("wal", &[]);
+    let (code, report, all) = s.run_job("wal", &[]);
     assert_eq!(code, 0, "{all}");
     let data = &item(&report, "archive")["data"];
     assert_eq!(data["counted_since"], "last run", "{data}");
@@ -114,7 +118,7 @@ fn archiving_into_a_folder_passes_counts_since_the_last_run_and_fails_past_max_a
         &pg,
         &format!("SELECT last_archived_wal = '{wal2}' FROM pg_stat_archiver"),
     );
-    let (code, report, all) = s.run("wal", &[]);
+    let (code, report, all) = s.run_job("wal", &[]);
     assert_eq!(code, 0, "{all}");
     let it = item(&report, "archive");
     assert_eq!(it["data"]["archived_count"], 1, "{all}");
@@ -128,13 +132,13 @@ fn archiving_into_a_folder_passes_counts_since_the_last_run_and_fails_past_max_a
     );
 
     // Read-only: --dry-run runs it.
-    let (code, report, all) = s.run("wal", &["--dry-run"]);
+    let (code, report, all) = s.run_job("wal", &["--dry-run"]);
     assert_eq!(code, 0, "{all}");
     assert_eq!(item(&report, "archive")["status"], "pass", "{all}");
 
     // The newest archived segment is older than max_age.
     std::thread::sleep(Duration::from_millis(2100));
-    let (code, report, all) = s.run("old", &[]);
+    let (code, report, all) = s.run_job("old", &[]);
     assert_eq!(code, 1, "{all}");
     let it = item(&report, "archive, tiny max_age");
     assert_eq!(it["status"], "fail", "{all}");
@@ -156,8 +160,8 @@ fn a_failing_archive_command_fails_naming_the_segment_and_the_time() {
         &pg,
         "SELECT to_char(last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI') FROM pg_stat_archiver",
     );
-    let s = Setup::new(&pg.url("app"), "", JOBS);
-    let (code, report, all) = s.run("wal", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", JOBS);
+    let (code, report, all) = s.run_job("wal", &[]);
     assert_eq!(code, 1, "{all}");
     let it = item(&report, "archive");
     assert_eq!(it["status"], "fail", "{all}");
@@ -179,8 +183,8 @@ fn a_failing_archive_command_fails_naming_the_segment_and_the_time() {
 #[test]
 fn archiving_off_warns_unless_not_required() {
     let pg = cluster_with_app_db();
-    let s = Setup::new(&pg.url("app"), "", JOBS);
-    let (code, report, all) = s.run("optional", &[]);
+    let s = Setup::with_db(&pg.url("app"), "", JOBS);
+    let (code, report, all) = s.run_job("optional", &[]);
     assert_eq!(code, 0, "{all}");
     let it = item(&report, "required");
     assert_eq!(it["status"], "warn", "{all}");
@@ -203,10 +207,10 @@ fn archiving_off_warns_unless_not_required() {
 
 #[test]
 fn a_bad_max_age_is_a_config_error_with_its_position() {
-    let s = Setup::with_body(
+    let s = Setup::new(
         "[targets.db]\nurl = \"postgres://127.0.0.1:1/x\"\n\n[jobs.w]\n[[jobs.w.items]]\nname = \"archive\"\nkind = \"wal_archive\"\ntarget = \"db\"\nmax_age = \"soon\"\n",
     );
-    let (code, _, all) = s.run("w", &[]);
+    let (code, _, all) = s.run_job("w", &[]);
     assert_eq!(code, 2, "{all}");
     assert!(all.contains("jobs.toml:13:"), "{all}");
     assert!(all.contains("item \"archive\""), "{all}");
@@ -234,11 +238,11 @@ fn on_a_standby_archive_mode_always_is_checked_and_on_does_not_archive_there() {
     .expect("conf");
     standby.restart();
     let wal = switch(&pg);
-    let s = Setup::new(&standby.url("app"), "", JOBS);
+    let s = Setup::with_db(&standby.url("app"), "", JOBS);
     // Wait until the standby has archived the segment it received.
     let start = std::time::Instant::now();
     let report = loop {
-        let (_, report, all) = s.run("wal", &[]);
+        let (_, report, all) = s.run_job("wal", &[]);
         if item(&report, "archive")["data"]["last_archived_wal"] == wal.as_str() {
             break report;
         }
@@ -258,7 +262,7 @@ fn on_a_standby_archive_mode_always_is_checked_and_on_does_not_archive_there() {
     let text = std::fs::read_to_string(&conf).expect("conf");
     std::fs::write(&conf, format!("{text}\narchive_mode = on\n")).expect("conf");
     standby.restart();
-    let (code, report, all) = s.run("optional", &[]);
+    let (code, report, all) = s.run_job("optional", &[]);
     assert_eq!(code, 0, "{all}");
     let it = item(&report, "required");
     assert_eq!(it["status"], "warn", "{all}");

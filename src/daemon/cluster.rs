@@ -28,8 +28,8 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use crate::config::{ClusterSection, OnClusterDown};
 use crate::base::pg::Target;
+use crate::config::{ClusterSection, OnClusterDown};
 
 /// Every statement against the cluster database must finish within this.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);

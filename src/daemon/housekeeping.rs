@@ -10,7 +10,7 @@
 //! Deliberately not deleted: a run whose notifications are still pending (the outbox would lose
 //! its report), the newest run of each job, files in those folders that runbook did not write.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::notify::NotifierConfig;
 use crate::store::{Pruned, Store};
 
 /// How often the daemon prunes (and once at start).
@@ -48,18 +47,15 @@ pub fn prune(config: &Config, store: &Store, now: DateTime<Utc>) -> anyhow::Resu
         store: pruned,
         ..Default::default()
     };
-    let mut dirs: Vec<&PathBuf> = config
+    let mut dirs: Vec<&Path> = config
         .notifiers
         .values()
-        .filter_map(|n| match n {
-            NotifierConfig::File(f) => Some(&f.dir),
-            _ => None,
-        })
+        .filter_map(|n| n.file_dir())
         .collect();
     dirs.dedup();
     for dir in dirs {
         match crate::notify::file::prune(dir, &cutoff) {
-            Ok(n) => summary.files.push((dir.clone(), n)),
+            Ok(n) => summary.files.push((dir.to_path_buf(), n)),
             Err(e) => summary
                 .errors
                 .push(format!("cannot prune {}: {e}", dir.display())),
@@ -148,7 +144,8 @@ mod tests {
 
         /// Like `run`; `comparable: false` is a `--dry-run` or `--item` run.
         fn run_of(&self, job: &str, days_ago: i64, now: DateTime<Utc>, comparable: bool) -> String {
-            let mut report = crate::notify::test_report(&self.config);
+            let mut report =
+                crate::notify::test_report(&self.config.hostname, &self.config.runbook.timezone);
             report.run_id = ulid::Ulid::new().to_string();
             report.job = job.into();
             let started = now - chrono::Duration::days(days_ago);
@@ -200,17 +197,14 @@ mod tests {
         let now = Utc::now();
         let old = f.run("daily", 40, now);
         let old_delivered = f.run("daily", 39, now);
+        let delivered = crate::store::OutboxKey::report(&old_delivered, "archive");
         f.store.outbox_enqueue(&old_delivered, "archive").unwrap();
         let claim = f
             .store
-            .outbox_claim(&old_delivered, "archive", Duration::from_secs(60))
+            .outbox_claim(&delivered, Duration::from_secs(60))
             .unwrap()
             .unwrap();
-        assert!(
-            f.store
-                .outbox_mark_sent(&old_delivered, "archive", &claim)
-                .unwrap()
-        );
+        assert!(f.store.outbox_mark_sent(&delivered, &claim).unwrap());
         let old_pending = f.run("daily", 38, now);
         f.store.outbox_enqueue(&old_pending, "archive").unwrap();
         let recent = f.run("daily", 2, now);

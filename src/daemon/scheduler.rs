@@ -32,12 +32,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::cluster::{Claim, Cluster};
+use crate::base::schedule::Schedule;
 use crate::config::{CatchUp, Config, OnClusterDown};
+use crate::daemon::cluster::{Claim, Cluster};
+use crate::daemon::server::Metrics;
 use crate::items::Trigger;
 use crate::runner::{RunError, RunOptions};
-use crate::base::schedule::Schedule;
-use crate::daemon::server::Metrics;
 use crate::store::Store;
 
 /// The loop re-reads the wall clock at least this often (suspend, clock steps, reloads).
@@ -664,7 +664,12 @@ async fn drain_outbox(config: watch::Receiver<Arc<Config>>, store: Store, stop: 
         let limit = Duration::from_secs(if stopping { 15 } else { 120 });
         match tokio::time::timeout(
             limit,
-            crate::notify::outbox::flush(&current, &store, !stopping),
+            crate::notify::outbox::flush(
+                &current.notifiers,
+                &current.retry_policy(),
+                &store,
+                !stopping,
+            ),
         )
         .await
         {

@@ -723,7 +723,7 @@ async fn metrics(State(s): State<AppState>, Extension(reads): Extension<StoreRea
     let pending = read_store(&reads, &s.store, move |st| {
         metrics.refresh_from_store(st);
         Ok(st
-            .outbox(Some("pending"))
+            .outbox(Some(crate::store::OutboxState::Pending))
             .map(|o| o.len() as i64)
             .unwrap_or(-1))
     })
@@ -785,7 +785,11 @@ fn store_unavailable(what: &str, e: &anyhow::Error) -> Response {
 
 /// 200 when the state store answers; 503 otherwise.
 async fn healthz(State(s): State<AppState>, Extension(reads): Extension<StoreReads>) -> Response {
-    match read_store(&reads, &s.store, |st| st.outbox(Some("pending"))).await {
+    match read_store(&reads, &s.store, |st| {
+        st.outbox(Some(crate::store::OutboxState::Pending))
+    })
+    .await
+    {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => store_unavailable("GET /healthz", &e),
     }

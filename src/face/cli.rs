@@ -421,9 +421,19 @@ async fn dispatch(cli: Cli) -> ExitCode {
             if let Err(e) = state_access::become_owner_if_root(&config) {
                 return usage(e);
             }
-            let tests = match crate::notify::notify_test(&config, channel.as_deref()).await {
+            let tests = match crate::notify::notify_test(
+                &config.notifiers,
+                channel.as_deref(),
+                &config.hostname,
+                &config.runbook.timezone,
+            )
+            .await
+            {
                 Ok(t) => t,
-                Err(e) => return usage(e),
+                Err(e @ crate::notify::NotifyTestError::NoNotifiers) => {
+                    return usage(format!("{e} in {}", config.path.display()));
+                }
+                Err(e) => return usage(e.to_string()),
             };
             match format {
                 Format::Json => print_json(&serde_json::json!({ "channels": tests })),
@@ -447,7 +457,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
             let mut code = EXIT_OK;
             let mut flushed = None;
             if flush {
-                match crate::notify::outbox::flush(&config, &store, false).await {
+                match crate::notify::outbox::flush(
+                    &config.notifiers,
+                    &config.retry_policy(),
+                    &store,
+                    false,
+                )
+                .await
+                {
                     Ok(r) => {
                         if r.left_undelivered() {
                             code = EXIT_FAILED;
@@ -485,9 +502,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
                         println!(
                             "{:<8} {:<16} job {:<12} run {}  attempts {}  queued {}  next {}  {}",
                             e.state,
-                            e.channel,
+                            e.key.channel,
                             e.job.as_deref().unwrap_or("?"),
-                            e.run_id,
+                            e.key.run_id,
                             e.attempts,
                             e.created_at,
                             e.next_attempt_at.as_deref().unwrap_or("-"),

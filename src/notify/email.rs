@@ -27,8 +27,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
 use super::On;
-use crate::report::Report;
 use crate::base::secret::{Secret, SecretSource};
+use crate::report::Report;
 
 /// How long one SMTP command may take (connect, each reply).
 const SMTP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,9 +45,6 @@ pub struct EmailConfig {
     pub username: Option<String>,
     /// Password for SMTP AUTH: a secret (`{ env = "VAR" }`, `{ file = "PATH" }`).
     pub password: Option<SecretSource>,
-    /// The resolved password (filled by `prepare`).
-    #[serde(skip)]
-    pub password_resolved: Option<Secret>,
     /// Sender, `Name <address>` or `address`.
     pub from: String,
     /// Recipients (at least one).
@@ -57,12 +54,28 @@ pub struct EmailConfig {
     /// Send when the run is at least this bad: `always` (default), `warn`, `fail`.
     #[serde(default)]
     pub on: On,
-    /// The parsed `smtp_url` (filled by `prepare`).
-    #[serde(skip)]
-    pub endpoint: Option<Endpoint>,
-    /// The content of `ca_file` (read by `prepare`, so a missing file is a config error).
-    #[serde(skip)]
-    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// A built e-mail sender ([`EmailConfig::prepare`]): the parsed endpoint and addresses, the
+/// TLS parameters (with `ca_file`'s certificates) and the credentials, all checked at load time.
+#[derive(Clone)]
+pub struct Mailer {
+    endpoint: Endpoint,
+    tls: Tls,
+    credentials: Option<Credentials>,
+    password: Option<Secret>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("endpoint", &self.endpoint)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How to reach the SMTP server.
@@ -102,7 +115,7 @@ impl Security {
 }
 
 /// Parses `smtp_url`. The error names what is wrong, never a password.
-pub fn parse_smtp_url(text: &str) -> Result<Endpoint, String> {
+fn parse_smtp_url(text: &str) -> Result<Endpoint, String> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("smtp_url is not a URL: {e}"))?;
     if url.password().is_some() {
         return Err("smtp_url must not contain a password: set `password = { env = \"VAR\" }` (or { file = ... }) instead".into());
@@ -181,21 +194,23 @@ fn is_local(host: &str) -> bool {
 }
 
 impl EmailConfig {
-    pub fn prepare(&mut self, name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
+    /// Checks the options and builds the sender. Ok holds warnings.
+    pub fn prepare(&self, name: &str, base: &Path) -> Result<(Mailer, Vec<String>), Vec<String>> {
         let mut warnings = vec![];
         let mut errors = vec![];
+        let mut password = None;
         if let Some(src) = &self.password {
             match Secret::resolve(src, &format!("notify.{name}.password"), base) {
                 Ok(s) => {
                     if s.inline {
                         warnings.push("password is written inline; prefer { env = \"VAR\" } or { file = \"PATH\" }".into());
                     }
-                    self.password_resolved = Some(s);
+                    password = Some(s);
                 }
                 Err(e) => errors.push(e),
             }
         }
-        match parse_smtp_url(&self.smtp_url) {
+        let endpoint = match parse_smtp_url(&self.smtp_url) {
             Ok(ep) => {
                 let has_user = self.username.is_some() || ep.url_username.is_some();
                 if has_user && self.password.is_none() {
@@ -216,21 +231,23 @@ impl EmailConfig {
                 if self.ca_file.is_some() && ep.security == Security::None {
                     warnings.push("ca_file is ignored with tls=none".into());
                 }
-                self.endpoint = Some(ep);
+                Some(ep)
             }
-            Err(e) => errors.push(e),
-        }
-        if let Some(ca) = &self.ca_file {
-            let path = if ca.is_relative() {
-                base.join(ca)
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let mut ca = None;
+        if let Some(ca_file) = &self.ca_file {
+            let path = if ca_file.is_relative() {
+                base.join(ca_file)
             } else {
-                ca.clone()
+                ca_file.clone()
             };
             match std::fs::read(&path) {
                 Ok(pem) => match Certificate::from_pem(&pem) {
-                    Ok(_) if pem.windows(11).any(|w| w == b"-----BEGIN ") => {
-                        self.ca_pem = Some(pem)
-                    }
+                    Ok(cert) if pem.windows(11).any(|w| w == b"-----BEGIN ") => ca = Some(cert),
                     _ => errors.push(format!(
                         "ca_file {} holds no PEM certificate",
                         path.display()
@@ -239,52 +256,92 @@ impl EmailConfig {
                 Err(e) => errors.push(format!("cannot read ca_file {}: {e}", path.display())),
             }
         }
-        if let Err(e) = self.from.parse::<Mailbox>() {
-            errors.push(format!("from {:?} is not an address: {e}", self.from));
-        }
+        let from = match self.from.parse::<Mailbox>() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                errors.push(format!("from {:?} is not an address: {e}", self.from));
+                None
+            }
+        };
         if self.to.is_empty() {
             errors.push("`to` needs at least one address".into());
         }
-        for to in &self.to {
-            if let Err(e) = to.parse::<Mailbox>() {
-                errors.push(format!("to {to:?} is not an address: {e}"));
+        let mut to = vec![];
+        for t in &self.to {
+            match t.parse::<Mailbox>() {
+                Ok(m) => to.push(m),
+                Err(e) => errors.push(format!("to {t:?} is not an address: {e}")),
             }
         }
-        if errors.is_empty() {
-            Ok(warnings)
-        } else {
-            Err(errors)
-        }
-    }
-
-    fn endpoint(&self) -> Result<Endpoint, String> {
-        match &self.endpoint {
-            Some(e) => Ok(e.clone()),
-            None => parse_smtp_url(&self.smtp_url),
-        }
-    }
-
-    /// The transport for one delivery. No connection pool: a notifier sends a handful of
-    /// messages a day, and a pooled connection would only linger.
-    fn transport(&self, ep: &Endpoint) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-        let tls_params = || -> Result<TlsParameters, String> {
-            let mut b = TlsParameters::builder(ep.host.clone());
-            if let Some(pem) = &self.ca_pem {
-                let cert = Certificate::from_pem(pem).map_err(|e| format!("ca_file: {e}"))?;
-                b = b.add_root_certificate(cert);
+        let tls = match &endpoint {
+            Some(ep) if errors.is_empty() => match tls(ep, ca) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        match (endpoint, tls, from) {
+            (Some(endpoint), Some(tls), Some(from)) if errors.is_empty() => {
+                let user = self
+                    .username
+                    .clone()
+                    .or_else(|| endpoint.url_username.clone());
+                let credentials = match (user, &password) {
+                    (Some(user), Some(pw)) => Some(Credentials::new(user, pw.expose().to_owned())),
+                    _ => None,
+                };
+                Ok((
+                    Mailer {
+                        endpoint,
+                        tls,
+                        credentials,
+                        password,
+                        from,
+                        to,
+                    },
+                    warnings,
+                ))
             }
-            b.build_rustls()
-                .map_err(|e| format!("TLS setup failed: {e}"))
-        };
-        let tls = match ep.security {
-            Security::None => Tls::None,
-            Security::Opportunistic => Tls::Opportunistic(tls_params()?),
-            Security::Required => Tls::Required(tls_params()?),
-            Security::Wrapper => Tls::Wrapper(tls_params()?),
-        };
+            _ => Err(errors),
+        }
+    }
+}
+
+/// The transport security of an endpoint, with the extra CA of `ca_file`.
+fn tls(ep: &Endpoint, ca: Option<Certificate>) -> Result<Tls, String> {
+    let params = || -> Result<TlsParameters, String> {
+        let mut b = TlsParameters::builder(ep.host.clone());
+        if let Some(cert) = ca.clone() {
+            b = b.add_root_certificate(cert);
+        }
+        b.build_rustls()
+            .map_err(|e| format!("TLS setup failed: {e}"))
+    };
+    Ok(match ep.security {
+        Security::None => Tls::None,
+        Security::Opportunistic => Tls::Opportunistic(params()?),
+        Security::Required => Tls::Required(params()?),
+        Security::Wrapper => Tls::Wrapper(params()?),
+    })
+}
+
+impl Mailer {
+    /// The SMTP password (for the report redactor).
+    pub fn secret(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    /// The transport for one delivery. No connection pool kept between deliveries: a notifier
+    /// sends a handful of messages a day, and a pooled connection would only linger (and a
+    /// pool needs a running runtime, which loading the configuration does not have).
+    fn transport(&self) -> AsyncSmtpTransport<Tokio1Executor> {
+        let ep = &self.endpoint;
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(ep.host.clone())
             .port(ep.port)
-            .tls(tls)
+            .tls(self.tls.clone())
             .timeout(Some(SMTP_TIMEOUT))
             .pool_config(
                 lettre::transport::smtp::PoolConfig::new()
@@ -294,23 +351,18 @@ impl EmailConfig {
         if let Some(name) = &ep.hello_name {
             b = b.hello_name(ClientId::Domain(name.clone()));
         }
-        let user = self.username.clone().or_else(|| ep.url_username.clone());
-        if let (Some(user), Some(pw)) = (user, &self.password_resolved) {
-            b = b.credentials(Credentials::new(user, pw.expose().to_owned()));
+        if let Some(c) = &self.credentials {
+            b = b.credentials(c.clone());
         }
-        Ok(b.build())
+        b.build()
     }
 
     /// The message for a report: multipart/alternative (text, HTML), the contract subject, a
     /// Date, and a Message-ID derived from the run id, so a mail client would fold a duplicate.
-    pub fn message(&self, report: &Report) -> Result<Message, String> {
-        let from: Mailbox = self
-            .from
-            .parse()
-            .map_err(|e| format!("from {:?} is not an address: {e}", self.from))?;
-        let domain = from.email.domain().to_string();
+    fn message(&self, report: &Report) -> Result<Message, String> {
+        let domain = self.from.email.domain().to_string();
         let mut b = Message::builder()
-            .from(from)
+            .from(self.from.clone())
             .subject(report.subject())
             .date_now()
             .message_id(Some(format!(
@@ -319,9 +371,7 @@ impl EmailConfig {
             )))
             .user_agent(format!("runbook/{}", env!("CARGO_PKG_VERSION")));
         for to in &self.to {
-            b = b.to(to
-                .parse()
-                .map_err(|e| format!("to {to:?} is not an address: {e}"))?);
+            b = b.to(to.clone());
         }
         b.multipart(MultiPart::alternative_plain_html(
             crate::report::text::render(report),
@@ -330,31 +380,29 @@ impl EmailConfig {
         .map_err(|e| format!("cannot build the message: {e}"))
     }
 
-    pub async fn deliver(&self, report: &Report) -> Result<(), String> {
-        let ep = self.endpoint()?;
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
+        let ep = &self.endpoint;
         let message = self.message(report)?;
-        resolve(&ep).await?;
-        let transport = self.transport(&ep)?;
-        let result = transport.send(message).await;
-        let secrets: Vec<&Secret> = self.password_resolved.iter().collect();
+        resolve(ep).await?;
+        let result = self.transport().send(message).await;
+        let secrets: Vec<&Secret> = self.password.iter().collect();
         result
             .map(|_| ())
-            .map_err(|e| crate::base::secret::redact(&describe_smtp_error(&e, &ep), &secrets))
+            .map_err(|e| crate::base::secret::redact(&describe_smtp_error(&e, ep), &secrets))
     }
 
     /// `check-config --connect`: connect, EHLO, STARTTLS and AUTH, without sending anything.
-    pub async fn check_reachable(&self) -> Result<String, String> {
-        let ep = self.endpoint()?;
-        resolve(&ep).await?;
-        let transport = self.transport(&ep)?;
-        let secrets: Vec<&Secret> = self.password_resolved.iter().collect();
-        match transport.test_connection().await {
+    pub(crate) async fn check_reachable(&self) -> Result<String, String> {
+        let ep = &self.endpoint;
+        resolve(ep).await?;
+        let secrets: Vec<&Secret> = self.password.iter().collect();
+        match self.transport().test_connection().await {
             Ok(true) => Ok(format!(
                 "SMTP server {}:{} accepts us ({}{})",
                 ep.host,
                 ep.port,
                 ep.security.as_str(),
-                if self.password_resolved.is_some() {
+                if self.password.is_some() {
                     ", logged in"
                 } else {
                     ""
@@ -365,7 +413,7 @@ impl EmailConfig {
                 ep.host, ep.port
             )),
             Err(e) => Err(crate::base::secret::redact(
-                &describe_smtp_error(&e, &ep),
+                &describe_smtp_error(&e, ep),
                 &secrets,
             )),
         }
@@ -441,6 +489,19 @@ fn describe_smtp_error(e: &lettre::transport::smtp::Error, ep: &Endpoint) -> Str
 mod tests {
     use super::*;
 
+    fn mailer(to: &[&str]) -> Mailer {
+        let cfg = EmailConfig {
+            smtp_url: "smtp://localhost".into(),
+            username: None,
+            password: None,
+            from: "Runbook <runbook@trademaster.example>".into(),
+            to: to.iter().map(|t| t.to_string()).collect(),
+            ca_file: None,
+            on: On::Always,
+        };
+        cfg.prepare("mail", Path::new(".")).unwrap().0
+    }
+
     #[test]
     fn url_forms() {
         let e = parse_smtp_url("smtp://mail.internal:587?tls=required").unwrap();
@@ -489,18 +550,7 @@ mod tests {
 
     #[test]
     fn message_has_subject_parts_id_and_date() {
-        let cfg = EmailConfig {
-            smtp_url: "smtp://localhost".into(),
-            username: None,
-            password: None,
-            password_resolved: None,
-            from: "Runbook <runbook@trademaster.example>".into(),
-            to: vec!["a@x.example".into(), "b@x.example".into()],
-            ca_file: None,
-            on: On::Always,
-            endpoint: None,
-            ca_pem: None,
-        };
+        let cfg = mailer(&["a@x.example", "b@x.example"]);
         let m = cfg.message(&crate::report::tests::sample()).unwrap();
         let raw = String::from_utf8(m.formatted()).unwrap();
         assert!(
@@ -521,18 +571,7 @@ mod tests {
 
     #[test]
     fn a_dry_run_says_so_in_the_subject_and_the_html_header() {
-        let cfg = EmailConfig {
-            smtp_url: "smtp://localhost".into(),
-            username: None,
-            password: None,
-            password_resolved: None,
-            from: "Runbook <runbook@trademaster.example>".into(),
-            to: vec!["a@x.example".into()],
-            ca_file: None,
-            on: On::Always,
-            endpoint: None,
-            ca_pem: None,
-        };
+        let cfg = mailer(&["a@x.example"]);
         let mut r = crate::report::tests::sample();
         r.dry_run = true;
         let m = cfg.message(&r).unwrap();

@@ -20,14 +20,25 @@ pub struct FileConfig {
     pub on: On,
 }
 
-impl FileConfig {
-    pub fn prepare(&mut self, _name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
-        if self.dir.is_relative() {
-            self.dir = base.join(&self.dir);
-        }
-        Ok(vec![])
-    }
+/// A built `file` sender: the folder, made absolute against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    pub dir: PathBuf,
+}
 
+impl FileConfig {
+    /// Builds the sender. Ok holds warnings.
+    pub fn prepare(&self, _name: &str, base: &Path) -> Result<(Folder, Vec<String>), Vec<String>> {
+        let dir = if self.dir.is_relative() {
+            base.join(&self.dir)
+        } else {
+            self.dir.clone()
+        };
+        Ok((Folder { dir }, vec![]))
+    }
+}
+
+impl Folder {
     /// The file name stem for a report.
     pub fn stem(report: &Report) -> String {
         format!(
@@ -41,7 +52,7 @@ impl FileConfig {
         )
     }
 
-    pub async fn deliver(&self, report: &Report) -> Result<(), String> {
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
         let dir = self.dir.clone();
         let stem = Self::stem(report);
         let files = [
@@ -68,7 +79,7 @@ impl FileConfig {
     }
 }
 
-/// The extensions [`FileConfig::deliver`] writes.
+/// The extensions [`Folder::deliver`] writes.
 const EXTENSIONS: [&str; 4] = ["txt", "html", "json", "eml"];
 
 /// When the run of a file this notifier wrote started: `<job>-<YYYYMMDDTHHMMSSZ>-<ULID>.<ext>`

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::base::secret::{Secret, SecretSource};
 use crate::items::Status;
 use crate::report::Report;
-use crate::base::secret::{Secret, SecretSource};
 
 /// Options of `type = "heartbeat"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -22,9 +22,6 @@ pub struct HeartbeatConfig {
     /// The check's ping URL, e.g. `https://hc-ping.com/<uuid>` (a secret: anyone with it can
     /// ping).
     pub url: SecretSource,
-    /// The resolved URL (filled by `prepare`).
-    #[serde(skip)]
-    pub url_resolved: Option<Secret>,
 }
 
 /// Which ping.
@@ -55,53 +52,67 @@ impl Ping {
     }
 }
 
+/// A built heartbeat sender: the resolved ping URL, checked at load time.
+#[derive(Clone)]
+pub struct Pinger {
+    secret: Secret,
+    url: reqwest::Url,
+}
+
+/// Shows the origin only: the URL's path is the credential.
+impl std::fmt::Debug for Pinger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinger")
+            .field("origin", &super::public_origin(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
 impl HeartbeatConfig {
-    pub fn prepare(&mut self, name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
-        match Secret::resolve(&self.url, &format!("notify.{name}.url"), base) {
-            Ok(s) => {
-                match reqwest::Url::parse(s.expose()) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-                    _ => {
-                        return Err(vec![format!(
-                            "notify.{name}.url ({}) is not an http(s) URL",
-                            s.origin
-                        )]);
-                    }
-                }
-                let w = if s.inline {
-                    vec![
-                        "url is written inline; anyone with it can ping: prefer { env = \"VAR\" }"
-                            .into(),
-                    ]
-                } else {
-                    vec![]
-                };
-                self.url_resolved = Some(s);
-                Ok(w)
+    /// Resolves and checks the ping URL and builds the sender. Ok holds warnings.
+    pub fn prepare(&self, name: &str, base: &Path) -> Result<(Pinger, Vec<String>), Vec<String>> {
+        let s =
+            Secret::resolve(&self.url, &format!("notify.{name}.url"), base).map_err(|e| vec![e])?;
+        let url = match reqwest::Url::parse(s.expose()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+            _ => {
+                return Err(vec![format!(
+                    "notify.{name}.url ({}) is not an http(s) URL",
+                    s.origin
+                )]);
             }
-            Err(e) => Err(vec![e]),
-        }
+        };
+        let w = if s.inline {
+            vec!["url is written inline; anyone with it can ping: prefer { env = \"VAR\" }".into()]
+        } else {
+            vec![]
+        };
+        Ok((Pinger { secret: s, url }, w))
+    }
+}
+
+impl Pinger {
+    /// The ping URL, which is the credential (for the report redactor).
+    pub fn secret(&self) -> &Secret {
+        &self.secret
     }
 
-    /// The resolved ping URL.
-    pub fn url(&self) -> Result<&Secret, String> {
-        self.url_resolved
-            .as_ref()
-            .ok_or_else(|| "url was not resolved".to_string())
+    /// The parsed URL (for `check-config --connect`).
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.url
     }
 
     /// The URL of one ping: the base URL (query kept) with `/start` or `/fail` appended to its path.
-    pub fn ping_url(base: &str, ping: Ping) -> Result<reqwest::Url, String> {
-        let mut url = reqwest::Url::parse(base)
-            .map_err(|_| "the heartbeat url is not a valid URL".to_string())?;
+    pub fn ping_url(base: &reqwest::Url, ping: Ping) -> reqwest::Url {
+        let mut url = base.clone();
         let path = format!("{}{}", url.path().trim_end_matches('/'), ping.suffix());
         url.set_path(if path.is_empty() { "/" } else { &path });
-        Ok(url)
+        url
     }
 
-    pub async fn ping(&self, ping: Ping) -> Result<(), String> {
-        let secret = self.url()?;
-        let url = Self::ping_url(secret.expose(), ping)?;
+    pub(crate) async fn ping(&self, ping: Ping) -> Result<(), String> {
+        let secret = &self.secret;
+        let url = Self::ping_url(&self.url, ping);
         let origin = super::public_origin(&url);
         let client = super::http_client()?;
         let resp = client
@@ -115,11 +126,11 @@ impl HeartbeatConfig {
         Err(super::describe_http_status(resp, &origin, secret).await)
     }
 
-    pub async fn ping_start(&self) -> Result<(), String> {
+    pub(crate) async fn ping_start(&self) -> Result<(), String> {
         self.ping(Ping::Start).await
     }
 
-    pub async fn deliver(&self, report: &Report) -> Result<(), String> {
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
         self.ping(Ping::for_status(report.status)).await
     }
 }
@@ -130,7 +141,7 @@ mod tests {
 
     #[test]
     fn ping_urls() {
-        let u = |b: &str, p| HeartbeatConfig::ping_url(b, p).unwrap().to_string();
+        let u = |b: &str, p| Pinger::ping_url(&reqwest::Url::parse(b).unwrap(), p).to_string();
         assert_eq!(
             u("https://hc-ping.com/abc", Ping::Start),
             "https://hc-ping.com/abc/start"

@@ -1,19 +1,31 @@
-//! Delivery of reports: `file`, `email`, `slack`, `heartbeat`.
+//! Delivery of reports: `file`, `email`, `slack`, `heartbeat` (the "deliver" layer: channels
+//! and the outbox).
+//!
+//! Configuration is validated, then built, then run: `[notify.NAME]` deserializes into
+//! [`NotifierConfig`] (the options each channel module defines); [`NotifierConfig::prepare`]
+//! checks them, resolves secrets and returns a built [`Notifier`] (an SMTP endpoint with its
+//! TLS parameters and credentials, a parsed webhook or ping URL, a folder), so nothing is
+//! re-checked at run time. This module knows nothing of `config`: the configuration assembles
+//! the built notifiers and the [`RetryPolicy`] and hands them in.
 //!
 //! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): the
-//! runner stores the report and one outbox row per (run, channel) in one transaction
-//! ([`channels_for`]); then [`dispatch`] claims each row and tries to deliver it (all channels
-//! at once, each under [`DELIVERY_TIMEOUT`]). A process that dies in between leaves the rows
-//! `pending`: the daemon (at start and every 30 s) or `outbox --flush` delivers them. A delivery that fails stays in the outbox and is retried later with
-//! backoff ([`outbox::flush`]: the daemon, `outbox --flush`). The row keyed by (run, channel)
-//! is the idempotency record: a sender must claim it first (see [`outbox`]), so a report is
-//! never delivered twice for one run and channel. Delivery never changes a run's exit code.
+//! runner stores the report and one outbox entry per channel it goes to in one transaction
+//! ([`plan`]), then delivers them all at once ([`deliver_run`]), each through [`deliver`], the
+//! one routine that also serves every retry ([`outbox::flush`]: the daemon at start and every
+//! 30 s, `outbox --flush`). A process that dies in between leaves the rows `pending`; a
+//! delivery that fails stays in the outbox and is retried later with backoff. The entry is the
+//! idempotency record: a sender must claim it first (see [`outbox`]), so a report is never
+//! delivered twice for one run and channel. The stored report is never changed: what a user
+//! sees in `notifications` is derived from the outbox rows when the report is read. Delivery
+//! never changes a run's exit code.
 //!
 //! Error messages of every channel are one line that says which step failed (DNS, connection
 //! refused, TLS, authentication, an HTTP or SMTP status) and never contain a secret: the SMTP
 //! password and the webhook and ping URLs (the URL itself is the credential) are kept out.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -21,12 +33,16 @@ use tokio::task::JoinSet;
 use serde::{Deserialize, Serialize};
 
 use crate::items::Status;
-use crate::report::Report;
+use crate::report::{DeliveryStatus, NotificationStatus, Report};
+use crate::store::{Claim, OutboxKey, Store};
 
 pub mod email;
 pub mod file;
 pub mod heartbeat;
+pub mod outbox;
 pub mod slack;
+
+pub use outbox::RetryPolicy;
 
 /// Send when the run is at least this bad (`change`: when it differs from the previous
 /// comparable run, see `Report::changed`).
@@ -53,11 +69,9 @@ impl On {
     }
 }
 
-/// `[notify.NAME]`: one channel.
+/// `[notify.NAME]`: one channel's options, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-// A config holds a handful of notifiers, loaded once: the size of the email variant is no cost.
-#[allow(clippy::large_enum_variant)]
 pub enum NotifierConfig {
     Email(email::EmailConfig),
     Slack(slack::SlackConfig),
@@ -66,87 +80,143 @@ pub enum NotifierConfig {
 }
 
 impl NotifierConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            NotifierConfig::Email(_) => "email",
-            NotifierConfig::Slack(_) => "slack",
-            NotifierConfig::File(_) => "file",
-            NotifierConfig::Heartbeat(_) => "heartbeat",
-        }
-    }
-
-    pub fn on(&self) -> On {
-        match self {
-            NotifierConfig::Email(c) => c.on,
-            NotifierConfig::Slack(c) => c.on,
-            NotifierConfig::File(c) => c.on,
+    /// Load-time checks and secret resolution: the built notifier and warnings, or the errors.
+    pub fn prepare(&self, name: &str, base: &Path) -> Result<(Notifier, Vec<String>), Vec<String>> {
+        let (sender, on, warnings) = match self {
+            NotifierConfig::Email(c) => {
+                let (m, w) = c.prepare(name, base)?;
+                (Sender::Email(m), c.on, w)
+            }
+            NotifierConfig::Slack(c) => {
+                let (s, w) = c.prepare(name, base)?;
+                (Sender::Slack(s), c.on, w)
+            }
+            NotifierConfig::File(c) => {
+                let (f, w) = c.prepare(name, base)?;
+                (Sender::File(f), c.on, w)
+            }
             // A heartbeat must be pinged after every run: an outside monitor relies on it.
-            NotifierConfig::Heartbeat(_) => On::Always,
+            NotifierConfig::Heartbeat(c) => {
+                let (p, w) = c.prepare(name, base)?;
+                (Sender::Heartbeat(p), On::Always, w)
+            }
+        };
+        Ok((Notifier { on, sender }, warnings))
+    }
+}
+
+/// A built channel's sender.
+#[derive(Debug, Clone)]
+pub enum Sender {
+    Email(email::Mailer),
+    Slack(slack::Webhook),
+    File(file::Folder),
+    Heartbeat(heartbeat::Pinger),
+}
+
+/// One built channel: when it wants a report, and how it sends it.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    pub on: On,
+    pub sender: Sender,
+}
+
+/// The built channels by name (`[notify.NAME]`).
+pub type Notifiers = BTreeMap<String, Notifier>;
+
+/// Why a delivery failed: one line that names the failed step, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The whole delivery took longer than [`DELIVERY_TIMEOUT`] (or a check's limit).
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// The channel said no, or could not be reached.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for DeliveryError {
+    fn from(s: String) -> Self {
+        DeliveryError::Failed(s)
+    }
+}
+
+impl Notifier {
+    pub fn kind(&self) -> &'static str {
+        match self.sender {
+            Sender::Email(_) => "email",
+            Sender::Slack(_) => "slack",
+            Sender::File(_) => "file",
+            Sender::Heartbeat(_) => "heartbeat",
         }
     }
 
     /// The secrets this channel was given (for the report redactor).
     pub fn secrets(&self) -> Vec<&crate::base::secret::Secret> {
-        match self {
-            NotifierConfig::Email(c) => c.password_resolved.iter().collect(),
-            NotifierConfig::Slack(c) => c.webhook_resolved.iter().collect(),
-            NotifierConfig::File(_) => vec![],
-            NotifierConfig::Heartbeat(c) => c.url_resolved.iter().collect(),
+        match &self.sender {
+            Sender::Email(m) => m.secret().into_iter().collect(),
+            Sender::Slack(w) => vec![w.secret()],
+            Sender::File(_) => vec![],
+            Sender::Heartbeat(p) => vec![p.secret()],
         }
     }
 
-    /// Load-time checks and secret resolution. Ok holds warnings.
-    pub fn prepare(&mut self, name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
-        match self {
-            NotifierConfig::Email(c) => c.prepare(name, base),
-            NotifierConfig::Slack(c) => c.prepare(name, base),
-            NotifierConfig::File(c) => c.prepare(name, base),
-            NotifierConfig::Heartbeat(c) => c.prepare(name, base),
+    /// The folder of a `file` notifier.
+    pub fn file_dir(&self) -> Option<&Path> {
+        match &self.sender {
+            Sender::File(f) => Some(&f.dir),
+            _ => None,
         }
     }
 
-    /// Delivers one report. The error is a one-line reason with no secret in it.
-    pub async fn deliver(&self, report: &Report) -> Result<(), String> {
+    /// Whether this channel gets `report`: its `on` wants the report's status, and a dry run
+    /// never pings a heartbeat (it is not a run the outside monitor should count).
+    pub fn wants(&self, report: &Report) -> bool {
+        !(report.dry_run && matches!(self.sender, Sender::Heartbeat(_))) && self.on.wants(report)
+    }
+
+    /// Sends one report, under [`DELIVERY_TIMEOUT`].
+    pub async fn send(&self, report: &Report) -> Result<(), DeliveryError> {
         let fut = async {
-            match self {
-                NotifierConfig::Email(c) => c.deliver(report).await,
-                NotifierConfig::Slack(c) => c.deliver(report).await,
-                NotifierConfig::File(c) => c.deliver(report).await,
-                NotifierConfig::Heartbeat(c) => c.deliver(report).await,
+            match &self.sender {
+                Sender::Email(m) => m.deliver(report).await,
+                Sender::Slack(w) => w.deliver(report).await,
+                Sender::File(f) => f.deliver(report).await,
+                Sender::Heartbeat(p) => p.deliver(report).await,
             }
         };
         match tokio::time::timeout(DELIVERY_TIMEOUT, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "timeout: delivery took longer than {}s",
+            Ok(r) => r.map_err(DeliveryError::Failed),
+            Err(_) => Err(DeliveryError::Timeout(format!(
+                "delivery took longer than {}s",
                 DELIVERY_TIMEOUT.as_secs()
-            )),
+            ))),
         }
     }
 
     /// `check-config --connect`: can the channel be reached (without sending a report)?
-    pub async fn check_reachable(&self) -> Result<String, String> {
+    pub async fn check_reachable(&self) -> Result<String, DeliveryError> {
         let fut = async {
-            match self {
-                NotifierConfig::File(c) => {
-                    std::fs::create_dir_all(&c.dir)
-                        .map_err(|e| format!("cannot create {}: {e}", c.dir.display()))?;
-                    let probe = c.dir.join(".runbook-write-test");
+            match &self.sender {
+                Sender::File(f) => {
+                    std::fs::create_dir_all(&f.dir)
+                        .map_err(|e| format!("cannot create {}: {e}", f.dir.display()))?;
+                    let probe = f.dir.join(".runbook-write-test");
                     std::fs::write(&probe, b"ok")
-                        .map_err(|e| format!("cannot write into {}: {e}", c.dir.display()))?;
+                        .map_err(|e| format!("cannot write into {}: {e}", f.dir.display()))?;
                     let _ = std::fs::remove_file(&probe);
-                    Ok(format!("folder {} is writable", c.dir.display()))
+                    Ok(format!("folder {} is writable", f.dir.display()))
                 }
-                NotifierConfig::Email(c) => c.check_reachable().await,
+                Sender::Email(m) => m.check_reachable().await,
                 // Posting or pinging would send something; connecting (DNS, TCP, TLS) is what
                 // can be checked without side effects.
-                NotifierConfig::Slack(c) => probe_https(c.webhook()?).await,
-                NotifierConfig::Heartbeat(c) => probe_https(c.url()?).await,
+                Sender::Slack(w) => probe_https(w.url()).await,
+                Sender::Heartbeat(p) => probe_https(p.url()).await,
             }
         };
         match tokio::time::timeout(Duration::from_secs(30), fut).await {
-            Ok(r) => r,
-            Err(_) => Err("timeout: no answer within 30s".into()),
+            Ok(r) => r.map_err(DeliveryError::Failed),
+            Err(_) => Err(DeliveryError::Timeout("no answer within 30s".into())),
         }
     }
 }
@@ -268,10 +338,8 @@ pub(crate) async fn describe_http_status(
 }
 
 /// Connects to a secret URL's host (DNS, TCP, TLS for https) without sending a request.
-async fn probe_https(url: &crate::base::secret::Secret) -> Result<String, String> {
-    let parsed =
-        reqwest::Url::parse(url.expose()).map_err(|_| "the URL is not valid".to_string())?;
-    let origin = public_origin(&parsed);
+async fn probe_https(parsed: &reqwest::Url) -> Result<String, String> {
+    let origin = public_origin(parsed);
     let host = parsed.host_str().unwrap_or("").to_string();
     let port = parsed.port_or_known_default().unwrap_or(443);
     let mut addrs = tokio::net::lookup_host((host.as_str(), port))
@@ -298,23 +366,17 @@ async fn probe_https(url: &crate::base::secret::Secret) -> Result<String, String
     ))
 }
 
-/// One line of a report's `notifications` list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NotificationStatus {
-    pub channel: String,
-    /// `sent`, `queued` (will be retried), `skipped` (below the channel's `on`, or a dry run for
-    /// a heartbeat), `failed` (not queued: the outbox could not be written, or it was dropped).
-    pub status: String,
-    pub error: Option<String>,
-}
-
-/// Pings that mark the start of a run (heartbeat `/start`), all at once. Best effort: never
-/// delays the run for more than a few seconds, never changes its outcome, never queued (a late
-/// start ping means nothing).
-pub async fn run_started(config: &crate::config::Config, job: &crate::config::Job) {
+/// Pings that mark the start of a run (heartbeat `/start`) on the channels `names`, all at
+/// once. Best effort: never delays the run for more than a few seconds, never changes its
+/// outcome, never queued (a late start ping means nothing).
+pub async fn run_started(notifiers: &Notifiers, names: &[String]) {
     let mut pings = JoinSet::new();
-    for name in &job.notify {
-        if let Some(NotifierConfig::Heartbeat(h)) = config.notifiers.get(name) {
+    for name in names {
+        if let Some(Notifier {
+            sender: Sender::Heartbeat(h),
+            ..
+        }) = notifiers.get(name)
+        {
             let h = h.clone();
             let name = name.clone();
             pings.spawn(async move {
@@ -330,124 +392,182 @@ pub async fn run_started(config: &crate::config::Config, job: &crate::config::Jo
     while pings.join_next().await.is_some() {}
 }
 
-/// Whether `notifier` gets `report`: the channel's `on` wants its status, and a dry run never
-/// pings a heartbeat (it is not a run the outside monitor should count).
-fn wants(notifier: &NotifierConfig, report: &Report) -> bool {
-    !(report.dry_run && notifier.kind() == "heartbeat") && notifier.on().wants(report)
-}
-
-/// The channels of `job` that `report` goes to: the outbox rows the runner writes in the same
-/// transaction as the report.
-pub fn channels_for(
-    config: &crate::config::Config,
-    job: &crate::config::Job,
-    report: &Report,
-) -> Vec<String> {
-    job.notify
+/// Where `report` goes among the channels `names` (a job's `notify`), in their order: each
+/// `queued` (it gets an outbox entry, written with the report) or `skipped` (below its `on`;
+/// a dry run for a heartbeat). This is the report's stored `notifications`.
+pub fn plan(notifiers: &Notifiers, names: &[String], report: &Report) -> Vec<NotificationStatus> {
+    names
         .iter()
-        .filter(|name| {
-            config
-                .notifiers
-                .get(*name)
-                .is_some_and(|n| wants(n, report))
+        .filter_map(|name| {
+            let n = notifiers.get(name)?;
+            Some(NotificationStatus {
+                channel: name.clone(),
+                status: if n.wants(report) {
+                    DeliveryStatus::Queued
+                } else {
+                    DeliveryStatus::Skipped
+                },
+                error: None,
+            })
         })
-        .cloned()
         .collect()
 }
 
-/// Delivers a finished, stored report to the job's channels, through the outbox, and records
-/// the outcome in the report's `notifications` (and in the store). Channels are delivered
-/// concurrently, so a slow one does not hold up the others.
-pub async fn dispatch(
-    config: &crate::config::Config,
-    store: &crate::store::Store,
-    job: &crate::config::Job,
-    report: &mut Report,
-) {
-    let mut statuses: Vec<Option<NotificationStatus>> = Vec::new();
-    let mut sends = JoinSet::new();
-    let shared = std::sync::Arc::new(report.clone());
-    for name in &job.notify {
-        let Some(notifier) = config.notifiers.get(name) else {
-            continue;
-        };
-        let skipped = NotificationStatus {
-            channel: name.clone(),
-            status: "skipped".into(),
-            error: None,
-        };
-        if !wants(notifier, report) {
-            statuses.push(Some(skipped));
-            continue;
-        }
-        let slot = statuses.len();
-        statuses.push(None);
-        // The runner wrote the row with the report; enqueueing again is a no-op then, and
-        // queues the delivery when the report could not be stored.
-        let claim = store
-            .outbox_enqueue(&report.run_id, name)
-            .and_then(|()| store.outbox_claim(&report.run_id, name, outbox::CLAIM_LEASE));
-        let claim = match claim {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                // Already sent or being sent for this run (cannot happen for a fresh run id,
-                // but the outbox row is the record that decides).
-                statuses[slot] = Some(NotificationStatus {
-                    channel: name.clone(),
-                    status: "sent".into(),
-                    error: None,
-                });
-                continue;
-            }
+/// The outbox entries of a planned report: one per `queued` channel.
+pub fn outbox_keys(report: &Report) -> Vec<OutboxKey> {
+    report
+        .notifications
+        .iter()
+        .filter(|n| n.status == DeliveryStatus::Queued)
+        .map(|n| OutboxKey::report(&report.run_id, &n.channel))
+        .collect()
+}
+
+/// The report as it is sent: its content, without the delivery state (which changes as it is
+/// delivered and is shown where the report is read).
+fn as_sent(report: &Report) -> Report {
+    Report {
+        notifications: vec![],
+        ..report.clone()
+    }
+}
+
+/// One delivery attempt of one outbox entry: the first attempt and every retry. Sends the
+/// report through the entry's channel and records the outcome on the entry, under `claim`
+/// (None: the report could not be stored, so there is no entry; the attempt is made once and
+/// not queued). `attempts` counts this one. The answer is the channel's line of the report's
+/// `notifications` after this attempt.
+pub async fn deliver(
+    notifier: Option<&Notifier>,
+    store: &Store,
+    policy: &RetryPolicy,
+    key: &OutboxKey,
+    claim: Option<&Claim>,
+    attempts: u32,
+    report: &Report,
+) -> NotificationStatus {
+    let line = |status, error| NotificationStatus {
+        channel: key.channel.clone(),
+        status,
+        error,
+    };
+    let result = match notifier {
+        Some(n) => n.send(&as_sent(report)).await,
+        None => Err(DeliveryError::Failed(
+            "channel is no longer in the configuration".into(),
+        )),
+    };
+    let Some(claim) = claim else {
+        return match result {
+            Ok(()) => line(DeliveryStatus::Sent, None),
             Err(e) => {
-                // Without an outbox row a failed delivery could not be retried: say so loudly,
-                // but still try once.
-                tracing::error!(channel = %name, "cannot record the delivery in the outbox: {e:#}");
-                String::new()
+                tracing::error!(run_id = %key.run_id, channel = %key.channel, "delivery failed and cannot be queued: {e}");
+                line(DeliveryStatus::Failed, Some(e.to_string()))
             }
         };
-        let notifier = notifier.clone();
-        let store = store.clone();
-        let name = name.clone();
-        let report = shared.clone();
-        sends.spawn(async move {
-            let status = match notifier.deliver(&report).await {
-                Ok(()) => {
-                    if !claim.is_empty()
-                        && let Err(e) = store.outbox_mark_sent(&report.run_id, &name, &claim) {
-                            tracing::error!(channel = %name, "delivered, but cannot record it in the outbox: {e:#}");
-                        }
-                    NotificationStatus { channel: name.clone(), status: "sent".into(), error: None }
+    };
+    match result {
+        Ok(()) => {
+            match store.outbox_mark_sent(key, claim) {
+                Ok(true) if attempts > 1 => {
+                    tracing::info!(run_id = %key.run_id, channel = %key.channel, attempts, "queued notification delivered")
                 }
-                Err(e) if claim.is_empty() => {
-                    tracing::error!(channel = %name, run_id = %report.run_id, "delivery failed and cannot be queued: {e}");
-                    NotificationStatus { channel: name.clone(), status: "failed".into(), error: Some(e) }
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(run_id = %key.run_id, channel = %key.channel, "delivered, but another process had taken the delivery over")
                 }
                 Err(e) => {
-                    let next = outbox::next_attempt(1);
-                    tracing::warn!(channel = %name, run_id = %report.run_id, next_attempt = %next.to_rfc3339(), "delivery failed, queued for retry: {e}");
-                    if let Err(db) = store.outbox_mark_failed(&report.run_id, &name, &claim, &e, &next) {
-                        tracing::error!(channel = %name, "cannot record the failed delivery in the outbox: {db:#}");
-                    }
-                    NotificationStatus { channel: name.clone(), status: "queued".into(), error: Some(e) }
+                    tracing::error!(run_id = %key.run_id, channel = %key.channel, "delivered, but cannot record it in the outbox: {e:#}")
                 }
-            };
-            (slot, status)
+            }
+            line(DeliveryStatus::Sent, None)
+        }
+        Err(e) => {
+            let e = e.to_string();
+            let next = policy.next_attempt(attempts);
+            if attempts > 1 {
+                tracing::warn!(run_id = %key.run_id, channel = %key.channel, attempts, next_attempt = %next.to_rfc3339(), "delivery failed again: {e}");
+            } else {
+                tracing::warn!(run_id = %key.run_id, channel = %key.channel, next_attempt = %next.to_rfc3339(), "delivery failed, queued for retry: {e}");
+            }
+            if let Err(db) = store.outbox_mark_failed(key, claim, &e, &next) {
+                tracing::error!(run_id = %key.run_id, channel = %key.channel, "cannot record the failed delivery in the outbox: {db:#}");
+            }
+            line(DeliveryStatus::Queued, Some(e))
+        }
+    }
+}
+
+/// Delivers a finished report to its `queued` channels, all at once (a slow channel does not
+/// hold up the others), each through [`deliver`]. With `stored`, the report and its outbox
+/// entries are in the store: each entry is claimed first. Without (the store could not be
+/// written), each channel is tried once, not queued. Returns the report's `notifications`
+/// after these attempts (the stored report is not changed).
+pub async fn deliver_run(
+    notifiers: &Notifiers,
+    store: &Store,
+    policy: &RetryPolicy,
+    report: &Report,
+    stored: bool,
+) -> Vec<NotificationStatus> {
+    let mut lines = report.notifications.clone();
+    let shared = Arc::new(report.clone());
+    let mut sends = JoinSet::new();
+    for key in outbox_keys(report) {
+        let Some(slot) = lines.iter().position(|n| n.channel == key.channel) else {
+            continue;
+        };
+        let claim = if stored {
+            match store.outbox_claim(&key, outbox::CLAIM_LEASE) {
+                Ok(Some(c)) => Some(c),
+                Ok(None) => {
+                    // Already sent or being sent (cannot happen for a fresh run id, but the
+                    // outbox entry is the record that decides): the store says how it stands.
+                    if let Ok(Some(e)) = store.outbox_entry(&key) {
+                        lines[slot] = NotificationStatus {
+                            channel: key.channel.clone(),
+                            status: e.state.delivery_status(),
+                            error: e.last_error,
+                        };
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // Without a claim a failed delivery could not be retried: say so loudly,
+                    // but still try once.
+                    tracing::error!(channel = %key.channel, "cannot claim the delivery in the outbox: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let notifier = notifiers.get(&key.channel).cloned();
+        let store = store.clone();
+        let policy = policy.clone();
+        let report = shared.clone();
+        sends.spawn(async move {
+            let line = deliver(
+                notifier.as_ref(),
+                &store,
+                &policy,
+                &key,
+                claim.as_ref(),
+                1,
+                &report,
+            )
+            .await;
+            (slot, line)
         });
     }
     while let Some(joined) = sends.join_next().await {
         match joined {
-            Ok((slot, status)) => statuses[slot] = Some(status),
+            Ok((slot, line)) => lines[slot] = line,
             Err(e) => tracing::error!("a delivery task failed: {e}"),
         }
     }
-    report.notifications = statuses.into_iter().flatten().collect();
-    if let Err(e) = store.update_report(report) {
-        tracing::error!(run_id = %report.run_id, "cannot store notification results: {e:#}");
-    }
+    lines
 }
-
-pub mod outbox;
 
 /// The outcome of `notify-test` for one notifier.
 #[derive(Debug, Clone, Serialize)]
@@ -462,44 +582,47 @@ pub struct ChannelTest {
     pub error: Option<String>,
 }
 
-/// `notify-test [CHANNEL]`: sends a small test report through each (or one) channel, at once,
-/// and says for each what failed, in the order of the config. Not queued: the point is to see
-/// the failure now. `Err` is a usage mistake (unknown channel, no notifiers), with its message.
+/// A `notify-test` usage mistake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyTestError {
+    #[error("unknown notifier {name:?} (defined: {})", if .known.is_empty() { "none".to_string() } else { .known.join(", ") })]
+    UnknownChannel { name: String, known: Vec<String> },
+    #[error("no notifiers are configured")]
+    NoNotifiers,
+}
+
+/// `notify-test [CHANNEL]`: sends a small test report (from `host`, in `timezone`) through
+/// each (or one) channel, at once, and says for each what failed, in the order of the config.
+/// Not queued: the point is to see the failure now.
 pub async fn notify_test(
-    config: &crate::config::Config,
+    notifiers: &Notifiers,
     channel: Option<&str>,
-) -> Result<Vec<ChannelTest>, String> {
+    host: &str,
+    timezone: &str,
+) -> Result<Vec<ChannelTest>, NotifyTestError> {
     let names: Vec<&String> = match channel {
-        Some(c) => match config.notifiers.get_key_value(c) {
+        Some(c) => match notifiers.get_key_value(c) {
             Some((k, _)) => vec![k],
             None => {
-                let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "unknown notifier {c:?} (defined: {})",
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                ));
+                return Err(NotifyTestError::UnknownChannel {
+                    name: c.to_string(),
+                    known: notifiers.keys().cloned().collect(),
+                });
             }
         },
-        None => config.notifiers.keys().collect(),
+        None => notifiers.keys().collect(),
     };
     if names.is_empty() {
-        return Err(format!(
-            "no notifiers are configured in {}",
-            config.path.display()
-        ));
+        return Err(NotifyTestError::NoNotifiers);
     }
-    let report = std::sync::Arc::new(test_report(config));
+    let report = Arc::new(test_report(host, timezone));
     let mut tests = JoinSet::new();
     for (i, name) in names.iter().enumerate() {
-        let n = config.notifiers[*name].clone();
+        let n = notifiers[*name].clone();
         let report = report.clone();
-        tests.spawn(async move { (i, n.deliver(&report).await) });
+        tests.spawn(async move { (i, n.send(&report).await) });
     }
-    let mut results: Vec<Option<Result<(), String>>> = vec![None; names.len()];
+    let mut results: Vec<Option<Result<(), DeliveryError>>> = vec![None; names.len()];
     while let Some(joined) = tests.join_next().await {
         if let Ok((i, r)) = joined {
             results[i] = Some(r);
@@ -509,20 +632,24 @@ pub async fn notify_test(
         .iter()
         .zip(results)
         .map(|(name, r)| {
-            let kind = config.notifiers[*name].kind();
-            let r = r.unwrap_or_else(|| Err("internal error: the test task failed".into()));
+            let kind = notifiers[*name].kind();
+            let r = r.unwrap_or_else(|| {
+                Err(DeliveryError::Failed(
+                    "internal error: the test task failed".into(),
+                ))
+            });
             ChannelTest {
                 channel: (*name).clone(),
                 kind,
                 status: if r.is_ok() { "delivered" } else { "failed" },
-                error: r.err(),
+                error: r.err().map(|e| e.to_string()),
             }
         })
         .collect())
 }
 
 /// The report sent by `notify-test`.
-pub fn test_report(config: &crate::config::Config) -> Report {
+pub fn test_report(host: &str, timezone: &str) -> Report {
     let now = chrono::Utc::now().fixed_offset();
     let mut r = Report {
         run_id: ulid::Ulid::new().to_string(),
@@ -533,8 +660,8 @@ pub fn test_report(config: &crate::config::Config) -> Report {
         started_at: now,
         finished_at: now,
         duration_ms: 0,
-        host: config.hostname.clone(),
-        timezone: config.runbook.timezone.clone(),
+        host: host.to_string(),
+        timezone: timezone.to_string(),
         status: Status::Pass,
         counts: Default::default(),
         dry_run: false,
@@ -554,4 +681,26 @@ pub fn test_report(config: &crate::config::Config) -> Report {
     };
     r.finish_status();
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built senders hold their secret URLs parsed; printing one (a `Config` with `{:?}`, a
+    /// panic message) must still show only the origin.
+    #[test]
+    fn built_notifiers_never_print_their_secret_urls_or_password() {
+        for text in [
+            "type = \"slack\"\nwebhook_url = \"https://hooks.example/services/T0/B0/TOPSECRET\"",
+            "type = \"heartbeat\"\nurl = \"https://hc.example/ping/TOPSECRET\"",
+            "type = \"email\"\nsmtp_url = \"smtp://u@127.0.0.1:25?tls=none\"\npassword = \"TOPSECRET\"\nfrom = \"a@x.example\"\nto = [\"b@x.example\"]",
+        ] {
+            let options: NotifierConfig = toml::from_str(text).unwrap();
+            let (built, _warnings) = options.prepare("n", Path::new(".")).unwrap();
+            let shown = format!("{built:?}");
+            assert!(!shown.contains("TOPSECRET"), "{shown}");
+            assert_eq!(built.secrets().len(), 1, "{text}");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Retrying undelivered notifications: exponential backoff with jitter, until delivered or
-//! older than `outbox_max_age` (then dropped, loudly).
+//! older than the [`RetryPolicy`]'s `max_age` (`outbox_max_age`; then dropped, loudly). Every
+//! retry goes through [`super::deliver`], as the first attempt does.
 //!
-//! The outbox row of a (run, channel) is the idempotency record. Before anything is sent, the
+//! The outbox entry of a (run, channel, event) is the idempotency record. Before anything is sent, the
 //! sender *claims* the row: one `UPDATE ... WHERE state = 'pending'` turns it into `sending`
 //! with a lease (see [`crate::store::Store::outbox_claim`]). SQLite serialises writers, so of two
 //! processes flushing at once (the daemon and a manual `outbox --flush`) exactly one wins the
@@ -18,9 +19,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 
-use super::NotifierConfig;
-use crate::config::Config;
-use crate::store::Store;
+use super::{Notifiers, Sender};
+use crate::store::{OutboxEntry, OutboxKey, OutboxState, Store};
 
 /// How long a claimed row stays reserved for its sender: longer than any delivery may take
 /// (each is capped at [`super::DELIVERY_TIMEOUT`]).
@@ -50,10 +50,29 @@ pub fn retry_delay(attempts: u32) -> Duration {
         .unwrap_or(Duration::from_secs(3600))
 }
 
-/// When to try again after `attempts` failed attempts.
-pub fn next_attempt(attempts: u32) -> DateTime<Utc> {
-    Utc::now()
-        + chrono::Duration::from_std(retry_delay(attempts)).unwrap_or(chrono::Duration::hours(1))
+/// How long undelivered entries are retried, passed in by whoever assembles the notifiers
+/// (the configuration's `outbox_max_age`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Entries older than this are dropped (heartbeats after at most [`HEARTBEAT_MAX_AGE`]).
+    pub max_age: Duration,
+}
+
+impl RetryPolicy {
+    /// When to try again after `attempts` failed attempts.
+    pub fn next_attempt(&self, attempts: u32) -> DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::from_std(retry_delay(attempts))
+                .unwrap_or(chrono::Duration::hours(1))
+    }
+
+    /// How long an entry of this channel is worth retrying.
+    fn max_age_for(&self, notifier: Option<&super::Notifier>) -> Duration {
+        match notifier.map(|n| &n.sender) {
+            Some(Sender::Heartbeat(_)) => self.max_age.min(HEARTBEAT_MAX_AGE),
+            _ => self.max_age,
+        }
+    }
 }
 
 /// What a flush did.
@@ -89,9 +108,14 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 
 /// Retries undelivered notifications. With `due_only` (the daemon's periodic call) only those
 /// whose next attempt time has come; without (`outbox --flush`) all of them, now.
-pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Result<FlushResult> {
+pub async fn flush(
+    notifiers: &Notifiers,
+    policy: &RetryPolicy,
+    store: &Store,
+    due_only: bool,
+) -> anyhow::Result<FlushResult> {
     let mut result = FlushResult::default();
-    let busy = flush_pass(config, store, due_only, None, &mut result).await?;
+    let busy = flush_pass(notifiers, policy, store, due_only, None, &mut result).await?;
     if due_only {
         result.busy = busy.len();
         return Ok(result);
@@ -106,35 +130,33 @@ pub async fn flush(config: &Config, store: &Store, due_only: bool) -> anyhow::Re
     }
     let orphans = wait_for_others(store, busy, &mut result).await?;
     if !orphans.is_empty() {
-        let busy = flush_pass(config, store, false, Some(&orphans), &mut result).await?;
+        let busy = flush_pass(notifiers, policy, store, false, Some(&orphans), &mut result).await?;
         result.busy += busy.len();
     }
     Ok(result)
 }
 
-/// One pass over the outbox (or over the rows in `only`); returns the rows another live
+/// One pass over the outbox (or over the entries in `only`); returns the entries another live
 /// process is delivering.
 async fn flush_pass(
-    config: &Config,
+    notifiers: &Notifiers,
+    policy: &RetryPolicy,
     store: &Store,
     due_only: bool,
-    only: Option<&[(String, String)]>,
+    only: Option<&[OutboxKey]>,
     result: &mut FlushResult,
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> anyhow::Result<Vec<OutboxKey>> {
     let now = Utc::now();
     let mut busy = Vec::new();
     for entry in store.outbox(None)? {
-        if let Some(only) = only
-            && !only
-                .iter()
-                .any(|(r, c)| *r == entry.run_id && *c == entry.channel)
-        {
+        let key = &entry.key;
+        if only.is_some_and(|only| !only.contains(key)) {
             continue;
         }
-        let in_flight = match entry.state.as_str() {
-            "pending" => false,
-            "sending" => true,
-            _ => continue,
+        let in_flight = match entry.state {
+            OutboxState::Pending => false,
+            OutboxState::Sending => true,
+            OutboxState::Sent | OutboxState::Dropped => continue,
         };
         let lease_active = in_flight
             && entry
@@ -148,54 +170,26 @@ async fn flush_pass(
         if lease_active {
             match &entry.claimed_by {
                 Some(h) if !h.alive(None) => {
-                    tracing::warn!(run_id = %entry.run_id, channel = %entry.channel, "taking over a delivery claimed by {}, which is gone", h.describe());
-                    dead_claim = entry.next_attempt_at.clone();
+                    tracing::warn!(run_id = %key.run_id, channel = %key.channel, "taking over a delivery claimed by {}, which is gone", h.describe());
+                    dead_claim = entry.held_claim();
                 }
                 _ => {
-                    busy.push((entry.run_id.clone(), entry.channel.clone()));
+                    busy.push(key.clone());
                     continue;
                 }
             }
         }
-        let notifier = config.notifiers.get(&entry.channel);
-        let mut max_age = config.runbook.outbox_max_age.0;
-        if matches!(notifier, Some(NotifierConfig::Heartbeat(_))) {
-            max_age = max_age.min(HEARTBEAT_MAX_AGE);
-        }
-        let created = entry.created_at.as_str();
-        let age = parse_time(created)
+        let notifier = notifiers.get(&key.channel);
+        let max_age = policy.max_age_for(notifier);
+        let age = parse_time(&entry.created_at)
             .map(|c| (now - c).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(Duration::ZERO);
         if age > max_age {
-            if store.outbox_mark_dropped(&entry.run_id, &entry.channel)? {
-                tracing::error!(
-                    run_id = %entry.run_id,
-                    channel = %entry.channel,
-                    job = entry.job.as_deref().unwrap_or("?"),
-                    attempts = entry.attempts,
-                    last_error = entry.last_error.as_deref().unwrap_or(""),
-                    "NOTIFICATION DROPPED: undelivered for {} (longer than {}); this report was not delivered to {}",
-                    crate::base::units::Dur(age),
-                    crate::base::units::Dur(max_age),
-                    entry.channel
-                );
-                record_in_report(
-                    store,
-                    &entry.run_id,
-                    &entry.channel,
-                    "failed",
-                    Some(format!(
-                        "dropped after {} undelivered",
-                        crate::base::units::Dur(max_age)
-                    )),
-                );
-                result.dropped += 1;
-            }
+            drop_entry(store, &entry, age, max_age, result)?;
             continue;
         }
         if due_only
             && !in_flight
-            && dead_claim.is_none()
             && entry
                 .next_attempt_at
                 .as_deref()
@@ -206,88 +200,102 @@ async fn flush_pass(
             continue;
         }
         let claimed = match &dead_claim {
-            Some(token) => {
-                store.outbox_take_over(&entry.run_id, &entry.channel, CLAIM_LEASE, token)?
-            }
-            None => store.outbox_claim(&entry.run_id, &entry.channel, CLAIM_LEASE)?,
+            Some(dead) => store.outbox_take_over(key, CLAIM_LEASE, dead)?,
+            None => store.outbox_claim(key, CLAIM_LEASE)?,
         };
         let Some(claim) = claimed else {
             // Another process claimed it between our listing and now.
-            busy.push((entry.run_id.clone(), entry.channel.clone()));
+            busy.push(key.clone());
             continue;
         };
         let attempts = entry.attempts.max(0) as u32 + 1;
-        let Some(notifier) = notifier else {
-            let msg = "channel is no longer in the configuration";
-            store.outbox_mark_failed(
-                &entry.run_id,
-                &entry.channel,
-                &claim,
-                msg,
-                &next_attempt(attempts),
-            )?;
-            result.failed += 1;
-            continue;
-        };
-        let report = match store.report(&entry.run_id) {
+        let report = match store.report(&key.run_id) {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) => {
                 store.outbox_mark_failed(
-                    &entry.run_id,
-                    &entry.channel,
+                    key,
                     &claim,
                     "the run's report is missing from the state store",
-                    &next_attempt(attempts),
+                    &policy.next_attempt(attempts),
                 )?;
                 result.failed += 1;
                 continue;
             }
         };
-        match notifier.deliver(&report).await {
-            Ok(()) => {
-                if store.outbox_mark_sent(&entry.run_id, &entry.channel, &claim)? {
-                    tracing::info!(run_id = %entry.run_id, channel = %entry.channel, attempts, "queued notification delivered");
-                    record_in_report(store, &entry.run_id, &entry.channel, "sent", None);
-                }
-                result.delivered += 1;
-            }
-            Err(e) => {
-                let next = next_attempt(attempts);
-                tracing::warn!(run_id = %entry.run_id, channel = %entry.channel, attempts, next_attempt = %next.to_rfc3339(), "delivery failed again: {e}");
-                store.outbox_mark_failed(&entry.run_id, &entry.channel, &claim, &e, &next)?;
-                result.failed += 1;
-            }
+        let line = super::deliver(
+            notifier,
+            store,
+            policy,
+            key,
+            Some(&claim),
+            attempts,
+            &report,
+        )
+        .await;
+        match line.status {
+            crate::report::DeliveryStatus::Sent => result.delivered += 1,
+            _ => result.failed += 1,
         }
     }
     Ok(busy)
 }
 
-/// Waits (at most one delivery timeout) for rows claimed by another process to leave
-/// `sending`, then counts them as delivered elsewhere, failed, or still busy. Returns the rows
-/// whose claimer died while we waited (to be delivered by us).
+/// Gives up on an entry older than `max_age`, loudly.
+fn drop_entry(
+    store: &Store,
+    entry: &OutboxEntry,
+    age: Duration,
+    max_age: Duration,
+    result: &mut FlushResult,
+) -> anyhow::Result<()> {
+    let key = &entry.key;
+    let mut reason = format!(
+        "dropped after {} undelivered",
+        crate::base::units::Dur(max_age)
+    );
+    if let Some(e) = &entry.last_error {
+        reason.push_str(&format!(" (last error: {e})"));
+    }
+    if store.outbox_mark_dropped(key, &reason)? {
+        tracing::error!(
+            run_id = %key.run_id,
+            channel = %key.channel,
+            job = entry.job.as_deref().unwrap_or("?"),
+            attempts = entry.attempts,
+            last_error = entry.last_error.as_deref().unwrap_or(""),
+            "NOTIFICATION DROPPED: undelivered for {} (longer than {}); this report was not delivered to {}",
+            crate::base::units::Dur(age),
+            crate::base::units::Dur(max_age),
+            key.channel
+        );
+        result.dropped += 1;
+    }
+    Ok(())
+}
+
+/// Waits (at most one delivery timeout) for entries claimed by another process to leave
+/// `sending`, then counts them as delivered elsewhere, failed, or still busy. Returns the
+/// entries whose claimer died while we waited (to be delivered by us).
 async fn wait_for_others(
     store: &Store,
-    mut busy: Vec<(String, String)>,
+    mut busy: Vec<OutboxKey>,
     result: &mut FlushResult,
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> anyhow::Result<Vec<OutboxKey>> {
     let mut orphans = Vec::new();
     let deadline = tokio::time::Instant::now() + super::DELIVERY_TIMEOUT + Duration::from_secs(5);
     while !busy.is_empty() {
         let rows = store.outbox(None)?;
         let mut still = Vec::new();
-        for (run_id, channel) in busy {
-            match rows
-                .iter()
-                .find(|e| e.run_id == run_id && e.channel == channel)
-            {
+        for key in busy {
+            match rows.iter().find(|e| e.key == key) {
                 None => result.delivered_elsewhere += 1,
                 Some(e)
-                    if e.state == "sending"
+                    if e.state == OutboxState::Sending
                         && e.claimed_by.as_ref().is_some_and(|h| !h.alive(None)) =>
                 {
-                    orphans.push((run_id, channel))
+                    orphans.push(key)
                 }
-                Some(e) if e.state == "sending" => still.push((run_id, channel)),
+                Some(e) if e.state == OutboxState::Sending => still.push(key),
                 Some(_) => result.failed += 1,
             }
         }
@@ -301,46 +309,102 @@ async fn wait_for_others(
     Ok(orphans)
 }
 
-/// Updates the stored report's `notifications` line of a channel. Best effort: the outbox row
-/// is the record that matters.
-fn record_in_report(
-    store: &Store,
-    run_id: &str,
-    channel: &str,
-    status: &str,
-    error: Option<String>,
-) {
-    let Ok(Some(mut report)) = store.report(run_id) else {
-        return;
-    };
-    let mut found = false;
-    for n in report
-        .notifications
-        .iter_mut()
-        .filter(|n| n.channel == channel)
-    {
-        n.status = status.into();
-        n.error = error.clone();
-        found = true;
-    }
-    if !found {
-        report.notifications.push(super::NotificationStatus {
-            channel: channel.into(),
-            status: status.into(),
-            error,
-        });
-    }
-    if let Err(e) = store.update_report(&report) {
-        tracing::warn!(
-            run_id,
-            "cannot update the stored report's notifications: {e:#}"
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::{Notifier, On};
+    use crate::report::DeliveryStatus;
+
+    /// A store with one stored run of `report`, queued for channel `archive`: a `file`
+    /// notifier into `dir`.
+    fn stored_run(
+        state: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> (Store, Notifiers, crate::report::Report) {
+        let store = Store::open(state, "test-host").unwrap();
+        let mut report = crate::notify::test_report("test-host", "UTC");
+        let started = report.started_at.with_timezone(&Utc);
+        store
+            .insert_run(&report.run_id, &report.job, "manual", None, &started, true)
+            .unwrap();
+        let notifiers: Notifiers = [(
+            "archive".to_string(),
+            Notifier {
+                on: On::Always,
+                sender: Sender::File(crate::notify::file::Folder {
+                    dir: dir.to_path_buf(),
+                }),
+            },
+        )]
+        .into();
+        report.notifications = crate::notify::plan(&notifiers, &["archive".into()], &report);
+        store
+            .finish_run(&report, &[], &crate::notify::outbox_keys(&report))
+            .unwrap();
+        (store, notifiers, report)
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_max_age_is_dropped_and_the_report_says_failed_with_the_last_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The folder's parent is a file: every delivery fails, even as root.
+        std::fs::write(tmp.path().join("blocked"), "x").unwrap();
+        let (store, notifiers, report) =
+            stored_run(&tmp.path().join("state"), &tmp.path().join("blocked/out"));
+        let keep = RetryPolicy {
+            max_age: Duration::from_secs(3600),
+        };
+        let lines = crate::notify::deliver_run(&notifiers, &store, &keep, &report, true).await;
+        assert_eq!(lines[0].status, DeliveryStatus::Queued, "{lines:?}");
+
+        let r = flush(&notifiers, &keep, &store, false).await.unwrap();
+        assert_eq!((r.failed, r.dropped), (1, 0), "{r:?}");
+        let shown = store.report(&report.run_id).unwrap().unwrap();
+        assert_eq!(shown.notifications[0].status, DeliveryStatus::Queued);
+
+        let none = RetryPolicy {
+            max_age: Duration::ZERO,
+        };
+        let r = flush(&notifiers, &none, &store, false).await.unwrap();
+        assert_eq!((r.failed, r.dropped), (0, 1), "{r:?}");
+        let shown = store.report(&report.run_id).unwrap().unwrap();
+        let line = &shown.notifications[0];
+        assert_eq!(line.status, DeliveryStatus::Failed, "{line:?}");
+        let error = line.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("dropped after") && error.contains("cannot create"),
+            "{error}"
+        );
+        assert_eq!(store.outbox(None).unwrap()[0].state, OutboxState::Dropped);
+        // Nothing is retried any more, even once the channel works again.
+        std::fs::remove_file(tmp.path().join("blocked")).unwrap();
+        let r = flush(&notifiers, &keep, &store, false).await.unwrap();
+        assert_eq!((r.delivered, r.failed), (0, 0), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn the_first_attempt_of_a_report_the_store_has_is_claimed_and_delivered_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let (store, notifiers, report) = stored_run(&tmp.path().join("state"), &out);
+        let policy = RetryPolicy {
+            max_age: Duration::from_secs(3600),
+        };
+        let lines = crate::notify::deliver_run(&notifiers, &store, &policy, &report, true).await;
+        assert_eq!(lines[0].status, DeliveryStatus::Sent, "{lines:?}");
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            4,
+            "txt, html, json, eml"
+        );
+        // A second attempt finds the entry sent: nothing is delivered twice.
+        std::fs::remove_dir_all(&out).unwrap();
+        let again = crate::notify::deliver_run(&notifiers, &store, &policy, &report, true).await;
+        assert_eq!(again[0].status, DeliveryStatus::Sent, "{again:?}");
+        assert!(!out.exists(), "delivered twice");
+        let r = flush(&notifiers, &policy, &store, false).await.unwrap();
+        assert_eq!(r.delivered, 0, "{r:?}");
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::On;
-use crate::report::Report;
 use crate::base::secret::{Secret, SecretSource};
+use crate::report::Report;
 
 /// The longest `Retry-After` we wait for within one delivery.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
@@ -27,64 +27,83 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub struct SlackConfig {
     /// The incoming webhook's URL. It is itself a secret: `{ env = "SLACK_WEBHOOK_URL" }`.
     pub webhook_url: SecretSource,
-    /// The resolved URL (filled by `prepare`).
-    #[serde(skip)]
-    pub webhook_resolved: Option<Secret>,
     /// Send when the run is at least this bad: `always` (default), `warn`, `fail`.
     #[serde(default)]
     pub on: On,
 }
 
+/// A built Slack sender: the resolved webhook URL, checked at load time.
+#[derive(Clone)]
+pub struct Webhook {
+    secret: Secret,
+    url: reqwest::Url,
+}
+
+/// Shows the origin only: the URL's path is the credential.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("origin", &super::public_origin(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
 impl SlackConfig {
-    pub fn prepare(&mut self, name: &str, base: &Path) -> Result<Vec<String>, Vec<String>> {
-        match Secret::resolve(
+    /// Resolves and checks the webhook URL and builds the sender. Ok holds warnings.
+    pub fn prepare(&self, name: &str, base: &Path) -> Result<(Webhook, Vec<String>), Vec<String>> {
+        let s = Secret::resolve(
             &self.webhook_url,
             &format!("notify.{name}.webhook_url"),
             base,
-        ) {
-            Ok(s) => {
-                match reqwest::Url::parse(s.expose()) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-                    // The value is not quoted: it may be a real webhook with a typo.
-                    _ => {
-                        return Err(vec![format!(
-                            "notify.{name}.webhook_url ({}) is not an http(s) URL",
-                            s.origin
-                        )]);
-                    }
-                }
-                let w = if s.inline {
-                    vec![
-                        "webhook_url is written inline; it is a secret: prefer { env = \"VAR\" }"
-                            .into(),
-                    ]
-                } else {
-                    vec![]
-                };
-                self.webhook_resolved = Some(s);
-                Ok(w)
+        )
+        .map_err(|e| vec![e])?;
+        let url = match reqwest::Url::parse(s.expose()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+            // The value is not quoted: it may be a real webhook with a typo.
+            _ => {
+                return Err(vec![format!(
+                    "notify.{name}.webhook_url ({}) is not an http(s) URL",
+                    s.origin
+                )]);
             }
-            Err(e) => Err(vec![e]),
-        }
+        };
+        let w = if s.inline {
+            vec!["webhook_url is written inline; it is a secret: prefer { env = \"VAR\" }".into()]
+        } else {
+            vec![]
+        };
+        Ok((Webhook { secret: s, url }, w))
+    }
+}
+
+impl Webhook {
+    /// The URL, which is the credential (for the report redactor).
+    pub fn secret(&self) -> &Secret {
+        &self.secret
     }
 
-    /// The resolved webhook URL.
-    pub fn webhook(&self) -> Result<&Secret, String> {
-        self.webhook_resolved
-            .as_ref()
-            .ok_or_else(|| "webhook_url was not resolved".to_string())
+    /// The parsed URL (for `check-config --connect`).
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.url
     }
 
-    pub async fn deliver(&self, report: &Report) -> Result<(), String> {
-        post(self.webhook()?, &crate::report::slack::render(report)).await
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
+        post(
+            &self.secret,
+            &self.url,
+            &crate::report::slack::render(report),
+        )
+        .await
     }
 }
 
 /// Posts a JSON payload to a webhook, honouring 429 `Retry-After`.
-pub async fn post(webhook: &Secret, payload: &serde_json::Value) -> Result<(), String> {
-    let url = reqwest::Url::parse(webhook.expose())
-        .map_err(|_| "webhook_url is not a valid URL".to_string())?;
-    let origin = super::public_origin(&url);
+async fn post(
+    webhook: &Secret,
+    url: &reqwest::Url,
+    payload: &serde_json::Value,
+) -> Result<(), String> {
+    let origin = super::public_origin(url);
     let client = super::http_client()?;
     let mut attempt = 1;
     loop {

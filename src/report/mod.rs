@@ -5,7 +5,6 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
 use crate::base::status::{Status, Trigger};
-use crate::notify::NotificationStatus;
 
 pub mod html;
 pub mod json;
@@ -46,6 +45,45 @@ pub struct ItemReport {
     pub change: Change,
 }
 
+/// How a report's delivery to one channel stands (SPEC 9.1, `notifications[].status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Delivered.
+    Sent,
+    /// In the outbox: being delivered, or failed and to be retried.
+    Queued,
+    /// Not sent: below the channel's `on`, or a dry run for a heartbeat.
+    Skipped,
+    /// Not delivered and not queued: the outbox could not be written, or it was dropped.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Queued => "queued",
+            DeliveryStatus::Skipped => "skipped",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// One line of a report's `notifications` list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotificationStatus {
+    pub channel: String,
+    pub status: DeliveryStatus,
+    pub error: Option<String>,
+}
+
 /// One run's report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -73,6 +111,9 @@ pub struct Report {
     /// Slots that passed without a run before this one (RFC3339, job's zone), oldest first.
     #[serde(default)]
     pub missed: Vec<String>,
+    /// Where the report goes. Stored once with the report (each channel `skipped` or
+    /// `queued`); when a stored report is read, the store brings it up to date from the run's
+    /// outbox rows (`sent`, `queued`, `failed`), so it always tells the delivery state.
     pub notifications: Vec<NotificationStatus>,
     /// The status of the previous comparable run (SPEC 9.1), set by `compare_with`; None on a
     /// job's first run. Only for `on = "change"` at delivery time: not part of the JSON.

@@ -1,88 +1,28 @@
-//! Shared by the database tests (`db_items.rs`, `db_targets.rs`, `db_options.rs`): a config folder with a
-//! jobs.toml, `runbook run-job --format json` on it, and a throwaway PostgreSQL with an `app`
-//! database.
-// Each test binary uses its own part of this module.
-#![allow(dead_code)]
+//! Throwaway PostgreSQL clusters (`runbook::face::pgcluster::TempCluster`, started as
+//! `postgres` when we are root) and what tests do on them: SQL, lock holders, dumps,
+//! passwords.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use runbook::face::pgcluster::TempCluster;
 
-use serde_json::Value;
-
-mod standby;
-// Not every test binary that includes this module uses it.
-#[allow(unused_imports)]
-pub use standby::Standby;
-
-/// A config folder with a jobs.toml.
-pub struct Setup {
-    pub dir: tempfile::TempDir,
-}
-
-impl Setup {
-    /// jobs.toml is `[runbook]` (time zone, state in the folder) followed by `body`.
-    pub fn with_body(body: &str) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        let text = format!(
-            "[runbook]\ntimezone = \"Asia/Kolkata\"\nstate_dir = \"{}\"\n\n{body}",
-            state.display()
-        );
-        std::fs::write(dir.path().join("jobs.toml"), text).expect("write jobs.toml");
-        Setup { dir }
-    }
-
-    /// With a `[targets.db]` at `url` (no TLS, `lock_timeout` 200 ms) plus `extra` target
-    /// options, then `jobs`.
-    pub fn new(url: &str, extra: &str, jobs: &str) -> Setup {
-        Setup::with_body(&format!(
-            "[targets.db]\nurl = \"{url}\"\nsslmode = \"disable\"\nlock_timeout = \"200ms\"\n{extra}\n{jobs}"
-        ))
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).expect("write file");
-        p
-    }
-
-    /// Runs `run-job JOB --format json --no-notify` (plus `args`); returns (exit code, report,
-    /// stdout+stderr). The report is `null` when stdout is not JSON (nothing ran).
-    pub fn run(&self, job: &str, args: &[&str]) -> (i32, Value, String) {
-        let out = Command::cargo_bin("runbook")
-            .expect("binary")
-            .arg("--config")
-            .arg(self.dir.path().join("jobs.toml"))
-            .args(["run-job", job, "--format", "json", "--no-notify"])
-            .args(args)
-            .timeout(Duration::from_secs(180))
-            .output()
-            .expect("runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        (out.status.code().unwrap_or(-1), report, all)
-    }
-}
-
-pub fn item<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["items"]
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["name"] == name))
-        .unwrap_or_else(|| panic!("no item {name:?} in {report:#}"))
-}
-
-/// Runs `sql` in the `app` database with psql; its trimmed output.
+/// Queries the `app` database: runs `sql` with psql; its trimmed output.
 pub fn q(pg: &TempCluster, sql: &str) -> String {
     pg.psql("app", sql, &[]).expect("psql").trim().to_string()
 }
 
+/// A throwaway cluster (initdb/pg_ctl; run as `postgres` when we are root).
+pub fn cluster() -> TempCluster {
+    TempCluster::start().expect(
+        "PostgreSQL server binaries (initdb, pg_ctl) are needed for these tests (Debian: apt-get install postgresql)",
+    )
+}
+
+/// A throwaway cluster with an empty `app` database.
 pub fn cluster_with_app_db() -> TempCluster {
-    let pg = TempCluster::start().expect("PostgreSQL server binaries are needed for these tests");
+    let pg = cluster();
     pg.create_db("app").expect("create db");
     pg
 }
@@ -232,5 +172,80 @@ pub fn require_password(pg: &TempCluster, role: &str, password: &str) {
             "the server did not start asking {role} for a password"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts a cluster and loads `trading` with orders, positions and transactions.
+pub fn trading_cluster() -> TempCluster {
+    let c = cluster();
+    c.create_db("trading").unwrap();
+    c.psql(
+        "trading",
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, symbol text NOT NULL, qty int NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE positions (account int, symbol text, qty int, PRIMARY KEY (account, symbol));
+         CREATE TABLE transactions (id bigserial PRIMARY KEY, order_id bigint REFERENCES orders(id), amount numeric(18,2));
+         INSERT INTO orders (symbol, qty) SELECT 'SYM' || (g % 50), g % 100 FROM generate_series(1, 20000) g;
+         INSERT INTO positions SELECT g, 'SYM' || g, g FROM generate_series(1, 500) g;
+         INSERT INTO transactions (order_id, amount) SELECT g, g * 1.5 FROM generate_series(1, 20000) g;",
+        &[],
+    )
+    .unwrap();
+    c
+}
+
+/// Runs the cluster's client `tool` (`pg_dump`, `pg_basebackup`) against it as the
+/// superuser with `args`; panics when it fails.
+pub fn pg_tool(c: &TempCluster, tool: &str, args: &[&str]) {
+    let st = StdCommand::new(c.tool(tool))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            &c.superuser,
+        ])
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{tool} does not run: {e}"));
+    assert!(st.success(), "{tool} failed");
+}
+
+/// `pg_dump` of `db` in `format` (`c`, `d`, `p`) to `out`.
+pub fn pg_dump(c: &TempCluster, db: &str, format: &str, out: &Path, extra: &[&str]) {
+    let out = out.to_str().expect("a UTF-8 path");
+    let mut args = vec!["-F", format, "-f", out];
+    args.extend(extra);
+    args.push(db);
+    pg_tool(c, "pg_dump", &args);
+}
+
+/// The scratch databases left on a cluster.
+pub fn drill_databases(c: &TempCluster) -> Vec<String> {
+    c.psql(
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'runbook\\_drill\\_%'",
+        &[],
+    )
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .filter(|l| !l.is_empty())
+    .collect()
+}
+
+/// Polls `sql` on `pg`'s `postgres` database until it prints `want` (60 s at most).
+pub fn wait_until_gives(pg: &TempCluster, sql: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = pg.psql("postgres", sql, &[]).expect("psql");
+        if got.trim() == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{sql} still gives {got:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

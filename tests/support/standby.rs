@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use runbook::face::pgcluster::TempCluster;
 
+use super::free_port;
+use super::pg::wait_until_gives;
+
 pub struct Standby {
     /// Its temporary folder (owned by `postgres` when we are root): `data/`, the log, and
     /// whatever a test puts beside them.
@@ -51,22 +54,6 @@ fn run_as(user: &Option<String>, program: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `sql` on the primary until it prints `want` (60 s at most).
-fn wait_on_primary(pg: &TempCluster, sql: &str, want: &str) {
-    let start = Instant::now();
-    loop {
-        let got = pg.psql("postgres", sql, &[]).expect("psql");
-        if got.trim() == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{sql} still gives {got:?}, not {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 impl Standby {
     /// A standby of `primary` (whose pg_hba.conf from `initdb -A trust` allows replication from
     /// 127.0.0.1; wal_level replica and max_wal_senders are the defaults); returns once the
@@ -92,11 +79,7 @@ impl Standby {
         }
         let data = dir.path().join("data");
         let bin = primary.bin.clone();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         run_as(
             &user,
             &tool(&bin, "pg_basebackup"),
@@ -134,7 +117,7 @@ impl Standby {
         };
         s.pg_ctl("start");
         s.running = true;
-        wait_on_primary(
+        wait_until_gives(
             primary,
             "SELECT count(*) > 0 FROM pg_stat_replication WHERE state = 'streaming'",
             "t",
@@ -206,24 +189,18 @@ impl Standby {
         }
     }
 
+    /// `pg_ctl ACTION` with its log in the folder, a fast shutdown, waiting up to 60 s.
     fn pg_ctl(&self, action: &str) {
         let log = self.dir().join("standby.log");
-        run_as(
-            &self.run_as,
-            &tool(&self.bin, "pg_ctl"),
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                "60",
-                action,
-            ],
-        );
+        let log = log.to_str().unwrap();
+        self.pg_ctl_args(&["-l", log, "-m", "fast", "-w", "-t", "60", action]);
+    }
+
+    /// `pg_ctl -D DATA ARGS` as the server's user.
+    fn pg_ctl_args(&self, args: &[&str]) -> String {
+        let mut all = vec!["-D", self.data.to_str().unwrap()];
+        all.extend(args);
+        run_as(&self.run_as, &tool(&self.bin, "pg_ctl"), &all)
     }
 }
 
@@ -232,20 +209,7 @@ impl Drop for Standby {
         if self.running {
             self.running = false;
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_as(
-                    &self.run_as,
-                    &tool(&self.bin, "pg_ctl"),
-                    &[
-                        "-D",
-                        self.data.to_str().unwrap(),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "-t",
-                        "30",
-                        "stop",
-                    ],
-                )
+                self.pg_ctl_args(&["-m", "immediate", "-w", "-t", "30", "stop"])
             }));
         }
         if let Some(d) = self.dir.take() {
