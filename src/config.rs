@@ -1,11 +1,15 @@
 //! `jobs.toml` → a validated [`Config`].
 //!
-//! Loading happens in two steps. First `toml` + `serde` turn the text into typed structs; every
-//! struct denies unknown keys, so a typo is an error, and toml's spans give the line and column.
-//! Then [`Config::validate`] checks what types cannot: cron syntax, zone names, references to
-//! notifiers and targets, duplicate item names, secrets that resolve, and each kind's own rules.
-//! All semantic mistakes are collected, not just the first, and each names file:line:column and
-//! the job/item ([`Locator`] maps them back to the text).
+//! Loading happens in two steps. First `toml` + `serde` turn the text into typed structs (the
+//! file as written: `RawConfig`, `ServerSection`, `ClusterSection`, ...); every struct denies
+//! unknown keys, so a typo is an error, and toml's spans give the line and column. Then
+//! `validate` checks what types cannot, one validator per section (`Check::runbook`,
+//! `targets`, `notifiers`, `jobs`, `items`, `cluster`, `server`): cron syntax, zone names,
+//! references to notifiers and targets, duplicate item names, secrets that resolve, and each
+//! kind's own rules; and builds what runs (the parsed [`Schedule`], resolved [`Target`]s,
+//! [`ServerConfig`], [`ClusterConfig`]), so nothing is checked again at run time. All semantic
+//! mistakes are collected, not just the first, and each names file:line:column and the
+//! job/item ([`Locator`] maps them back to the text).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,7 +20,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::base::pg::{Target, TargetConfig};
-use crate::base::schedule::Schedule;
+use crate::base::schedule::{CatchUp, Schedule};
 use crate::base::units::Dur;
 use crate::items::{ItemSpec, Prepare};
 use crate::notify::{Notifier, NotifierConfig, Notifiers, RetryPolicy};
@@ -164,7 +168,8 @@ pub fn resolve_state_dir(
     )
 }
 
-/// `[server]`: the daemon's HTTP endpoint (metrics, health, status page).
+/// `[server]` as written: the daemon's HTTP endpoint (metrics, health, status page).
+/// Validation builds a [`ServerConfig`] from it.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
@@ -173,8 +178,6 @@ pub struct ServerSection {
     /// A secret: when set, every path but `/healthz` and `/metrics` needs
     /// `Authorization: Bearer <token>` (or the cookie `?token=` sets; SPEC 9.6).
     pub token: Option<crate::base::secret::SecretSource>,
-    #[serde(skip)]
-    pub token_resolved: Option<crate::base::secret::Secret>,
 }
 
 /// By hand: an inline `token` source holds the value itself, and Debug output must not show it.
@@ -182,15 +185,23 @@ impl std::fmt::Debug for ServerSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerSection")
             .field("listen", &self.listen)
-            .field("token", &self.token_resolved)
+            .field("token", &self.token.as_ref().map(|_| "..."))
             .finish()
     }
 }
 
-impl ServerSection {
+/// `[server]` built at load: the token resolved (and not empty).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9187`.
+    pub listen: String,
+    token: Option<crate::base::secret::Secret>,
+}
+
+impl ServerConfig {
     /// The resolved `token`, if one is set.
     pub fn token(&self) -> Option<&crate::base::secret::Secret> {
-        self.token_resolved.as_ref()
+        self.token.as_ref()
     }
 }
 
@@ -205,7 +216,8 @@ pub enum OnClusterDown {
     Skip,
 }
 
-/// `[cluster]`: several daemons sharing one PostgreSQL so every slot runs exactly once.
+/// `[cluster]` as written: several daemons sharing one PostgreSQL so every slot runs exactly
+/// once. Validation builds a [`ClusterConfig`] from it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
@@ -213,8 +225,6 @@ pub struct ClusterSection {
     pub url: String,
     /// Password for `url`, a secret.
     pub password: Option<crate::base::secret::SecretSource>,
-    #[serde(skip)]
-    pub password_resolved: Option<crate::base::secret::Secret>,
     /// How long a claim lasts without renewal before another node may take the slot over.
     #[serde(default = "default_lease")]
     pub lease: Dur,
@@ -228,15 +238,17 @@ fn default_lease() -> Dur {
     Dur::from_secs(60)
 }
 
-/// What to do with slots missed while the daemon was down.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CatchUp {
-    /// Run the newest missed slot once, if it is within `catch_up_within`.
-    #[default]
-    Once,
-    /// Only record the missed slots.
-    Skip,
+/// `[cluster]` built at load: the URL parsed and the password resolved, so a daemon or a
+/// manual run finds nothing left to check.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The shared database (named `cluster` in messages).
+    pub target: Target,
+    /// This node's name in claim rows (`node`, default the host name).
+    pub node: String,
+    /// How long a claim lasts without renewal before another node may take the slot over.
+    pub lease: Dur,
+    pub on_cluster_down: OnClusterDown,
 }
 
 /// One `[jobs.NAME]` table.
@@ -331,8 +343,8 @@ pub struct Config {
     /// The built notifiers by name (`[notify.NAME]`).
     pub notifiers: Notifiers,
     pub jobs: BTreeMap<String, Job>,
-    pub server: Option<ServerSection>,
-    pub cluster: Option<ClusterSection>,
+    pub server: Option<ServerConfig>,
+    pub cluster: Option<ClusterConfig>,
     /// Non-fatal findings (inline secrets, ...), shown by `check-config`.
     pub warnings: Vec<String>,
     /// Hides every secret of this config in text bound for a report (what a child printed).
@@ -436,7 +448,7 @@ impl Config {
         let mut all: Vec<&crate::base::secret::Secret> = Vec::new();
         all.extend(self.targets.values().filter_map(|t| t.password.as_ref()));
         if let Some(c) = &self.cluster {
-            all.extend(c.password_resolved.as_ref());
+            all.extend(c.target.password.as_ref());
         }
         if let Some(s) = &self.server {
             all.extend(s.token());
@@ -459,276 +471,60 @@ impl Config {
         }
     }
 
-    /// The job called `name`, or a usage error listing the known ones.
-    pub fn job(&self, name: &str) -> Result<&Job, String> {
-        self.jobs.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
-            format!(
-                "unknown job {name:?} in {} (jobs: {})",
-                self.path.display(),
-                known.join(", ")
-            )
+    /// The job called `name`, or an error listing the known ones.
+    pub fn job(&self, name: &str) -> Result<&Job, UnknownJob> {
+        self.jobs.get(name).ok_or_else(|| UnknownJob {
+            name: name.to_string(),
+            file: self.path.clone(),
+            known: self.jobs.keys().cloned().collect(),
         })
     }
 }
 
+/// A job name that is not in the configuration (a usage error for the command line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job {name:?} in {} (jobs: {})", file.display(), known.join(", "))]
+pub struct UnknownJob {
+    pub name: String,
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The jobs it defines.
+    pub known: Vec<String>,
+}
+
+/// Checks the parsed file section by section and assembles the [`Config`]; every mistake is
+/// collected (located at file:line:column, naming the job and item) before any is returned.
 fn validate(
     raw: RawConfig,
     path: PathBuf,
     dir: PathBuf,
     loc: &Locator,
 ) -> Result<Config, ConfigErrors> {
-    let mut errors = Vec::new();
-    let mut warnings = Vec::new();
-
-    let default_tz: Tz = match raw.runbook.timezone.parse() {
-        Ok(tz) => tz,
-        Err(_) => {
-            errors.push(loc.at_key(
-                "runbook",
-                "timezone",
-                None,
-                unknown_zone(&raw.runbook.timezone),
-            ));
-            Tz::UTC
-        }
+    let mut check = Check {
+        loc,
+        dir: &dir,
+        errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    if raw.runbook.keep_runs.0 < std::time::Duration::from_secs(86400) {
-        errors.push(loc.at_key(
-            "runbook",
-            "keep_runs",
-            None,
-            format!(
-                "keep_runs = \"{}\" is too short: runs are kept at least 1d (the default is 400d)",
-                raw.runbook.keep_runs
-            ),
-        ));
-    }
-    if raw.runbook.max_parallel_items == 0 {
-        errors.push(loc.at_key(
-            "runbook",
-            "max_parallel_items",
-            None,
-            "max_parallel_items must be at least 1".into(),
-        ));
-    }
-
-    let mut targets = BTreeMap::new();
-    for (name, t) in &raw.targets {
-        match Target::resolve(name, t, &dir) {
-            Ok((target, warns)) => {
-                for w in warns {
-                    warnings.push(format!(
-                        "{}: target {name:?}: {w}",
-                        loc.position_of_section(&format!("targets.{name}"))
-                    ));
-                }
-                targets.insert(name.clone(), target);
-            }
-            Err(msgs) => {
-                for m in msgs {
-                    errors.push(loc.at_section(
-                        &format!("targets.{name}"),
-                        Some(format!("target {name:?}")),
-                        m,
-                    ));
-                }
-            }
-        }
-    }
-
-    // Every named notifier, built (None: its options are wrong, and the errors say why).
-    let mut notifiers: BTreeMap<String, Option<Notifier>> = BTreeMap::new();
-    for (name, n) in raw.notify {
-        let section = format!("notify.{name}");
-        let built = match n.prepare(&name, &dir) {
-            Ok((built, warns)) => {
-                for w in warns {
-                    warnings.push(format!(
-                        "{}: notifier {name:?}: {w}",
-                        loc.position_of_section(&section)
-                    ));
-                }
-                Some(built)
-            }
-            Err(msgs) => {
-                for m in msgs {
-                    errors.push(loc.at_section(&section, Some(format!("notifier {name:?}")), m));
-                }
-                None
-            }
-        };
-        notifiers.insert(name, built);
-    }
-
+    let default_tz = check.runbook(&raw.runbook);
+    let targets = check.targets(&raw.targets);
+    let notifiers = check.notifiers(raw.notify);
+    // Items naming a target that failed to resolve get that target's error, not "unknown".
     let target_names: BTreeSet<String> = raw.targets.keys().cloned().collect();
-    let mut jobs = BTreeMap::new();
-    for (name, mut job) in raw.jobs {
-        let section = format!("jobs.{name}");
-        let ctx = Some(format!("job {name:?}"));
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            errors.push(loc.at_section(
-                &section,
-                ctx.clone(),
-                "job names may contain only letters, digits, '-' and '_'".into(),
-            ));
-        }
-        let tz = match &job.timezone {
-            None => default_tz,
-            Some(z) => match z.parse::<Tz>() {
-                Ok(tz) => tz,
-                Err(_) => {
-                    errors.push(loc.at_key(&section, "timezone", ctx.clone(), unknown_zone(z)));
-                    default_tz
-                }
-            },
-        };
-        let schedule = match &job.schedule {
-            None => None,
-            Some(expr) => match Schedule::parse(expr) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    errors.push(loc.at_key(&section, "schedule", ctx.clone(), e));
-                    None
-                }
-            },
-        };
-        if job.max_parallel_items == Some(0) {
-            errors.push(loc.at_key(
-                &section,
-                "max_parallel_items",
-                ctx.clone(),
-                "max_parallel_items must be at least 1".into(),
-            ));
-        }
-        let notify = match &job.notify {
-            None => notifiers.keys().cloned().collect(),
-            Some(list) => {
-                for n in list {
-                    if !notifiers.contains_key(n) {
-                        let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
-                        errors.push(loc.at_key(
-                            &section,
-                            "notify",
-                            ctx.clone(),
-                            format!(
-                                "unknown notifier {n:?} (defined: {})",
-                                if known.is_empty() {
-                                    "none".into()
-                                } else {
-                                    known.join(", ")
-                                }
-                            ),
-                        ));
-                    }
-                }
-                list.clone()
-            }
-        };
-        if job.items.is_empty() {
-            warnings.push(format!(
-                "{}: job {name:?} has no items",
-                loc.position_of_section(&section)
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for (index, item) in job.items.iter_mut().enumerate() {
-            let item_section = format!("jobs.{name}.items#{index}");
-            let ictx = Some(format!("job {name:?}, item {:?}", item.name));
-            if item.name.trim().is_empty() {
-                errors.push(loc.at_key(
-                    &item_section,
-                    "name",
-                    ictx.clone(),
-                    "item name must not be empty".into(),
-                ));
-            }
-            if !seen.insert(item.name.clone()) {
-                errors.push(loc.at_key(
-                    &item_section,
-                    "name",
-                    ictx.clone(),
-                    format!("duplicate item name {:?} in job {name:?}", item.name),
-                ));
-            }
-            if let Some(t) = item.spec.target()
-                && !target_names.contains(t)
-            {
-                let known: Vec<&str> = target_names.iter().map(String::as_str).collect();
-                errors.push(loc.at_key(
-                    &item_section,
-                    "target",
-                    ictx.clone(),
-                    format!(
-                        "unknown target {t:?} (defined: {})",
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            }
-            let mut prep = Prepare::new(&dir, &targets);
-            item.spec.prepare(&mut prep);
-            for (key, msg) in prep.errors {
-                let key = key.as_deref().unwrap_or("kind");
-                errors.push(loc.at_key(&item_section, key, ictx.clone(), msg));
-            }
-            for w in prep.warnings {
-                warnings.push(format!(
-                    "{}: job {name:?}, item {:?}: {w}",
-                    loc.position_of_section(&item_section),
-                    item.name
-                ));
-            }
-        }
-        jobs.insert(
-            name.clone(),
-            Job {
-                name,
-                config: job,
-                tz,
-                schedule,
-                notify,
-            },
-        );
-    }
-
-    let mut cluster = raw.cluster;
-    if let Some(c) = &mut cluster
-        && let Some(src) = &c.password
-    {
-        match crate::base::secret::Secret::resolve(src, "cluster.password", &dir) {
-            Ok(s) => c.password_resolved = Some(s),
-            Err(m) => errors.push(loc.at_key("cluster", "password", None, m)),
-        }
-    }
-
-    let mut server = raw.server;
-    if let Some(sv) = &mut server
-        && let Some(src) = &sv.token
-    {
-        match crate::base::secret::Secret::resolve(src, "server.token", &dir) {
-            Ok(s) if s.expose().trim().is_empty() => {
-                errors.push(loc.at_key("server", "token", None, "server.token is empty".into()))
-            }
-            Ok(s) => {
-                if s.inline {
-                    warnings.push(
-                        "server.token is written inline; prefer { env = \"VAR\" } or { file = \"PATH\" }"
-                            .into(),
-                    );
-                }
-                sv.token_resolved = Some(s)
-            }
-            Err(m) => errors.push(loc.at_key("server", "token", None, m)),
-        }
-    }
-
+    let known = Known {
+        default_tz,
+        notifiers: &notifiers,
+        targets: &targets,
+        target_names: &target_names,
+    };
+    let jobs = check.jobs(raw.jobs, &known);
+    let cluster_target = raw.cluster.as_ref().and_then(|c| check.cluster(c));
+    let server = check.server(raw.server);
+    let Check {
+        mut errors,
+        warnings,
+        ..
+    } = check;
     if !errors.is_empty() {
         errors.sort_by_key(|e| (e.line, e.column));
         return Err(ConfigErrors(errors));
@@ -746,6 +542,16 @@ fn validate(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into())
     });
+
+    let cluster = raw
+        .cluster
+        .zip(cluster_target)
+        .map(|(section, target)| ClusterConfig {
+            target,
+            node: section.node.unwrap_or_else(|| hostname.clone()),
+            lease: section.lease,
+            on_cluster_down: section.on_cluster_down,
+        });
 
     let mut config = Config {
         path,
@@ -767,6 +573,366 @@ fn validate(
     };
     config.redactor = crate::base::secret::Redactor::new(config.secrets());
     Ok(config)
+}
+
+/// What the jobs may refer to, checked before them.
+struct Known<'a> {
+    /// `[runbook] timezone` (UTC when it was wrong).
+    default_tz: Tz,
+    /// Every `[notify.NAME]`, built (None: its options are wrong, and the errors say why).
+    notifiers: &'a BTreeMap<String, Option<Notifier>>,
+    /// The targets that resolved.
+    targets: &'a BTreeMap<String, Target>,
+    /// Every `[targets.NAME]`, resolved or not.
+    target_names: &'a BTreeSet<String>,
+}
+
+/// The validators of [`validate`], one per section: each checks what types cannot and records
+/// its findings here.
+struct Check<'a> {
+    loc: &'a Locator,
+    /// The config's folder: relative paths are relative to it.
+    dir: &'a Path,
+    errors: Vec<ConfigError>,
+    /// Non-fatal findings, `file:line:col: ...`.
+    warnings: Vec<String>,
+}
+
+impl Check<'_> {
+    /// `[runbook]`: the default zone (UTC when it is wrong, so the jobs are still checked),
+    /// `keep_runs` and `max_parallel_items`.
+    fn runbook(&mut self, runbook: &RunbookSection) -> Tz {
+        let loc = self.loc;
+        if runbook.keep_runs.0 < std::time::Duration::from_secs(86400) {
+            self.errors.push(loc.at_key(
+                "runbook",
+                "keep_runs",
+                None,
+                format!(
+                    "keep_runs = \"{}\" is too short: runs are kept at least 1d (the default is 400d)",
+                    runbook.keep_runs
+                ),
+            ));
+        }
+        if runbook.max_parallel_items == 0 {
+            self.errors.push(loc.at_key(
+                "runbook",
+                "max_parallel_items",
+                None,
+                "max_parallel_items must be at least 1".into(),
+            ));
+        }
+        match runbook.timezone.parse() {
+            Ok(tz) => tz,
+            Err(_) => {
+                self.errors.push(loc.at_key(
+                    "runbook",
+                    "timezone",
+                    None,
+                    unknown_zone(&runbook.timezone),
+                ));
+                Tz::UTC
+            }
+        }
+    }
+
+    /// `[targets.NAME]`: each resolved (password, TLS files) into a ready [`Target`].
+    fn targets(&mut self, raw: &BTreeMap<String, TargetConfig>) -> BTreeMap<String, Target> {
+        let (loc, dir) = (self.loc, self.dir);
+        let mut targets = BTreeMap::new();
+        for (name, t) in raw {
+            match Target::resolve(name, t, dir) {
+                Ok((target, warns)) => {
+                    for w in warns {
+                        self.warnings.push(format!(
+                            "{}: target {name:?}: {w}",
+                            loc.position_of_section(&format!("targets.{name}"))
+                        ));
+                    }
+                    targets.insert(name.clone(), target);
+                }
+                Err(msgs) => {
+                    for m in msgs {
+                        self.errors.push(loc.at_section(
+                            &format!("targets.{name}"),
+                            Some(format!("target {name:?}")),
+                            m,
+                        ));
+                    }
+                }
+            }
+        }
+        targets
+    }
+
+    /// `[notify.NAME]`: each notifier validated and built (its secrets resolved, its options
+    /// checked); `None` for one whose options are wrong (the errors say why).
+    fn notifiers(
+        &mut self,
+        raw: BTreeMap<String, NotifierConfig>,
+    ) -> BTreeMap<String, Option<Notifier>> {
+        let (loc, dir) = (self.loc, self.dir);
+        let (errors, warnings) = (&mut self.errors, &mut self.warnings);
+        let mut notifiers = BTreeMap::new();
+        for (name, n) in raw {
+            let section = format!("notify.{name}");
+            let built = match n.prepare(&name, dir) {
+                Ok((built, warns)) => {
+                    for w in warns {
+                        warnings.push(format!(
+                            "{}: notifier {name:?}: {w}",
+                            loc.position_of_section(&section)
+                        ));
+                    }
+                    Some(built)
+                }
+                Err(msgs) => {
+                    for m in msgs {
+                        errors.push(loc.at_section(
+                            &section,
+                            Some(format!("notifier {name:?}")),
+                            m,
+                        ));
+                    }
+                    None
+                }
+            };
+            notifiers.insert(name, built);
+        }
+        notifiers
+    }
+
+    /// `[jobs.NAME]`: every job and its items.
+    fn jobs(&mut self, raw: BTreeMap<String, JobConfig>, known: &Known) -> BTreeMap<String, Job> {
+        raw.into_iter()
+            .map(|(name, job)| {
+                let job = self.job(name.clone(), job, known);
+                (name, job)
+            })
+            .collect()
+    }
+
+    /// One job: its name, zone, schedule, notifiers and items.
+    fn job(&mut self, name: String, mut job: JobConfig, known: &Known) -> Job {
+        let loc = self.loc;
+        let section = format!("jobs.{name}");
+        let ctx = Some(format!("job {name:?}"));
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            self.errors.push(loc.at_section(
+                &section,
+                ctx.clone(),
+                "job names may contain only letters, digits, '-' and '_'".into(),
+            ));
+        }
+        let (tz, schedule) = self.job_schedule(&section, &ctx, &job, known.default_tz);
+        if job.max_parallel_items == Some(0) {
+            self.errors.push(loc.at_key(
+                &section,
+                "max_parallel_items",
+                ctx.clone(),
+                "max_parallel_items must be at least 1".into(),
+            ));
+        }
+        let notify = self.job_notifiers(&section, &ctx, &job, known.notifiers);
+        if job.items.is_empty() {
+            self.warnings.push(format!(
+                "{}: job {name:?} has no items",
+                loc.position_of_section(&section)
+            ));
+        }
+        self.items(&name, &mut job.items, known);
+        Job {
+            name,
+            config: job,
+            tz,
+            schedule,
+            notify,
+        }
+    }
+
+    /// A job's `timezone` (default: `[runbook]`'s) and `schedule` (None: runs only by hand).
+    fn job_schedule(
+        &mut self,
+        section: &str,
+        ctx: &Option<String>,
+        job: &JobConfig,
+        default_tz: Tz,
+    ) -> (Tz, Option<Schedule>) {
+        let loc = self.loc;
+        let tz = match &job.timezone {
+            None => default_tz,
+            Some(z) => match z.parse::<Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    self.errors
+                        .push(loc.at_key(section, "timezone", ctx.clone(), unknown_zone(z)));
+                    default_tz
+                }
+            },
+        };
+        let schedule = match &job.schedule {
+            None => None,
+            Some(expr) => match Schedule::parse(expr) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.errors
+                        .push(loc.at_key(section, "schedule", ctx.clone(), e.to_string()));
+                    None
+                }
+            },
+        };
+        (tz, schedule)
+    }
+
+    /// A job's `notify` list: each name must be a defined notifier (default: all of them).
+    fn job_notifiers(
+        &mut self,
+        section: &str,
+        ctx: &Option<String>,
+        job: &JobConfig,
+        notifiers: &BTreeMap<String, Option<Notifier>>,
+    ) -> Vec<String> {
+        let Some(list) = &job.notify else {
+            return notifiers.keys().cloned().collect();
+        };
+        for n in list {
+            if !notifiers.contains_key(n) {
+                let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+                self.errors.push(self.loc.at_key(
+                    section,
+                    "notify",
+                    ctx.clone(),
+                    format!("unknown notifier {n:?} (defined: {})", or_none(&known)),
+                ));
+            }
+        }
+        list.clone()
+    }
+
+    /// A job's `[[jobs.NAME.items]]`: unique non-empty names, known targets, and each kind's
+    /// own rules (its `prepare`).
+    fn items(&mut self, job: &str, items: &mut [ItemConfig], known: &Known) {
+        let (loc, dir) = (self.loc, self.dir);
+        let mut seen = BTreeSet::new();
+        for (index, item) in items.iter_mut().enumerate() {
+            let item_section = format!("jobs.{job}.items#{index}");
+            let ictx = Some(format!("job {job:?}, item {:?}", item.name));
+            if item.name.trim().is_empty() {
+                self.errors.push(loc.at_key(
+                    &item_section,
+                    "name",
+                    ictx.clone(),
+                    "item name must not be empty".into(),
+                ));
+            }
+            if !seen.insert(item.name.clone()) {
+                self.errors.push(loc.at_key(
+                    &item_section,
+                    "name",
+                    ictx.clone(),
+                    format!("duplicate item name {:?} in job {job:?}", item.name),
+                ));
+            }
+            if let Some(t) = item.spec.target()
+                && !known.target_names.contains(t)
+            {
+                let names: Vec<&str> = known.target_names.iter().map(String::as_str).collect();
+                self.errors.push(loc.at_key(
+                    &item_section,
+                    "target",
+                    ictx.clone(),
+                    format!("unknown target {t:?} (defined: {})", or_none(&names)),
+                ));
+            }
+            let mut prep = Prepare::new(dir, known.targets);
+            item.spec.prepare(&mut prep);
+            for (key, msg) in prep.errors {
+                let key = key.as_deref().unwrap_or("kind");
+                self.errors
+                    .push(loc.at_key(&item_section, key, ictx.clone(), msg));
+            }
+            for w in prep.warnings {
+                self.warnings.push(format!(
+                    "{}: job {job:?}, item {:?}: {w}",
+                    loc.position_of_section(&item_section),
+                    item.name
+                ));
+            }
+        }
+    }
+
+    /// `[cluster]`: its URL parsed and its password resolved into the shared database's
+    /// [`Target`] (None also when they are wrong: the errors say why).
+    fn cluster(&mut self, cluster: &ClusterSection) -> Option<Target> {
+        let password = match &cluster.password {
+            None => None,
+            Some(src) => {
+                match crate::base::secret::Secret::resolve(src, "cluster.password", self.dir) {
+                    Ok(s) => Some(s),
+                    Err(m) => {
+                        self.errors
+                            .push(self.loc.at_key("cluster", "password", None, m));
+                        None
+                    }
+                }
+            }
+        };
+        match Target::from_url("cluster", &cluster.url) {
+            Ok(mut target) => {
+                target.password = password;
+                Some(target)
+            }
+            Err(m) => {
+                self.errors.push(self.loc.at_key("cluster", "url", None, m));
+                None
+            }
+        }
+    }
+
+    /// `[server]`: its token resolved, not empty.
+    fn server(&mut self, server: Option<ServerSection>) -> Option<ServerConfig> {
+        let server = server?;
+        let mut built = ServerConfig {
+            listen: server.listen,
+            token: None,
+        };
+        let Some(src) = &server.token else {
+            return Some(built);
+        };
+        match crate::base::secret::Secret::resolve(src, "server.token", self.dir) {
+            Ok(s) if s.expose().trim().is_empty() => self.errors.push(self.loc.at_key(
+                "server",
+                "token",
+                None,
+                "server.token is empty".into(),
+            )),
+            Ok(s) => {
+                if s.inline {
+                    self.warnings.push(
+                        "server.token is written inline; prefer { env = \"VAR\" } or { file = \"PATH\" }"
+                            .into(),
+                    );
+                }
+                built.token = Some(s)
+            }
+            Err(m) => self
+                .errors
+                .push(self.loc.at_key("server", "token", None, m)),
+        }
+        Some(built)
+    }
+}
+
+/// `a, b, c`, or `none`.
+fn or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn unknown_zone(z: &str) -> String {
@@ -1179,6 +1345,22 @@ kind = "manual"
             (e.0[0].job.as_deref(), e.0[0].item.as_deref()),
             (Some("daily"), None)
         );
+    }
+
+    #[test]
+    fn cluster_is_built_at_load_and_a_bad_url_is_a_located_error() {
+        let c = Config::from_text(
+            Path::new("jobs.toml"),
+            "[runbook]\nhostname = \"node-a\"\n\n[cluster]\nurl = \"postgres://runbook@db.example/claims\"\nlease = \"30s\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cluster = c.cluster.expect("built");
+        assert_eq!(cluster.node, "node-a", "node defaults to the host name");
+        assert_eq!(cluster.lease.0.as_secs(), 30);
+        assert_eq!(cluster.target.dbname(), "claims");
+        let e = errors("[cluster]\nurl = \"postgres://[::1\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("jobs.toml:2:1: "), "{}", e[0]);
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //!
 //! Nothing here reads the clock; callers pass `now`. That keeps the daemon's decisions
 //! (next slot, missed slots, catch-up) testable without waiting, across real DST transitions.
+//! [`decide`] is the one scheduling decision: the daemon's loop (`daemon::scheduler`) calls it
+//! for every job at every wake-up and only carries out what it says; [`next_wake`] says how
+//! long the loop may sleep, [`CatchUp`] is a job's policy for slots missed while it was down.
 //!
 //! Cron semantics (croner): 5 fields (`min hour dom mon dow`) or 6 with seconds first; `L`, `W`,
 //! `MON#1`; day-of-month AND day-of-week must both match, so `0 11 1-7 * MON` is the first Monday.
@@ -13,12 +16,27 @@
 //! - patterns with a wildcard hour (`*/15 * * * *`) are intervals and keep firing through both
 //!   halves of an overlap, as real time passes.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+use serde::{Deserialize, Serialize};
 
-use crate::config::CatchUp;
+/// Why a cron expression was refused (the config names its file:line:column).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "invalid cron expression {expr:?}: expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, found {found}"
+    )]
+    FieldCount { expr: String, found: usize },
+    #[error("invalid cron expression {expr:?}: {reason}")]
+    Syntax { expr: String, reason: String },
+    /// A pattern like `0 0 31 2 *` parses but never fires.
+    #[error("cron expression {expr:?} never fires")]
+    NeverFires { expr: String },
+}
 
 /// A parsed cron expression.
 #[derive(Debug, Clone)]
@@ -30,25 +48,32 @@ pub struct Schedule {
 
 impl Schedule {
     /// Parses a 5- or 6-field expression; the error says what is wrong.
-    pub fn parse(expr: &str) -> Result<Schedule, String> {
+    pub fn parse(expr: &str) -> Result<Schedule, ScheduleError> {
         let fields = expr.split_whitespace().count();
         if !(5..=6).contains(&fields) {
-            return Err(format!(
-                "invalid cron expression {expr:?}: expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, found {fields}"
-            ));
+            return Err(ScheduleError::FieldCount {
+                expr: expr.to_string(),
+                found: fields,
+            });
         }
         let parser = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .dom_and_dow(true)
             .build();
-        let cron = parser
-            .parse(expr)
-            .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+        let cron = parser.parse(expr).map_err(|e| ScheduleError::Syntax {
+            expr: expr.to_string(),
+            reason: e.to_string(),
+        })?;
         // A pattern like "0 0 31 2 *" parses but never fires; say so now, not never.
-        let probe = Utc::now();
+        // A pattern that fires at all fires again within a few decades of any instant (a leap
+        // day that is a Monday: 28 years), so a fixed start will do and keeps this module free
+        // of the clock.
+        let probe = DateTime::<Utc>::from_timestamp(946_684_800, 0).expect("2000-01-01");
         if cron.find_next_occurrence(&probe, false).is_err() {
-            return Err(format!("cron expression {expr:?} never fires"));
+            return Err(ScheduleError::NeverFires {
+                expr: expr.to_string(),
+            });
         }
         Ok(Schedule {
             cron,
@@ -131,54 +156,150 @@ impl Schedule {
     }
 }
 
-/// What the daemon should do for one job right now (see [`plan`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// Slots that passed while nobody ran them (oldest first, capped at 100).
-    pub missed: Vec<DateTime<Utc>>,
-    /// The missed slot to run now, with trigger `catch_up`.
-    pub catch_up: Option<DateTime<Utc>>,
-    /// The next slot to sleep until.
-    pub next: Option<DateTime<Utc>>,
+/// The loop re-reads the wall clock at least this often (suspend, clock steps, reloads).
+pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// A due slot no older than this fires with trigger `schedule`; an older one (the loop woke
+/// late: suspend, clock step, daemon start) is treated as missed and goes through the job's
+/// catch-up policy.
+pub const ON_TIME: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// How many missed slots are listed at most (the newest ones).
+pub const MAX_MISSED: usize = 100;
+
+/// What to do with slots missed while the daemon was down (a job's `catch_up`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Run the newest missed slot once, if it is within `catch_up_within`.
+    #[default]
+    Once,
+    /// Only record the missed slots.
+    Skip,
 }
 
-/// Decides, from the last slot the daemon recorded for a job, what happens now.
-///
-/// - `last_slot`: the newest slot already recorded (run, skipped or missed). None on a job's very
-///   first start: nothing counts as missed then, we only look forward.
-/// - A slot equal to `now` (to the second) is due, not missed: it is returned as `next`.
-pub fn plan(
-    schedule: &Schedule,
-    tz: Tz,
-    last_slot: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    catch_up: CatchUp,
-    catch_up_within: std::time::Duration,
-) -> Plan {
-    let lookback_start = now - chrono::Duration::seconds(1);
-    let missed = match last_slot {
-        Some(last) if last < lookback_start => {
-            schedule.slots_between(tz, last, lookback_start, 100)
-        }
-        _ => Vec::new(),
-    };
-    let catch_up_slot = match (catch_up, missed.last()) {
-        (CatchUp::Once, Some(&newest)) => {
-            let age = (now - newest).to_std().unwrap_or_default();
-            (age <= catch_up_within).then_some(newest)
-        }
-        _ => None,
-    };
-    let next = schedule
-        .next_after(tz, lookback_start)
-        .map(|t| t.with_timezone(&Utc));
-    Plan {
-        missed,
-        catch_up: catch_up_slot,
-        next,
+/// Why a slot fires: the run's trigger (`schedule` or `catch_up` in its report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotTrigger {
+    /// The slot is due now (at most [`ON_TIME`] late).
+    Schedule,
+    /// A missed slot run late, per the job's catch-up policy.
+    CatchUp,
+}
+
+/// What [`decide`] says about one job at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tick {
+    /// Slots that passed without running (to record as `missed` and list in the next report),
+    /// oldest first. Includes the catch-up slot itself when one runs late.
+    pub missed: Vec<DateTime<Utc>>,
+    /// The slot to run now and why.
+    pub fire: Option<(DateTime<Utc>, SlotTrigger)>,
+    /// A slot that is due while the job is still running: recorded `skipped`.
+    pub skipped: Option<DateTime<Utc>>,
+    /// The newest slot handled by this tick (the job's new cursor), if any was due.
+    pub handled_until: Option<DateTime<Utc>>,
+}
+
+/// How one job is scheduled (the parts of its config [`decide`] needs).
+#[derive(Debug, Clone)]
+pub struct Policy<'a> {
+    pub schedule: &'a Schedule,
+    pub tz: Tz,
+    pub catch_up: CatchUp,
+    pub catch_up_within: Duration,
+}
+
+impl Policy<'_> {
+    /// Whether a slot `slot`, late at `now` (another node died running it), may still run: the
+    /// catch-up policy is `once` and the slot is within `catch_up_within`.
+    pub fn may_catch_up(&self, slot: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        let late = (now - slot).to_std().unwrap_or_default();
+        self.catch_up == CatchUp::Once && late <= self.catch_up_within
+    }
+
+    /// The first slot after `cursor` and `now` (the loop's next wake-up for this job).
+    pub fn next_slot(&self, cursor: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.schedule
+            .next_after(self.tz, cursor.max(now))
+            .map(|t| t.with_timezone(&Utc))
     }
 }
 
+/// Decides what happens to one job at `now`, given the newest slot already handled.
+///
+/// It is the same function at start (catch-up after downtime) and on every wake-up (a
+/// suspended VM or a clock step forward is just "several slots are due at once"; a clock step
+/// backward makes nothing due, so no slot ever fires twice).
+///
+/// Slots in `(handled_until, now]` are due. The newest fires: with trigger `schedule` if it is
+/// at most [`ON_TIME`] old, else per the catch-up policy (`once` within `catch_up_within`:
+/// trigger `catch_up`; otherwise it is only recorded as missed). Older due slots are missed.
+/// `is_running` is asked only when something would fire; if it says yes, the slot is skipped.
+pub fn decide(
+    policy: &Policy<'_>,
+    handled_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+    is_running: impl FnOnce() -> bool,
+) -> Tick {
+    let mut due = policy
+        .schedule
+        .slots_between(policy.tz, handled_until, now, MAX_MISSED + 1);
+    let Some(newest) = due.pop() else {
+        return Tick::default();
+    };
+    let mut tick = Tick {
+        missed: due,
+        handled_until: Some(newest),
+        ..Tick::default()
+    };
+    let lateness = now - newest;
+    let trigger = if lateness <= ON_TIME {
+        Some(SlotTrigger::Schedule)
+    } else {
+        tick.missed.push(newest);
+        let within = lateness
+            .to_std()
+            .map(|l| l <= policy.catch_up_within)
+            .unwrap_or(true);
+        (policy.catch_up == CatchUp::Once && within).then_some(SlotTrigger::CatchUp)
+    };
+    if let Some(trigger) = trigger {
+        if is_running() {
+            if trigger == SlotTrigger::CatchUp {
+                tick.missed.pop();
+            }
+            tick.skipped = Some(newest);
+        } else {
+            tick.fire = Some((newest, trigger));
+        }
+    }
+    tick
+}
+
+/// Where the loop starts for a job: after its newest recorded slot, or (a job never scheduled
+/// before) one second before now, so nothing counts as missed and a slot at exactly now fires.
+pub fn start_cursor(last_recorded: Option<DateTime<Utc>>, now: DateTime<Utc>) -> DateTime<Utc> {
+    last_recorded.unwrap_or(now - chrono::TimeDelta::seconds(1))
+}
+
+/// How long the loop may sleep: until the earliest next slot of any job, capped by
+/// [`MAX_SLEEP`] and by half the watchdog interval.
+pub fn next_wake(
+    next_slots: impl IntoIterator<Item = DateTime<Utc>>,
+    now: DateTime<Utc>,
+    watchdog: Option<Duration>,
+) -> Duration {
+    let mut sleep = MAX_SLEEP;
+    if let Some(w) = watchdog {
+        sleep = sleep.min(w / 2);
+    }
+    for slot in next_slots {
+        let until = (slot - now).to_std().unwrap_or(Duration::ZERO);
+        sleep = sleep.min(until);
+    }
+    sleep
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,26 +404,33 @@ mod tests {
 
     #[test]
     fn bad_expressions_are_explained() {
+        let err = |expr: &str| Schedule::parse(expr).unwrap_err();
+        assert!(matches!(
+            err("0 10 * *"),
+            ScheduleError::FieldCount { found: 4, .. }
+        ));
         assert!(
-            Schedule::parse("0 10 * *")
-                .unwrap_err()
-                .contains("expected 5 fields")
+            err("0 10 * *").to_string().contains("expected 5 fields"),
+            "{}",
+            err("0 10 * *")
         );
+        assert!(matches!(err("0 25 * * *"), ScheduleError::Syntax { .. }));
         assert!(
-            Schedule::parse("0 25 * * *")
-                .unwrap_err()
-                .contains("invalid cron expression")
+            err("0 25 * * *")
+                .to_string()
+                .starts_with("invalid cron expression \"0 25 * * *\": ")
         );
-        assert!(
-            Schedule::parse("0 0 30 2 *")
-                .unwrap_err()
-                .contains("never fires")
+        assert_eq!(
+            err("0 0 30 2 *").to_string(),
+            "cron expression \"0 0 30 2 *\" never fires"
         );
-        assert!(
-            Schedule::parse("0 0 0 1 1 * 2030")
-                .unwrap_err()
-                .contains("expected 5 fields")
-        );
+        assert!(matches!(
+            err("0 0 0 1 1 * 2030"),
+            ScheduleError::FieldCount { found: 7, .. }
+        ));
+        // Rare but real: leap days, and a leap day that is a Monday.
+        assert!(Schedule::parse("0 0 29 2 *").is_ok());
+        assert!(Schedule::parse("0 0 29 2 MON").is_ok());
     }
 
     #[test]
@@ -368,8 +496,298 @@ mod tests {
         assert_eq!(slots[2], utc("2026-11-01T07:00:00Z"));
     }
 
+    fn policy(schedule: &Schedule, tz: &str, catch_up: CatchUp, within_h: u64) -> Policy<'static> {
+        let s: &'static Schedule = Box::leak(Box::new(schedule.clone()));
+        Policy {
+            schedule: s,
+            tz: tz.parse().unwrap(),
+            catch_up,
+            catch_up_within: Duration::from_secs(within_h * 3600),
+        }
+    }
+
+    /// A fake clock driving [`decide`] the way the loop does: wake at the next slot (or after
+    /// `MAX_SLEEP`), decide, move the cursor. Returns the fired slots with their triggers.
+    fn simulate(
+        p: &Policy<'_>,
+        mut cursor: DateTime<Utc>,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Vec<(DateTime<Utc>, SlotTrigger)> {
+        let mut fired = vec![];
+        let mut now = from;
+        while now <= until {
+            let tick = decide(p, cursor, now, || false);
+            if let Some(h) = tick.handled_until {
+                cursor = h;
+            }
+            fired.extend(tick.fire);
+            let next = p
+                .schedule
+                .next_after(p.tz, cursor.max(now))
+                .map(|t| t.with_timezone(&Utc));
+            now += chrono::TimeDelta::from_std(next_wake(next, now, None)).unwrap()
+                + chrono::TimeDelta::milliseconds(1);
+        }
+        fired
+    }
+
     #[test]
-    fn plan_after_downtime_catches_up_newest_within_window() {
+    fn daily_ist_job_fires_once_a_day_at_ten_local() {
+        let s = Schedule::parse("0 10 * * *").unwrap();
+        let p = policy(&s, "Asia/Kolkata", CatchUp::Once, 12);
+        let start = utc("2026-11-24T00:00:00Z");
+        let fired = simulate(
+            &p,
+            start_cursor(None, start),
+            start,
+            utc("2026-11-27T00:00:00Z"),
+        );
+        let local: Vec<String> = fired
+            .iter()
+            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
+            .collect();
+        assert_eq!(
+            local,
+            [
+                "2026-11-24T10:00:00+05:30",
+                "2026-11-25T10:00:00+05:30",
+                "2026-11-26T10:00:00+05:30"
+            ]
+        );
+        assert!(fired.iter().all(|(_, t)| *t == SlotTrigger::Schedule));
+    }
+
+    #[test]
+    fn missed_slot_within_window_runs_once_after_restart() {
+        let s = Schedule::parse("0 10 * * *").unwrap();
+        let p = policy(&s, "Asia/Kolkata", CatchUp::Once, 12);
+        let tz: Tz = "Asia/Kolkata".parse().unwrap();
+        // Last slot recorded on the 21st; the daemon comes back on the 24th at 13:00 IST.
+        let last = tz
+            .with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
+        let now = tz
+            .with_ymd_and_hms(2026, 11, 24, 13, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
+        let tick = decide(&p, start_cursor(Some(last), now), now, || false);
+        let slot24 = tz
+            .with_ymd_and_hms(2026, 11, 24, 10, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(tick.fire, Some((slot24, SlotTrigger::CatchUp)));
+        assert_eq!(
+            tick.missed.len(),
+            3,
+            "22nd, 23rd and 24th are listed as missed"
+        );
+        assert_eq!(tick.handled_until, Some(slot24));
+        // The next wake-up does not fire it again.
+        let again = decide(&p, slot24, now + chrono::TimeDelta::seconds(30), || false);
+        assert_eq!(again, Tick::default());
+    }
+
+    #[test]
+    fn missed_slot_outside_window_or_skip_policy_is_only_recorded() {
+        let s = Schedule::parse("0 10 * * *").unwrap();
+        let last = utc("2026-11-21T04:30:00Z");
+        let now = utc("2026-11-24T20:00:00Z");
+        let tick = decide(
+            &policy(&s, "Asia/Kolkata", CatchUp::Once, 12),
+            last,
+            now,
+            || false,
+        );
+        assert_eq!((tick.fire, tick.missed.len()), (None, 3));
+        let tick = decide(
+            &policy(&s, "Asia/Kolkata", CatchUp::Skip, 48),
+            last,
+            now,
+            || false,
+        );
+        assert_eq!((tick.fire, tick.missed.len()), (None, 3));
+    }
+
+    #[test]
+    fn first_start_counts_nothing_as_missed() {
+        let s = Schedule::parse("0 10 * * *").unwrap();
+        let p = policy(&s, "UTC", CatchUp::Once, 48);
+        let now = utc("2026-11-24T13:00:00Z");
+        assert_eq!(
+            decide(&p, start_cursor(None, now), now, || false),
+            Tick::default()
+        );
+        // A slot at exactly the start instant is due and fires.
+        let at = utc("2026-11-24T10:00:00Z");
+        assert_eq!(
+            decide(&p, start_cursor(None, at), at, || false).fire,
+            Some((at, SlotTrigger::Schedule))
+        );
+    }
+
+    #[test]
+    fn slot_that_finds_the_job_running_is_skipped_and_reported() {
+        let s = Schedule::parse("*/2 * * * * *").unwrap();
+        let p = policy(&s, "UTC", CatchUp::Once, 1);
+        let now = utc("2026-11-24T10:00:02.3Z");
+        let tick = decide(&p, utc("2026-11-24T10:00:00Z"), now, || true);
+        assert_eq!(tick.fire, None);
+        assert_eq!(tick.skipped, Some(utc("2026-11-24T10:00:02Z")));
+        assert!(tick.missed.is_empty());
+        // Overlap during a catch-up: the slot is skipped, not also counted as missed.
+        let tick = decide(
+            &p,
+            utc("2026-11-24T09:00:00Z"),
+            utc("2026-11-24T09:30:01Z"),
+            || true,
+        );
+        assert_eq!(tick.skipped, Some(utc("2026-11-24T09:30:00Z")));
+        assert!(!tick.missed.contains(&utc("2026-11-24T09:30:00Z")));
+    }
+
+    #[test]
+    fn clock_jump_forward_catches_up_newest_and_lists_the_rest() {
+        // A VM suspended from 10:00:30 to 13:05 with an hourly job.
+        let s = Schedule::parse("0 * * * *").unwrap();
+        let p = policy(&s, "UTC", CatchUp::Once, 2);
+        let tick = decide(
+            &p,
+            utc("2026-11-24T10:00:00Z"),
+            utc("2026-11-24T13:05:00Z"),
+            || false,
+        );
+        assert_eq!(
+            tick.fire,
+            Some((utc("2026-11-24T13:00:00Z"), SlotTrigger::CatchUp))
+        );
+        assert_eq!(
+            tick.missed,
+            [
+                utc("2026-11-24T11:00:00Z"),
+                utc("2026-11-24T12:00:00Z"),
+                utc("2026-11-24T13:00:00Z")
+            ]
+        );
+        // Woken just after a slot (within ON_TIME): a normal scheduled run; older ones missed.
+        let tick = decide(
+            &p,
+            utc("2026-11-24T10:00:00Z"),
+            utc("2026-11-24T13:00:20Z"),
+            || false,
+        );
+        assert_eq!(
+            tick.fire,
+            Some((utc("2026-11-24T13:00:00Z"), SlotTrigger::Schedule))
+        );
+        assert_eq!(tick.missed.len(), 2);
+    }
+
+    #[test]
+    fn clock_jump_backward_never_fires_a_slot_twice() {
+        let s = Schedule::parse("0 * * * *").unwrap();
+        let p = policy(&s, "UTC", CatchUp::Once, 2);
+        let cursor = utc("2026-11-24T13:00:00Z");
+        // The clock steps back an hour and a half: nothing is due until 14:00 again.
+        let fired = simulate(
+            &p,
+            cursor,
+            utc("2026-11-24T11:30:00Z"),
+            utc("2026-11-24T14:30:00Z"),
+        );
+        assert_eq!(
+            fired,
+            [(utc("2026-11-24T14:00:00Z"), SlotTrigger::Schedule)]
+        );
+    }
+
+    #[test]
+    fn loop_wakes_at_least_every_30s_and_for_the_watchdog() {
+        let now = utc("2026-11-24T10:00:00Z");
+        assert_eq!(
+            next_wake([utc("2026-11-25T10:00:00Z")], now, None),
+            MAX_SLEEP
+        );
+        assert_eq!(
+            next_wake([utc("2026-11-24T10:00:05Z")], now, None),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            next_wake([], now, Some(Duration::from_secs(20))),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            next_wake([utc("2026-11-24T09:00:00Z")], now, None),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn new_york_dst_days_fire_once_per_wall_clock_time() {
+        let s = Schedule::parse("30 1 * * *").unwrap();
+        let p = policy(&s, "America/New_York", CatchUp::Once, 12);
+        // Fall back (01:30 happens twice on 2026-11-01): one run.
+        let start = utc("2026-10-31T12:00:00Z");
+        let fired = simulate(
+            &p,
+            start_cursor(None, start),
+            start,
+            utc("2026-11-02T12:00:00Z"),
+        );
+        let local: Vec<String> = fired
+            .iter()
+            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
+            .collect();
+        assert_eq!(
+            local,
+            ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
+        );
+        // Spring forward (02:30 does not exist on 2027-03-14): fires once, at 03:00.
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        let p = policy(&s, "America/New_York", CatchUp::Once, 12);
+        let start = utc("2027-03-13T12:00:00Z");
+        let fired = simulate(
+            &p,
+            start_cursor(None, start),
+            start,
+            utc("2027-03-15T12:00:00Z"),
+        );
+        let local: Vec<String> = fired
+            .iter()
+            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
+            .collect();
+        assert_eq!(
+            local,
+            ["2027-03-14T03:00:00-04:00", "2027-03-15T02:30:00-04:00"]
+        );
+        assert!(fired.iter().all(|(_, t)| *t == SlotTrigger::Schedule));
+    }
+
+    #[test]
+    fn restart_after_downtime_then_keeps_schedule() {
+        let s = Schedule::parse("*/2 * * * * *").unwrap();
+        let p = policy(&s, "UTC", CatchUp::Once, 1);
+        // Down from 10:00:00 to 10:05:00.5: the newest slot is on time and runs as scheduled,
+        // the 149 before it are listed as missed (at most MAX_MISSED of them).
+        let now = utc("2026-11-24T10:05:00.5Z");
+        let tick = decide(&p, utc("2026-11-24T10:00:00Z"), now, || false);
+        assert_eq!(
+            tick.fire,
+            Some((utc("2026-11-24T10:05:00Z"), SlotTrigger::Schedule))
+        );
+        assert_eq!(tick.missed.len(), MAX_MISSED);
+        let fired = simulate(
+            &p,
+            utc("2026-11-24T10:05:00Z"),
+            now,
+            utc("2026-11-24T10:05:10.5Z"),
+        );
+        assert_eq!(fired.len(), 5);
+    }
+
+    #[test]
+    fn after_downtime_the_newest_slot_catches_up_only_within_window_and_policy() {
         let tz: Tz = "Asia/Kolkata".parse().unwrap();
         let s = Schedule::parse("0 10 * * *").unwrap();
         // Last run on the 21st; daemon back on the 24th at 13:00 IST: 22nd, 23rd, 24th missed.
@@ -381,81 +799,56 @@ mod tests {
             .with_ymd_and_hms(2026, 11, 24, 13, 0, 0)
             .unwrap()
             .with_timezone(&Utc);
-        let p = plan(
-            &s,
-            tz,
-            Some(last),
-            now,
-            CatchUp::Once,
-            std::time::Duration::from_secs(12 * 3600),
-        );
-        assert_eq!(p.missed.len(), 3);
+        let p = policy(&s, "Asia/Kolkata", CatchUp::Once, 12);
+        let tick = decide(&p, start_cursor(Some(last), now), now, || false);
+        assert_eq!(tick.missed.len(), 3);
+        let slot24 = tz
+            .with_ymd_and_hms(2026, 11, 24, 10, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(tick.fire, Some((slot24, SlotTrigger::CatchUp)));
         assert_eq!(
-            p.catch_up,
-            Some(
-                tz.with_ymd_and_hms(2026, 11, 24, 10, 0, 0)
-                    .unwrap()
-                    .with_timezone(&Utc)
-            )
-        );
-        assert_eq!(
-            p.next,
+            p.next_slot(slot24, now),
             Some(
                 tz.with_ymd_and_hms(2026, 11, 25, 10, 0, 0)
                     .unwrap()
                     .with_timezone(&Utc)
             )
         );
-        // Too old for the window: nothing runs, the slots are still listed.
-        let p = plan(
-            &s,
-            tz,
-            Some(last),
+        // Too old for a 1 h window: nothing runs, the slots are still listed.
+        let tick = decide(
+            &policy(&s, "Asia/Kolkata", CatchUp::Once, 1),
+            last,
             now,
-            CatchUp::Once,
-            std::time::Duration::from_secs(3600),
+            || false,
         );
-        assert_eq!((p.missed.len(), p.catch_up), (3, None));
-        let p = plan(
-            &s,
-            tz,
-            Some(last),
+        assert_eq!((tick.missed.len(), tick.fire), (3, None));
+        let tick = decide(
+            &policy(&s, "Asia/Kolkata", CatchUp::Skip, 12),
+            last,
             now,
-            CatchUp::Skip,
-            std::time::Duration::from_secs(12 * 3600),
+            || false,
         );
-        assert_eq!((p.missed.len(), p.catch_up), (3, None));
+        assert_eq!((tick.missed.len(), tick.fire), (3, None));
     }
 
     #[test]
-    fn plan_first_start_and_due_slot() {
-        let tz = Tz::UTC;
+    fn a_handled_slot_is_not_due_again_and_the_next_is_tomorrow() {
         let s = Schedule::parse("0 10 * * *").unwrap();
-        let now = utc("2026-11-24T10:00:00Z");
-        let p = plan(
-            &s,
-            tz,
-            None,
-            now,
-            CatchUp::Once,
-            std::time::Duration::from_secs(3600),
-        );
-        assert!(p.missed.is_empty());
-        assert_eq!(
-            p.next,
-            Some(now),
-            "a slot at exactly now is due, not missed"
-        );
-        // The previous slot was recorded: nothing missed, the next is tomorrow.
-        let p = plan(
-            &s,
-            tz,
-            Some(now),
-            now + chrono::Duration::seconds(5),
-            CatchUp::Once,
-            std::time::Duration::from_secs(3600),
-        );
-        assert!(p.missed.is_empty());
-        assert_eq!(p.next, Some(utc("2026-11-25T10:00:00Z")));
+        let p = policy(&s, "UTC", CatchUp::Once, 1);
+        let slot = utc("2026-11-24T10:00:00Z");
+        let later = slot + chrono::TimeDelta::seconds(5);
+        assert_eq!(decide(&p, slot, later, || false), Tick::default());
+        assert_eq!(p.next_slot(slot, later), Some(utc("2026-11-25T10:00:00Z")));
+    }
+
+    #[test]
+    fn a_dead_nodes_slot_is_taken_over_only_within_the_catch_up_window() {
+        let s = Schedule::parse("0 10 * * *").unwrap();
+        let slot = utc("2026-11-24T10:00:00Z");
+        let now = utc("2026-11-24T11:30:00Z");
+        assert!(policy(&s, "UTC", CatchUp::Once, 2).may_catch_up(slot, now));
+        assert!(!policy(&s, "UTC", CatchUp::Once, 1).may_catch_up(slot, now));
+        assert!(!policy(&s, "UTC", CatchUp::Skip, 2).may_catch_up(slot, now));
     }
 }

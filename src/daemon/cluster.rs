@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::base::pg::Target;
-use crate::config::{ClusterSection, OnClusterDown};
+use crate::config::{ClusterConfig, OnClusterDown};
 
 /// Every statement against the cluster database must finish within this.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,18 +72,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds the cluster handle (does not connect yet).
-    pub fn new(section: &ClusterSection, hostname: &str) -> Result<Cluster, String> {
-        let mut target = Target::from_url("cluster", &section.url)?;
-        target.password = section.password_resolved.clone();
+    /// Builds the cluster handle from the validated `[cluster]` (does not connect yet).
+    pub fn new(config: &ClusterConfig) -> Cluster {
+        let mut target = config.target.clone();
         target.connect_timeout = STATEMENT_TIMEOUT;
-        Ok(Cluster {
+        Cluster {
             target,
-            node: section.node.clone().unwrap_or_else(|| hostname.to_string()),
-            lease: section.lease.0,
-            on_cluster_down: section.on_cluster_down,
+            node: config.node.clone(),
+            lease: config.lease.0,
+            on_cluster_down: config.on_cluster_down,
             client: Mutex::new(None),
-        })
+        }
     }
 
     /// Runs `f` on a live connection (connecting and creating the table when needed), under

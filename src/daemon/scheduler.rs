@@ -1,16 +1,17 @@
-//! The daemon: fires jobs at their slots, catches up after downtime, reloads on SIGHUP, stops
-//! gracefully on SIGTERM/SIGINT, talks to systemd, serves metrics and (with `[cluster]`) shares
-//! the work with other daemons.
+//! The daemon's loop: fires jobs at their slots, catches up after downtime, reloads its
+//! configuration when asked, stops gracefully, talks to systemd, serves metrics and (with
+//! `[cluster]`) shares the work with other daemons.
 //!
-//! The loop is split in two so it can be tested without waiting:
-//! - [`decide`] is a pure function of (schedule, zone, catch-up policy, the newest slot already
-//!   handled, now): which slots were missed, which slot fires now and with which trigger. It is
-//!   the same function at start (catch-up after downtime) and on every wake-up (a suspended VM
-//!   or a clock step forward is just "several slots are due at once"; a clock step backward
-//!   makes nothing due, so no slot ever fires twice).
-//! - [`run`] owns the side effects: it sleeps until the next slot (waking at least every 30 s to
-//!   re-read the wall clock, and often enough to ping the systemd watchdog), records every slot
-//!   in the store before running it, spawns one task per run, and handles signals.
+//! What fires when is decided elsewhere: [`crate::base::schedule::decide`] is a pure function
+//! of (schedule, zone, catch-up policy, the newest slot already handled, now). This module owns
+//! the side effects: [`run`] sleeps until the next slot (waking at least every 30 s to re-read
+//! the clock, and often enough to ping the systemd watchdog), records every slot in the store
+//! before running it, and spawns one task per run.
+//!
+//! [`run`] takes its clock, its shutdown future and its reload trigger as parameters (as
+//! mini-redis's `server::run(listener, shutdown)` does): it installs no signal handlers. The
+//! face wires SIGTERM/SIGINT to `shutdown` and SIGHUP to `reload`; tests pass a clock they move
+//! and a future they complete.
 //!
 //! Invariants:
 //! - Every slot the loop passes is recorded (`running` → `done`, `skipped`, `missed`,
@@ -22,34 +23,23 @@
 //!   own task.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::ExitCode;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::base::schedule::Schedule;
-use crate::config::{CatchUp, Config, OnClusterDown};
+use crate::base::schedule::{self, MAX_MISSED, Policy, SlotTrigger};
+use crate::config::{Config, Job, OnClusterDown};
 use crate::daemon::cluster::{Claim, Cluster};
 use crate::daemon::server::Metrics;
 use crate::items::Trigger;
 use crate::runner::{RunError, RunOptions};
 use crate::store::Store;
-
-/// The loop re-reads the wall clock at least this often (suspend, clock steps, reloads).
-pub const MAX_SLEEP: Duration = Duration::from_secs(30);
-
-/// A due slot no older than this fires with trigger `schedule`; an older one (the loop woke
-/// late: suspend, clock step, daemon start) is treated as missed and goes through the job's
-/// catch-up policy.
-pub const ON_TIME: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
-
-/// How many missed slots are listed at most (the newest ones).
-pub const MAX_MISSED: usize = 100;
 
 /// How often undelivered notifications are retried in the background.
 const OUTBOX_INTERVAL: Duration = Duration::from_secs(30);
@@ -58,98 +48,46 @@ const OUTBOX_INTERVAL: Duration = Duration::from_secs(30);
 /// record their interrupted items (the runner gives an item 7 s to clean up).
 const CANCEL_WAIT: Duration = Duration::from_secs(20);
 
-/// What [`decide`] says about one job at one instant.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Tick {
-    /// Slots that passed without running (to record as `missed` and list in the next report),
-    /// oldest first. Includes the catch-up slot itself when one runs late.
-    pub missed: Vec<DateTime<Utc>>,
-    /// The slot to run now and how.
-    pub fire: Option<(DateTime<Utc>, Trigger)>,
-    /// A slot that is due while the job is still running: recorded `skipped`.
-    pub skipped: Option<DateTime<Utc>>,
-    /// The newest slot handled by this tick (the job's new cursor), if any was due.
-    pub handled_until: Option<DateTime<Utc>>,
+/// Where the loop reads the time and how it waits for it: [`SystemClock`] in the daemon, a
+/// clock the test moves in tests.
+pub trait Clock: Send + Sync {
+    /// The current wall-clock time.
+    fn now(&self) -> DateTime<Utc>;
+    /// Resolves once `duration` has passed on this clock.
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 }
 
-/// How one job is scheduled (the parts of its config [`decide`] needs).
-#[derive(Debug, Clone)]
-pub struct Policy<'a> {
-    pub schedule: &'a Schedule,
-    pub tz: Tz,
-    pub catch_up: CatchUp,
-    pub catch_up_within: Duration,
+/// The real clock: `Utc::now()` and tokio's timer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(tokio::time::sleep(duration))
+    }
 }
 
-/// Decides what happens to one job at `now`, given the newest slot already handled.
-///
-/// Slots in `(handled_until, now]` are due. The newest fires: with trigger `schedule` if it is
-/// at most [`ON_TIME`] old, else per the catch-up policy (`once` within `catch_up_within`:
-/// trigger `catch_up`; otherwise it is only recorded as missed). Older due slots are missed.
-/// `is_running` is asked only when something would fire; if it says yes, the slot is skipped.
-pub fn decide(
-    policy: &Policy<'_>,
-    handled_until: DateTime<Utc>,
-    now: DateTime<Utc>,
-    is_running: impl FnOnce() -> bool,
-) -> Tick {
-    let mut due = policy
-        .schedule
-        .slots_between(policy.tz, handled_until, now, MAX_MISSED + 1);
-    let Some(newest) = due.pop() else {
-        return Tick::default();
-    };
-    let mut tick = Tick {
-        missed: due,
-        handled_until: Some(newest),
-        ..Tick::default()
-    };
-    let lateness = now - newest;
-    let trigger = if lateness <= ON_TIME {
-        Some(Trigger::Schedule)
-    } else {
-        tick.missed.push(newest);
-        let within = lateness
-            .to_std()
-            .map(|l| l <= policy.catch_up_within)
-            .unwrap_or(true);
-        (policy.catch_up == CatchUp::Once && within).then_some(Trigger::CatchUp)
-    };
-    if let Some(trigger) = trigger {
-        if is_running() {
-            if trigger == Trigger::CatchUp {
-                tick.missed.pop();
-            }
-            tick.skipped = Some(newest);
-        } else {
-            tick.fire = Some((newest, trigger));
+impl From<SlotTrigger> for Trigger {
+    fn from(t: SlotTrigger) -> Trigger {
+        match t {
+            SlotTrigger::Schedule => Trigger::Schedule,
+            SlotTrigger::CatchUp => Trigger::CatchUp,
         }
     }
-    tick
 }
 
-/// Where the loop starts for a job: after its newest recorded slot, or (a job never scheduled
-/// before) one second before now, so nothing counts as missed and a slot at exactly now fires.
-pub fn start_cursor(last_recorded: Option<DateTime<Utc>>, now: DateTime<Utc>) -> DateTime<Utc> {
-    last_recorded.unwrap_or(now - chrono::TimeDelta::seconds(1))
-}
-
-/// The next instant the loop must be awake for: the earliest next slot of any job, capped by
-/// [`MAX_SLEEP`] and by half the watchdog interval.
-pub fn next_wake(
-    next_slots: impl IntoIterator<Item = DateTime<Utc>>,
-    now: DateTime<Utc>,
-    watchdog: Option<Duration>,
-) -> Duration {
-    let mut sleep = MAX_SLEEP;
-    if let Some(w) = watchdog {
-        sleep = sleep.min(w / 2);
-    }
-    for slot in next_slots {
-        let until = (slot - now).to_std().unwrap_or(Duration::ZERO);
-        sleep = sleep.min(until);
-    }
-    sleep
+/// The scheduling policy of a job with a schedule (None: it runs only by hand).
+fn policy(job: &Job) -> Option<Policy<'_>> {
+    Some(Policy {
+        schedule: job.schedule.as_ref()?,
+        tz: job.tz,
+        catch_up: job.config.catch_up,
+        catch_up_within: job.config.catch_up_within.0,
+    })
 }
 
 /// Per job bookkeeping of the loop.
@@ -218,112 +156,195 @@ struct Fire {
     takeover: bool,
 }
 
-/// Runs the daemon in the foreground until SIGTERM/SIGINT. Exit code 0 after a clean stop.
-pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-
-    let store = Store::open(&config.state_dir, &config.hostname)?;
-    for run_id in store.mark_interrupted()? {
-        tracing::warn!(
-            run_id,
-            "run left running by a process that is gone: marked interrupted"
-        );
-    }
-    let metrics = Arc::new(Metrics::new());
-    metrics.configure(&config, Utc::now());
-    metrics.load_history(&config, &store);
-    let cluster = match &config.cluster {
-        Some(c) => Some(Arc::new(
-            Cluster::new(c, &config.hostname).map_err(|e| anyhow::anyhow!("[cluster]: {e}"))?,
-        )),
-        None => None,
-    };
-    let config = Arc::new(config);
-    let (config_tx, config_rx) = watch::channel(config.clone());
-    let stop = CancellationToken::new();
-
-    let server = match &config.server {
-        Some(s) => {
-            let listener = tokio::net::TcpListener::bind(&s.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("[server] listen = {:?}: {e}", s.listen))?;
-            tracing::info!(listen = %listener.local_addr()?, "serving /metrics, /healthz and the status page");
-            let state = crate::daemon::server::AppState {
-                metrics: metrics.clone(),
-                store: store.clone(),
-                config: config_rx.clone(),
-            };
-            Some(tokio::spawn(crate::daemon::server::serve(
-                listener,
-                state,
-                stop.clone(),
-            )))
-        }
-        None => None,
-    };
-    let outbox = tokio::spawn(drain_outbox(config_rx.clone(), store.clone(), stop.clone()));
-    let housekeeping = tokio::spawn(crate::daemon::housekeeping::run(
-        config_rx.clone(),
-        store.clone(),
-        stop.clone(),
-    ));
-
-    let shared = Shared {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        cluster: cluster.clone(),
-        unreported: Default::default(),
-        cancel: CancellationToken::new(),
-    };
-    let (takeover_tx, mut takeover_rx) = mpsc::channel::<(String, DateTime<Utc>)>(16);
-    let watcher = cluster.clone().map(|c| {
-        tokio::spawn(watch_expired_claims(
-            c,
-            config_rx.clone(),
-            store.clone(),
-            takeover_tx.clone(),
-            stop.clone(),
-        ))
-    });
-
-    let mut jobs: HashMap<String, JobState> = HashMap::new();
-    sync_jobs(&mut jobs, &config, &store, Utc::now());
-
-    let mut watchdog_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
-        .then(|| Duration::from_micros(watchdog_usec));
-    let _ = sd_notify::notify(
-        false,
-        &[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status("scheduling"),
-        ],
-    );
-    tracing::info!(jobs = config.jobs.len(), config = %config.path.display(), state = %store.dir.display(), "daemon started");
-
-    let mut config = config;
+/// Runs the daemon in the foreground until `shutdown` completes; then stops firing, gives the
+/// running jobs their `shutdown_grace`, cancels what is left and returns. Every message on
+/// `reload` re-reads the configuration file (an invalid one is logged and the old one kept).
+///
+/// `clock` is where the loop reads the time and sleeps ([`SystemClock`] in the daemon).
+pub async fn run(
+    config: Config,
+    clock: impl Clock,
+    shutdown: impl Future<Output = ()>,
+    mut reload: mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
+    let (mut daemon, mut takeovers) = Daemon::start(config, clock.now()).await?;
+    daemon.ready();
+    tokio::pin!(shutdown);
     loop {
-        let now = Utc::now();
-        // One pass over the jobs: record what is missed or skipped, start what is due.
-        for (name, job) in &config.jobs {
-            let (Some(schedule), Some(state)) = (&job.schedule, jobs.get_mut(name)) else {
+        let pass = clock.now();
+        daemon.fire_due(pass);
+        // Sleep a millisecond past the slot so the wall clock has surely reached it.
+        let sleep = daemon.sleep_for(pass, clock.now()) + Duration::from_millis(1);
+        tokio::select! {
+            _ = clock.sleep(sleep) => {}
+            _ = &mut shutdown => break,
+            Some(()) = reload.recv() => daemon.reload(clock.now()),
+            Some((job, slot)) = takeovers.recv() => daemon.take_over(&job, slot, clock.now()).await,
+        }
+    }
+    daemon.stop().await;
+    Ok(())
+}
+
+/// The background tasks beside the loop, stopped together on the way out.
+struct Background {
+    /// Cancelled when the loop stops: the tasks below finish their current pass and return.
+    stop: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    outbox: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
+    /// With a cluster: the watcher of expired claims (aborted, it holds no state).
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts the server (binding `[server] listen`), the outbox drain, housekeeping and, with a
+    /// cluster, the watcher of expired claims (which sends slots to take over on `takeovers`).
+    async fn spawn(
+        config: watch::Receiver<Arc<Config>>,
+        store: &Store,
+        metrics: &Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+        takeovers: mpsc::Sender<(String, DateTime<Utc>)>,
+    ) -> anyhow::Result<Background> {
+        let stop = CancellationToken::new();
+        let listen = config.borrow().server.as_ref().map(|s| s.listen.clone());
+        let server = match listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("[server] listen = {listen:?}: {e}"))?;
+                tracing::info!(listen = %listener.local_addr()?, "serving /metrics, /healthz and the status page");
+                let state = crate::daemon::server::AppState {
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    config: config.clone(),
+                };
+                Some(tokio::spawn(crate::daemon::server::serve(
+                    listener,
+                    state,
+                    stop.clone(),
+                )))
+            }
+            None => None,
+        };
+        let outbox = tokio::spawn(drain_outbox(config.clone(), store.clone(), stop.clone()));
+        let housekeeping = tokio::spawn(crate::daemon::housekeeping::run(
+            config.clone(),
+            store.clone(),
+            stop.clone(),
+        ));
+        let watcher = cluster.map(|c| {
+            tokio::spawn(watch_expired_claims(
+                c,
+                config,
+                store.clone(),
+                takeovers,
+                stop.clone(),
+            ))
+        });
+        Ok(Background {
+            stop,
+            server,
+            outbox,
+            housekeeping,
+            watcher,
+        })
+    }
+}
+
+/// The loop's state between wake-ups.
+struct Daemon {
+    /// The configuration in force (replaced on reload).
+    config: Arc<Config>,
+    /// Publishes the configuration in force to the server, outbox and housekeeping tasks.
+    config_tx: watch::Sender<Arc<Config>>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    shared: Shared,
+    /// One entry per scheduled job (and per removed job whose run is still going).
+    jobs: HashMap<String, JobState>,
+    /// systemd's watchdog interval, when it asks for pings.
+    watchdog: Option<Duration>,
+    background: Background,
+}
+
+impl Daemon {
+    /// Opens the store, marks runs of a dead process interrupted, starts the server, outbox,
+    /// housekeeping and cluster watcher tasks, and reads each job's cursor. Returns the
+    /// receiver of slots to take over from dead cluster nodes.
+    async fn start(
+        config: Config,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<(Daemon, mpsc::Receiver<(String, DateTime<Utc>)>)> {
+        let store = Store::open(&config.state_dir, &config.hostname)?;
+        for run_id in store.mark_interrupted()? {
+            tracing::warn!(
+                run_id,
+                "run left running by a process that is gone: marked interrupted"
+            );
+        }
+        let metrics = Arc::new(Metrics::new());
+        metrics.configure(&config, now);
+        metrics.load_history(&config, &store);
+        let cluster = config.cluster.as_ref().map(|c| Arc::new(Cluster::new(c)));
+        let config = Arc::new(config);
+        let (config_tx, config_rx) = watch::channel(config.clone());
+        let (takeover_tx, takeover_rx) = mpsc::channel::<(String, DateTime<Utc>)>(16);
+        let background =
+            Background::spawn(config_rx, &store, &metrics, cluster.clone(), takeover_tx).await?;
+        let shared = Shared {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            cluster,
+            unreported: Default::default(),
+            cancel: CancellationToken::new(),
+        };
+        let mut jobs = HashMap::new();
+        sync_jobs(&mut jobs, &config, &store, now);
+        let mut watchdog_usec = 0u64;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
+            .then(|| Duration::from_micros(watchdog_usec));
+        let daemon = Daemon {
+            config,
+            config_tx,
+            store,
+            metrics,
+            shared,
+            jobs,
+            watchdog,
+            background,
+        };
+        Ok((daemon, takeover_rx))
+    }
+
+    /// Tells systemd (and the log) that the daemon is scheduling.
+    fn ready(&self) {
+        let _ = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("scheduling"),
+            ],
+        );
+        tracing::info!(jobs = self.config.jobs.len(), config = %self.config.path.display(), state = %self.store.dir.display(), "daemon started");
+    }
+
+    /// One pass over the jobs at `now`: records what is missed or skipped, starts what is due,
+    /// publishes the next runs and pings the watchdog.
+    fn fire_due(&mut self, now: DateTime<Utc>) {
+        for (name, job) in &self.config.jobs {
+            let (Some(policy), Some(state)) = (policy(job), self.jobs.get_mut(name)) else {
                 continue;
             };
-            let policy = Policy {
-                schedule,
-                tz: job.tz,
-                catch_up: job.config.catch_up,
-                catch_up_within: job.config.catch_up_within.0,
-            };
-            let tick = decide(&policy, state.handled_until, now, || {
+            let store = &self.store;
+            let tick = schedule::decide(&policy, state.handled_until, now, || {
                 state.running() || store.lock_holder(name).ok().flatten().is_some()
             });
             if let Some(h) = tick.handled_until {
                 state.handled_until = h;
             }
+            let shared = &self.shared;
             for slot in &tick.missed {
                 shared.record(name, slot, "missed", None);
             }
@@ -340,118 +361,139 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 let fire = Fire {
                     job: name.clone(),
                     slot,
-                    trigger,
+                    trigger: trigger.into(),
                     missed: vec![],
                     takeover: false,
                 };
-                state.task = Some(spawn_run(&config, &shared, fire));
+                state.task = Some(spawn_run(&self.config, shared, fire));
             }
         }
-        publish_next_runs(&config, &jobs, &metrics, now);
-        if watchdog.is_some() {
+        publish_next_runs(&self.config, &self.jobs, &self.metrics, now);
+        if self.watchdog.is_some() {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-        }
-
-        let next_slots = config.jobs.iter().filter_map(|(name, job)| {
-            let cursor = jobs.get(name)?.handled_until.max(now);
-            job.schedule
-                .as_ref()?
-                .next_after(job.tz, cursor)
-                .map(|t| t.with_timezone(&Utc))
-        });
-        // Sleep a millisecond past the slot so the wall clock has surely reached it.
-        let sleep = next_wake(next_slots, Utc::now(), watchdog) + Duration::from_millis(1);
-        tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                match Config::load(&config.path) {
-                    Ok(new) => {
-                        let new = Arc::new(new);
-                        sync_jobs(&mut jobs, &new, &store, Utc::now());
-                        metrics.configure(&new, Utc::now());
-                        metrics.load_history(&new, &store);
-                        tracing::info!(jobs = new.jobs.len(), "SIGHUP: configuration reloaded");
-                        if new.server.as_ref().map(|s| &s.listen) != config.server.as_ref().map(|s| &s.listen) || new.cluster.is_some() != config.cluster.is_some() {
-                            tracing::warn!("SIGHUP: changes to [server] and [cluster] take effect after a restart");
-                        }
-                        config = new;
-                        let _ = config_tx.send(config.clone());
-                    }
-                    Err(e) => {
-                        metrics.reload_failed();
-                        tracing::error!("SIGHUP: the new configuration is invalid, keeping the old one:\n{e}");
-                    }
-                }
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-            }
-            Some((job, slot)) = takeover_rx.recv() => {
-                if let (Some(state), Some(j)) = (jobs.get_mut(&job), config.jobs.get(&job)) {
-                    if state.running() {
-                        continue;
-                    }
-                    let age = (Utc::now() - slot).to_std().unwrap_or_default();
-                    if j.config.catch_up == CatchUp::Once && age <= j.config.catch_up_within.0 {
-                        let fire = Fire { job: job.clone(), slot, trigger: Trigger::CatchUp, missed: vec![slot], takeover: true };
-                        state.task = Some(spawn_run(&config, &shared, fire));
-                    } else if let Some(c) = &cluster {
-                        tracing::warn!(job, slot = %slot, "the node running this slot died; too old to take over (catch_up policy): recorded as missed");
-                        c.abandon(&job, slot).await;
-                        shared.record(&job, &slot, "missed", None);
-                        shared.remember(&job, &[slot]);
-                    }
-                }
-            }
         }
     }
 
-    // Shutdown: stop firing, give the runs their grace, then cancel them.
-    let _ = sd_notify::notify(
-        false,
-        &[
-            sd_notify::NotifyState::Stopping,
-            sd_notify::NotifyState::Status("stopping"),
-        ],
-    );
-    let running: Vec<(String, JoinHandle<()>)> = jobs
-        .into_iter()
-        .filter_map(|(n, s)| s.task.filter(|t| !t.is_finished()).map(|t| (n, t)))
-        .collect();
-    if !running.is_empty() {
-        let grace = config.runbook.shutdown_grace;
-        let names: Vec<&str> = running.iter().map(|(n, _)| n.as_str()).collect();
-        tracing::info!(jobs = ?names, "waiting up to {grace} (shutdown_grace) for running jobs");
-        let mut handles: Vec<JoinHandle<()>> = running.into_iter().map(|(_, t)| t).collect();
-        let all = futures_join(&mut handles);
-        if tokio::time::timeout(grace.0, all).await.is_err() {
-            tracing::warn!(
-                "shutdown_grace ({grace}) is over: cancelling the running jobs (their unfinished items are recorded as interrupted)"
-            );
-            shared.cancel.cancel();
-            if tokio::time::timeout(CANCEL_WAIT, futures_join(&mut handles))
-                .await
-                .is_err()
-            {
+    /// How long the loop may sleep from `now` ([`schedule::next_wake`] over every job's next
+    /// slot after the pass that just ran at `pass`).
+    fn sleep_for(&self, pass: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+        let next_slots = self.config.jobs.iter().filter_map(|(name, job)| {
+            policy(job)?.next_slot(self.jobs.get(name)?.handled_until, pass)
+        });
+        schedule::next_wake(next_slots, now, self.watchdog)
+    }
+
+    /// Re-reads the configuration file; an invalid one is logged and the old one kept.
+    fn reload(&mut self, now: DateTime<Utc>) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        match Config::load(&self.config.path) {
+            Ok(new) => {
+                let new = Arc::new(new);
+                sync_jobs(&mut self.jobs, &new, &self.store, now);
+                self.metrics.configure(&new, now);
+                self.metrics.load_history(&new, &self.store);
+                tracing::info!(jobs = new.jobs.len(), "SIGHUP: configuration reloaded");
+                let old = &self.config;
+                if new.server.as_ref().map(|s| &s.listen) != old.server.as_ref().map(|s| &s.listen)
+                    || new.cluster.is_some() != old.cluster.is_some()
+                {
+                    tracing::warn!(
+                        "SIGHUP: changes to [server] and [cluster] take effect after a restart"
+                    );
+                }
+                self.config = new;
+                let _ = self.config_tx.send(self.config.clone());
+            }
+            Err(e) => {
+                self.metrics.reload_failed();
                 tracing::error!(
-                    "runs did not stop within {}s of cancellation; exiting anyway",
-                    CANCEL_WAIT.as_secs()
+                    "SIGHUP: the new configuration is invalid, keeping the old one:\n{e}"
                 );
             }
         }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
-    stop.cancel();
-    if let Some(w) = watcher {
-        w.abort();
+
+    /// A slot whose cluster node stopped renewing its lease: run it here if the job's catch-up
+    /// policy allows, else record it missed.
+    async fn take_over(&mut self, job: &str, slot: DateTime<Utc>, now: DateTime<Utc>) {
+        let (Some(state), Some(policy)) = (
+            self.jobs.get_mut(job),
+            self.config.jobs.get(job).and_then(policy),
+        ) else {
+            return;
+        };
+        if state.running() {
+            return;
+        }
+        if policy.may_catch_up(slot, now) {
+            let fire = Fire {
+                job: job.to_string(),
+                slot,
+                trigger: Trigger::CatchUp,
+                missed: vec![slot],
+                takeover: true,
+            };
+            state.task = Some(spawn_run(&self.config, &self.shared, fire));
+        } else if let Some(c) = &self.shared.cluster {
+            tracing::warn!(job, slot = %slot, "the node running this slot died; too old to take over (catch_up policy): recorded as missed");
+            c.abandon(job, slot).await;
+            self.shared.record(job, &slot, "missed", None);
+            self.shared.remember(job, &[slot]);
+        }
     }
-    let _ = outbox.await;
-    let _ = housekeeping.await;
-    if let Some(s) = server {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+
+    /// Shutdown: stop firing, give the runs their grace, then cancel them; then stop the
+    /// background tasks (the outbox gets one last pass).
+    async fn stop(self) {
+        let _ = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Stopping,
+                sd_notify::NotifyState::Status("stopping"),
+            ],
+        );
+        let running: Vec<(String, JoinHandle<()>)> = self
+            .jobs
+            .into_iter()
+            .filter_map(|(n, s)| s.task.filter(|t| !t.is_finished()).map(|t| (n, t)))
+            .collect();
+        if !running.is_empty() {
+            let grace = self.config.runbook.shutdown_grace;
+            let names: Vec<&str> = running.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::info!(jobs = ?names, "waiting up to {grace} (shutdown_grace) for running jobs");
+            let mut handles: Vec<JoinHandle<()>> = running.into_iter().map(|(_, t)| t).collect();
+            if tokio::time::timeout(grace.0, futures_join(&mut handles))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "shutdown_grace ({grace}) is over: cancelling the running jobs (their unfinished items are recorded as interrupted)"
+                );
+                self.shared.cancel.cancel();
+                if tokio::time::timeout(CANCEL_WAIT, futures_join(&mut handles))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(
+                        "runs did not stop within {}s of cancellation; exiting anyway",
+                        CANCEL_WAIT.as_secs()
+                    );
+                }
+            }
+        }
+        let b = self.background;
+        b.stop.cancel();
+        if let Some(w) = b.watcher {
+            w.abort();
+        }
+        let _ = b.outbox.await;
+        let _ = b.housekeeping.await;
+        if let Some(s) = b.server {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        tracing::info!("daemon stopped");
     }
-    tracing::info!("daemon stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for every handle (finished ones return at once).
@@ -489,7 +531,7 @@ fn sync_jobs(
         jobs.insert(
             name.clone(),
             JobState {
-                handled_until: start_cursor(last, now),
+                handled_until: schedule::start_cursor(last, now),
                 task: None,
             },
         );
@@ -764,302 +806,5 @@ async fn watch_once(
         if let Some(slot) = cluster.expired_claim(&job).await {
             let _ = tx.send((job, slot)).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn policy(schedule: &Schedule, tz: &str, catch_up: CatchUp, within_h: u64) -> Policy<'static> {
-        let s: &'static Schedule = Box::leak(Box::new(schedule.clone()));
-        Policy {
-            schedule: s,
-            tz: tz.parse().unwrap(),
-            catch_up,
-            catch_up_within: Duration::from_secs(within_h * 3600),
-        }
-    }
-
-    /// A fake clock driving [`decide`] the way the loop does: wake at the next slot (or after
-    /// `MAX_SLEEP`), decide, move the cursor. Returns the fired slots with their triggers.
-    fn simulate(
-        p: &Policy<'_>,
-        mut cursor: DateTime<Utc>,
-        from: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Vec<(DateTime<Utc>, Trigger)> {
-        let mut fired = vec![];
-        let mut now = from;
-        while now <= until {
-            let tick = decide(p, cursor, now, || false);
-            if let Some(h) = tick.handled_until {
-                cursor = h;
-            }
-            fired.extend(tick.fire);
-            let next = p
-                .schedule
-                .next_after(p.tz, cursor.max(now))
-                .map(|t| t.with_timezone(&Utc));
-            now += chrono::TimeDelta::from_std(next_wake(next, now, None)).unwrap()
-                + chrono::TimeDelta::milliseconds(1);
-        }
-        fired
-    }
-
-    #[test]
-    fn daily_ist_job_fires_once_a_day_at_ten_local() {
-        let s = Schedule::parse("0 10 * * *").unwrap();
-        let p = policy(&s, "Asia/Kolkata", CatchUp::Once, 12);
-        let start = utc("2026-11-24T00:00:00Z");
-        let fired = simulate(
-            &p,
-            start_cursor(None, start),
-            start,
-            utc("2026-11-27T00:00:00Z"),
-        );
-        let local: Vec<String> = fired
-            .iter()
-            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
-            .collect();
-        assert_eq!(
-            local,
-            [
-                "2026-11-24T10:00:00+05:30",
-                "2026-11-25T10:00:00+05:30",
-                "2026-11-26T10:00:00+05:30"
-            ]
-        );
-        assert!(fired.iter().all(|(_, t)| *t == Trigger::Schedule));
-    }
-
-    #[test]
-    fn missed_slot_within_window_runs_once_after_restart() {
-        let s = Schedule::parse("0 10 * * *").unwrap();
-        let p = policy(&s, "Asia/Kolkata", CatchUp::Once, 12);
-        let tz: Tz = "Asia/Kolkata".parse().unwrap();
-        // Last slot recorded on the 21st; the daemon comes back on the 24th at 13:00 IST.
-        let last = tz
-            .with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
-            .unwrap()
-            .with_timezone(&Utc);
-        let now = tz
-            .with_ymd_and_hms(2026, 11, 24, 13, 0, 0)
-            .unwrap()
-            .with_timezone(&Utc);
-        let tick = decide(&p, start_cursor(Some(last), now), now, || false);
-        let slot24 = tz
-            .with_ymd_and_hms(2026, 11, 24, 10, 0, 0)
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(tick.fire, Some((slot24, Trigger::CatchUp)));
-        assert_eq!(
-            tick.missed.len(),
-            3,
-            "22nd, 23rd and 24th are listed as missed"
-        );
-        assert_eq!(tick.handled_until, Some(slot24));
-        // The next wake-up does not fire it again.
-        let again = decide(&p, slot24, now + chrono::TimeDelta::seconds(30), || false);
-        assert_eq!(again, Tick::default());
-    }
-
-    #[test]
-    fn missed_slot_outside_window_or_skip_policy_is_only_recorded() {
-        let s = Schedule::parse("0 10 * * *").unwrap();
-        let last = utc("2026-11-21T04:30:00Z");
-        let now = utc("2026-11-24T20:00:00Z");
-        let tick = decide(
-            &policy(&s, "Asia/Kolkata", CatchUp::Once, 12),
-            last,
-            now,
-            || false,
-        );
-        assert_eq!((tick.fire, tick.missed.len()), (None, 3));
-        let tick = decide(
-            &policy(&s, "Asia/Kolkata", CatchUp::Skip, 48),
-            last,
-            now,
-            || false,
-        );
-        assert_eq!((tick.fire, tick.missed.len()), (None, 3));
-    }
-
-    #[test]
-    fn first_start_counts_nothing_as_missed() {
-        let s = Schedule::parse("0 10 * * *").unwrap();
-        let p = policy(&s, "UTC", CatchUp::Once, 48);
-        let now = utc("2026-11-24T13:00:00Z");
-        assert_eq!(
-            decide(&p, start_cursor(None, now), now, || false),
-            Tick::default()
-        );
-        // A slot at exactly the start instant is due and fires.
-        let at = utc("2026-11-24T10:00:00Z");
-        assert_eq!(
-            decide(&p, start_cursor(None, at), at, || false).fire,
-            Some((at, Trigger::Schedule))
-        );
-    }
-
-    #[test]
-    fn slot_that_finds_the_job_running_is_skipped_and_reported() {
-        let s = Schedule::parse("*/2 * * * * *").unwrap();
-        let p = policy(&s, "UTC", CatchUp::Once, 1);
-        let now = utc("2026-11-24T10:00:02.3Z");
-        let tick = decide(&p, utc("2026-11-24T10:00:00Z"), now, || true);
-        assert_eq!(tick.fire, None);
-        assert_eq!(tick.skipped, Some(utc("2026-11-24T10:00:02Z")));
-        assert!(tick.missed.is_empty());
-        // Overlap during a catch-up: the slot is skipped, not also counted as missed.
-        let tick = decide(
-            &p,
-            utc("2026-11-24T09:00:00Z"),
-            utc("2026-11-24T09:30:01Z"),
-            || true,
-        );
-        assert_eq!(tick.skipped, Some(utc("2026-11-24T09:30:00Z")));
-        assert!(!tick.missed.contains(&utc("2026-11-24T09:30:00Z")));
-    }
-
-    #[test]
-    fn clock_jump_forward_catches_up_newest_and_lists_the_rest() {
-        // A VM suspended from 10:00:30 to 13:05 with an hourly job.
-        let s = Schedule::parse("0 * * * *").unwrap();
-        let p = policy(&s, "UTC", CatchUp::Once, 2);
-        let tick = decide(
-            &p,
-            utc("2026-11-24T10:00:00Z"),
-            utc("2026-11-24T13:05:00Z"),
-            || false,
-        );
-        assert_eq!(
-            tick.fire,
-            Some((utc("2026-11-24T13:00:00Z"), Trigger::CatchUp))
-        );
-        assert_eq!(
-            tick.missed,
-            [
-                utc("2026-11-24T11:00:00Z"),
-                utc("2026-11-24T12:00:00Z"),
-                utc("2026-11-24T13:00:00Z")
-            ]
-        );
-        // Woken just after a slot (within ON_TIME): a normal scheduled run; older ones missed.
-        let tick = decide(
-            &p,
-            utc("2026-11-24T10:00:00Z"),
-            utc("2026-11-24T13:00:20Z"),
-            || false,
-        );
-        assert_eq!(
-            tick.fire,
-            Some((utc("2026-11-24T13:00:00Z"), Trigger::Schedule))
-        );
-        assert_eq!(tick.missed.len(), 2);
-    }
-
-    #[test]
-    fn clock_jump_backward_never_fires_a_slot_twice() {
-        let s = Schedule::parse("0 * * * *").unwrap();
-        let p = policy(&s, "UTC", CatchUp::Once, 2);
-        let cursor = utc("2026-11-24T13:00:00Z");
-        // The clock steps back an hour and a half: nothing is due until 14:00 again.
-        let fired = simulate(
-            &p,
-            cursor,
-            utc("2026-11-24T11:30:00Z"),
-            utc("2026-11-24T14:30:00Z"),
-        );
-        assert_eq!(fired, [(utc("2026-11-24T14:00:00Z"), Trigger::Schedule)]);
-    }
-
-    #[test]
-    fn loop_wakes_at_least_every_30s_and_for_the_watchdog() {
-        let now = utc("2026-11-24T10:00:00Z");
-        assert_eq!(
-            next_wake([utc("2026-11-25T10:00:00Z")], now, None),
-            MAX_SLEEP
-        );
-        assert_eq!(
-            next_wake([utc("2026-11-24T10:00:05Z")], now, None),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            next_wake([], now, Some(Duration::from_secs(20))),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            next_wake([utc("2026-11-24T09:00:00Z")], now, None),
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn new_york_dst_days_fire_once_per_wall_clock_time() {
-        let s = Schedule::parse("30 1 * * *").unwrap();
-        let p = policy(&s, "America/New_York", CatchUp::Once, 12);
-        // Fall back (01:30 happens twice on 2026-11-01): one run.
-        let start = utc("2026-10-31T12:00:00Z");
-        let fired = simulate(
-            &p,
-            start_cursor(None, start),
-            start,
-            utc("2026-11-02T12:00:00Z"),
-        );
-        let local: Vec<String> = fired
-            .iter()
-            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
-            .collect();
-        assert_eq!(
-            local,
-            ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
-        );
-        // Spring forward (02:30 does not exist on 2027-03-14): fires once, at 03:00.
-        let s = Schedule::parse("30 2 * * *").unwrap();
-        let p = policy(&s, "America/New_York", CatchUp::Once, 12);
-        let start = utc("2027-03-13T12:00:00Z");
-        let fired = simulate(
-            &p,
-            start_cursor(None, start),
-            start,
-            utc("2027-03-15T12:00:00Z"),
-        );
-        let local: Vec<String> = fired
-            .iter()
-            .map(|(t, _)| t.with_timezone(&p.tz).to_rfc3339())
-            .collect();
-        assert_eq!(
-            local,
-            ["2027-03-14T03:00:00-04:00", "2027-03-15T02:30:00-04:00"]
-        );
-        assert!(fired.iter().all(|(_, t)| *t == Trigger::Schedule));
-    }
-
-    #[test]
-    fn restart_after_downtime_then_keeps_schedule() {
-        let s = Schedule::parse("*/2 * * * * *").unwrap();
-        let p = policy(&s, "UTC", CatchUp::Once, 1);
-        // Down from 10:00:00 to 10:05:00.5: the newest slot is on time and runs as scheduled,
-        // the 149 before it are listed as missed (at most MAX_MISSED of them).
-        let now = utc("2026-11-24T10:05:00.5Z");
-        let tick = decide(&p, utc("2026-11-24T10:00:00Z"), now, || false);
-        assert_eq!(
-            tick.fire,
-            Some((utc("2026-11-24T10:05:00Z"), Trigger::Schedule))
-        );
-        assert_eq!(tick.missed.len(), MAX_MISSED);
-        let fired = simulate(
-            &p,
-            utc("2026-11-24T10:05:00Z"),
-            now,
-            utc("2026-11-24T10:05:10.5Z"),
-        );
-        assert_eq!(fired.len(), 5);
     }
 }

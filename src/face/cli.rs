@@ -146,18 +146,28 @@ type ManualClaim = (
     tokio::task::JoinHandle<()>,
 );
 
+/// Why a manual run may not start in a cluster (exit 3; nothing ran).
+#[derive(Debug, thiserror::Error)]
+enum ClaimRefused {
+    #[error("job {job:?}: the cluster claim returned no slot; nothing ran")]
+    NoSlot { job: String },
+    #[error("job {job:?} is already running on cluster node {node}; nothing ran")]
+    RunningOn { job: String, node: String },
+    #[error(
+        "CLUSTER DATABASE UNREACHABLE ({reason}): job {job:?} not run (on_cluster_down = \"skip\")"
+    )]
+    DatabaseDown { job: String, reason: String },
+}
+
 /// Claims a manual run in the cluster: `Ok(Some(..))` claimed, `Ok(None)` the database is down
-/// and `on_cluster_down = "run"`, `Err` the message of exit 3 (nothing runs).
+/// and `on_cluster_down = "run"`, `Err` why it may not run (exit 3).
 async fn manual_claim(
-    section: &crate::config::ClusterSection,
-    hostname: &str,
+    section: &crate::config::ClusterConfig,
     job: &str,
     opts: &RunOptions,
-) -> Result<Option<ManualClaim>, String> {
+) -> Result<Option<ManualClaim>, ClaimRefused> {
     use crate::daemon::cluster::{Claim, Cluster};
-    let cluster = std::sync::Arc::new(
-        Cluster::new(section, hostname).map_err(|e| format!("[cluster]: {e}"))?,
-    );
+    let cluster = std::sync::Arc::new(Cluster::new(section));
     let sent = tokio::time::Instant::now();
     match cluster.claim_manual(job).await {
         (Claim::Mine { .. }, Some(slot)) => {
@@ -170,12 +180,13 @@ async fn manual_claim(
             );
             Ok(Some((cluster, slot, lease)))
         }
-        (Claim::Mine { .. }, None) => Err(format!(
-            "job {job:?}: the cluster claim returned no slot; nothing ran"
-        )),
-        (Claim::Busy(node) | Claim::Elsewhere(node), _) => Err(format!(
-            "job {job:?} is already running on cluster node {node}; nothing ran"
-        )),
+        (Claim::Mine { .. }, None) => Err(ClaimRefused::NoSlot {
+            job: job.to_string(),
+        }),
+        (Claim::Busy(node) | Claim::Elsewhere(node), _) => Err(ClaimRefused::RunningOn {
+            job: job.to_string(),
+            node,
+        }),
         (Claim::Down(e), _) => match cluster.on_cluster_down {
             crate::config::OnClusterDown::Run => {
                 eprintln!(
@@ -183,36 +194,77 @@ async fn manual_claim(
                 );
                 Ok(None)
             }
-            crate::config::OnClusterDown::Skip => Err(format!(
-                "CLUSTER DATABASE UNREACHABLE ({e}): job {job:?} not run (on_cluster_down = \"skip\")"
-            )),
+            crate::config::OnClusterDown::Skip => Err(ClaimRefused::DatabaseDown {
+                job: job.to_string(),
+                reason: e.to_string(),
+            }),
         },
     }
 }
 
-async fn dispatch(cli: Cli) -> ExitCode {
-    if let Command::Demo { keep } = cli.command {
-        return crate::face::demo::run(keep).await;
+/// `runbook daemon`: the scheduler's loop on the real clock, until SIGTERM or SIGINT; SIGHUP
+/// reloads the configuration. Exit 0 after a clean stop.
+async fn daemon(config: Config) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Err(code) = prepare_state(&config) {
+        return code;
     }
-    if let Command::CheckConfig { connect, format } = cli.command {
-        return check_config(&cli, connect, format).await;
+    let installed = (|| {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })();
+    let (mut sigterm, mut sigint, mut sighup) = match installed {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("runbook: cannot install the signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+    // One pending reload is enough: it reads the file as it is when the loop gets to it.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = reload_tx.try_send(())
+            {
+                return;
+            }
+        }
+    });
+    let clock = crate::daemon::scheduler::SystemClock;
+    match crate::daemon::scheduler::run(config, clock, shutdown, reload_rx).await {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("runbook: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Runs one command; each has its function below.
+async fn dispatch(cli: Cli) -> ExitCode {
+    match &cli.command {
+        Command::Demo { keep } => return crate::face::demo::run(*keep).await,
+        Command::CheckConfig { connect, format } => {
+            return check_config(&cli, *connect, *format).await;
+        }
+        _ => {}
     }
     let config = match load(&cli) {
         Ok(c) => c,
         Err(code) => return code,
     };
     match cli.command {
-        Command::Demo { .. } => unreachable!("handled above"),
-        Command::Daemon => match prepare_state(&config) {
-            Err(code) => code,
-            Ok(()) => match crate::daemon::scheduler::run(config).await {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("runbook: {e:#}");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            },
-        },
+        Command::Demo { .. } | Command::CheckConfig { .. } => unreachable!("handled above"),
+        Command::Daemon => daemon(config).await,
         Command::RunJob {
             job,
             items,
@@ -221,91 +273,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
             format,
             strict,
         } => {
-            let Ok(job) = config.job(&job).map_err(|e| eprintln!("runbook: {e}")) else {
-                return ExitCode::from(EXIT_USAGE);
-            };
-            let store = match open_store(&config) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            let opts = RunOptions {
-                only_items: items,
+            let flags = RunJobFlags {
+                items,
                 dry_run,
-                notify: !no_notify,
-                ..RunOptions::manual()
+                no_notify,
+                format,
+                strict,
             };
-            // Ctrl-C or SIGTERM (systemd, a terminal closing, `kill`) during a manual run: cancel
-            // the items (children are killed, scratch databases dropped) and still print and
-            // store the report.
-            let cancel = opts.cancel.clone();
-            tokio::spawn(async move {
-                let term = async {
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(mut s) => {
-                            s.recv().await;
-                        }
-                        Err(_) => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term => {}
-                }
-                eprintln!("runbook: interrupted; stopping the items and writing the report");
-                cancel.cancel();
-            });
-            // With `[cluster]`, a manual run takes a claim like a scheduled slot: it cannot
-            // overlap a run of the job on another node (exit 3), and it is fenced the same way.
-            let mut claimed = None;
-            if let Some(section) = config.cluster.as_ref().filter(|_| !dry_run) {
-                match manual_claim(section, &config.hostname, &job.name, &opts).await {
-                    Ok(c) => claimed = c,
-                    Err(message) => {
-                        eprintln!("runbook: {message}");
-                        return ExitCode::from(EXIT_LOCKED);
-                    }
-                }
-            }
-            let result = crate::runner::run_job(&config, &store, job, opts).await;
-            if let Some((cluster, slot, lease)) = claimed {
-                crate::failpoint!("cluster-before-finish");
-                for _ in 0..3 {
-                    match cluster.finish(&job.name, slot).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            eprintln!(
-                                "runbook: cannot mark the manual run done in the cluster database: {e}"
-                            );
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-                lease.abort();
-            }
-            match result {
-                Ok(report) => {
-                    match format {
-                        Format::Json => println!("{}", crate::report::json::render(&report)),
-                        Format::Text => print!("{}", crate::report::text::render(&report)),
-                    }
-                    let bad = match report.status {
-                        crate::items::Status::Fail => true,
-                        crate::items::Status::Warn => strict,
-                        _ => false,
-                    };
-                    ExitCode::from(if bad { EXIT_FAILED } else { EXIT_OK })
-                }
-                Err(e @ RunError::Locked { .. }) => {
-                    eprintln!("runbook: {e}");
-                    ExitCode::from(EXIT_LOCKED)
-                }
-                Err(RunError::Usage(e)) => usage(e),
-                Err(RunError::Infra(e)) => {
-                    eprintln!("runbook: {e:#}");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
+            run_job(&config, &job, flags).await
         }
         Command::List { format } => list(&config, format),
         Command::Next {
@@ -314,60 +289,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             after,
             format,
         } => next(&config, job.as_deref(), n, after.as_deref(), format),
-        Command::CheckConfig { .. } => unreachable!("handled above"),
-        Command::History { job, n, format } => {
-            if let Some(j) = &job
-                && let Err(e) = config.job(j)
-            {
-                return usage(e);
-            }
-            let store = match open_store(&config) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            match store.history(job.as_deref(), n) {
-                Ok(rows) => {
-                    match format {
-                        Format::Json => print_json(&rows),
-                        Format::Text => {
-                            if rows.is_empty() {
-                                println!("no runs recorded yet in {}", store.dir.display());
-                            }
-                            for r in rows {
-                                let counts = r
-                                    .counts
-                                    .map(|c| {
-                                        format!(
-                                            "{} pass, {} warn, {} fail, {} todo, {} skipped",
-                                            c.pass, c.warn, c.fail, c.manual, c.skipped
-                                        )
-                                    })
-                                    .unwrap_or_default();
-                                let dur = r
-                                    .duration_ms
-                                    .map(crate::report::human_ms)
-                                    .unwrap_or_default();
-                                println!(
-                                    "{}  {:<12} {:<11} {:<9} {:>8}  {}  {}",
-                                    r.started_at,
-                                    r.job,
-                                    r.status.to_uppercase(),
-                                    r.trigger,
-                                    dur,
-                                    counts,
-                                    r.run_id
-                                );
-                            }
-                        }
-                    }
-                    ExitCode::from(EXIT_OK)
-                }
-                Err(e) => {
-                    eprintln!("runbook: {e:#}");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
-        }
+        Command::History { job, n, format } => history(&config, job.as_deref(), n, format),
         Command::Trend {
             job,
             item,
@@ -375,147 +297,313 @@ async fn dispatch(cli: Cli) -> ExitCode {
             n,
             format,
         } => trend(&config, &job, &item, &field, n, format),
-        Command::Report { run, job, format } => {
-            let store = match open_store(&config) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            let found = if run == "last" {
-                match &job {
-                    Some(j) => {
-                        if let Err(e) = config.job(j) {
-                            return usage(e);
-                        }
-                        store.last_report(j)
-                    }
-                    None => store
-                        .history(None, 50)
-                        .map(|h| h.into_iter().find(|r| r.finished_at.is_some()))
-                        .and_then(|r| match r {
-                            Some(r) => store.report(&r.run_id),
-                            None => Ok(None),
-                        }),
-                }
-            } else {
-                store.report(&run)
-            };
-            match found {
-                Ok(Some(r)) => {
-                    match format {
-                        ReportFormat::Text => print!("{}", crate::report::text::render(&r)),
-                        ReportFormat::Html => print!("{}", crate::report::html::render(&r)),
-                        ReportFormat::Json => println!("{}", crate::report::json::render(&r)),
-                    }
-                    ExitCode::from(EXIT_OK)
-                }
-                Ok(None) => usage(format!(
-                    "no stored report for {run:?}{}",
-                    job.map(|j| format!(" of job {j:?}")).unwrap_or_default()
-                )),
-                Err(e) => usage(format!("{e:#}")),
-            }
-        }
+        Command::Report { run, job, format } => report(&config, &run, job.as_deref(), format),
         Command::NotifyTest { channel, format } => {
-            // As root, send as the daemon's user: a file notifier's folder it creates (often
-            // inside the state folder) must stay writable for the daemon.
-            if let Err(e) = state_access::become_owner_if_root(&config) {
-                return usage(e);
-            }
-            let tests = match crate::notify::notify_test(
-                &config.notifiers,
-                channel.as_deref(),
-                &config.hostname,
-                &config.runbook.timezone,
-            )
-            .await
-            {
-                Ok(t) => t,
-                Err(e @ crate::notify::NotifyTestError::NoNotifiers) => {
-                    return usage(format!("{e} in {}", config.path.display()));
-                }
-                Err(e) => return usage(e.to_string()),
-            };
-            match format {
-                Format::Json => print_json(&serde_json::json!({ "channels": tests })),
-                Format::Text => {
-                    for t in &tests {
-                        match &t.error {
-                            None => println!("{} ({}): delivered", t.channel, t.kind),
-                            Some(e) => println!("{} ({}): FAILED: {e}", t.channel, t.kind),
-                        }
-                    }
-                }
-            }
-            let ok = tests.iter().all(|t| t.error.is_none());
-            ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+            notify_test(&config, channel.as_deref(), format).await
         }
-        Command::Outbox { flush, format } => {
-            let store = match open_store(&config) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            let mut code = EXIT_OK;
-            let mut flushed = None;
-            if flush {
-                match crate::notify::outbox::flush(
-                    &config.notifiers,
-                    &config.retry_policy(),
-                    &store,
-                    false,
-                )
-                .await
-                {
-                    Ok(r) => {
-                        if r.left_undelivered() {
-                            code = EXIT_FAILED;
-                        }
-                        flushed = Some(r);
-                    }
-                    Err(e) => {
-                        eprintln!("runbook: {e:#}");
-                        return ExitCode::from(EXIT_FAILED);
-                    }
+        Command::Outbox { flush, format } => outbox(&config, flush, format).await,
+    }
+}
+
+/// `run-job`'s options besides the job's name.
+struct RunJobFlags {
+    /// `--item`: only these items (all when empty).
+    items: Vec<String>,
+    dry_run: bool,
+    no_notify: bool,
+    format: Format,
+    /// `--strict`: a warning exits 1 too.
+    strict: bool,
+}
+
+/// `runbook run-job JOB`: one manual run, its report printed; exit 1 when it failed (or, with
+/// `--strict`, warned), 3 when the job is running elsewhere.
+async fn run_job(config: &Config, job: &str, flags: RunJobFlags) -> ExitCode {
+    let RunJobFlags {
+        items,
+        dry_run,
+        no_notify,
+        format,
+        strict,
+    } = flags;
+    let Ok(job) = config.job(job).map_err(|e| eprintln!("runbook: {e}")) else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let opts = RunOptions {
+        only_items: items,
+        dry_run,
+        notify: !no_notify,
+        ..RunOptions::manual()
+    };
+    // Ctrl-C or SIGTERM (systemd, a terminal closing, `kill`) during a manual run: cancel
+    // the items (children are killed, scratch databases dropped) and still print and
+    // store the report.
+    let cancel = opts.cancel.clone();
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
                 }
+                Err(_) => std::future::pending::<()>().await,
             }
-            let entries = match store.outbox(None) {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("runbook: {e:#}");
-                    return ExitCode::from(EXIT_FAILED);
-                }
-            };
-            match format {
-                Format::Json => {
-                    print_json(&serde_json::json!({ "flushed": flushed, "entries": entries }))
-                }
-                Format::Text => {
-                    if let Some(f) = &flushed {
-                        println!(
-                            "flushed: {} delivered, {} delivered by another process, {} failed, {} dropped, {} still being sent by another process",
-                            f.delivered, f.delivered_elsewhere, f.failed, f.dropped, f.busy
-                        );
-                    }
-                    if entries.is_empty() {
-                        println!("outbox is empty: every report was delivered");
-                    }
-                    for e in &entries {
-                        println!(
-                            "{:<8} {:<16} job {:<12} run {}  attempts {}  queued {}  next {}  {}",
-                            e.state,
-                            e.key.channel,
-                            e.job.as_deref().unwrap_or("?"),
-                            e.key.run_id,
-                            e.attempts,
-                            e.created_at,
-                            e.next_attempt_at.as_deref().unwrap_or("-"),
-                            e.last_error.as_deref().unwrap_or("")
-                        );
-                    }
-                }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        eprintln!("runbook: interrupted; stopping the items and writing the report");
+        cancel.cancel();
+    });
+    // With `[cluster]`, a manual run takes a claim like a scheduled slot: it cannot
+    // overlap a run of the job on another node (exit 3), and it is fenced the same way.
+    let mut claimed = None;
+    if let Some(section) = config.cluster.as_ref().filter(|_| !dry_run) {
+        match manual_claim(section, &job.name, &opts).await {
+            Ok(c) => claimed = c,
+            Err(message) => {
+                eprintln!("runbook: {message}");
+                return ExitCode::from(EXIT_LOCKED);
             }
-            ExitCode::from(code)
         }
     }
+    let result = crate::runner::run_job(config, &store, job, opts).await;
+    if let Some((cluster, slot, lease)) = claimed {
+        crate::failpoint!("cluster-before-finish");
+        for _ in 0..3 {
+            match cluster.finish(&job.name, slot).await {
+                Ok(()) => break,
+                Err(e) => {
+                    eprintln!(
+                        "runbook: cannot mark the manual run done in the cluster database: {e}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+        lease.abort();
+    }
+    match result {
+        Ok(report) => {
+            match format {
+                Format::Json => println!("{}", crate::report::json::render(&report)),
+                Format::Text => print!("{}", crate::report::text::render(&report)),
+            }
+            let bad = match report.status {
+                crate::items::Status::Fail => true,
+                crate::items::Status::Warn => strict,
+                _ => false,
+            };
+            ExitCode::from(if bad { EXIT_FAILED } else { EXIT_OK })
+        }
+        Err(e @ RunError::Locked { .. }) => {
+            eprintln!("runbook: {e}");
+            ExitCode::from(EXIT_LOCKED)
+        }
+        Err(RunError::Usage(e)) => usage(e),
+        Err(RunError::Infra(e)) => {
+            eprintln!("runbook: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `runbook history [JOB]`: the newest runs.
+fn history(config: &Config, job: Option<&str>, n: usize, format: Format) -> ExitCode {
+    if let Some(j) = job
+        && let Err(e) = config.job(j)
+    {
+        return usage(e);
+    }
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match store.history(job, n) {
+        Ok(rows) => {
+            match format {
+                Format::Json => print_json(&rows),
+                Format::Text => {
+                    if rows.is_empty() {
+                        println!("no runs recorded yet in {}", store.dir.display());
+                    }
+                    for r in rows {
+                        let counts = r
+                            .counts
+                            .map(|c| {
+                                format!(
+                                    "{} pass, {} warn, {} fail, {} todo, {} skipped",
+                                    c.pass, c.warn, c.fail, c.manual, c.skipped
+                                )
+                            })
+                            .unwrap_or_default();
+                        let dur = r
+                            .duration_ms
+                            .map(crate::report::human_ms)
+                            .unwrap_or_default();
+                        println!(
+                            "{}  {:<12} {:<11} {:<9} {:>8}  {}  {}",
+                            r.started_at,
+                            r.job,
+                            r.status.to_uppercase(),
+                            r.trigger,
+                            dur,
+                            counts,
+                            r.run_id
+                        );
+                    }
+                }
+            }
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("runbook: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `runbook report RUN|last [--job JOB]`: a stored report.
+fn report(config: &Config, run: &str, job: Option<&str>, format: ReportFormat) -> ExitCode {
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let found = if run == "last" {
+        match job {
+            Some(j) => {
+                if let Err(e) = config.job(j) {
+                    return usage(e);
+                }
+                store.last_report(j)
+            }
+            None => store
+                .history(None, 50)
+                .map(|h| h.into_iter().find(|r| r.finished_at.is_some()))
+                .and_then(|r| match r {
+                    Some(r) => store.report(&r.run_id),
+                    None => Ok(None),
+                }),
+        }
+    } else {
+        store.report(run)
+    };
+    match found {
+        Ok(Some(r)) => {
+            match format {
+                ReportFormat::Text => print!("{}", crate::report::text::render(&r)),
+                ReportFormat::Html => print!("{}", crate::report::html::render(&r)),
+                ReportFormat::Json => println!("{}", crate::report::json::render(&r)),
+            }
+            ExitCode::from(EXIT_OK)
+        }
+        Ok(None) => usage(format!(
+            "no stored report for {run:?}{}",
+            job.map(|j| format!(" of job {j:?}")).unwrap_or_default()
+        )),
+        Err(e) => usage(format!("{e:#}")),
+    }
+}
+
+/// `runbook notify-test [CHANNEL]`: a test message through each notifier.
+async fn notify_test(config: &Config, channel: Option<&str>, format: Format) -> ExitCode {
+    // As root, send as the daemon's user: a file notifier's folder it creates (often
+    // inside the state folder) must stay writable for the daemon.
+    if let Err(e) = state_access::become_owner_if_root(config) {
+        return usage(e);
+    }
+    let tests = match crate::notify::notify_test(
+        &config.notifiers,
+        channel,
+        &config.hostname,
+        &config.runbook.timezone,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e @ crate::notify::NotifyTestError::NoNotifiers) => {
+            return usage(format!("{e} in {}", config.path.display()));
+        }
+        Err(e) => return usage(e.to_string()),
+    };
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "channels": tests })),
+        Format::Text => {
+            for t in &tests {
+                match &t.error {
+                    None => println!("{} ({}): delivered", t.channel, t.kind),
+                    Some(e) => println!("{} ({}): FAILED: {e}", t.channel, t.kind),
+                }
+            }
+        }
+    }
+    let ok = tests.iter().all(|t| t.error.is_none());
+    ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// `runbook outbox [--flush]`: undelivered notifications (retried first with `--flush`).
+async fn outbox(config: &Config, flush: bool, format: Format) -> ExitCode {
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let mut code = EXIT_OK;
+    let mut flushed = None;
+    if flush {
+        match crate::notify::outbox::flush(&config.notifiers, &config.retry_policy(), &store, false)
+            .await
+        {
+            Ok(r) => {
+                if r.left_undelivered() {
+                    code = EXIT_FAILED;
+                }
+                flushed = Some(r);
+            }
+            Err(e) => {
+                eprintln!("runbook: {e:#}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        }
+    }
+    let entries = match store.outbox(None) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("runbook: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "flushed": flushed, "entries": entries })),
+        Format::Text => {
+            if let Some(f) = &flushed {
+                println!(
+                    "flushed: {} delivered, {} delivered by another process, {} failed, {} dropped, {} still being sent by another process",
+                    f.delivered, f.delivered_elsewhere, f.failed, f.dropped, f.busy
+                );
+            }
+            if entries.is_empty() {
+                println!("outbox is empty: every report was delivered");
+            }
+            for e in &entries {
+                println!(
+                    "{:<8} {:<16} job {:<12} run {}  attempts {}  queued {}  next {}  {}",
+                    e.state,
+                    e.key.channel,
+                    e.job.as_deref().unwrap_or("?"),
+                    e.key.run_id,
+                    e.attempts,
+                    e.created_at,
+                    e.next_attempt_at.as_deref().unwrap_or("-"),
+                    e.last_error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    ExitCode::from(code)
 }
 
 fn list(config: &Config, format: Format) -> ExitCode {
@@ -673,160 +761,188 @@ async fn check_config(cli: &Cli, connect: bool, format: Format) -> ExitCode {
         }
     };
     let now = chrono::Utc::now();
-    let items: usize = config.jobs.values().map(|j| j.config.items.len()).sum();
     if format == Format::Text {
-        for w in &config.warnings {
-            println!("warning: {w}");
-        }
-        println!(
-            "{}: OK — {} job{}, {} item{}, {} target{}, {} notifier{}",
-            config.path.display(),
-            config.jobs.len(),
-            if config.jobs.len() == 1 { "" } else { "s" },
-            items,
-            if items == 1 { "" } else { "s" },
-            config.targets.len(),
-            if config.targets.len() == 1 { "" } else { "s" },
-            config.notifiers.len(),
-            if config.notifiers.len() == 1 { "" } else { "s" },
-        );
-        println!(
-            "  state: {} ({})",
-            config.state_dir.display(),
-            config.state_dir_origin
-        );
-        for j in config.jobs.values() {
-            let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
-            println!(
-                "  {:<14} {:>2} items  {}",
-                j.name,
-                j.config.items.len(),
-                match next {
-                    Some(n) => format!(
-                        "next {} ({})",
-                        n.format("%Y-%m-%d %H:%M %Z"),
-                        j.schedule
-                            .as_ref()
-                            .map(|s| s.describe())
-                            .unwrap_or_default()
-                    ),
-                    None => "no schedule: runs only by hand".into(),
-                }
-            );
-        }
+        print_config_summary(&config, now);
     }
-    let mut reached = None;
-    if connect {
-        let mut targets = Vec::new();
-        for (name, t) in config.targets.iter() {
-            targets.push(match t.connect().await {
-                Ok(client) => {
-                    let standby: bool = client
-                        .query_one("SELECT pg_is_in_recovery()", &[])
-                        .await
-                        .ok()
-                        .and_then(|r| crate::base::pg::col(&r, 0).ok())
-                        .unwrap_or(false);
-                    Reached {
-                        name: name.clone(),
-                        ok: true,
-                        message: format!(
-                            "reachable ({}){}",
-                            t.display,
-                            if standby {
-                                ", a standby (state-changing items will refuse it)"
-                            } else {
-                                ""
-                            }
-                        ),
-                        standby: Some(standby),
-                    }
-                }
-                Err(e) => Reached {
-                    name: name.clone(),
-                    ok: false,
-                    message: format!("UNREACHABLE: {e}"),
-                    standby: None,
-                },
-            });
-        }
-        let mut notifiers = Vec::new();
-        for (name, n) in &config.notifiers {
-            notifiers.push(match n.check_reachable().await {
-                Ok(msg) => Reached {
-                    name: name.clone(),
-                    ok: true,
-                    message: msg,
-                    standby: None,
-                },
-                Err(e) => Reached {
-                    name: name.clone(),
-                    ok: false,
-                    message: format!("UNREACHABLE: {e}"),
-                    standby: None,
-                },
-            });
-        }
+    let reached = if connect {
+        let reached = reach_all(&config).await;
         if format == Format::Text {
-            for r in &targets {
+            for r in &reached.targets {
                 println!("  target {}: {}", r.name, r.message);
             }
-            for r in &notifiers {
+            for r in &reached.notifiers {
                 println!("  notifier {}: {}", r.name, r.message);
             }
         }
-        reached = Some((targets, notifiers));
-    }
+        Some(reached)
+    } else {
+        None
+    };
     let ok = reached
         .as_ref()
-        .is_none_or(|(t, n)| t.iter().chain(n).all(|r| r.ok));
+        .is_none_or(|r| r.targets.iter().chain(&r.notifiers).all(|r| r.ok));
     if format == Format::Json {
-        let jobs: Vec<serde_json::Value> = config
-            .jobs
-            .values()
-            .map(|j| {
-                let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
-                serde_json::json!({
-                    "job": j.name,
-                    "items": j.config.items.len(),
-                    "schedule": j.schedule.as_ref().map(|s| s.expr.clone()),
-                    "schedule_description": j.schedule.as_ref().map(|s| s.describe()),
-                    "timezone": j.tz.name(),
-                    "next_run": next.map(|n| n.to_rfc3339()),
-                })
-            })
-            .collect();
-        let reached_json = |list: &[Reached], key: &str| -> Vec<serde_json::Value> {
-            list.iter()
-                .map(|r| {
-                    let mut v = serde_json::json!({ key: r.name, "reachable": r.ok });
-                    v[if r.ok { "detail" } else { "error" }] = serde_json::Value::String(
-                        r.message.trim_start_matches("UNREACHABLE: ").to_string(),
-                    );
-                    if let Some(s) = r.standby {
-                        v["standby"] = serde_json::Value::Bool(s);
-                    }
-                    v
-                })
-                .collect()
-        };
-        print_json(&serde_json::json!({
-            "ok": ok,
-            "config": config.path,
-            "errors": [],
-            "warnings": config.warnings,
-            "state_dir": config.state_dir,
-            "state_dir_origin": config.state_dir_origin,
-            "jobs": jobs,
-            "targets": config.targets.keys().collect::<Vec<_>>(),
-            "notifiers": config.notifiers.keys().collect::<Vec<_>>(),
-            "connect": reached.as_ref().map(|(t, n)| serde_json::json!({
-                "targets": reached_json(t, "target"),
-                "notifiers": reached_json(n, "notifier"),
-            })),
-        }));
+        print_json(&check_config_json(&config, ok, reached.as_ref(), now));
     }
     ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// `check-config`'s text: the counts, the state folder and each job's next run.
+fn print_config_summary(config: &Config, now: chrono::DateTime<chrono::Utc>) {
+    let items: usize = config.jobs.values().map(|j| j.config.items.len()).sum();
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "{}: OK — {} job{}, {} item{}, {} target{}, {} notifier{}",
+        config.path.display(),
+        config.jobs.len(),
+        if config.jobs.len() == 1 { "" } else { "s" },
+        items,
+        if items == 1 { "" } else { "s" },
+        config.targets.len(),
+        if config.targets.len() == 1 { "" } else { "s" },
+        config.notifiers.len(),
+        if config.notifiers.len() == 1 { "" } else { "s" },
+    );
+    println!(
+        "  state: {} ({})",
+        config.state_dir.display(),
+        config.state_dir_origin
+    );
+    for j in config.jobs.values() {
+        let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+        println!(
+            "  {:<14} {:>2} items  {}",
+            j.name,
+            j.config.items.len(),
+            match next {
+                Some(n) => format!(
+                    "next {} ({})",
+                    n.format("%Y-%m-%d %H:%M %Z"),
+                    j.schedule
+                        .as_ref()
+                        .map(|s| s.describe())
+                        .unwrap_or_default()
+                ),
+                None => "no schedule: runs only by hand".into(),
+            }
+        );
+    }
+}
+
+/// What `check-config --connect` found.
+struct ReachedAll {
+    targets: Vec<Reached>,
+    notifiers: Vec<Reached>,
+}
+
+/// Connects to every target and asks every notifier whether it is reachable.
+async fn reach_all(config: &Config) -> ReachedAll {
+    let mut targets = Vec::new();
+    for (name, t) in config.targets.iter() {
+        targets.push(match t.connect().await {
+            Ok(client) => {
+                let standby: bool = client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .ok()
+                    .and_then(|r| crate::base::pg::col(&r, 0).ok())
+                    .unwrap_or(false);
+                Reached {
+                    name: name.clone(),
+                    ok: true,
+                    message: format!(
+                        "reachable ({}){}",
+                        t.display,
+                        if standby {
+                            ", a standby (state-changing items will refuse it)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    standby: Some(standby),
+                }
+            }
+            Err(e) => Reached {
+                name: name.clone(),
+                ok: false,
+                message: format!("UNREACHABLE: {e}"),
+                standby: None,
+            },
+        });
+    }
+    let mut notifiers = Vec::new();
+    for (name, n) in &config.notifiers {
+        notifiers.push(match n.check_reachable().await {
+            Ok(msg) => Reached {
+                name: name.clone(),
+                ok: true,
+                message: msg,
+                standby: None,
+            },
+            Err(e) => Reached {
+                name: name.clone(),
+                ok: false,
+                message: format!("UNREACHABLE: {e}"),
+                standby: None,
+            },
+        });
+    }
+    ReachedAll { targets, notifiers }
+}
+
+/// `check-config --format json` for a valid file (SPEC; docs/configuration.md).
+fn check_config_json(
+    config: &Config,
+    ok: bool,
+    reached: Option<&ReachedAll>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let jobs: Vec<serde_json::Value> = config
+        .jobs
+        .values()
+        .map(|j| {
+            let next = j.schedule.as_ref().and_then(|s| s.next_after(j.tz, now));
+            serde_json::json!({
+                "job": j.name,
+                "items": j.config.items.len(),
+                "schedule": j.schedule.as_ref().map(|s| s.expr.clone()),
+                "schedule_description": j.schedule.as_ref().map(|s| s.describe()),
+                "timezone": j.tz.name(),
+                "next_run": next.map(|n| n.to_rfc3339()),
+            })
+        })
+        .collect();
+    let reached_json = |list: &[Reached], key: &str| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|r| {
+                let mut v = serde_json::json!({ key: r.name, "reachable": r.ok });
+                v[if r.ok { "detail" } else { "error" }] = serde_json::Value::String(
+                    r.message.trim_start_matches("UNREACHABLE: ").to_string(),
+                );
+                if let Some(s) = r.standby {
+                    v["standby"] = serde_json::Value::Bool(s);
+                }
+                v
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "ok": ok,
+        "config": config.path,
+        "errors": [],
+        "warnings": config.warnings,
+        "state_dir": config.state_dir,
+        "state_dir_origin": config.state_dir_origin,
+        "jobs": jobs,
+        "targets": config.targets.keys().collect::<Vec<_>>(),
+        "notifiers": config.notifiers.keys().collect::<Vec<_>>(),
+        "connect": reached.map(|r| serde_json::json!({
+            "targets": reached_json(&r.targets, "target"),
+            "notifiers": reached_json(&r.notifiers, "notifier"),
+        })),
+    })
 }
 
 /// One target or notifier as `check-config --connect` found it.
@@ -967,18 +1083,38 @@ fn trend_text(
     out
 }
 
-/// Ok(Err(message)) when the job or the item is unknown: not in the config and in no stored run.
+/// A `trend` of a job or item that is neither configured nor in any stored run (exit 2).
+#[derive(Debug, thiserror::Error)]
+enum UnknownTrend {
+    #[error(transparent)]
+    Job(#[from] crate::config::UnknownJob),
+    #[error(
+        "unknown item {item:?} in job {job:?} (not in {} and in no stored run; items: {})",
+        file.display(),
+        items.join(", ")
+    )]
+    ConfiguredJob {
+        job: String,
+        item: String,
+        file: std::path::PathBuf,
+        items: Vec<String>,
+    },
+    #[error("unknown item {item:?}: no stored run of job {job:?} has it")]
+    StoredJob { job: String, item: String },
+}
+
+/// Ok(Err(..)) when the job or the item is unknown: not in the config and in no stored run.
 fn trend_known(
     config: &Config,
     store: &Store,
     job: &str,
     item: &str,
-) -> anyhow::Result<Result<(), String>> {
+) -> anyhow::Result<Result<(), UnknownTrend>> {
     let configured = config.job(job);
     if let Err(e) = &configured
         && !store.job_ever_stored(job)?
     {
-        return Ok(Err(e.clone()));
+        return Ok(Err(e.clone().into()));
     }
     if let Ok(j) = &configured
         && j.config.items.iter().any(|i| i.name == item)
@@ -988,17 +1124,14 @@ fn trend_known(
     if store.item_ever_stored(job, item)? {
         return Ok(Ok(()));
     }
+    let (job, item) = (job.to_string(), item.to_string());
     Ok(Err(match configured {
-        Ok(j) => format!(
-            "unknown item {item:?} in job {job:?} (not in {} and in no stored run; items: {})",
-            config.path.display(),
-            j.config
-                .items
-                .iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Err(_) => format!("unknown item {item:?}: no stored run of job {job:?} has it"),
+        Ok(j) => UnknownTrend::ConfiguredJob {
+            job,
+            item,
+            file: config.path.clone(),
+            items: j.config.items.iter().map(|i| i.name.clone()).collect(),
+        },
+        Err(_) => UnknownTrend::StoredJob { job, item },
     }))
 }

@@ -14,16 +14,38 @@
 //!   error here names the folder, its owner and what to do instead.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::unistd::{AccessFlags, Gid, Uid, User};
 
 use crate::config::{Config, StateDirOrigin};
 
+/// Why this process may not open the state folder (a message for the person at the terminal;
+/// nothing was opened).
+#[derive(Debug, thiserror::Error)]
+pub enum StateAccessError {
+    /// Root could not become the folder's owner.
+    #[error(
+        "the state folder {} ({origin}) belongs to user {owner}; runbook, run as root, \
+         could not switch to that user before opening it: {source}. Run the command as \
+         that user instead: sudo -u {owner} runbook ...",
+        dir.display()
+    )]
+    CannotSwitch {
+        dir: PathBuf,
+        origin: StateDirOrigin,
+        owner: String,
+        source: nix::Error,
+    },
+    /// This user may not use the folder; the message says what to do instead.
+    #[error("{0}")]
+    Denied(String),
+}
+
 /// Makes this process fit to open `config.state_dir`: switches from root to the folder's owner
 /// when they differ, or checks that this user may use it. Returns the user switched to, if any;
 /// `Err` is a message for the person at the terminal (nothing was opened).
-pub fn prepare(config: &Config) -> Result<Option<String>, String> {
+pub fn prepare(config: &Config) -> Result<Option<String>, StateAccessError> {
     prepare_dir(&config.state_dir, config.state_dir_origin, true)
 }
 
@@ -31,7 +53,7 @@ pub fn prepare(config: &Config) -> Result<Option<String>, String> {
 /// state but write where the daemon does (`notify-test` through a `file` notifier whose folder
 /// is inside the state folder: a root-owned `sent/` would stop the daemon's deliveries). Any
 /// other user goes on as before.
-pub fn become_owner_if_root(config: &Config) -> Result<Option<String>, String> {
+pub fn become_owner_if_root(config: &Config) -> Result<Option<String>, StateAccessError> {
     prepare_dir(&config.state_dir, config.state_dir_origin, false)
 }
 
@@ -39,7 +61,7 @@ fn prepare_dir(
     dir: &Path,
     origin: StateDirOrigin,
     check_access: bool,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, StateAccessError> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         // Not there yet: the store creates it, owned by whoever we are.
@@ -49,17 +71,14 @@ fn prepare_dir(
     };
     let me = nix::unistd::geteuid();
     if me.is_root() && meta.uid() != 0 {
-        let user =
-            switch_user(Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid())).map_err(|e| {
-                format!(
-                    "the state folder {} ({origin}) belongs to user {}; runbook, run as root, \
-                     could not switch to that user before opening it: {e}. Run the command as \
-                     that user instead: sudo -u {} runbook ...",
-                    dir.display(),
-                    user_name(meta.uid()),
-                    user_name(meta.uid())
-                )
-            })?;
+        let user = switch_user(Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid())).map_err(
+            |source| StateAccessError::CannotSwitch {
+                dir: dir.to_path_buf(),
+                origin,
+                owner: user_name(meta.uid()),
+                source,
+            },
+        )?;
         tracing::info!(
             user,
             state_dir = %dir.display(),
@@ -111,7 +130,7 @@ fn denied(
     origin: StateDirOrigin,
     meta: Option<&std::fs::Metadata>,
     error: &str,
-) -> String {
+) -> StateAccessError {
     let me = user_name(nix::unistd::geteuid().as_raw());
     let owner = meta.map(|m| {
         format!(
@@ -123,12 +142,12 @@ fn denied(
     let run_as = meta
         .map(|m| user_name(m.uid()))
         .unwrap_or_else(|| "runbook".into());
-    format!(
+    StateAccessError::Denied(format!(
         "cannot use the state folder {} ({origin}) as user {me}: {error}.{}\n  \
          Run the command as its owner (sudo -u {run_as} runbook ...) or as root (runbook then \
          switches to the owner itself), or give this command a state of its own with \
          [runbook] state_dir or RUNBOOK_STATE_DIR=PATH.",
         dir.display(),
         owner.unwrap_or_default()
-    )
+    ))
 }
