@@ -214,7 +214,7 @@ async fn run_locked(
         dry_run: opts.dry_run,
         config_dir: config.dir.clone(),
         targets: config.targets.clone(),
-        store: store.clone(),
+        state: crate::items::state::ItemState::new(Arc::new(store.clone()), &job.name, run_id),
         cancel: opts.cancel.clone(),
         started_at: started,
         previous_started_at: previous.as_ref().map(|p| p.started_at.with_timezone(&Utc)),
@@ -447,8 +447,7 @@ async fn run_item(
         _ => (job_deadline, format!("the job's timeout ({job_timeout})")),
     };
     let item_cancel = base.cancel.child_token();
-    let mut ctx = base.clone();
-    ctx.item = item.name.clone();
+    let mut ctx = base.for_item(&item.name, item.spec.kind());
     ctx.cancel = item_cancel.clone();
     ctx.deadline = deadline;
     let spec = item.spec.clone();

@@ -161,19 +161,8 @@ pub enum Lock {
 }
 
 /// Where `log_scan` stopped reading a file: committed with the report of the run that read up
-/// to it ([`Store::finish_run`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanOffset {
-    pub job: String,
-    pub item: String,
-    /// The configured file (its path as the item names it).
-    pub file: String,
-    pub inode: u64,
-    /// Bytes read, always at a line end.
-    pub offset: u64,
-    /// A hash of the file's first bytes (inodes are reused after rotation).
-    pub fingerprint: u64,
-}
+/// to it ([`Store::finish_run`]). Defined with the items, which produce it.
+pub use crate::items::state::ScanOffset;
 
 /// One line of `history`.
 #[derive(Debug, Clone, Serialize)]
@@ -1180,6 +1169,49 @@ impl Store {
     }
 }
 
+/// The items' narrow view of the store: their own offsets and earlier results.
+impl crate::items::state::StateSource for Store {
+    fn scan_offset(
+        &self,
+        job: &str,
+        item: &str,
+        file: &str,
+    ) -> std::result::Result<
+        Option<crate::items::state::FilePosition>,
+        crate::items::state::StateError,
+    > {
+        Store::scan_offset(self, job, item, file)
+            .map_err(|e| crate::items::state::StateError(format!("{e:#}")))
+    }
+
+    fn earlier_results(
+        &self,
+        job: &str,
+        item: &str,
+        kind: &str,
+        limit: usize,
+    ) -> std::result::Result<Vec<crate::items::state::EarlierResult>, crate::items::state::StateError>
+    {
+        let reports = self
+            .recent_reports(job, limit)
+            .map_err(|e| crate::items::state::StateError(format!("{e:#}")))?;
+        Ok(reports
+            .into_iter()
+            .filter_map(|r| {
+                let found = r
+                    .items
+                    .into_iter()
+                    .find(|i| i.name == item && i.kind == kind)?;
+                Some(crate::items::state::EarlierResult {
+                    run_id: r.run_id,
+                    status: found.status,
+                    data: found.data,
+                })
+            })
+            .collect())
+    }
+}
+
 fn insert_outbox_row(
     c: &Connection,
     key: &OutboxKey,
@@ -1422,4 +1454,100 @@ pub fn trend_field_path(field: &str) -> Result<String, BadTrendField> {
         }
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod item_state_tests {
+    use std::sync::Arc;
+
+    use super::{ScanOffset, Store};
+    use crate::items::state::ItemState;
+
+    /// Stores a finished run `run_id` of job `daily` whose item "Backups completed" (backup) has
+    /// `data`, with `offsets`.
+    fn store_run(
+        store: &Store,
+        run_id: &str,
+        minute: u32,
+        data: serde_json::Value,
+        offsets: &[ScanOffset],
+    ) {
+        let mut report = crate::report::tests::sample();
+        report.run_id = run_id.to_string();
+        let started =
+            chrono::DateTime::parse_from_rfc3339(&format!("2026-11-24T10:{minute:02}:00+00:00"))
+                .unwrap();
+        report.started_at = started;
+        report.finished_at = started;
+        report.items[0].data = data;
+        store
+            .insert_run(run_id, "daily", "schedule", None, &started.to_utc(), true)
+            .unwrap();
+        store.finish_run(&report, offsets, &[]).unwrap();
+    }
+
+    #[test]
+    fn an_item_reads_only_its_own_earlier_results_and_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "h").unwrap();
+        let offset = |item: &str| ScanOffset {
+            job: "daily".into(),
+            item: item.into(),
+            file: "/var/log/app.log".into(),
+            inode: 7,
+            offset: 4096,
+            fingerprint: 99,
+        };
+        store_run(
+            &store,
+            "run-1",
+            1,
+            serde_json::json!({ "n": 1 }),
+            &[offset("scan")],
+        );
+        store_run(&store, "run-2", 2, serde_json::json!({ "n": 2 }), &[]);
+        store_run(&store, "run-3", 3, serde_json::json!({ "n": 3 }), &[]);
+
+        // Run 3 is the one running: its own stored report is not an "earlier" result.
+        let run = ItemState::new(Arc::new(store.clone()), "daily", "run-3");
+        let backup = run.for_item("Backups completed", "backup");
+        let seen: Vec<(String, serde_json::Value)> = backup
+            .earlier_results(10)
+            .into_iter()
+            .map(|r| (r.run_id, r.data))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("run-2".to_string(), serde_json::json!({ "n": 2 })),
+                ("run-1".to_string(), serde_json::json!({ "n": 1 })),
+            ]
+        );
+        // Same name, another kind: not this item's history.
+        assert!(
+            run.for_item("Backups completed", "restore_drill")
+                .earlier_results(10)
+                .is_empty()
+        );
+
+        // Offsets are the item's own: another item of the job sees none.
+        assert_eq!(
+            run.for_item("scan", "log_scan")
+                .scan_offset("/var/log/app.log")
+                .unwrap(),
+            Some((7, 4096, Some(99)))
+        );
+        assert_eq!(
+            run.for_item("other", "log_scan")
+                .scan_offset("/var/log/app.log")
+                .unwrap(),
+            None
+        );
+        // What an item hands back to be remembered names its own job and item.
+        assert_eq!(
+            run.for_item("scan", "log_scan")
+                .offset("/var/log/app.log", 7, 4096, 99),
+            offset("scan")
+        );
+    }
 }

@@ -277,7 +277,7 @@ async fn a_backup_tool_failing_with_a_5_mb_line_reports_it_cut_and_short() {
     ]);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let cancel = tokio_util::sync::CancellationToken::new();
-    let run = runbook::items::backup_verify::run_tool(cmd, deadline, &cancel, false).await;
+    let run = runbook::items::support::pg_tools::run_tool(cmd, deadline, &cancel, false).await;
     assert!(!run.ok());
     let why = run.failure("pg_restore");
     assert!(

@@ -8,7 +8,7 @@
 //! and the caller learns that it was cut.
 //!
 //! Used by `log_scan` (its own buffer search, with the same cap), `command`'s output tail, the
-//! backup tools' stderr/stdout (`backup_verify::run_tool`), the HTTP-based items and the
+//! backup tools' stderr/stdout (`items::support::pg_tools::run_tool`), the HTTP-based items and the
 //! notifiers.
 
 use std::collections::VecDeque;

@@ -5,6 +5,8 @@
 pub mod bounded;
 pub mod failpoints;
 pub mod pg;
+pub mod pgbin;
 pub mod schedule;
 pub mod secret;
+pub mod status;
 pub mod units;

@@ -28,38 +28,7 @@ pub struct TempCluster {
     stopped: bool,
 }
 
-/// Finds the folder with `initdb` and `pg_ctl`: `$PG_BIN`, else the newest
-/// `/usr/lib/postgresql/*/bin`, else `$PATH`.
-pub fn find_bin_dir() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("PG_BIN") {
-        let p = PathBuf::from(p);
-        if p.join("initdb").exists() {
-            return Ok(p);
-        }
-    }
-    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((v, bin))
-        })
-        .collect();
-    candidates.sort();
-    if let Some((_, bin)) = candidates.pop() {
-        return Ok(bin);
-    }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
-            return Ok(dir);
-        }
-    }
-    bail!(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian: apt-get install postgresql) or set PG_BIN"
-    )
-}
+pub use crate::base::pgbin::find_bin_dir;
 
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

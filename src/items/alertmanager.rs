@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{check_url, get_text, trim_for_report};
+use super::support::http::{HttpUrl, get_text, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
 
 /// Options of `kind = "alertmanager"`.
@@ -19,7 +19,7 @@ use super::{ItemCtx, Outcome, Prepare, Status};
 #[serde(deny_unknown_fields)]
 pub struct Alertmanager {
     /// Base URL, e.g. `http://localhost:9093`.
-    pub url: String,
+    pub url: HttpUrl,
     /// Fail when more alerts fire. Default 0.
     #[serde(default)]
     pub max_firing: usize,
@@ -59,7 +59,6 @@ struct AlertStatus {
 
 impl Alertmanager {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        check_url(p, "url", &self.url);
         for m in &self.matchers {
             if !m.contains('=') && !m.contains('~') {
                 p.error("matchers", format!("{m:?} is not a matcher (examples: \"severity=critical\", \"alertname=~High.*\")"));
@@ -68,10 +67,8 @@ impl Alertmanager {
     }
 
     /// The API URL with its query.
-    pub fn api_url(&self) -> Result<reqwest::Url, String> {
-        let base = self.url.trim_end_matches('/');
-        let mut url = reqwest::Url::parse(&format!("{base}/api/v2/alerts"))
-            .map_err(|e| format!("invalid URL {:?}: {e}", self.url))?;
+    pub fn api_url(&self) -> reqwest::Url {
+        let mut url = self.url.endpoint("/api/v2/alerts");
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("active", "true");
@@ -86,18 +83,16 @@ impl Alertmanager {
                 q.append_pair("filter", m);
             }
         }
-        Ok(url)
+        url
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
-        let url = match self.api_url() {
-            Ok(u) => u,
-            Err(e) => return Outcome::fail(e),
-        };
-        let (status, body) = match get_text(ctx, "Alertmanager", &self.url, url.clone()).await {
-            Ok(r) => r,
-            Err(e) => return Outcome::fail(e),
-        };
+        let url = self.api_url();
+        let (status, body) =
+            match get_text(ctx, "Alertmanager", self.url.as_str(), url.clone()).await {
+                Ok(r) => r,
+                Err(e) => return Outcome::fail(e.to_string()),
+            };
         if !status.is_success() {
             return Outcome::fail(format!(
                 "Alertmanager answered {} to {url}",
@@ -216,12 +211,12 @@ mod tests {
     #[test]
     fn api_url_hides_silenced_and_passes_matchers_as_filters() {
         let am = Alertmanager {
-            url: "http://am:9093/".into(),
+            url: HttpUrl::try_from("http://am:9093/".to_string()).expect("valid"),
             max_firing: 0,
             matchers: vec!["severity=critical".into()],
             include_silenced: false,
         };
-        let u = am.api_url().expect("valid");
+        let u = am.api_url();
         assert_eq!(u.path(), "/api/v2/alerts");
         assert_eq!(
             u.query(),

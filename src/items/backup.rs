@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use super::backup_verify::{self as bv, Entry, Format};
+use super::support::backup_files::BackupPattern;
+use super::support::backup_files::Entry;
+use super::support::backup_format::Format;
+use super::support::{backup_files, backup_format, checksum, pg_tools};
 use super::{ItemCtx, Outcome, Prepare, Status};
 use crate::base::units::{Dur, Percent, Size, human_bytes};
 
@@ -25,8 +28,8 @@ pub struct Backup {
     /// Folder holding the backups.
     pub dir: std::path::PathBuf,
     /// Shell glob matched against file names. Default `"*"`.
-    #[serde(default = "default_pattern")]
-    pub pattern: String,
+    #[serde(default)]
+    pub pattern: BackupPattern,
     /// Fail when the newest backup is older. Default 26h.
     #[serde(default = "default_max_age")]
     pub max_age: Dur,
@@ -69,9 +72,6 @@ pub struct Verification {
 
 impl Backup {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        if let Err(e) = bv::matcher(&self.pattern) {
-            p.error("pattern", e);
-        }
         if !self.require_tables.is_empty() && self.verify != Verify::Auto {
             p.error(
                 "require_tables",
@@ -89,26 +89,31 @@ impl Backup {
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let dir = ctx.path(&self.dir);
-        let matcher = match bv::matcher(&self.pattern) {
-            Ok(m) => m,
-            Err(e) => return Outcome::fail(e),
-        };
+        let matcher = self.pattern.matcher();
         let mut excluded: Vec<(PathBuf, String)> = Vec::new();
         loop {
             let looked_at = tokio::time::Instant::now();
-            let sel =
-                match bv::select_newest(&dir, &matcher, self.settle.0, Duration::ZERO, &excluded)
-                    .await
-                {
-                    Ok(s) => s,
-                    Err(e) => return Outcome::fail(e).with_data(serde_json::json!({ "dir": dir })),
-                };
+            let sel = match backup_files::select_newest(
+                &dir,
+                matcher,
+                self.settle.0,
+                Duration::ZERO,
+                &excluded,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    return Outcome::fail(e.to_string())
+                        .with_data(serde_json::json!({ "dir": dir }));
+                }
+            };
             let now = SystemTime::now();
             let Some(newest_i) = sel.newest else {
-                return no_complete_backup(&dir, &self.pattern, &sel, now, ctx);
+                return no_complete_backup(&dir, self.pattern.as_str(), &sel, now, ctx);
             };
             let newest = sel.all[newest_i].clone();
-            let format = bv::detect(&newest);
+            let format = backup_format::detect(&newest);
             let v = verify_entry(&newest, format, self.verify, &self.require_tables, ctx).await;
             if v.interrupted {
                 return Outcome::fail(format!("interrupted while verifying {}", newest.name));
@@ -117,7 +122,7 @@ impl Backup {
             let remaining = RESTAT_WINDOW.saturating_sub(looked_at.elapsed());
             tokio::time::sleep(remaining).await;
             let e2 = newest.clone();
-            let again = tokio::task::spawn_blocking(move || bv::restat(&e2))
+            let again = tokio::task::spawn_blocking(move || backup_files::restat(&e2))
                 .await
                 .ok()
                 .flatten();
@@ -141,7 +146,7 @@ impl Backup {
     fn judge(
         &self,
         dir: &std::path::Path,
-        sel: &bv::Selection,
+        sel: &backup_files::Selection,
         newest: &Entry,
         format: Format,
         v: Verification,
@@ -154,7 +159,7 @@ impl Backup {
         if age > self.max_age.0 {
             problems.push(format!(
                 "newest backup is {} old, older than max_age {}",
-                bv::human_age(age),
+                backup_files::human_age(age),
                 self.max_age
             ));
         }
@@ -198,7 +203,7 @@ impl Backup {
                 "{} ({}, {} old) verified: {}{}",
                 newest.name,
                 human_bytes(newest.size),
-                bv::human_age(age),
+                backup_files::human_age(age),
                 v.how,
                 if v.checksum == "ok" {
                     ", checksum ok"
@@ -250,7 +255,7 @@ impl Backup {
 fn no_complete_backup(
     dir: &std::path::Path,
     pattern: &str,
-    sel: &bv::Selection,
+    sel: &backup_files::Selection,
     now: SystemTime,
     ctx: &ItemCtx,
 ) -> Outcome {
@@ -293,13 +298,13 @@ pub async fn verify_entry(
         how: "none".into(),
         ..Default::default()
     };
-    let sidecar = bv::sidecar(e);
+    let sidecar = checksum::sidecar(e);
     let expected = match &sidecar {
-        Some(p) => match bv::read_sidecar(p) {
+        Some(p) => match checksum::read_sidecar(p) {
             Ok(h) => Some(h),
             Err(m) => {
                 v.checksum = "error";
-                v.problems.push(m);
+                v.problems.push(m.to_string());
                 None
             }
         },
@@ -311,7 +316,7 @@ pub async fn verify_entry(
         (Some(_), false) => {
             let (path, cancel) = (e.path.clone(), ctx.cancel.clone());
             Some(tokio::task::spawn_blocking(move || {
-                bv::sha256_file(&path, &cancel)
+                checksum::sha256_file(&path, &cancel)
             }))
         }
         _ => None,
@@ -321,11 +326,11 @@ pub async fn verify_entry(
     match (verify, format) {
         (Verify::None, _) => v.how = "none (verify = none)".into(),
         (Verify::Manifest, Format::BaseBackup) | (Verify::Auto, Format::BaseBackup) => {
-            let mut cmd = tokio::process::Command::new(bv::pg_tool("pg_verifybackup"));
+            let mut cmd = tokio::process::Command::new(pg_tools::pg_tool("pg_verifybackup"));
             cmd.arg(&e.path);
-            let r = bv::run_tool(cmd, ctx.deadline, &ctx.cancel, true).await;
+            let r = pg_tools::run_tool(cmd, ctx.deadline, &ctx.cancel, true).await;
             v.how = "pg_verifybackup".into();
-            if matches!(r.end, bv::ToolEnd::Cancelled) {
+            if matches!(r.end, pg_tools::ToolEnd::Cancelled) {
                 v.interrupted = true;
             } else if r.ok() {
                 v.notes.push(format!(
@@ -362,21 +367,21 @@ pub async fn verify_entry(
         }
         (Verify::Auto, Format::Custom | Format::Directory) => {
             let full = async {
-                let mut cmd = tokio::process::Command::new(bv::pg_tool("pg_restore"));
+                let mut cmd = tokio::process::Command::new(pg_tools::pg_tool("pg_restore"));
                 cmd.arg("-f").arg("/dev/null").arg(&e.path);
-                bv::run_tool(cmd, ctx.deadline, &ctx.cancel, false).await
+                pg_tools::run_tool(cmd, ctx.deadline, &ctx.cancel, false).await
             };
             let list = async {
                 if require_tables.is_empty() {
                     return None;
                 }
-                let mut cmd = tokio::process::Command::new(bv::pg_tool("pg_restore"));
+                let mut cmd = tokio::process::Command::new(pg_tools::pg_tool("pg_restore"));
                 cmd.arg("--list").arg(&e.path);
-                Some(bv::run_tool(cmd, ctx.deadline, &ctx.cancel, true).await)
+                Some(pg_tools::run_tool(cmd, ctx.deadline, &ctx.cancel, true).await)
             };
             let (full, list) = tokio::join!(full, list);
             v.how = "pg_restore -f /dev/null (full read)".into();
-            if matches!(full.end, bv::ToolEnd::Cancelled) {
+            if matches!(full.end, pg_tools::ToolEnd::Cancelled) {
                 v.interrupted = true;
             } else if full.ok() {
                 v.notes
@@ -398,8 +403,12 @@ pub async fn verify_entry(
             }
             if let Some(list) = list {
                 if list.ok() {
-                    check_tables(&mut v, &bv::toc_tables(&list.stdout), require_tables);
-                } else if !matches!(list.end, bv::ToolEnd::Cancelled) {
+                    check_tables(
+                        &mut v,
+                        &backup_format::toc_tables(&list.stdout),
+                        require_tables,
+                    );
+                } else if !matches!(list.end, pg_tools::ToolEnd::Cancelled) {
                     v.problems.push(format!(
                         "cannot read the table of contents: {}",
                         list.failure("pg_restore --list")
@@ -416,13 +425,13 @@ pub async fn verify_entry(
                 !require_tables.is_empty(),
             );
             let r = tokio::task::spawn_blocking(move || {
-                bv::read_stream(&path, gzip, hash, tables, &cancel)
+                backup_format::read_stream(&path, gzip, hash, tables, &cancel)
             })
             .await;
             match r {
                 Err(join) => v.problems.push(format!("internal error: {join}")),
-                Ok(Err(bv::StreamError::Cancelled)) => v.interrupted = true,
-                Ok(Err(bv::StreamError::Io(m))) => {
+                Ok(Err(checksum::StreamError::Cancelled)) => v.interrupted = true,
+                Ok(Err(checksum::StreamError::Io(m))) => {
                     v.how = if gzip {
                         "gzip (all members)".into()
                     } else {
@@ -448,14 +457,19 @@ pub async fn verify_entry(
                             v.how = "gzip (all members) + completion marker".into();
                         }
                         if s.marker_found {
-                            v.notes
-                                .push(format!("plain dump ends with \"{}\"", bv::PLAIN_MARKER));
+                            v.notes.push(format!(
+                                "plain dump ends with \"{}\"",
+                                backup_format::PLAIN_MARKER
+                            ));
                         } else {
-                            v.problems.push(format!("plain dump is incomplete: \"{}\" is missing near its end (pg_dump did not finish)", bv::PLAIN_MARKER));
+                            v.problems.push(format!("plain dump is incomplete: \"{}\" is missing near its end (pg_dump did not finish)", backup_format::PLAIN_MARKER));
                         }
                         if !require_tables.is_empty() {
-                            let found: Vec<(String, String)> =
-                                s.tables.iter().map(|t| bv::split_sql_name(t)).collect();
+                            let found: Vec<(String, String)> = s
+                                .tables
+                                .iter()
+                                .map(|t| backup_format::split_sql_name(t))
+                                .collect();
                             check_tables(&mut v, &found, require_tables);
                         }
                     } else {
@@ -479,11 +493,11 @@ pub async fn verify_entry(
     if let Some(t) = hash_task {
         actual_sha = match t.await {
             Ok(Ok(h)) => Some(Ok(h)),
-            Ok(Err(bv::StreamError::Cancelled)) => {
+            Ok(Err(checksum::StreamError::Cancelled)) => {
                 v.interrupted = true;
                 None
             }
-            Ok(Err(bv::StreamError::Io(m))) => Some(Err(m)),
+            Ok(Err(checksum::StreamError::Io(m))) => Some(Err(m)),
             Err(j) => Some(Err(format!("internal error: {j}"))),
         };
     }
@@ -516,7 +530,7 @@ pub async fn verify_entry(
             }
             Err(m) => {
                 v.checksum = "error";
-                v.problems.push(m);
+                v.problems.push(m.to_string());
             }
         }
     } else if expected.is_none() && sidecar.is_none() && !e.is_dir {
@@ -529,7 +543,7 @@ pub async fn verify_entry(
 fn check_tables(v: &mut Verification, found: &[(String, String)], required: &[String]) {
     let missing: Vec<&str> = required
         .iter()
-        .filter(|t| !bv::has_table(found, t))
+        .filter(|t| !backup_format::has_table(found, t))
         .map(String::as_str)
         .collect();
     if missing.is_empty() {
@@ -554,9 +568,6 @@ pub enum Verify {
     Manifest,
 }
 
-pub fn default_pattern() -> String {
-    "*".into()
-}
 fn default_max_age() -> Dur {
     Dur::from_secs(26 * 3600)
 }

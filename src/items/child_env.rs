@@ -13,7 +13,7 @@
 //! Every spawn site calls [`clean`] once its own variables are set; [`run_tool`] does it for
 //! the PostgreSQL tools.
 //!
-//! [`run_tool`]: super::backup_verify::run_tool
+//! [`run_tool`]: super::support::pg_tools::run_tool
 
 use std::ffi::{OsStr, OsString};
 

@@ -14,11 +14,11 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, BufReader};
 
+use super::support::process::{End, ProcessGroup};
 use super::{ItemCtx, Outcome, Prepare};
 use crate::base::bounded::{CappedLines, LINE_CAP, lines_cut_text};
 
@@ -66,17 +66,6 @@ pub fn display_arg(a: &str) -> String {
         a.to_string()
     } else {
         format!("'{}'", a.replace('\'', "'\\''"))
-    }
-}
-
-/// Kills the process group when dropped (the runner's backstop if the item future is dropped).
-struct GroupGuard(Option<Pid>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
     }
 }
 
@@ -178,9 +167,7 @@ impl Command {
             .envs(self.resolved_env.iter().map(|(k, v)| (k, v.expose())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         super::child_env::clean(cmd.as_std_mut(), super::child_env::Child::Command);
         // A daemon killed with SIGKILL cannot kill its children: the program would run on
         // (beside the run another cluster node takes over). The kernel kills it instead.
@@ -191,62 +178,32 @@ impl Command {
             });
         }
         let started = Instant::now();
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
+        let mut group = match ProcessGroup::spawn(&mut cmd) {
+            Ok(g) => g,
             Err(e) => {
                 return Outcome::fail(format!("cannot start `{}`: {e}", self.argv[0]))
                     .detail(format!("command: {line}"))
                     .detail(format!("cwd: {}", cwd.display()));
             }
         };
-        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
-        let mut guard = GroupGuard(pgid);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(self.output_lines + 1)));
         let readers = [
             tokio::spawn(collect(
-                child.stdout.take(),
+                group.child.stdout.take(),
                 tail.clone(),
                 self.output_lines,
                 ctx.redactor.clone(),
             )),
             tokio::spawn(collect(
-                child.stderr.take(),
+                group.child.stderr.take(),
                 tail.clone(),
                 self.output_lines,
                 ctx.redactor.clone(),
             )),
         ];
-
-        enum End {
-            Exited(std::io::Result<std::process::ExitStatus>),
-            TimedOut,
-            Cancelled,
-        }
-        let end = tokio::select! {
-            biased;
-            r = child.wait() => End::Exited(r),
-            _ = tokio::time::sleep_until(ctx.deadline) => End::TimedOut,
-            _ = ctx.cancel.cancelled() => End::Cancelled,
-        };
-        let timed_out = matches!(end, End::TimedOut);
-        let status = match end {
-            End::Exited(r) => Some(r),
-            End::TimedOut | End::Cancelled => {
-                if let Some(pg) = pgid {
-                    let _ = killpg(pg, Signal::SIGTERM);
-                }
-                if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                    .await
-                    .is_err()
-                {
-                    if let Some(pg) = pgid {
-                        let _ = killpg(pg, Signal::SIGKILL);
-                    }
-                    let _ = child.wait().await;
-                }
-                None
-            }
-        };
+        let end = group
+            .wait(ctx.deadline, &ctx.cancel, Duration::from_secs(5))
+            .await;
         // Whatever the program left in its group would hold our pipes open: give output a moment
         // to drain, then end the group.
         let mut lines_cut = 0;
@@ -255,9 +212,7 @@ impl Command {
                 lines_cut += n;
             }
         }
-        if let Some(pg) = guard.0.take() {
-            let _ = killpg(pg, Signal::SIGKILL);
-        }
+        group.kill_group();
         let elapsed = started.elapsed();
         let output: Vec<String> = tail
             .lock()
@@ -276,15 +231,15 @@ impl Command {
             details.push(format!("output: {}", lines_cut_text(lines_cut)));
         }
         let secs = format!("{:.1}s", elapsed.as_secs_f64());
-        match status {
-            None if !timed_out => Outcome::fail(format!("interrupted after {secs}; process group killed"))
+        match end {
+            End::Cancelled => Outcome::fail(format!("interrupted after {secs}; process group killed"))
                 .with_details(details)
                 .with_data(serde_json::json!({ "argv": self.argv, "exit_code": null, "interrupted": true, "output": output, "lines_cut": lines_cut })),
-            None => Outcome::fail(format!("timed out after {secs}; process group killed"))
+            End::TimedOut => Outcome::fail(format!("timed out after {secs}; process group killed"))
                 .with_details(details)
                 .with_data(serde_json::json!({ "argv": self.argv, "exit_code": null, "timed_out": true, "output": output, "lines_cut": lines_cut })),
-            Some(Err(e)) => Outcome::fail(format!("waiting for `{}` failed: {e}", self.argv[0])).with_details(details),
-            Some(Ok(st)) => {
+            End::WaitFailed(e) => Outcome::fail(format!("waiting for `{}` failed: {e}", self.argv[0])).with_details(details),
+            End::Exited(st) => {
                 use std::os::unix::process::ExitStatusExt;
                 let data = serde_json::json!({ "argv": self.argv, "exit_code": st.code(), "signal": st.signal(), "seconds": elapsed.as_secs_f64(), "output": output, "lines_cut": lines_cut });
                 match st.code() {

@@ -77,7 +77,7 @@ impl CreateIndexes {
         };
         let target = match ctx.target(&self.target) {
             Ok(t) => t.clone(),
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let client = match target.connect_for_maintenance().await {
             Ok(c) => c,

@@ -7,17 +7,17 @@
 //! `none`/`all` check every element and name the offending ones. When an assertion fails the
 //! report shows what was received, trimmed, so the reader does not have to curl it again.
 //!
-//! The small HTTP helpers at the bottom (`client`, `remaining`, `trim_for_report`) are shared by
-//! `alertmanager` and `prometheus`.
+//! The HTTP helpers it shares with `alertmanager` and `prometheus` are in [`super::support::http`].
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::json;
 
+use super::support::http::{HttpUrl, client, describe_error, load_ca, reason, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
-use crate::base::bounded::{API_BODY_CAP, read_body, size_text};
+use crate::base::bounded::{read_body, size_text};
 use crate::base::units::Dur;
 
 /// Options of `kind = "http"`.
@@ -25,7 +25,7 @@ use crate::base::units::Dur;
 #[serde(deny_unknown_fields)]
 pub struct Http {
     /// The URL to request (`http://` or `https://`).
-    pub url: String,
+    pub url: HttpUrl,
     /// The HTTP method. Default `GET`.
     #[serde(default = "default_method")]
     pub method: String,
@@ -99,7 +99,6 @@ impl Http {
     }
 
     pub fn prepare(&mut self, p: &mut Prepare) {
-        check_url(p, "url", &self.url);
         if reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes()).is_err() {
             p.error("method", format!("invalid HTTP method {:?}", self.method));
         }
@@ -131,7 +130,7 @@ impl Http {
         if let Some(ca) = &self.ca_file
             && let Err(e) = load_ca(&p.path(ca))
         {
-            p.error("ca_file", e);
+            p.error("ca_file", e.to_string());
         }
         for a in &self.json {
             let given = [
@@ -165,7 +164,7 @@ impl Http {
         let ca = match &self.ca_file {
             Some(path) => match load_ca(&ctx.path(path)) {
                 Ok(c) => c,
-                Err(e) => return Outcome::fail(e),
+                Err(e) => return Outcome::fail(e.to_string()),
             },
             None => Vec::new(),
         };
@@ -176,11 +175,11 @@ impl Http {
         };
         let client = match client(ctx, &ca, policy) {
             Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let method = reqwest::Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
             .unwrap_or(reqwest::Method::GET);
-        let mut req = client.request(method.clone(), &self.url);
+        let mut req = client.request(method.clone(), self.url.url().clone());
         for (name, value) in &self.resolved_headers {
             req = req.header(name.as_str(), value.expose());
         }
@@ -222,7 +221,7 @@ impl Http {
             self.url,
             status.as_u16()
         ));
-        if final_url != self.url {
+        if final_url != self.url.as_str() {
             out.details.push(format!("redirected to {final_url}"));
         }
         let mut problems: Vec<String> = Vec::new();
@@ -325,10 +324,6 @@ fn is_credential_header(name: &str) -> bool {
     ]
     .iter()
     .any(|w| n.contains(w))
-}
-
-fn reason(status: reqwest::StatusCode) -> &'static str {
-    status.canonical_reason().unwrap_or("")
 }
 
 /// Checks one assertion against the document; returns (holds, a sentence saying what was found).
@@ -504,135 +499,6 @@ fn show_toml(v: &toml::Value) -> String {
 
 fn show_json(v: &serde_json::Value) -> String {
     trim_for_report(&v.to_string(), 120)
-}
-
-/// The first `max` characters of `s` on one line, with "…" and the full length when cut.
-pub fn trim_for_report(s: &str, max: usize) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| {
-            if c == '\n' || c == '\r' || c == '\t' {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect();
-    let one_line = one_line.trim();
-    let total = one_line.chars().count();
-    if total <= max {
-        return one_line.to_string();
-    }
-    let cut: String = one_line.chars().take(max).collect();
-    format!("{cut}… ({total} characters)")
-}
-
-/// Time left until the item's deadline (at least one second, so a request is still tried).
-pub fn remaining(ctx: &ItemCtx) -> Duration {
-    ctx.deadline
-        .saturating_duration_since(tokio::time::Instant::now())
-        .max(Duration::from_secs(1))
-}
-
-/// A reqwest client (rustls) whose every request ends before the item's deadline.
-pub fn client(
-    ctx: &ItemCtx,
-    extra_ca: &[reqwest::Certificate],
-    redirect: reqwest::redirect::Policy,
-) -> Result<reqwest::Client, String> {
-    let total = remaining(ctx);
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(total)
-        .connect_timeout(total.min(Duration::from_secs(10)))
-        .redirect(redirect)
-        .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")));
-    for c in extra_ca {
-        b = b.add_root_certificate(c.clone());
-    }
-    b.build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
-/// Reads every certificate of a PEM file.
-pub fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "ca_file {} holds no PEM certificate",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// A reqwest error as one line, with its causes (reqwest's own Display hides the cause, e.g.
-/// "connection refused" or the certificate problem).
-/// Load-time check of an `http`/`https` URL option, shared by the HTTP-based kinds.
-pub fn check_url(p: &mut Prepare, key: &str, url: &str) {
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-        Ok(u) => p.error(
-            key,
-            format!("unsupported URL scheme {:?} (http or https)", u.scheme()),
-        ),
-        Err(e) => p.error(key, format!("invalid URL {url:?}: {e}")),
-    }
-}
-
-/// GET `url` of a monitoring API (`service` names it in messages, `base` is the configured
-/// URL) and read the whole answer, up to 8 MiB: (status, body), or the reason as a one-line
-/// failure (a longer answer is one).
-pub async fn get_text(
-    ctx: &ItemCtx,
-    service: &str,
-    base: &str,
-    url: reqwest::Url,
-) -> Result<(reqwest::StatusCode, String), String> {
-    let client = client(ctx, &[], reqwest::redirect::Policy::limited(5))?;
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("{service} at {base} unreachable: {}", describe_error(&e)))?;
-    let status = resp.status();
-    let body = read_body(resp, API_BODY_CAP).await.map_err(|e| {
-        format!(
-            "{service} at {base}: reading the answer: {}",
-            describe_error(&e)
-        )
-    })?;
-    if body.cut {
-        return Err(format!(
-            "{service} at {base}: the answer ({} {}) is larger than {}; only its first {} were read, and a JSON answer cut short cannot be read",
-            status.as_u16(),
-            reason(status),
-            size_text(API_BODY_CAP),
-            size_text(API_BODY_CAP)
-        ));
-    }
-    Ok((status, body.text()))
-}
-
-pub fn describe_error(e: &reqwest::Error) -> String {
-    let mut msg = if e.is_timeout() {
-        "timed out".to_string()
-    } else {
-        e.to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

@@ -51,8 +51,8 @@ pub struct LogScan {
     /// `app.log-20260105`) are followed automatically; do not list them.
     pub files: Vec<String>,
     /// A regex matched against each line. Default `ERROR`.
-    #[serde(default = "default_pattern")]
-    pub pattern: String,
+    #[serde(default)]
+    pub pattern: LinePattern,
     /// On the first run (no remembered offset), only lines newer than this; lines without a
     /// parseable leading timestamp are counted. Default: the whole file.
     pub since: Option<Dur>,
@@ -70,9 +70,6 @@ pub struct LogScan {
     pub top: usize,
 }
 
-fn default_pattern() -> String {
-    "ERROR".into()
-}
 fn default_warn_count() -> u64 {
     1
 }
@@ -250,9 +247,6 @@ impl LogScan {
         if self.files.is_empty() {
             p.error("files", "log_scan needs at least one file or glob");
         }
-        if let Err(e) = line_pattern(&self.pattern) {
-            p.error("pattern", format!("invalid regex: {e}"));
-        }
         for f in &self.files {
             if let Err(e) = globset::Glob::new(file_name_of(f)) {
                 p.error("files", format!("invalid glob {f:?}: {e}"));
@@ -286,12 +280,8 @@ impl LogScan {
     }
 
     fn scan(&self, ctx: &ItemCtx) -> Outcome {
-        let pattern = match line_pattern(&self.pattern) {
-            Ok(r) => r,
-            Err(e) => return Outcome::fail(format!("invalid pattern: {e}")),
-        };
         let mut tally = Tally {
-            pattern,
+            pattern: self.pattern.regex.clone(),
             cutoff: None,
             tz: ctx.tz,
             matches: 0,
@@ -315,11 +305,11 @@ impl LogScan {
         let previous_run: Option<SystemTime> = ctx.previous_started_at.map(SystemTime::from);
         for base in &bases {
             let key = base.to_string_lossy().to_string();
-            let state = match ctx.store.scan_offset(&ctx.job, &ctx.item, &key) {
+            let state = match ctx.state.scan_offset(&key) {
                 Ok(s) => s,
                 Err(e) => {
                     worst = Status::Fail;
-                    problems.push(format!("cannot read the remembered offset of {key}: {e:#}"));
+                    problems.push(format!("cannot read the remembered offset of {key}: {e}"));
                     continue;
                 }
             };
@@ -362,14 +352,12 @@ impl LogScan {
                     // The new offset is stored with the report (in its transaction), not now: a
                     // crash before the report is stored must not lose these lines for good.
                     if !ctx.dry_run {
-                        pending.push(crate::store::ScanOffset {
-                            job: ctx.job.clone(),
-                            item: ctx.item.clone(),
-                            file: key.clone(),
-                            inode: new_state.0,
-                            offset: new_state.1,
-                            fingerprint: head_fingerprint(base, new_state.1),
-                        });
+                        pending.push(ctx.state.offset(
+                            &key,
+                            new_state.0,
+                            new_state.1,
+                            head_fingerprint(base, new_state.1),
+                        ));
                     }
                     crate::failpoint!("log-scan-after-read");
                 }
@@ -420,7 +408,7 @@ impl LogScan {
         let mut summary = format!(
             "{count} line{} matching /{}/ {since_text}",
             if count == 1 { "" } else { "s" },
-            self.pattern
+            self.pattern.text
         );
         if count > 0 {
             summary.push_str(&format!(", {distinct} distinct"));
@@ -449,7 +437,7 @@ impl LogScan {
         Outcome::new(worst, summary).with_details(lines).with_pending(pending).with_data(json!({
             "matches": count,
             "lines_cut": tally.lines_cut,
-            "pattern": self.pattern,
+            "pattern": self.pattern.text,
             "distinct": distinct,
             "top": top.iter().take(self.top).map(|(m, n, ex)| json!({"message": m, "count": n, "example": ex})).collect::<Vec<_>>(),
             "files": files_data,
@@ -717,6 +705,38 @@ fn read_from(path: &Path, offset: u64, tally: &mut Tally) -> Result<FileRead, St
         from: offset,
         to: done,
     })
+}
+
+/// The `pattern` option: a regex compiled when the config is read (a bad one is a configuration
+/// error with its line and column, never a failed run).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LinePattern {
+    /// As written.
+    text: String,
+    regex: regex::bytes::Regex,
+}
+
+/// A `pattern` that is not a regex.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid regex: {0}")]
+pub struct InvalidRegex(#[from] regex::Error);
+
+impl TryFrom<String> for LinePattern {
+    type Error = InvalidRegex;
+    fn try_from(text: String) -> Result<LinePattern, InvalidRegex> {
+        Ok(LinePattern {
+            regex: line_pattern(&text)?,
+            text,
+        })
+    }
+}
+
+impl Default for LinePattern {
+    /// `ERROR`.
+    fn default() -> LinePattern {
+        LinePattern::try_from("ERROR".to_string()).expect("`ERROR` is a regex")
+    }
 }
 
 /// The pattern as it is searched for: `^` and `$` match at line starts and ends (also before a

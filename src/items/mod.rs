@@ -14,15 +14,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::base::pg::Target;
-use crate::store::Store;
+pub use crate::base::status::{Status, Trigger};
 
 pub mod alertmanager;
 pub mod backup;
-pub mod backup_verify;
 pub mod capacity;
 pub mod child_env;
 pub mod command;
@@ -38,68 +37,12 @@ pub mod replication;
 pub mod restore_drill;
 pub mod slow_queries;
 pub mod sql;
+pub mod state;
+pub mod support;
 pub mod system;
 pub mod tls_cert;
 pub mod vacuum;
 pub mod wal_archive;
-
-/// The status of one item, and of a run (the worst of its items).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pass,
-    /// A checklist line for a person: shown unchecked.
-    Manual,
-    /// Not run (dry run, or excluded); the plan is in the details.
-    Skipped,
-    Warn,
-    Fail,
-}
-
-/// The report line for workers whose connection failed (`max_connections` reached, say): they
-/// took nothing and the others did their share, but the run was slower than asked and the
-/// reason matters. `None` when every worker connected.
-pub fn workers_failed_line(errors: &[String], workers: usize) -> Option<String> {
-    (!errors.is_empty()).then(|| {
-        format!(
-            "{} of {workers} worker connection(s) failed, so fewer tables ran at once: {}",
-            errors.len(),
-            errors.join("; ")
-        )
-    })
-}
-
-impl Status {
-    /// Severity for "worst first" and for the run status: manual and skipped count as pass.
-    pub fn severity(self) -> u8 {
-        match self {
-            Status::Pass | Status::Manual | Status::Skipped => 0,
-            Status::Warn => 1,
-            Status::Fail => 2,
-        }
-    }
-
-    /// The four-letter tag of the text report.
-    pub fn tag(self) -> &'static str {
-        match self {
-            Status::Pass => "PASS",
-            Status::Warn => "WARN",
-            Status::Fail => "FAIL",
-            Status::Skipped => "SKIP",
-            Status::Manual => "TODO",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pass => "pass",
-            Status::Warn => "warn",
-            Status::Fail => "fail",
-            Status::Skipped => "skipped",
-            Status::Manual => "manual",
-        }
-    }
-}
 
 /// What one item found.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +57,7 @@ pub struct Outcome {
     /// State to remember only together with the report that accounts for it (`log_scan`'s new
     /// offsets): the runner writes it in the report's own transaction, so a crash before the
     /// report is stored leaves the old state and the next run reads those lines again.
-    pub pending: Vec<crate::store::ScanOffset>,
+    pub pending: Vec<state::ScanOffset>,
 }
 
 impl Outcome {
@@ -155,7 +98,7 @@ impl Outcome {
         self
     }
     /// State committed with the report (see [`Outcome::pending`]).
-    pub fn with_pending(mut self, pending: Vec<crate::store::ScanOffset>) -> Outcome {
+    pub fn with_pending(mut self, pending: Vec<state::ScanOffset>) -> Outcome {
         self.pending = pending;
         self
     }
@@ -163,25 +106,6 @@ impl Outcome {
     pub fn escalate(&mut self, status: Status) {
         if status.severity() > self.status.severity() {
             self.status = status;
-        }
-    }
-}
-
-/// How a run was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Manual,
-    Schedule,
-    CatchUp,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Manual => "manual",
-            Trigger::Schedule => "schedule",
-            Trigger::CatchUp => "catch_up",
         }
     }
 }
@@ -202,7 +126,8 @@ pub struct ItemCtx {
     /// The config file's folder: relative paths are relative to it.
     pub config_dir: PathBuf,
     pub targets: Arc<BTreeMap<String, Target>>,
-    pub store: Store,
+    /// This item's own remembered state (log offsets, its earlier results); never the store.
+    pub state: state::ItemState,
     /// Cancelled when the run must stop (job timeout, daemon shutdown). Items that hold external
     /// resources (child processes, scratch databases) clean up when it fires.
     pub cancel: CancellationToken,
@@ -218,11 +143,20 @@ pub struct ItemCtx {
 }
 
 impl ItemCtx {
+    /// The context of the item `item` of kind `kind`, from the run's shared one.
+    pub fn for_item(&self, item: &str, kind: &str) -> ItemCtx {
+        ItemCtx {
+            item: item.to_string(),
+            state: self.state.for_item(item, kind),
+            ..self.clone()
+        }
+    }
+
     /// The target called `name` (validated at load, so it exists).
-    pub fn target(&self, name: &str) -> Result<&Target, String> {
+    pub fn target(&self, name: &str) -> Result<&Target, TargetError> {
         self.targets
             .get(name)
-            .ok_or_else(|| format!("unknown target {name:?}"))
+            .ok_or_else(|| TargetError::Unknown(name.to_string()))
     }
 
     /// A connection for a read-only check on the target called `name`: its statements run
@@ -232,9 +166,9 @@ impl ItemCtx {
     pub async fn check_connection(
         &self,
         name: &str,
-    ) -> Result<(&Target, tokio_postgres::Client), String> {
+    ) -> Result<(&Target, tokio_postgres::Client), TargetError> {
         let target = self.target(name)?;
-        let client = target.connect().await?;
+        let client = target.connect().await.map_err(TargetError::Connect)?;
         let timeout = target.check_timeout_ms(self.deadline);
         let _ = client
             .batch_execute(&format!(
@@ -252,6 +186,17 @@ impl ItemCtx {
             self.config_dir.join(p)
         }
     }
+}
+
+/// Why an item cannot use its target.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Not in `[targets]` (the config refuses that at load; kept for items run by hand).
+    #[error("unknown target {0:?}")]
+    Unknown(String),
+    /// The connection failed (the reason, as `base::pg` words it).
+    #[error("{0}")]
+    Connect(String),
 }
 
 /// Load-time checks of one item: collects errors (with the key they concern) and warnings.
@@ -497,4 +442,54 @@ pub struct SqlCheck {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub expect: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ItemSpec;
+
+    /// The error of reading `toml` as an item, or `None` when it reads. (The config names the
+    /// file, line, column, job and item of such an error: `tests/cli.rs`.)
+    fn read_error(toml: &str) -> Option<String> {
+        toml::from_str::<ItemSpec>(toml)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn options_that_can_be_checked_are_refused_when_the_config_is_read() {
+        let cases = [
+            (
+                "kind = \"backup\"\ndir = \"/b\"\npattern = \"[oops\"\n",
+                "invalid glob \"[oops\"",
+            ),
+            (
+                "kind = \"restore_drill\"\ntarget = \"db\"\ndir = \"/b\"\npattern = \"[oops\"\n",
+                "invalid glob \"[oops\"",
+            ),
+            (
+                "kind = \"log_scan\"\nfiles = [\"/l\"]\npattern = \"(unclosed\"\n",
+                "invalid regex",
+            ),
+            (
+                "kind = \"alertmanager\"\nurl = \"ftp://am:9093\"\n",
+                "unsupported URL scheme \"ftp\"",
+            ),
+            (
+                "kind = \"prometheus\"\nurl = \"not a url\"\nquery = \"up\"\n",
+                "invalid URL \"not a url\"",
+            ),
+            (
+                "kind = \"http\"\nurl = \"file:///etc/passwd\"\n",
+                "unsupported URL scheme \"file\"",
+            ),
+        ];
+        for (toml, words) in cases {
+            let err = read_error(toml).unwrap_or_else(|| panic!("accepted:\n{toml}"));
+            assert!(err.contains(words), "expected {words:?} in {err}");
+        }
+        // The defaults and good values read.
+        assert_eq!(read_error("kind = \"backup\"\ndir = \"/b\"\n"), None);
+        assert_eq!(read_error("kind = \"log_scan\"\nfiles = [\"/l\"]\n"), None);
+    }
 }

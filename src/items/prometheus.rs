@@ -16,7 +16,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{check_url, get_text, trim_for_report};
+use super::support::http::{HttpUrl, get_text, trim_for_report};
 use super::{ItemCtx, Outcome, Prepare, Status};
 
 /// Options of `kind = "prometheus"`.
@@ -24,7 +24,7 @@ use super::{ItemCtx, Outcome, Prepare, Status};
 #[serde(deny_unknown_fields)]
 pub struct Prometheus {
     /// Base URL, e.g. `http://localhost:9090`.
-    pub url: String,
+    pub url: HttpUrl,
     /// The PromQL expression, evaluated as an instant query at "now".
     pub query: String,
     /// Warn when a series' value is above this.
@@ -73,7 +73,6 @@ struct Series {
 
 impl Prometheus {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        check_url(p, "url", &self.url);
         for (key, v) in [
             ("warn_increase_pct", self.warn_increase_pct),
             ("fail_increase_pct", self.fail_increase_pct),
@@ -257,20 +256,16 @@ impl Prometheus {
         ctx: &ItemCtx,
         at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(Vec<Series>, Vec<String>), Outcome> {
-        let base = self.url.trim_end_matches('/');
-        let mut url = match reqwest::Url::parse(&format!("{base}/api/v1/query")) {
-            Ok(u) => u,
-            Err(e) => return Err(Outcome::fail(format!("invalid URL {:?}: {e}", self.url))),
-        };
+        let mut url = self.url.endpoint("/api/v1/query");
         url.query_pairs_mut().append_pair("query", &self.query);
         if let Some(at) = at {
             url.query_pairs_mut()
                 .append_pair("time", &at.timestamp().to_string());
         }
         let fail = |o: Outcome| -> Result<(Vec<Series>, Vec<String>), Outcome> { Err(o) };
-        let (http_status, body) = match get_text(ctx, "Prometheus", &self.url, url).await {
+        let (http_status, body) = match get_text(ctx, "Prometheus", self.url.as_str(), url).await {
             Ok(r) => r,
-            Err(e) => return fail(Outcome::fail(e)),
+            Err(e) => return fail(Outcome::fail(e.to_string())),
         };
         let doc: serde_json::Value = match serde_json::from_str(&body) {
             Ok(d) => d,
@@ -579,7 +574,7 @@ mod tests {
     #[test]
     fn values_and_thresholds() {
         let p = Prometheus {
-            url: "http://p".into(),
+            url: HttpUrl::try_from("http://p".to_string()).expect("valid"),
             query: "x".into(),
             warn_above: Some(80.0),
             fail_above: Some(95.0),

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_postgres::Client;
 
+use super::support::workers;
 use super::{ItemCtx, Outcome, Prepare, Status};
 use crate::base::pg::{self, Target, qualified};
 #[allow(unused_imports)]
@@ -110,7 +111,7 @@ impl Reindex {
         let started = Instant::now();
         let target = match ctx.target(&self.target) {
             Ok(t) => t.clone(),
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let client = match target.connect_for_maintenance().await {
             Ok(c) => c,
@@ -185,7 +186,7 @@ impl Reindex {
         // for its slot on a server at max_connections.
         let (results, worker_errors, spare) = self.execute(ctx, &target, &work, client).await;
         if let Some(line) =
-            super::workers_failed_line(&worker_errors, self.parallel.max(1).min(work.len().max(1)))
+            workers::failed_line(&worker_errors, self.parallel.max(1).min(work.len().max(1)))
         {
             details.insert(0, line);
         }
@@ -414,35 +415,33 @@ impl Reindex {
         let queue: Arc<Mutex<VecDeque<TableWork>>> =
             Arc::new(Mutex::new(work.iter().cloned().collect()));
         let results = Arc::new(Mutex::new(Vec::new()));
-        let mut workers = Vec::new();
-        let mut first = Some(first);
-        for _ in 0..self.parallel.max(1).min(work.len().max(1)) {
-            let first = first.take();
+        let count = self.parallel.max(1).min(work.len().max(1));
+        let mut connections: Vec<workers::Connect<Client>> = vec![workers::ready(Ok(first))];
+        for _ in 1..count {
+            let target = target.clone();
+            connections.push(Box::pin(async move {
+                let (c, _notices) = target.connect_extra_worker().await?;
+                c.batch_execute("SET statement_timeout = 0")
+                    .await
+                    .map_err(|e| pg::pg_error(&e))?;
+                Ok(c)
+            }));
+        }
+        let (target, opts, cancel) = (target.clone(), self.clone(), ctx.cancel.clone());
+        let (work_queue, work_results) = (queue.clone(), results.clone());
+        // The first worker's connection is already under statement_timeout = 0.
+        let finished = workers::run(connections, "reindex", move |client: Client| {
             let (queue, results, target, opts, cancel) = (
-                queue.clone(),
-                results.clone(),
+                work_queue.clone(),
+                work_results.clone(),
                 target.clone(),
-                self.clone(),
-                ctx.cancel.clone(),
+                opts.clone(),
+                cancel.clone(),
             );
-            workers.push(tokio::spawn(async move {
-                let client = match first {
-                    // Already under statement_timeout = 0.
-                    Some(c) => c,
-                    None => {
-                        let c = match target.connect_extra_worker().await {
-                            Ok((c, _notices)) => c,
-                            Err(e) => return (Some(e), None),
-                        };
-                        if let Err(e) = c.batch_execute("SET statement_timeout = 0").await {
-                            return (Some(pg::pg_error(&e)), None);
-                        }
-                        c
-                    }
-                };
+            async move {
                 loop {
                     let Some(table) = queue.lock().expect("queue lock").pop_front() else {
-                        return (None, Some(client));
+                        return Some(client);
                     };
                     for ix in &table.indexes {
                         let name = qualified(&ix.schema, &ix.name);
@@ -477,21 +476,10 @@ impl Reindex {
                         ));
                     }
                 }
-            }));
-        }
-        let mut errors = Vec::new();
-        let mut spare = None;
-        for w in workers {
-            match w.await {
-                Ok((error, client)) => {
-                    errors.extend(error);
-                    if spare.is_none() {
-                        spare = client;
-                    }
-                }
-                Err(e) => errors.push(format!("worker panicked: {e}")),
             }
-        }
+        })
+        .await;
+        let (errors, spare) = (finished.errors, finished.spare);
         let mut out = results.lock().expect("results lock").clone();
         // Tables no worker could take (all connections failed) are failures, not silence.
         let leftover: Vec<TableWork> = queue.lock().expect("queue lock").drain(..).collect();

@@ -140,7 +140,7 @@ impl Replication {
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let (target, client) = match ctx.check_connection(&self.target).await {
             Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let in_recovery = match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
             Ok(r) => match pg::col::<bool>(&r, 0) {

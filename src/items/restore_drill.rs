@@ -22,7 +22,7 @@
 //!   2. psql reads a plain dump in `\restrict` mode, entered first with a random key only
 //!      runbook knows: no meta-command (`\!`, backquotes in `\set`, `\connect`, `\o |`) can
 //!      run. A psql too old for `\restrict` stops at that first line, before anything ran.
-//!   3. [`bv::PlainGuard`] reads the plain dump as psql would and refuses meta-commands,
+//!   3. [`plain_guard::PlainGuard`] reads the plain dump as psql would and refuses meta-commands,
 //!      `CREATE/ALTER/DROP DATABASE` and `COPY ... PROGRAM` wherever they are, with the line, so
 //!      the report says why. It leaves out pg_dump's own ownership and privilege lines (the
 //!      drill's role could not run them), as `pg_restore --no-owner --no-privileges` does.
@@ -40,7 +40,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::backup::Verify;
-use super::backup_verify::{self as bv, Format};
+use super::support::backup_files::BackupPattern;
+use super::support::backup_format::Format;
+use super::support::{backup_files, backup_format, pg_tools, plain_guard};
 use super::{ItemCtx, Outcome, Prepare, SqlCheck, Status};
 use crate::base::pg::{Target, quote_ident};
 #[allow(unused_imports)]
@@ -58,8 +60,8 @@ pub struct RestoreDrill {
     /// Folder holding the backups.
     pub dir: std::path::PathBuf,
     /// Shell glob matched against file names. Default `"*"`.
-    #[serde(default = "super::backup::default_pattern")]
-    pub pattern: String,
+    #[serde(default)]
+    pub pattern: BackupPattern,
     /// `pg_restore -j`. Default 2.
     #[serde(default = "default_parallel")]
     pub parallel: u32,
@@ -99,9 +101,6 @@ pub fn is_scratch_name(name: &str) -> bool {
 
 impl RestoreDrill {
     pub fn prepare(&mut self, p: &mut Prepare) {
-        if let Err(e) = bv::matcher(&self.pattern) {
-            p.error("pattern", e);
-        }
         if self.parallel == 0 {
             p.error("parallel", "parallel must be at least 1");
         }
@@ -162,7 +161,7 @@ impl RestoreDrill {
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let target = match ctx.target(&self.target) {
             Ok(t) => t.clone(),
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let scratch = self.scratch_name(ctx);
         if !is_scratch_name(&scratch) {
@@ -171,13 +170,10 @@ impl RestoreDrill {
             ));
         }
         let dir = ctx.path(&self.dir);
-        let matcher = match bv::matcher(&self.pattern) {
-            Ok(m) => m,
-            Err(e) => return Outcome::fail(e),
-        };
-        let sel = match bv::select_newest(
+        let matcher = self.pattern.matcher();
+        let sel = match backup_files::select_newest(
             &dir,
-            &matcher,
+            matcher,
             self.settle.0,
             Duration::from_millis(200),
             &[],
@@ -185,11 +181,15 @@ impl RestoreDrill {
         .await
         {
             Ok(s) => s,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let Some(i) = sel.newest else {
             let why = if sel.all.is_empty() {
-                format!("no backup matching {:?} in {}", self.pattern, dir.display())
+                format!(
+                    "no backup matching {:?} in {}",
+                    self.pattern.as_str(),
+                    dir.display()
+                )
             } else {
                 format!(
                     "no complete backup in {}: {} is still being written",
@@ -200,7 +200,7 @@ impl RestoreDrill {
             return Outcome::fail(why);
         };
         let backup = sel.all[i].clone();
-        let format = bv::detect(&backup);
+        let format = backup_format::detect(&backup);
         let plain_gzip = format == Format::Gzip;
         let method = match format {
             Format::Custom | Format::Directory => Method::PgRestore,
@@ -525,7 +525,7 @@ impl RestoreDrill {
         let mut skipped_ownership = 0;
         let run = match method {
             Method::PgRestore => {
-                let mut cmd = tokio::process::Command::new(bv::pg_tool("pg_restore"));
+                let mut cmd = tokio::process::Command::new(pg_tools::pg_tool("pg_restore"));
                 cmd.args([
                     "--no-owner",
                     "--no-privileges",
@@ -537,10 +537,10 @@ impl RestoreDrill {
                 ])
                 .arg(path);
                 Self::pg_env(&mut cmd, target);
-                bv::run_tool(cmd, ctx.deadline, &ctx.cancel, false).await
+                pg_tools::run_tool(cmd, ctx.deadline, &ctx.cancel, false).await
             }
             Method::Psql => {
-                let mut cmd = tokio::process::Command::new(bv::pg_tool("psql"));
+                let mut cmd = tokio::process::Command::new(pg_tools::pg_tool("psql"));
                 cmd.args([
                     "-X",
                     "-q",
@@ -566,12 +566,14 @@ impl RestoreDrill {
                 };
                 let _ = tx.try_send(format!("\\restrict {key}\n").into_bytes());
                 let (p, cancel) = (path.to_path_buf(), ctx.cancel.clone());
-                let feeder =
-                    tokio::task::spawn_blocking(move || bv::feed_plain(&p, gzip, tx, cancel));
+                let feeder = tokio::task::spawn_blocking(move || {
+                    plain_guard::feed_plain(&p, gzip, tx, cancel)
+                });
                 let run =
-                    bv::run_tool_with_input(cmd, ctx.deadline, &ctx.cancel, false, Some(rx)).await;
+                    pg_tools::run_tool_with_input(cmd, ctx.deadline, &ctx.cancel, false, Some(rx))
+                        .await;
                 match feeder.await {
-                    Ok(Err(e)) if e != "psql stopped reading" => {
+                    Ok(Err(e)) if !matches!(e, plain_guard::FeedError::PsqlStopped) => {
                         return DrillResult {
                             restore_error: Some(format!("plain dump refused or unreadable: {e}")),
                             ..Default::default()
@@ -588,7 +590,7 @@ impl RestoreDrill {
                     return DrillResult {
                         restore_error: Some(format!(
                             "{} is too old to restore an untrusted plain dump safely: it lacks \\restrict (psql 13.22, 14.19, 15.14, 16.10, 17.6 or later); nothing was restored",
-                            bv::pg_tool("psql").display()
+                            pg_tools::pg_tool("psql").display()
                         )),
                         ..Default::default()
                     };
@@ -735,15 +737,10 @@ impl RestoreDrill {
 
     /// RTO against the earlier drills of this item (from the stored reports of the job).
     fn trend(&self, ctx: &ItemCtx, rto: Duration) -> Trend {
-        let reports = ctx.store.recent_reports(&ctx.job, 20).unwrap_or_default();
-        let history: Vec<u64> = reports
+        let history: Vec<u64> = ctx
+            .state
+            .earlier_results(20)
             .iter()
-            .filter(|r| r.run_id != ctx.run_id)
-            .filter_map(|r| {
-                r.items
-                    .iter()
-                    .find(|i| i.name == ctx.item && i.kind == "restore_drill")
-            })
             .filter(|i| i.status != Status::Fail)
             .filter_map(|i| i.data.get("rto_ms").and_then(|v| v.as_u64()))
             .take(5)

@@ -81,7 +81,7 @@ impl SlowQueries {
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let (target, client) = match ctx.check_connection(&self.target).await {
             Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let mut status = Status::Pass;
         let mut summary_parts = Vec::new();

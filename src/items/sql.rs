@@ -71,7 +71,7 @@ impl Sql {
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let target = match ctx.target(&self.target) {
             Ok(t) => t,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let mut client = match target.connect().await {
             Ok(c) => c,

@@ -200,7 +200,7 @@ impl TlsCert {
                 Err(e) => return Outcome::fail(e),
             };
             for endpoint in &self.endpoints {
-                let budget = super::http::remaining(ctx).min(Duration::from_secs(15));
+                let budget = super::support::http::remaining(ctx).min(Duration::from_secs(15));
                 let result = tokio::select! {
                     r = tokio::time::timeout(budget, handshake(endpoint, self.server_name.as_deref(), roots.clone())) => r
                         .unwrap_or_else(|_| Err(format!("no TLS handshake within {}s", budget.as_secs()))),

@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::Client;
 
+use super::support::workers;
 use super::{ItemCtx, Outcome, Prepare, Status};
 use crate::base::pg::{self, Target, qualified};
 #[allow(unused_imports)]
@@ -218,7 +219,7 @@ impl Vacuum {
         let started = Instant::now();
         let target = match ctx.target(&self.target) {
             Ok(t) => t.clone(),
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         // The planning connection is a maintenance one (under `lock_timeout`): it becomes the
         // first worker.
@@ -381,7 +382,7 @@ impl Vacuum {
             ));
         }
         out.details.extend(read_ahead_note);
-        out.details.extend(super::workers_failed_line(
+        out.details.extend(workers::failed_line(
             &worker_errors,
             self.parallel.max(1).min(tables.len().max(1)),
         ));
@@ -635,26 +636,20 @@ impl Vacuum {
         let stop_at = window_end.map_or(item_end, |w| w.min(item_end));
         let tables = Arc::new(tables.to_vec());
 
-        let mut workers = Vec::new();
-        for conn in conns {
+        let window_given = window_end.is_some();
+        let (target, opts, cancel) = (target.clone(), self.clone(), ctx.cancel.clone());
+        let work_results = results.clone();
+        let connections = conns.into_iter().map(workers::ready).collect();
+        let finished = workers::run(connections, "vacuum", move |(client, mut notices): (Client, UnboundedReceiver<String>)| {
             let (queue, results, tables, target, opts, cancel) = (
                 queue.clone(),
-                results.clone(),
+                work_results.clone(),
                 tables.clone(),
                 target.clone(),
-                self.clone(),
-                ctx.cancel.clone(),
+                opts.clone(),
+                cancel.clone(),
             );
-            let window_given = window_end.is_some();
-            workers.push(tokio::spawn(async move {
-                let (client, mut notices) = match conn {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Without a connection this worker takes nothing; report it once.
-                        tracing::warn!("vacuum worker: {e}");
-                        return (Some(e), None);
-                    }
-                };
+            async move {
                 loop {
                     let next = {
                         let mut q = queue.lock().expect("queue lock");
@@ -665,11 +660,11 @@ impl Vacuum {
                         }
                     };
                     let entry = match next {
-                        None => return (None, Some((client, notices))),
+                        None => return Some((client, notices)),
                         Some(Err(wake)) => {
                             tokio::select! {
                                 _ = tokio::time::sleep_until(wake.into()) => {},
-                                _ = cancel.cancelled() => return (None, Some((client, notices))),
+                                _ = cancel.cancelled() => return Some((client, notices)),
                             }
                             continue;
                         }
@@ -696,7 +691,7 @@ impl Vacuum {
                         _ = cancel.cancelled() => {
                             target.cancel(&client.cancel_token()).await;
                             results.lock().expect("results lock")[entry.index] = Some(Done::Failed("cancelled while running".into()));
-                            return (None, None);
+                            return None;
                         }
                     };
                     let attempts = entry.attempts + 1;
@@ -734,21 +729,10 @@ impl Vacuum {
                     };
                     results.lock().expect("results lock")[entry.index] = Some(done);
                 }
-            }));
-        }
-        let mut worker_errors = Vec::new();
-        let mut spare = None;
-        for w in workers {
-            match w.await {
-                Ok((error, client)) => {
-                    worker_errors.extend(error);
-                    if spare.is_none() {
-                        spare = client;
-                    }
-                }
-                Err(e) => worker_errors.push(format!("worker panicked: {e}")),
             }
-        }
+        })
+        .await;
+        let (worker_errors, spare) = (finished.errors, finished.spare);
         let results = results.lock().expect("results lock").clone();
         let fallback = worker_errors
             .first()

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::backup_verify::human_age;
+use super::support::backup_files::human_age;
 use super::{ItemCtx, Outcome, Prepare, Status};
 use crate::base::pg;
 use crate::base::units::Dur;
@@ -85,7 +85,7 @@ impl WalArchive {
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
         let (target, client) = match ctx.check_connection(&self.target).await {
             Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let a = match read(&client).await {
             Ok(a) => a,
@@ -255,20 +255,11 @@ async fn read(client: &tokio_postgres::Client) -> Result<Archiver, String> {
 /// (archived total, failed total, stats_reset) in this item's data of the job's newest earlier
 /// report that has it.
 fn previous_totals(ctx: &ItemCtx) -> Option<(i64, i64, String)> {
-    let reports = ctx.store.recent_reports(&ctx.job, 5).unwrap_or_default();
-    reports
-        .iter()
-        .filter(|r| r.run_id != ctx.run_id)
-        .filter_map(|r| {
-            r.items
-                .iter()
-                .find(|i| i.name == ctx.item && i.kind == "wal_archive")
-        })
-        .find_map(|i| {
-            Some((
-                i.data.get("archived_total")?.as_i64()?,
-                i.data.get("failed_total")?.as_i64()?,
-                i.data.get("stats_reset")?.as_str()?.to_string(),
-            ))
-        })
+    ctx.state.earlier_results(5).iter().find_map(|i| {
+        Some((
+            i.data.get("archived_total")?.as_i64()?,
+            i.data.get("failed_total")?.as_i64()?,
+            i.data.get("stats_reset")?.as_str()?.to_string(),
+        ))
+    })
 }

@@ -9,7 +9,7 @@
 use askama::Template;
 
 use super::{Change, ItemReport, Report};
-use crate::items::Status;
+use crate::base::status::Status;
 
 struct Row<'a> {
     item: &'a ItemReport,
@@ -454,7 +454,7 @@ mod tests {
     fn all_passed_says_so() {
         let mut r = crate::report::tests::sample();
         for i in &mut r.items {
-            i.status = crate::items::Status::Pass;
+            i.status = crate::base::status::Status::Pass;
             i.change = crate::report::Change::Same;
         }
         r.finish_status();

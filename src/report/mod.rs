@@ -4,7 +4,7 @@
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
-use crate::items::{Status, Trigger};
+use crate::base::status::{Status, Trigger};
 
 pub mod html;
 pub mod json;

@@ -13,7 +13,7 @@
 use serde_json::{Value, json};
 
 use super::{Change, ItemReport, Report};
-use crate::items::Status;
+use crate::base::status::Status;
 
 /// Slack's limit on blocks per message.
 pub const MAX_BLOCKS: usize = 50;

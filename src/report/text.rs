@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::Report;
-use crate::items::Status;
+use crate::base::status::Status;
 
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
