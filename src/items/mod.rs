@@ -30,6 +30,7 @@ pub mod http;
 pub mod key_rotation;
 pub mod log_scan;
 pub mod manual;
+pub mod pitr_drill;
 pub mod prometheus;
 pub mod query_text;
 pub mod reindex;
@@ -331,7 +332,7 @@ pub enum ItemSpec {
     Command(command::Command),
     KeyRotation(key_rotation::KeyRotation),
     Backup(backup::Backup),
-    RestoreDrill(restore_drill::RestoreDrill),
+    RestoreDrill(Box<restore_drill::RestoreDrill>),
     Vacuum(vacuum::Vacuum),
     Reindex(reindex::Reindex),
     CreateIndexes(create_indexes::CreateIndexes),
