@@ -292,11 +292,18 @@ fn missing_archive_missing_backup_missing_wal_and_a_server_that_cannot_start_fai
     let s = setup(
         &pg,
         &format!(
-            "[jobs.drill]\n{}{}{}{}[[jobs.drill.items]]\nname = \"still runs\"\nkind = \"sql\"\ntarget = \"db\"\nquery = \"SELECT count(*) FROM orders\"\n",
+            "[jobs.drill]\n{}{}{}{}{}[[jobs.drill.items]]\nname = \"still runs\"\nkind = \"sql\"\ntarget = \"db\"\nquery = \"SELECT count(*) FROM orders\"\n",
             pitr_item("drill", "no archive", &good, &root.path().join("nope"), ""),
             pitr_item("drill", "no backup", &empty, &archive, ""),
             pitr_item("drill", "no wal", &no_wal, &empty_archive, ""),
             pitr_item("drill", "broken", &broken, &archive, ""),
+            pitr_item(
+                "drill",
+                "before the backup",
+                &good,
+                &archive,
+                "recovery_target = \"now - 1h\""
+            ),
         ),
     );
     let (code, report, all) = s.run("drill", &[]);
@@ -333,6 +340,15 @@ fn missing_archive_missing_backup_missing_wal_and_a_server_that_cannot_start_fai
     let summary = it["summary"].as_str().unwrap();
     assert!(
         summary.contains("the scratch server stopped") && summary.contains("pg_control"),
+        "{summary}"
+    );
+
+    // A target older than every backup: recovery only goes forward from one.
+    let it = item(&report, "before the backup");
+    assert_eq!(it["status"], "fail", "{all}");
+    let summary = it["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("was finished before the recovery target"),
         "{summary}"
     );
 
@@ -475,5 +491,54 @@ fn a_scratch_server_left_by_a_killed_runbook_is_stopped_and_removed_by_the_next_
         "{details}"
     );
     assert!(!alive(pid), "the leftover server still runs");
+    assert_no_scratch(&s);
+}
+
+#[test]
+fn a_time_target_stops_before_the_transactions_after_it() {
+    let (pg, archive) = archiving_cluster();
+    q(
+        &pg,
+        "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 100)",
+    );
+    let backups = tempfile::tempdir().expect("tempdir");
+    base_backup(&pg, &backups.path().join("b"), &["-Ft", "-X", "stream"]);
+    q(&pg, "INSERT INTO orders SELECT generate_series(101, 500)");
+    // A point between two committed transactions, in the server's own clock.
+    let point = q(
+        &pg,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    q(&pg, "INSERT INTO orders SELECT generate_series(501, 1000)");
+    switch_and_wait(&pg);
+    let s = setup(
+        &pg,
+        &format!(
+            "[jobs.drill]\n{}",
+            pitr_item(
+                "drill",
+                "pitr",
+                backups.path(),
+                &archive,
+                &format!(
+                    "recovery_target = \"{point}\"\nchecks = [{{ name = \"orders\", query = \"SELECT count(*) FROM orders\" }}]"
+                )
+            )
+        ),
+    );
+    let (code, report, all) = s.run("drill", &[]);
+    assert_eq!(code, 0, "{all}");
+    let it = item(&report, "pitr");
+    assert_eq!(it["status"], "pass", "{all}");
+    // The 400 rows before the point, not the 500 after it.
+    assert_eq!(it["data"]["checks"][0]["value"], "500", "{all}");
+    assert_eq!(it["data"]["recovery_target"], point.as_str(), "{all}");
+    let replayed = it["data"]["replayed_until"]
+        .as_str()
+        .expect("replayed_until");
+    let replayed = chrono::DateTime::parse_from_rfc3339(replayed).expect("rfc3339");
+    let point_t = chrono::DateTime::parse_from_rfc3339(&point).expect("rfc3339");
+    assert!(replayed <= point_t, "{replayed} after {point_t}");
     assert_no_scratch(&s);
 }

@@ -250,8 +250,29 @@ fn backup_in(d: &Path) -> Option<Result<BaseBackup, String>> {
     }))
 }
 
-/// The newest base backup in `dir` (a sub-folder per backup, or `dir` itself).
-fn newest_backup(dir: &Path) -> Result<BaseBackup, String> {
+/// The newest base backup in `dir` (a sub-folder per backup, or `dir` itself) that was
+/// finished (its main file written) by `before`, the recovery target: recovery can only go
+/// forward from a backup.
+fn newest_backup(dir: &Path, before: Option<DateTime<Utc>>) -> Result<BaseBackup, String> {
+    let all = all_backups(dir)?;
+    let n = all.len();
+    let usable: Vec<&BaseBackup> = all
+        .iter()
+        .filter(|b| before.is_none_or(|t| DateTime::<Utc>::from(b.modified) <= t))
+        .collect();
+    match (usable.last(), before) {
+        (Some(b), _) => Ok((*b).clone()),
+        (None, Some(t)) => Err(format!(
+            "no base backup in {} was finished before the recovery target {} ({n} newer): recovery only goes forward from a backup",
+            dir.display(),
+            t.format("%Y-%m-%d %H:%M:%S UTC")
+        )),
+        (None, None) => Err(format!("no base backup in {}", dir.display())),
+    }
+}
+
+/// Every base backup in `dir`, oldest first (at least one).
+fn all_backups(dir: &Path) -> Result<Vec<BaseBackup>, String> {
     if !dir.is_dir() {
         return Err(format!(
             "base backup folder {} does not exist",
@@ -259,7 +280,7 @@ fn newest_backup(dir: &Path) -> Result<BaseBackup, String> {
         ));
     }
     if let Some(b) = backup_in(dir) {
-        return b;
+        return b.map(|b| vec![b]);
     }
     let entries = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read base backup folder {}: {e}", dir.display()))?;
@@ -277,8 +298,8 @@ fn newest_backup(dir: &Path) -> Result<BaseBackup, String> {
         }
     }
     found.sort_by(|a, b| (a.modified, &a.name).cmp(&(b.modified, &b.name)));
-    match found.pop() {
-        Some(b) => Ok(b),
+    match found.last() {
+        Some(_) => Ok(found),
         None if !refused.is_empty() => Err(refused.join("; ")),
         None => Err(format!(
             "no base backup in {} (expected sub-folders written by pg_basebackup -D: base.tar[.gz] or a plain data folder with backup_label)",
@@ -627,14 +648,34 @@ fn log_tail(log: &Path, ctx: &ItemCtx, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// The most telling line of a server log: the last FATAL/PANIC, else the last line.
+/// The most telling line of a server log: the last PANIC, else the last FATAL that is not
+/// about our own connection attempts, else its last three lines.
 fn log_reason(tail: &[String]) -> String {
-    tail.iter()
+    let ours = |l: &&String| {
+        l.contains("the database system is starting up")
+            || l.contains("the database system is not yet accepting connections")
+            || l.contains("the database system is shutting down")
+    };
+    if let Some(l) = tail.iter().rev().find(|l| l.contains("PANIC:")) {
+        return l.clone();
+    }
+    if let Some(l) = tail
+        .iter()
         .rev()
-        .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
-        .or_else(|| tail.last())
-        .cloned()
-        .unwrap_or_else(|| "(the server log is empty)".into())
+        .filter(|l| !ours(l))
+        .find(|l| l.contains("FATAL:"))
+    {
+        return l.clone();
+    }
+    let lines: Vec<&str> = tail
+        .iter()
+        .filter(|l| !ours(l))
+        .map(String::as_str)
+        .collect();
+    if lines.is_empty() {
+        return "(the server log is empty)".into();
+    }
+    lines[lines.len().saturating_sub(3)..].join(" ")
 }
 
 enum Ready {
@@ -745,7 +786,8 @@ pub async fn run(o: &RestoreDrill, ctx: &ItemCtx) -> Outcome {
         ))
         .with_data(data);
     }
-    let backup = match newest_backup(&base_dir) {
+    let stop_at = recovery_target.time(started);
+    let backup = match newest_backup(&base_dir, stop_at) {
         Ok(b) => b,
         Err(e) => return Outcome::fail(e).with_data(data),
     };
@@ -755,7 +797,6 @@ pub async fn run(o: &RestoreDrill, ctx: &ItemCtx) -> Outcome {
         "format": backup.format.as_str(),
         "modified": DateTime::<Utc>::from(backup.modified).to_rfc3339(),
     });
-    let stop_at = recovery_target.time(started);
     let user = target.pg.get_user().unwrap_or("postgres").to_string();
     let database = o
         .database
@@ -1059,6 +1100,11 @@ async fn drill(
                     || l.contains("requested WAL segment")
             }) {
                 " (the base backup needs WAL that is neither in it nor in the archive)"
+            } else if tail
+                .iter()
+                .any(|l| l.contains("recovery ended before configured recovery target was reached"))
+            {
+                " (the archive has no transaction after the recovery target)"
             } else {
                 ""
             };
