@@ -39,6 +39,8 @@ fn base_backup(pg: &TempCluster, dest: &Path, args: &[&str]) {
             &pg.port.to_string(),
             "-U",
             "postgres",
+            "-c",
+            "fast",
             "-D",
         ])
         .arg(dest)
@@ -231,6 +233,17 @@ fn a_tar_base_backup_and_the_archive_restore_the_newest_rows_with_rto_and_rpo() 
 #[test]
 fn plain_and_gzipped_tar_base_backups_restore_too() {
     let (pg, archive, plain) = primary_with_backups(&["-Fp", "-X", "fetch"]);
+    // A configuration that points at the source's folders (Debian's keeps data_directory in
+    // /etc; copied into a data folder it would aim the scratch server at the source).
+    let conf = plain.path().join("newest/postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+    let source_pid = pg.data.parent().unwrap().join("source-external.pid");
+    text.push_str(&format!(
+        "\ndata_directory = '{}'\nexternal_pid_file = '{}'\n",
+        pg.data.display(),
+        source_pid.display()
+    ));
+    std::fs::write(&conf, text).expect("write postgresql.conf");
     let gz = tempfile::tempdir().expect("tempdir");
     base_backup(
         &pg,
@@ -259,6 +272,11 @@ fn plain_and_gzipped_tar_base_backups_restore_too() {
     let it = item(&report, "gz");
     assert_restored(it, &all);
     assert_eq!(it["data"]["base_backup"]["format"], "tar.gz", "{all}");
+    assert!(
+        !source_pid.exists(),
+        "the scratch server wrote into the source's folder"
+    );
+    assert_eq!(q(&pg, "SELECT count(*) FROM orders"), "1000");
     // The plain backup itself is unchanged (copied, never started in place).
     assert!(!plain.path().join("newest/postmaster.pid").exists());
     assert!(plain.path().join("newest/backup_label").exists());

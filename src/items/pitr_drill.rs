@@ -994,6 +994,9 @@ async fn drill(
         Err(e) => return Outcome::fail(format!("cannot create {}: {e}", log_path.display())),
     };
     let mut settings: Vec<(String, String)> = vec![
+        // Wins over a data_directory in the backup's postgresql.conf (the source's folder).
+        ("data_directory".into(), data_dir.display().to_string()),
+        ("external_pid_file".into(), String::new()),
         ("port".into(), port.to_string()),
         ("listen_addresses".into(), "127.0.0.1".into()),
         (
@@ -1017,6 +1020,8 @@ async fn drill(
         ("logging_collector".into(), "off".into()),
         ("log_destination".into(), "stderr".into()),
         ("shared_preload_libraries".into(), String::new()),
+        ("session_preload_libraries".into(), String::new()),
+        ("local_preload_libraries".into(), String::new()),
         // A throwaway copy: no need to make it crash-safe.
         ("fsync".into(), "off".into()),
         ("synchronous_commit".into(), "off".into()),
