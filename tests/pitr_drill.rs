@@ -560,3 +560,24 @@ fn a_time_target_stops_before_the_transactions_after_it() {
     assert!(replayed <= point_t, "{replayed} after {point_t}");
     assert_no_scratch(&s);
 }
+
+#[test]
+fn a_drill_past_its_timeout_fails_and_leaves_no_server() {
+    let (pg, archive, backups) = primary_with_backups(&["-Ft", "-X", "stream"]);
+    let s = setup(
+        &pg,
+        &format!(
+            "[jobs.drill]\n{}timeout = \"8s\"\n",
+            pitr_item("drill", "pitr", backups.path(), &archive, SLOW_CHECK)
+        ),
+    );
+    let (code, report, all) = s.run("drill", &[]);
+    assert_ne!(code, 0, "{all}");
+    let it = item(&report, "pitr");
+    assert_eq!(it["status"], "fail", "{all}");
+    assert!(
+        it["summary"].as_str().unwrap().contains("timed out"),
+        "{all}"
+    );
+    assert_no_scratch(&s);
+}
