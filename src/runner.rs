@@ -213,6 +213,7 @@ async fn run_locked(
         tz: job.tz,
         dry_run: opts.dry_run,
         config_dir: config.dir.clone(),
+        state_dir: config.state_dir.clone(),
         targets: config.targets.clone(),
         state: crate::items::state::ItemState::new(Arc::new(store.clone()), &job.name, run_id),
         cancel: opts.cancel.clone(),

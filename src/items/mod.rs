@@ -30,6 +30,7 @@ pub mod http;
 pub mod key_rotation;
 pub mod log_scan;
 pub mod manual;
+pub mod pitr_drill;
 pub mod prometheus;
 pub mod query_text;
 pub mod reindex;
@@ -125,6 +126,9 @@ pub struct ItemCtx {
     pub dry_run: bool,
     /// The config file's folder: relative paths are relative to it.
     pub config_dir: PathBuf,
+    /// The runbook's state folder: items that need scratch space on disk (the point-in-time
+    /// drill's throwaway server) make it under here, never elsewhere.
+    pub state_dir: PathBuf,
     pub targets: Arc<BTreeMap<String, Target>>,
     /// This item's own remembered state (log offsets, its earlier results); never the store.
     pub state: state::ItemState,
@@ -278,7 +282,7 @@ pub enum ItemSpec {
     KeyRotation(key_rotation::KeyRotation),
     Capacity(capacity::Capacity),
     Backup(backup::Backup),
-    RestoreDrill(restore_drill::RestoreDrill),
+    RestoreDrill(Box<restore_drill::RestoreDrill>),
     Vacuum(vacuum::Vacuum),
     Reindex(reindex::Reindex),
     CreateIndexes(create_indexes::CreateIndexes),

@@ -57,7 +57,13 @@ pub const SCRATCH_PREFIX: &str = "runbook_drill_";
 pub struct RestoreDrill {
     /// The server to restore into (a scratch database `runbook_drill_*` is created there).
     pub target: String,
-    /// Folder holding the backups.
+    /// `"dump"` (default: pg_dump files restored into a scratch database on `target`) or
+    /// `"pitr"` (a base backup and the WAL archive replayed by a throwaway server; see
+    /// [`super::pitr_drill`]).
+    #[serde(default)]
+    pub mode: DrillMode,
+    /// Folder holding the backups (mode `dump`).
+    #[serde(default)]
     pub dir: std::path::PathBuf,
     /// Shell glob matched against file names. Default `"*"`.
     #[serde(default)]
@@ -89,6 +95,34 @@ pub struct RestoreDrill {
     /// `restore_password`, resolved by `prepare`.
     #[serde(skip)]
     pub resolved_restore_password: Option<crate::base::secret::Secret>,
+    // Mode `pitr` (see `super::pitr_drill`).
+    /// Folder of pg_basebackup outputs, one sub-folder per backup (or one backup itself).
+    pub base_backup_dir: Option<std::path::PathBuf>,
+    /// Folder the source's `archive_command` copies WAL segments into (only read).
+    pub wal_archive_dir: Option<std::path::PathBuf>,
+    /// `"latest"` (default), `"now - 5m"` or an RFC 3339 time.
+    pub recovery_target: Option<String>,
+    /// Database the checks run in on the restored server. Default: the target's.
+    pub database: Option<String>,
+    /// Where the scratch server lives. Default: `<state_dir>/pitr-drill`.
+    pub scratch_dir: Option<std::path::PathBuf>,
+    /// Warn/fail when the time to a queryable server is longer.
+    pub rto_warn: Option<Dur>,
+    pub rto_fail: Option<Dur>,
+    /// Warn/fail when the newest transaction reached is older than this at the drill's start.
+    pub rpo_warn: Option<Dur>,
+    pub rpo_fail: Option<Dur>,
+}
+
+/// What a drill restores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrillMode {
+    /// A pg_dump file into a scratch database on `target`.
+    #[default]
+    Dump,
+    /// A pg_basebackup and the WAL archive into a throwaway server (point in time).
+    Pitr,
 }
 
 /// How long dropping the scratch database may take before we give up and report it.
@@ -101,6 +135,15 @@ pub fn is_scratch_name(name: &str) -> bool {
 
 impl RestoreDrill {
     pub fn prepare(&mut self, p: &mut Prepare) {
+        self.prepare_checks(p);
+        if self.mode == DrillMode::Pitr {
+            super::pitr_drill::prepare(self, p);
+            return;
+        }
+        super::pitr_drill::refuse_pitr_options(self, p);
+        if self.dir.as_os_str().is_empty() {
+            p.error("dir", "dir (the folder holding the dumps) is required");
+        }
         if self.parallel == 0 {
             p.error("parallel", "parallel must be at least 1");
         }
@@ -111,22 +154,6 @@ impl RestoreDrill {
                     "scratch_database",
                     format!("scratch_database {name:?} must start with \"{SCRATCH_PREFIX}\" (at most 63 bytes): a drill never touches any other database"),
                 );
-        }
-        for (i, c) in self.checks.iter().enumerate() {
-            if c.query.trim().is_empty() {
-                p.error(
-                    &format!("checks[{i}].query"),
-                    format!("check {:?} has an empty query", c.name),
-                );
-            }
-            if let (Some(min), Some(max)) = (c.min, c.max)
-                && min > max
-            {
-                p.error(
-                    &format!("checks[{i}]"),
-                    format!("check {:?}: min {min} is above max {max}", c.name),
-                );
-            }
         }
         match (&self.restore_role, &self.restore_password) {
             (Some(role), _) if role.is_empty() || role.starts_with(SCRATCH_PREFIX) => p.error(
@@ -151,6 +178,26 @@ impl RestoreDrill {
         }
     }
 
+    /// The `checks`, for both modes.
+    fn prepare_checks(&self, p: &mut Prepare) {
+        for (i, c) in self.checks.iter().enumerate() {
+            if c.query.trim().is_empty() {
+                p.error(
+                    &format!("checks[{i}].query"),
+                    format!("check {:?} has an empty query", c.name),
+                );
+            }
+            if let (Some(min), Some(max)) = (c.min, c.max)
+                && min > max
+            {
+                p.error(
+                    &format!("checks[{i}]"),
+                    format!("check {:?}: min {min} is above max {max}", c.name),
+                );
+            }
+        }
+    }
+
     fn scratch_name(&self, ctx: &ItemCtx) -> String {
         match &self.scratch_database {
             Some(n) => n.clone(),
@@ -159,6 +206,9 @@ impl RestoreDrill {
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
+        if self.mode == DrillMode::Pitr {
+            return super::pitr_drill::run(self, ctx).await;
+        }
         let target = match ctx.target(&self.target) {
             Ok(t) => t.clone(),
             Err(e) => return Outcome::fail(e.to_string()),
@@ -207,7 +257,7 @@ impl RestoreDrill {
             Format::PlainSql | Format::Gzip => Method::Psql,
             Format::BaseBackup => {
                 return Outcome::fail(format!(
-                    "{} is a base backup: a drill restores logical dumps (pg_dump) into a scratch database; verify base backups with kind = \"backup\", verify = \"manifest\"",
+                    "{} is a base backup: this drill restores logical dumps (pg_dump) into a scratch database; drill base backups with mode = \"pitr\" (base_backup_dir, wal_archive_dir), verify them with kind = \"backup\", verify = \"manifest\"",
                     backup.name
                 ));
             }
@@ -806,15 +856,15 @@ struct DrillResult {
     checks: Vec<CheckResult>,
 }
 
-struct CheckResult {
-    name: String,
-    ok: bool,
-    value: Option<String>,
-    message: String,
+pub(super) struct CheckResult {
+    pub(super) name: String,
+    pub(super) ok: bool,
+    pub(super) value: Option<String>,
+    pub(super) message: String,
 }
 
 /// Runs one check: the query must return a row; min/max/expect apply to its first column.
-async fn run_check(client: &tokio_postgres::Client, c: &SqlCheck) -> CheckResult {
+pub(super) async fn run_check(client: &tokio_postgres::Client, c: &SqlCheck) -> CheckResult {
     let fail = |message: String| CheckResult {
         name: c.name.clone(),
         ok: false,
@@ -1053,7 +1103,7 @@ impl Drop for ScratchGuard {
     }
 }
 
-fn fmt_secs(d: Duration) -> String {
+pub(super) fn fmt_secs(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 60.0 {
         format!("{s:.1}s")
