@@ -475,7 +475,9 @@ async fn run_item(
                             Some(_) => o.summary,
                             None => format!("interrupted ({reason}): {}", o.summary),
                         };
-                    } else if o.status != Status::Fail {
+                    } else if o.status != Status::Fail || o.summary.starts_with("interrupted") {
+                        // The deadline, not a shutdown, stopped it: an item that saw its token
+                        // cancelled before its own deadline check says "interrupted"; say why.
                         o = Outcome::fail(format!("timed out after {limit_text}")).with_details(o.details);
                     }
                     o
