@@ -366,8 +366,12 @@ async fn pagerduty_outage_queues_each_event_and_outbox_flush_delivers_them() {
         "{listing:#}"
     );
     assert!(text.contains("runbook/daily/Disk space"), "{listing:#}");
-    let (code, _, all) = run(runbook(&config, "", &["outbox"])).await;
+    let (code, listing, all) = run(runbook(&config, "", &["outbox"])).await;
     assert_eq!(code, 0, "{all}");
+    assert!(
+        listing.contains("pd trigger/Disk space") && listing.contains("pd trigger/Replication lag"),
+        "{listing}"
+    );
     seen += &all;
 
     let (code, _, all) = run(runbook(&config, "", &["outbox", "--flush"])).await;
