@@ -833,6 +833,53 @@ pub fn test_report(host: &str, timezone: &str) -> Report {
 mod tests {
     use super::*;
 
+    /// A pagerduty channel queues one entry per event, the event (without the routing key) as
+    /// its payload, and is `skipped` for a run that has no event; a report channel queues one
+    /// entry with the empty event and no payload.
+    #[test]
+    fn plan_run_queues_one_entry_per_pagerduty_event_and_skips_a_quiet_run() {
+        let build = |text: &str| {
+            let options: NotifierConfig = toml::from_str(text).unwrap();
+            options.prepare("n", Path::new(".")).unwrap().0
+        };
+        let notifiers: Notifiers = [
+            (
+                "pd".to_string(),
+                build("type = \"pagerduty\"\nrouting_key = \"K3YK3YK3YK3YK3YK3YK3YK3YK3YK3YK3\""),
+            ),
+            (
+                "hook".to_string(),
+                build("type = \"webhook\"\nurl = \"http://127.0.0.1:9/in\""),
+            ),
+        ]
+        .into();
+        let names = vec!["pd".to_string(), "hook".to_string()];
+        let quiet = test_report("db-1", "UTC");
+        let (lines, entries) = plan_run(&notifiers, &names, &quiet, None);
+        assert_eq!(lines[0].status, DeliveryStatus::Skipped, "{lines:?}");
+        assert_eq!(lines[1].status, DeliveryStatus::Queued, "{lines:?}");
+        assert_eq!(
+            entries,
+            vec![Planned {
+                key: OutboxKey::report(&quiet.run_id, "hook"),
+                payload: None
+            }]
+        );
+
+        let mut bad = quiet.clone();
+        bad.items[0].status = Status::Fail;
+        bad.finish_status();
+        let (lines, entries) = plan_run(&notifiers, &names, &bad, None);
+        assert_eq!(lines[0].status, DeliveryStatus::Queued, "{lines:?}");
+        assert_eq!(entries[0].key.event, "trigger/Test message");
+        let payload = entries[0].payload.as_deref().unwrap();
+        assert!(
+            payload.contains("\"dedup_key\":\"runbook/notify-test/Test message\""),
+            "{payload}"
+        );
+        assert!(!payload.contains("K3YK3Y"), "{payload}");
+    }
+
     /// Built senders hold their secret URLs parsed; printing one (a `Config` with `{:?}`, a
     /// panic message) must still show only the origin.
     #[test]
