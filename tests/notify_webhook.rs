@@ -336,9 +336,15 @@ async fn pagerduty_triggers_each_failing_item_then_resolves_what_recovered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pagerduty_outage_queues_each_event_and_outbox_flush_delivers_them() {
     let server = MockServer::start().await;
+    // One event meets a 500, the other PagerDuty's rate limit: both are retried later.
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(500).set_body_string("internal error"))
-        .up_to_n_times(2)
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429))
+        .up_to_n_times(1)
         .mount(&server)
         .await;
     Mock::given(method("POST"))
@@ -351,7 +357,8 @@ async fn pagerduty_outage_queues_each_event_and_outbox_flush_delivers_them() {
     assert_eq!(code, 1, "{all}");
     seen += &all;
     assert!(
-        stdout.contains("notify pd: queued (HTTP 500 Internal Server Error: server error at"),
+        stdout.contains("notify pd: queued (HTTP 500 Internal Server Error: server error at")
+            || stdout.contains("notify pd: queued (HTTP 429 Too Many Requests: rate limited by"),
         "{stdout}"
     );
     // Each event is its own outbox entry, with its event key and the event (without the key).
@@ -360,6 +367,11 @@ async fn pagerduty_outage_queues_each_event_and_outbox_flush_delivers_them() {
     seen += &all;
     let listing: Value = serde_json::from_str(&listing).unwrap();
     let text = listing.to_string();
+    assert!(
+        text.contains("HTTP 500 Internal Server Error")
+            && text.contains("HTTP 429 Too Many Requests: rate limited by"),
+        "{listing:#}"
+    );
     assert!(
         text.contains("\"event\":\"trigger/Replication lag\"")
             && text.contains("\"event\":\"trigger/Disk space\""),

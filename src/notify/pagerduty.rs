@@ -270,7 +270,9 @@ impl Events {
             .map(|b| b.text())
             .unwrap_or_default();
         let reason = crate::base::secret::redact(&explain(&body), &[&self.routing_key]);
-        let class = if status.is_client_error() {
+        let class = if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            "rate limited by"
+        } else if status.is_client_error() {
             "rejected by"
         } else {
             "server error at"
