@@ -10,9 +10,9 @@
 //!
 //! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): the
 //! runner stores the report and one outbox entry per channel it goes to (per event for
-//! `pagerduty`) in one transaction ([`plan_run`]), then delivers them all at once ([`deliver_run`]), each through [`deliver`], the
-//! one routine that also serves every retry ([`outbox::flush`]: the daemon at start and every
-//! 30 s, `outbox --flush`). A process that dies in between leaves the rows `pending`; a
+//! `pagerduty`) in one transaction ([`plan_run`]), then delivers them all at once
+//! ([`deliver_run`]), each through [`deliver`], the one routine that also serves every retry
+//! ([`outbox::flush`]: the daemon at start and every 30 s, `outbox --flush`). A process that dies in between leaves the rows `pending`; a
 //! delivery that fails stays in the outbox and is retried later with backoff. The entry is the
 //! idempotency record: a sender must claim it first (see [`outbox`]), so a report is never
 //! delivered twice for one run and channel. The stored report is never changed: what a user
