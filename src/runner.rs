@@ -141,7 +141,7 @@ pub async fn run_job(
     if let Err(e) = store.unlock(&job.name, &run_id) {
         tracing::error!(job = %job.name, "cannot release the job lock: {e:#}");
     }
-    let (mut report, stored) = result?;
+    let (mut report, stored, outbox) = result?;
     if opts.notify {
         // The stored report stays as it is; the one returned shows how the deliveries went.
         report.notifications = crate::notify::deliver_run(
@@ -149,6 +149,7 @@ pub async fn run_job(
             store,
             &config.retry_policy(),
             &report,
+            &outbox,
             stored,
         )
         .await;
@@ -162,7 +163,7 @@ async fn run_locked(
     job: &Job,
     opts: &RunOptions,
     run_id: &str,
-) -> Result<(Report, bool), RunError> {
+) -> Result<(Report, bool, Vec<crate::notify::Planned>), RunError> {
     // `log_scan` counts lines since the job's last run, whatever kind it was; `change` and
     // `on = "change"` compare with the previous comparable run (SPEC 9.1): neither a dry run
     // nor limited by `--item`, so a partial run never becomes the base of the next full one.
@@ -294,11 +295,16 @@ async fn run_locked(
     // queued even if this process dies before delivering (the daemon or `outbox --flush`
     // sends it). The report says where it goes (`queued` or `skipped`); it is never stored
     // again: the outbox entries carry the delivery state from here on.
+    let mut outbox = Vec::new();
     if opts.notify {
-        report.notifications = crate::notify::plan(&config.notifiers, &job.notify, &report);
+        (report.notifications, outbox) =
+            crate::notify::plan_run(&config.notifiers, &job.notify, &report, comparable.as_ref());
     }
-    let outbox = crate::notify::outbox_keys(&report);
-    let stored = match store.finish_run(&report, &pending, &outbox) {
+    let rows: Vec<_> = outbox
+        .iter()
+        .map(|p| (p.key.clone(), p.payload.clone()))
+        .collect();
+    let stored = match store.finish_run_with_events(&report, &pending, &rows) {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(job = %job.name, run_id, "cannot store the report (it is still printed and delivered): {e:#}");
@@ -307,7 +313,7 @@ async fn run_locked(
     };
     crate::failpoint!("report-stored");
     tracing::info!(job = %job.name, run_id, status = report.status.as_str(), duration_ms = report.duration_ms, "run finished");
-    Ok((report, stored))
+    Ok((report, stored, outbox))
 }
 
 /// A copy of `job` whose `capacity` items carry their series' points: each series' number in

@@ -604,6 +604,19 @@ impl Store {
         offsets: &[ScanOffset],
         outbox: &[OutboxKey],
     ) -> Result<()> {
+        let entries: Vec<(OutboxKey, Option<String>)> =
+            outbox.iter().map(|k| (k.clone(), None)).collect();
+        self.finish_run_with_events(report, offsets, &entries)
+    }
+
+    /// [`Store::finish_run`] with outbox entries that carry their own payload (a per-item
+    /// channel's events: one entry per event key).
+    pub fn finish_run_with_events(
+        &self,
+        report: &Report,
+        offsets: &[ScanOffset],
+        outbox: &[(OutboxKey, Option<String>)],
+    ) -> Result<()> {
         let json = serde_json::to_string(report)?;
         let finished = report
             .finished_at
@@ -618,8 +631,8 @@ impl Store {
             for o in offsets {
                 upsert_scan_offset(&tx, o)?;
             }
-            for key in outbox {
-                insert_outbox_row(&tx, key, None)?;
+            for (key, payload) in outbox {
+                insert_outbox_row(&tx, key, payload.as_deref())?;
             }
             tx.commit()
         })
@@ -1100,6 +1113,24 @@ impl Store {
                 "UPDATE outbox SET state = 'pending', attempts = attempts + 1, last_error = ?4, next_attempt_at = ?5
                  WHERE run_id = ?1 AND channel = ?2 AND event = ?3 AND state = 'sending' AND next_attempt_at = ?6",
                 params![key.run_id, key.channel, key.event, error, next_attempt.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), claim.0],
+            )
+            .map(|n| n == 1)
+        })
+    }
+
+    /// Records a claimed delivery the channel refused for good (a PagerDuty 4xx): `dropped`
+    /// at once with the reason, never retried. Returns false when the claim was lost.
+    pub fn outbox_mark_rejected(
+        &self,
+        key: &OutboxKey,
+        claim: &Claim,
+        error: &str,
+    ) -> Result<bool> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET state = 'dropped', attempts = attempts + 1, last_error = ?4
+                 WHERE run_id = ?1 AND channel = ?2 AND event = ?3 AND state = 'sending' AND next_attempt_at = ?5",
+                params![key.run_id, key.channel, key.event, error, claim.0],
             )
             .map(|n| n == 1)
         })

@@ -596,10 +596,15 @@ async fn outbox(config: &Config, flush: bool, format: Format) -> ExitCode {
                 println!("outbox is empty: every report was delivered");
             }
             for e in &entries {
+                // A per-item channel's entries (pagerduty) differ by their event.
+                let channel = match e.key.event.as_str() {
+                    "" => e.key.channel.clone(),
+                    event => format!("{} {event}", e.key.channel),
+                };
                 println!(
                     "{:<8} {:<16} job {:<12} run {}  attempts {}  queued {}  next {}  {}",
                     e.state,
-                    e.key.channel,
+                    channel,
                     e.job.as_deref().unwrap_or("?"),
                     e.key.run_id,
                     e.attempts,

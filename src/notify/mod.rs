@@ -1,5 +1,5 @@
-//! Delivery of reports: `file`, `email`, `slack`, `heartbeat` (the "deliver" layer: channels
-//! and the outbox).
+//! Delivery of reports: `file`, `email`, `slack`, `heartbeat`, `webhook`, `pagerduty` (the
+//! "deliver" layer: channels and the outbox).
 //!
 //! Configuration is validated, then built, then run: `[notify.NAME]` deserializes into
 //! [`NotifierConfig`] (the options each channel module defines); [`NotifierConfig::prepare`]
@@ -9,10 +9,10 @@
 //! the built notifiers and the [`RetryPolicy`] and hands them in.
 //!
 //! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): the
-//! runner stores the report and one outbox entry per channel it goes to in one transaction
-//! ([`plan`]), then delivers them all at once ([`deliver_run`]), each through [`deliver`], the
-//! one routine that also serves every retry ([`outbox::flush`]: the daemon at start and every
-//! 30 s, `outbox --flush`). A process that dies in between leaves the rows `pending`; a
+//! runner stores the report and one outbox entry per channel it goes to (per event for
+//! `pagerduty`) in one transaction ([`plan_run`]), then delivers them all at once
+//! ([`deliver_run`]), each through [`deliver`], the one routine that also serves every retry
+//! ([`outbox::flush`]: the daemon at start and every 30 s, `outbox --flush`). A process that dies in between leaves the rows `pending`; a
 //! delivery that fails stays in the outbox and is retried later with backoff. The entry is the
 //! idempotency record: a sender must claim it first (see [`outbox`]), so a report is never
 //! delivered twice for one run and channel. The stored report is never changed: what a user
@@ -40,7 +40,9 @@ pub mod email;
 pub mod file;
 pub mod heartbeat;
 pub mod outbox;
+pub mod pagerduty;
 pub mod slack;
+pub mod webhook;
 
 pub use outbox::RetryPolicy;
 
@@ -77,6 +79,9 @@ pub enum NotifierConfig {
     Slack(slack::SlackConfig),
     File(file::FileConfig),
     Heartbeat(heartbeat::HeartbeatConfig),
+    Webhook(webhook::WebhookConfig),
+    #[serde(rename = "pagerduty")]
+    PagerDuty(pagerduty::PagerDutyConfig),
 }
 
 impl NotifierConfig {
@@ -100,6 +105,14 @@ impl NotifierConfig {
                 let (p, w) = c.prepare(name, base)?;
                 (Sender::Heartbeat(p), On::Always, w)
             }
+            NotifierConfig::Webhook(c) => {
+                let (p, w) = c.prepare(name, base)?;
+                (Sender::Webhook(p), c.on, w)
+            }
+            NotifierConfig::PagerDuty(c) => {
+                let (e, w) = c.prepare(name, base)?;
+                (Sender::PagerDuty(e), c.on, w)
+            }
         };
         Ok((Notifier { on, sender }, warnings))
     }
@@ -112,6 +125,8 @@ pub enum Sender {
     Slack(slack::Webhook),
     File(file::Folder),
     Heartbeat(heartbeat::Pinger),
+    Webhook(webhook::Poster),
+    PagerDuty(pagerduty::Events),
 }
 
 /// One built channel: when it wants a report, and how it sends it.
@@ -133,6 +148,10 @@ pub enum DeliveryError {
     /// The channel said no, or could not be reached.
     #[error("{0}")]
     Failed(String),
+    /// The channel refused this delivery for good (PagerDuty's 4xx: a bad routing key, an
+    /// invalid event): sending it again cannot succeed, so it is not retried.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl From<String> for DeliveryError {
@@ -148,6 +167,8 @@ impl Notifier {
             Sender::Slack(_) => "slack",
             Sender::File(_) => "file",
             Sender::Heartbeat(_) => "heartbeat",
+            Sender::Webhook(_) => "webhook",
+            Sender::PagerDuty(_) => "pagerduty",
         }
     }
 
@@ -158,6 +179,8 @@ impl Notifier {
             Sender::Slack(w) => vec![w.secret()],
             Sender::File(_) => vec![],
             Sender::Heartbeat(p) => vec![p.secret()],
+            Sender::Webhook(p) => p.secrets(),
+            Sender::PagerDuty(e) => vec![e.secret()],
         }
     }
 
@@ -175,18 +198,53 @@ impl Notifier {
         !(report.dry_run && matches!(self.sender, Sender::Heartbeat(_))) && self.on.wants(report)
     }
 
-    /// Sends one report, under [`DELIVERY_TIMEOUT`].
+    /// Sends one report, under [`DELIVERY_TIMEOUT`]. A `pagerduty` channel sends events, not
+    /// reports: its outbox entries carry them ([`plan_run`], [`Notifier::send_entry`]).
     pub async fn send(&self, report: &Report) -> Result<(), DeliveryError> {
+        self.send_entry(report, None).await
+    }
+
+    /// `notify-test`: sends the test `report`; a `pagerduty` channel sends its harmless test
+    /// event instead (a `resolve` that pages nobody, see [`pagerduty::Events::send_test`]).
+    pub async fn send_test(&self, report: &Report) -> Result<(), DeliveryError> {
+        match &self.sender {
+            Sender::PagerDuty(e) => {
+                match tokio::time::timeout(DELIVERY_TIMEOUT, e.send_test(&report.host)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DeliveryError::Timeout(format!(
+                        "delivery took longer than {}s",
+                        DELIVERY_TIMEOUT.as_secs()
+                    ))),
+                }
+            }
+            _ => self.send(report).await,
+        }
+    }
+
+    /// Sends one outbox entry, under [`DELIVERY_TIMEOUT`]: the report, or the entry's own
+    /// `event` payload (a `pagerduty` event).
+    pub async fn send_entry(
+        &self,
+        report: &Report,
+        event: Option<&str>,
+    ) -> Result<(), DeliveryError> {
         let fut = async {
             match &self.sender {
-                Sender::Email(m) => m.deliver(report).await,
-                Sender::Slack(w) => w.deliver(report).await,
-                Sender::File(f) => f.deliver(report).await,
-                Sender::Heartbeat(p) => p.deliver(report).await,
+                Sender::Email(m) => m.deliver(report).await.map_err(DeliveryError::Failed),
+                Sender::Slack(w) => w.deliver(report).await.map_err(DeliveryError::Failed),
+                Sender::File(f) => f.deliver(report).await.map_err(DeliveryError::Failed),
+                Sender::Heartbeat(p) => p.deliver(report).await.map_err(DeliveryError::Failed),
+                Sender::Webhook(p) => p.deliver(report).await.map_err(DeliveryError::Failed),
+                Sender::PagerDuty(e) => match event {
+                    Some(event) => e.send_event(event).await,
+                    None => Err(DeliveryError::Rejected(
+                        "a pagerduty channel sends one event per item, not a report; this entry has no event".into(),
+                    )),
+                },
             }
         };
         match tokio::time::timeout(DELIVERY_TIMEOUT, fut).await {
-            Ok(r) => r.map_err(DeliveryError::Failed),
+            Ok(r) => r,
             Err(_) => Err(DeliveryError::Timeout(format!(
                 "delivery took longer than {}s",
                 DELIVERY_TIMEOUT.as_secs()
@@ -212,6 +270,8 @@ impl Notifier {
                 // can be checked without side effects.
                 Sender::Slack(w) => probe_https(w.url()).await,
                 Sender::Heartbeat(p) => probe_https(p.url()).await,
+                Sender::Webhook(p) => probe_https(p.url()).await,
+                Sender::PagerDuty(e) => probe_https(e.url()).await,
             }
         };
         match tokio::time::timeout(Duration::from_secs(30), fut).await {
@@ -423,25 +483,84 @@ pub fn outbox_keys(report: &Report) -> Vec<OutboxKey> {
         .collect()
 }
 
-/// The report as it is sent: its content, without the delivery state (which changes as it is
-/// delivered and is shown where the report is read).
-fn as_sent(report: &Report) -> Report {
-    Report {
-        notifications: vec![],
-        ..report.clone()
+/// One outbox entry to write with a report: its key and, for an event, its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub key: OutboxKey,
+    /// The event (JSON) for a per-item channel (`pagerduty`); None: the entry sends the report.
+    pub payload: Option<String>,
+}
+
+/// Where a finished `report` goes among the channels `names` (a job's `notify`) and the outbox
+/// entries to write with it. Like [`plan`], with the per-item channels: a `pagerduty` channel
+/// queues one entry per event ([`pagerduty::events`]: against `previous`, the job's previous
+/// comparable run) and is `skipped` when there is none.
+pub fn plan_run(
+    notifiers: &Notifiers,
+    names: &[String],
+    report: &Report,
+    previous: Option<&Report>,
+) -> (Vec<NotificationStatus>, Vec<Planned>) {
+    let mut lines = plan(notifiers, names, report);
+    let mut entries = Vec::new();
+    for line in &mut lines {
+        let Some(n) = notifiers.get(&line.channel) else {
+            continue;
+        };
+        match &n.sender {
+            Sender::PagerDuty(e) => {
+                let events = pagerduty::events(report, previous, e.on);
+                line.status = if events.is_empty() {
+                    DeliveryStatus::Skipped
+                } else {
+                    DeliveryStatus::Queued
+                };
+                entries.extend(events.into_iter().map(|(event, payload)| Planned {
+                    key: OutboxKey {
+                        run_id: report.run_id.clone(),
+                        channel: line.channel.clone(),
+                        event,
+                    },
+                    payload: Some(payload.to_string()),
+                }));
+            }
+            _ if line.status == DeliveryStatus::Queued => entries.push(Planned {
+                key: OutboxKey::report(&report.run_id, &line.channel),
+                payload: None,
+            }),
+            _ => {}
+        }
+    }
+    (lines, entries)
+}
+
+/// The report as a channel sends it: its content, without the delivery state (which changes
+/// as it is delivered and is shown where the report is read). A webhook gets the report JSON
+/// as `report --format json` shows it: with `notifications` as they stand.
+fn as_sent(report: &Report, notifier: &Notifier) -> Report {
+    match notifier.sender {
+        Sender::Webhook(_) => report.clone(),
+        _ => Report {
+            notifications: vec![],
+            ..report.clone()
+        },
     }
 }
 
 /// One delivery attempt of one outbox entry: the first attempt and every retry. Sends the
-/// report through the entry's channel and records the outcome on the entry, under `claim`
-/// (None: the report could not be stored, so there is no entry; the attempt is made once and
-/// not queued). `attempts` counts this one. The answer is the channel's line of the report's
-/// `notifications` after this attempt.
+/// report (or the entry's own `payload`, an event) through the entry's channel and records the
+/// outcome on the entry, under `claim` (None: the report could not be stored, so there is no
+/// entry; the attempt is made once and not queued). `attempts` counts this one. The answer is
+/// the entry's line of the report's `notifications` after this attempt. A failed attempt is
+/// retried later; one the channel refused for good ([`DeliveryError::Rejected`]) is `failed`
+/// at once, with the channel's reason.
+#[allow(clippy::too_many_arguments)]
 pub async fn deliver(
     notifier: Option<&Notifier>,
     store: &Store,
     policy: &RetryPolicy,
     key: &OutboxKey,
+    payload: Option<&str>,
     claim: Option<&Claim>,
     attempts: u32,
     report: &Report,
@@ -452,7 +571,7 @@ pub async fn deliver(
         error,
     };
     let result = match notifier {
-        Some(n) => n.send(&as_sent(report)).await,
+        Some(n) => n.send_entry(&as_sent(report, n), payload).await,
         None => Err(DeliveryError::Failed(
             "channel is no longer in the configuration".into(),
         )),
@@ -482,6 +601,13 @@ pub async fn deliver(
             }
             line(DeliveryStatus::Sent, None)
         }
+        Err(DeliveryError::Rejected(e)) => {
+            tracing::error!(run_id = %key.run_id, channel = %key.channel, event = %key.event, attempts, "delivery refused, not retried: {e}");
+            if let Err(db) = store.outbox_mark_rejected(key, claim, &e) {
+                tracing::error!(run_id = %key.run_id, channel = %key.channel, "cannot record the refused delivery in the outbox: {db:#}");
+            }
+            line(DeliveryStatus::Failed, Some(e))
+        }
         Err(e) => {
             let e = e.to_string();
             let next = policy.next_attempt(attempts);
@@ -498,22 +624,25 @@ pub async fn deliver(
     }
 }
 
-/// Delivers a finished report to its `queued` channels, all at once (a slow channel does not
-/// hold up the others), each through [`deliver`]. With `stored`, the report and its outbox
-/// entries are in the store: each entry is claimed first. Without (the store could not be
-/// written), each channel is tried once, not queued. Returns the report's `notifications`
-/// after these attempts (the stored report is not changed).
+/// Delivers a finished report's outbox `entries` ([`plan_run`]), all at once (a slow channel
+/// does not hold up the others), each through [`deliver`]. With `stored`, the report and its
+/// outbox entries are in the store: each entry is claimed first. Without (the store could not
+/// be written), each entry is tried once, not queued. Returns the report's `notifications`
+/// after these attempts (the stored report is not changed); a channel with several entries
+/// shows its worst (failed, then queued, then sent), as when the report is read again.
 pub async fn deliver_run(
     notifiers: &Notifiers,
     store: &Store,
     policy: &RetryPolicy,
     report: &Report,
+    entries: &[Planned],
     stored: bool,
 ) -> Vec<NotificationStatus> {
     let mut lines = report.notifications.clone();
     let shared = Arc::new(report.clone());
     let mut sends = JoinSet::new();
-    for key in outbox_keys(report) {
+    let mut outcomes: Vec<(usize, NotificationStatus)> = Vec::new();
+    for Planned { key, payload } in entries.iter().cloned() {
         let Some(slot) = lines.iter().position(|n| n.channel == key.channel) else {
             continue;
         };
@@ -524,11 +653,14 @@ pub async fn deliver_run(
                     // Already sent or being sent (cannot happen for a fresh run id, but the
                     // outbox entry is the record that decides): the store says how it stands.
                     if let Ok(Some(e)) = store.outbox_entry(&key) {
-                        lines[slot] = NotificationStatus {
-                            channel: key.channel.clone(),
-                            status: e.state.delivery_status(),
-                            error: e.last_error,
-                        };
+                        outcomes.push((
+                            slot,
+                            NotificationStatus {
+                                channel: key.channel.clone(),
+                                status: e.state.delivery_status(),
+                                error: e.last_error,
+                            },
+                        ));
                     }
                     continue;
                 }
@@ -552,6 +684,7 @@ pub async fn deliver_run(
                 &store,
                 &policy,
                 &key,
+                payload.as_deref(),
                 claim.as_ref(),
                 1,
                 &report,
@@ -562,8 +695,21 @@ pub async fn deliver_run(
     }
     while let Some(joined) = sends.join_next().await {
         match joined {
-            Ok((slot, line)) => lines[slot] = line,
+            Ok(outcome) => outcomes.push(outcome),
             Err(e) => tracing::error!("a delivery task failed: {e}"),
+        }
+    }
+    // Entries of one channel sum up as its worst, in entry order (deterministic).
+    outcomes.sort_by_key(|(slot, _)| *slot);
+    let rank = |s: DeliveryStatus| match s {
+        DeliveryStatus::Sent | DeliveryStatus::Skipped => 0,
+        DeliveryStatus::Queued => 1,
+        DeliveryStatus::Failed => 2,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (slot, line) in outcomes {
+        if seen.insert(slot) || rank(line.status) > rank(lines[slot].status) {
+            lines[slot] = line;
         }
     }
     lines
@@ -620,7 +766,7 @@ pub async fn notify_test(
     for (i, name) in names.iter().enumerate() {
         let n = notifiers[*name].clone();
         let report = report.clone();
-        tests.spawn(async move { (i, n.send(&report).await) });
+        tests.spawn(async move { (i, n.send_test(&report).await) });
     }
     let mut results: Vec<Option<Result<(), DeliveryError>>> = vec![None; names.len()];
     while let Some(joined) = tests.join_next().await {
@@ -688,6 +834,53 @@ pub fn test_report(host: &str, timezone: &str) -> Report {
 mod tests {
     use super::*;
 
+    /// A pagerduty channel queues one entry per event, the event (without the routing key) as
+    /// its payload, and is `skipped` for a run that has no event; a report channel queues one
+    /// entry with the empty event and no payload.
+    #[test]
+    fn plan_run_queues_one_entry_per_pagerduty_event_and_skips_a_quiet_run() {
+        let build = |text: &str| {
+            let options: NotifierConfig = toml::from_str(text).unwrap();
+            options.prepare("n", Path::new(".")).unwrap().0
+        };
+        let notifiers: Notifiers = [
+            (
+                "pd".to_string(),
+                build("type = \"pagerduty\"\nrouting_key = \"K3YK3YK3YK3YK3YK3YK3YK3YK3YK3YK3\""),
+            ),
+            (
+                "hook".to_string(),
+                build("type = \"webhook\"\nurl = \"http://127.0.0.1:9/in\""),
+            ),
+        ]
+        .into();
+        let names = vec!["pd".to_string(), "hook".to_string()];
+        let quiet = test_report("db-1", "UTC");
+        let (lines, entries) = plan_run(&notifiers, &names, &quiet, None);
+        assert_eq!(lines[0].status, DeliveryStatus::Skipped, "{lines:?}");
+        assert_eq!(lines[1].status, DeliveryStatus::Queued, "{lines:?}");
+        assert_eq!(
+            entries,
+            vec![Planned {
+                key: OutboxKey::report(&quiet.run_id, "hook"),
+                payload: None
+            }]
+        );
+
+        let mut bad = quiet.clone();
+        bad.items[0].status = Status::Fail;
+        bad.finish_status();
+        let (lines, entries) = plan_run(&notifiers, &names, &bad, None);
+        assert_eq!(lines[0].status, DeliveryStatus::Queued, "{lines:?}");
+        assert_eq!(entries[0].key.event, "trigger/Test message");
+        let payload = entries[0].payload.as_deref().unwrap();
+        assert!(
+            payload.contains("\"dedup_key\":\"runbook/notify-test/Test message\""),
+            "{payload}"
+        );
+        assert!(!payload.contains("K3YK3Y"), "{payload}");
+    }
+
     /// Built senders hold their secret URLs parsed; printing one (a `Config` with `{:?}`, a
     /// panic message) must still show only the origin.
     #[test]
@@ -695,6 +888,8 @@ mod tests {
         for text in [
             "type = \"slack\"\nwebhook_url = \"https://hooks.example/services/T0/B0/TOPSECRET\"",
             "type = \"heartbeat\"\nurl = \"https://hc.example/ping/TOPSECRET\"",
+            "type = \"webhook\"\nurl = \"https://hooks.example/in/TOPSECRET\"",
+            "type = \"pagerduty\"\nrouting_key = \"TOPSECRETTOPSECRETTOPSECRET12345\"",
             "type = \"email\"\nsmtp_url = \"smtp://u@127.0.0.1:25?tls=none\"\npassword = \"TOPSECRET\"\nfrom = \"a@x.example\"\nto = [\"b@x.example\"]",
         ] {
             let options: NotifierConfig = toml::from_str(text).unwrap();

@@ -233,6 +233,7 @@ async fn flush_pass(
             store,
             policy,
             key,
+            entry.payload.as_deref(),
             Some(&claim),
             attempts,
             &report,
@@ -321,6 +322,14 @@ mod tests {
     use crate::notify::{Notifier, On};
     use crate::report::DeliveryStatus;
 
+    /// The outbox entries of a report planned for report channels.
+    fn entries(report: &crate::report::Report) -> Vec<crate::notify::Planned> {
+        crate::notify::outbox_keys(report)
+            .into_iter()
+            .map(|key| crate::notify::Planned { key, payload: None })
+            .collect()
+    }
+
     /// A store with one stored run of `report`, queued for channel `archive`: a `file`
     /// notifier into `dir`.
     fn stored_run(
@@ -360,7 +369,9 @@ mod tests {
         let keep = RetryPolicy {
             max_age: Duration::from_secs(3600),
         };
-        let lines = crate::notify::deliver_run(&notifiers, &store, &keep, &report, true).await;
+        let lines =
+            crate::notify::deliver_run(&notifiers, &store, &keep, &report, &entries(&report), true)
+                .await;
         assert_eq!(lines[0].status, DeliveryStatus::Queued, "{lines:?}");
 
         let r = flush(&notifiers, &keep, &store, false).await.unwrap();
@@ -396,7 +407,15 @@ mod tests {
         let policy = RetryPolicy {
             max_age: Duration::from_secs(3600),
         };
-        let lines = crate::notify::deliver_run(&notifiers, &store, &policy, &report, true).await;
+        let lines = crate::notify::deliver_run(
+            &notifiers,
+            &store,
+            &policy,
+            &report,
+            &entries(&report),
+            true,
+        )
+        .await;
         assert_eq!(lines[0].status, DeliveryStatus::Sent, "{lines:?}");
         assert_eq!(
             std::fs::read_dir(&out).unwrap().count(),
@@ -405,7 +424,15 @@ mod tests {
         );
         // A second attempt finds the entry sent: nothing is delivered twice.
         std::fs::remove_dir_all(&out).unwrap();
-        let again = crate::notify::deliver_run(&notifiers, &store, &policy, &report, true).await;
+        let again = crate::notify::deliver_run(
+            &notifiers,
+            &store,
+            &policy,
+            &report,
+            &entries(&report),
+            true,
+        )
+        .await;
         assert_eq!(again[0].status, DeliveryStatus::Sent, "{again:?}");
         assert!(!out.exists(), "delivered twice");
         let r = flush(&notifiers, &policy, &store, false).await.unwrap();
