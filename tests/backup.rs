@@ -52,6 +52,12 @@ fn healthy_custom_dump_passes_with_listing_checksum_and_tables() {
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["status"], "pass", "{it:#}");
     assert_eq!(it["data"]["newest"]["name"], "trading-2026-11-24.dump");
+    // The trend's number (SPEC 9.3): the newest backup's size in bytes.
+    assert_eq!(
+        it["data"]["value"].as_u64(),
+        Some(std::fs::metadata(&newest).unwrap().len()),
+        "{it:#}"
+    );
     assert_eq!(it["data"]["checksum"], "ok");
     assert_eq!(
         it["data"]["verified"],

@@ -855,6 +855,10 @@ fn key_rotation_warns_before_and_fails_after_due() {
     assert_eq!(item["summary"], "1 key overdue for rotation, 1 due soon");
     let keys = item["data"]["keys"].as_array().unwrap();
     let by_name = |n: &str| keys.iter().find(|k| k["name"] == n).unwrap().clone();
+    // The trend's number (SPEC 9.3): the fewest days left (the overdue key's, negative).
+    let fewest = keys.iter().filter_map(|k| k["days_left"].as_i64()).min();
+    assert!(fewest.is_some_and(|d| d < 0), "{item:#}");
+    assert_eq!(item["data"]["value"].as_i64(), fewest, "{item:#}");
     assert_eq!(by_name("late")["status"], "fail");
     assert_eq!(by_name("soon")["status"], "warn");
     assert_eq!(by_name("fresh")["status"], "pass");

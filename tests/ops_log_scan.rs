@@ -186,6 +186,7 @@ since = "1d"
         it["data"]["matches"], 3,
         "recent, untimestamped and the recent rotated line: {it:#}"
     );
+    assert_eq!(it["data"]["value"], 3, "the trend's number: {it:#}");
     assert!(!it["data"]["top"].to_string().contains("old one"), "{it:#}");
 }
 

@@ -213,6 +213,8 @@ endpoints = [{:?}]
     let expired = cert_of(each, &ep("expired"));
     assert_eq!(expired["status"], "fail");
     assert_eq!(expired["days_left"], -3, "{expired:#}");
+    // The trend's number (SPEC 9.3): the fewest days left of any certificate.
+    assert_eq!(each["data"]["value"], -3, "{each:#}");
     assert_eq!(expired["subject"], "CN=localhost");
     assert_eq!(expired["issuer"], "CN=Runbook Test CA");
 

@@ -51,7 +51,10 @@ fn drill_restores_checks_records_rto_trend_and_drops_the_scratch_database() {
     let (code, it) = s.first_item_t(&[]);
     assert_eq!(code, 0, "{it:#}");
     assert_eq!(it["status"], "pass", "{it:#}");
-    assert!(it["data"]["rto_ms"].as_u64().is_some());
+    let rto_ms = it["data"]["rto_ms"].as_u64().expect("rto_ms");
+    // The trend's number (SPEC 9.3): RTO in seconds.
+    let value = it["data"]["value"].as_f64().expect("data.value");
+    assert!((value * 1000.0 - rto_ms as f64).abs() < 2.0, "{it:#}");
     assert_eq!(it["data"]["checksum"], "ok");
     assert_eq!(it["data"]["scratch_dropped"], true);
     assert!(

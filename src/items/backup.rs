@@ -239,6 +239,8 @@ impl Backup {
             "newest": newest.json(now),
             "format": format.as_str(),
             "size": newest.size,
+            // The trend (SPEC 9.3): the newest backup's size in bytes.
+            "value": newest.size,
             "age_s": age.as_secs(),
             "verified": v.how,
             "checksum": v.checksum,

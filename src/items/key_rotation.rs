@@ -117,6 +117,10 @@ impl KeyRotation {
         };
         Outcome::new(worst, summary)
             .with_details(details)
-            .with_data(serde_json::json!({ "keys": data }))
+            .with_data({
+                // The trend (SPEC 9.3): the fewest days any key has until its rotation is due.
+                let value = data.iter().filter_map(|k| k["days_left"].as_i64()).min();
+                serde_json::json!({ "keys": data, "value": value })
+            })
     }
 }

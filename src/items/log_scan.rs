@@ -435,6 +435,8 @@ impl LogScan {
         }
         lines.extend(details);
         Outcome::new(worst, summary).with_details(lines).with_pending(pending).with_data(json!({
+            // The trend (SPEC 9.3): how many lines matched.
+            "value": count,
             "matches": count,
             "lines_cut": tally.lines_cut,
             "pattern": self.pattern.text,

@@ -724,6 +724,8 @@ impl RestoreDrill {
             return (Outcome::fail(format!("restore failed: {e}")), true);
         }
         let rto = r.rto.unwrap_or_default();
+        // The trend (SPEC 9.3): seconds to a restored, checked database.
+        data["value"] = serde_json::json!((rto.as_secs_f64() * 1000.0).round() / 1000.0);
         let trend = self.trend(ctx, rto);
         data["previous_rto_ms"] = trend.previous_ms.into();
         data["rto_history_ms"] = trend.history_ms.clone().into();

@@ -135,6 +135,10 @@ impl SlowQueries {
                         summary_parts
                             .push(format!("no statement above {}{slowest}", self.warn_mean));
                     }
+                    // The trend (SPEC 9.3): the slowest statement's mean time in ms.
+                    if let Some(r) = rows.first() {
+                        data["value"] = json!(r.3);
+                    }
                     data["statements"] = json!(list);
                     data["maintenance_left_out"] = json!(left_out);
                     if let Some(n) = left_out.filter(|n| *n > 0) {

@@ -305,9 +305,16 @@ impl TlsCert {
                     .map(|r| format!("{} {}", r.0.tag(), r.1))
                     .collect(),
             )
-            .with_data(
-                json!({"certificates": rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>()}),
-            )
+            .with_data({
+                let certificates: Vec<serde_json::Value> =
+                    rows.iter().map(|r| r.2.clone()).collect();
+                // The trend (SPEC 9.3): the fewest days any certificate has left.
+                let value = certificates
+                    .iter()
+                    .filter_map(|c| c["days_left"].as_i64())
+                    .min();
+                json!({"certificates": certificates, "value": value})
+            })
     }
 
     fn roots(&self, ctx: &ItemCtx) -> Result<Arc<rustls::RootCertStore>, String> {
