@@ -262,9 +262,23 @@ pub struct JobConfig {
     pub notify: Option<Vec<String>>,
     /// Overrides `[runbook].max_parallel_items` for this job.
     pub max_parallel_items: Option<usize>,
+    /// Escalation steps (SPEC 9.1): a failing item nobody acknowledged within a step's
+    /// `after` sends the run's report to the step's notifiers, once per run and step.
+    #[serde(default)]
+    pub escalate: Vec<EscalateStep>,
     /// The checklist.
     #[serde(default)]
     pub items: Vec<ItemConfig>,
+}
+
+/// One `escalate = [{ after = "30m", notify = ["pagerduty"] }]` step of a job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateStep {
+    /// How long after the run finished a failure may stay unacknowledged.
+    pub after: Dur,
+    /// The notifiers that then get the run's report.
+    pub notify: Vec<String>,
 }
 
 fn default_catch_up_within() -> Dur {
@@ -628,6 +642,9 @@ fn validate(
                 list.clone()
             }
         };
+        errors.extend(validate_escalate(&job.escalate, &notifiers, |m| {
+            loc.at_key(&section, "escalate", ctx.clone(), m)
+        }));
         if job.items.is_empty() {
             warnings.push(format!(
                 "{}: job {name:?} has no items",
@@ -767,6 +784,40 @@ fn validate(
     };
     config.redactor = crate::base::secret::Redactor::new(config.secrets());
     Ok(config)
+}
+
+/// The problems of a job's `escalate` steps, each made an error by `at` (which places it).
+fn validate_escalate<N, E>(
+    steps: &[EscalateStep],
+    notifiers: &BTreeMap<String, N>,
+    at: impl Fn(String) -> E,
+) -> Vec<E> {
+    let mut errors = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let n = i + 1;
+        if step.after.get().is_zero() {
+            errors.push(at(format!(
+                "escalate step {n}: `after` must be longer than 0"
+            )));
+        }
+        if step.notify.is_empty() {
+            errors.push(at(format!("escalate step {n}: `notify` names no notifier")));
+        }
+        for name in &step.notify {
+            if !notifiers.contains_key(name) {
+                let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+                errors.push(at(format!(
+                    "escalate step {n}: unknown notifier {name:?} (defined: {})",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+    }
+    errors
 }
 
 fn unknown_zone(z: &str) -> String {

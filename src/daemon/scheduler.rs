@@ -176,6 +176,8 @@ struct Shared {
     unreported: Arc<Mutex<BTreeMap<String, Vec<DateTime<Utc>>>>>,
     /// Fired on shutdown after the grace period: runs stop and record interrupted items.
     cancel: CancellationToken,
+    /// Told when a run finished (its failures may need escalating).
+    escalation: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -271,12 +273,20 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         stop.clone(),
     ));
 
+    let escalation_wake = Arc::new(tokio::sync::Notify::new());
+    let escalation = tokio::spawn(crate::daemon::escalation::run(
+        config_rx.clone(),
+        store.clone(),
+        escalation_wake.clone(),
+        stop.clone(),
+    ));
     let shared = Shared {
         store: store.clone(),
         metrics: metrics.clone(),
         cluster: cluster.clone(),
         unreported: Default::default(),
         cancel: CancellationToken::new(),
+        escalation: escalation_wake,
     };
     let (takeover_tx, mut takeover_rx) = mpsc::channel::<(String, DateTime<Utc>)>(16);
     let watcher = cluster.clone().map(|c| {
@@ -447,6 +457,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     }
     let _ = outbox.await;
     let _ = housekeeping.await;
+    let _ = escalation.await;
     if let Some(s) = server {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
@@ -613,6 +624,7 @@ async fn run_slot(config: Arc<Config>, shared: Shared, fire: Fire) {
         Ok(report) => {
             shared.record(&name, &slot, "done", Some(&report.run_id));
             shared.metrics.observe(&report);
+            shared.escalation.notify_one();
         }
         Err(RunError::Locked { run_id, pid, .. }) => {
             tracing::warn!(job = %name, slot = %slot, run_id, pid, "slot skipped: the job is running (manual run)");

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::runner::{RunError, RunOptions};
 use crate::store::Store;
 
+mod ack;
 mod state_access;
 
 pub const EXIT_OK: u8 = 0;
@@ -415,6 +416,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Err(e) => usage(format!("{e:#}")),
             }
         }
+        Command::Ack {
+            run,
+            job,
+            item,
+            by,
+            note,
+            format,
+        } => ack::run(&config, &run, &job, &item, &by, note.as_deref(), format),
         Command::NotifyTest { channel, format } => {
             // As root, send as the daemon's user: a file notifier's folder it creates (often
             // inside the state folder) must stay writable for the daemon.

@@ -8,7 +8,7 @@
 
 use askama::Template;
 
-use super::{Change, ItemReport, Report};
+use super::{Ack, Change, ItemReport, Report};
 use crate::items::Status;
 
 struct Row<'a> {
@@ -19,6 +19,10 @@ struct Row<'a> {
     change: &'static str,
     duration: String,
     show_details: bool,
+    /// The item's newest acknowledgement (SPEC 9.2) and how it reads: "Done by alice" for a
+    /// `manual` item, "Acknowledged by bob" for another.
+    ack: Option<&'a Ack>,
+    ack_words: &'static str,
 }
 
 /// A block of rows under a heading: "Needs attention", "For a person", "Skipped", "Passed".
@@ -154,7 +158,7 @@ pub fn render(r: &Report) -> String {
             .iter()
             .copied()
             .filter(|i| f(i.status))
-            .map(make_row)
+            .map(|i| make_row(i, r.ack_of(&i.name)))
             .collect()
     };
     let mut groups = Vec::new();
@@ -229,11 +233,22 @@ pub fn render(r: &Report) -> String {
     page.render().expect("the report template renders")
 }
 
-fn make_row(item: &ItemReport) -> Row<'_> {
-    let (color, bg) = colors(item.status);
+fn make_row<'a>(item: &'a ItemReport, ack: Option<&'a Ack>) -> Row<'a> {
+    let done = item.status == Status::Manual && ack.is_some();
+    let (color, bg) = if done {
+        (colors(Status::Pass).0, "#ecfdf3")
+    } else {
+        colors(item.status)
+    };
     Row {
         item,
-        tag: item.status.tag(),
+        tag: if done { "DONE" } else { item.status.tag() },
+        ack,
+        ack_words: if item.status == Status::Manual {
+            "Done by"
+        } else {
+            "Acknowledged by"
+        },
         color,
         bg,
         change: match item.change {
@@ -272,6 +287,26 @@ mod tests {
                 && h.contains("Passed (1)")
         );
         assert!(h.contains("<b>Since the previous run:</b> new failure: Firing alerts"));
+        assert!(!h.contains("DONE"), "nothing is done before an ack");
+    }
+
+    #[test]
+    fn acked_manual_item_reads_done_by_whom() {
+        let mut r = crate::report::tests::sample();
+        r.acks.push(crate::report::Ack {
+            item: "Review Grafana".into(),
+            by: "alice <ops>".into(),
+            at: "2026-11-24T05:00:00Z".into(),
+            note: Some("dashboards fine".into()),
+        });
+        let h = super::render(&r);
+        assert!(h.contains(">DONE<"), "{h}");
+        assert!(
+            h.contains("Done by <b>alice &#60;ops&#62;</b>")
+                || h.contains("Done by <b>alice &lt;ops&gt;</b>"),
+            "{h}"
+        );
+        assert!(h.contains("dashboards fine"));
     }
 
     #[test]
