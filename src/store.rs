@@ -1074,14 +1074,15 @@ impl Store {
         Ok((report, ack))
     }
 
-    /// The newest finished report of each job in `jobs`, when that run failed and was not a
-    /// dry run (the candidates for escalation), with their acks.
+    /// The previous comparable run ([`Store::last_comparable_report`]: neither a dry run nor
+    /// limited by `--item`) of each job in `jobs`, when it failed (the candidates for
+    /// escalation), with their acks. A partial run does not say the other items recovered, so
+    /// it does not stop the escalation of the full run before it.
     pub fn latest_failed_reports(&self, jobs: &[String]) -> Result<Vec<Report>> {
         let mut out = Vec::new();
         for job in jobs {
-            if let Some(report) = self.last_report(job)?
+            if let Some(report) = self.last_comparable_report(job)?
                 && report.status == crate::items::Status::Fail
-                && !report.dry_run
             {
                 out.push(report);
             }

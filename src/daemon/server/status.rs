@@ -31,8 +31,9 @@ pub struct StatusData {
     pub runs_by_job: Vec<(String, Vec<RunSummary>)>,
     /// The newest runs of all jobs, newest first.
     pub recent: Vec<RunSummary>,
-    /// The latest finished report of each configured job (by job name), with its acks: where
-    /// the open TODOs and unacknowledged failures come from.
+    /// The latest full run's report of each configured job (by job name; neither a dry run nor
+    /// limited by `--item`), with its acks: where the open TODOs and unacknowledged failures
+    /// come from.
     pub latest: Vec<crate::report::Report>,
 }
 
@@ -43,7 +44,7 @@ impl StatusData {
         let mut latest = Vec::new();
         for name in config.jobs.keys() {
             runs_by_job.push((name.clone(), store.history(Some(name), RUNS_PER_JOB)?));
-            latest.extend(store.last_report(name)?);
+            latest.extend(store.last_comparable_report(name)?);
         }
         Ok(StatusData {
             runs_by_job,
