@@ -666,3 +666,66 @@ fn a_real_browser_signs_off_a_todo_through_the_status_page_form_with_the_token()
     drop(b);
     drop(d);
 }
+
+#[test]
+fn escalation_follows_the_latest_full_run_and_takes_each_step_once() {
+    let s = Setup::new(
+        r#"
+[notify.oncall]
+type = "file"
+dir = "paged"
+
+[jobs.daily]
+notify = []
+escalate = [{ after = "30m", notify = ["oncall"] }, { after = "2h", notify = ["oncall"] }]
+[[jobs.daily.items]]
+name = "broken"
+kind = "command"
+argv = ["false"]
+[[jobs.daily.items]]
+name = "fine"
+kind = "command"
+argv = ["true"]
+"#,
+    );
+    let (c, full, _) = s.run_job("daily", &[]);
+    assert_eq!(c, 1);
+    // A partial run that passes says nothing about the failing item: it is not the run that
+    // counts.
+    let (c, _, _) = s.run_job("daily", &["--item", "fine"]);
+    assert_eq!(c, 0);
+    let config = runbook::config::Config::load(&s.config()).unwrap_or_else(|e| panic!("{e}"));
+    let store = runbook::store::Store::open(&config.state_dir, &config.hostname).unwrap();
+    let finished = chrono::DateTime::parse_from_rfc3339(full["finished_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let pass = |at: chrono::DateTime<chrono::Utc>| {
+        runbook::daemon::escalation::pass(&config, &store, at).unwrap()
+    };
+    let (taken, next) = pass(finished + chrono::Duration::minutes(29));
+    assert!(taken.is_empty());
+    assert_eq!(
+        next,
+        Some(finished + chrono::Duration::minutes(30)),
+        "sleeps until the deadline"
+    );
+    let (taken, next) = pass(finished + chrono::Duration::minutes(31));
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0].run_id, full["run_id"].as_str().unwrap());
+    assert_eq!(taken[0].step, 0);
+    assert_eq!(next, Some(finished + chrono::Duration::hours(2)));
+    let (taken, _) = pass(finished + chrono::Duration::minutes(32));
+    assert!(taken.is_empty(), "a step is taken once");
+    // Acknowledged before the second step: no second step.
+    let full_id = full["run_id"].as_str().unwrap();
+    let out = s
+        .runbook(&[
+            "ack", full_id, "--job", "daily", "--item", "broken", "--by", "erin",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let (taken, next) = pass(finished + chrono::Duration::hours(3));
+    assert!(taken.is_empty(), "{taken:?}");
+    assert_eq!(next, None);
+}
