@@ -7,7 +7,8 @@
 # Needs: cargo, chromium (Debian: apt-get install chromium). Three jobs in three zones
 # (Asia/Kolkata, Europe/London, America/New_York) with command, key_rotation and manual items
 # are run by hand a few times (a flaky check fails once, a script fails every time), then
-# `runbook daemon` serves the page on a free loopback port. Nothing leaves this host.
+# `runbook daemon` serves the page on a free loopback port. Nothing leaves this host. The page
+# lists the open TODO (a manual item) and the unacknowledged failure, each with its ack form.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/docs/status-screenshot.png}
@@ -124,6 +125,6 @@ for _ in $(seq 100); do
 done
 curl -fsS "http://127.0.0.1:$port/" > status.html
 
-screenshot "http://127.0.0.1:$port/" "$out" 1140,1000
+screenshot "http://127.0.0.1:$port/" "$out" 1140,1350
 cp status.html "${out%.png}.html"
 echo "render-status: wrote $out (and ${out%.png}.html)"

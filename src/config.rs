@@ -274,9 +274,23 @@ pub struct JobConfig {
     pub notify: Option<Vec<String>>,
     /// Overrides `[runbook].max_parallel_items` for this job.
     pub max_parallel_items: Option<usize>,
+    /// Escalation steps (SPEC 9.1): a failing item nobody acknowledged within a step's
+    /// `after` sends the run's report to the step's notifiers, once per run and step.
+    #[serde(default)]
+    pub escalate: Vec<EscalateStep>,
     /// The checklist.
     #[serde(default)]
     pub items: Vec<ItemConfig>,
+}
+
+/// One `escalate = [{ after = "30m", notify = ["pagerduty"] }]` step of a job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateStep {
+    /// How long after the run finished a failure may stay unacknowledged.
+    pub after: Dur,
+    /// The notifiers that then get the run's report.
+    pub notify: Vec<String>,
 }
 
 fn default_catch_up_within() -> Dur {
@@ -753,6 +767,10 @@ impl Check<'_> {
             ));
         }
         let notify = self.job_notifiers(&section, &ctx, &job, known.notifiers);
+        let escalate_errors = validate_escalate(&job.escalate, known.notifiers, |m| {
+            loc.at_key(&section, "escalate", ctx.clone(), m)
+        });
+        self.errors.extend(escalate_errors);
         if job.items.is_empty() {
             self.warnings.push(format!(
                 "{}: job {name:?} has no items",
@@ -980,6 +998,36 @@ impl Check<'_> {
         }
         Some(built)
     }
+}
+
+/// The problems of a job's `escalate` steps, each made an error by `at` (which places it).
+fn validate_escalate<N, E>(
+    steps: &[EscalateStep],
+    notifiers: &BTreeMap<String, N>,
+    at: impl Fn(String) -> E,
+) -> Vec<E> {
+    let mut errors = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let n = i + 1;
+        if step.after.get().is_zero() {
+            errors.push(at(format!(
+                "escalate step {n}: `after` must be longer than 0"
+            )));
+        }
+        if step.notify.is_empty() {
+            errors.push(at(format!("escalate step {n}: `notify` names no notifier")));
+        }
+        for name in &step.notify {
+            if !notifiers.contains_key(name) {
+                let known: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+                errors.push(at(format!(
+                    "escalate step {n}: unknown notifier {name:?} (defined: {})",
+                    or_none(&known)
+                )));
+            }
+        }
+    }
+    errors
 }
 
 /// `a, b, c`, or `none`.

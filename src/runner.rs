@@ -279,6 +279,7 @@ async fn run_locked(
         items,
         missed: opts.missed.iter().map(|m| local(*m).to_rfc3339()).collect(),
         notifications: vec![],
+        acks: vec![],
         previous_status: None,
         history: Default::default(),
     };

@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
-use crate::report::{DeliveryStatus, NotificationStatus, Report};
+use crate::report::{Ack, DeliveryStatus, NotificationStatus, Report};
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(
@@ -132,6 +132,30 @@ const MIGRATIONS: &[M<'static>] = &[
     DROP TABLE outbox;
     ALTER TABLE outbox_v2 RENAME TO outbox;",
     ),
+    // Acknowledgements (SPEC 9.2): one row per `runbook ack` / `POST /runs/<id>/ack`, joined
+    // into the report when it is read (the report row itself is never rewritten). And the
+    // escalation steps already taken (SPEC 9.1 `escalate`): one row per run and step, written
+    // with the step's outbox entries in one transaction, so a step is taken once, across
+    // restarts.
+    M::up(
+        "CREATE TABLE acks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        item TEXT NOT NULL,
+        by TEXT NOT NULL,
+        at TEXT NOT NULL,
+        note TEXT
+    );
+    CREATE INDEX acks_run ON acks(run_id);
+    CREATE TABLE escalations (
+        run_id TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        job TEXT NOT NULL,
+        channels TEXT NOT NULL,
+        sent_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, step)
+    );",
+    ),
 ];
 
 /// A handle on the state database; cheap to clone.
@@ -178,6 +202,20 @@ pub struct RunSummary {
     pub duration_ms: Option<u64>,
     pub counts: Option<crate::report::Counts>,
     pub host: String,
+}
+
+/// Why an acknowledgement was not recorded ([`Store::ack`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    /// The run does not exist or is not the job's: exit 2, HTTP 404. The message says which.
+    #[error("{0}; nothing was recorded")]
+    NotFound(String),
+    /// The item does not exist in the run, or a field is missing: exit 2, HTTP 400.
+    #[error("{0}; nothing was recorded")]
+    BadInput(String),
+    /// The state database failed.
+    #[error("{0:#}")]
+    Store(anyhow::Error),
 }
 
 /// The state of an outbox entry, stored as its serde name.
@@ -642,7 +680,7 @@ impl Store {
     fn load_report(&self, json: &str) -> Result<Report> {
         let report: Report =
             serde_json::from_str(json).context("stored report is not valid JSON")?;
-        self.with(|c| with_deliveries(c, report))
+        self.with(|c| as_shown(c, report))
     }
 
     /// Marks runs left `running` by dead processes of this host as `interrupted`. Returns them.
@@ -704,7 +742,7 @@ impl Store {
             let report: Report =
                 serde_json::from_str(&json).context("stored report is not valid JSON")?;
             if !report.dry_run {
-                return self.with(|c| with_deliveries(c, report)).map(Some);
+                return self.with(|c| as_shown(c, report)).map(Some);
             }
         }
         Ok(None)
@@ -990,7 +1028,11 @@ impl Store {
             {
                 let mut del_outbox = tx.prepare("DELETE FROM outbox WHERE run_id = ?1")?;
                 let mut del_run = tx.prepare("DELETE FROM runs WHERE run_id = ?1")?;
+                let mut del_acks = tx.prepare("DELETE FROM acks WHERE run_id = ?1")?;
+                let mut del_esc = tx.prepare("DELETE FROM escalations WHERE run_id = ?1")?;
                 for run in &doomed {
+                    del_acks.execute([run])?;
+                    del_esc.execute([run])?;
                     pruned.outbox += del_outbox.execute([run])?;
                     pruned.runs += del_run.execute([run])?;
                 }
@@ -1004,6 +1046,147 @@ impl Store {
                 tx.execute("DELETE FROM scan_offsets WHERE updated_at < ?1", [&millis])?;
             tx.commit()?;
             Ok(pruned)
+        })
+    }
+
+    /// `runbook ack` and `POST /runs/<id>/ack` (SPEC 9.2): records that `by` did (a `manual`
+    /// item) or took (a failing one) item `item` of run `run` (of job `job`, when given).
+    /// `run` is a run id (or a unique prefix) or `last` (the job's newest finished run). Nothing
+    /// is recorded when the run, the job or the item does not match ([`AckError`]). The report
+    /// row is not touched: acks live in their own table and are joined in when a report is
+    /// read. Returns the report as it reads now (with this ack) and the ack.
+    pub fn ack(
+        &self,
+        run: &str,
+        job: Option<&str>,
+        item: &str,
+        by: &str,
+        note: Option<&str>,
+    ) -> std::result::Result<(Report, Ack), AckError> {
+        let by = by.trim();
+        if by.is_empty() {
+            return Err(AckError::BadInput(
+                "who acknowledges is not given (by)".into(),
+            ));
+        }
+        if item.trim().is_empty() {
+            return Err(AckError::BadInput("the item is not given (item)".into()));
+        }
+        let found = match (run, job) {
+            ("last", Some(job)) => self.last_report(job),
+            ("last", None) => {
+                return Err(AckError::BadInput("`last` needs the job".into()));
+            }
+            _ => self.report(run),
+        };
+        let report = match found {
+            Ok(Some(r)) => r,
+            Ok(None) if run == "last" => {
+                return Err(AckError::NotFound(format!(
+                    "job {:?} has no finished run to acknowledge",
+                    job.unwrap_or_default()
+                )));
+            }
+            Ok(None) => return Err(AckError::NotFound(format!("no stored run {run:?}"))),
+            Err(e) if e.chain().count() > 1 => return Err(AckError::Store(e)),
+            Err(e) => return Err(AckError::NotFound(format!("{e:#}"))),
+        };
+        if let Some(job) = job
+            && report.job != job
+        {
+            return Err(AckError::NotFound(format!(
+                "run {} belongs to job {:?}, not {job:?}",
+                report.run_id, report.job
+            )));
+        }
+        if !report.items.iter().any(|i| i.name == item) {
+            let names: Vec<&str> = report.items.iter().map(|i| i.name.as_str()).collect();
+            return Err(AckError::BadInput(format!(
+                "run {} of job {:?} has no item {item:?} (its items: {})",
+                report.run_id,
+                report.job,
+                names.join(", ")
+            )));
+        }
+        let ack = Ack {
+            item: item.to_string(),
+            by: by.to_string(),
+            at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            note: note
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+        };
+        let run_id = report.run_id.clone();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO acks (run_id, item, by, at, note) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run_id, ack.item, ack.by, ack.at, ack.note],
+            )
+            .map(|_| ())
+        })
+        .map_err(AckError::Store)?;
+        let mut report = report;
+        report.acks.push(ack.clone());
+        Ok((report, ack))
+    }
+
+    /// The previous comparable run ([`Store::last_comparable_report`]: neither a dry run nor
+    /// limited by `--item`) of each job in `jobs`, when it failed (the candidates for
+    /// escalation), with their acks. A partial run does not say the other items recovered, so
+    /// it does not stop the escalation of the full run before it.
+    pub fn latest_failed_reports(&self, jobs: &[String]) -> Result<Vec<Report>> {
+        let mut out = Vec::new();
+        for job in jobs {
+            if let Some(report) = self.last_comparable_report(job)?
+                && report.status == crate::items::Status::Fail
+            {
+                out.push(report);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The escalation steps already taken for a run (their indexes, from 0).
+    pub fn escalations_taken(&self, run_id: &str) -> Result<Vec<usize>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare_cached("SELECT step FROM escalations WHERE run_id = ?1 ORDER BY step")?;
+            st.query_map([run_id], |r| r.get::<_, i64>(0).map(|s| s as usize))?
+                .collect()
+        })
+    }
+
+    /// Takes escalation step `step` of a run: records it and queues the run's report for each
+    /// of `channels` (outbox entries with the event key `escalate-<step>`), in one transaction.
+    /// Returns false (and changes nothing) when the step was already taken, by this process
+    /// or another, now or before a restart.
+    pub fn take_escalation(
+        &self,
+        job: &str,
+        run_id: &str,
+        step: usize,
+        channels: &[String],
+    ) -> Result<bool> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
+                "INSERT INTO escalations (run_id, step, job, channels, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, step) DO NOTHING",
+                params![run_id, step as i64, job, channels.join(","), now()],
+            )?;
+            if inserted == 1 {
+                for ch in channels {
+                    let key = OutboxKey {
+                        run_id: run_id.to_string(),
+                        channel: ch.clone(),
+                        event: format!("escalate-{step}"),
+                    };
+                    insert_outbox_row(&tx, &key, None)?;
+                }
+            }
+            tx.commit()?;
+            Ok(inserted == 1)
         })
     }
 
@@ -1286,7 +1469,29 @@ fn outbox_entry(r: &rusqlite::Row) -> rusqlite::Result<OutboxEntry> {
     })
 }
 
-/// A stored report as users see it: the stored JSON (written once, never changed) with its
+/// A stored report as users see it: [`with_deliveries`], and its `acks` from the `acks` table.
+fn as_shown(c: &Connection, report: Report) -> rusqlite::Result<Report> {
+    let mut report = with_deliveries(c, report)?;
+    report.acks = acks_of(c, &report.run_id)?;
+    Ok(report)
+}
+
+/// The acknowledgements of a run, oldest first.
+fn acks_of(c: &Connection, run_id: &str) -> rusqlite::Result<Vec<Ack>> {
+    let mut st =
+        c.prepare_cached("SELECT item, by, at, note FROM acks WHERE run_id = ?1 ORDER BY id")?;
+    st.query_map([run_id], |r| {
+        Ok(Ack {
+            item: r.get(0)?,
+            by: r.get(1)?,
+            at: r.get(2)?,
+            note: r.get(3)?,
+        })
+    })?
+    .collect()
+}
+
+/// A stored report's JSON with its `notifications` from the outbox: the stored JSON (written once, never changed) with its
 /// `notifications` brought up to date from the run's outbox rows (SPEC 9.1). A channel's
 /// entries sum up as its worst state: any dropped is `failed`, else any pending or sending is
 /// `queued`, else `sent`.

@@ -3,6 +3,7 @@
 //! `runner` and everything below it.
 
 pub mod cluster;
+pub mod escalation;
 pub mod housekeeping;
 pub mod scheduler;
 pub mod server;

@@ -114,6 +114,8 @@ struct Shared {
     unreported: Arc<Mutex<BTreeMap<String, Vec<DateTime<Utc>>>>>,
     /// Fired on shutdown after the grace period: runs stop and record interrupted items.
     cancel: CancellationToken,
+    /// Told when a run finished (its failures may need escalating).
+    escalation: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -193,6 +195,9 @@ struct Background {
     server: Option<JoinHandle<()>>,
     outbox: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
+    /// Escalation of unacknowledged failures (`escalate`), woken by `escalation_wake`.
+    escalation: JoinHandle<()>,
+    escalation_wake: Arc<tokio::sync::Notify>,
     /// With a cluster: the watcher of expired claims (aborted, it holds no state).
     watcher: Option<JoinHandle<()>>,
 }
@@ -234,6 +239,13 @@ impl Background {
             store.clone(),
             stop.clone(),
         ));
+        let escalation_wake = Arc::new(tokio::sync::Notify::new());
+        let escalation = tokio::spawn(crate::daemon::escalation::run(
+            config.clone(),
+            store.clone(),
+            escalation_wake.clone(),
+            stop.clone(),
+        ));
         let watcher = cluster.map(|c| {
             tokio::spawn(watch_expired_claims(
                 c,
@@ -248,6 +260,8 @@ impl Background {
             server,
             outbox,
             housekeeping,
+            escalation,
+            escalation_wake,
             watcher,
         })
     }
@@ -299,6 +313,7 @@ impl Daemon {
             cluster,
             unreported: Default::default(),
             cancel: CancellationToken::new(),
+            escalation: background.escalation_wake.clone(),
         };
         let mut jobs = HashMap::new();
         sync_jobs(&mut jobs, &config, &store, now);
@@ -489,6 +504,7 @@ impl Daemon {
         }
         let _ = b.outbox.await;
         let _ = b.housekeeping.await;
+        let _ = b.escalation.await;
         if let Some(s) = b.server {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
         }
@@ -655,6 +671,7 @@ async fn run_slot(config: Arc<Config>, shared: Shared, fire: Fire) {
         Ok(report) => {
             shared.record(&name, &slot, "done", Some(&report.run_id));
             shared.metrics.observe(&report);
+            shared.escalation.notify_one();
         }
         Err(RunError::Locked { run_id, pid, .. }) => {
             tracing::warn!(job = %name, slot = %slot, run_id, pid, "slot skipped: the job is running (manual run)");

@@ -48,7 +48,7 @@ use std::time::Duration;
 use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -644,6 +644,7 @@ pub async fn serve_with(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/runs/{run_id}", get(run_report))
+        .route("/runs/{run_id}/ack", post(ack_run))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -823,6 +824,74 @@ async fn run_report(
         // an SQLite or decoding failure may name the database file.
         Err(e) if is_store_fault(&e) => store_unavailable(&format!("GET /runs/{run_id}"), &e),
         Err(e) => (StatusCode::NOT_FOUND, format!("{e:#}\n")).into_response(),
+    }
+}
+
+/// `POST /runs/<RUN_ID>/ack` (SPEC 9.6): `runbook ack` from a form (fields `item`, `by`,
+/// `note`, and `back = status` to return to the status page instead of the run's page).
+/// 303 back to the page when recorded; 404 for a run that does not exist, 400 for a missing
+/// field or an item the run does not have, each with the reason in plain text; nothing is
+/// recorded then. Behind the token like every page (`require_token`); the cookie is
+/// `SameSite=Strict`, so another site's form cannot post here with it.
+async fn ack_run(
+    State(s): State<AppState>,
+    Extension(reads): Extension<StoreReads>,
+    Path(run_id): Path<String>,
+    body: String,
+) -> Response {
+    if run_id.is_empty() || !run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return (StatusCode::NOT_FOUND, "no such run; nothing was recorded\n").into_response();
+    }
+    let fields: Vec<(String, String)> = reqwest::Url::parse("http://x/")
+        .map(|mut u| {
+            u.set_query(Some(&body));
+            u.query_pairs().into_owned().collect()
+        })
+        .unwrap_or_default();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let (Some(item), Some(by)) = (field("item"), field("by")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "an ack needs the form fields `item` and `by` (and optionally `note`); nothing was recorded\n",
+        )
+            .into_response();
+    };
+    let note = field("note");
+    let back_to_status = field("back").as_deref() == Some("status");
+    let id = run_id.clone();
+    let done = read_store(&reads, &s.store, move |st| {
+        Ok(st.ack(&id, None, &item, &by, note.as_deref()))
+    })
+    .await;
+    match done {
+        Ok(Ok((report, ack))) => {
+            tracing::info!(run_id = %report.run_id, job = %report.job, item = %ack.item, by = %ack.by, "acknowledged");
+            let location = if back_to_status {
+                "../../".to_string()
+            } else {
+                format!("../{}", report.run_id)
+            };
+            (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, location)],
+                "recorded\n",
+            )
+                .into_response()
+        }
+        Ok(Err(e @ crate::store::AckError::NotFound(_))) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Ok(Err(e @ crate::store::AckError::BadInput(_))) => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Ok(Err(crate::store::AckError::Store(e))) | Err(e) => {
+            store_unavailable(&format!("POST /runs/{run_id}/ack"), &e)
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::runner::{RunError, RunOptions};
 use crate::store::Store;
 
+mod ack;
 mod state_access;
 
 pub const EXIT_OK: u8 = 0;
@@ -298,6 +299,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
             format,
         } => trend(&config, &job, &item, &field, n, format),
         Command::Report { run, job, format } => report(&config, &run, job.as_deref(), format),
+        Command::Ack {
+            run,
+            job,
+            item,
+            by,
+            note,
+            format,
+        } => ack::run(&config, &run, &job, &item, &by, note.as_deref(), format),
         Command::NotifyTest { channel, format } => {
             notify_test(&config, channel.as_deref(), format).await
         }

@@ -823,6 +823,7 @@ pub fn test_report(host: &str, timezone: &str) -> Report {
         }],
         missed: vec![],
         notifications: vec![],
+        acks: vec![],
         previous_status: None,
         history: Default::default(),
     };

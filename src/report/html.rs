@@ -8,7 +8,7 @@
 
 use askama::Template;
 
-use super::{Change, ItemReport, Report};
+use super::{Ack, Change, ItemReport, Report};
 use crate::base::status::Status;
 
 struct Row<'a> {
@@ -21,6 +21,10 @@ struct Row<'a> {
     show_details: bool,
     /// The item's recent `data.value`s as bars, when earlier runs have one.
     chart: Option<Chart>,
+    /// The item's newest acknowledgement (SPEC 9.2) and how it reads: "Done by alice" for a
+    /// `manual` item, "Acknowledged by bob" for another.
+    ack: Option<&'a Ack>,
+    ack_words: &'static str,
 }
 
 /// The height in pixels of a chart's tallest bar.
@@ -285,7 +289,7 @@ pub fn render(r: &Report) -> String {
             .iter()
             .copied()
             .filter(|i| f(i.status))
-            .map(|i| make_row(r, i))
+            .map(|i| make_row(r, i, r.ack_of(&i.name)))
             .collect()
     };
     let mut groups = Vec::new();
@@ -360,8 +364,13 @@ pub fn render(r: &Report) -> String {
     page.render().expect("the report template renders")
 }
 
-fn make_row<'a>(r: &Report, item: &'a ItemReport) -> Row<'a> {
-    let (color, bg) = colors(item.status);
+fn make_row<'a>(r: &Report, item: &'a ItemReport, ack: Option<&'a Ack>) -> Row<'a> {
+    let done = item.status == Status::Manual && ack.is_some();
+    let (color, bg) = if done {
+        (colors(Status::Pass).0, "#ecfdf3")
+    } else {
+        colors(item.status)
+    };
     let chart = item
         .data
         .get("value")
@@ -382,7 +391,13 @@ fn make_row<'a>(r: &Report, item: &'a ItemReport) -> Row<'a> {
         });
     Row {
         item,
-        tag: item.status.tag(),
+        tag: if done { "DONE" } else { item.status.tag() },
+        ack,
+        ack_words: if item.status == Status::Manual {
+            "Done by"
+        } else {
+            "Acknowledged by"
+        },
         color,
         bg,
         change: match item.change {
@@ -422,6 +437,26 @@ mod tests {
                 && h.contains("Passed (1)")
         );
         assert!(h.contains("<b>Since the previous run:</b> new failure: Firing alerts"));
+        assert!(!h.contains("DONE"), "nothing is done before an ack");
+    }
+
+    #[test]
+    fn acked_manual_item_reads_done_by_whom() {
+        let mut r = crate::report::tests::sample();
+        r.acks.push(crate::report::Ack {
+            item: "Review Grafana".into(),
+            by: "alice <ops>".into(),
+            at: "2026-11-24T05:00:00Z".into(),
+            note: Some("dashboards fine".into()),
+        });
+        let h = super::render(&r);
+        assert!(h.contains(">DONE<"), "{h}");
+        assert!(
+            h.contains("Done by <b>alice &#60;ops&#62;</b>")
+                || h.contains("Done by <b>alice &lt;ops&gt;</b>"),
+            "{h}"
+        );
+        assert!(h.contains("dashboards fine"));
     }
 
     #[test]

@@ -84,6 +84,18 @@ pub struct NotificationStatus {
     pub error: Option<String>,
 }
 
+/// Someone's acknowledgement of an item of a stored run (SPEC 9.2): who did a `manual` item,
+/// or who took a failing one. Kept in the store's `acks` table, never in the stored report row;
+/// joined into the report whenever it is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub item: String,
+    pub by: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub note: Option<String>,
+}
+
 /// One run's report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -115,6 +127,10 @@ pub struct Report {
     /// `queued`); when a stored report is read, the store brings it up to date from the run's
     /// outbox rows (`sent`, `queued`, `failed`), so it always tells the delivery state.
     pub notifications: Vec<NotificationStatus>,
+    /// Acknowledgements (SPEC 9.2), oldest first: empty when the run ends; the store adds them
+    /// from its `acks` table when a stored report is read.
+    #[serde(default)]
+    pub acks: Vec<Ack>,
     /// The status of the previous comparable run (SPEC 9.1), set by `compare_with`; None on a
     /// job's first run. Only for `on = "change"` at delivery time: not part of the JSON.
     #[serde(skip)]
@@ -131,6 +147,18 @@ pub struct Report {
 pub const CHART_POINTS: usize = 30;
 
 impl Report {
+    /// The newest acknowledgement of item `name`, if any.
+    pub fn ack_of(&self, name: &str) -> Option<&Ack> {
+        self.acks.iter().rev().find(|a| a.item == name)
+    }
+
+    /// True when some failing item has no acknowledgement (what `escalate` waits for).
+    pub fn has_unacked_failure(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| i.status == Status::Fail && self.ack_of(&i.name).is_none())
+    }
+
     /// Fills `status` and `counts` from the items.
     pub fn finish_status(&mut self) {
         let mut counts = Counts::default();
@@ -315,6 +343,7 @@ pub mod tests {
             ],
             missed: vec![],
             notifications: vec![],
+            acks: vec![],
             previous_status: None,
             history: Default::default(),
         };

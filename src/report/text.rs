@@ -10,7 +10,17 @@ pub fn render(r: &Report) -> String {
     let c = &r.counts;
     let mut counts = r.counts_phrase();
     if c.manual > 0 {
-        let _ = write!(counts, ", {} to do", c.manual);
+        let done = r
+            .items
+            .iter()
+            .filter(|i| i.status == Status::Manual && r.ack_of(&i.name).is_some())
+            .count();
+        if c.manual > done {
+            let _ = write!(counts, ", {} to do", c.manual - done);
+        }
+        if done > 0 {
+            let _ = write!(counts, ", {done} done");
+        }
     }
     if c.skipped > 0 {
         let _ = write!(counts, ", {} skipped", c.skipped);
@@ -40,14 +50,13 @@ pub fn render(r: &Report) -> String {
             super::Change::Recovered => "  [recovered]",
             super::Change::Same => "",
         };
-        let _ = writeln!(
-            out,
-            "{}  {} — {}{}",
-            i.status.tag(),
-            i.name,
-            i.summary,
-            change
-        );
+        let ack = r.ack_of(&i.name);
+        let (tag, by) = match (i.status, ack) {
+            (Status::Manual, Some(a)) => ("DONE", format!("  (by {})", a.by)),
+            (_, Some(a)) => (i.status.tag(), format!("  (acked by {})", a.by)),
+            (_, None) => (i.status.tag(), String::new()),
+        };
+        let _ = writeln!(out, "{tag}  {} — {}{change}{by}", i.name, i.summary);
     }
     let noteworthy: Vec<_> = r
         .items
@@ -61,6 +70,22 @@ pub fn render(r: &Report) -> String {
             for d in &i.details {
                 let _ = writeln!(out, "    {d}");
             }
+        }
+    }
+    if !r.acks.is_empty() {
+        let _ = writeln!(out, "\nAcknowledged:");
+        for a in &r.acks {
+            let _ = writeln!(
+                out,
+                "    {} — {} at {}{}",
+                a.item,
+                a.by,
+                a.at,
+                a.note
+                    .as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            );
         }
     }
     if !r.notifications.is_empty() {
@@ -107,6 +132,35 @@ mod tests {
         assert!(
             !t.contains("full-20261124.dump 2.1G 3h"),
             "details of passing items stay out of the text report"
+        );
+    }
+
+    #[test]
+    fn acked_manual_item_reads_done_by_whom() {
+        let mut r = crate::report::tests::sample();
+        r.acks.push(crate::report::Ack {
+            item: "Review Grafana".into(),
+            by: "alice".into(),
+            at: "2026-11-24T05:00:00Z".into(),
+            note: Some("dashboards fine".into()),
+        });
+        r.acks.push(crate::report::Ack {
+            item: "Firing alerts".into(),
+            by: "bob".into(),
+            at: "2026-11-24T05:01:00Z".into(),
+            note: None,
+        });
+        let t = super::render(&r);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("1 failed, 1 done —"), "{}", lines[0]);
+        assert_eq!(lines[5], "DONE  Review Grafana — for a person  (by alice)");
+        assert_eq!(
+            lines[3],
+            "FAIL  Firing alerts — 2 alerts firing  [new failure]  (acked by bob)"
+        );
+        assert!(
+            t.contains("Acknowledged:\n    Review Grafana — alice at 2026-11-24T05:00:00Z: dashboards fine\n"),
+            "{t}"
         );
     }
 }

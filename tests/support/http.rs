@@ -144,3 +144,35 @@ pub fn stream_server(status: &'static str, first: &'static str, size: usize) -> 
 pub async fn report_t(setup: super::Setup) -> (i32, serde_json::Value) {
     blocking(move || setup.report_t(&[])).await
 }
+
+/// One HTTP/1.0 `POST path` to 127.0.0.1:`port` with a form body (`application/x-www-form-
+/// urlencoded`, `body` already encoded) and `headers`; returns (status code, head, body).
+pub fn post_form(
+    port: u16,
+    path: &str,
+    body: &str,
+    headers: &[&str],
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!(
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, head.to_string(), rest.to_string()))
+}

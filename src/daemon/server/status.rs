@@ -31,17 +31,24 @@ pub struct StatusData {
     pub runs_by_job: Vec<(String, Vec<RunSummary>)>,
     /// The newest runs of all jobs, newest first.
     pub recent: Vec<RunSummary>,
+    /// The latest full run's report of each configured job (by job name; neither a dry run nor
+    /// limited by `--item`), with its acks: where the open TODOs and unacknowledged failures
+    /// come from.
+    pub latest: Vec<crate::report::Report>,
 }
 
 impl StatusData {
     /// Reads what the page needs (blocking: SQLite).
     pub fn read(config: &Config, store: &Store) -> Result<StatusData> {
         let mut runs_by_job = Vec::with_capacity(config.jobs.len());
+        let mut latest = Vec::new();
         for name in config.jobs.keys() {
             runs_by_job.push((name.clone(), store.history(Some(name), RUNS_PER_JOB)?));
+            latest.extend(store.last_comparable_report(name)?);
         }
         Ok(StatusData {
             runs_by_job,
+            latest,
             recent: store.history(None, RECENT_RUNS)?,
         })
     }
@@ -63,6 +70,54 @@ struct RunView {
     trigger: String,
     job: String,
     host: String,
+}
+
+/// An open TODO (a `manual` item nobody marked done) or an unacknowledged failure of a job's
+/// latest run, with its ack form.
+struct TodoView {
+    job: String,
+    run_id: String,
+    item: String,
+    summary: String,
+    tag: &'static str,
+    color: &'static str,
+    /// The form's button: "Done" for a TODO, "Take it" for a failure.
+    button: &'static str,
+    when: String,
+}
+
+/// The open TODOs and unacknowledged failures of the jobs' latest runs, failures first.
+fn todos(config: &Config, latest: &[crate::report::Report]) -> Vec<TodoView> {
+    let mut out = Vec::new();
+    for want in [Status::Fail, Status::Manual] {
+        for r in latest {
+            let tz = config.jobs.get(&r.job).map(|j| j.tz).unwrap_or(Tz::UTC);
+            for i in r.items.iter().filter(|i| i.status == want) {
+                if r.ack_of(&i.name).is_some() {
+                    continue;
+                }
+                out.push(TodoView {
+                    job: r.job.clone(),
+                    run_id: r.run_id.clone(),
+                    item: i.name.clone(),
+                    summary: i.summary.clone(),
+                    tag: want.tag(),
+                    color: colors(want).0,
+                    button: if want == Status::Manual {
+                        "Done"
+                    } else {
+                        "Take it"
+                    },
+                    when: r
+                        .started_at
+                        .with_timezone(&tz)
+                        .format("%Y-%m-%d %H:%M %Z")
+                        .to_string(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// One job's row.
@@ -100,6 +155,7 @@ struct Page {
     version: &'static str,
     jobs: Vec<JobView>,
     recent: Vec<RunView>,
+    todos: Vec<TodoView>,
 }
 
 /// The status of a stored run (`pass`, `warn`, `fail`, `interrupted`, `running`), for display.
@@ -303,6 +359,7 @@ pub fn render(config: &Config, data: &StatusData, now: DateTime<Utc>) -> String 
         version: env!("CARGO_PKG_VERSION"),
         jobs,
         recent,
+        todos: todos(config, &data.latest),
     };
     page.render().expect("the status template renders")
 }

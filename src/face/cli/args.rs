@@ -119,6 +119,25 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },
+    /// Acknowledge an item of a stored run: who did a manual item, or who took a failing one.
+    Ack {
+        /// A run id (or a unique prefix), or `last` (the job's latest run).
+        run: String,
+        /// The run's job.
+        #[arg(long)]
+        job: String,
+        /// The item's name, as in the report.
+        #[arg(long, value_name = "NAME")]
+        item: String,
+        /// Who did it or took it.
+        #[arg(long, value_name = "WHO")]
+        by: String,
+        /// A note shown with the acknowledgement.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Send a test message through each (or one) notifier.
     NotifyTest {
         channel: Option<String>,
