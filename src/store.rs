@@ -1157,8 +1157,9 @@ impl Store {
         })
     }
 
-    /// Takes escalation step `step` of a run: records it and queues the run's report for each
-    /// of `channels` (outbox entries with the event key `escalate-<step>`), in one transaction.
+    /// Takes escalation step `step` of a run: records it (with its `channels`) and queues its
+    /// outbox `entries` (`notify::plan_escalation`: the report, or PagerDuty events), in one
+    /// transaction.
     /// Returns false (and changes nothing) when the step was already taken, by this process
     /// or another, now or before a restart.
     pub fn take_escalation(
@@ -1167,6 +1168,7 @@ impl Store {
         run_id: &str,
         step: usize,
         channels: &[String],
+        entries: &[(OutboxKey, Option<String>)],
     ) -> Result<bool> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -1176,13 +1178,8 @@ impl Store {
                 params![run_id, step as i64, job, channels.join(","), now()],
             )?;
             if inserted == 1 {
-                for ch in channels {
-                    let key = OutboxKey {
-                        run_id: run_id.to_string(),
-                        channel: ch.clone(),
-                        event: format!("escalate-{step}"),
-                    };
-                    insert_outbox_row(&tx, &key, None)?;
+                for (key, payload) in entries {
+                    insert_outbox_row(&tx, key, payload.as_deref())?;
                 }
             }
             tx.commit()?;

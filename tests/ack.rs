@@ -729,3 +729,81 @@ argv = ["true"]
     assert!(taken.is_empty(), "{taken:?}");
     assert_eq!(next, None);
 }
+
+/// An escalation step to a `pagerduty` notifier queues PagerDuty events, not a report (which
+/// PagerDuty cannot take): one `trigger` per failing item nobody acknowledged, with the run's
+/// own `dedup_key`, each its own outbox entry.
+#[test]
+fn escalation_to_pagerduty_queues_a_trigger_per_unacknowledged_failure() {
+    let s = Setup::builder()
+        .body(
+            r#"
+[notify.pd]
+type = "pagerduty"
+routing_key = "0123456789abcdef0123456789abcdef"
+url = "http://127.0.0.1:9/v2/enqueue"
+
+[jobs.daily]
+notify = []
+escalate = [{ after = "30m", notify = ["pd"] }]
+[[jobs.daily.items]]
+name = "broken"
+kind = "command"
+argv = ["false"]
+[[jobs.daily.items]]
+name = "taken"
+kind = "command"
+argv = ["false"]
+[[jobs.daily.items]]
+name = "fine"
+kind = "command"
+argv = ["true"]
+"#,
+        )
+        .build();
+    let (c, full, _) = s.run_job("daily", &[]);
+    assert_eq!(c, 1);
+    let run_id = full["run_id"].as_str().unwrap();
+    let out = s
+        .runbook(&[
+            "ack", run_id, "--job", "daily", "--item", "taken", "--by", "erin",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+
+    let config = runbook::config::Config::load(&s.config()).unwrap_or_else(|e| panic!("{e}"));
+    let store = runbook::store::Store::open(&config.state_dir, &config.hostname).unwrap();
+    let finished = chrono::DateTime::parse_from_rfc3339(full["finished_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let (taken, _) =
+        runbook::daemon::escalation::pass(&config, &store, finished + chrono::Duration::hours(1))
+            .unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+
+    let out = s.runbook(&["outbox", "--format", "json"]).output().unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries: Vec<&serde_json::Value> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["run_id"] == run_id)
+        .collect();
+    let events: Vec<&str> = entries
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(events, vec!["escalate-0/trigger/broken"], "{listing:#}");
+    let event: serde_json::Value =
+        serde_json::from_str(entries[0]["payload"].as_str().expect("payload")).unwrap();
+    assert_eq!(event["event_action"], "trigger");
+    assert_eq!(event["dedup_key"], "runbook/daily/broken");
+    assert_eq!(event["payload"]["severity"], "critical");
+    assert!(
+        !listing
+            .to_string()
+            .contains("0123456789abcdef0123456789abcdef"),
+        "the routing key is never stored or listed: {listing:#}"
+    );
+}

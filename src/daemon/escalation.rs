@@ -71,7 +71,13 @@ pub fn pass(
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             }
-            if store.take_escalation(&job.name, &report.run_id, i, &step.notify)? {
+            let entries: Vec<(crate::store::OutboxKey, Option<String>)> = step
+                .notify
+                .iter()
+                .flat_map(|ch| crate::notify::plan_escalation(&config.notifiers, ch, &report, i))
+                .map(|p| (p.key, p.payload))
+                .collect();
+            if store.take_escalation(&job.name, &report.run_id, i, &step.notify, &entries)? {
                 let unacked: Vec<&str> = report
                     .items
                     .iter()

@@ -534,6 +534,41 @@ pub fn plan_run(
     (lines, entries)
 }
 
+/// The outbox entries of escalation step `step` (counted from 0) of `report` to `channel`:
+/// the report itself (event `escalate-<step>`), or for a `pagerduty` channel one `trigger` per
+/// failing item nobody acknowledged (event `escalate-<step>/trigger/<item>`; the same
+/// `dedup_key` as the run's own events, so PagerDuty folds them into the open incident).
+pub fn plan_escalation(
+    notifiers: &Notifiers,
+    channel: &str,
+    report: &Report,
+    step: usize,
+) -> Vec<Planned> {
+    let key = |event: String| OutboxKey {
+        run_id: report.run_id.clone(),
+        channel: channel.to_string(),
+        event,
+    };
+    match notifiers.get(channel).map(|n| &n.sender) {
+        Some(Sender::PagerDuty(_)) => pagerduty::events(report, None, On::Fail)
+            .into_iter()
+            .filter(|(event, _)| {
+                event
+                    .strip_prefix("trigger/")
+                    .is_some_and(|item| report.ack_of(item).is_none())
+            })
+            .map(|(event, payload)| Planned {
+                key: key(format!("escalate-{step}/{event}")),
+                payload: Some(payload.to_string()),
+            })
+            .collect(),
+        _ => vec![Planned {
+            key: key(format!("escalate-{step}")),
+            payload: None,
+        }],
+    }
+}
+
 /// The report as a channel sends it: its content, without the delivery state (which changes
 /// as it is delivered and is shown where the report is read). A webhook gets the report JSON
 /// as `report --format json` shows it: with `notifications` as they stand.
