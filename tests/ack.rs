@@ -269,6 +269,8 @@ fn the_status_page_lists_open_todos_and_failures_and_its_form_acks_behind_the_to
         page.contains("name=\"item\" value=\"Disk check\"") && page.contains(">Take it</button>")
     );
     assert!(!page.contains("<script"), "no scripts");
+    // A half-typed form is not wiped by the page's reload every minute.
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"600\">"), "{page}");
 
     // Without the token: 401, nothing recorded.
     let path = format!("/runs/{run_id}/ack");
