@@ -138,6 +138,8 @@ fn install_stages_the_package_file_list_with_its_modes() {
         "/usr/share/man/man1/runbook.1.gz",
         "/usr/share/man/man1/runbook-check-config.1.gz",
         "/usr/share/man/man1/runbook-run-job.1.gz",
+        "/usr/share/man/man1/runbook-ack.1.gz",
+        "/usr/share/man/man1/runbook-trend.1.gz",
         "/usr/share/doc/runbook/README.md",
         "/usr/share/doc/runbook/docs/daemon.md",
         "/usr/share/doc/runbook/examples/alerts.yml",
@@ -170,6 +172,8 @@ fn install_stages_the_package_file_list_with_its_modes() {
         "history",
         "outbox",
         "notify-test",
+        "trend",
+        "ack",
     ] {
         assert!(bash.contains(sub), "bash completion lacks {sub}");
     }
