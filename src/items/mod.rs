@@ -200,7 +200,7 @@ pub enum TargetError {
     Unknown(String),
     /// The connection failed (the reason, as `base::pg` words it).
     #[error("{0}")]
-    Connect(String),
+    Connect(#[from] crate::base::pg::PgError),
 }
 
 /// Load-time checks of one item: collects errors (with the key they concern) and warnings.

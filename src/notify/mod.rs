@@ -289,19 +289,25 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The HTTP client for webhooks and pings: rustls, timeouts, no redirects to follow blindly
 /// with a secret URL (a redirect is reported as an error).
-pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+pub(crate) fn http_client() -> Result<reqwest::Client, HttpClientError> {
     reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| {
-            format!(
-                "cannot set up the HTTP client: {}",
-                error_chain(&e.without_url())
-            )
-        })
+        .map_err(|e| HttpClientError(error_chain(&e.without_url())))
+}
+
+/// The HTTP client could not be built (no TLS roots, say): no HTTP notifier can deliver.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot set up the HTTP client: {0}")]
+pub(crate) struct HttpClientError(String);
+
+impl From<HttpClientError> for String {
+    fn from(e: HttpClientError) -> String {
+        e.to_string()
+    }
 }
 
 /// `Display` of an error and its sources, joined with ": " (a source already quoted by its
