@@ -441,7 +441,7 @@ async fn error_trend_compares_with_the_week_before() {
     let tripled = item(&report, "tripled");
     assert_eq!(tripled["status"], "fail", "{tripled:#}");
     assert!(
-        details(&tripled).contains("2600 now, 600 7d earlier (+333%) — FAIL (grew more than 200%)"),
+        details(tripled).contains("2600 now, 600 7d earlier (+333%) — FAIL (grew more than 200%)"),
         "{tripled:#}"
     );
 }

@@ -420,7 +420,7 @@ ca_file = {ca:?}
 
     let named = item(&report, "as the production name");
     assert_eq!(named["status"], "pass", "{named:#}");
-    let c = cert_of(&named, &endpoint);
+    let c = cert_of(named, &endpoint);
     assert_eq!(
         (
             c["chain_verified"].as_bool(),
@@ -432,7 +432,7 @@ ca_file = {ca:?}
         "{c:#}"
     );
     assert!(
-        details(&named).contains(&format!("{endpoint} (as {name}): CN={name}")),
+        details(named).contains(&format!("{endpoint} (as {name}): CN={name}")),
         "{named:#}"
     );
 }
