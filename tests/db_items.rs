@@ -201,20 +201,29 @@ retries = 0
     );
 }
 
+/// Restarts `pg` with three connection slots and takes two with idle sessions (held until the
+/// values are dropped): one slot is left.
+fn leave_one_connection_slot(pg: &runbook::face::pgcluster::TempCluster) -> [Holder; 2] {
+    pg.restart_with("max_connections = 3\nsuperuser_reserved_connections = 0")
+        .expect("restart");
+    let idle = [
+        Holder::start(pg, "SELECT 1;\n"),
+        Holder::start(pg, "SELECT 2;\n"),
+    ];
+    wait_for(
+        pg,
+        "SELECT count(*) = 2 FROM pg_stat_activity WHERE application_name = 'psql' AND pid <> pg_backend_pid()",
+    );
+    idle
+}
+
 #[test]
 fn vacuum_and_reindex_with_a_worker_that_cannot_connect_do_everything_on_the_others_and_say_so() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
     // Three connection slots, two of them taken: runbook's first connection gets the last one,
     // its second worker's is refused ("too many clients").
-    pg.restart_with("max_connections = 3\nsuperuser_reserved_connections = 0")
-        .expect("restart");
-    let _idle1 = Holder::start(&pg, "SELECT 1;\n");
-    let _idle2 = Holder::start(&pg, "SELECT 2;\n");
-    wait_for(
-        &pg,
-        "SELECT count(*) = 2 FROM pg_stat_activity WHERE application_name = 'psql' AND pid <> pg_backend_pid()",
-    );
+    let _idle = leave_one_connection_slot(&pg);
     let jobs = r#"
 [jobs.m]
 [[jobs.m.items]]
@@ -1005,16 +1014,9 @@ fn a_targets_failures_are_told_apart_by_variant_with_their_messages() {
         Some(PgError::Connect(m)) => assert!(m.starts_with("cannot connect to target down"), "{m}"),
         other => panic!("{other:?}"),
     }
-    // Three slots, two taken by idle sessions and the third by our first connection: no
-    // connection for an extra worker (which, unlike the first, does not wait for a slot).
-    pg.restart_with("max_connections = 3\nsuperuser_reserved_connections = 0")
-        .expect("restart");
-    let _idle1 = Holder::start(&pg, "SELECT 1;\n");
-    let _idle2 = Holder::start(&pg, "SELECT 2;\n");
-    wait_for(
-        &pg,
-        "SELECT count(*) = 2 FROM pg_stat_activity WHERE application_name = 'psql' AND pid <> pg_backend_pid()",
-    );
+    // One slot left, taken by our first connection: no connection for an extra worker (which,
+    // unlike the first, does not wait for a slot).
+    let _idle = leave_one_connection_slot(&pg);
     let _first = rt.block_on(primary.connect()).expect("the last slot");
     match rt.block_on(primary.connect_extra_worker()).err() {
         Some(PgError::TooManyClients(m)) => assert!(
