@@ -947,8 +947,12 @@ impl Check<'_> {
                 match crate::base::secret::Secret::resolve(src, "cluster.password", self.dir) {
                     Ok(s) => Some(s),
                     Err(m) => {
-                        self.errors
-                            .push(self.loc.at_key("cluster", "password", None, m));
+                        self.errors.push(self.loc.at_key(
+                            "cluster",
+                            "password",
+                            None,
+                            m.to_string(),
+                        ));
                         None
                     }
                 }
@@ -960,7 +964,8 @@ impl Check<'_> {
                 Some(target)
             }
             Err(m) => {
-                self.errors.push(self.loc.at_key("cluster", "url", None, m));
+                self.errors
+                    .push(self.loc.at_key("cluster", "url", None, m.to_string()));
                 None
             }
         }
@@ -994,7 +999,7 @@ impl Check<'_> {
             }
             Err(m) => self
                 .errors
-                .push(self.loc.at_key("server", "token", None, m)),
+                .push(self.loc.at_key("server", "token", None, m.to_string())),
         }
         Some(built)
     }

@@ -1,44 +1,35 @@
 //! `capacity` (the "Capacity planning review" companion) against a real state database holding
 //! stored runs of the job it reads, run through the real CLI.
 
-use std::path::Path;
+mod support;
 
 use chrono::{DateTime, Duration, Utc};
-use runbook::report::Report;
 use runbook::store::Store;
 use serde_json::{Value, json};
+use support::{Setup, runs};
 
 /// Stores a finished run of job `daily` started at `at` whose item "System" has
 /// `disks = [{used_percent: disk}]` and item "Connections" `value = conns`.
 fn store_daily(store: &Store, n: usize, at: DateTime<Utc>, disk: f64, conns: f64, dry_run: bool) {
-    let t = at.with_timezone(&chrono_tz::Asia::Kolkata).to_rfc3339();
-    let run_id = format!("01DAILY{n:04}");
-    let r: Report = serde_json::from_value(json!({
-        "run_id": run_id, "job": "daily", "trigger": "schedule", "scheduled_for": t,
-        "started_at": t, "finished_at": t, "duration_ms": 5, "host": "ops-1",
-        "timezone": "Asia/Kolkata", "status": "pass", "dry_run": dry_run,
-        "counts": {"pass": 2, "warn": 0, "fail": 0, "skipped": 0, "manual": 0},
-        "items": [
-            {"name": "System", "kind": "system", "status": "pass", "summary": "ok", "details": [],
-             "data": {"value": disk, "disks": [{"path": "/", "used_percent": disk}]},
-             "duration_ms": 1, "change": "same"},
-            {"name": "Connections", "kind": "sql", "status": "pass", "summary": "ok", "details": [],
-             "data": {"value": conns}, "duration_ms": 1, "change": "same"}
+    let r = runs::report(
+        "daily",
+        &format!("01DAILY{n:04}"),
+        "schedule",
+        at,
+        &[
+            (
+                "System",
+                "system",
+                json!({"value": disk, "disks": [{"path": "/", "used_percent": disk}]}),
+            ),
+            ("Connections", "sql", json!({"value": conns})),
         ],
-        "notifications": []
-    }))
-    .unwrap();
-    store
-        .insert_run(&run_id, "daily", "schedule", Some(&t), &at, !dry_run)
-        .unwrap();
-    store.finish_run(&r, &[], &[]).unwrap();
+        dry_run,
+    );
+    runs::store_run(store, &r, !dry_run);
 }
 
 const JOBS: &str = r#"
-[runbook]
-timezone = "Asia/Kolkata"
-state_dir = "state"
-
 [jobs.daily]
 schedule = "0 10 * * *"
 
@@ -66,34 +57,23 @@ series = [
 ]
 "#;
 
-fn run_monthly(dir: &Path) -> (i32, Value) {
-    std::fs::write(dir.join("jobs.toml"), JOBS).unwrap();
-    let out = assert_cmd::Command::cargo_bin("runbook")
-        .unwrap()
-        .current_dir(dir)
-        .env_remove("RUNBOOK_CONFIG")
-        .env_remove("RUNBOOK_STATE_DIR")
-        .args([
-            "--config",
-            "jobs.toml",
-            "run-job",
-            "monthly",
-            "--no-notify",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no report ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), report["items"][0].clone())
+fn run_monthly(s: &Setup) -> (i32, Value) {
+    let (code, report) = s.json(&[
+        "--config",
+        "jobs.toml",
+        "run-job",
+        "monthly",
+        "--no-notify",
+        "--format",
+        "json",
+    ]);
+    (code, report["items"][0].clone())
 }
 
 #[test]
 fn capacity_forecasts_each_series_from_the_last_30_days_of_stored_runs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let store = Store::open(&dir.join("state"), "ops-1").unwrap();
+    let s = Setup::new(JOBS);
+    let store = Store::open(&s.path().join("state"), "ops-1").unwrap();
     let now = Utc::now();
     // 40 days ago the disk was nearly empty and shrinking: outside the 30-day window, it must
     // not flatten the rate.
@@ -116,7 +96,7 @@ fn capacity_forecasts_each_series_from_the_last_30_days_of_stored_runs() {
     store_daily(&store, 99, now - Duration::hours(2), 99.0, 99.0, true);
     drop(store);
 
-    let (code, item) = run_monthly(dir);
+    let (code, item) = run_monthly(&s);
     assert_eq!(item["status"], "warn", "{item:#}");
     assert_eq!(code, 0, "a warning exits 0");
     assert_eq!(
@@ -147,13 +127,12 @@ fn capacity_forecasts_each_series_from_the_last_30_days_of_stored_runs() {
 
 #[test]
 fn a_limit_within_fail_within_fails_and_a_short_history_is_said() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let store = Store::open(&dir.join("state"), "ops-1").unwrap();
+    let s = Setup::new(JOBS);
+    let store = Store::open(&s.path().join("state"), "ops-1").unwrap();
     let now = Utc::now();
     let (code, item) = {
         drop(store);
-        run_monthly(dir)
+        run_monthly(&s)
     };
     assert_eq!(
         (code, item["status"].as_str()),
@@ -165,7 +144,7 @@ fn a_limit_within_fail_within_fails_and_a_short_history_is_said() {
         "not enough history for a forecast yet (3 series)"
     );
 
-    let store = Store::open(&dir.join("state"), "ops-1").unwrap();
+    let store = Store::open(&s.path().join("state"), "ops-1").unwrap();
     // Two points a day apart are no rate; then 2 points a day toward 100%: 10 days left.
     for d in 0..10 {
         store_daily(
@@ -178,7 +157,7 @@ fn a_limit_within_fail_within_fails_and_a_short_history_is_said() {
         );
     }
     drop(store);
-    let (code, item) = run_monthly(dir);
+    let (code, item) = run_monthly(&s);
     assert_eq!(item["status"], "fail", "{item:#}");
     assert_eq!(code, 1);
     assert!(

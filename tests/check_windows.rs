@@ -1,25 +1,16 @@
 //! `check-config` warns when a job's runs can be further apart than an item's look-ahead
 //! window (a certificate or key could pass the whole window between two runs unwarned).
 
-use assert_cmd::Command;
+mod support;
 
-fn check(dir: &std::path::Path, config: &str) -> (i32, String) {
-    std::fs::write(dir.join("jobs.toml"), config).unwrap();
-    let out = Command::cargo_bin("runbook")
-        .unwrap()
-        .current_dir(dir)
-        .env_remove("RUNBOOK_CONFIG")
-        .env("RUNBOOK_STATE_DIR", dir.join("state"))
-        .args(["--config", "jobs.toml", "check-config"])
-        .output()
-        .unwrap();
+use support::{Setup, text};
+
+/// `runbook check-config` on `config`: (exit code, stdout and stderr).
+fn check(s: &Setup) -> (i32, String) {
+    let out = s.run(&["--config", "jobs.toml", "check-config"]);
     (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        support::code(&out),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
     )
 }
 
@@ -53,8 +44,8 @@ keys = [{ name = "Broker", rotated = 2026-09-07, max_age = "90d" }]
 
 #[test]
 fn a_window_shorter_than_the_longest_gap_between_runs_is_a_warning() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (code, out) = check(tmp.path(), CONFIG);
+    let s = Setup::raw(CONFIG);
+    let (code, out) = check(&s);
     assert_eq!(code, 0, "a warning, not an error: {out}");
     let warnings: Vec<&str> = out
         .lines()
@@ -81,19 +72,18 @@ fn a_window_shorter_than_the_longest_gap_between_runs_is_a_warning() {
 
 #[test]
 fn the_shipped_config_covers_its_windows() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("smtp"), "x").unwrap();
-    // The shipped file in place (it refers to sql/ and scripts/ beside it), its secrets given.
-    let out = Command::cargo_bin("runbook")
-        .unwrap()
-        .env_remove("RUNBOOK_CONFIG")
-        .env("RUNBOOK_STATE_DIR", tmp.path().join("state"))
+    let s = Setup::builder()
         .env("TRADING_DB_PASSWORD", "x")
         .env(
             "SLACK_WEBHOOK_URL",
             "https://hooks.slack.invalid/services/T/B/x",
         )
-        .env("CREDENTIALS_DIRECTORY", tmp.path())
+        .build();
+    s.write("smtp", "x");
+    // The shipped file in place (it refers to sql/ and scripts/ beside it), its secrets given.
+    let out = s
+        .cmd()
+        .env("CREDENTIALS_DIRECTORY", s.path())
         .args([
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/jobs.toml"),
@@ -101,11 +91,7 @@ fn the_shipped_config_covers_its_windows() {
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(!text.contains("longest gap between its slots"), "{text}");
 }

@@ -201,20 +201,29 @@ retries = 0
     );
 }
 
+/// Restarts `pg` with three connection slots and takes two with idle sessions (held until the
+/// values are dropped): one slot is left.
+fn leave_one_connection_slot(pg: &runbook::face::pgcluster::TempCluster) -> [Holder; 2] {
+    pg.restart_with("max_connections = 3\nsuperuser_reserved_connections = 0")
+        .expect("restart");
+    let idle = [
+        Holder::start(pg, "SELECT 1;\n"),
+        Holder::start(pg, "SELECT 2;\n"),
+    ];
+    wait_for(
+        pg,
+        "SELECT count(*) = 2 FROM pg_stat_activity WHERE application_name = 'psql' AND pid <> pg_backend_pid()",
+    );
+    idle
+}
+
 #[test]
 fn vacuum_and_reindex_with_a_worker_that_cannot_connect_do_everything_on_the_others_and_say_so() {
     let pg = cluster_with_app_db();
     q(&pg, TABLES);
     // Three connection slots, two of them taken: runbook's first connection gets the last one,
     // its second worker's is refused ("too many clients").
-    pg.restart_with("max_connections = 3\nsuperuser_reserved_connections = 0")
-        .expect("restart");
-    let _idle1 = Holder::start(&pg, "SELECT 1;\n");
-    let _idle2 = Holder::start(&pg, "SELECT 2;\n");
-    wait_for(
-        &pg,
-        "SELECT count(*) = 2 FROM pg_stat_activity WHERE application_name = 'psql' AND pid <> pg_backend_pid()",
-    );
+    let _idle = leave_one_connection_slot(&pg);
     let jobs = r#"
 [jobs.m]
 [[jobs.m.items]]
@@ -968,4 +977,52 @@ only_needed = true
     );
     // dirty was vacuumed and analyzed, churned only analyzed, clean left alone.
     assert_eq!(q(&pg, counts), "churned:1:2,clean:1:1,dirty:2:2");
+}
+
+/// Callers tell why a target could not be used by the error's variant (not its wording), and
+/// the message still names the target: a standby where a change was asked, a server that is
+/// down, a server with no connection slot left.
+#[test]
+fn a_targets_failures_are_told_apart_by_variant_with_their_messages() {
+    use runbook::base::pg::{PgError, Target, ensure_primary};
+    let pg = cluster_with_app_db();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let primary = Target::from_url("main", &pg.url("app")).expect("url");
+    {
+        let standby = Standby::start(&pg);
+        let url = format!("postgres://postgres@127.0.0.1:{}/app", standby.port);
+        let replica = Target::from_url("replica", &url).expect("url");
+        rt.block_on(async {
+            let client = replica.connect().await.expect("connect to the standby");
+            match ensure_primary(&client, &replica).await.err() {
+                Some(PgError::NotPrimary(m)) => {
+                    assert!(
+                        m.contains("target replica") && m.contains("is a standby"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+            let client = primary.connect().await.expect("connect to the primary");
+            ensure_primary(&client, &primary)
+                .await
+                .expect("the primary is one");
+        });
+    }
+    let down = Target::from_url("down", "postgres://postgres@127.0.0.1:1/app").expect("url");
+    match rt.block_on(down.connect()).err() {
+        Some(PgError::Connect(m)) => assert!(m.starts_with("cannot connect to target down"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // One slot left, taken by our first connection: no connection for an extra worker (which,
+    // unlike the first, does not wait for a slot).
+    let _idle = leave_one_connection_slot(&pg);
+    let _first = rt.block_on(primary.connect()).expect("the last slot");
+    match rt.block_on(primary.connect_extra_worker()).err() {
+        Some(PgError::TooManyClients(m)) => assert!(
+            m.starts_with("cannot connect to target main") && m.contains("too many clients"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }

@@ -2,55 +2,41 @@
 //! runs, with the change since the previous one. Against a real state database with stored
 //! runs, and end to end through `run-job` and the file notifier.
 
-use std::path::Path;
+mod support;
 
-use assert_cmd::Command;
 use chrono::{DateTime, Duration, Utc};
 use runbook::report::Report;
 use runbook::store::Store;
+use serde_json::json;
+use support::{
+    Setup,
+    runs::{self, store_run},
+};
 
 /// A stored-report-shaped value for job `daily` started at `at`, one item "Disk" with
 /// `data.value = value` (None: no number) and one item "Notes" without a number.
 fn report(run_id: &str, at: DateTime<Utc>, value: Option<f64>, dry_run: bool) -> Report {
-    let t = at.with_timezone(&chrono_tz::Asia::Kolkata).to_rfc3339();
     let data = match value {
-        Some(v) => serde_json::json!({ "value": v }),
-        None => serde_json::json!({}),
+        Some(v) => json!({ "value": v }),
+        None => json!({}),
     };
-    serde_json::from_value(serde_json::json!({
-        "run_id": run_id, "job": "daily", "trigger": "manual", "scheduled_for": null,
-        "started_at": t, "finished_at": t, "duration_ms": 5, "host": "ops-1",
-        "timezone": "Asia/Kolkata", "status": "pass", "dry_run": dry_run,
-        "counts": {"pass": 2, "warn": 0, "fail": 0, "skipped": 0, "manual": 0},
-        "items": [
-            {"name": "Disk", "kind": "system", "status": "pass", "summary": "fine",
-             "details": [], "data": data, "duration_ms": 1, "change": "same"},
-            {"name": "Notes", "kind": "command", "status": "pass", "summary": "ok",
-             "details": [], "data": {"exit_code": 0}, "duration_ms": 1, "change": "same"}
+    runs::report(
+        "daily",
+        run_id,
+        "manual",
+        at,
+        &[
+            ("Disk", "system", data),
+            ("Notes", "command", json!({"exit_code": 0})),
         ],
-        "notifications": []
-    }))
-    .unwrap()
-}
-
-fn store_run(store: &Store, r: &Report, comparable: bool) {
-    store
-        .insert_run(
-            &r.run_id,
-            &r.job,
-            "manual",
-            None,
-            &r.started_at.with_timezone(&Utc),
-            comparable,
-        )
-        .unwrap();
-    store.finish_run(r, &[], &[]).unwrap();
+        dry_run,
+    )
 }
 
 #[test]
 fn html_report_charts_each_items_values_over_the_comparable_runs_before_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path(), "ops-1").unwrap();
+    let s = Setup::new("");
+    let store = Store::open(s.path(), "ops-1").unwrap();
     let t0 = Utc::now() - Duration::days(10);
     let day = |n: i64| t0 + Duration::days(n);
     store_run(&store, &report("R0", day(0), Some(50.0), false), true);
@@ -95,8 +81,8 @@ fn html_report_charts_each_items_values_over_the_comparable_runs_before_it() {
 
 #[test]
 fn first_run_has_no_chart_and_thirty_points_at_most() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path(), "ops-1").unwrap();
+    let s = Setup::new("");
+    let store = Store::open(s.path(), "ops-1").unwrap();
     let t0 = Utc::now() - Duration::days(60);
     let mut first = report("A00", t0, Some(1.0), false);
     store_run(&store, &first, true);
@@ -134,9 +120,6 @@ fn first_run_has_no_chart_and_thirty_points_at_most() {
 }
 
 const JOBS: &str = r#"
-[runbook]
-timezone = "Asia/Kolkata"
-
 [notify.archive]
 type = "file"
 dir = "sent"
@@ -156,26 +139,12 @@ memory_fail = "100%"
 load_warn_per_core = 1000.0
 "#;
 
-fn run_job(dir: &Path) {
-    let out = Command::cargo_bin("runbook")
-        .unwrap()
-        .current_dir(dir)
-        .env_remove("RUNBOOK_CONFIG")
-        .env_remove("RUNBOOK_LOG")
-        .env("RUNBOOK_STATE_DIR", dir.join("state"))
-        .args(["--config", "jobs.toml", "run-job", "daily"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn run_job(s: &Setup) {
+    s.runbook(&["run-job", "daily"]).assert().code(0);
 }
 
-fn sent_html(dir: &Path) -> Vec<String> {
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("sent"))
+fn sent_html(s: &Setup) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(s.path().join("sent"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "html"))
@@ -189,13 +158,11 @@ fn sent_html(dir: &Path) -> Vec<String> {
 
 #[test]
 fn the_sent_report_charts_the_values_of_earlier_runs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    std::fs::write(dir.join("jobs.toml"), JOBS).unwrap();
-    run_job(dir);
-    run_job(dir);
-    run_job(dir);
-    let sent = sent_html(dir);
+    let s = Setup::new(JOBS);
+    run_job(&s);
+    run_job(&s);
+    run_job(&s);
+    let sent = sent_html(&s);
     assert_eq!(sent.len(), 3);
     assert!(
         !sent[0].contains("since previous"),

@@ -60,6 +60,34 @@ fn default_connect_timeout() -> Dur {
     Dur::from_secs(10)
 }
 
+/// Why a target could not be used. The message (`Display`) is the one the user reads; the
+/// variant says what a caller may do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PgError {
+    /// No connection: refused, timed out, TLS or authentication failed.
+    #[error("{0}")]
+    Connect(String),
+    /// The server has no connection slot left (`too many clients`, SQLSTATE 53300), after the
+    /// brief retries (none for an extra worker).
+    #[error("{0}")]
+    TooManyClients(String),
+    /// The target is a standby (`pg_is_in_recovery()`) where the caller must change state.
+    #[error("{0}")]
+    NotPrimary(String),
+    /// A statement of ours failed (a SET, a catalog query), or its result was not as expected.
+    #[error("{0}")]
+    Query(String),
+    /// The target's settings cannot be used (its URL, its `ca_file`).
+    #[error("{0}")]
+    Settings(String),
+}
+
+impl From<PgError> for String {
+    fn from(e: PgError) -> String {
+        e.to_string()
+    }
+}
+
 /// A resolved target.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -114,7 +142,7 @@ impl Target {
                     Some(s)
                 }
                 Err(m) => {
-                    errors.push(m);
+                    errors.push(m.to_string());
                     None
                 }
             },
@@ -158,7 +186,7 @@ impl Target {
     }
 
     /// A target made in code (demo, tests): no TLS, no password.
-    pub fn from_url(name: &str, url: &str) -> Result<Target, String> {
+    pub fn from_url(name: &str, url: &str) -> Result<Target, PgError> {
         let c = TargetConfig {
             url: url.to_string(),
             password: None,
@@ -170,7 +198,7 @@ impl Target {
         };
         Target::resolve(name, &c, Path::new("."))
             .map(|(t, _)| t)
-            .map_err(|e| e.join("; "))
+            .map_err(|e| PgError::Settings(e.join("; ")))
     }
 
     /// The database name of the target.
@@ -179,13 +207,13 @@ impl Target {
     }
 
     /// A connection for read-only checks (under the target's `statement_timeout`, if set).
-    pub async fn connect(&self) -> Result<Client, String> {
+    pub async fn connect(&self) -> Result<Client, PgError> {
         self.connect_to(self.dbname()).await
     }
 
     /// A connection with `lock_timeout` (and `statement_timeout` when set) for statements that
     /// change state.
-    pub async fn connect_for_maintenance(&self) -> Result<Client, String> {
+    pub async fn connect_for_maintenance(&self) -> Result<Client, PgError> {
         Ok(self.connect_for_maintenance_with_notices().await?.0)
     }
 
@@ -193,13 +221,13 @@ impl Target {
     /// `VACUUM (SKIP_LOCKED)`'s "skipping vacuum of ... lock not available"), one per message.
     pub async fn connect_for_maintenance_with_notices(
         &self,
-    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), PgError> {
         let (client, notices) = self.connect_with_notices(self.dbname()).await?;
         self.under_lock_timeout(client, notices).await
     }
 
     /// A connection to another database on the same server (e.g. a scratch database).
-    pub async fn connect_to(&self, dbname: &str) -> Result<Client, String> {
+    pub async fn connect_to(&self, dbname: &str) -> Result<Client, PgError> {
         Ok(self.connect_with_notices(dbname).await?.0)
     }
 
@@ -207,7 +235,7 @@ impl Target {
     pub async fn connect_with_notices(
         &self,
         dbname: &str,
-    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), PgError> {
         self.open(dbname, true).await
     }
 
@@ -217,7 +245,7 @@ impl Target {
     /// the one it could not get, rather than waiting for a slot.
     pub async fn connect_extra_worker(
         &self,
-    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), PgError> {
         let (client, notices) = self.open(self.dbname(), false).await?;
         self.under_lock_timeout(client, notices).await
     }
@@ -227,12 +255,12 @@ impl Target {
         &self,
         client: Client,
         notices: mpsc::UnboundedReceiver<String>,
-    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), PgError> {
         let set = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis());
         client
             .batch_execute(&set)
             .await
-            .map_err(|e| format!("target {}: {}", self.name, pg_error(&e)))?;
+            .map_err(|e| PgError::Query(format!("target {}: {}", self.name, pg_error(&e))))?;
         Ok((client, notices))
     }
 
@@ -240,7 +268,7 @@ impl Target {
         &self,
         dbname: &str,
         retry_when_full: bool,
-    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), String> {
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>), PgError> {
         let mut cfg = self.pg.clone();
         cfg.dbname(dbname);
         cfg.application_name("runbook");
@@ -260,12 +288,17 @@ impl Target {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let fail = |e: tokio_postgres::Error| {
-            format!(
+            let message = format!(
                 "cannot connect to target {} ({}): {}",
                 self.name,
                 self.display,
                 pg_error(&e)
-            )
+            );
+            if e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) {
+                PgError::TooManyClients(message)
+            } else {
+                PgError::Connect(message)
+            }
         };
         let tls = match self.sslmode {
             SslMode::Disable => {
@@ -278,7 +311,7 @@ impl Target {
                 } else {
                     tokio_postgres::config::SslMode::Require
                 });
-                Some(self.tls_config(mode)?)
+                Some(self.tls_config(mode).map_err(PgError::Settings)?)
             }
         };
         // "Too many clients" is retried briefly: right after one of our own connections closed
@@ -315,10 +348,10 @@ impl Target {
                     }
                 }
                 Err(_) => {
-                    return Err(format!(
+                    return Err(PgError::Connect(format!(
                         "cannot connect to target {} ({}): timed out after {:?}",
                         self.name, self.display, self.connect_timeout
-                    ));
+                    )));
                 }
             }
         }
@@ -504,23 +537,23 @@ where
 }
 
 /// Refuses a standby: state-changing items call this first. `Err` says why, naming the target.
-pub async fn ensure_primary(client: &Client, target: &Target) -> Result<(), String> {
+pub async fn ensure_primary(client: &Client, target: &Target) -> Result<(), PgError> {
     let row = client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
         .map_err(|e| {
-            format!(
+            PgError::Query(format!(
                 "target {}: cannot check pg_is_in_recovery(): {}",
                 target.name,
                 pg_error(&e)
-            )
+            ))
         })?;
-    let in_recovery: bool = col(&row, 0)?;
+    let in_recovery: bool = col(&row, 0).map_err(PgError::Query)?;
     if in_recovery {
-        return Err(format!(
+        return Err(PgError::NotPrimary(format!(
             "target {} ({}) is a standby (pg_is_in_recovery() is true): refusing to change anything; point the item at the primary",
             target.name, target.display
-        ));
+        )));
     }
     Ok(())
 }
@@ -627,12 +660,12 @@ pub async fn explain_build_failure(
 }
 
 /// The server's version as `server_version_num` (e.g. 150004).
-pub async fn server_version_num(client: &Client) -> Result<i32, String> {
+pub async fn server_version_num(client: &Client) -> Result<i32, PgError> {
     let row = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
-        .map_err(|e| pg_error(&e))?;
-    col(&row, 0)
+        .map_err(|e| PgError::Query(pg_error(&e)))?;
+    col(&row, 0).map_err(PgError::Query)
 }
 
 /// The time left before `deadline`, as a `statement_timeout` value in ms (at least 1).

@@ -41,6 +41,34 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Why a secret could not be resolved. Each names the config key (`key`), never the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("{key}: environment variable {env} is empty")]
+    EnvEmpty { key: String, env: String },
+    #[error("{key}: environment variable {env} is not set")]
+    EnvUnset { key: String, env: String },
+    #[error("{key}: environment variable {env} is not valid UTF-8")]
+    EnvNotUtf8 { key: String, env: String },
+    #[error("{key}: secret file {} is empty", path.display())]
+    FileEmpty { key: String, path: PathBuf },
+    /// The io error says "permission denied" or "not found"; it never contains the content.
+    /// `hint` says where else a relative file was looked for (or is empty).
+    #[error("{key}: cannot read secret file {}: {reason}{hint}", path.display())]
+    Unreadable {
+        key: String,
+        path: PathBuf,
+        reason: String,
+        hint: String,
+    },
+}
+
+impl From<SecretError> for String {
+    fn from(e: SecretError) -> String {
+        e.to_string()
+    }
+}
+
 impl Secret {
     /// A secret made in code (tests, `demo`).
     pub fn literal(value: &str) -> Secret {
@@ -57,7 +85,7 @@ impl Secret {
     }
 
     /// Resolves a source. `key` names the config key in errors; `base` is the config's folder.
-    pub fn resolve(source: &SecretSource, key: &str, base: &Path) -> Result<Secret, String> {
+    pub fn resolve(source: &SecretSource, key: &str, base: &Path) -> Result<Secret, SecretError> {
         match source {
             SecretSource::Literal(v) => Ok(Secret {
                 value: SecretString::from(v.clone()),
@@ -70,13 +98,18 @@ impl Secret {
                     origin: format!("environment variable {env}"),
                     inline: false,
                 }),
-                Ok(_) => Err(format!("{key}: environment variable {env} is empty")),
-                Err(std::env::VarError::NotPresent) => {
-                    Err(format!("{key}: environment variable {env} is not set"))
-                }
-                Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-                    "{key}: environment variable {env} is not valid UTF-8"
-                )),
+                Ok(_) => Err(SecretError::EnvEmpty {
+                    key: key.into(),
+                    env: env.clone(),
+                }),
+                Err(std::env::VarError::NotPresent) => Err(SecretError::EnvUnset {
+                    key: key.into(),
+                    env: env.clone(),
+                }),
+                Err(std::env::VarError::NotUnicode(_)) => Err(SecretError::EnvNotUtf8 {
+                    key: key.into(),
+                    env: env.clone(),
+                }),
             },
             SecretSource::File { file } => {
                 let path = Self::credential_path(file, base);
@@ -84,7 +117,10 @@ impl Secret {
                     Ok(v) => {
                         let v = v.trim_end_matches(['\n', '\r']).to_owned();
                         if v.is_empty() {
-                            return Err(format!("{key}: secret file {} is empty", path.display()));
+                            return Err(SecretError::FileEmpty {
+                                key: key.into(),
+                                path,
+                            });
                         }
                         Ok(Secret {
                             value: SecretString::from(v),
@@ -93,11 +129,12 @@ impl Secret {
                         })
                     }
                     // The io error says "permission denied" or "not found"; it never contains the content.
-                    Err(e) => Err(format!(
-                        "{key}: cannot read secret file {}: {e}{}",
-                        path.display(),
-                        Self::credentials_hint(file)
-                    )),
+                    Err(e) => Err(SecretError::Unreadable {
+                        key: key.into(),
+                        reason: e.to_string(),
+                        hint: Self::credentials_hint(file),
+                        path,
+                    }),
                 }
             }
         }
@@ -258,9 +295,10 @@ mod tests {
         };
         let e = Secret::resolve(&src, "targets.trading.password", Path::new(".")).unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "targets.trading.password: environment variable RUNBOOK_TEST_SURELY_UNSET is not set"
         );
+        assert!(matches!(e, SecretError::EnvUnset { .. }), "{e:?}");
     }
 
     #[test]

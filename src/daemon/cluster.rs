@@ -28,6 +28,24 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
+use crate::base::pg::PgError;
+
+/// Why the cluster database did not answer. Every variant means the same to the caller (the
+/// database is unreachable: apply `on_cluster_down`, retry later); the message says which.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterDbError {
+    #[error(transparent)]
+    Connect(#[from] PgError),
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("cluster database {display}: {message}")]
+    Statement { display: String, message: String },
+    #[error("cluster database {display}: no answer within {secs}s")]
+    NoAnswer { display: String, secs: u64 },
+    #[error("no connection")]
+    NoConnection,
+}
+
 use crate::base::pg::Target;
 use crate::config::{ClusterConfig, OnClusterDown};
 
@@ -87,7 +105,7 @@ impl Cluster {
 
     /// Runs `f` on a live connection (connecting and creating the table when needed), under
     /// [`STATEMENT_TIMEOUT`]. Any error drops the connection.
-    async fn with<T, F>(&self, f: F) -> Result<T, String>
+    async fn with<T, F>(&self, f: F) -> Result<T, ClusterDbError>
     where
         F: for<'c> FnOnce(
             &'c Client,
@@ -99,36 +117,31 @@ impl Cluster {
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             let client = tokio::time::timeout(STATEMENT_TIMEOUT, self.target.connect())
                 .await
-                .map_err(|_| format!("connecting to {} timed out", self.target.display))??;
+                .map_err(|_| ClusterDbError::ConnectTimeout(self.target.display.clone()))??;
             // Two nodes starting together may race on CREATE TABLE IF NOT EXISTS; retry once.
             let mut created = client.batch_execute(SCHEMA).await;
             if created.is_err() {
                 created = client.batch_execute(SCHEMA).await;
             }
-            created.map_err(|e| {
-                format!(
-                    "cluster database {}: {}",
-                    self.target.display,
-                    crate::base::pg::pg_error(&e)
-                )
+            created.map_err(|e| ClusterDbError::Statement {
+                display: self.target.display.clone(),
+                message: crate::base::pg::pg_error(&e),
             })?;
             *guard = Some(client);
         }
         let Some(client) = guard.as_ref() else {
-            return Err("no connection".into());
+            return Err(ClusterDbError::NoConnection);
         };
         let result = match tokio::time::timeout(STATEMENT_TIMEOUT, f(client)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!(
-                "cluster database {}: {}",
-                self.target.display,
-                crate::base::pg::pg_error(&e)
-            )),
-            Err(_) => Err(format!(
-                "cluster database {}: no answer within {}s",
-                self.target.display,
-                STATEMENT_TIMEOUT.as_secs()
-            )),
+            Ok(Err(e)) => Err(ClusterDbError::Statement {
+                display: self.target.display.clone(),
+                message: crate::base::pg::pg_error(&e),
+            }),
+            Err(_) => Err(ClusterDbError::NoAnswer {
+                display: self.target.display.clone(),
+                secs: STATEMENT_TIMEOUT.as_secs(),
+            }),
         };
         if result.is_err() {
             *guard = None;
@@ -230,7 +243,7 @@ impl Cluster {
                 })
             })
             .await;
-        r.unwrap_or_else(|e| (Claim::Down(e), None))
+        r.unwrap_or_else(|e| (Claim::Down(e.to_string()), None))
     }
 
     /// Takes over (job, slot) if its lease has expired and it is still the job's newest claim.
@@ -259,7 +272,7 @@ impl Cluster {
                 })
             })
             .await;
-        r.unwrap_or_else(Claim::Down)
+        r.unwrap_or_else(|e| Claim::Down(e.to_string()))
     }
 
     /// The newest claim of `job` whose node stopped renewing its lease, if it is still the
@@ -364,7 +377,7 @@ impl Cluster {
     /// over is left alone). Err when the database could not be reached: the caller retries, and
     /// the watcher retries every `lease/2` after that, across restarts ([`Cluster::my_open_claims`]),
     /// so a finished slot is marked instead of being taken over and run again.
-    pub async fn finish(&self, job: &str, slot: DateTime<Utc>) -> Result<(), String> {
+    pub async fn finish(&self, job: &str, slot: DateTime<Utc>) -> Result<(), ClusterDbError> {
         let (job_s, node) = (job.to_string(), self.node.clone());
         self.with(move |c| {
             Box::pin(async move {
@@ -398,7 +411,7 @@ impl Cluster {
     /// The scheduled slots this node claimed that are still `running` in the database: those
     /// whose run is over here but whose `finish()` did not reach the database (or the process
     /// died in between) are marked by the watcher.
-    pub async fn my_open_claims(&self) -> Result<Vec<(String, DateTime<Utc>)>, String> {
+    pub async fn my_open_claims(&self) -> Result<Vec<(String, DateTime<Utc>)>, ClusterDbError> {
         let node = self.node.clone();
         self.with(move |c| {
             Box::pin(async move {

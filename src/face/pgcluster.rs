@@ -35,6 +35,72 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The OS user a server of ours runs as: `postgres` when we are root (PostgreSQL refuses
+/// root), else ourselves (`None`). Errs when we are root and there is no `postgres` user.
+pub fn server_user() -> Result<Option<String>> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let user = "postgres";
+    nix::unistd::User::from_name(user)?.with_context(|| {
+        format!(
+            "we are root and PostgreSQL refuses root, but there is no `{user}` user to run it as"
+        )
+    })?;
+    Ok(Some(user.to_string()))
+}
+
+/// A new temporary folder (`prefix` + random) that `user` owns, for a server's data directory
+/// and log (removed when the value is dropped).
+pub fn server_folder(prefix: &str, user: Option<&str>) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    if let Some(user) = user {
+        let u = nix::unistd::User::from_name(user)?
+            .with_context(|| format!("there is no `{user}` user"))?;
+        nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid))?;
+    }
+    Ok(dir)
+}
+
+/// Path of the tool `name` in the folder `bin`, or just `name` (found on `$PATH`) when the
+/// folder has none.
+pub fn tool_in(bin: &Path, name: &str) -> PathBuf {
+    let p = bin.join(name);
+    if p.exists() { p } else { PathBuf::from(name) }
+}
+
+/// Runs `program args` as `user` (`runuser -u USER --`; `None`: as ourselves), without a shell,
+/// from `/`, stdin closed. Ok is its standard output; Err says how it failed, with its output.
+pub fn run_as(user: Option<&str>, program: &Path, args: &[&str]) -> Result<String> {
+    let mut cmd = match user {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg(user).arg("--").arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    let out = cmd
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {:?} failed: {}{}",
+            program.display(),
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 impl TempCluster {
     /// initdb + start. Takes a few seconds.
     pub fn start() -> Result<TempCluster> {
@@ -50,20 +116,8 @@ impl TempCluster {
             "no initdb and pg_ctl in {}",
             bin.display()
         );
-        let dir = tempfile::Builder::new()
-            .prefix("runbook-pg-")
-            .tempdir()
-            .context("cannot create a temporary folder")?;
-        let root = nix::unistd::Uid::effective().is_root();
-        let run_as = if root {
-            Some("postgres".to_string())
-        } else {
-            None
-        };
-        if let Some(user) = &run_as {
-            let u = nix::unistd::User::from_name(user)?.with_context(|| format!("we are root and PostgreSQL refuses root, but there is no `{user}` user to run it as"))?;
-            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid))?;
-        }
+        let run_as = server_user()?;
+        let dir = server_folder("runbook-pg-", run_as.as_deref())?;
         let data = dir.path().join("data");
         let superuser = "postgres".to_string();
         let port = free_port()?;
@@ -134,35 +188,12 @@ impl TempCluster {
 
     /// Path of a server binary (pg_dump, pg_restore, psql, ...).
     pub fn tool(&self, name: &str) -> PathBuf {
-        let p = self.bin.join(name);
-        if p.exists() { p } else { PathBuf::from(name) }
+        tool_in(&self.bin, name)
     }
 
-    fn run(&self, program: &Path, args: &[&str]) -> Result<String> {
-        let mut cmd = match &self.run_as {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.arg("-u").arg(user).arg("--").arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
-        let out = cmd
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", program.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{} {:?} failed: {}{}",
-                program.display(),
-                args,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    /// Runs `program args` as the server's user ([`run_as`]).
+    pub fn run(&self, program: &Path, args: &[&str]) -> Result<String> {
+        run_as(self.run_as.as_deref(), program, args)
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/DB`.

@@ -164,15 +164,7 @@ impl Capacity {
         if self.window.0.as_secs() < 86400 {
             p.error("window", "window must be at least 1d (the rate is per day)");
         }
-        if self.fail_within > self.warn_within {
-            p.error(
-                "fail_within",
-                format!(
-                    "fail_within ({}) is longer than warn_within ({})",
-                    self.fail_within, self.warn_within
-                ),
-            );
-        }
+        p.within_order(self.warn_within, self.fail_within);
     }
 
     /// The name of series `i` in the report.

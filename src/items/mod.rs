@@ -200,7 +200,7 @@ pub enum TargetError {
     Unknown(String),
     /// The connection failed (the reason, as `base::pg` words it).
     #[error("{0}")]
-    Connect(String),
+    Connect(#[from] crate::base::pg::PgError),
 }
 
 /// Load-time checks of one item: collects errors (with the key they concern) and warnings.
@@ -250,6 +250,20 @@ impl<'a> Prepare<'a> {
             p.to_path_buf()
         } else {
             self.config_dir.join(p)
+        }
+    }
+    /// Refuses a `fail_within` longer than its `warn_within` (the item would fail before it
+    /// ever warned).
+    pub fn within_order(
+        &mut self,
+        warn_within: crate::base::units::Dur,
+        fail_within: crate::base::units::Dur,
+    ) {
+        if fail_within > warn_within {
+            self.error(
+                "fail_within",
+                format!("fail_within ({fail_within}) is longer than warn_within ({warn_within})"),
+            );
         }
     }
     /// Resolves a secret, recording an error (naming `key`) when it cannot be read.
@@ -495,5 +509,38 @@ mod tests {
         // The defaults and good values read.
         assert_eq!(read_error("kind = \"backup\"\ndir = \"/b\"\n"), None);
         assert_eq!(read_error("kind = \"log_scan\"\nfiles = [\"/l\"]\n"), None);
+    }
+
+    /// The errors `prepare` records for the item `toml` (no targets).
+    fn prepare_errors(toml: &str) -> Vec<(Option<String>, String)> {
+        let mut spec: ItemSpec = toml::from_str(toml).expect("reads");
+        let targets = std::collections::BTreeMap::new();
+        let mut p = super::Prepare::new(std::path::Path::new("."), &targets);
+        spec.prepare(&mut p);
+        p.errors
+    }
+
+    #[test]
+    fn a_fail_within_longer_than_warn_within_is_refused_naming_both() {
+        for toml in [
+            "kind = \"tls_cert\"\nfiles = [\"c.pem\"]\nwarn_within = \"7d\"\nfail_within = \"30d\"\n",
+            "kind = \"capacity\"\njob = \"daily\"\nseries = [{ item = \"Disk\", limit = 100 }]\nwarn_within = \"7d\"\nfail_within = \"30d\"\n",
+        ] {
+            let errors = prepare_errors(toml);
+            assert!(
+                errors.contains(&(
+                    Some("fail_within".into()),
+                    "fail_within (30d) is longer than warn_within (7d)".into()
+                )),
+                "{toml}: {errors:?}"
+            );
+        }
+        let fine = "kind = \"tls_cert\"\nfiles = [\"c.pem\"]\nwarn_within = \"30d\"\nfail_within = \"7d\"\n";
+        assert!(
+            !prepare_errors(fine)
+                .iter()
+                .any(|(k, _)| k.as_deref() == Some("fail_within")),
+            "{fine}"
+        );
     }
 }

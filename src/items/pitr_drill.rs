@@ -51,8 +51,19 @@ pub enum RecoveryTarget {
     At(DateTime<Utc>),
 }
 
+/// Why `recovery_target` was refused (the message quotes it as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRecoveryTarget {
+    #[error(
+        "recovery_target {0:?}: expected \"latest\", \"now - <duration>\" (e.g. \"now - 5m\") or an RFC 3339 time"
+    )]
+    Form(String),
+    #[error("recovery_target {written:?}: {reason}")]
+    Duration { written: String, reason: String },
+}
+
 impl RecoveryTarget {
-    pub fn parse(s: &str) -> Result<RecoveryTarget, String> {
+    pub fn parse(s: &str) -> Result<RecoveryTarget, BadRecoveryTarget> {
         let t = s.trim();
         if t == "latest" {
             return Ok(RecoveryTarget::Latest);
@@ -60,23 +71,20 @@ impl RecoveryTarget {
         if let Some(rest) = t.strip_prefix("now") {
             let rest = rest.trim_start();
             let Some(d) = rest.strip_prefix('-') else {
-                return Err(format!(
-                    "recovery_target {s:?}: expected \"latest\", \"now - <duration>\" (e.g. \"now - 5m\") or an RFC 3339 time"
-                ));
+                return Err(BadRecoveryTarget::Form(s.to_string()));
             };
             let d: Dur = d
                 .trim()
                 .parse()
-                .map_err(|e| format!("recovery_target {s:?}: {e}"))?;
+                .map_err(|e: String| BadRecoveryTarget::Duration {
+                    written: s.to_string(),
+                    reason: e,
+                })?;
             return Ok(RecoveryTarget::Ago(d.0));
         }
         DateTime::parse_from_rfc3339(t)
             .map(|d| RecoveryTarget::At(d.with_timezone(&Utc)))
-            .map_err(|_| {
-                format!(
-                    "recovery_target {s:?}: expected \"latest\", \"now - <duration>\" (e.g. \"now - 5m\") or an RFC 3339 time"
-                )
-            })
+            .map_err(|_| BadRecoveryTarget::Form(s.to_string()))
     }
 
     /// The time to stop at (None: the end of the archive).
@@ -137,7 +145,7 @@ pub fn prepare(o: &RestoreDrill, p: &mut Prepare) {
     if let Some(t) = &o.recovery_target
         && let Err(e) = RecoveryTarget::parse(t)
     {
-        p.error("recovery_target", e);
+        p.error("recovery_target", e.to_string());
     }
     for (w, f, name) in [
         (o.rto_warn, o.rto_fail, "rto"),
@@ -767,7 +775,7 @@ pub async fn run(o: &RestoreDrill, ctx: &ItemCtx) -> Outcome {
     let recovery_target =
         match RecoveryTarget::parse(o.recovery_target.as_deref().unwrap_or("latest")) {
             Ok(t) => t,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
     let (Some(base_dir), Some(archive)) = (&o.base_backup_dir, &o.wal_archive_dir) else {
         return Outcome::fail("mode = \"pitr\" needs base_backup_dir and wal_archive_dir");

@@ -423,7 +423,7 @@ impl Reindex {
                 let (c, _notices) = target.connect_extra_worker().await?;
                 c.batch_execute("SET statement_timeout = 0")
                     .await
-                    .map_err(|e| pg::pg_error(&e))?;
+                    .map_err(|e| pg::PgError::Query(pg::pg_error(&e)))?;
                 Ok(c)
             }));
         }

@@ -696,7 +696,7 @@ impl RestoreDrill {
                     name: "connect".into(),
                     ok: false,
                     value: None,
-                    message: e,
+                    message: e.to_string(),
                 });
                 return r;
             }

@@ -233,7 +233,9 @@ impl SlowQueries {
                 "the pg_stat_statements extension is not installed in this database".into(),
             ));
         };
-        let version = pg::server_version_num(client).await.map_err(Missing)?;
+        let version = pg::server_version_num(client)
+            .await
+            .map_err(|e| Missing(e.to_string()))?;
         let (mean, total) = if version >= 130000 {
             ("mean_exec_time", "total_exec_time")
         } else {

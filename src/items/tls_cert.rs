@@ -174,15 +174,7 @@ impl TlsCert {
                 format!("server_name {name:?} is not a DNS name or an IP address"),
             );
         }
-        if self.fail_within > self.warn_within {
-            p.error(
-                "fail_within",
-                format!(
-                    "fail_within ({}) is longer than warn_within ({})",
-                    self.fail_within, self.warn_within
-                ),
-            );
-        }
+        p.within_order(self.warn_within, self.fail_within);
         if let Some(ca) = &self.ca_file
             && let Err(e) = read_pem_certs(&p.path(ca))
         {

@@ -122,7 +122,7 @@ enum Done {
 }
 
 /// A worker's connection (under `lock_timeout`) and its server notices, or why it failed.
-type Conn = Result<(Client, UnboundedReceiver<String>), String>;
+type Conn = Result<(Client, UnboundedReceiver<String>), pg::PgError>;
 
 /// A queue entry: the table, how often it was tried, and when it may be tried again.
 struct Queued {
@@ -294,7 +294,9 @@ impl Vacuum {
         for o in others {
             conns.push(match o.await {
                 Ok(r) => r,
-                Err(e) => Err(format!("worker connection task failed: {e}")),
+                Err(e) => Err(pg::PgError::Connect(format!(
+                    "worker connection task failed: {e}"
+                ))),
             });
         }
         // No more connections than tables.
@@ -326,11 +328,11 @@ impl Vacuum {
                 if let Ok((client, _)) = conn
                     && let Err(e) = client.batch_execute(set).await
                 {
-                    *conn = Err(format!(
+                    *conn = Err(pg::PgError::Query(format!(
                         "target {}: {set}: {}",
                         target.name,
                         pg::pg_error(&e)
-                    ));
+                    )));
                 }
             }
         }

@@ -207,7 +207,7 @@ impl EmailConfig {
                     }
                     password = Some(s);
                 }
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
             }
         }
         let endpoint = match parse_smtp_url(&self.smtp_url) {

@@ -71,8 +71,8 @@ impl std::fmt::Debug for Pinger {
 impl HeartbeatConfig {
     /// Resolves and checks the ping URL and builds the sender. Ok holds warnings.
     pub fn prepare(&self, name: &str, base: &Path) -> Result<(Pinger, Vec<String>), Vec<String>> {
-        let s =
-            Secret::resolve(&self.url, &format!("notify.{name}.url"), base).map_err(|e| vec![e])?;
+        let s = Secret::resolve(&self.url, &format!("notify.{name}.url"), base)
+            .map_err(|e| vec![e.to_string()])?;
         let url = match reqwest::Url::parse(s.expose()) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
             _ => {

@@ -11,7 +11,7 @@
 //! Every delivery goes through the outbox in the state store ([`crate::store::Store`]): the
 //! runner stores the report and one outbox entry per channel it goes to (per event for
 //! `pagerduty`) in one transaction ([`plan_run`]), then delivers them all at once
-//! ([`deliver_run`]), each through [`deliver`], the one routine that also serves every retry
+//! ([`deliver_run`]), each through [`Deliverer::deliver`], the one routine that also serves every retry
 //! ([`outbox::flush`]: the daemon at start and every 30 s, `outbox --flush`). A process that dies in between leaves the rows `pending`; a
 //! delivery that fails stays in the outbox and is retried later with backoff. The entry is the
 //! idempotency record: a sender must claim it first (see [`outbox`]), so a report is never
@@ -289,19 +289,25 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The HTTP client for webhooks and pings: rustls, timeouts, no redirects to follow blindly
 /// with a secret URL (a redirect is reported as an error).
-pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+pub(crate) fn http_client() -> Result<reqwest::Client, HttpClientError> {
     reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| {
-            format!(
-                "cannot set up the HTTP client: {}",
-                error_chain(&e.without_url())
-            )
-        })
+        .map_err(|e| HttpClientError(error_chain(&e.without_url())))
+}
+
+/// The HTTP client could not be built (no TLS roots, say): no HTTP notifier can deliver.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot set up the HTTP client: {0}")]
+pub(crate) struct HttpClientError(String);
+
+impl From<HttpClientError> for String {
+    fn from(e: HttpClientError) -> String {
+        e.to_string()
+    }
 }
 
 /// `Display` of an error and its sources, joined with ": " (a source already quoted by its
@@ -582,24 +588,66 @@ fn as_sent(report: &Report, notifier: &Notifier) -> Report {
     }
 }
 
-/// One delivery attempt of one outbox entry: the first attempt and every retry. Sends the
-/// report (or the entry's own `payload`, an event) through the entry's channel and records the
-/// outcome on the entry, under `claim` (None: the report could not be stored, so there is no
-/// entry; the attempt is made once and not queued). `attempts` counts this one. The answer is
-/// the entry's line of the report's `notifications` after this attempt. A failed attempt is
-/// retried later; one the channel refused for good ([`DeliveryError::Rejected`]) is `failed`
-/// at once, with the channel's reason.
-#[allow(clippy::too_many_arguments)]
-pub async fn deliver(
-    notifier: Option<&Notifier>,
-    store: &Store,
-    policy: &RetryPolicy,
-    key: &OutboxKey,
-    payload: Option<&str>,
-    claim: Option<&Claim>,
-    attempts: u32,
-    report: &Report,
-) -> NotificationStatus {
+/// What every delivery attempt shares: the configured channels, the store that records each
+/// attempt's outcome on its outbox entry, and the retry policy. Cheap to clone (a run's
+/// deliveries each take one into their own task).
+#[derive(Clone)]
+pub struct Deliverer {
+    pub notifiers: Arc<Notifiers>,
+    pub store: Store,
+    pub policy: RetryPolicy,
+}
+
+/// One delivery attempt of one outbox entry, as [`Deliverer::deliver`] makes it: the first
+/// attempt and every retry are described the same way.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub key: OutboxKey,
+    /// The entry's own payload (an event), sent instead of the report.
+    pub payload: Option<String>,
+    /// The claim on the entry (None: the report could not be stored, so there is no entry; the
+    /// attempt is made once and not queued).
+    pub claim: Option<Claim>,
+    /// Counts this attempt (1 for the first).
+    pub attempts: u32,
+    /// The stored report the entry belongs to.
+    pub report: Arc<Report>,
+}
+
+impl Deliverer {
+    pub fn new(notifiers: &Notifiers, store: &Store, policy: &RetryPolicy) -> Deliverer {
+        Deliverer {
+            notifiers: Arc::new(notifiers.clone()),
+            store: store.clone(),
+            policy: policy.clone(),
+        }
+    }
+
+    /// Makes one delivery attempt: sends the report (or the entry's own `payload`) through the
+    /// entry's channel and records the outcome on the entry, under its claim. The answer is the
+    /// entry's line of the report's `notifications` after this attempt. A failed attempt is
+    /// retried later; one the channel refused for good ([`DeliveryError::Rejected`]) is
+    /// `failed` at once, with the channel's reason.
+    pub async fn deliver(&self, attempt: &Attempt) -> NotificationStatus {
+        deliver(self, attempt).await
+    }
+}
+
+async fn deliver(ctx: &Deliverer, attempt: &Attempt) -> NotificationStatus {
+    let Deliverer {
+        notifiers,
+        store,
+        policy,
+    } = ctx;
+    let Attempt {
+        key,
+        payload,
+        claim,
+        attempts,
+        report,
+    } = attempt;
+    let (attempts, payload) = (*attempts, payload.as_deref());
+    let notifier = notifiers.get(&key.channel);
     let line = |status, error| NotificationStatus {
         channel: key.channel.clone(),
         status,
@@ -611,7 +659,7 @@ pub async fn deliver(
             "channel is no longer in the configuration".into(),
         )),
     };
-    let Some(claim) = claim else {
+    let Some(claim) = claim.as_ref() else {
         return match result {
             Ok(()) => line(DeliveryStatus::Sent, None),
             Err(e) => {
@@ -660,7 +708,7 @@ pub async fn deliver(
 }
 
 /// Delivers a finished report's outbox `entries` ([`plan_run`]), all at once (a slow channel
-/// does not hold up the others), each through [`deliver`]. With `stored`, the report and its
+/// does not hold up the others), each through [`Deliverer::deliver`]. With `stored`, the report and its
 /// outbox entries are in the store: each entry is claimed first. Without (the store could not
 /// be written), each entry is tried once, not queued. Returns the report's `notifications`
 /// after these attempts (the stored report is not changed); a channel with several entries
@@ -675,6 +723,7 @@ pub async fn deliver_run(
 ) -> Vec<NotificationStatus> {
     let mut lines = report.notifications.clone();
     let shared = Arc::new(report.clone());
+    let ctx = Deliverer::new(notifiers, store, policy);
     let mut sends = JoinSet::new();
     let mut outcomes: Vec<(usize, NotificationStatus)> = Vec::new();
     for Planned { key, payload } in entries.iter().cloned() {
@@ -709,24 +758,15 @@ pub async fn deliver_run(
         } else {
             None
         };
-        let notifier = notifiers.get(&key.channel).cloned();
-        let store = store.clone();
-        let policy = policy.clone();
-        let report = shared.clone();
-        sends.spawn(async move {
-            let line = deliver(
-                notifier.as_ref(),
-                &store,
-                &policy,
-                &key,
-                payload.as_deref(),
-                claim.as_ref(),
-                1,
-                &report,
-            )
-            .await;
-            (slot, line)
-        });
+        let attempt = Attempt {
+            key,
+            payload,
+            claim,
+            attempts: 1,
+            report: shared.clone(),
+        };
+        let ctx = ctx.clone();
+        sends.spawn(async move { (slot, ctx.deliver(&attempt).await) });
     }
     while let Some(joined) = sends.join_next().await {
         match joined {

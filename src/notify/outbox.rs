@@ -115,7 +115,8 @@ pub async fn flush(
     due_only: bool,
 ) -> anyhow::Result<FlushResult> {
     let mut result = FlushResult::default();
-    let busy = flush_pass(notifiers, policy, store, due_only, None, &mut result).await?;
+    let ctx = super::Deliverer::new(notifiers, store, policy);
+    let busy = flush_pass(&ctx, due_only, None, &mut result).await?;
     if due_only {
         result.busy = busy.len();
         return Ok(result);
@@ -130,7 +131,7 @@ pub async fn flush(
     }
     let orphans = wait_for_others(store, busy, &mut result).await?;
     if !orphans.is_empty() {
-        let busy = flush_pass(notifiers, policy, store, false, Some(&orphans), &mut result).await?;
+        let busy = flush_pass(&ctx, false, Some(&orphans), &mut result).await?;
         result.busy += busy.len();
     }
     Ok(result)
@@ -139,13 +140,12 @@ pub async fn flush(
 /// One pass over the outbox (or over the entries in `only`); returns the entries another live
 /// process is delivering.
 async fn flush_pass(
-    notifiers: &Notifiers,
-    policy: &RetryPolicy,
-    store: &Store,
+    ctx: &super::Deliverer,
     due_only: bool,
     only: Option<&[OutboxKey]>,
     result: &mut FlushResult,
 ) -> anyhow::Result<Vec<OutboxKey>> {
+    let (notifiers, policy, store) = (&*ctx.notifiers, &ctx.policy, &ctx.store);
     let now = Utc::now();
     let mut busy = Vec::new();
     for entry in store.outbox(None)? {
@@ -228,17 +228,14 @@ async fn flush_pass(
                 continue;
             }
         };
-        let line = super::deliver(
-            notifier,
-            store,
-            policy,
-            key,
-            entry.payload.as_deref(),
-            Some(&claim),
+        let attempt = super::Attempt {
+            key: key.clone(),
+            payload: entry.payload.clone(),
+            claim: Some(claim),
             attempts,
-            &report,
-        )
-        .await;
+            report: std::sync::Arc::new(report),
+        };
+        let line = ctx.deliver(&attempt).await;
         match line.status {
             crate::report::DeliveryStatus::Sent => result.delivered += 1,
             _ => result.failed += 1,

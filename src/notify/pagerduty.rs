@@ -108,7 +108,7 @@ impl PagerDutyConfig {
                 Some(k)
             }
             Err(e) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 None
             }
         };
@@ -252,7 +252,7 @@ impl Events {
 
     async fn post(&self, event: &Value) -> Result<(), DeliveryError> {
         let origin = super::public_origin(&self.url);
-        let client = super::http_client()?;
+        let client = super::http_client().map_err(String::from)?;
         let resp = client
             .post(self.url.clone())
             .json(event)

@@ -56,7 +56,7 @@ impl SlackConfig {
             &format!("notify.{name}.webhook_url"),
             base,
         )
-        .map_err(|e| vec![e])?;
+        .map_err(|e| vec![e.to_string()])?;
         let url = match reqwest::Url::parse(s.expose()) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
             // The value is not quoted: it may be a real webhook with a typo.

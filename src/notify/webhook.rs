@@ -75,7 +75,7 @@ impl WebhookConfig {
             }
             Ok(k) => k,
             Err(e) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 None
             }
         };
@@ -99,7 +99,7 @@ impl WebhookConfig {
                 }
             },
             Err(e) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 None
             }
         };

@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod files;
 pub mod http;
 pub mod pg;
+pub mod runs;
 pub mod smtp;
 pub mod standby;
 pub mod tls;

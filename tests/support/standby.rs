@@ -3,10 +3,10 @@
 //! `replication`). Dropping it stops the server (also when a test fails) and removes its folder.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use runbook::face::pgcluster::TempCluster;
+use runbook::face::pgcluster::{self, TempCluster};
 
 use super::free_port;
 use super::pg::wait_until_gives;
@@ -24,34 +24,12 @@ pub struct Standby {
 }
 
 fn tool(bin: &Path, name: &str) -> PathBuf {
-    let p = bin.join(name);
-    if p.exists() { p } else { PathBuf::from(name) }
+    pgcluster::tool_in(bin, name)
 }
 
 /// Runs `program args` as `user`; panics with its output when it fails.
 fn run_as(user: &Option<String>, program: &Path, args: &[&str]) -> String {
-    let mut cmd = match user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.arg("-u").arg(u).arg("--").arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
-    let out = cmd
-        .args(args)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed: {}{}",
-        program.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    pgcluster::run_as(user.as_deref(), program, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl Standby {
@@ -64,19 +42,9 @@ impl Standby {
 
     /// As [`Standby::start`], with `conf` appended to the standby's postgresql.conf.
     pub fn start_with(primary: &TempCluster, conf: &str) -> Standby {
-        let dir = tempfile::Builder::new()
-            .prefix("runbook-standby-")
-            .tempdir()
-            .expect("tempdir");
-        let user = nix::unistd::Uid::effective()
-            .is_root()
-            .then(|| "postgres".to_string());
-        if let Some(u) = &user {
-            let u = nix::unistd::User::from_name(u)
-                .expect("user lookup")
-                .expect("we are root and PostgreSQL refuses root: a `postgres` user is needed");
-            nix::unistd::chown(dir.path(), Some(u.uid), Some(u.gid)).expect("chown");
-        }
+        let user = pgcluster::server_user().unwrap_or_else(|e| panic!("{e:#}"));
+        let dir = pgcluster::server_folder("runbook-standby-", user.as_deref())
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let data = dir.path().join("data");
         let bin = primary.bin.clone();
         let port = free_port();

@@ -6,12 +6,14 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::base::pg::PgError;
+
 /// How one worker gets its connection: ready (the planning connection), or connected in the
 /// worker's own task, while the others already work.
-pub type Connect<C> = Pin<Box<dyn Future<Output = Result<C, String>> + Send>>;
+pub type Connect<C> = Pin<Box<dyn Future<Output = Result<C, PgError>> + Send>>;
 
 /// A connection that is already there (or already failed).
-pub fn ready<C: Send + 'static>(conn: Result<C, String>) -> Connect<C> {
+pub fn ready<C: Send + 'static>(conn: Result<C, PgError>) -> Connect<C> {
     Box::pin(std::future::ready(conn))
 }
 
@@ -58,7 +60,7 @@ where
                     Err(e) => {
                         // Without a connection this worker takes nothing; report it once.
                         tracing::warn!("{kind} worker: {e}");
-                        (Some(e), None)
+                        (Some(e.to_string()), None)
                     }
                 }
             })
