@@ -270,7 +270,10 @@ fn the_status_page_lists_open_todos_and_failures_and_its_form_acks_behind_the_to
     );
     assert!(!page.contains("<script"), "no scripts");
     // A half-typed form is not wiped by the page's reload every minute.
-    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"600\">"), "{page}");
+    assert!(
+        page.contains("<meta http-equiv=\"refresh\" content=\"600\">"),
+        "{page}"
+    );
 
     // Without the token: 401, nothing recorded.
     let path = format!("/runs/{run_id}/ack");
