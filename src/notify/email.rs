@@ -380,7 +380,7 @@ impl Mailer {
         .map_err(|e| format!("cannot build the message: {e}"))
     }
 
-    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), super::DeliveryError> {
         let ep = &self.endpoint;
         let message = self.message(report)?;
         resolve(ep).await?;
@@ -388,11 +388,11 @@ impl Mailer {
         let secrets: Vec<&Secret> = self.password.iter().collect();
         result
             .map(|_| ())
-            .map_err(|e| crate::base::secret::redact(&describe_smtp_error(&e, ep), &secrets))
+            .map_err(|e| crate::base::secret::redact(&describe_smtp_error(&e, ep), &secrets).into())
     }
 
     /// `check-config --connect`: connect, EHLO, STARTTLS and AUTH, without sending anything.
-    pub(crate) async fn check_reachable(&self) -> Result<String, String> {
+    pub(crate) async fn check_reachable(&self) -> Result<String, super::DeliveryError> {
         let ep = &self.endpoint;
         resolve(ep).await?;
         let secrets: Vec<&Secret> = self.password.iter().collect();
@@ -408,14 +408,12 @@ impl Mailer {
                     ""
                 }
             )),
-            Ok(false) => Err(format!(
-                "SMTP server {}:{} did not answer NOOP",
-                ep.host, ep.port
-            )),
-            Err(e) => Err(crate::base::secret::redact(
-                &describe_smtp_error(&e, ep),
-                &secrets,
-            )),
+            Ok(false) => {
+                Err(format!("SMTP server {}:{} did not answer NOOP", ep.host, ep.port).into())
+            }
+            Err(e) => {
+                Err(crate::base::secret::redact(&describe_smtp_error(&e, ep), &secrets).into())
+            }
         }
     }
 }

@@ -52,7 +52,7 @@ impl Folder {
         )
     }
 
-    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), super::DeliveryError> {
         let dir = self.dir.clone();
         let stem = Self::stem(report);
         let files = [

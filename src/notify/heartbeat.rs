@@ -110,7 +110,7 @@ impl Pinger {
         url
     }
 
-    pub(crate) async fn ping(&self, ping: Ping) -> Result<(), String> {
+    pub(crate) async fn ping(&self, ping: Ping) -> Result<(), super::DeliveryError> {
         let secret = &self.secret;
         let url = Self::ping_url(&self.url, ping);
         let origin = super::public_origin(&url);
@@ -123,14 +123,16 @@ impl Pinger {
         if resp.status().is_success() {
             return Ok(());
         }
-        Err(super::describe_http_status(resp, &origin, secret).await)
+        Err(super::describe_http_status(resp, &origin, secret)
+            .await
+            .into())
     }
 
-    pub(crate) async fn ping_start(&self) -> Result<(), String> {
+    pub(crate) async fn ping_start(&self) -> Result<(), super::DeliveryError> {
         self.ping(Ping::Start).await
     }
 
-    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), super::DeliveryError> {
         self.ping(Ping::for_status(report.status)).await
     }
 }

@@ -154,6 +154,12 @@ pub enum DeliveryError {
     Rejected(String),
 }
 
+impl From<HttpClientError> for DeliveryError {
+    fn from(e: HttpClientError) -> Self {
+        DeliveryError::Failed(e.to_string())
+    }
+}
+
 impl From<String> for DeliveryError {
     fn from(s: String) -> Self {
         DeliveryError::Failed(s)
@@ -230,11 +236,11 @@ impl Notifier {
     ) -> Result<(), DeliveryError> {
         let fut = async {
             match &self.sender {
-                Sender::Email(m) => m.deliver(report).await.map_err(DeliveryError::Failed),
-                Sender::Slack(w) => w.deliver(report).await.map_err(DeliveryError::Failed),
-                Sender::File(f) => f.deliver(report).await.map_err(DeliveryError::Failed),
-                Sender::Heartbeat(p) => p.deliver(report).await.map_err(DeliveryError::Failed),
-                Sender::Webhook(p) => p.deliver(report).await.map_err(DeliveryError::Failed),
+                Sender::Email(m) => m.deliver(report).await,
+                Sender::Slack(w) => w.deliver(report).await,
+                Sender::File(f) => f.deliver(report).await,
+                Sender::Heartbeat(p) => p.deliver(report).await,
+                Sender::Webhook(p) => p.deliver(report).await,
                 Sender::PagerDuty(e) => match event {
                     Some(event) => e.send_event(event).await,
                     None => Err(DeliveryError::Rejected(
@@ -265,7 +271,7 @@ impl Notifier {
                     let _ = std::fs::remove_file(&probe);
                     Ok(format!("folder {} is writable", f.dir.display()))
                 }
-                Sender::Email(m) => m.check_reachable().await,
+                Sender::Email(m) => m.check_reachable().await.map_err(|e| e.to_string()),
                 // Posting or pinging would send something; connecting (DNS, TCP, TLS) is what
                 // can be checked without side effects.
                 Sender::Slack(w) => probe_https(w.url()).await,
@@ -448,7 +454,7 @@ pub async fn run_started(notifiers: &Notifiers, names: &[String]) {
             pings.spawn(async move {
                 let r = tokio::time::timeout(Duration::from_secs(5), h.ping_start())
                     .await
-                    .unwrap_or_else(|_| Err("timeout: no answer within 5s".into()));
+                    .unwrap_or_else(|_| Err(DeliveryError::Timeout("no answer within 5s".into())));
                 if let Err(e) = r {
                     tracing::warn!(channel = %name, "heartbeat start ping failed: {e}");
                 }

@@ -87,13 +87,14 @@ impl Webhook {
         &self.url
     }
 
-    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), super::DeliveryError> {
         post(
             &self.secret,
             &self.url,
             &crate::report::slack::render(report),
         )
         .await
+        .map_err(super::DeliveryError::Failed)
     }
 }
 

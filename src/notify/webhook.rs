@@ -144,7 +144,7 @@ impl Poster {
     }
 
     /// POSTs the report JSON (as `report --format json` prints it), signed when a key is set.
-    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), String> {
+    pub(crate) async fn deliver(&self, report: &Report) -> Result<(), super::DeliveryError> {
         let body = crate::report::json::render(report).into_bytes();
         let origin = super::public_origin(&self.url);
         let client = super::http_client()?;
@@ -162,7 +162,7 @@ impl Poster {
             return Ok(());
         }
         let msg = super::describe_http_status(resp, &origin, &self.url_secret).await;
-        Err(self.redacted(msg))
+        Err(self.redacted(msg).into())
     }
 
     /// The signing key is kept out of messages too (an endpoint might echo a header).
