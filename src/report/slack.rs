@@ -23,6 +23,8 @@ pub const MAX_TEXT: usize = 3000;
 pub const MAX_HEADER: usize = 150;
 /// Detail lines shown per item (the email and the stored report have them all).
 const DETAIL_LINES: usize = 8;
+/// Targets listed per item over several targets (the rest are counted).
+const TARGET_LINES: usize = 10;
 
 /// Escapes the three characters Slack's mrkdwn treats as markup.
 fn esc(s: &str) -> String {
@@ -102,7 +104,50 @@ fn item_text(i: &ItemReport) -> String {
         change,
         esc(&i.summary)
     );
-    if !i.details.is_empty() {
+    if !i.targets.is_empty() {
+        // An item over several targets: one line per target that did not pass (worst first),
+        // at most TARGET_LINES, then how many more; passing targets are only counted.
+        let mut bad: Vec<_> = i
+            .targets
+            .iter()
+            .filter(|t| t.status.severity() > 0)
+            .collect();
+        bad.sort_by_key(|t| std::cmp::Reverse(t.status.severity()));
+        let mut lines: Vec<String> = bad
+            .iter()
+            .take(TARGET_LINES)
+            .map(|t| {
+                let first = t
+                    .details
+                    .first()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                esc(&cut(
+                    &format!("{} {} — {}{first}", t.status.tag(), t.target, t.summary),
+                    300,
+                    "…",
+                ))
+            })
+            .collect();
+        if bad.len() > TARGET_LINES {
+            lines.push(format!(
+                "... and {} more targets not passing",
+                bad.len() - TARGET_LINES
+            ));
+        }
+        let passing = i.targets.len() - bad.len();
+        if passing > 0 {
+            lines.push(format!(
+                "{passing} other target{} passed",
+                if passing == 1 { "" } else { "s" }
+            ));
+        }
+        let room = MAX_TEXT.saturating_sub(text.chars().count() + 8);
+        text.push_str(&format!(
+            "\n```{}```",
+            cut(&lines.join("\n"), room, "\n... (cut)")
+        ));
+    } else if !i.details.is_empty() {
         let shown: Vec<String> = i
             .details
             .iter()
