@@ -217,7 +217,11 @@ async fn run_locked(
         config_dir: config.dir.clone(),
         state_dir: config.state_dir.clone(),
         targets: config.targets.clone(),
-        state: crate::items::state::ItemState::new(Arc::new(store.clone()), &job.name, run_id),
+        state: crate::items::state::ItemState::new(
+            Arc::new(RunState::new(store.clone())),
+            &job.name,
+            run_id,
+        ),
         cancel: opts.cancel.clone(),
         started_at: started,
         previous_started_at: previous.as_ref().map(|p| p.started_at.with_timezone(&Utc)),
@@ -359,6 +363,82 @@ fn capacity_inputs(job: &Job, store: &Store, now: DateTime<Utc>) -> Job {
             .collect();
     }
     copy
+}
+
+/// The items' state for one run: the store, except that the job's recent reports are read once
+/// for all the targets of an item over several databases (each target's earlier results are
+/// in them; parsing them again per target costs time and, over 50 databases, tens of MB).
+/// They cannot change during the run: its own report is stored after its items.
+struct RunState {
+    store: Store,
+    recent: std::sync::Mutex<HashMap<(String, usize), Arc<Vec<Report>>>>,
+}
+
+impl RunState {
+    fn new(store: Store) -> RunState {
+        RunState {
+            store,
+            recent: Default::default(),
+        }
+    }
+}
+
+impl crate::items::state::StateSource for RunState {
+    fn scan_offset(
+        &self,
+        job: &str,
+        item: &str,
+        file: &str,
+    ) -> Result<Option<crate::items::state::FilePosition>, crate::items::state::StateError> {
+        crate::items::state::StateSource::scan_offset(&self.store, job, item, file)
+    }
+
+    fn earlier_results(
+        &self,
+        job: &str,
+        item: &str,
+        kind: &str,
+        target: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::items::state::EarlierResult>, crate::items::state::StateError> {
+        let Some(target) = target else {
+            return crate::items::state::StateSource::earlier_results(
+                &self.store,
+                job,
+                item,
+                kind,
+                None,
+                limit,
+            );
+        };
+        let reports = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            match recent.get(&(job.to_string(), limit)) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(
+                        self.store
+                            .recent_reports(job, limit)
+                            .map_err(|e| crate::items::state::StateError(format!("{e:#}")))?,
+                    );
+                    recent.insert((job.to_string(), limit), r.clone());
+                    r
+                }
+            }
+        };
+        Ok(reports
+            .iter()
+            .filter_map(|r| {
+                let found = r.items.iter().find(|i| i.name == item && i.kind == kind)?;
+                let on = found.targets.iter().find(|t| t.target == target)?;
+                Some(crate::items::state::EarlierResult {
+                    run_id: r.run_id.clone(),
+                    status: on.status,
+                    data: on.data.clone(),
+                })
+            })
+            .collect())
+    }
 }
 
 /// What [`execute`] found for one item: its outcome, duration in ms, and for an item over several
