@@ -371,8 +371,11 @@ fn capacity_inputs(job: &Job, store: &Store, now: DateTime<Utc>) -> Job {
 /// They cannot change during the run: its own report is stored after its items.
 struct RunState {
     store: Store,
-    recent: std::sync::Mutex<HashMap<(String, usize), Arc<Vec<Report>>>>,
+    recent: std::sync::Mutex<HashMap<(String, usize), RecentReports>>,
 }
+
+/// A job's newest stored reports (job, how many) as read once for a run.
+type RecentReports = Arc<Vec<Report>>;
 
 impl RunState {
     fn new(store: Store) -> RunState {
