@@ -40,6 +40,11 @@ pub struct RunbookSection {
     /// How many items of one job may run at once. Default 4.
     #[serde(default = "default_parallel")]
     pub max_parallel_items: usize,
+    /// How many targets of one item over several targets (SPEC 9.5) run at once, and how many
+    /// of a run's database items may hold a connection to one cluster (host and port) at once.
+    /// Default 4.
+    #[serde(default = "default_parallel")]
+    pub max_parallel_targets: usize,
     /// Host name shown in reports. Default: the machine's host name.
     pub hostname: Option<String>,
     /// Undelivered notifications older than this are dropped (and logged). Default 7d.
@@ -61,6 +66,7 @@ impl Default for RunbookSection {
             timezone: default_tz(),
             state_dir: None,
             max_parallel_items: default_parallel(),
+            max_parallel_targets: default_parallel(),
             hostname: None,
             outbox_max_age: default_outbox_max_age(),
             shutdown_grace: default_shutdown_grace(),
@@ -301,15 +307,145 @@ fn default_job_timeout() -> Dur {
 }
 
 /// One `[[jobs.NAME.items]]` entry: common fields plus the kind's own options.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct ItemConfig {
     /// Unique within the job; used by `--item` and in reports.
     pub name: String,
     /// This item's deadline (each kind has its own default; the job's timeout caps it).
     pub timeout: Option<Dur>,
-    /// The kind and its options (`kind = "backup"`, ...).
-    #[serde(flatten)]
+    /// The kind and its options (`kind = "backup"`, ...). An item over several targets carries
+    /// the first of them here; the runner sets each in turn.
     pub spec: ItemSpec,
+    /// `target` as written when it names several targets (a list or a glob; SPEC 9.5).
+    pub target_selector: Option<TargetSelector>,
+    /// The targets the item runs on, one run each, in order (resolved at load from
+    /// `target_selector`); empty for an item with one target or none.
+    pub fleet: Vec<String>,
+}
+
+/// An item's `target` naming several targets (SPEC 9.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSelector {
+    /// `target = ["a", "b"]`.
+    List(Vec<String>),
+    /// `target = "shard-*"`: a glob over the names of `[targets]`.
+    Glob(String),
+}
+
+impl TargetSelector {
+    /// True for a `target` string that is a glob rather than a name (`*`, `?` or `[`).
+    pub fn is_glob(s: &str) -> bool {
+        s.contains(['*', '?', '['])
+    }
+
+    /// The defined target names this selects, in order (a list's order, or sorted for a glob),
+    /// or why it selects none.
+    pub fn resolve(&self, defined: &BTreeSet<String>) -> Result<Vec<String>, String> {
+        let names: Vec<&str> = defined.iter().map(String::as_str).collect();
+        match self {
+            TargetSelector::List(list) => {
+                if list.is_empty() {
+                    return Err("target = [] names no target".into());
+                }
+                let unknown: Vec<&String> = list.iter().filter(|t| !defined.contains(*t)).collect();
+                if !unknown.is_empty() {
+                    return Err(format!(
+                        "unknown target{} {} (defined: {})",
+                        if unknown.len() == 1 { "" } else { "s" },
+                        unknown
+                            .iter()
+                            .map(|t| format!("{t:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        or_none(&names)
+                    ));
+                }
+                let mut seen = BTreeSet::new();
+                Ok(list
+                    .iter()
+                    .filter(|t| seen.insert(t.as_str()))
+                    .cloned()
+                    .collect())
+            }
+            TargetSelector::Glob(pattern) => {
+                let glob = globset::GlobBuilder::new(pattern)
+                    .literal_separator(false)
+                    .build()
+                    .map_err(|e| format!("invalid target glob {pattern:?}: {}", e.kind()))?
+                    .compile_matcher();
+                let matched: Vec<String> = defined
+                    .iter()
+                    .filter(|t| glob.is_match(t))
+                    .cloned()
+                    .collect();
+                if matched.is_empty() {
+                    return Err(format!(
+                        "target glob {pattern:?} matches no target (defined: {})",
+                        or_none(&names)
+                    ));
+                }
+                Ok(matched)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TargetSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetSelector::List(l) => write!(f, "{l:?}"),
+            TargetSelector::Glob(g) => write!(f, "{g:?}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ItemConfig {
+    /// As written, except `target`: a list or a glob is taken out (the kinds read one name) and
+    /// kept as the item's [`TargetSelector`].
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ItemConfig, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        struct Plain {
+            name: String,
+            timeout: Option<Dur>,
+            #[serde(flatten)]
+            spec: ItemSpec,
+        }
+        let mut table = toml::Table::deserialize(d)?;
+        let selector = match table.get("target") {
+            Some(toml::Value::Array(list)) => {
+                let names = list
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<String>>>()
+                    .ok_or_else(|| {
+                        D::Error::custom("target: a list of target names must hold only strings")
+                    })?;
+                Some(TargetSelector::List(names))
+            }
+            Some(toml::Value::String(s)) if TargetSelector::is_glob(s) => {
+                Some(TargetSelector::Glob(s.clone()))
+            }
+            _ => None,
+        };
+        if let Some(sel) = &selector {
+            // The kind reads a name; the runner sets the real one per target.
+            let first = match sel {
+                TargetSelector::List(l) => l.first().cloned().unwrap_or_default(),
+                TargetSelector::Glob(g) => g.clone(),
+            };
+            table.insert("target".into(), toml::Value::String(first));
+        }
+        let plain = Plain::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(e.message().trim()))?;
+        Ok(ItemConfig {
+            name: plain.name,
+            timeout: plain.timeout,
+            spec: plain.spec,
+            target_selector: selector,
+            fleet: Vec::new(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -652,6 +788,14 @@ impl Check<'_> {
                 "max_parallel_items must be at least 1".into(),
             ));
         }
+        if runbook.max_parallel_targets == 0 {
+            self.errors.push(loc.at_key(
+                "runbook",
+                "max_parallel_targets",
+                None,
+                "max_parallel_targets must be at least 1".into(),
+            ));
+        }
         match runbook.timezone.parse() {
             Ok(tz) => tz,
             Err(_) => {
@@ -883,7 +1027,26 @@ impl Check<'_> {
                     format!("duplicate item name {:?} in job {job:?}", item.name),
                 ));
             }
-            if let Some(t) = item.spec.target()
+            if let Some(sel) = item.target_selector.clone() {
+                match sel.resolve(known.target_names) {
+                    Ok(names) => {
+                        if item.spec.set_target(&names[0]) {
+                            item.fleet = names;
+                        } else {
+                            self.errors.push(loc.at_key(
+                                &item_section,
+                                "target",
+                                ictx.clone(),
+                                format!("kind {:?} takes no target list or glob", item.spec.kind()),
+                            ));
+                        }
+                    }
+                    Err(msg) => {
+                        self.errors
+                            .push(loc.at_key(&item_section, "target", ictx.clone(), msg))
+                    }
+                }
+            } else if let Some(t) = item.spec.target()
                 && !known.target_names.contains(t)
             {
                 let names: Vec<&str> = known.target_names.iter().map(String::as_str).collect();

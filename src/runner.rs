@@ -8,6 +8,7 @@
 //! task is aborted. A run always ends in a report, stored before any delivery is attempted, in
 //! one transaction with its outbox rows and the `log_scan` offsets its items advanced.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Job};
 use crate::items::{ItemCtx, ItemSpec, Outcome, Status, Trigger};
-use crate::report::{Change, Counts, ItemReport, Report};
+use crate::report::{Change, Counts, ItemReport, Report, TargetResult};
 use crate::store::{Lock, Store};
 
 /// How long an item may take to clean up after its deadline or cancellation before its task is
@@ -216,7 +217,11 @@ async fn run_locked(
         config_dir: config.dir.clone(),
         state_dir: config.state_dir.clone(),
         targets: config.targets.clone(),
-        state: crate::items::state::ItemState::new(Arc::new(store.clone()), &job.name, run_id),
+        state: crate::items::state::ItemState::new(
+            Arc::new(RunState::new(store.clone())),
+            &job.name,
+            run_id,
+        ),
         cancel: opts.cancel.clone(),
         started_at: started,
         previous_started_at: previous.as_ref().map(|p| p.started_at.with_timezone(&Utc)),
@@ -227,7 +232,10 @@ async fn run_locked(
         job,
         &selected,
         base_ctx,
-        config.runbook.max_parallel_items,
+        (
+            config.runbook.max_parallel_items,
+            config.runbook.max_parallel_targets,
+        ),
         &opts.cancel_reason,
     )
     .await;
@@ -240,7 +248,7 @@ async fn run_locked(
     let items = selected
         .iter()
         .zip(outcomes)
-        .map(|(&i, (mut outcome, ms))| {
+        .map(|(&i, (mut outcome, ms, mut targets))| {
             pending.append(&mut outcome.pending);
             let item = &job.config.items[i];
             // Whatever reached an outcome (a child's output, an echoed URL) is shown without
@@ -250,6 +258,11 @@ async fn run_locked(
             r.redact_string(&mut outcome.summary);
             outcome.details.iter_mut().for_each(|d| r.redact_string(d));
             r.redact_json(&mut outcome.data);
+            for t in &mut targets {
+                r.redact_string(&mut t.summary);
+                t.details.iter_mut().for_each(|d| r.redact_string(d));
+                r.redact_json(&mut t.data);
+            }
             ItemReport {
                 name: item.name.clone(),
                 kind: item.spec.kind().to_string(),
@@ -259,6 +272,7 @@ async fn run_locked(
                 data: outcome.data,
                 duration_ms: ms,
                 change: Change::Same,
+                targets,
             }
         })
         .collect();
@@ -352,30 +366,144 @@ fn capacity_inputs(job: &Job, store: &Store, now: DateTime<Utc>) -> Job {
     copy
 }
 
-/// Runs the selected items; returns (outcome, duration in ms) in the order of `selected`.
+/// The items' state for one run: the store, except that the job's recent reports are read once
+/// for all the targets of an item over several databases (each target's earlier results are
+/// in them; parsing them again per target costs time and, over 50 databases, tens of MB).
+/// They cannot change during the run: its own report is stored after its items.
+struct RunState {
+    store: Store,
+    recent: std::sync::Mutex<HashMap<(String, usize), RecentReports>>,
+}
+
+/// A job's newest stored reports (job, how many) as read once for a run.
+type RecentReports = Arc<Vec<Report>>;
+
+impl RunState {
+    fn new(store: Store) -> RunState {
+        RunState {
+            store,
+            recent: Default::default(),
+        }
+    }
+}
+
+impl crate::items::state::StateSource for RunState {
+    fn scan_offset(
+        &self,
+        job: &str,
+        item: &str,
+        file: &str,
+    ) -> Result<Option<crate::items::state::FilePosition>, crate::items::state::StateError> {
+        crate::items::state::StateSource::scan_offset(&self.store, job, item, file)
+    }
+
+    fn earlier_results(
+        &self,
+        job: &str,
+        item: &str,
+        kind: &str,
+        target: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::items::state::EarlierResult>, crate::items::state::StateError> {
+        let Some(target) = target else {
+            return crate::items::state::StateSource::earlier_results(
+                &self.store,
+                job,
+                item,
+                kind,
+                None,
+                limit,
+            );
+        };
+        let reports = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            match recent.get(&(job.to_string(), limit)) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(
+                        self.store
+                            .recent_reports(job, limit)
+                            .map_err(|e| crate::items::state::StateError(format!("{e:#}")))?,
+                    );
+                    recent.insert((job.to_string(), limit), r.clone());
+                    r
+                }
+            }
+        };
+        Ok(reports
+            .iter()
+            .filter_map(|r| {
+                let found = r.items.iter().find(|i| i.name == item && i.kind == kind)?;
+                let on = found.targets.iter().find(|t| t.target == target)?;
+                Some(crate::items::state::EarlierResult {
+                    run_id: r.run_id.clone(),
+                    status: on.status,
+                    data: on.data.clone(),
+                })
+            })
+            .collect())
+    }
+}
+
+/// What [`execute`] found for one item: its outcome, duration in ms, and for an item over several
+/// targets each target's result.
+type Executed = (Outcome, u64, Vec<TargetResult>);
+
+/// Connections per cluster: one semaphore per host and port, shared by every database item of
+/// the run (`[runbook] max_parallel_targets` permits each).
+#[derive(Clone)]
+struct ClusterSlots {
+    limit: usize,
+    slots: Arc<std::sync::Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl ClusterSlots {
+    fn new(limit: usize) -> ClusterSlots {
+        ClusterSlots {
+            limit: limit.max(1),
+            slots: Default::default(),
+        }
+    }
+
+    /// The semaphore of the cluster `target` is on (by host and port; None for an unknown name).
+    fn of(&self, base: &ItemCtx, target: &str) -> Option<Arc<Semaphore>> {
+        let t = base.targets.get(target)?;
+        let key = format!("{:?} {:?}", t.pg.get_hosts(), t.pg.get_ports());
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            slots
+                .entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+                .clone(),
+        )
+    }
+}
+
+/// Runs the selected items; returns what each found, in the order of `selected`.
 async fn execute(
     job: &Job,
     selected: &[usize],
     base: ItemCtx,
-    default_parallel: usize,
+    limits: (usize, usize),
     reason: &CancelReason,
-) -> Vec<(Outcome, u64)> {
+) -> Vec<Executed> {
+    let (default_parallel, max_parallel_targets) = limits;
     let parallel = job
         .config
         .max_parallel_items
         .unwrap_or(default_parallel)
         .max(1);
     let semaphore = Arc::new(Semaphore::new(parallel));
+    let clusters = ClusterSlots::new(max_parallel_targets);
     let job_deadline = Instant::now() + job.config.timeout.0;
     let job_timeout = job.config.timeout;
 
     // Items start in file order as permits free up. Items that change the same target form a
-    // chain: each waits for its predecessor on that target to finish before it runs.
-    let mut previous_on_target: std::collections::HashMap<
-        String,
-        tokio::sync::oneshot::Receiver<()>,
-    > = Default::default();
-    let mut tasks: Vec<Option<tokio::task::JoinHandle<(Outcome, u64)>>> = Vec::new();
+    // chain: each waits for its predecessor on that target to finish before it runs on it (an
+    // item over several targets waits per target).
+    let mut previous_on_target: HashMap<String, tokio::sync::oneshot::Receiver<()>> =
+        Default::default();
+    let mut tasks: Vec<Option<tokio::task::JoinHandle<Executed>>> = Vec::new();
     for &i in selected {
         let item = job.config.items[i].clone();
         let permit = tokio::select! {
@@ -386,36 +514,81 @@ async fn execute(
             tasks.push(None);
             continue;
         };
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let predecessor = match item.spec.target().filter(|_| item.spec.changes_state()) {
-            Some(t) => previous_on_target.insert(t.to_string(), done_rx),
-            None => None,
+        let multi = !item.fleet.is_empty();
+        let names: Vec<Option<String>> = if multi {
+            item.fleet.iter().cloned().map(Some).collect()
+        } else {
+            vec![item.spec.target().map(str::to_string)]
         };
+        let mut runs = Vec::with_capacity(names.len());
+        for name in names {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let predecessor = match &name {
+                Some(t) if item.spec.changes_state() => {
+                    previous_on_target.insert(t.clone(), done_rx)
+                }
+                _ => None,
+            };
+            let cluster = name.as_deref().and_then(|t| clusters.of(&base, t));
+            runs.push((name, predecessor, done_tx, cluster));
+        }
         let base = base.clone();
         let reason = reason.clone();
+        // At most `max_parallel_targets` of this item's targets at once.
+        let per_item = Arc::new(Semaphore::new(if multi {
+            max_parallel_targets.max(1)
+        } else {
+            1
+        }));
         tasks.push(Some(tokio::spawn(async move {
-            if let Some(p) = predecessor {
-                let _ = p.await;
+            let started = Instant::now();
+            let mut handles = Vec::with_capacity(runs.len());
+            for (name, predecessor, done_tx, cluster) in runs {
+                let (base, reason, per_item) = (base.clone(), reason.clone(), per_item.clone());
+                let mut item = item.clone();
+                if let Some(t) = name.as_deref().filter(|_| multi) {
+                    item.spec.set_target(t);
+                }
+                handles.push(tokio::spawn(async move {
+                    if let Some(p) = predecessor {
+                        let _ = p.await;
+                    }
+                    let _slot = per_item.acquire_owned().await;
+                    let _connection = match cluster {
+                        Some(c) => c.acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    let result = start_item(&item, &base, job_deadline, job_timeout, &reason).await;
+                    drop(_connection);
+                    let _ = done_tx.send(());
+                    (name, result)
+                }));
             }
-            // Timers may fire a hair early: an item that would get less than 50 ms is not started.
-            let result = if Instant::now() + Duration::from_millis(50) >= job_deadline {
-                (
-                    Outcome::fail(format!(
-                        "not started: the job's timeout ({job_timeout}) was reached"
-                    )),
-                    0,
-                )
-            } else if base.cancel.is_cancelled() {
-                (
-                    Outcome::fail(format!("interrupted: not started ({})", reason.get())),
-                    0,
-                )
-            } else {
-                run_item(&item, &base, job_deadline, job_timeout, &reason).await
-            };
+            let mut results = Vec::with_capacity(handles.len());
+            for h in handles {
+                results.push(h.await.unwrap_or_else(|e| {
+                    (None, (Outcome::fail(format!("internal error: {e}")), 0))
+                }));
+            }
             drop(permit);
-            let _ = done_tx.send(());
-            result
+            if multi {
+                let targets: Vec<TargetResult> = results
+                    .into_iter()
+                    .map(|(name, (o, ms))| TargetResult {
+                        target: name.unwrap_or_default(),
+                        status: o.status,
+                        summary: o.summary,
+                        details: o.details,
+                        data: o.data,
+                        duration_ms: ms,
+                    })
+                    .collect();
+                let outcome = combine_targets(&targets);
+                (outcome, started.elapsed().as_millis() as u64, targets)
+            } else {
+                let (_, (o, ms)) = results.pop().expect("one run");
+                (o, ms, Vec::new())
+            }
         })));
     }
     let mut out = Vec::with_capacity(tasks.len());
@@ -426,13 +599,107 @@ async fn execute(
                     "not started: the job's timeout ({job_timeout}) was reached"
                 )),
                 0,
+                Vec::new(),
             ),
             Some(handle) => handle
                 .await
-                .unwrap_or_else(|e| (Outcome::fail(format!("internal error: {e}")), 0)),
+                .unwrap_or_else(|e| (Outcome::fail(format!("internal error: {e}")), 0, Vec::new())),
         });
     }
     out
+}
+
+/// Runs one item (on one target) unless the job's deadline is (nearly) reached or the run was
+/// cancelled.
+async fn start_item(
+    item: &crate::config::ItemConfig,
+    base: &ItemCtx,
+    job_deadline: Instant,
+    job_timeout: crate::base::units::Dur,
+    reason: &CancelReason,
+) -> (Outcome, u64) {
+    // Timers may fire a hair early: an item that would get less than 50 ms is not started.
+    if Instant::now() + Duration::from_millis(50) >= job_deadline {
+        (
+            Outcome::fail(format!(
+                "not started: the job's timeout ({job_timeout}) was reached"
+            )),
+            0,
+        )
+    } else if base.cancel.is_cancelled() {
+        (
+            Outcome::fail(format!("interrupted: not started ({})", reason.get())),
+            0,
+        )
+    } else {
+        run_item(item, base, job_deadline, job_timeout, reason).await
+    }
+}
+
+/// The outcome of an item over several targets: the worst status, a summary counting them
+/// ("3 targets: 2 pass, 1 fail"), details grouped by target (those that did not pass first),
+/// and data with the counts and `value` (see docs/database.md, "Many databases").
+fn combine_targets(targets: &[TargetResult]) -> Outcome {
+    let order = [
+        Status::Fail,
+        Status::Warn,
+        Status::Pass,
+        Status::Skipped,
+        Status::Manual,
+    ];
+    let count = |s: Status| targets.iter().filter(|t| t.status == s).count();
+    let worst = targets
+        .iter()
+        .map(|t| t.status)
+        .max_by_key(|s| s.severity())
+        .unwrap_or(Status::Pass);
+    let status = if worst.severity() > 0 || targets.iter().all(|t| t.status == worst) {
+        worst
+    } else {
+        Status::Pass
+    };
+    let counts: Vec<String> = [
+        Status::Pass,
+        Status::Warn,
+        Status::Fail,
+        Status::Skipped,
+        Status::Manual,
+    ]
+    .into_iter()
+    .filter(|s| count(*s) > 0)
+    .map(|s| format!("{} {}", count(s), s.as_str()))
+    .collect();
+    let summary = format!(
+        "{} target{}: {}",
+        targets.len(),
+        if targets.len() == 1 { "" } else { "s" },
+        counts.join(", ")
+    );
+    let mut details = Vec::new();
+    for s in order {
+        for t in targets.iter().filter(|t| t.status == s) {
+            details.push(format!("{}: {} — {}", t.target, t.status.tag(), t.summary));
+            if s.severity() > 0 {
+                details.extend(t.details.iter().map(|d| format!("    {d}")));
+            }
+        }
+    }
+    let values: Vec<f64> = targets
+        .iter()
+        .filter_map(|t| t.data.get("value").and_then(serde_json::Value::as_f64))
+        .collect();
+    let mut data = serde_json::json!({
+        "targets": targets.len(),
+        "pass": count(Status::Pass),
+        "warn": count(Status::Warn),
+        "fail": count(Status::Fail),
+    });
+    if let Some(max) = values.iter().copied().reduce(f64::max) {
+        data["value"] = serde_json::json!(max);
+    }
+    Outcome::new(status, summary)
+        .with_details(details)
+        .with_data(data)
 }
 
 async fn run_item(
@@ -456,6 +723,11 @@ async fn run_item(
     };
     let item_cancel = base.cancel.child_token();
     let mut ctx = base.for_item(&item.name, item.spec.kind());
+    if !item.fleet.is_empty()
+        && let Some(t) = item.spec.target()
+    {
+        ctx.state = ctx.state.for_target(t);
+    }
     ctx.cancel = item_cancel.clone();
     ctx.deadline = deadline;
     let spec = item.spec.clone();

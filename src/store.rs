@@ -1400,6 +1400,7 @@ impl crate::items::state::StateSource for Store {
         job: &str,
         item: &str,
         kind: &str,
+        target: Option<&str>,
         limit: usize,
     ) -> std::result::Result<Vec<crate::items::state::EarlierResult>, crate::items::state::StateError>
     {
@@ -1413,10 +1414,17 @@ impl crate::items::state::StateSource for Store {
                     .items
                     .into_iter()
                     .find(|i| i.name == item && i.kind == kind)?;
+                let (status, data) = match target {
+                    None => (found.status, found.data),
+                    Some(t) => {
+                        let on = found.targets.into_iter().find(|x| x.target == t)?;
+                        (on.status, on.data)
+                    }
+                };
                 Some(crate::items::state::EarlierResult {
                     run_id: r.run_id,
-                    status: found.status,
-                    data: found.data,
+                    status,
+                    data,
                 })
             })
             .collect())

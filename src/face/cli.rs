@@ -849,6 +849,17 @@ fn print_config_summary(config: &Config, now: chrono::DateTime<chrono::Utc>) {
                 None => "no schedule: runs only by hand".into(),
             }
         );
+        for item in j.config.items.iter().filter(|i| !i.fleet.is_empty()) {
+            if let Some(sel) = &item.target_selector {
+                println!(
+                    "    item {:?}: target {sel} → {} target{}: {}",
+                    item.name,
+                    item.fleet.len(),
+                    if item.fleet.len() == 1 { "" } else { "s" },
+                    item.fleet.join(", ")
+                );
+            }
+        }
     }
 }
 
@@ -932,6 +943,17 @@ fn check_config_json(
                 "schedule_description": j.schedule.as_ref().map(|s| s.describe()),
                 "timezone": j.tz.name(),
                 "next_run": next.map(|n| n.to_rfc3339()),
+                "fleet_items": j
+                    .config
+                    .items
+                    .iter()
+                    .filter(|i| !i.fleet.is_empty())
+                    .map(|i| serde_json::json!({
+                        "item": i.name,
+                        "target": i.target_selector.as_ref().map(|s| s.to_string()),
+                        "targets": i.fleet,
+                    }))
+                    .collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -353,6 +353,24 @@ impl ItemSpec {
         }
     }
 
+    /// Points the item at the target called `name` (an item over several targets runs once
+    /// per target); false for a kind without a target.
+    pub fn set_target(&mut self, name: &str) -> bool {
+        let t = match self {
+            ItemSpec::RestoreDrill(o) => &mut o.target,
+            ItemSpec::Vacuum(o) => &mut o.target,
+            ItemSpec::Reindex(o) => &mut o.target,
+            ItemSpec::CreateIndexes(o) => &mut o.target,
+            ItemSpec::Sql(o) => &mut o.target,
+            ItemSpec::SlowQueries(o) => &mut o.target,
+            ItemSpec::WalArchive(o) => &mut o.target,
+            ItemSpec::Replication(o) => &mut o.target,
+            _ => return false,
+        };
+        *t = name.to_string();
+        true
+    }
+
     /// True when the item changes state: `--dry-run` only plans it, and items that change the
     /// same target run one after another.
     pub fn changes_state(&self) -> bool {

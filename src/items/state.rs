@@ -54,12 +54,14 @@ pub trait StateSource: Send + Sync {
         file: &str,
     ) -> Result<Option<FilePosition>, StateError>;
     /// The results of the item `item` of kind `kind` in the newest `limit` stored reports of
-    /// `job`, newest first (reports without that item are skipped).
+    /// `job`, newest first (reports without that item are skipped). With `target`, the result
+    /// on that target of an item over several targets (reports without it are skipped).
     fn earlier_results(
         &self,
         job: &str,
         item: &str,
         kind: &str,
+        target: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EarlierResult>, StateError>;
 }
@@ -72,6 +74,9 @@ pub struct ItemState {
     item: String,
     kind: String,
     run_id: String,
+    /// The target of this run of an item over several targets (its earlier results are that
+    /// target's).
+    target: Option<String>,
 }
 
 impl ItemState {
@@ -84,6 +89,7 @@ impl ItemState {
             item: String::new(),
             kind: String::new(),
             run_id: run_id.to_string(),
+            target: None,
         }
     }
 
@@ -92,6 +98,15 @@ impl ItemState {
         ItemState {
             item: item.to_string(),
             kind: kind.to_string(),
+            target: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same item's state on one of its several targets (SPEC 9.5).
+    pub fn for_target(&self, target: &str) -> ItemState {
+        ItemState {
+            target: Some(target.to_string()),
             ..self.clone()
         }
     }
@@ -106,7 +121,13 @@ impl ItemState {
     /// commentary, never a reason to fail the check.
     pub fn earlier_results(&self, limit: usize) -> Vec<EarlierResult> {
         self.source
-            .earlier_results(&self.job, &self.item, &self.kind, limit)
+            .earlier_results(
+                &self.job,
+                &self.item,
+                &self.kind,
+                self.target.as_deref(),
+                limit,
+            )
             .unwrap_or_default()
             .into_iter()
             .filter(|r| r.run_id != self.run_id)

@@ -901,6 +901,7 @@ pub fn test_report(host: &str, timezone: &str) -> Report {
             data: serde_json::json!({}),
             duration_ms: 0,
             change: crate::report::Change::Same,
+            targets: vec![],
         }],
         missed: vec![],
         notifications: vec![],

@@ -328,6 +328,7 @@ mod tests {
             data: json!({}),
             duration_ms: 1,
             change: crate::report::Change::Same,
+            targets: vec![],
         }
     }
 

@@ -43,6 +43,24 @@ pub struct ItemReport {
     pub data: serde_json::Value,
     pub duration_ms: u64,
     pub change: Change,
+    /// An item over several targets (SPEC 9.5): each target's result, in the item's order.
+    /// Empty (and left out of the JSON) for an item with one target or none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetResult>,
+}
+
+/// One target's result in an item over several targets (`targets[]` of SPEC 9.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetResult {
+    pub target: String,
+    pub status: Status,
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+    /// The kind's data for this target (as a single-target item's `data`).
+    #[serde(default)]
+    pub data: serde_json::Value,
+    pub duration_ms: u64,
 }
 
 /// How a report's delivery to one channel stands (SPEC 9.1, `notifications[].status`).
@@ -293,6 +311,7 @@ pub mod tests {
                 data: serde_json::json!({}),
                 duration_ms: 12,
                 change: Change::Same,
+                targets: vec![],
             };
         let mut r = Report {
             run_id: "01JTESTRUN0000000000000000".into(),

@@ -23,6 +23,8 @@ pub const MAX_TEXT: usize = 3000;
 pub const MAX_HEADER: usize = 150;
 /// Detail lines shown per item (the email and the stored report have them all).
 const DETAIL_LINES: usize = 8;
+/// Targets listed per item over several targets (the rest are counted).
+const TARGET_LINES: usize = 10;
 
 /// Escapes the three characters Slack's mrkdwn treats as markup.
 fn esc(s: &str) -> String {
@@ -102,7 +104,56 @@ fn item_text(i: &ItemReport) -> String {
         change,
         esc(&i.summary)
     );
-    if !i.details.is_empty() {
+    if !i.targets.is_empty() {
+        // An item over several targets: one line per target that did not pass (worst first),
+        // at most TARGET_LINES, then how many more; passing targets are only counted.
+        let mut bad: Vec<_> = i
+            .targets
+            .iter()
+            .filter(|t| t.status.severity() > 0)
+            .collect();
+        bad.sort_by_key(|t| std::cmp::Reverse(t.status.severity()));
+        let lines: Vec<String> = bad
+            .iter()
+            .take(TARGET_LINES)
+            .map(|t| {
+                let first = t
+                    .details
+                    .first()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                esc(&cut(
+                    &format!("{} {} — {}{first}", t.status.tag(), t.target, t.summary),
+                    200,
+                    "…",
+                ))
+            })
+            .collect();
+        // The counts always show: the list is cut to leave room for them.
+        let mut tail = Vec::new();
+        if bad.len() > TARGET_LINES {
+            tail.push(format!(
+                "... and {} more targets not passing",
+                bad.len() - TARGET_LINES
+            ));
+        }
+        let passing = i.targets.len() - bad.len();
+        if passing > 0 {
+            tail.push(format!(
+                "{passing} other target{} passed",
+                if passing == 1 { "" } else { "s" }
+            ));
+        }
+        let tail = tail.join("\n");
+        let room = MAX_TEXT.saturating_sub(text.chars().count() + tail.chars().count() + 10);
+        let listed = cut(&lines.join("\n"), room, "\n... (cut)");
+        let block = [listed, tail]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        text.push_str(&format!("\n```{block}```"));
+    } else if !i.details.is_empty() {
         let shown: Vec<String> = i
             .details
             .iter()
@@ -276,6 +327,46 @@ mod tests {
                 other => panic!("unexpected block {other}"),
             }
         }
+    }
+
+    #[test]
+    fn an_item_over_hundreds_of_targets_lists_ten_and_counts_the_rest() {
+        let mut r = sample();
+        let mut i = r.items[0].clone();
+        i.name = "Connections".into();
+        i.status = Status::Fail;
+        i.targets = (0..400)
+            .map(|n| crate::report::TargetResult {
+                target: format!("shard-{n:03}"),
+                status: if n % 4 == 0 {
+                    Status::Pass
+                } else if n % 4 == 1 {
+                    Status::Warn
+                } else {
+                    Status::Fail
+                },
+                summary: format!("summary {n} {}", "x".repeat(400)),
+                details: vec![format!("detail of {n}")],
+                data: serde_json::json!({}),
+                duration_ms: 1,
+            })
+            .collect();
+        r.items = vec![i];
+        r.finish_status();
+        let v = render(&r);
+        assert_within_limits(&v);
+        let text = v.to_string();
+        // Failing targets first, ten of them, then counts.
+        assert!(text.contains("FAIL shard-002"), "{text}");
+        assert!(
+            !text.contains("shard-001 "),
+            "a warning comes after every failure: {text}"
+        );
+        assert!(
+            text.contains("... and 290 more targets not passing"),
+            "{text}"
+        );
+        assert!(text.contains("100 other targets passed"), "{text}");
     }
 
     #[test]
