@@ -92,6 +92,14 @@ pub struct RestoreDrill {
     pub restore_role: Option<String>,
     /// The password of `restore_role` (a secret), when pg_hba.conf asks for one.
     pub restore_password: Option<crate::base::secret::SecretSource>,
+    /// Extensions that only a superuser can create (untrusted ones, e.g. `pg_stat_statements`)
+    /// and that the target's user creates in the scratch database before a custom or
+    /// directory dump is restored. The drill's role cannot create them, so without this a dump
+    /// that has them would fail at its `CREATE EXTENSION`; an untrusted extension a dump has and
+    /// this list does not name is left out of the restore (said in the details). The extension
+    /// comes from the server's own installed files, never from the dump. Default none.
+    #[serde(default)]
+    pub extensions: Vec<String>,
     /// `restore_password`, resolved by `prepare`.
     #[serde(skip)]
     pub resolved_restore_password: Option<crate::base::secret::Secret>,
@@ -425,6 +433,27 @@ impl RestoreDrill {
             "restored and checked as role {role}: not a superuser, owns only the scratch database (a dump cannot run programs or reach other databases)"
         ));
 
+        // Untrusted extensions of a custom or directory dump: made first by the target's user
+        // (those listed in `extensions`) or left out; the rest restores as the drill's role.
+        let toc = match method {
+            Method::PgRestore => {
+                match self
+                    .prepare_extensions(&target, &admin, &scratch, &backup.path)
+                    .await
+                {
+                    Ok((toc, lines)) => {
+                        details.extend(lines);
+                        toc
+                    }
+                    Err(e) => {
+                        let mut o = Outcome::fail(e).with_data(data);
+                        o.details.splice(0..0, details);
+                        return o;
+                    }
+                }
+            }
+            Method::Psql => None,
+        };
         let work = self.restore_and_check(
             ctx,
             &restorer,
@@ -433,6 +462,7 @@ impl RestoreDrill {
             method,
             plain_gzip,
             created,
+            toc.as_ref().map(|t| t.path()),
         );
         let ended = tokio::select! {
             biased;
@@ -561,6 +591,96 @@ impl RestoreDrill {
         );
     }
 
+    /// The untrusted extensions (creatable only by a superuser) a custom or directory dump
+    /// creates: those in `extensions` are created in the scratch database by the target's user
+    /// now; all of them (and their comments) are left out of the restore through a filtered
+    /// `pg_restore -L` list, which is returned with the detail lines saying what happened. None:
+    /// nothing to leave out (or the listing failed: the restore itself then says why).
+    async fn prepare_extensions(
+        &self,
+        target: &Target,
+        admin: &tokio_postgres::Client,
+        scratch: &str,
+        path: &std::path::Path,
+    ) -> Result<(Option<tempfile::NamedTempFile>, Vec<String>), String> {
+        let listing = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new(pg_tools::pg_tool("pg_restore"))
+                .arg("-l")
+                .arg(path)
+                .env_clear()
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await;
+        let Ok(Ok(out)) = listing else {
+            return Ok((None, vec![]));
+        };
+        if !out.status.success() {
+            return Ok((None, vec![]));
+        }
+        let list = String::from_utf8_lossy(&out.stdout).into_owned();
+        let named = toc_extensions(&list);
+        if named.is_empty() {
+            return Ok((None, vec![]));
+        }
+        let trusted: Vec<String> = match admin
+            .query(
+                "SELECT DISTINCT name FROM pg_available_extension_versions WHERE trusted AND name = ANY($1)",
+                &[&named],
+            )
+            .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|r| crate::base::pg::col::<String>(r, 0).ok())
+                .collect(),
+            Err(e) => return Err(format!("cannot list trusted extensions: {}", crate::base::pg::pg_error(&e))),
+        };
+        let untrusted: Vec<&String> = named.iter().filter(|n| !trusted.contains(n)).collect();
+        if untrusted.is_empty() {
+            return Ok((None, vec![]));
+        }
+        let mut lines = Vec::new();
+        let wanted: Vec<&&String> = untrusted
+            .iter()
+            .filter(|n| self.extensions.contains(n))
+            .collect();
+        if !wanted.is_empty() {
+            let client = target
+                .connect_to(scratch)
+                .await
+                .map_err(|e| format!("cannot connect to {scratch} to create extensions: {e}"))?;
+            for name in wanted {
+                client
+                    .batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", quote_ident(name)))
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "cannot create extension {name} in {scratch} (listed in extensions): {}",
+                            crate::base::pg::pg_error(&e)
+                        )
+                    })?;
+                lines.push(format!(
+                    "extension {name} created by the target's user before the restore (listed in extensions)"
+                ));
+            }
+        }
+        for name in untrusted.iter().filter(|n| !self.extensions.contains(n)) {
+            lines.push(format!(
+                "extension {name} left out of the restore: only a superuser can create it, not the drill's role; list it in extensions to have the target's user create it first"
+            ));
+        }
+        let kept = toc_without_extensions(&list, &untrusted);
+        let mut file = tempfile::Builder::new()
+            .prefix("runbook-drill-toc-")
+            .tempfile()
+            .map_err(|e| format!("cannot write the restore list: {e}"))?;
+        std::io::Write::write_all(&mut file, kept.as_bytes())
+            .map_err(|e| format!("cannot write the restore list: {e}"))?;
+        Ok((Some(file), lines))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn restore_and_check(
         &self,
@@ -571,6 +691,7 @@ impl RestoreDrill {
         method: Method,
         gzip: bool,
         started: Instant,
+        toc: Option<&std::path::Path>,
     ) -> DrillResult {
         let mut skipped_ownership = 0;
         let run = match method {
@@ -584,8 +705,11 @@ impl RestoreDrill {
                     &self.parallel.to_string(),
                     "-d",
                     scratch,
-                ])
-                .arg(path);
+                ]);
+                if let Some(list) = toc {
+                    cmd.arg("-L").arg(list);
+                }
+                cmd.arg(path);
                 Self::pg_env(&mut cmd, target);
                 pg_tools::run_tool(cmd, ctx.deadline, &ctx.cancel, false).await
             }
@@ -1141,5 +1265,59 @@ mod tests {
             "runbook_drill_{}",
             "x".repeat(60)
         )));
+    }
+}
+
+/// The extensions a `pg_restore -l` listing creates (`…; 3079 16385 EXTENSION - name owner`).
+fn toc_extensions(list: &str) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .filter_map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            (t.get(3) == Some(&"EXTENSION")).then(|| t.get(5).map(|n| n.to_string()))?
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The listing without the entries that create `names` or comment on them.
+fn toc_without_extensions(list: &str, names: &[&String]) -> String {
+    let mut out = String::new();
+    for l in list.lines() {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        let named = |i: usize| {
+            t.get(i)
+                .is_some_and(|n| names.iter().any(|x| x.as_str() == *n))
+        };
+        let skip = !l.starts_with(';')
+            && ((t.get(3) == Some(&"EXTENSION") && named(5))
+                || (t.get(3) == Some(&"COMMENT") && t.get(5) == Some(&"EXTENSION") && named(6)));
+        if !skip {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod toc_tests {
+    const LIST: &str = ";\n; Archive created at 2026-12-05\n;\n3; 3079 16385 EXTENSION - pg_stat_statements \n4421; 0 0 COMMENT - EXTENSION pg_stat_statements \n2; 3079 16390 EXTENSION - pgcrypto \n215; 1259 16400 TABLE public orders postgres\n";
+
+    #[test]
+    fn extensions_are_read_from_the_listing_and_left_out_with_their_comments() {
+        assert_eq!(
+            super::toc_extensions(LIST),
+            vec!["pg_stat_statements", "pgcrypto"]
+        );
+        let pss = "pg_stat_statements".to_string();
+        let kept = super::toc_without_extensions(LIST, &[&pss]);
+        assert!(!kept.contains("pg_stat_statements"), "{kept}");
+        assert!(kept.contains("EXTENSION - pgcrypto"), "{kept}");
+        assert!(kept.contains("TABLE public orders"), "{kept}");
+        assert!(kept.starts_with(";\n; Archive"), "{kept}");
     }
 }
