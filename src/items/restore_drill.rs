@@ -603,16 +603,12 @@ impl RestoreDrill {
         scratch: &str,
         path: &std::path::Path,
     ) -> Result<(Option<tempfile::NamedTempFile>, Vec<String>), String> {
-        let listing = tokio::time::timeout(
-            Duration::from_secs(120),
-            tokio::process::Command::new(pg_tools::pg_tool("pg_restore"))
-                .arg("-l")
-                .arg(path)
-                .env_clear()
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await;
+        // Reading the archive's table of contents connects nowhere: no password, the clean
+        // environment every PostgreSQL tool gets.
+        let mut cmd = tokio::process::Command::new(pg_tools::pg_tool("pg_restore"));
+        cmd.arg("-l").arg(path).kill_on_drop(true);
+        crate::items::child_env::clean(cmd.as_std_mut(), crate::items::child_env::Child::PgTool);
+        let listing = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await;
         let Ok(Ok(out)) = listing else {
             return Ok((None, vec![]));
         };
