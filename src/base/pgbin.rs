@@ -58,3 +58,23 @@ pub fn pg_tool(name: &str) -> PathBuf {
     }
     PathBuf::from(name)
 }
+
+/// We are root, PostgreSQL refuses to run as root, and there is no `postgres` user.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "runbook runs as root and PostgreSQL refuses to, but there is no `postgres` user to run the server as"
+)]
+pub struct NoServerUser;
+
+/// The user a PostgreSQL server we start runs as: `postgres` when we are root (the server
+/// refuses root), else ourselves (`None`). Shared by the restore drill's scratch server and
+/// `face::pgcluster`'s throwaway clusters.
+pub fn server_user() -> Result<Option<nix::unistd::User>, NoServerUser> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name("postgres") {
+        Ok(Some(u)) => Ok(Some(u)),
+        _ => Err(NoServerUser),
+    }
+}

@@ -38,16 +38,7 @@ fn free_port() -> Result<u16> {
 /// The OS user a server of ours runs as: `postgres` when we are root (PostgreSQL refuses
 /// root), else ourselves (`None`). Errs when we are root and there is no `postgres` user.
 pub fn server_user() -> Result<Option<String>> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Ok(None);
-    }
-    let user = "postgres";
-    nix::unistd::User::from_name(user)?.with_context(|| {
-        format!(
-            "we are root and PostgreSQL refuses root, but there is no `{user}` user to run it as"
-        )
-    })?;
-    Ok(Some(user.to_string()))
+    Ok(crate::base::pgbin::server_user()?.map(|u| u.name))
 }
 
 /// A new temporary folder (`prefix` + random) that `user` owns, for a server's data directory

@@ -345,17 +345,6 @@ fn slug(s: &str) -> String {
     out
 }
 
-/// The OS user the server runs as: `postgres` when we are root (PostgreSQL refuses root).
-fn server_user() -> Result<Option<nix::unistd::User>, String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Ok(None);
-    }
-    match nix::unistd::User::from_name("postgres") {
-        Ok(Some(u)) => Ok(Some(u)),
-        _ => Err("runbook runs as root and PostgreSQL refuses to, but there is no `postgres` user to run the scratch server as".into()),
-    }
-}
-
 /// Refuses a scratch folder the server's user cannot reach (a 0700 folder above it).
 fn check_reachable(dir: &Path, user: &nix::unistd::User) -> Result<(), String> {
     for a in dir.ancestors().skip(1) {
@@ -909,9 +898,9 @@ async fn drill(
     details: &mut Vec<String>,
     data: &mut serde_json::Value,
 ) -> Outcome {
-    let run_as = match server_user() {
+    let run_as = match crate::base::pgbin::server_user() {
         Ok(u) => u,
-        Err(e) => return Outcome::fail(e),
+        Err(e) => return Outcome::fail(e.to_string()),
     };
     let data_dir = scratch.join("data");
     if let Err(e) = std::fs::create_dir_all(&data_dir)
