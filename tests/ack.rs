@@ -234,8 +234,9 @@ fn port_of(d: &Daemon) -> u16 {
 
 const TOKEN: &str = "ack-form-token";
 
-#[test]
-fn the_status_page_lists_open_todos_and_failures_and_its_form_acks_behind_the_token() {
+/// The jobs behind `[server] token = TOKEN`, one run of `daily` stored, and the daemon serving
+/// them: (setup, that run's id, daemon).
+fn daemon_with_a_run() -> (Setup, String, Daemon) {
     let s = Setup::builder()
         .body(&format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{JOBS}"
@@ -244,6 +245,12 @@ fn the_status_page_lists_open_todos_and_failures_and_its_form_acks_behind_the_to
     let (_, run, _) = s.run_job("daily", &[]);
     let run_id = run["run_id"].as_str().unwrap().to_string();
     let d = Daemon::start(&s.config());
+    (s, run_id, d)
+}
+
+#[test]
+fn the_status_page_lists_open_todos_and_failures_and_its_form_acks_behind_the_token() {
+    let (s, run_id, d) = daemon_with_a_run();
     let port = port_of(&d);
     let auth = format!("Authorization: Bearer {TOKEN}");
     let post = |path: &str, body: &str, headers: &[&str]| {
@@ -604,14 +611,7 @@ impl Drop for Chromium {
 
 #[test]
 fn a_real_browser_signs_off_a_todo_through_the_status_page_form_with_the_token() {
-    let s = Setup::builder()
-        .body(&format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{JOBS}"
-        ))
-        .build();
-    let (_, run, _) = s.run_job("daily", &[]);
-    let run_id = run["run_id"].as_str().unwrap().to_string();
-    let d = Daemon::start(&s.config());
+    let (s, run_id, d) = daemon_with_a_run();
     let port = port_of(&d);
     let mut b = Chromium::start();
     let target = b.call(

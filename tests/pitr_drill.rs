@@ -159,6 +159,13 @@ fn primary_with_backups(args: &[&str]) -> (TempCluster, PathBuf, tempfile::TempD
     (pg, archive, backups)
 }
 
+/// The summary of item `name`, which must have failed (`all`: the run's output, for the message).
+fn failed<'a>(report: &'a Value, name: &str, all: &str) -> &'a str {
+    let it = item(report, name);
+    assert_eq!(it["status"], "fail", "{name}: {all}");
+    it["summary"].as_str().unwrap()
+}
+
 fn assert_restored(it: &Value, all: &str) {
     assert_eq!(it["status"], "pass", "{all}");
     let data = &it["data"];
@@ -327,22 +334,16 @@ fn missing_archive_missing_backup_missing_wal_and_a_server_that_cannot_start_fai
     let (code, report, all) = s.run_job("drill", &[]);
     assert_ne!(code, 0, "{all}");
 
-    let it = item(&report, "no archive");
-    assert_eq!(it["status"], "fail", "{all}");
-    let summary = it["summary"].as_str().unwrap();
+    let summary = failed(&report, "no archive", &all);
     assert!(
         summary.contains("WAL archive folder") && summary.contains("does not exist"),
         "{summary}"
     );
 
-    let it = item(&report, "no backup");
-    assert_eq!(it["status"], "fail", "{all}");
-    let summary = it["summary"].as_str().unwrap();
+    let summary = failed(&report, "no backup", &all);
     assert!(summary.contains("no base backup in"), "{summary}");
 
-    let it = item(&report, "no wal");
-    assert_eq!(it["status"], "fail", "{all}");
-    let summary = it["summary"].as_str().unwrap();
+    let summary = failed(&report, "no wal", &all);
     assert!(
         summary.contains("needs WAL that is neither in it nor in the archive"),
         "{summary}"
@@ -353,18 +354,14 @@ fn missing_archive_missing_backup_missing_wal_and_a_server_that_cannot_start_fai
         "{summary}"
     );
 
-    let it = item(&report, "broken");
-    assert_eq!(it["status"], "fail", "{all}");
-    let summary = it["summary"].as_str().unwrap();
+    let summary = failed(&report, "broken", &all);
     assert!(
         summary.contains("the scratch server stopped") && summary.contains("pg_control"),
         "{summary}"
     );
 
     // A target older than every backup: recovery only goes forward from one.
-    let it = item(&report, "before the backup");
-    assert_eq!(it["status"], "fail", "{all}");
-    let summary = it["summary"].as_str().unwrap();
+    let summary = failed(&report, "before the backup", &all);
     assert!(
         summary.contains("was finished before the recovery target"),
         "{summary}"
