@@ -8,7 +8,9 @@
 #   with max_running = 5m) plus `wal_archive` (required = false) and `replication`, each an item
 #   with target = "a-*" over A's N databases, max_parallel_targets = 4; against a shell loop
 #   running the same queries with `psql` once per database (one psql process per database,
-#   all the queries in it).
+#   all the queries in it). runbook's checks share one connection per database (docs/database.md).
+# - floor: the same queries over one connection per database, 4 at once, with pgbench -C: the
+#   server's cost of the work alone, without any process per database.
 # - vacuum: a `vacuum` item (parallel = 1) over A's N databases, max_parallel_targets = 2
 #   (two connections, as vacuumdb -j 2), against `vacuumdb --all --analyze -j 2` (which also
 #   does `postgres` and `template1`: two more databases than ours).
@@ -205,13 +207,14 @@ pairs() { # NAME OURS_CONFIG BASELINE...
 
 ours "$WORK/checks.toml" && check_ok "$N"   # warm-up (and a check that every target passes)
 pairs checks "$WORK/checks.toml" psql_loop
-# The floor of runbook's way (one connection per item and database): the same number of
-# connections (7 per database), each running one query, 4 at once, with pgbench -C.
-echo "SELECT 1;" > "$WORK/one.sql"
-floor_conn() { "$PGBIN/pgbench" -n -C -c 4 -j 2 -t $((N * 7 / 4)) -f "$WORK/one.sql" -h 127.0.0.1 -p "$PORT_A" -U postgres a_01 >/dev/null; }
+# The floor of runbook's way (one connection per database, the checks' queries on it, 4
+# databases at once): the same queries over as many connections (ceil(N/4) per client, 4
+# clients), with pgbench -C (a new connection per script run), no process started per database.
+PER_CLIENT=$(( (N + 3) / 4 ))
+floor_conn() { "$PGBIN/pgbench" -n -C -c 4 -j 2 -t "$PER_CLIENT" -f "$WORK/checks.sql" -h 127.0.0.1 -p "$PORT_A" -U postgres a_01 >/dev/null; }
 f="" l=""
 for i in $(seq 1 "$PAIRS"); do f="$f $(timed floor_conn)"; l="$l $(timed psql_loop)"; done
-echo "fleet/floor: $((N * 7)) connections of one query each, 4 at once (pgbench -C) against the psql loop: $(median_ratio "$f" "$l")"
+echo "fleet/floor: $((PER_CLIENT * 4)) connections running the checks' queries, 4 at once (pgbench -C) against the psql loop: $(median_ratio "$f" "$l")"
 pairs vacuum "$WORK/vacuum.toml" "$PGBIN/vacuumdb" -h 127.0.0.1 -p "$PORT_A" -U postgres --all --analyze -j 2 -q
 
 # Peak connections per cluster, sampled while the checks run over both clusters.

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Job};
+use crate::items::connection::SharedConnection;
 use crate::items::{ItemCtx, ItemSpec, Outcome, Status, Trigger};
 use crate::report::{Change, Counts, ItemReport, Report, TargetResult};
 use crate::store::{Lock, Store};
@@ -227,6 +228,7 @@ async fn run_locked(
         previous_started_at: previous.as_ref().map(|p| p.started_at.with_timezone(&Utc)),
         deadline: Instant::now(),
         redactor: config.redactor.clone(),
+        shared: None,
     };
     let outcomes = execute(
         job,
@@ -479,7 +481,68 @@ impl ClusterSlots {
     }
 }
 
+/// The limits and clocks every item of one run shares.
+#[derive(Clone)]
+struct RunLimits {
+    max_parallel_targets: usize,
+    clusters: ClusterSlots,
+    job_deadline: Instant,
+    job_timeout: crate::base::units::Dur,
+    reason: CancelReason,
+}
+
+/// The targets an item runs on (one entry, maybe None, for an item over one target or none),
+/// and whether it is over several (`target` a list or a glob).
+fn targets_of(item: &crate::config::ItemConfig) -> (Vec<Option<String>>, bool) {
+    if item.fleet.is_empty() {
+        (vec![item.spec.target().map(str::to_string)], false)
+    } else {
+        (item.fleet.iter().cloned().map(Some).collect(), true)
+    }
+}
+
+/// What an item found from its runs on its targets (in the item's order of targets), with the
+/// time from its first start to its last end.
+fn executed(multi: bool, results: Vec<(Option<String>, (Outcome, u64))>, ms: u64) -> Executed {
+    if multi {
+        let targets: Vec<TargetResult> = results
+            .into_iter()
+            .map(|(name, (o, ms))| TargetResult {
+                target: name.unwrap_or_default(),
+                status: o.status,
+                summary: o.summary,
+                details: o.details,
+                data: o.data,
+                duration_ms: ms,
+            })
+            .collect();
+        (combine_targets(&targets), ms, targets)
+    } else {
+        let (o, ms) = results
+            .into_iter()
+            .next()
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| (Outcome::fail("internal error: no run"), 0));
+        (o, ms, Vec::new())
+    }
+}
+
+fn not_started(job_timeout: crate::base::units::Dur) -> Executed {
+    (
+        Outcome::fail(format!(
+            "not started: the job's timeout ({job_timeout}) was reached"
+        )),
+        0,
+        Vec::new(),
+    )
+}
+
 /// Runs the selected items; returns what each found, in the order of `selected`.
+///
+/// Read-only database checks ([`ItemSpec::shares_connection`]) run as one group, by database:
+/// per database one connection, which its checks borrow one after another in file order
+/// ([`checks_by_database`]). The group takes one of the job's `max_parallel_items` permits, at
+/// the place of its first item. Every other item runs on its own, on each of its targets.
 async fn execute(
     job: &Job,
     selected: &[usize],
@@ -494,32 +557,71 @@ async fn execute(
         .unwrap_or(default_parallel)
         .max(1);
     let semaphore = Arc::new(Semaphore::new(parallel));
-    let clusters = ClusterSlots::new(max_parallel_targets);
-    let job_deadline = Instant::now() + job.config.timeout.0;
-    let job_timeout = job.config.timeout;
+    let run = RunLimits {
+        max_parallel_targets: max_parallel_targets.max(1),
+        clusters: ClusterSlots::new(max_parallel_targets),
+        job_deadline: Instant::now() + job.config.timeout.0,
+        job_timeout: job.config.timeout,
+        reason: reason.clone(),
+    };
+    let checks: Vec<usize> = selected
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let item = &job.config.items[i];
+            item.spec.shares_connection()
+                && (item.spec.target().is_some() || !item.fleet.is_empty())
+        })
+        .collect();
 
+    enum Slot {
+        /// The job's timeout came first.
+        Missed,
+        Item(tokio::task::JoinHandle<Executed>),
+        /// The n-th of the checks' group.
+        Check(usize),
+    }
     // Items start in file order as permits free up. Items that change the same target form a
     // chain: each waits for its predecessor on that target to finish before it runs on it (an
     // item over several targets waits per target).
     let mut previous_on_target: HashMap<String, tokio::sync::oneshot::Receiver<()>> =
         Default::default();
-    let mut tasks: Vec<Option<tokio::task::JoinHandle<Executed>>> = Vec::new();
+    let mut started: Vec<Slot> = Vec::new();
+    let mut group: Option<tokio::task::JoinHandle<Vec<Executed>>> = None;
+    let mut group_started = false;
     for &i in selected {
-        let item = job.config.items[i].clone();
+        if let Some(n) = checks.iter().position(|&c| c == i) {
+            started.push(Slot::Check(n));
+            if group_started {
+                continue;
+            }
+            group_started = true;
+        }
         let permit = tokio::select! {
             p = semaphore.clone().acquire_owned() => Some(p.expect("semaphore is never closed")),
-            _ = tokio::time::sleep_until(job_deadline) => None,
+            _ = tokio::time::sleep_until(run.job_deadline) => None,
         };
         let Some(permit) = permit else {
-            tasks.push(None);
+            if !checks.contains(&i) {
+                started.push(Slot::Missed);
+            }
             continue;
         };
-        let multi = !item.fleet.is_empty();
-        let names: Vec<Option<String>> = if multi {
-            item.fleet.iter().cloned().map(Some).collect()
-        } else {
-            vec![item.spec.target().map(str::to_string)]
-        };
+        if checks.contains(&i) {
+            let items: Vec<_> = checks
+                .iter()
+                .map(|&c| job.config.items[c].clone())
+                .collect();
+            let (base, run) = (base.clone(), run.clone());
+            group = Some(tokio::spawn(async move {
+                let out = checks_by_database(items, base, run).await;
+                drop(permit);
+                out
+            }));
+            continue;
+        }
+        let item = job.config.items[i].clone();
+        let (names, multi) = targets_of(&item);
         let mut runs = Vec::with_capacity(names.len());
         for name in names {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -529,22 +631,21 @@ async fn execute(
                 }
                 _ => None,
             };
-            let cluster = name.as_deref().and_then(|t| clusters.of(&base, t));
+            let cluster = name.as_deref().and_then(|t| run.clusters.of(&base, t));
             runs.push((name, predecessor, done_tx, cluster));
         }
-        let base = base.clone();
-        let reason = reason.clone();
+        let (base, run) = (base.clone(), run.clone());
         // At most `max_parallel_targets` of this item's targets at once.
         let per_item = Arc::new(Semaphore::new(if multi {
-            max_parallel_targets.max(1)
+            run.max_parallel_targets
         } else {
             1
         }));
-        tasks.push(Some(tokio::spawn(async move {
-            let started = Instant::now();
+        started.push(Slot::Item(tokio::spawn(async move {
+            let began = Instant::now();
             let mut handles = Vec::with_capacity(runs.len());
             for (name, predecessor, done_tx, cluster) in runs {
-                let (base, reason, per_item) = (base.clone(), reason.clone(), per_item.clone());
+                let (base, run, per_item) = (base.clone(), run.clone(), per_item.clone());
                 let mut item = item.clone();
                 if let Some(t) = name.as_deref().filter(|_| multi) {
                     item.spec.set_target(t);
@@ -558,7 +659,7 @@ async fn execute(
                         Some(c) => c.acquire_owned().await.ok(),
                         None => None,
                     };
-                    let result = start_item(&item, &base, job_deadline, job_timeout, &reason).await;
+                    let result = start_item(&item, &base, &run).await;
                     drop(_connection);
                     let _ = done_tx.send(());
                     (name, result)
@@ -571,37 +672,28 @@ async fn execute(
                 }));
             }
             drop(permit);
-            if multi {
-                let targets: Vec<TargetResult> = results
-                    .into_iter()
-                    .map(|(name, (o, ms))| TargetResult {
-                        target: name.unwrap_or_default(),
-                        status: o.status,
-                        summary: o.summary,
-                        details: o.details,
-                        data: o.data,
-                        duration_ms: ms,
-                    })
-                    .collect();
-                let outcome = combine_targets(&targets);
-                (outcome, started.elapsed().as_millis() as u64, targets)
-            } else {
-                let (_, (o, ms)) = results.pop().expect("one run");
-                (o, ms, Vec::new())
-            }
+            executed(multi, results, began.elapsed().as_millis() as u64)
         })));
     }
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(match t {
-            None => (
-                Outcome::fail(format!(
-                    "not started: the job's timeout ({job_timeout}) was reached"
-                )),
-                0,
-                Vec::new(),
-            ),
-            Some(handle) => handle
+    let mut checked: Vec<Option<Executed>> = match group {
+        Some(handle) => match handle.await {
+            Ok(v) => v.into_iter().map(Some).collect(),
+            Err(e) => checks
+                .iter()
+                .map(|_| Some((Outcome::fail(format!("internal error: {e}")), 0, Vec::new())))
+                .collect(),
+        },
+        None => checks.iter().map(|_| None).collect(),
+    };
+    let mut out = Vec::with_capacity(started.len());
+    for s in started {
+        out.push(match s {
+            Slot::Missed => not_started(run.job_timeout),
+            Slot::Check(n) => checked
+                .get_mut(n)
+                .and_then(Option::take)
+                .unwrap_or_else(|| not_started(run.job_timeout)),
+            Slot::Item(handle) => handle
                 .await
                 .unwrap_or_else(|e| (Outcome::fail(format!("internal error: {e}")), 0, Vec::new())),
         });
@@ -609,15 +701,115 @@ async fn execute(
     out
 }
 
+/// Runs the read-only checks `items` by database: one task per database holds one of its
+/// cluster's `max_parallel_targets` slots and one connection ([`SharedConnection`]), runs each
+/// check on that database in file order on it, then closes it and frees the slot once the
+/// server has closed the connection, so the checks never hold more connections to a cluster
+/// than the limit. An item over several databases still runs on at most `max_parallel_targets`
+/// of them at once. Returns what each item found, in the order of `items`.
+async fn checks_by_database(
+    items: Vec<crate::config::ItemConfig>,
+    base: ItemCtx,
+    run: RunLimits,
+) -> Vec<Executed> {
+    let plans: Vec<(Vec<Option<String>>, bool)> = items.iter().map(targets_of).collect();
+    let per_item: Vec<Arc<Semaphore>> = plans
+        .iter()
+        .map(|(_, multi)| {
+            Arc::new(Semaphore::new(if *multi {
+                run.max_parallel_targets
+            } else {
+                1
+            }))
+        })
+        .collect();
+    let mut databases: Vec<String> = Vec::new();
+    for name in plans.iter().flat_map(|(names, _)| names.iter().flatten()) {
+        if !databases.contains(name) {
+            databases.push(name.clone());
+        }
+    }
+    let items = Arc::new(items);
+    let mut workers = Vec::with_capacity(databases.len());
+    for database in databases {
+        let on_it: Vec<usize> = (0..items.len())
+            .filter(|&k| plans[k].0.contains(&Some(database.clone())))
+            .collect();
+        let multi: Vec<bool> = on_it.iter().map(|&k| plans[k].1).collect();
+        let per_item: Vec<Arc<Semaphore>> = on_it.iter().map(|&k| per_item[k].clone()).collect();
+        let (items, base, run) = (items.clone(), base.clone(), run.clone());
+        workers.push(tokio::spawn(async move {
+            let _cluster = match run.clusters.of(&base, &database) {
+                Some(c) => c.acquire_owned().await.ok(),
+                None => None,
+            };
+            let shared = Arc::new(SharedConnection::new(&database));
+            let mut ctx = base.clone();
+            ctx.shared = Some(shared.clone());
+            let mut found = Vec::with_capacity(on_it.len());
+            for ((k, multi), per_item) in on_it.into_iter().zip(multi).zip(per_item) {
+                let _slot = per_item.acquire_owned().await;
+                let mut item = items[k].clone();
+                if multi {
+                    item.spec.set_target(&database);
+                }
+                let began = Instant::now();
+                let result = start_item(&item, &ctx, &run).await;
+                found.push((k, result, began, Instant::now()));
+            }
+            shared.close().await;
+            (database, found)
+        }));
+    }
+    /// An item's run on one database: what it found, when it began and ended.
+    type Ran = ((Outcome, u64), Instant, Instant);
+    let mut by_item: Vec<HashMap<String, Ran>> = items.iter().map(|_| HashMap::new()).collect();
+    for w in workers {
+        match w.await {
+            Ok((database, found)) => {
+                for (k, result, began, ended) in found {
+                    by_item[k].insert(database.clone(), (result, began, ended));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a database's checks stopped"),
+        }
+    }
+    plans
+        .into_iter()
+        .zip(by_item)
+        .map(|((names, multi), mut found)| {
+            let began = found.values().map(|r| r.1).min();
+            let ended = found.values().map(|r| r.2).max();
+            let ms = match (began, ended) {
+                (Some(b), Some(e)) => e.duration_since(b).as_millis() as u64,
+                _ => 0,
+            };
+            let results = names
+                .into_iter()
+                .map(|name| {
+                    let result = name
+                        .as_ref()
+                        .and_then(|n| found.remove(n))
+                        .map(|(r, _, _)| r)
+                        .unwrap_or_else(|| {
+                            (Outcome::fail("internal error: the check did not run"), 0)
+                        });
+                    (name, result)
+                })
+                .collect();
+            executed(multi, results, ms)
+        })
+        .collect()
+}
+
 /// Runs one item (on one target) unless the job's deadline is (nearly) reached or the run was
 /// cancelled.
 async fn start_item(
     item: &crate::config::ItemConfig,
     base: &ItemCtx,
-    job_deadline: Instant,
-    job_timeout: crate::base::units::Dur,
-    reason: &CancelReason,
+    run: &RunLimits,
 ) -> (Outcome, u64) {
+    let (job_deadline, job_timeout, reason) = (run.job_deadline, run.job_timeout, &run.reason);
     // Timers may fire a hair early: an item that would get less than 50 ms is not started.
     if Instant::now() + Duration::from_millis(50) >= job_deadline {
         (

@@ -5,7 +5,9 @@
 //! - a list and a glob run once per database; a target whose database does not exist fails
 //!   alone, the item's status is the worst and its summary counts them;
 //! - `max_parallel_targets` bounds the connections a run holds to one cluster, sampled from
-//!   `pg_stat_activity` while two items over three databases each run;
+//!   `pg_stat_activity` while two items over three databases each run (and one over all six);
+//! - the checks on one database share one connection, and what one leaves on the session (a
+//!   lock, an error, a timeout) does not reach the next;
 //! - two vacuum items on one database (one of them over a glob) never run on it at once;
 //! - a glob that matches nothing, or an unknown name in a list, is a located config error
 //!   (exit 2), and `check-config` says what each glob matched.
@@ -240,6 +242,12 @@ name = "High shards"
 kind = "sql"
 target = ["shard-4", "shard-5", "shard-6"]
 query = "SELECT pg_sleep(0.4) IS NULL"
+
+[[jobs.t.items]]
+name = "Quick, everywhere"
+kind = "sql"
+target = "shard-*"
+query = "SELECT 1"
 "#,
         )
         .build();
@@ -252,10 +260,95 @@ query = "SELECT pg_sleep(0.4) IS NULL"
     assert_eq!(code, 0, "{all}");
     assert_eq!(item(&report, "Low shards")["summary"], "3 targets: 3 pass");
     assert_eq!(item(&report, "High shards")["summary"], "3 targets: 3 pass");
+    assert_eq!(
+        item(&report, "Quick, everywhere")["summary"],
+        "6 targets: 6 pass"
+    );
     assert!(samples > 10, "the sampler ran ({samples} samples)");
     assert_eq!(
         peak, 2,
         "at most max_parallel_targets connections to the cluster, and the targets did run side by side"
+    );
+}
+
+#[test]
+fn checks_on_one_database_share_one_connection_and_leave_nothing_on_it() {
+    let pg = cluster();
+    let targets = shards(&pg, 2);
+    // Each check reports the server process it ran on (`data.value`). The first takes a
+    // session-level advisory lock, which a rollback does not release; the third must not find
+    // it. A check that fails mid-query (division by zero) and one that runs past its timeout
+    // must not spoil the connection for the checks after them (a check stopped at its timeout
+    // may give its connection up: the next one then opens another).
+    let setup = Setup::builder()
+        .runbook("max_parallel_targets = 2")
+        .body(&targets)
+        .job_t(
+            r#"
+[[jobs.t.items]]
+name = "Takes a lock"
+kind = "sql"
+target = "shard-*"
+query = "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock(42)) AS l"
+
+[[jobs.t.items]]
+name = "Breaks"
+kind = "sql"
+target = "shard-*"
+query = "SELECT 1 / 0"
+
+[[jobs.t.items]]
+name = "Same process"
+kind = "sql"
+target = "shard-*"
+query = "SELECT pg_backend_pid()"
+
+[[jobs.t.items]]
+name = "Runs past its timeout"
+kind = "sql"
+target = "shard-1"
+timeout = "1s"
+query = "SELECT pg_sleep(3) IS NULL"
+
+[[jobs.t.items]]
+name = "No lock left"
+kind = "sql"
+target = "shard-*"
+query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+max = 0
+"#,
+        )
+        .build();
+    let (code, report, all) = setup.run_job("t", &[]);
+    assert_eq!(code, 1, "two checks fail: {all}");
+    let pid = |name: &str, target: &str| {
+        on(item(&report, name), target)["data"]["value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} on {target}: no pid in {all}"))
+    };
+    for t in ["shard-1", "shard-2"] {
+        assert_eq!(
+            pid("Takes a lock", t),
+            pid("Same process", t),
+            "the checks on {t} ran on one connection: {all}"
+        );
+        assert_eq!(on(item(&report, "Breaks"), t)["status"], "fail", "{all}");
+        assert_eq!(
+            on(item(&report, "No lock left"), t)["status"],
+            "pass",
+            "{all}"
+        );
+    }
+    assert_ne!(
+        pid("Same process", "shard-1"),
+        pid("Same process", "shard-2")
+    );
+    let late = item(&report, "Runs past its timeout");
+    assert_eq!(late["status"], "fail", "{all}");
+    assert_eq!(
+        item(&report, "Same process")["summary"],
+        "2 targets: 2 pass",
+        "{all}"
     );
 }
 

@@ -264,11 +264,30 @@ impl Target {
         Ok((client, notices))
     }
 
+    /// A connection for read-only checks that says when it is gone: the receiver fires once
+    /// the server closed the connection after the client was dropped (its backend has left
+    /// `pg_stat_activity` by then: PostgreSQL closes the socket after it cleared its entry), or
+    /// at most [`LINGER_MAX`] later. A per-cluster connection limit holds its slot until then.
+    pub async fn connect_watched(&self) -> Result<(Client, Closed), PgError> {
+        let (client, _notices, closed) = self.open_watched(self.dbname(), true, true).await?;
+        Ok((client, closed))
+    }
+
     async fn open(
         &self,
         dbname: &str,
         retry_when_full: bool,
     ) -> Result<(Client, mpsc::UnboundedReceiver<String>), PgError> {
+        let (client, notices, _) = self.open_watched(dbname, retry_when_full, false).await?;
+        Ok((client, notices))
+    }
+
+    async fn open_watched(
+        &self,
+        dbname: &str,
+        retry_when_full: bool,
+        watch: bool,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<String>, Closed), PgError> {
         let mut cfg = self.pg.clone();
         cfg.dbname(dbname);
         cfg.application_name("runbook");
@@ -317,27 +336,68 @@ impl Target {
         // "Too many clients" is retried briefly: right after one of our own connections closed
         // (the previous item on this target), its server process may still be exiting and hold
         // the slot for a few milliseconds. A server that stays full fails after ~0.85 s more.
+        // Watching the socket needs our own socket (one host, no host addresses or session
+        // attributes to pick among); other targets say "closed" when the client side is done.
+        let watch = watch
+            && cfg.get_hostaddrs().is_empty()
+            && cfg.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::Any;
         let mut backoff = [100u64, 250, 500].into_iter();
         loop {
+            let (closed_tx, closed) = tokio::sync::oneshot::channel();
             let attempt = async {
-                match &tls {
+                if watch {
+                    let socket = WatchedSocket::connect(&cfg, self.connect_timeout, closed_tx)
+                        .await
+                        .map_err(|e| ConnectFailure::Socket(e.to_string()))?;
+                    return match &tls {
+                        None => {
+                            let (client, conn) =
+                                cfg.connect_raw(socket, tokio_postgres::NoTls).await?;
+                            tokio::spawn(drive(conn, tx.clone()));
+                            Ok::<_, ConnectFailure>(client)
+                        }
+                        Some(tls) => {
+                            use tokio_postgres::tls::MakeTlsConnect;
+                            let mut make =
+                                tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone());
+                            let host = match cfg.get_hosts().first() {
+                                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                                _ => "localhost".to_string(),
+                            };
+                            let connect =
+                                MakeTlsConnect::<WatchedSocket>::make_tls_connect(&mut make, &host)
+                                    .map_err(|e| ConnectFailure::Socket(e.to_string()))?;
+                            let (client, conn) = cfg.connect_raw(socket, connect).await?;
+                            tokio::spawn(drive(conn, tx.clone()));
+                            Ok(client)
+                        }
+                    };
+                }
+                let client = match &tls {
                     None => {
                         let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-                        tokio::spawn(drive(conn, tx.clone()));
-                        Ok::<_, tokio_postgres::Error>(client)
+                        tokio::spawn(drive_then(conn, tx.clone(), closed_tx));
+                        client
                     }
                     Some(tls) => {
                         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone());
                         let (client, conn) = cfg.connect(tls).await?;
-                        tokio::spawn(drive(conn, tx.clone()));
-                        Ok(client)
+                        tokio::spawn(drive_then(conn, tx.clone(), closed_tx));
+                        client
                     }
-                }
+                };
+                Ok(client)
             };
             match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), attempt).await
             {
-                Ok(Ok(client)) => return Ok((client, rx)),
-                Ok(Err(e)) => {
+                Ok(Ok(client)) => return Ok((client, rx, Closed(closed))),
+                Ok(Err(ConnectFailure::Socket(e))) => {
+                    return Err(PgError::Connect(format!(
+                        "cannot connect to target {} ({}): {e}",
+                        self.name, self.display
+                    )));
+                }
+                Ok(Err(ConnectFailure::Pg(e))) => {
                     let full =
                         e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS);
                     match backoff.next() {
@@ -517,6 +577,181 @@ pub fn pg_error(e: &tokio_postgres::Error) -> String {
             s
         }
     }
+}
+
+/// Why opening a connection failed: our socket could not connect, or PostgreSQL said no.
+enum ConnectFailure {
+    Socket(String),
+    Pg(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for ConnectFailure {
+    fn from(e: tokio_postgres::Error) -> ConnectFailure {
+        ConnectFailure::Pg(e)
+    }
+}
+
+/// The longest a closed connection is waited for (a server that never closes the socket).
+pub const LINGER_MAX: Duration = Duration::from_secs(5);
+
+/// Fires once a dropped connection is gone on the server's side (see
+/// [`Target::connect_watched`]). Also fires when the runtime shuts down.
+pub struct Closed(tokio::sync::oneshot::Receiver<()>);
+
+impl Closed {
+    /// Waits until the connection is gone (at most [`LINGER_MAX`] after the client was dropped).
+    pub async fn wait(self) {
+        let _ = self.0.await;
+    }
+}
+
+/// The socket under a watched connection: plain TCP or a Unix socket, which on drop (after the
+/// client sent `Terminate` and the connection task ended) reads until the server closes its end,
+/// then says so.
+pub struct WatchedSocket {
+    inner: Option<Socket>,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+enum Socket {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl WatchedSocket {
+    /// Connects to the first host of `cfg` that answers (TCP or a Unix socket folder, as libpq).
+    async fn connect(
+        cfg: &tokio_postgres::Config,
+        timeout: Duration,
+        closed: tokio::sync::oneshot::Sender<()>,
+    ) -> std::io::Result<WatchedSocket> {
+        let ports = cfg.get_ports();
+        let mut last = std::io::Error::other("no host to connect to");
+        for (i, host) in cfg.get_hosts().iter().enumerate() {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            let attempt = async {
+                Ok::<_, std::io::Error>(match host {
+                    tokio_postgres::config::Host::Tcp(h) => {
+                        let s = tokio::net::TcpStream::connect((h.as_str(), port)).await?;
+                        s.set_nodelay(true)?;
+                        Socket::Tcp(s)
+                    }
+                    tokio_postgres::config::Host::Unix(dir) => Socket::Unix(
+                        tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                            .await?,
+                    ),
+                })
+            };
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok(inner)) => {
+                    return Ok(WatchedSocket {
+                        inner: Some(inner),
+                        closed: Some(closed),
+                    });
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("timed out after {timeout:?}"),
+                    )
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn socket(&mut self) -> &mut Socket {
+        self.inner.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for WatchedSocket {
+    fn drop(&mut self) {
+        let (Some(mut socket), Some(closed)) = (self.inner.take(), self.closed.take()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 256];
+            let until_eof = async {
+                loop {
+                    let n = match &mut socket {
+                        Socket::Tcp(s) => s.read(&mut buf).await,
+                        Socket::Unix(s) => s.read(&mut buf).await,
+                    };
+                    if !matches!(n, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_MAX, until_eof).await;
+            let _ = closed.send(());
+        });
+    }
+}
+
+impl tokio::io::AsyncRead for WatchedSocket {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.socket() {
+            Socket::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for WatchedSocket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.socket() {
+            Socket::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.socket() {
+            Socket::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.socket() {
+            Socket::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// [`drive`], then says the connection is closed (the client side: the server's backend may
+/// still be exiting).
+async fn drive_then<S, T>(
+    conn: tokio_postgres::Connection<S, T>,
+    tx: mpsc::UnboundedSender<String>,
+    closed: tokio::sync::oneshot::Sender<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    drive(conn, tx).await;
+    let _ = closed.send(());
 }
 
 /// Drives a connection, forwarding the server's notices to `tx` ("WARNING: message").

@@ -25,6 +25,7 @@ pub mod backup;
 pub mod capacity;
 pub mod child_env;
 pub mod command;
+pub mod connection;
 pub mod create_indexes;
 pub mod http;
 pub mod key_rotation;
@@ -144,6 +145,9 @@ pub struct ItemCtx {
     /// Hides the config's secrets in what a child process printed (the runner applies it to
     /// every outcome as well).
     pub redactor: crate::base::secret::Redactor,
+    /// The run's connection to this item's database, shared with the other checks on it
+    /// ([`connection`]); None where the item opens its own.
+    pub shared: Option<Arc<connection::SharedConnection>>,
 }
 
 impl ItemCtx {
@@ -163,16 +167,20 @@ impl ItemCtx {
             .ok_or_else(|| TargetError::Unknown(name.to_string()))
     }
 
-    /// A connection for a read-only check on the target called `name`: its statements run
-    /// under `statement_timeout` (the time left before the item's deadline, or the target's own
-    /// when shorter) and `default_transaction_read_only`. Both are best effort: a server that
-    /// refuses the SET still answers the check's queries.
+    /// A connection for a read-only check on the target called `name`: the run's shared one
+    /// for that database when the runner gave one ([`connection`]), else its own. Its
+    /// statements run under `statement_timeout` (the time left before the item's deadline, or
+    /// the target's own when shorter) and `default_transaction_read_only`. Both are best
+    /// effort: a server that refuses the SET still answers the check's queries.
     pub async fn check_connection(
         &self,
         name: &str,
-    ) -> Result<(&Target, tokio_postgres::Client), TargetError> {
+    ) -> Result<(&Target, connection::CheckClient), TargetError> {
         let target = self.target(name)?;
-        let client = target.connect().await.map_err(TargetError::Connect)?;
+        let client = match self.shared.as_ref().filter(|s| s.target() == name) {
+            Some(shared) => shared.borrow(target, self.cancel.clone()).await?,
+            None => connection::CheckClient::own(target.connect().await?),
+        };
         let timeout = target.check_timeout_ms(self.deadline);
         let _ = client
             .batch_execute(&format!(
@@ -369,6 +377,19 @@ impl ItemSpec {
         };
         *t = name.to_string();
         true
+    }
+
+    /// True for the read-only database checks that borrow the run's connection to their
+    /// database ([`ItemCtx::check_connection`]) rather than open their own: the runner runs them
+    /// per database, one after another on one connection ([`connection`]).
+    pub fn shares_connection(&self) -> bool {
+        matches!(
+            self,
+            ItemSpec::Sql(_)
+                | ItemSpec::SlowQueries(_)
+                | ItemSpec::WalArchive(_)
+                | ItemSpec::Replication(_)
+        )
     }
 
     /// True when the item changes state: `--dry-run` only plans it, and items that change the

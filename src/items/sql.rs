@@ -69,13 +69,9 @@ impl Sql {
     }
 
     pub async fn run(&self, ctx: &ItemCtx) -> Outcome {
-        let target = match ctx.target(&self.target) {
-            Ok(t) => t,
-            Err(e) => return Outcome::fail(e.to_string()),
-        };
-        let mut client = match target.connect().await {
+        let (target, mut client) = match ctx.check_connection(&self.target).await {
             Ok(c) => c,
-            Err(e) => return Outcome::fail(e),
+            Err(e) => return Outcome::fail(e.to_string()),
         };
         let tx = match client.build_transaction().read_only(true).start().await {
             Ok(t) => t,
