@@ -453,6 +453,108 @@ fn an_unacknowledged_failure_escalates_once_per_run_and_step_across_restarts() {
     );
 }
 
+/// How many passes the escalation task has announced (its first, and the first after each
+/// reload).
+fn announced(d: &Daemon) -> usize {
+    d.log().matches("escalation: watching").count()
+}
+
+/// SIGHUP, then waits until the escalation task has made its first pass with the configuration
+/// it re-read (and delivered what that pass escalated).
+fn reload(d: &Daemon) {
+    let before = announced(d);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until_or(
+        "the escalation task's pass after the reload",
+        || announced(d) > before,
+        || d.log(),
+    );
+}
+
+/// `escalate` gained or lost by a reload (SIGHUP) takes effect at once: the failure already
+/// standing is escalated without waiting for the task's rescan, once; once removed, a new
+/// failure is not escalated.
+#[test]
+fn escalate_added_by_a_reload_escalates_the_standing_failure_once_and_removed_stops() {
+    let (oncall, sent) = support::http::ok_server();
+    let jobs = |escalate: &str| {
+        format!(
+            "[notify.oncall]\ntype = \"slack\"\nwebhook_url = \"http://127.0.0.1:{oncall}/hook\"\n\n\
+             [jobs.paged]\nnotify = []\n{escalate}\n\
+             [[jobs.paged.items]]\nname = \"broken\"\nkind = \"command\"\nargv = [\"false\"]\n"
+        )
+    };
+    let s = Setup::new(&jobs(""));
+    let (c, failed, _) = s.run_job("paged", &[]);
+    assert_eq!(c, 1);
+    let d = Daemon::start(&s.config());
+    wait_until_or(
+        "the escalation task has made its first pass",
+        || d.log().contains("escalation: watching 0 job(s)"),
+        || d.log(),
+    );
+
+    // Added: the standing failure is escalated now, not at the next rescan (5 minutes, longer
+    // than the tests' patience).
+    s.write_body(&jobs(
+        "escalate = [{ after = \"2s\", notify = [\"oncall\"] }]",
+    ));
+    reload(&d);
+    assert!(
+        d.log().contains("escalation: watching 1 job(s)"),
+        "{}",
+        d.log()
+    );
+    wait_until_or(
+        "the escalation is delivered",
+        || sent.load(Ordering::SeqCst) >= 1,
+        || d.log(),
+    );
+    // Another pass (a reload of the same file): the step is not taken again.
+    reload(&d);
+    assert_eq!(sent.load(Ordering::SeqCst), 1, "exactly one escalation");
+    assert_eq!(d.log().matches("ESCALATED").count(), 1, "{}", d.log());
+    let v = support::daemon::report(&s.config(), failed["run_id"].as_str().unwrap());
+    assert!(
+        v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["channel"] == "oncall" && n["status"] == "sent"),
+        "{v}"
+    );
+
+    // Removed: a new failure is not escalated, also once its `after` would have passed and the
+    // task made a pass.
+    s.write_body(&jobs(""));
+    reload(&d);
+    let (c, again, _) = s.run_job("paged", &[]);
+    assert_eq!(c, 1);
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(again["finished_at"].as_str().unwrap()).unwrap();
+    while chrono::Utc::now() < finished + chrono::Duration::milliseconds(2500) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    reload(&d);
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        1,
+        "escalated after escalate was removed: {}",
+        d.log()
+    );
+    assert_eq!(d.log().matches("ESCALATED").count(), 1, "{}", d.log());
+    let v = support::daemon::report(&s.config(), again["run_id"].as_str().unwrap());
+    assert!(
+        !v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["channel"] == "oncall"),
+        "{v}"
+    );
+    stop(d);
+}
+
 #[test]
 fn escalate_config_errors_name_file_line_column_and_job() {
     let s = Setup::new(

@@ -1,6 +1,7 @@
 //! `wal_archive` end to end: `runbook run-job --format json` against real throwaway clusters
 //! with WAL archiving into a folder, failing archiving (`archive_command = 'false'`), and
-//! archiving off, and a streaming standby (`archive_mode = always` and `on`).
+//! archiving off, a streaming standby (`archive_mode = always` and `on`), and one item over two
+//! clusters (each target's counts since that target's previous result).
 
 mod support;
 
@@ -274,4 +275,153 @@ fn on_a_standby_archive_mode_always_is_checked_and_on_does_not_archive_there() {
         "{it}"
     );
     assert_eq!(item(&report, "not required")["status"], "pass", "{all}");
+}
+
+/// Switches WAL `n` times on `pg` and waits until the last segment is archived.
+fn archive_segments(pg: &TempCluster, n: usize) {
+    for _ in 0..n {
+        let wal = switch(pg);
+        wait_for(
+            pg,
+            &format!("SELECT last_archived_wal = '{wal}' FROM pg_stat_archiver"),
+        );
+    }
+}
+
+/// The result on `target` of an item over several targets.
+fn on<'a>(item: &'a serde_json::Value, target: &str) -> &'a serde_json::Value {
+    item["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["target"] == target))
+        .unwrap_or_else(|| panic!("no target {target:?} in {item:#}"))
+}
+
+/// An item over two targets on two clusters (two archivers with different totals) counts, per
+/// target, what that target's archiver did since that target's result in the job's previous
+/// run; a single-target item of the same name in another job keeps its own count.
+#[test]
+fn over_two_clusters_each_target_counts_its_own_archiver_since_the_last_run() {
+    let (a, b) = (cluster_with_app_db(), cluster_with_app_db());
+    for pg in [&a, &b] {
+        archive_with(pg, &copying(&archive_dir(pg)));
+    }
+    let s = Setup::new(&format!(
+        r#"
+[targets.wal-a]
+url = "{}"
+sslmode = "disable"
+
+[targets.wal-b]
+url = "{}"
+sslmode = "disable"
+
+[jobs.fleet]
+[[jobs.fleet.items]]
+name = "archive"
+kind = "wal_archive"
+target = "wal-*"
+max_age = "1h"
+
+[jobs.single]
+[[jobs.single.items]]
+name = "archive"
+kind = "wal_archive"
+target = "wal-a"
+max_age = "1h"
+"#,
+        a.url("app"),
+        b.url("app")
+    ));
+    let archived = |report: &serde_json::Value, target: &str| {
+        let data = &on(item(report, "archive"), target)["data"];
+        assert_eq!(data["target"], target, "{data}");
+        (
+            data["archived_count"].as_i64().unwrap(),
+            data["counted_since"].as_str().unwrap().to_string(),
+            data["archived_total"].as_i64().unwrap(),
+        )
+    };
+
+    // Different totals on the two archivers, and the single-target job's first run on A.
+    archive_segments(&a, 1);
+    archive_segments(&b, 4);
+    let (code, report, all) = s.run_job("single", &[]);
+    assert_eq!(code, 0, "{all}");
+    let single_total = item(&report, "archive")["data"]["archived_total"]
+        .as_i64()
+        .unwrap();
+    archive_segments(&a, 1);
+
+    let (code, first, all) = s.run_job("fleet", &[]);
+    assert_eq!(code, 0, "{all}");
+    let (_, since_a, total_a) = archived(&first, "wal-a");
+    let (_, since_b, total_b) = archived(&first, "wal-b");
+    assert_eq!(since_a, "statistics reset", "{all}");
+    assert_eq!(since_b, "statistics reset", "{all}");
+    assert_eq!(total_a, single_total + 1, "{all}");
+    assert_ne!(total_a, total_b, "the archivers' totals differ: {all}");
+
+    // N = 3 on A, M = 1 on B.
+    archive_segments(&a, 3);
+    archive_segments(&b, 1);
+    let (code, second, all) = s.run_job("fleet", &[]);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(
+        archived(&second, "wal-a"),
+        (3, "last run".to_string(), total_a + 3),
+        "{all}"
+    );
+    assert_eq!(
+        archived(&second, "wal-b"),
+        (1, "last run".to_string(), total_b + 1),
+        "{all}"
+    );
+    let summary = |target: &str| {
+        on(item(&second, "archive"), target)["summary"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        summary("wal-a").contains("3 archived since last run"),
+        "{all}"
+    );
+    assert!(
+        summary("wal-b").contains("1 archived since last run"),
+        "{all}"
+    );
+
+    // The single-target job counts on A since its own previous run (not the fleet job's).
+    let (code, report, all) = s.run_job("single", &[]);
+    assert_eq!(code, 0, "{all}");
+    let data = &item(&report, "archive")["data"];
+    assert_eq!(data["counted_since"], "last run", "{data}");
+    assert_eq!(data["archived_count"], total_a + 3 - single_total, "{data}");
+
+    // The item's value (what `runbook trend` and the charts read) is the worst target's: the
+    // oldest last archived segment.
+    let values: Vec<f64> = ["wal-a", "wal-b"]
+        .iter()
+        .map(|t| {
+            on(item(&second, "archive"), t)["data"]["value"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let value = item(&second, "archive")["data"]["value"].as_f64().unwrap();
+    assert_eq!(value, values[0].max(values[1]), "{all}");
+    let (code, trend) = s.json(&[
+        "--config",
+        s.config().to_str().unwrap(),
+        "trend",
+        "fleet",
+        "archive",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{trend}");
+    let points = trend["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2, "{trend}");
+    assert_eq!(points[1]["run_id"], second["run_id"], "{trend}");
+    assert_eq!(points[1]["value"].as_f64(), Some(value), "{trend}");
 }

@@ -108,14 +108,16 @@ pub fn pass(
 }
 
 /// The daemon's escalation task (see the module's documentation). `wake` is notified when the
-/// daemon finishes a run.
+/// daemon finishes a run. It logs how many jobs it watches at its first pass and at the first
+/// pass after each reload (after delivering what that pass escalated).
 pub async fn run(
     mut config: watch::Receiver<Arc<Config>>,
     store: Store,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut first = true;
+    // Said at the first pass and at the first after each reload.
+    let mut announce = true;
     loop {
         let current = config.borrow_and_update().clone();
         let now = Utc::now();
@@ -147,7 +149,7 @@ pub async fn run(
                 None
             }
         };
-        if std::mem::take(&mut first) {
+        if std::mem::take(&mut announce) {
             let watched = current
                 .jobs
                 .values()
@@ -166,7 +168,12 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = wake.notified() => {}
-            changed = config.changed() => if changed.is_err() { return },
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                announce = true;
+            }
             _ = stop.cancelled() => return,
         }
     }
