@@ -673,12 +673,12 @@ impl Replication {
         } else {
             format!("{}; {overview}", problems.join("; "))
         };
-        let details = vec![format!(
+        details.push(format!(
             "last replayed transaction committed at {} on the primary",
             last_replay
                 .as_deref()
                 .unwrap_or("unknown (none replayed since start)")
-        )];
+        ));
         let mut data = json!({
             "role": "standby",
             "streaming": streaming,
