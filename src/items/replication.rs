@@ -139,7 +139,7 @@ async fn upstream(ctx: &ItemCtx, name: &str, standby: &tokio_postgres::Client, o
             raise(
                 o,
                 Status::Warn,
-                format!("cannot tell whether this is a standby of {name}: the standby's {e}"),
+                format!("cannot tell whether this is a standby of {name}: on the standby, {e}"),
             );
             return;
         }
