@@ -1072,6 +1072,29 @@ impl Check<'_> {
                     ),
                 ));
             }
+            // A `replication` item's `primary` names the target its standby must follow.
+            if let crate::items::ItemSpec::Replication(r) = &item.spec
+                && let Some(primary) = &r.primary
+            {
+                let own = item.fleet.contains(primary) || item.spec.target() == Some(primary);
+                let msg = if !known.target_names.contains(primary) {
+                    let names: Vec<&str> = known.target_names.iter().map(String::as_str).collect();
+                    Some(format!(
+                        "unknown target {primary:?} in primary (defined: {})",
+                        or_none(&names)
+                    ))
+                } else if own {
+                    Some(format!(
+                        "primary {primary:?} is also the item's target: a target cannot be a standby of itself"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(msg) = msg {
+                    self.errors
+                        .push(loc.at_key(&item_section, "primary", ictx.clone(), msg));
+                }
+            }
             let mut prep = Prepare::new(dir, known.targets);
             item.spec.prepare(&mut prep);
             for (key, msg) in prep.errors {

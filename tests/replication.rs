@@ -313,3 +313,255 @@ slot_retained_fail = "10GB"
         "{err}"
     );
 }
+
+/// `system_identifier` of the cluster behind `pg` (`pg_control_system()`).
+fn system_identifier(pg: &TempCluster) -> String {
+    pg.psql(
+        "postgres",
+        "SELECT system_identifier FROM pg_control_system()",
+        &[],
+    )
+    .expect("system identifier")
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn standby_of_its_named_primary_passes_and_an_unreachable_primary_warns() {
+    let pg = primary();
+    let standby = Standby::start(&pg);
+    let id = system_identifier(&pg);
+    let s = Setup::with_db(
+        &pg.url("postgres"),
+        &format!(
+            "\n[targets.standby]\nurl = \"{url}\"\nsslmode = \"disable\"\n\n\
+             [targets.standby_again]\nurl = \"{url}\"\nsslmode = \"disable\"\n\n\
+             [targets.gone]\nurl = \"postgres://postgres@127.0.0.1:1/postgres\"\nsslmode = \"disable\"\npassword = \"gone-pw-4471\"\nconnect_timeout = \"2s\"\n",
+            url = standby.url("postgres")
+        ),
+        r#"
+[jobs.follows]
+[[jobs.follows.items]]
+name = "replication"
+kind = "replication"
+target = "standby"
+primary = "db"
+
+[jobs.unreachable]
+[[jobs.unreachable.items]]
+name = "replication"
+kind = "replication"
+target = "standby"
+primary = "gone"
+
+[jobs.cascade]
+[[jobs.cascade.items]]
+name = "replication"
+kind = "replication"
+target = "standby"
+primary = "standby_again"
+"#,
+    );
+
+    // The standby of the named primary: same system identifier, pass, said in the details.
+    let (code, report, out) = s.run_job("follows", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "pass", "{out}");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(it["data"]["role"], "standby", "{it:#}");
+    assert_eq!(it["data"]["system_identifier"], id.as_str(), "{it:#}");
+    assert_eq!(it["data"]["primary"]["target"], "db", "{it:#}");
+    assert_eq!(
+        it["data"]["primary"]["system_identifier"],
+        id.as_str(),
+        "{it:#}"
+    );
+    assert_eq!(it["data"]["primary"]["same_cluster"], true, "{it:#}");
+    assert_eq!(it["data"]["primary"]["in_recovery"], false, "{it:#}");
+    assert!(
+        support::details(it).contains(&format!(
+            "a standby of db's cluster (system identifier {id})"
+        )),
+        "{it:#}"
+    );
+
+    // The primary cannot be reached: warn with the reason, the standby's own checks still
+    // reported, and the primary's password nowhere.
+    let (code, report, out) = s.run_job("unreachable", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "warn", "{out}");
+    assert_eq!(code, 0, "{out}");
+    let summary = it["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(
+            "primary gone cannot be checked, so whether this is its standby is unknown: "
+        ),
+        "{it:#}"
+    );
+    assert!(summary.contains("cannot connect to target gone"), "{it:#}");
+    assert!(summary.contains("standby: streaming from"), "{it:#}");
+    assert_eq!(it["data"]["streaming"], true, "{it:#}");
+    assert!(it["data"]["primary"]["error"].is_string(), "{it:#}");
+    assert!(!out.contains("gone-pw-4471"), "{out}");
+
+    // The target set as primary is in recovery itself: warn, the details say so.
+    let (_, report, out) = s.run_job("cascade", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "warn", "{out}");
+    assert!(
+        it["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("primary standby_again is itself a standby (in recovery); "),
+        "{it:#}"
+    );
+    assert!(
+        support::details(it)
+            .contains("target standby_again, set as this standby's primary, is in recovery too"),
+        "{it:#}"
+    );
+    assert_eq!(it["data"]["primary"]["in_recovery"], true, "{it:#}");
+}
+
+#[test]
+fn standby_of_another_cluster_fails_naming_both_identifiers_and_the_job_goes_on() {
+    let pg = primary();
+    let standby = Standby::start(&pg);
+    // A second, independent cluster (its own initdb): another system identifier.
+    let other = primary();
+    let (id_a, id_b) = (system_identifier(&pg), system_identifier(&other));
+    assert_ne!(id_a, id_b);
+    let s = Setup::with_db(
+        &pg.url("postgres"),
+        &format!(
+            "\n[targets.standby]\nurl = \"{}\"\nsslmode = \"disable\"\n\n[targets.b]\nurl = \"{}\"\nsslmode = \"disable\"\n",
+            standby.url("postgres"),
+            other.url("postgres")
+        ),
+        r#"
+[jobs.estate]
+[[jobs.estate.items]]
+name = "standby of b"
+kind = "replication"
+target = "standby"
+primary = "b"
+
+[[jobs.estate.items]]
+name = "primary a"
+kind = "replication"
+target = "db"
+expect_standbys = 1
+"#,
+    );
+    let (code, report, out) = s.run_job("estate", &[]);
+    let it = item(&report, "standby of b");
+    assert_eq!(it["status"], "fail", "{out}");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        it["summary"].as_str().unwrap().starts_with(&format!(
+            "standby of another cluster: system identifier {id_a}, primary b has {id_b}; "
+        )),
+        "{it:#}"
+    );
+    // Where its WAL comes from instead: the receiver's sender, cluster A.
+    assert!(
+        support::details(it).contains(&format!(
+            "its WAL receiver streams from 127.0.0.1:{}",
+            pg.port
+        )),
+        "{it:#}"
+    );
+    assert_eq!(it["data"]["primary"]["same_cluster"], false, "{it:#}");
+    assert_eq!(
+        it["data"]["primary"]["system_identifier"],
+        id_b.as_str(),
+        "{it:#}"
+    );
+
+    // The other item of the job still ran, and passed.
+    let it = item(&report, "primary a");
+    assert_eq!(it["status"], "pass", "{out}");
+    assert_eq!(it["data"]["streaming"], 1, "{it:#}");
+}
+
+#[test]
+fn primary_option_on_a_primary_fails_as_a_promoted_node() {
+    let pg = primary();
+    let s = Setup::with_db(
+        &pg.url("postgres"),
+        "\n[targets.old]\nurl = \"postgres://postgres@127.0.0.1:1/postgres\"\nsslmode = \"disable\"\n",
+        r#"
+[jobs.j]
+[[jobs.j.items]]
+name = "replication"
+kind = "replication"
+target = "db"
+primary = "old"
+"#,
+    );
+    let (code, report, out) = s.run_job("j", &[]);
+    let it = item(&report, "replication");
+    assert_eq!(it["status"], "fail", "{out}");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        it["summary"].as_str().unwrap().starts_with(
+            "expected a standby of old, but db is a primary (not in recovery); primary: "
+        ),
+        "{it:#}"
+    );
+    assert_eq!(it["data"]["role"], "primary", "{it:#}");
+    assert_eq!(it["data"]["primary"]["target"], "old", "{it:#}");
+}
+
+#[test]
+fn unknown_primary_is_a_config_error_with_its_position() {
+    let s = Setup::with_db(
+        "postgres://postgres@127.0.0.1:1/postgres",
+        "",
+        r#"
+[jobs.j]
+[[jobs.j.items]]
+name = "r"
+kind = "replication"
+target = "db"
+primary = "nope"
+
+[[jobs.j.items]]
+name = "self"
+kind = "replication"
+target = "db"
+primary = "db"
+"#,
+    );
+    let jobs = s.dir.path().join("jobs.toml");
+    let text = std::fs::read_to_string(&jobs).unwrap();
+    let line_of = |key: &str| {
+        text.lines()
+            .position(|l| l.starts_with(key))
+            .expect("key in jobs.toml")
+            + 1
+    };
+    let out = assert_cmd::Command::cargo_bin("runbook")
+        .unwrap()
+        .arg("--config")
+        .arg(&jobs)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "jobs.toml:{}:1: job \"j\", item \"r\": unknown target \"nope\" in primary (defined: db)",
+            line_of("primary = \"nope\"")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "jobs.toml:{}:1: job \"j\", item \"self\": primary \"db\" is also the item's target: a target cannot be a standby of itself",
+            line_of("primary = \"db\"")
+        )),
+        "{err}"
+    );
+}

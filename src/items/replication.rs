@@ -6,6 +6,11 @@
 //! primary from removing). On a standby: whether its WAL receiver is streaming, and its replay
 //! lag. Read-only: the session is `default_transaction_read_only` and runs SELECTs only.
 //!
+//! With `primary = "<target>"` the item also says whether the standby belongs to that primary:
+//! it compares `system_identifier` (`pg_control_system()`) of both clusters, as a standby of
+//! another cluster has another identifier; and a target expected to be a standby that is not
+//! in recovery fails (a promoted or failed-over node).
+//!
 //! `data.value` (SPEC 9.3) is the worst replay lag in seconds.
 
 use serde::Deserialize;
@@ -45,6 +50,9 @@ pub struct Replication {
     /// On a primary: fail when fewer standbys than this are streaming. Default 0.
     #[serde(default)]
     pub expect_standbys: u32,
+    /// The target this standby must be a standby of (a name in `[targets]`, checked at load).
+    #[serde(default)]
+    pub primary: Option<String>,
 }
 
 fn default_lag_warn() -> Dur {
@@ -95,6 +103,123 @@ fn secs(s: f64) -> String {
         format!("{s:.1}s")
     } else {
         Dur::from_secs(s.round() as u64).to_string()
+    }
+}
+
+/// Puts `problem` at the head of the outcome's summary and makes its status at least `status`.
+fn raise(o: &mut Outcome, status: Status, problem: String) {
+    o.status = worse(o.status, status);
+    o.summary = format!("{problem}; {}", o.summary);
+}
+
+/// The cluster's `system_identifier` (`pg_control_system()`), as text (a 64-bit unsigned
+/// number PostgreSQL shows as a bigint).
+async fn system_identifier(client: &tokio_postgres::Client) -> Result<String, String> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("cannot read pg_control_system(): {}", pg::pg_error(&e)))?;
+    pg::col(&row, 0)
+}
+
+/// On a standby with `primary` set: is it a standby of that target's cluster? Compares the
+/// clusters' system identifiers; adds its finding to `o` (fail: another cluster; warn: the
+/// primary target is itself in recovery, or cannot be reached or read, the standby's own checks
+/// still reported).
+async fn upstream(ctx: &ItemCtx, name: &str, standby: &tokio_postgres::Client, o: &mut Outcome) {
+    let mut seen = json!({ "target": name });
+    let own = match system_identifier(standby).await {
+        Ok(id) => id,
+        Err(e) => {
+            seen["error"] = json!(e);
+            o.data["primary"] = seen;
+            raise(
+                o,
+                Status::Warn,
+                format!("cannot tell whether this is a standby of {name}: on the standby, {e}"),
+            );
+            return;
+        }
+    };
+    o.data["system_identifier"] = json!(own);
+    let theirs = match ctx.check_connection(name).await {
+        Err(e) => Err(e.to_string()),
+        Ok((_, client)) => match client
+            .query_one(
+                "SELECT system_identifier::text, pg_is_in_recovery() FROM pg_control_system()",
+                &[],
+            )
+            .await
+        {
+            Err(e) => Err(format!(
+                "target {name}: cannot read pg_control_system(): {}",
+                pg::pg_error(&e)
+            )),
+            Ok(row) => pg::col::<String>(&row, 0)
+                .and_then(|id| Ok((id, pg::col::<bool>(&row, 1)?)))
+                .map_err(|e| format!("target {name}: {e}")),
+        },
+    };
+    let (theirs, primary_in_recovery) = match theirs {
+        Ok(t) => t,
+        Err(e) => {
+            seen["error"] = json!(e);
+            o.data["primary"] = seen;
+            raise(
+                o,
+                Status::Warn,
+                format!(
+                    "primary {name} cannot be checked, so whether this is its standby is unknown: {e}"
+                ),
+            );
+            return;
+        }
+    };
+    seen["system_identifier"] = json!(theirs);
+    seen["in_recovery"] = json!(primary_in_recovery);
+    seen["same_cluster"] = json!(own == theirs);
+    o.data["primary"] = seen;
+    let sender = o.data["sender"].as_str().map(str::to_string);
+    if primary_in_recovery {
+        raise(
+            o,
+            Status::Warn,
+            format!("primary {name} is itself a standby (in recovery)"),
+        );
+        o.details.insert(
+            0,
+            format!(
+                "target {name}, set as this standby's primary, is in recovery too: a cascade (this standby streams from another standby) or {name} is no longer the primary (a failover); set primary to the node that is not in recovery"
+            ),
+        );
+    }
+    if own != theirs {
+        raise(
+            o,
+            Status::Fail,
+            format!(
+                "standby of another cluster: system identifier {own}, primary {name} has {theirs}"
+            ),
+        );
+        o.details.insert(
+            0,
+            match &sender {
+                Some(s) => format!(
+                    "its WAL receiver streams from {s}: a server of another cluster than {name}'s (its base backup was taken from there); check primary_conninfo, or the primary option if {name} is the wrong target"
+                ),
+                None => format!(
+                    "it was made from a base backup of another cluster than {name}'s (its WAL receiver's sender is not shown: not streaming, or the role lacks pg_monitor); check primary_conninfo, or the primary option if {name} is the wrong target"
+                ),
+            },
+        );
+    } else if !primary_in_recovery {
+        o.details.insert(
+            0,
+            format!("a standby of {name}'s cluster (system identifier {own})"),
+        );
     }
 }
 
@@ -160,13 +285,34 @@ impl Replication {
         } else {
             self.primary(&client).await
         };
-        match r {
-            Ok(mut o) => {
-                o.data["target"] = json!(target.name);
-                o
+        let mut o = match r {
+            Ok(o) => o,
+            Err(e) => return Outcome::fail(format!("target {}: {e}", target.name)),
+        };
+        o.data["target"] = json!(target.name);
+        if let Some(primary) = &self.primary {
+            if in_recovery {
+                upstream(ctx, primary, &client, &mut o).await;
+            } else {
+                o.data["primary"] = json!({ "target": primary });
+                raise(
+                    &mut o,
+                    Status::Fail,
+                    format!(
+                        "expected a standby of {primary}, but {} is a primary (not in recovery)",
+                        target.name
+                    ),
+                );
+                o.details.insert(
+                    0,
+                    format!(
+                        "{} accepts writes: it was promoted (a failover?) or was never a standby of {primary}; if it is the primary now, point the item at the new standby or drop the primary option",
+                        target.name
+                    ),
+                );
             }
-            Err(e) => Outcome::fail(format!("target {}: {e}", target.name)),
         }
+        o
     }
 
     /// The primary's view: its standbys and its slots.
@@ -527,12 +673,12 @@ impl Replication {
         } else {
             format!("{}; {overview}", problems.join("; "))
         };
-        let details = vec![format!(
+        details.push(format!(
             "last replayed transaction committed at {} on the primary",
             last_replay
                 .as_deref()
                 .unwrap_or("unknown (none replayed since start)")
-        )];
+        ));
         let mut data = json!({
             "role": "standby",
             "streaming": streaming,
