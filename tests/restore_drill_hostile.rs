@@ -226,6 +226,48 @@ fn hostile_plain_dumps_run_no_program_and_touch_no_other_database() {
     }
 }
 
+/// A dump that creates an untrusted extension before its data, as pg_dump writes it, so the
+/// drill leaves that extension's statements out of the restore (or creates it first): a
+/// statement on it later in the dump must not carry anything else past the filter.
+#[test]
+fn hostile_lines_riding_on_a_left_out_extension_are_still_refused() {
+    let w = World::new();
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "DROP DATABASE on the line of a left-out CREATE EXTENSION",
+            "CREATE EXTENSION pg_stat_statements; DROP DATABASE victim;".into(),
+            vec!["DATABASE"],
+        ),
+        (
+            "a meta-command after a left-out CREATE EXTENSION over two lines",
+            format!(
+                "CREATE EXTENSION IF NOT EXISTS\n  pg_stat_statements; \\! touch {}",
+                w.marker("e2")
+            ),
+            vec!["\\!"],
+        ),
+        (
+            "COPY ... PROGRAM after a left-out COMMENT ON EXTENSION",
+            format!(
+                "COMMENT ON EXTENSION pg_stat_statements IS 'x'; COPY (SELECT 1) TO PROGRAM 'touch {}';",
+                w.marker("e3")
+            ),
+            vec!["PROGRAM"],
+        ),
+    ];
+    for extensions in ["", "extensions = [\"pg_stat_statements\"]"] {
+        for (case, sql, reason) in &cases {
+            let (_d, f) = write_dump(
+                "hostile.sql",
+                &format!(
+                    "CREATE EXTENSION IF NOT EXISTS pg_stat_statements WITH SCHEMA public;\nCREATE TABLE t (x int);\nCOPY public.t (x) FROM stdin;\n1\n\\.\n{sql}"
+                ),
+            );
+            w.assert_refused(case, &f, reason, extensions);
+        }
+    }
+}
+
 /// A custom dump of a database holding a placeholder comment, whose TOC entry is then
 /// rewritten (same length, so the archive stays valid) to `payload`.
 fn custom_dump_with_toc_entry(w: &World, payload: &str) -> (tempfile::TempDir, PathBuf) {

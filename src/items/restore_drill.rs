@@ -25,7 +25,9 @@
 //!   3. [`plain_guard::PlainGuard`] reads the plain dump as psql would and refuses meta-commands,
 //!      `CREATE/ALTER/DROP DATABASE` and `COPY ... PROGRAM` wherever they are, with the line, so
 //!      the report says why. It leaves out pg_dump's own ownership and privilege lines (the
-//!      drill's role could not run them), as `pg_restore --no-owner --no-privileges` does.
+//!      drill's role could not run them), as `pg_restore --no-owner --no-privileges` does, and
+//!      the statements on untrusted extensions (created first by the target's user or left
+//!      out, as the filtered `pg_restore -L` list does for custom dumps).
 //! - The scratch database is always dropped (`DROP DATABASE ... WITH (FORCE)`): after success,
 //!   failure, timeout and cancellation (SIGTERM/SIGINT of `run-job`, daemon shutdown). A guard
 //!   drops it even if this future is dropped midway. Only `keep_on_failure` keeps it, and only
@@ -93,11 +95,12 @@ pub struct RestoreDrill {
     /// The password of `restore_role` (a secret), when pg_hba.conf asks for one.
     pub restore_password: Option<crate::base::secret::SecretSource>,
     /// Extensions that only a superuser can create (untrusted ones, e.g. `pg_stat_statements`)
-    /// and that the target's user creates in the scratch database before a custom or
-    /// directory dump is restored. The drill's role cannot create them, so without this a dump
-    /// that has them would fail at its `CREATE EXTENSION`; an untrusted extension a dump has and
-    /// this list does not name is left out of the restore (said in the details). The extension
-    /// comes from the server's own installed files, never from the dump. Default none.
+    /// and that the target's user creates in the scratch database before the dump (custom,
+    /// directory or plain) is restored. The drill's role cannot create them, so without this a
+    /// dump that has them would fail at its `CREATE EXTENSION`; an untrusted extension a dump
+    /// has and this list does not name is left out of the restore (said in the details). Either
+    /// way the dump's own statements on it are left out. The extension comes from the server's
+    /// own installed files, never from the dump. Default none.
     #[serde(default)]
     pub extensions: Vec<String>,
     /// `restore_password`, resolved by `prepare`.
@@ -433,26 +436,29 @@ impl RestoreDrill {
             "restored and checked as role {role}: not a superuser, owns only the scratch database (a dump cannot run programs or reach other databases)"
         ));
 
-        // Untrusted extensions of a custom or directory dump: made first by the target's user
-        // (those listed in `extensions`) or left out; the rest restores as the drill's role.
-        let toc = match method {
-            Method::PgRestore => {
-                match self
-                    .prepare_extensions(&target, &admin, &scratch, &backup.path)
-                    .await
-                {
-                    Ok((toc, lines)) => {
-                        details.extend(lines);
-                        toc
-                    }
-                    Err(e) => {
-                        let mut o = Outcome::fail(e).with_data(data);
-                        o.details.splice(0..0, details);
-                        return o;
-                    }
-                }
+        // Untrusted extensions of the dump: made first by the target's user (those listed in
+        // `extensions`) or left out; the rest restores as the drill's role.
+        let left_out = match self
+            .prepare_extensions(
+                ctx,
+                &target,
+                &admin,
+                &scratch,
+                &backup.path,
+                method,
+                plain_gzip,
+            )
+            .await
+        {
+            Ok((left_out, lines)) => {
+                details.extend(lines);
+                left_out
             }
-            Method::Psql => None,
+            Err(e) => {
+                let mut o = Outcome::fail(e).with_data(data);
+                o.details.splice(0..0, details);
+                return o;
+            }
         };
         let work = self.restore_and_check(
             ctx,
@@ -462,7 +468,7 @@ impl RestoreDrill {
             method,
             plain_gzip,
             created,
-            toc.as_ref().map(|t| t.path()),
+            &left_out,
         );
         let ended = tokio::select! {
             biased;
@@ -591,34 +597,32 @@ impl RestoreDrill {
         );
     }
 
-    /// The untrusted extensions (creatable only by a superuser) a custom or directory dump
-    /// creates: those in `extensions` are created in the scratch database by the target's user
-    /// now; all of them (and their comments) are left out of the restore through a filtered
-    /// `pg_restore -L` list, which is returned with the detail lines saying what happened. None:
-    /// nothing to leave out (or the listing failed: the restore itself then says why).
+    /// The untrusted extensions (creatable only by a superuser) the dump creates: those in
+    /// `extensions` are created in the scratch database by the target's user now; all of them
+    /// (and their comments) are left out of the restore, through a filtered `pg_restore -L`
+    /// list for a custom or directory dump, by the plain-dump filter for a plain one. Returns
+    /// what to leave out with the detail lines saying what happened. Nothing to leave out when
+    /// the dump could not be read for its extensions: the restore itself then says why.
+    #[allow(clippy::too_many_arguments)]
     async fn prepare_extensions(
         &self,
+        ctx: &ItemCtx,
         target: &Target,
         admin: &tokio_postgres::Client,
         scratch: &str,
         path: &std::path::Path,
-    ) -> Result<(Option<tempfile::NamedTempFile>, Vec<String>), String> {
-        // Reading the archive's table of contents connects nowhere: no password, the clean
-        // environment every PostgreSQL tool gets.
-        let mut cmd = tokio::process::Command::new(pg_tools::pg_tool("pg_restore"));
-        cmd.arg("-l").arg(path).kill_on_drop(true);
-        crate::items::child_env::clean(cmd.as_std_mut(), crate::items::child_env::Child::PgTool);
-        let listing = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await;
-        let Ok(Ok(out)) = listing else {
-            return Ok((None, vec![]));
+        method: Method,
+        gzip: bool,
+    ) -> Result<(LeftOut, Vec<String>), String> {
+        let (named, list) = match method {
+            Method::PgRestore => match Self::toc_listing(path).await {
+                Some(list) => (toc_extensions(&list), Some(list)),
+                None => return Ok((LeftOut::default(), vec![])),
+            },
+            Method::Psql => (Self::plain_dump_extensions(ctx, path, gzip).await, None),
         };
-        if !out.status.success() {
-            return Ok((None, vec![]));
-        }
-        let list = String::from_utf8_lossy(&out.stdout).into_owned();
-        let named = toc_extensions(&list);
         if named.is_empty() {
-            return Ok((None, vec![]));
+            return Ok((LeftOut::default(), vec![]));
         }
         let trusted: Vec<String> = match admin
             .query(
@@ -635,7 +639,7 @@ impl RestoreDrill {
         };
         let untrusted: Vec<&String> = named.iter().filter(|n| !trusted.contains(n)).collect();
         if untrusted.is_empty() {
-            return Ok((None, vec![]));
+            return Ok((LeftOut::default(), vec![]));
         }
         let mut lines = Vec::new();
         let wanted: Vec<&&String> = untrusted
@@ -667,6 +671,10 @@ impl RestoreDrill {
                 "extension {name} left out of the restore: only a superuser can create it, not the drill's role; list it in extensions to have the target's user create it first"
             ));
         }
+        let Some(list) = list else {
+            let names = untrusted.into_iter().cloned().collect();
+            return Ok((LeftOut { toc: None, names }, lines));
+        };
         let kept = toc_without_extensions(&list, &untrusted);
         let mut file = tempfile::Builder::new()
             .prefix("runbook-drill-toc-")
@@ -674,7 +682,53 @@ impl RestoreDrill {
             .map_err(|e| format!("cannot write the restore list: {e}"))?;
         std::io::Write::write_all(&mut file, kept.as_bytes())
             .map_err(|e| format!("cannot write the restore list: {e}"))?;
-        Ok((Some(file), lines))
+        let names = untrusted.into_iter().cloned().collect();
+        Ok((
+            LeftOut {
+                toc: Some(file),
+                names,
+            },
+            lines,
+        ))
+    }
+
+    /// A custom or directory dump's table of contents (`pg_restore -l`); None when it cannot be
+    /// read.
+    async fn toc_listing(path: &std::path::Path) -> Option<String> {
+        // Reading the archive's table of contents connects nowhere: no password, the clean
+        // environment every PostgreSQL tool gets.
+        let mut cmd = tokio::process::Command::new(pg_tools::pg_tool("pg_restore"));
+        cmd.arg("-l").arg(path).kill_on_drop(true);
+        crate::items::child_env::clean(cmd.as_std_mut(), crate::items::child_env::Child::PgTool);
+        let listing = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await;
+        let Ok(Ok(out)) = listing else {
+            return None;
+        };
+        if !out.status.success() {
+            return None;
+        }
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The extensions a plain dump creates before its data, read by the plain-dump filter
+    /// (nothing when it refuses a line or cannot read the dump: the restore then stops with the
+    /// reason). Stops when the drill is cancelled or times out.
+    async fn plain_dump_extensions(
+        ctx: &ItemCtx,
+        path: &std::path::Path,
+        gzip: bool,
+    ) -> Vec<String> {
+        let cancel = ctx.cancel.child_token();
+        let (p, c) = (path.to_path_buf(), cancel.clone());
+        let scan = tokio::task::spawn_blocking(move || plain_guard::plain_extensions(&p, gzip, c));
+        match tokio::time::timeout_at(ctx.deadline, scan).await {
+            Ok(Ok(Ok(names))) => names,
+            Ok(_) => vec![],
+            Err(_) => {
+                cancel.cancel();
+                vec![]
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -687,7 +741,7 @@ impl RestoreDrill {
         method: Method,
         gzip: bool,
         started: Instant,
-        toc: Option<&std::path::Path>,
+        left_out: &LeftOut,
     ) -> DrillResult {
         let mut skipped_ownership = 0;
         let run = match method {
@@ -702,8 +756,8 @@ impl RestoreDrill {
                     "-d",
                     scratch,
                 ]);
-                if let Some(list) = toc {
-                    cmd.arg("-L").arg(list);
+                if let Some(list) = &left_out.toc {
+                    cmd.arg("-L").arg(list.path());
                 }
                 cmd.arg(path);
                 Self::pg_env(&mut cmd, target);
@@ -736,8 +790,9 @@ impl RestoreDrill {
                 };
                 let _ = tx.try_send(format!("\\restrict {key}\n").into_bytes());
                 let (p, cancel) = (path.to_path_buf(), ctx.cancel.clone());
+                let names = left_out.names.clone();
                 let feeder = tokio::task::spawn_blocking(move || {
-                    plain_guard::feed_plain(&p, gzip, tx, cancel)
+                    plain_guard::feed_plain(&p, gzip, names, tx, cancel)
                 });
                 let run =
                     pg_tools::run_tool_with_input(cmd, ctx.deadline, &ctx.cancel, false, Some(rx))
@@ -960,6 +1015,15 @@ struct Trend {
 enum Method {
     PgRestore,
     Psql,
+}
+
+/// The untrusted extensions a drill leaves out of the restore (see `prepare_extensions`).
+#[derive(Default)]
+struct LeftOut {
+    /// For pg_restore: the dump's table of contents without them (`pg_restore -L`).
+    toc: Option<tempfile::NamedTempFile>,
+    /// Their names: the plain-dump filter leaves out their statements.
+    names: Vec<String>,
 }
 
 enum End {

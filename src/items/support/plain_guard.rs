@@ -1,6 +1,7 @@
 //! Restoring an untrusted plain SQL dump: [`PlainGuard`] reads it statement by statement and
 //! refuses what would leave the drill's scratch database, and leaves out ownership and
-//! privilege statements; [`feed_plain`] streams the accepted lines to psql.
+//! privilege statements and those of untrusted extensions; [`feed_plain`] streams the accepted
+//! lines to psql; [`plain_extensions`] finds the extensions a dump creates, before the restore.
 
 use std::io::{BufRead, Read};
 use std::path::Path;
@@ -36,10 +37,35 @@ pub enum LineVerdict {
     Pass,
     /// Leave it out: an ownership or privilege statement (`ALTER ... OWNER TO`, `GRANT`,
     /// `REVOKE`, `SET SESSION AUTHORIZATION`), which the drill's unprivileged role could not run
-    /// and which `pg_restore --no-owner --no-privileges` leaves out too; or pg_dump's own
-    /// `\restrict KEY` / `\unrestrict KEY` (psql is already restricted, with runbook's key).
+    /// and which `pg_restore --no-owner --no-privileges` leaves out too; a statement on an
+    /// extension of [`PlainGuard::with_left_out`] (`CREATE`, `COMMENT ON`, `DROP EXTENSION`),
+    /// with the lines held before it; or pg_dump's own `\restrict KEY` / `\unrestrict KEY`
+    /// (psql is already restricted, with runbook's key).
     Skip,
+    /// Keep it back until the statement it begins is read to its end: it may be one to leave
+    /// out (a statement on an extension, over several lines). The next `Pass` sends the held
+    /// lines before its own, the next `Skip` leaves them out with it.
+    Hold,
 }
+
+/// A statement on an extension, as [`PlainGuard`] recognises it by its words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExtensionStatement {
+    Create,
+    Comment,
+    Drop,
+}
+
+/// The longest name PostgreSQL keeps (NAMEDATALEN - 1 bytes); a longer quoted identifier is
+/// kept to one byte more, so it equals no extension's name.
+const NAME_MAX: usize = 63;
+
+/// At most this many bytes of a statement are held back ([`LineVerdict::Hold`]); a longer one
+/// is sent as it is (the server then decides).
+const HOLD_MAX: usize = 64 * 1024;
+
+/// At most this many extension names are collected from one dump.
+const EXTENSIONS_MAX: usize = 1000;
 
 /// Where the lexer of [`PlainGuard`] is inside the SQL text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +101,12 @@ pub struct PlainGuard {
     quote: Quote,
     /// Parenthesis depth at the top level (a `;` inside parentheses ends nothing, as in psql).
     paren: u32,
-    /// Words of the current statement at parenthesis depth 0, upper-cased (the first 64).
+    /// Words of the current statement at parenthesis depth 0 (the first 64): keywords and
+    /// unquoted identifiers upper-cased; a quoted identifier as `"` and its text (the first 64
+    /// bytes, `""` read as `"`), so it never equals a keyword.
     words: Vec<String>,
+    /// The text of the quoted identifier being read at depth 0.
+    quoted: Option<Vec<u8>>,
     /// True while the current statement has nothing but blanks and comments so far.
     at_start: bool,
     /// `standard_conforming_strings` as the dump set it (on unless it says otherwise).
@@ -85,8 +115,23 @@ pub struct PlainGuard {
     line_no: u64,
     /// True when the statement that ended last was an ownership or privilege statement.
     last_was_ownership: bool,
+    /// True when the statement that ended last was one on an extension in `left_out`.
+    last_was_left_out: bool,
+    /// Bytes of the lines held back so far ([`LineVerdict::Hold`]), while a statement that
+    /// began at a line's start may still be one to leave out.
+    held: Option<usize>,
+    /// Extensions whose `CREATE`, `COMMENT ON` and `DROP EXTENSION` statements are left out
+    /// (names as PostgreSQL stores them).
+    left_out: Vec<String>,
     /// Ownership and privilege statements left out.
     pub skipped: u64,
+    /// Statements on the extensions of `left_out` left out.
+    pub skipped_extension_statements: u64,
+    /// The extensions the dump creates (`CREATE EXTENSION`), in order, without repeats.
+    pub extensions: Vec<String>,
+    /// Set when a statement that loads data (`COPY`, `INSERT`) ended: pg_dump writes the
+    /// extensions before any data.
+    pub seen_data: bool,
 }
 
 impl Default for PlainGuard {
@@ -106,11 +151,29 @@ impl PlainGuard {
             quote: Quote::None,
             paren: 0,
             words: Vec::new(),
+            quoted: None,
             at_start: true,
             standard_strings: true,
             line_no: 0,
             last_was_ownership: false,
+            last_was_left_out: false,
+            held: None,
+            left_out: Vec::new(),
             skipped: 0,
+            skipped_extension_statements: 0,
+            extensions: Vec::new(),
+            seen_data: false,
+        }
+    }
+
+    /// A guard that also leaves out the statements on these extensions (`CREATE EXTENSION`,
+    /// `COMMENT ON EXTENSION`, `DROP EXTENSION`, each when its lines hold nothing else), named
+    /// as PostgreSQL stores them (an unquoted name is folded to lower case, a quoted one is
+    /// taken as it is).
+    pub fn with_left_out(left_out: Vec<String>) -> PlainGuard {
+        PlainGuard {
+            left_out,
+            ..PlainGuard::new()
         }
     }
 
@@ -168,7 +231,15 @@ impl PlainGuard {
                             i += 1;
                         } else {
                             self.quote = Quote::None;
+                            self.end_quoted();
+                            i += 1;
+                            continue;
                         }
+                    }
+                    if let Some(q) = &mut self.quoted
+                        && q.len() <= NAME_MAX
+                    {
+                        q.push(b);
                     }
                     i += 1;
                     continue;
@@ -231,6 +302,9 @@ impl PlainGuard {
                 }
                 b'"' => {
                     self.quote = Quote::Double;
+                    if self.paren == 0 {
+                        self.quoted = Some(Vec::new());
+                    }
                     self.at_start = false;
                 }
                 b'$' if !prev_ident => {
@@ -274,18 +348,104 @@ impl PlainGuard {
             }
             i += 1;
         }
-        // A line that is exactly one ownership or privilege statement (as pg_dump writes them)
-        // is left out; anything else around it on the line, and it is sent as it is.
-        if starts_statement
+        if self.quote == Quote::Double
+            && let Some(q) = &mut self.quoted
+        {
+            // A quoted identifier goes on over the line's end, which is part of it.
+            q.extend_from_slice(&line[body.len()..]);
+            q.truncate(NAME_MAX + 1);
+        }
+        let held = self.held.take();
+        let whole_statement = starts_statement || held.is_some();
+        // A line (or the held lines and this one) that is exactly one ownership or privilege
+        // statement (as pg_dump writes them), or one on a left-out extension, is left out;
+        // anything else around it on the line, and it is sent as it is.
+        if whole_statement
             && statements == 1
-            && self.last_was_ownership
+            && (self.last_was_ownership || self.last_was_left_out)
             && self.at_start
             && self.quote == Quote::None
         {
-            self.skipped += 1;
+            if self.last_was_left_out {
+                self.skipped_extension_statements += 1;
+            } else {
+                self.skipped += 1;
+            }
             return Ok(LineVerdict::Skip);
         }
+        // A statement that began at this line's start (or with the lines held) and goes on:
+        // held while it may still be one on a left-out extension.
+        let held_bytes = held.unwrap_or(0) + line.len();
+        if whole_statement
+            && statements == 0
+            && !self.left_out.is_empty()
+            && held_bytes <= HOLD_MAX
+            && Self::may_become_extension_statement(&self.words)
+        {
+            self.held = Some(held_bytes);
+            return Ok(LineVerdict::Hold);
+        }
         Ok(LineVerdict::Pass)
+    }
+
+    /// A quoted identifier at depth 0 ended: it is a word of the statement.
+    fn end_quoted(&mut self) {
+        let Some(q) = self.quoted.take() else {
+            return;
+        };
+        if self.paren == 0 && self.words.len() < 64 {
+            self.words
+                .push(format!("\"{}", String::from_utf8_lossy(&q)));
+        }
+    }
+
+    /// True while the words read so far can still be the start of a statement on an extension.
+    fn may_become_extension_statement(words: &[String]) -> bool {
+        let w: Vec<&str> = words.iter().map(String::as_str).collect();
+        matches!(
+            w.as_slice(),
+            ["CREATE"]
+                | ["CREATE", "EXTENSION", ..]
+                | ["COMMENT"]
+                | ["COMMENT", "ON"]
+                | ["COMMENT", "ON", "EXTENSION", ..]
+                | ["DROP"]
+                | ["DROP", "EXTENSION", ..]
+        )
+    }
+
+    /// The extension a statement is on, by its words: `CREATE EXTENSION [IF NOT EXISTS] name
+    /// [WITH] [SCHEMA ...] [VERSION ...] [CASCADE]`, `COMMENT ON EXTENSION name IS ...`, `DROP
+    /// EXTENSION [IF EXISTS] name [CASCADE | RESTRICT]`. The name as PostgreSQL stores it: an
+    /// unquoted one folded to lower case, a quoted one as it is. Anything else (a `U&"..."`
+    /// name, several names) is not recognised, and the statement goes to the server as it is.
+    fn extension_statement(w: &[&str]) -> Option<(ExtensionStatement, String)> {
+        let (kind, rest) = match w {
+            ["CREATE", "EXTENSION", "IF", "NOT", "EXISTS", rest @ ..]
+            | ["CREATE", "EXTENSION", rest @ ..] => (ExtensionStatement::Create, rest),
+            ["COMMENT", "ON", "EXTENSION", rest @ ..] => (ExtensionStatement::Comment, rest),
+            ["DROP", "EXTENSION", "IF", "EXISTS", rest @ ..] | ["DROP", "EXTENSION", rest @ ..] => {
+                (ExtensionStatement::Drop, rest)
+            }
+            _ => return None,
+        };
+        let (name, after) = rest.split_first()?;
+        let shape_ok = match kind {
+            ExtensionStatement::Create => matches!(
+                after.first(),
+                None | Some(&("WITH" | "SCHEMA" | "VERSION" | "CASCADE" | "FROM"))
+            ),
+            ExtensionStatement::Comment => after.first() == Some(&"IS"),
+            ExtensionStatement::Drop => matches!(after, [] | ["CASCADE" | "RESTRICT"]),
+        };
+        if !shape_ok {
+            return None;
+        }
+        let name = match name.strip_prefix('"') {
+            Some(quoted) => quoted.to_string(),
+            None => name.to_ascii_lowercase(),
+        };
+        (!name.is_empty() && name.len() <= NAME_MAX).then_some((kind, name))
     }
 
     /// A statement ended (a `;` at depth 0): judge it by its words.
@@ -295,6 +455,19 @@ impl PlainGuard {
         let w: Vec<&str> = words.iter().map(String::as_str).collect();
         let line = self.line_no;
         self.last_was_ownership = Self::is_ownership(&w);
+        self.last_was_left_out = false;
+        if let Some((kind, name)) = Self::extension_statement(&w) {
+            self.last_was_left_out = self.left_out.contains(&name);
+            if kind == ExtensionStatement::Create
+                && !self.extensions.contains(&name)
+                && self.extensions.len() < EXTENSIONS_MAX
+            {
+                self.extensions.push(name);
+            }
+        }
+        if matches!(w.first(), Some(&("COPY" | "INSERT"))) {
+            self.seen_data = true;
+        }
         match w.as_slice() {
             ["CREATE" | "ALTER" | "DROP", "DATABASE", ..] => {
                 return Err(Refused(format!(
@@ -332,15 +505,8 @@ impl PlainGuard {
     }
 }
 
-/// Reads a plain dump (gzip'd or not) line by line through [`PlainGuard`] and sends it in chunks
-/// to `tx`; stops at the first refused line. Runs on a blocking thread. Returns how many
-/// ownership and privilege statements were left out.
-pub fn feed_plain(
-    path: &Path,
-    gzip: bool,
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
-    cancel: CancellationToken,
-) -> Result<u64, FeedError> {
+/// A plain dump (gzip'd or not), read line by line.
+fn open_plain(path: &Path, gzip: bool) -> Result<impl BufRead, FeedError> {
     let f = open_sequential(path)
         .map_err(|e| FeedError::Read(format!("cannot read {}: {e}", path.display())))?;
     let inner: Box<dyn Read> = if gzip {
@@ -350,24 +516,75 @@ pub fn feed_plain(
     } else {
         Box::new(f)
     };
-    let mut r = std::io::BufReader::with_capacity(READ_BUF, inner);
+    Ok(std::io::BufReader::with_capacity(READ_BUF, inner))
+}
+
+/// The next line of `r` into `line` (cleared first); false at the end.
+fn next_line(r: &mut impl BufRead, line: &mut Vec<u8>, path: &Path) -> Result<bool, FeedError> {
+    line.clear();
+    let n = r
+        .read_until(b'\n', line)
+        .map_err(|e| FeedError::Read(format!("cannot read {}: {e}", path.display())))?;
+    Ok(n > 0)
+}
+
+/// The extensions a plain dump creates (`CREATE EXTENSION`), read as [`feed_plain`] reads it up
+/// to its first data (`COPY`, `INSERT`: pg_dump writes extensions before any data), so a drill
+/// can deal with the untrusted ones before the restore. Runs on a blocking thread. `Err` for a
+/// line [`PlainGuard`] refuses (the restore then stops there too) or a read error.
+pub fn plain_extensions(
+    path: &Path,
+    gzip: bool,
+    cancel: CancellationToken,
+) -> Result<Vec<String>, FeedError> {
+    let mut r = open_plain(path, gzip)?;
     let mut guard = PlainGuard::new();
+    let mut line = Vec::new();
+    while !guard.seen_data && next_line(&mut r, &mut line, path)? {
+        if cancel.is_cancelled() {
+            return Err(FeedError::Cancelled);
+        }
+        guard.check(&line)?;
+    }
+    Ok(guard.extensions)
+}
+
+/// Reads a plain dump (gzip'd or not) line by line through [`PlainGuard`] (leaving out the
+/// statements on the extensions of `left_out`, see [`PlainGuard::with_left_out`]) and sends it
+/// in chunks to `tx`; stops at the first refused line. Runs on a blocking thread. Returns how
+/// many ownership and privilege statements were left out.
+pub fn feed_plain(
+    path: &Path,
+    gzip: bool,
+    left_out: Vec<String>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    cancel: CancellationToken,
+) -> Result<u64, FeedError> {
+    let mut r = open_plain(path, gzip)?;
+    let mut guard = PlainGuard::with_left_out(left_out);
     let mut chunk = Vec::with_capacity(256 * 1024);
+    // Lines held back while the statement they begin may still be one to leave out.
+    let mut held = Vec::new();
     let mut line = Vec::new();
     loop {
         if cancel.is_cancelled() {
             return Err(FeedError::Cancelled);
         }
-        line.clear();
-        let n = r
-            .read_until(b'\n', &mut line)
-            .map_err(|e| FeedError::Read(format!("cannot read {}: {e}", path.display())))?;
-        if n == 0 {
+        if !next_line(&mut r, &mut line, path)? {
             break;
         }
-        if guard.check(&line)? == LineVerdict::Skip {
-            continue;
+        match guard.check(&line)? {
+            LineVerdict::Skip => {
+                held.clear();
+                continue;
+            }
+            LineVerdict::Hold => {
+                held.extend_from_slice(&line);
+                continue;
+            }
+            LineVerdict::Pass => {}
         }
+        chunk.append(&mut held);
         chunk.extend_from_slice(&line);
         if chunk.len() >= 256 * 1024 {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(256 * 1024));
@@ -376,6 +593,8 @@ pub fn feed_plain(
             }
         }
     }
+    // A statement still held at the end has no `;`: psql gets it as it is.
+    chunk.append(&mut held);
     if !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
         return Err(FeedError::PsqlStopped);
     }
@@ -456,6 +675,126 @@ mod tests {
         assert_eq!(
             v,
             vec![Skip, Skip, Skip, Skip, Pass, Pass, Pass, Pass, Pass, Pass]
+        );
+    }
+
+    fn pss_guard() -> PlainGuard {
+        PlainGuard::with_left_out(vec!["pg_stat_statements".into(), "Odd Name".into()])
+    }
+
+    /// What `feed_plain` would send of `text`, through a guard leaving out pg_stat_statements
+    /// and "Odd Name".
+    fn sent(text: &str) -> Result<String, Refused> {
+        let mut g = pss_guard();
+        let (mut out, mut held) = (String::new(), String::new());
+        for line in text.split_inclusive('\n') {
+            match g.check(line.as_bytes())? {
+                LineVerdict::Skip => held.clear(),
+                LineVerdict::Hold => held.push_str(line),
+                LineVerdict::Pass => {
+                    out.push_str(&std::mem::take(&mut held));
+                    out.push_str(line);
+                }
+            }
+        }
+        out.push_str(&held);
+        Ok(out)
+    }
+
+    #[test]
+    fn plain_guard_leaves_out_the_statements_on_left_out_extensions_only() {
+        // As pg_dump writes them, and the same statements spelt otherwise.
+        for gone in [
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements WITH SCHEMA public;\n",
+            "COMMENT ON EXTENSION pg_stat_statements IS 'track planning and execution statistics';\n",
+            "DROP EXTENSION IF EXISTS pg_stat_statements;\n",
+            "create extension PG_STAT_STATEMENTS;\n",
+            "CREATE EXTENSION \"pg_stat_statements\" SCHEMA public VERSION '1.10' CASCADE; -- c\n",
+            "CREATE EXTENSION \"Odd Name\";\n",
+            "CREATE EXTENSION\n  IF NOT EXISTS\n  pg_stat_statements\n  WITH SCHEMA public;\n",
+            "COMMENT ON EXTENSION pg_stat_statements IS 'two\nlines; with a semicolon';\n",
+            "CREATE EXTENSION \"pg_stat_\nstatements\"; CREATE EXTENSION \"Odd Name\";\n",
+        ] {
+            let out = sent(&format!("SELECT 1;\n{gone}SELECT 2;\n"));
+            // The last case is two statements on one line: sent as it is.
+            if gone.contains("pg_stat_\n") {
+                assert_eq!(out, Ok(format!("SELECT 1;\n{gone}SELECT 2;\n")));
+            } else {
+                assert_eq!(out, Ok("SELECT 1;\nSELECT 2;\n".into()), "{gone:?}");
+            }
+        }
+        // Other names, other statements and anything else on the lines are sent as they are:
+        // the server then decides (the drill's role may not create an untrusted extension).
+        for kept in [
+            "CREATE EXTENSION pg_stat_statements_x;\n",
+            "CREATE EXTENSION \"PG_STAT_STATEMENTS\";\n",
+            "CREATE EXTENSION \"odd name\";\n",
+            "CREATE EXTENSION U&\"pg_stat_statements\";\n",
+            "CREATE EXTENSION pgcrypto;\n",
+            "CREATE EXTENSION pg_stat_statements; SELECT 3;\n",
+            "SELECT 3; CREATE EXTENSION pg_stat_statements;\n",
+            "CREATE EXTENSION pg_stat_statements; /* a comment that\ngoes on */ SELECT 3;\n",
+            "CREATE EXTENSION\npg_stat_statements; SELECT 3;\n",
+            "CREATE TABLE pg_stat_statements (x int);\n",
+            "COMMENT ON TABLE pg_stat_statements IS 'x';\n",
+            "DROP EXTENSION pg_stat_statements, pgcrypto;\n",
+            "SELECT 'CREATE EXTENSION pg_stat_statements;';\n",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$\nCREATE EXTENSION pg_stat_statements;\n$$;\n",
+            "CREATE\nTABLE t (x int);\n",
+        ] {
+            assert_eq!(
+                sent(&format!("SELECT 1;\n{kept}SELECT 2;\n")),
+                Ok(format!("SELECT 1;\n{kept}SELECT 2;\n")),
+                "{kept:?}"
+            );
+        }
+        // A statement without its `;` at the end of the dump is sent.
+        assert_eq!(
+            sent("CREATE EXTENSION\npg_stat_statements"),
+            Ok("CREATE EXTENSION\npg_stat_statements".into())
+        );
+    }
+
+    #[test]
+    fn plain_guard_still_refuses_what_rides_along_with_an_extension_statement() {
+        for hostile in [
+            "CREATE EXTENSION pg_stat_statements; DROP DATABASE other;",
+            "CREATE EXTENSION pg_stat_statements; \\! touch /tmp/x",
+            "CREATE EXTENSION\npg_stat_statements; \\c other",
+            "CREATE EXTENSION\npg_stat_statements;\nDROP DATABASE other;",
+            "COMMENT ON EXTENSION pg_stat_statements IS 'x'; copy t from program 'touch /tmp/x';",
+            "CREATE EXTENSION \"pg_stat_statements\n\\! x\"; CREATE DATABASE x;",
+        ] {
+            assert!(sent(&format!("{hostile}\n")).is_err(), "{hostile:?} passed");
+        }
+    }
+
+    #[test]
+    fn plain_guard_lists_the_extensions_a_dump_creates() {
+        let mut g = PlainGuard::new();
+        for line in [
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements WITH SCHEMA public;",
+            "COMMENT ON EXTENSION pgcrypto IS 'x';",
+            "CREATE EXTENSION \"Odd Name\";",
+            "CREATE EXTENSION pg_stat_statements;",
+            "CREATE TABLE t (x int);",
+        ] {
+            assert_eq!(
+                g.check(format!("{line}\n").as_bytes()),
+                Ok(LineVerdict::Pass)
+            );
+            assert!(!g.seen_data);
+        }
+        assert!(g.check(b"COPY public.t (x) FROM stdin;\n").is_ok());
+        assert!(g.seen_data);
+        assert_eq!(g.extensions, vec!["pg_stat_statements", "Odd Name"]);
+    }
+
+    #[test]
+    fn quoted_owners_are_ownership_statements_too() {
+        assert_eq!(
+            guard_all(&["ALTER TABLE public.\"Orders\" OWNER TO \"app-owner\";"]),
+            Ok(vec![LineVerdict::Skip])
         );
     }
 }
