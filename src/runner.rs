@@ -739,25 +739,8 @@ async fn checks_by_database(
         let per_item: Vec<Arc<Semaphore>> = on_it.iter().map(|&k| per_item[k].clone()).collect();
         let (items, base, run) = (items.clone(), base.clone(), run.clone());
         workers.push(tokio::spawn(async move {
-            let _cluster = match run.clusters.of(&base, &database) {
-                Some(c) => c.acquire_owned().await.ok(),
-                None => None,
-            };
-            let shared = Arc::new(SharedConnection::new(&database));
-            let mut ctx = base.clone();
-            ctx.shared = Some(shared.clone());
-            let mut found = Vec::with_capacity(on_it.len());
-            for ((k, multi), per_item) in on_it.into_iter().zip(multi).zip(per_item) {
-                let _slot = per_item.acquire_owned().await;
-                let mut item = items[k].clone();
-                if multi {
-                    item.spec.set_target(&database);
-                }
-                let began = Instant::now();
-                let result = start_item(&item, &ctx, &run).await;
-                found.push((k, result, began, Instant::now()));
-            }
-            shared.close().await;
+            let found =
+                checks_on_database(&database, on_it, multi, per_item, &items, &base, &run).await;
             (database, found)
         }));
     }
@@ -800,6 +783,91 @@ async fn checks_by_database(
             executed(multi, results, ms)
         })
         .collect()
+}
+
+/// How long a check may hold its database's shared connection before the checks after it on
+/// that database go on without it, on another connection (within the cluster's limit): a slow
+/// check delays the others by at most this.
+const SHARE_WAIT: Duration = Duration::from_secs(5);
+
+/// The checks `on_it` (indexes into `items`, file order) on one database: one after another on
+/// one shared connection, holding one of the cluster's slots. A check still running after
+/// [`SHARE_WAIT`] keeps its connection (and slot) and the next checks go on with another. Every
+/// connection is closed, and its slot freed once the server has closed it, before this returns.
+async fn checks_on_database(
+    database: &str,
+    on_it: Vec<usize>,
+    multi: Vec<bool>,
+    per_item: Vec<Arc<Semaphore>>,
+    items: &Arc<Vec<crate::config::ItemConfig>>,
+    base: &ItemCtx,
+    run: &RunLimits,
+) -> Vec<(usize, (Outcome, u64), Instant, Instant)> {
+    type Running = tokio::task::JoinHandle<(usize, (Outcome, u64), Instant, Instant)>;
+    let mut current: Option<(
+        Arc<SharedConnection>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    )> = None;
+    let mut left_behind = Vec::new();
+    let mut still_running: Vec<(usize, Running)> = Vec::new();
+    let mut found = Vec::with_capacity(on_it.len());
+    for ((k, multi), per_item) in on_it.into_iter().zip(multi).zip(per_item) {
+        let slot = per_item.acquire_owned().await;
+        let (shared, _) = match &current {
+            Some(c) => c,
+            None => {
+                let cluster = match run.clusters.of(base, database) {
+                    Some(c) => c.acquire_owned().await.ok(),
+                    None => None,
+                };
+                current.insert((Arc::new(SharedConnection::new(database)), cluster))
+            }
+        };
+        let mut ctx = base.clone();
+        ctx.shared = Some(shared.clone());
+        let mut item = items[k].clone();
+        if multi {
+            item.spec.set_target(database);
+        }
+        let run = run.clone();
+        let mut task: Running = tokio::spawn(async move {
+            let began = Instant::now();
+            let result = start_item(&item, &ctx, &run).await;
+            drop(slot);
+            (k, result, began, Instant::now())
+        });
+        tokio::select! {
+            done = &mut task => found.push(joined_check(k, done)),
+            _ = tokio::time::sleep(SHARE_WAIT) => {
+                still_running.push((k, task));
+                left_behind.extend(current.take());
+            }
+        }
+    }
+    for (k, task) in still_running {
+        found.push(joined_check(k, task.await));
+    }
+    for (shared, cluster) in left_behind.into_iter().chain(current) {
+        shared.close().await;
+        drop(cluster);
+    }
+    found
+}
+
+/// A check's run as [`checks_on_database`] records it, also when its task failed.
+fn joined_check(
+    k: usize,
+    joined: Result<(usize, (Outcome, u64), Instant, Instant), tokio::task::JoinError>,
+) -> (usize, (Outcome, u64), Instant, Instant) {
+    joined.unwrap_or_else(|e| {
+        let now = Instant::now();
+        (
+            k,
+            (Outcome::fail(format!("internal error: {e}")), 0),
+            now,
+            now,
+        )
+    })
 }
 
 /// Runs one item (on one target) unless the job's deadline is (nearly) reached or the run was

@@ -7,7 +7,8 @@
 //! - `max_parallel_targets` bounds the connections a run holds to one cluster, sampled from
 //!   `pg_stat_activity` while two items over three databases each run (and one over all six);
 //! - the checks on one database share one connection, and what one leaves on the session (a
-//!   lock, an error, a timeout) does not reach the next;
+//!   lock, an error, a timeout) does not reach the next; a slow check does not hold up the checks
+//!   after it on its database for longer than 5 s;
 //! - two vacuum items on one database (one of them over a glob) never run on it at once;
 //! - a glob that matches nothing, or an unknown name in a list, is a located config error
 //!   (exit 2), and `check-config` says what each glob matched.
@@ -349,6 +350,56 @@ max = 0
         item(&report, "Same process")["summary"],
         "2 targets: 2 pass",
         "{all}"
+    );
+}
+
+#[test]
+fn a_slow_check_keeps_its_connection_and_the_checks_after_it_go_on_with_another() {
+    let pg = cluster();
+    let targets = shards(&pg, 1);
+    // "Slow" holds the shared connection for 8 s, longer than a check may hold it before the
+    // next ones go on without it (5 s): "While slow is running" must find it still running
+    // (on another server process), and the check after that shares the new connection.
+    let setup = Setup::builder()
+        .body(&targets)
+        .job_t(
+            r#"
+[[jobs.t.items]]
+name = "First"
+kind = "sql"
+target = "shard-1"
+query = "SELECT pg_backend_pid()"
+
+[[jobs.t.items]]
+name = "Slow"
+kind = "sql"
+target = "shard-1"
+query = "SELECT pg_sleep(8) IS NULL"
+
+[[jobs.t.items]]
+name = "While slow is running"
+kind = "sql"
+target = "shard-1"
+query = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(8) IS NULL' AND pid <> pg_backend_pid()"
+min = 1
+
+[[jobs.t.items]]
+name = "Last"
+kind = "sql"
+target = "shard-1"
+query = "SELECT pg_backend_pid()"
+"#,
+        )
+        .build();
+    let (code, report, all) = setup.run_job("t", &[]);
+    assert_eq!(code, 0, "{all}");
+    for name in ["First", "Slow", "While slow is running", "Last"] {
+        assert_eq!(item(&report, name)["status"], "pass", "{name}: {all}");
+    }
+    assert_ne!(
+        item(&report, "First")["data"]["value"],
+        item(&report, "Last")["data"]["value"],
+        "the checks after the slow one ran on another connection: {all}"
     );
 }
 
