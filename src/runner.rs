@@ -368,23 +368,26 @@ fn capacity_inputs(job: &Job, store: &Store, now: DateTime<Utc>) -> Job {
     copy
 }
 
-/// The items' state for one run: the store, except that the job's recent reports are read once
-/// for all the targets of an item over several databases (each target's earlier results are
-/// in them; parsing them again per target costs time and, over 50 databases, tens of MB).
-/// They cannot change during the run: its own report is stored after its items.
+/// The items' state for one run: the store, except that an item's earlier results are read
+/// once for all the targets of an item over several databases (each target's are in the same
+/// rows; reading them again per target costs time). They cannot change during the run: its own
+/// report is stored after its items.
 struct RunState {
     store: Store,
-    recent: std::sync::Mutex<HashMap<(String, usize), RecentReports>>,
+    earlier: std::sync::Mutex<HashMap<EarlierKey, EarlierItems>>,
 }
 
-/// A job's newest stored reports (job, how many) as read once for a run.
-type RecentReports = Arc<Vec<Report>>;
+/// (job, item, kind, how many reports).
+type EarlierKey = (String, String, String, usize);
+
+/// An item's earlier results as read once for a run.
+type EarlierItems = Arc<Vec<crate::store::EarlierItem>>;
 
 impl RunState {
     fn new(store: Store) -> RunState {
         RunState {
             store,
-            recent: Default::default(),
+            earlier: Default::default(),
         }
     }
 }
@@ -417,31 +420,29 @@ impl crate::items::state::StateSource for RunState {
                 limit,
             );
         };
-        let reports = {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            match recent.get(&(job.to_string(), limit)) {
+        let key = (job.to_string(), item.to_string(), kind.to_string(), limit);
+        let found = {
+            let mut earlier = self.earlier.lock().unwrap_or_else(|e| e.into_inner());
+            match earlier.get(&key) {
                 Some(r) => r.clone(),
                 None => {
                     let r = Arc::new(
                         self.store
-                            .recent_reports(job, limit)
+                            .earlier_item_results(job, item, kind, limit)
                             .map_err(|e| crate::items::state::StateError(format!("{e:#}")))?,
                     );
-                    recent.insert((job.to_string(), limit), r.clone());
+                    earlier.insert(key, r.clone());
                     r
                 }
             }
         };
-        Ok(reports
+        Ok(found
             .iter()
             .filter_map(|r| {
-                let found = r.items.iter().find(|i| i.name == item && i.kind == kind)?;
-                let on = found.targets.iter().find(|t| t.target == target)?;
-                Some(crate::items::state::EarlierResult {
-                    run_id: r.run_id.clone(),
-                    status: on.status,
-                    data: on.data.clone(),
-                })
+                r.targets
+                    .iter()
+                    .find(|(name, _)| name == target)
+                    .map(|(_, on)| on.clone())
             })
             .collect())
     }

@@ -748,17 +748,80 @@ impl Store {
         Ok(None)
     }
 
-    /// The newest `limit` finished reports of a job, newest first (e.g. a restore drill's trend
-    /// against earlier drills).
-    pub fn recent_reports(&self, job: &str, limit: usize) -> Result<Vec<Report>> {
-        let rows: Vec<String> = self.with(|c| {
-            let mut st = c.prepare("SELECT report FROM runs WHERE job = ?1 AND report IS NOT NULL ORDER BY started_at DESC LIMIT ?2")?;
-            st.query_map(params![job, limit as i64], |r| r.get(0))?.collect()
+    /// What the item `item` of kind `kind` found in the newest `limit` stored reports of `job`
+    /// (newest first; reports without it skipped): its status and data, and each target's.
+    /// Read with SQLite's JSON functions, so only this item's part of each report is parsed (a
+    /// job's report over many databases is large; items ask for this once per target).
+    pub fn earlier_item_results(
+        &self,
+        job: &str,
+        item: &str,
+        kind: &str,
+        limit: usize,
+    ) -> Result<Vec<EarlierItem>> {
+        type Row = (String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT r.run_id, json_extract(i.value, '$.status'),
+                        json_extract(i.value, '$.data'), json_extract(i.value, '$.targets')
+                   FROM (SELECT run_id, started_at, report FROM runs
+                          WHERE job = ?1 AND report IS NOT NULL
+                          ORDER BY started_at DESC LIMIT ?4) r,
+                        json_each(r.report, '$.items') i
+                  WHERE json_extract(i.value, '$.name') = ?2
+                    AND json_extract(i.value, '$.kind') = ?3
+                  ORDER BY r.started_at DESC",
+            )?;
+            st.query_map(params![job, item, kind, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
         })?;
-        Ok(rows
-            .iter()
-            .filter_map(|j| self.load_report(j).ok())
-            .collect())
+        #[derive(serde::Deserialize)]
+        struct OnTarget {
+            target: String,
+            status: crate::base::status::Status,
+            #[serde(default)]
+            data: serde_json::Value,
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (run_id, status, data, targets) in rows {
+            // One entry per report (item names are unique within a job).
+            if !seen.insert(run_id.clone()) {
+                continue;
+            }
+            let Ok(status) = serde_json::from_value::<crate::base::status::Status>(
+                serde_json::Value::String(status),
+            ) else {
+                continue;
+            };
+            let data = data
+                .and_then(|d| serde_json::from_str(&d).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let targets: Vec<OnTarget> = targets
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            out.push(EarlierItem {
+                targets: targets
+                    .into_iter()
+                    .map(|t| {
+                        let on = crate::items::state::EarlierResult {
+                            run_id: run_id.clone(),
+                            status: t.status,
+                            data: t.data,
+                        };
+                        (t.target, on)
+                    })
+                    .collect(),
+                item: crate::items::state::EarlierResult {
+                    run_id,
+                    status,
+                    data,
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// A stored report by run id (a unique prefix is enough).
@@ -1404,31 +1467,28 @@ impl crate::items::state::StateSource for Store {
         limit: usize,
     ) -> std::result::Result<Vec<crate::items::state::EarlierResult>, crate::items::state::StateError>
     {
-        let reports = self
-            .recent_reports(job, limit)
+        let found = self
+            .earlier_item_results(job, item, kind, limit)
             .map_err(|e| crate::items::state::StateError(format!("{e:#}")))?;
-        Ok(reports
+        Ok(found
             .into_iter()
-            .filter_map(|r| {
-                let found = r
-                    .items
+            .filter_map(|r| match target {
+                None => Some(r.item),
+                Some(t) => r
+                    .targets
                     .into_iter()
-                    .find(|i| i.name == item && i.kind == kind)?;
-                let (status, data) = match target {
-                    None => (found.status, found.data),
-                    Some(t) => {
-                        let on = found.targets.into_iter().find(|x| x.target == t)?;
-                        (on.status, on.data)
-                    }
-                };
-                Some(crate::items::state::EarlierResult {
-                    run_id: r.run_id,
-                    status,
-                    data,
-                })
+                    .find(|(name, _)| name == t)
+                    .map(|(_, on)| on),
             })
             .collect())
     }
+}
+
+/// What one item found in one earlier run: on the whole, and on each of its targets.
+#[derive(Debug, Clone)]
+pub struct EarlierItem {
+    pub item: crate::items::state::EarlierResult,
+    pub targets: Vec<(String, crate::items::state::EarlierResult)>,
 }
 
 fn insert_outbox_row(
