@@ -49,6 +49,19 @@ fn report_as(s: &Setup, run: &str, format: &str) -> String {
     text(&out.stdout)
 }
 
+/// The stored report of `run` (a run's JSON with its `run_id`) lists `oncall` as sent.
+fn assert_sent_to_oncall(s: &Setup, run: &serde_json::Value) {
+    let v = support::daemon::report(&s.config(), run["run_id"].as_str().unwrap());
+    assert!(
+        v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["channel"] == "oncall" && n["status"] == "sent"),
+        "{v}"
+    );
+}
+
 #[test]
 fn ack_signs_off_a_manual_item_and_takes_a_failure_shown_wherever_the_report_is_read() {
     let s = Setup::new(JOBS);
@@ -442,15 +455,7 @@ fn an_unacknowledged_failure_escalates_once_per_run_and_step_across_restarts() {
     );
     assert!(taken["run_id"].is_string());
     // The report says where it went.
-    let v = support::daemon::report(&s.config(), paged["run_id"].as_str().unwrap());
-    assert!(
-        v["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["channel"] == "oncall" && n["status"] == "sent"),
-        "{v}"
-    );
+    assert_sent_to_oncall(&s, &paged);
 }
 
 /// How many passes the escalation task has announced (its first, and the first after each
@@ -514,15 +519,7 @@ fn escalate_added_by_a_reload_escalates_the_standing_failure_once_and_removed_st
     reload(&d);
     assert_eq!(sent.load(Ordering::SeqCst), 1, "exactly one escalation");
     assert_eq!(d.log().matches("ESCALATED").count(), 1, "{}", d.log());
-    let v = support::daemon::report(&s.config(), failed["run_id"].as_str().unwrap());
-    assert!(
-        v["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["channel"] == "oncall" && n["status"] == "sent"),
-        "{v}"
-    );
+    assert_sent_to_oncall(&s, &failed);
 
     // Removed: a new failure is not escalated, also once its `after` would have passed and the
     // task made a pass.

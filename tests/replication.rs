@@ -47,6 +47,29 @@ fn setup(pg: &TempCluster, standby_url: &str) -> Setup {
     )
 }
 
+/// `check-config` on `s`'s jobs.toml, which must refuse it (exit 2): its stderr, and the line
+/// number of the first line of jobs.toml starting with a key.
+fn refused_config(s: &Setup) -> (String, impl Fn(&str) -> usize) {
+    let jobs = s.dir.path().join("jobs.toml");
+    let text = std::fs::read_to_string(&jobs).unwrap();
+    let out = assert_cmd::Command::cargo_bin("runbook")
+        .unwrap()
+        .arg("--config")
+        .arg(&jobs)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let line_of = move |key: &str| {
+        text.lines()
+            .position(|l| l.starts_with(key))
+            .expect("key in jobs.toml")
+            + 1
+    };
+    (err, line_of)
+}
+
 #[test]
 fn streaming_standby_passes_on_both_sides_and_a_stopped_one_fails() {
     let pg = primary();
@@ -260,23 +283,7 @@ slot_retained_warn = "30GB"
 slot_retained_fail = "10GB"
 "#,
     );
-    let jobs = s.dir.path().join("jobs.toml");
-    let text = std::fs::read_to_string(&jobs).unwrap();
-    let line_of = |key: &str| {
-        text.lines()
-            .position(|l| l.starts_with(key))
-            .expect("key in jobs.toml")
-            + 1
-    };
-    let out = assert_cmd::Command::cargo_bin("runbook")
-        .unwrap()
-        .arg("--config")
-        .arg(&jobs)
-        .arg("check-config")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (err, line_of) = refused_config(&s);
     assert!(
         err.contains(&format!(
             "jobs.toml:{}:1: job \"j\", item \"r\": lag_fail (5m) is below lag_warn (10m)",
@@ -295,16 +302,10 @@ slot_retained_fail = "10GB"
     );
 
     // A size that does not parse names its value and the item.
+    let jobs = s.dir.path().join("jobs.toml");
+    let text = std::fs::read_to_string(&jobs).unwrap();
     std::fs::write(&jobs, text.replace("\"30GB\"", "\"5 gigs\"")).unwrap();
-    let out = assert_cmd::Command::cargo_bin("runbook")
-        .unwrap()
-        .arg("--config")
-        .arg(&jobs)
-        .arg("check-config")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (err, _) = refused_config(&s);
     assert!(
         err.contains(&format!(
             "jobs.toml:{}:1: job \"j\", item \"r\": invalid size \"5 gigs\"",
@@ -533,23 +534,7 @@ target = "db"
 primary = "db"
 "#,
     );
-    let jobs = s.dir.path().join("jobs.toml");
-    let text = std::fs::read_to_string(&jobs).unwrap();
-    let line_of = |key: &str| {
-        text.lines()
-            .position(|l| l.starts_with(key))
-            .expect("key in jobs.toml")
-            + 1
-    };
-    let out = assert_cmd::Command::cargo_bin("runbook")
-        .unwrap()
-        .arg("--config")
-        .arg(&jobs)
-        .arg("check-config")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (err, line_of) = refused_config(&s);
     assert!(
         err.contains(&format!(
             "jobs.toml:{}:1: job \"j\", item \"r\": unknown target \"nope\" in primary (defined: db)",
