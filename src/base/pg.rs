@@ -591,7 +591,8 @@ impl From<tokio_postgres::Error> for ConnectFailure {
     }
 }
 
-/// The longest a closed connection is waited for (a server that never closes the socket).
+/// The longest a dropped connection is waited for (a server that never closes the socket, or
+/// never answers a statement still in flight).
 pub const LINGER_MAX: Duration = Duration::from_secs(5);
 
 /// Fires once a dropped connection is gone on the server's side (see
@@ -599,9 +600,11 @@ pub const LINGER_MAX: Duration = Duration::from_secs(5);
 pub struct Closed(tokio::sync::oneshot::Receiver<()>);
 
 impl Closed {
-    /// Waits until the connection is gone (at most [`LINGER_MAX`] after the client was dropped).
+    /// Waits until the connection is gone, at most [`LINGER_MAX`] (call it once the client is
+    /// dropped): a connection whose server stopped answering mid-statement never closes, and
+    /// must not hold up whoever waits for it.
     pub async fn wait(self) {
-        let _ = self.0.await;
+        let _ = tokio::time::timeout(LINGER_MAX, self.0).await;
     }
 }
 
