@@ -854,20 +854,58 @@ impl Store {
         field: &str,
         limit: usize,
     ) -> Result<(Vec<TrendPoint>, usize)> {
+        self.trend_on(job, item, None, field, limit)
+    }
+
+    /// [`Store::trend`], or with `target` the series of one target of an item over several
+    /// (SPEC 9.5): the field read from that target's entry in the item's `targets[]`
+    /// (`targets[?].data.<field>`). A run where the item has no entry for the target (the
+    /// target was added later, or the item had a single target then) is skipped like one
+    /// without the field. The target name is a bound parameter.
+    pub fn trend_on(
+        &self,
+        job: &str,
+        item: &str,
+        target: Option<&str>,
+        field: &str,
+        limit: usize,
+    ) -> Result<(Vec<TrendPoint>, usize)> {
         let path = trend_field_path(field)?;
         self.with(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT r.run_id, json_extract(r.report, '$.started_at'),
-                   (SELECT CASE WHEN json_type(j.value, ?3) IN ('integer', 'real')
-                                THEN json_extract(j.value, ?3) END
-                      FROM json_each(r.report, '$.items') j
-                     WHERE json_extract(j.value, '$.name') = ?2 LIMIT 1)
-                 FROM runs r
-                 WHERE r.job = ?1 AND r.report IS NOT NULL
-                   AND coalesce(json_extract(r.report, '$.dry_run'), 0) = 0
-                 ORDER BY r.started_at DESC",
-            )?;
-            let mut rows = st.query(params![job, item, path])?;
+            let mut st;
+            let mut rows = match target {
+                None => {
+                    st = c.prepare_cached(
+                        "SELECT r.run_id, json_extract(r.report, '$.started_at'),
+                           (SELECT CASE WHEN json_type(j.value, ?3) IN ('integer', 'real')
+                                        THEN json_extract(j.value, ?3) END
+                              FROM json_each(r.report, '$.items') j
+                             WHERE json_extract(j.value, '$.name') = ?2 LIMIT 1)
+                         FROM runs r
+                         WHERE r.job = ?1 AND r.report IS NOT NULL
+                           AND coalesce(json_extract(r.report, '$.dry_run'), 0) = 0
+                         ORDER BY r.started_at DESC",
+                    )?;
+                    st.query(params![job, item, path])?
+                }
+                Some(target) => {
+                    // The same, one level down: the target's entry of the item's `targets[]`.
+                    st = c.prepare_cached(
+                        "SELECT r.run_id, json_extract(r.report, '$.started_at'),
+                           (SELECT CASE WHEN json_type(t.value, ?3) IN ('integer', 'real')
+                                        THEN json_extract(t.value, ?3) END
+                              FROM json_each(r.report, '$.items') j,
+                                   json_each(j.value, '$.targets') t
+                             WHERE json_extract(j.value, '$.name') = ?2
+                               AND json_extract(t.value, '$.target') = ?4 LIMIT 1)
+                         FROM runs r
+                         WHERE r.job = ?1 AND r.report IS NOT NULL
+                           AND coalesce(json_extract(r.report, '$.dry_run'), 0) = 0
+                         ORDER BY r.started_at DESC",
+                    )?;
+                    st.query(params![job, item, path, target])?
+                }
+            };
             let mut points = Vec::new();
             let mut skipped = 0;
             while points.len() < limit {
@@ -949,6 +987,21 @@ impl Store {
                 "SELECT EXISTS (SELECT 1 FROM runs r, json_each(r.report, '$.items') j
                   WHERE r.job = ?1 AND r.report IS NOT NULL AND json_extract(j.value, '$.name') = ?2)",
                 params![job, item],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// True when a stored run of `job` has item `item` with an entry for `target` in its
+    /// `targets[]` (SPEC 9.5).
+    pub fn item_target_ever_stored(&self, job: &str, item: &str, target: &str) -> Result<bool> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs r, json_each(r.report, '$.items') j,
+                                              json_each(j.value, '$.targets') t
+                  WHERE r.job = ?1 AND r.report IS NOT NULL AND json_extract(j.value, '$.name') = ?2
+                    AND json_extract(t.value, '$.target') = ?3)",
+                params![job, item, target],
                 |r| r.get(0),
             )
         })

@@ -295,9 +295,20 @@ async fn dispatch(cli: Cli) -> ExitCode {
             job,
             item,
             field,
+            target,
             n,
             format,
-        } => trend(&config, &job, &item, &field, n, format),
+        } => trend(
+            &config,
+            &TrendQuery {
+                job: &job,
+                item: &item,
+                target: target.as_deref(),
+                field: &field,
+            },
+            n,
+            format,
+        ),
         Command::Report { run, job, format } => report(&config, &run, job.as_deref(), format),
         Command::Ack {
             run,
@@ -1011,23 +1022,28 @@ fn config_error_json(e: &crate::config::ConfigError) -> serde_json::Value {
     })
 }
 
+/// What `runbook trend` reads: a job's item, or one target of it, and the field.
+struct TrendQuery<'a> {
+    job: &'a str,
+    item: &'a str,
+    /// `--target`: one target's entry of the item's `targets[]` (SPEC 9.5) instead of the item.
+    target: Option<&'a str>,
+    field: &'a str,
+}
+
 /// `runbook trend` (SPEC 9.3).
-fn trend(
-    config: &Config,
-    job: &str,
-    item: &str,
-    field: &str,
-    n: usize,
-    format: Format,
-) -> ExitCode {
-    if let Err(e) = crate::store::trend_field_path(field) {
+fn trend(config: &Config, q: &TrendQuery, n: usize, format: Format) -> ExitCode {
+    if let Err(e) = crate::store::trend_field_path(q.field) {
         return usage(e);
     }
     let store = match open_store(config) {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let known = trend_known(config, &store, job, item);
+    let known = trend_known(config, &store, q.job, q.item).and_then(|k| match (k, q.target) {
+        (Ok(()), Some(target)) => trend_target_known(config, &store, q.job, q.item, target),
+        (k, _) => Ok(k),
+    });
     match known {
         Ok(Ok(())) => {}
         Ok(Err(msg)) => return usage(msg),
@@ -1036,7 +1052,7 @@ fn trend(
             return ExitCode::from(EXIT_FAILED);
         }
     }
-    let (points, skipped) = match store.trend(job, item, field, n) {
+    let (points, skipped) = match store.trend_on(q.job, q.item, q.target, q.field, n) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("runbook: {e:#}");
@@ -1045,33 +1061,30 @@ fn trend(
     };
     match format {
         Format::Json => {
-            /// SPEC 9.3, in the contract's order.
+            /// SPEC 9.3, in the contract's order; `target` only with `--target`.
             #[derive(serde::Serialize)]
             struct Trend<'a> {
                 job: &'a str,
                 item: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                target: Option<&'a str>,
                 field: &'a str,
                 points: &'a [crate::store::TrendPoint],
             }
             print_json(&Trend {
-                job,
-                item,
-                field,
+                job: q.job,
+                item: q.item,
+                target: q.target,
+                field: q.field,
                 points: &points,
             })
         }
-        Format::Text => print!("{}", trend_text(job, item, field, &points, skipped)),
+        Format::Text => print!("{}", trend_text(q, &points, skipped)),
     }
     ExitCode::from(EXIT_OK)
 }
 
-fn trend_text(
-    job: &str,
-    item: &str,
-    field: &str,
-    points: &[crate::store::TrendPoint],
-    skipped: usize,
-) -> String {
+fn trend_text(q: &TrendQuery, points: &[crate::store::TrendPoint], skipped: usize) -> String {
     use std::fmt::Write;
     let num = |v: f64| {
         if v.fract() == 0.0 && v.abs() < 1e15 {
@@ -1080,7 +1093,11 @@ fn trend_text(
             format!("{:.3}", v).trim_end_matches('0').to_string()
         }
     };
-    let mut out = format!("{job} / {item} / {field}\n");
+    let (job, item, field) = (q.job, q.item, q.field);
+    let mut out = match q.target {
+        None => format!("{job} / {item} / {field}\n"),
+        Some(target) => format!("{job} / {item} / target {target} / {field}\n"),
+    };
     if points.is_empty() {
         out.push_str("no points yet\n");
     } else {
@@ -1118,15 +1135,21 @@ fn trend_text(
         );
     }
     if skipped > 0 {
-        let _ = writeln!(
-            out,
-            "{skipped} run(s) skipped: the item was absent or its `{field}` was missing or not a number"
-        );
+        let _ = match q.target {
+            None => writeln!(
+                out,
+                "{skipped} run(s) skipped: the item was absent or its `{field}` was missing or not a number"
+            ),
+            Some(target) => writeln!(
+                out,
+                "{skipped} run(s) skipped: the item was absent, had no result for target `{target}`, or its `{field}` there was missing or not a number"
+            ),
+        };
     }
     out
 }
 
-/// A `trend` of a job or item that is neither configured nor in any stored run (exit 2).
+/// A `trend` of a job, item or target that is neither configured nor in any stored run (exit 2).
 #[derive(Debug, thiserror::Error)]
 enum UnknownTrend {
     #[error(transparent)]
@@ -1144,6 +1167,14 @@ enum UnknownTrend {
     },
     #[error("unknown item {item:?}: no stored run of job {job:?} has it")]
     StoredJob { job: String, item: String },
+    #[error("unknown target {target:?} of item {item:?} in job {job:?}: {why}")]
+    Target {
+        job: String,
+        item: String,
+        target: String,
+        /// What the item runs on instead, and that no stored run has the target.
+        why: String,
+    },
 }
 
 /// Ok(Err(..)) when the job or the item is unknown: not in the config and in no stored run.
@@ -1176,5 +1207,53 @@ fn trend_known(
             items: j.config.items.iter().map(|i| i.name.clone()).collect(),
         },
         Err(_) => UnknownTrend::StoredJob { job, item },
+    }))
+}
+
+/// Ok(Err(..)) when `--target` names no target of the item: neither one it runs on in the
+/// config (SPEC 9.5) nor one in the `targets[]` of its stored runs (a target since removed from
+/// the config still has its history). A target it runs on but has no result for yet is known:
+/// its trend has no points, as a new item's.
+fn trend_target_known(
+    config: &Config,
+    store: &Store,
+    job: &str,
+    item: &str,
+    target: &str,
+) -> anyhow::Result<Result<(), UnknownTrend>> {
+    /// Targets named in the message, at most (a glob may match hundreds).
+    const LISTED: usize = 10;
+    let configured = config
+        .job(job)
+        .ok()
+        .and_then(|j| j.config.items.iter().find(|i| i.name == item));
+    if configured.is_some_and(|i| i.fleet.iter().any(|t| t == target)) {
+        return Ok(Ok(()));
+    }
+    if store.item_target_ever_stored(job, item, target)? {
+        return Ok(Ok(()));
+    }
+    let why = match configured.map(|i| &i.fleet) {
+        Some(fleet) if fleet.is_empty() => format!(
+            "the item runs on one target or none in {} (no per-target results: leave out --target) and none of its stored runs has this target",
+            config.path.display()
+        ),
+        Some(fleet) => {
+            let mut names = fleet[..fleet.len().min(LISTED)].join(", ");
+            if fleet.len() > LISTED {
+                names.push_str(&format!(", … ({} targets)", fleet.len()));
+            }
+            format!(
+                "not one it runs on in {} ({names}) and in none of its stored runs",
+                config.path.display()
+            )
+        }
+        None => "none of its stored runs has it".to_string(),
+    };
+    Ok(Err(UnknownTrend::Target {
+        job: job.to_string(),
+        item: item.to_string(),
+        target: target.to_string(),
+        why,
     }))
 }

@@ -103,6 +103,10 @@ pub enum Command {
         /// The field of the item's `data`; dots name a nested one (`disks.0.used_percent`).
         #[arg(long, default_value = "value")]
         field: String,
+        /// One target of an item over several databases: the field of that target's own
+        /// result (the item's `targets[]`) instead of the item's.
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
         /// The newest N points.
         #[arg(short = 'n', default_value_t = 30)]
         n: usize,
