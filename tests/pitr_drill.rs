@@ -1,7 +1,8 @@
 //! `restore_drill` with `mode = "pitr"` end to end: a real primary archiving WAL into a folder,
 //! real `pg_basebackup` outputs (tar, tar.gz, plain), `runbook run-job --format json`, a real
 //! scratch server replaying the archive; the failure cases; the scratch server gone afterwards,
-//! also when runbook is SIGTERMed mid-drill, and a crashed drill's server removed by the next.
+//! also when runbook is SIGTERMed mid-drill, and a crashed drill's server removed by the next
+//! drill and by the daemon when it starts (but never while a live run's drill uses it).
 
 mod support;
 
@@ -14,8 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use runbook::face::pgcluster::TempCluster;
 use serde_json::Value;
 use support::{
-    Setup, item,
+    Setup,
+    daemon::Daemon,
+    item,
     pg::{cluster_with_app_db, q, wait_for},
+    wait_until_or,
 };
 
 /// A primary with `archive_mode = on`, copying WAL into `<cluster folder>/archive`.
@@ -507,6 +511,133 @@ fn a_scratch_server_left_by_a_killed_runbook_is_stopped_and_removed_by_the_next_
     );
     assert!(!alive(pid), "the leftover server still runs");
     assert_no_scratch(&s);
+}
+
+/// A schedule that does not fire while a test runs (1 January, midnight).
+const NEVER_DURING_THE_TEST: &str = "schedule = \"0 0 1 1 *\"\n";
+
+#[test]
+fn the_daemon_stops_and_removes_a_scratch_server_a_killed_run_left_when_it_starts() {
+    let (pg, archive, backups) = primary_with_backups(&["-Ft", "-X", "stream"]);
+    let s = setup(
+        &pg,
+        &format!(
+            "[jobs.drill]\n{NEVER_DURING_THE_TEST}{}[jobs.other]\n[[jobs.other.items]]\nname = \"one\"\nkind = \"sql\"\ntarget = \"db\"\nquery = \"SELECT 1\"\n",
+            pitr_item("drill", "pitr", backups.path(), &archive, SLOW_CHECK)
+        ),
+    );
+    let (mut child, pid) = start_drill_and_wait_for_server(&s);
+    let folder = scratch_left(&s).remove(0);
+    child.0.kill().expect("SIGKILL runbook");
+    wait_exit(&mut child.0);
+    assert!(alive(pid), "expected the killed drill's server to be left");
+
+    // `run-job` of another job at a shell leaves it: only the daemon sweeps.
+    let (code, _report, all) = s.run_job("other", &[]);
+    assert_eq!(code, 0, "{all}");
+    assert!(
+        alive(pid) && folder.exists(),
+        "run-job of another job touched the drill's folder"
+    );
+
+    let mut d = Daemon::start(&s.config());
+    wait_until_or(
+        "the daemon stops the leftover scratch server and removes its folder",
+        || !alive(pid) && !folder.exists(),
+        || d.log(),
+    );
+    wait_until_or(
+        "the daemon logs what it removed",
+        || d.log().contains("left by an earlier drill"),
+        || d.log(),
+    );
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("left by an earlier drill"))
+        .unwrap();
+    assert!(
+        line.contains("WARN")
+            && line.contains(&folder.display().to_string())
+            && line.contains(&format!("pid {pid}")),
+        "{line}"
+    );
+    assert_no_scratch(&s);
+    assert!(d.alive(), "the daemon stopped: {}", d.log());
+    wait_until_or(
+        "the daemon schedules",
+        || d.log().contains("daemon started"),
+        || d.log(),
+    );
+    assert!(d.alive(), "the daemon stopped: {}", d.log());
+}
+
+#[test]
+fn the_daemon_leaves_the_scratch_server_of_a_running_drill_alone() {
+    let (pg, archive, backups) = primary_with_backups(&["-Ft", "-X", "stream"]);
+    // A check that waits until the test creates `release` (the scratch server has the function
+    // by replaying the archive).
+    q(
+        &pg,
+        "CREATE FUNCTION wait_for_file(path text) RETURNS int LANGUAGE plpgsql AS $$ BEGIN WHILE pg_stat_file(path, true) IS NULL LOOP PERFORM pg_sleep(0.1); END LOOP; RETURN 1; END $$",
+    );
+    switch_and_wait(&pg);
+    let s = setup(&pg, "");
+    let release = s.dir.path().join("release");
+    s.write_body(&format!(
+        "[targets.db]\nurl = \"{}\"\nsslmode = \"disable\"\n\n[jobs.drill]\n{NEVER_DURING_THE_TEST}{}",
+        pg.url("app"),
+        pitr_item(
+            "drill",
+            "pitr",
+            backups.path(),
+            &archive,
+            &format!(
+                "checks = [{{ name = \"wait\", query = \"SELECT wait_for_file('{}')\", min = 1 }}]",
+                release.display()
+            )
+        )
+    ));
+    let (mut child, pid) = start_drill_and_wait_for_server(&s);
+    let folder = scratch_left(&s).remove(0);
+
+    let mut d = Daemon::start(&s.config());
+    // It sweeps before it starts scheduling.
+    wait_until_or(
+        "the daemon starts",
+        || d.log().contains("daemon started"),
+        || d.log(),
+    );
+    assert!(alive(pid), "the daemon stopped a running drill's server");
+    assert!(
+        folder.exists(),
+        "the daemon removed a running drill's folder"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("left alone") && log.contains(&folder.display().to_string()),
+        "{log}"
+    );
+
+    std::fs::write(&release, "").expect("release the check");
+    let status = wait_exit(&mut child.0);
+    let mut stdout = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    let report: Value = serde_json::from_str(&stdout).expect("run-job json");
+    let it = item(&report, "pitr");
+    assert_eq!(it["status"], "pass", "{stdout}");
+    assert_eq!(it["data"]["checks"][0]["ok"], true, "{stdout}");
+    assert!(status.success(), "{stdout}");
+    assert!(!alive(pid));
+    assert_no_scratch(&s);
+    assert!(d.alive(), "the daemon stopped: {}", d.log());
 }
 
 #[test]

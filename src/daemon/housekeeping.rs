@@ -9,6 +9,14 @@
 //!
 //! Deliberately not deleted: a run whose notifications are still pending (the outbox would lose
 //! its report), the newest run of each job, files in those folders that runbook did not write.
+//!
+//! The same passes (and one when the daemon starts, before its first run: [`sweep_pitr_scratch`])
+//! look for scratch servers of point-in-time restore drills that a crashed runbook left (SIGKILL,
+//! OOM, power loss): each configured `mode = "pitr"` drill's scratch folder
+//! ([`pitr_drill::scratch_folder`]). One that exists while no live run holds its job's lock is
+//! stopped and removed ([`pitr_drill::clean_leftover`]) under that lock, so no drill can start
+//! in it meanwhile; a folder whose job a live run holds belongs to that run's drill and is left
+//! alone. Only the daemon sweeps: `run-job` cleans only its own drill's folder, when it starts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +27,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::store::{Pruned, Store};
+use crate::items::ItemSpec;
+use crate::items::pitr_drill::{self, Leftover};
+use crate::items::restore_drill::DrillMode;
+use crate::store::{Lock, Pruned, Store};
 
 /// How often the daemon prunes (and once at start).
 pub const INTERVAL: Duration = Duration::from_secs(24 * 3600);
@@ -90,17 +101,100 @@ pub fn prune(config: &Config, store: &Store, now: DateTime<Utc>) -> anyhow::Resu
     Ok(summary)
 }
 
+/// What one sweep of the drills' scratch folders did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// The folders it stopped and removed (or failed to remove: [`Leftover::error`]).
+    pub removed: Vec<Leftover>,
+    /// Folders left alone because a live run holds their job's lock: (job, folder).
+    pub in_use: Vec<(String, PathBuf)>,
+}
+
+/// Stops and removes the scratch servers that crashed point-in-time drills left: for each job
+/// with a `mode = "pitr"` drill whose scratch folder exists, takes the job's lock (so no run
+/// starts a drill in it meanwhile), cleans the folders with [`pitr_drill::clean_leftover`] and
+/// releases the lock. A job whose lock a live run holds is left alone: its drill owns the
+/// folder. Logs a warning for each folder removed. Blocking.
+pub fn sweep_pitr_scratch(config: &Config, store: &Store) -> Sweep {
+    let mut sweep = Sweep::default();
+    for (name, job) in &config.jobs {
+        let folders: Vec<(&str, PathBuf)> = job
+            .config
+            .items
+            .iter()
+            .filter_map(|item| match &item.spec {
+                ItemSpec::RestoreDrill(o) if o.mode == DrillMode::Pitr => Some((
+                    item.name.as_str(),
+                    pitr_drill::scratch_folder(o, &config.dir, &config.state_dir, name, &item.name),
+                )),
+                _ => None,
+            })
+            .filter(|(_, folder)| folder.exists())
+            .collect();
+        if folders.is_empty() {
+            continue;
+        }
+        let lock_id = format!("housekeeping-{}", ulid::Ulid::new());
+        match store.try_lock(name, &lock_id) {
+            Ok(Lock::Held { run_id, pid, .. }) => {
+                for (item, folder) in folders {
+                    tracing::info!(job = %name, item, folder = %folder.display(), run_id, pid, "housekeeping: the scratch folder of a running drill is left alone (run {run_id}, pid {pid}, holds the job's lock)");
+                    sweep.in_use.push((name.clone(), folder));
+                }
+                continue;
+            }
+            Ok(Lock::Acquired { stale_taken_over }) => {
+                if let Some(msg) = stale_taken_over {
+                    tracing::warn!(job = %name, "housekeeping: {msg}");
+                }
+            }
+            Err(e) => {
+                tracing::error!(job = %name, "housekeeping: cannot take the job's lock to remove a drill's scratch folder: {e:#}");
+                continue;
+            }
+        }
+        for (item, folder) in folders {
+            let Some(left) = pitr_drill::clean_leftover(&folder) else {
+                continue;
+            };
+            match &left.error {
+                None => {
+                    tracing::warn!(job = %name, item, folder = %folder.display(), pids = ?left.stopped, "housekeeping: pitr drill {name}.{item}: {left}")
+                }
+                Some(_) => {
+                    tracing::error!(job = %name, item, folder = %folder.display(), pids = ?left.stopped, "housekeeping: pitr drill {name}.{item}: {left}")
+                }
+            }
+            sweep.removed.push(left);
+        }
+        if let Err(e) = store.unlock(name, &lock_id) {
+            tracing::error!(job = %name, "housekeeping: cannot release the job's lock: {e:#}");
+        }
+    }
+    sweep
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
 /// The daemon's housekeeping task: a pass at start, then every [`INTERVAL`], with the config
-/// in force at the time, until `stop`.
+/// in force at the time, until `stop`. Each pass prunes and (but the one at start, which the
+/// daemon did before its first run) sweeps the drills' scratch folders.
 pub async fn run(config: watch::Receiver<Arc<Config>>, store: Store, stop: CancellationToken) {
+    let mut sweep = false;
     loop {
         let current = config.borrow().clone();
         let s = store.clone();
-        let pass = tokio::task::spawn_blocking(move || prune(&current, &s, Utc::now())).await;
+        let pass = tokio::task::spawn_blocking(move || {
+            if sweep {
+                sweep_pitr_scratch(&current, &s);
+            }
+            prune(&current, &s, Utc::now())
+        })
+        .await;
+        // The daemon swept once itself, before its first run.
+        sweep = true;
         match pass {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!("housekeeping: {e:#}"),
@@ -293,6 +387,58 @@ mod tests {
         std::fs::remove_dir_all(&sent).unwrap();
         assert!(prune(&f.config, &f.store, now).unwrap().errors.is_empty());
         assert!(!Path::new(&sent).exists());
+    }
+
+    /// A config with a pitr drill in job `drill`, and its scratch folder made as a crashed drill
+    /// leaves it (a pid record naming a live process that is not a server on that folder).
+    fn pitr_fixture() -> (Fixture, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[runbook]\nstate_dir = {:?}\n\n[targets.db]\nurl = \"postgres://postgres@127.0.0.1:1/app\"\n\n[jobs.drill]\n[[jobs.drill.items]]\nname = \"pitr\"\nkind = \"restore_drill\"\nmode = \"pitr\"\ntarget = \"db\"\nbase_backup_dir = \"base\"\nwal_archive_dir = \"wal\"\n",
+            dir.path().join("state").display().to_string()
+        );
+        let config = Config::from_text(&dir.path().join("jobs.toml"), &text).unwrap();
+        let store = Store::open(&config.state_dir, "test").unwrap();
+        let ItemSpec::RestoreDrill(o) = &config.jobs["drill"].config.items[0].spec else {
+            panic!("not a drill");
+        };
+        let folder = pitr_drill::scratch_folder(o, &config.dir, &config.state_dir, "drill", "pitr");
+        std::fs::create_dir_all(folder.join("data")).unwrap();
+        std::fs::write(
+            folder.join("drill-server.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        (Fixture { dir, config, store }, folder)
+    }
+
+    #[test]
+    fn a_crashed_drills_scratch_folder_goes_unless_a_live_run_holds_its_job() {
+        let (f, folder) = pitr_fixture();
+        // A live run (this process) holds the job: its drill owns the folder.
+        assert!(matches!(
+            f.store.try_lock("drill", "run-1").unwrap(),
+            Lock::Acquired { .. }
+        ));
+        let sweep = sweep_pitr_scratch(&f.config, &f.store);
+        assert!(sweep.removed.is_empty(), "{sweep:?}");
+        assert_eq!(sweep.in_use, vec![("drill".to_string(), folder.clone())]);
+        assert!(folder.exists());
+        f.store.unlock("drill", "run-1").unwrap();
+
+        // Nobody holds it: the folder goes, and the pid in its record (a process that is not a
+        // server on that folder, this one) is left alone.
+        let sweep = sweep_pitr_scratch(&f.config, &f.store);
+        assert_eq!(sweep.removed.len(), 1, "{sweep:?}");
+        assert_eq!(sweep.removed[0].scratch, folder);
+        assert!(sweep.removed[0].stopped.is_empty(), "{sweep:?}");
+        assert!(sweep.removed[0].error.is_none(), "{sweep:?}");
+        assert!(!folder.exists());
+        // The sweep's lock was released: a run can start.
+        assert_eq!(f.store.lock_holder("drill").unwrap(), None);
+        // Nothing left: nothing to do.
+        let sweep = sweep_pitr_scratch(&f.config, &f.store);
+        assert!(sweep.removed.is_empty() && sweep.in_use.is_empty());
     }
 
     trait NanosZero {

@@ -284,9 +284,10 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Opens the store, marks runs of a dead process interrupted, starts the server, outbox,
-    /// housekeeping and cluster watcher tasks, and reads each job's cursor. Returns the
-    /// receiver of slots to take over from dead cluster nodes.
+    /// Opens the store, marks runs of a dead process interrupted, stops and removes the scratch
+    /// servers crashed drills left, starts the server, outbox, housekeeping and cluster watcher
+    /// tasks, and reads each job's cursor. Returns the receiver of slots to take over from dead
+    /// cluster nodes.
     async fn start(
         config: Config,
         now: DateTime<Utc>,
@@ -303,6 +304,16 @@ impl Daemon {
         metrics.load_history(&config, &store);
         let cluster = config.cluster.as_ref().map(|c| Arc::new(Cluster::new(c)));
         let config = Arc::new(config);
+        // Before the first run: a scratch server a crashed drill left goes now, not at the
+        // next drill of its item (maybe a month away).
+        let (c, s) = (config.clone(), store.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || {
+            crate::daemon::housekeeping::sweep_pitr_scratch(&c, &s)
+        })
+        .await
+        {
+            tracing::error!("housekeeping: the sweep of the drills' scratch folders failed: {e}");
+        }
         let (config_tx, config_rx) = watch::channel(config.clone());
         let (takeover_tx, takeover_rx) = mpsc::channel::<(String, DateTime<Utc>)>(16);
         let background =

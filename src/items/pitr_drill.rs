@@ -17,8 +17,9 @@
 //! - The scratch server never outlives the drill: it is stopped (SIGQUIT, then SIGKILL to its
 //!   process group) on success, failure, timeout and cancellation (SIGTERM of `run-job`, daemon
 //!   shutdown), by a guard even when this future is dropped midway; its pid is recorded in the
-//!   scratch folder, so a server left by a crashed runbook is stopped and the folder removed at
-//!   the next drill of the item.
+//!   scratch folder, so a server left by a crashed runbook is stopped and the folder removed
+//!   ([`clean_leftover`]) when the daemon starts and in its daily housekeeping (unless a live run
+//!   holds the job's lock), and at the next drill of the item.
 //! - The server is started directly (`postgres -D ... -c ...`, no pg_ctl, no shell of ours), with
 //!   an empty environment but PATH, as the `postgres` user when runbook runs as root. It listens
 //!   on a free loopback port that accepts nobody (its own pg_hba.conf) and on a unix socket in
@@ -448,10 +449,43 @@ fn stop_server(pid: i32) {
     }
 }
 
+/// What [`clean_leftover`] did with a scratch folder a crashed drill left.
+#[derive(Debug)]
+pub struct Leftover {
+    /// The folder (removed unless `error` says why not).
+    pub scratch: PathBuf,
+    /// The servers it stopped: pids that still ran on that folder's data.
+    pub stopped: Vec<i32>,
+    /// Why the folder could not be removed.
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for Leftover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(e) = &self.error {
+            return write!(f, "could not remove {}: {e}", self.scratch.display());
+        }
+        write!(
+            f,
+            "a scratch folder left by an earlier drill ({}) was removed",
+            self.scratch.display()
+        )?;
+        if !self.stopped.is_empty() {
+            let pids: Vec<String> = self.stopped.iter().map(|p| p.to_string()).collect();
+            write!(f, " after stopping its server (pid {})", pids.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 /// Removes what a crashed drill left in `scratch`: stops its server (pid from our record or the
 /// server's own `postmaster.pid`, only when that process still runs on this folder) and removes
-/// the folder. Returns what it did, for the report.
-fn clean_leftover(scratch: &Path) -> Option<String> {
+/// the folder. None when there is no such folder. Blocking (stopping a server may take
+/// [`STOP_GRACE`]).
+///
+/// The caller makes sure no drill is using the folder: the drill itself calls it before it
+/// starts (under its job's lock), the daemon's sweep while it holds the job's lock.
+pub fn clean_leftover(scratch: &Path) -> Option<Leftover> {
     if !scratch.exists() {
         return None;
     }
@@ -470,25 +504,14 @@ fn clean_leftover(scratch: &Path) -> Option<String> {
             stopped.push(pid);
         }
     }
-    let removed = std::fs::remove_dir_all(scratch);
-    let mut text = format!(
-        "a scratch folder left by an earlier drill ({}) was removed",
-        scratch.display()
-    );
-    if !stopped.is_empty() {
-        text.push_str(&format!(
-            " after stopping its server (pid {})",
-            stopped
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    if let Err(e) = removed {
-        text = format!("could not remove {}: {e}", scratch.display());
-    }
-    Some(text)
+    let error = std::fs::remove_dir_all(scratch)
+        .err()
+        .map(|e| e.to_string());
+    Some(Leftover {
+        scratch: scratch.to_path_buf(),
+        stopped,
+        error,
+    })
 }
 
 /// Stops the scratch server and removes the scratch folder when dropped armed: the backstop
@@ -748,9 +771,21 @@ async fn wait_ready(
     }
 }
 
-/// The state folder (the scratch servers live under it by default).
-fn state_dir(ctx: &ItemCtx) -> PathBuf {
-    ctx.state_dir.clone()
+/// The scratch folder of the drill `item` of job `job`: under the item's `scratch_dir`
+/// (relative to `config_dir`), else `<state_dir>/pitr-drill`, a folder per job and item. The
+/// drill makes its server there; the daemon's sweep looks there for one a crashed run left.
+pub fn scratch_folder(
+    o: &RestoreDrill,
+    config_dir: &Path,
+    state_dir: &Path,
+    job: &str,
+    item: &str,
+) -> PathBuf {
+    let root = match &o.scratch_dir {
+        Some(d) => config_dir.join(d),
+        None => state_dir.join("pitr-drill"),
+    };
+    root.join(slug(&format!("{job}.{item}")))
 }
 
 /// Runs a `mode = "pitr"` drill.
@@ -800,11 +835,7 @@ pub async fn run(o: &RestoreDrill, ctx: &ItemCtx) -> Outcome {
         .clone()
         .or_else(|| target.pg.get_dbname().map(str::to_string))
         .unwrap_or_else(|| "postgres".into());
-    let scratch_root = match &o.scratch_dir {
-        Some(d) => ctx.path(d),
-        None => state_dir(ctx).join("pitr-drill"),
-    };
-    let scratch = scratch_root.join(slug(&format!("{}.{}", ctx.job, ctx.item)));
+    let scratch = scratch_folder(o, &ctx.config_dir, &ctx.state_dir, &ctx.job, &ctx.item);
     let restore_cmd = restore_command(&archive);
     data["restore_command"] = restore_cmd.clone().into();
 
@@ -836,7 +867,7 @@ pub async fn run(o: &RestoreDrill, ctx: &ItemCtx) -> Outcome {
     .await
     .unwrap_or(None)
     {
-        details.push(text);
+        details.push(text.to_string());
     }
     let mut guard = ScratchServer {
         scratch: scratch.clone(),
