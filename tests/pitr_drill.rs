@@ -242,6 +242,29 @@ fn a_tar_base_backup_and_the_archive_restore_the_newest_rows_with_rto_and_rpo() 
 }
 
 #[test]
+fn an_item_over_two_targets_drills_them_side_by_side_in_their_own_folders() {
+    let (pg, archive, backups) = primary_with_backups(&["-Ft", "-X", "stream"]);
+    let item_toml = pitr_item("drill", "pitr", backups.path(), &archive, COUNT_CHECK)
+        .replace("target = \"db\"", "target = [\"db\", \"db2\"]");
+    let s = setup(
+        &pg,
+        &format!(
+            "[targets.db2]\nurl = \"{}\"\nsslmode = \"disable\"\n\n[jobs.drill]\n{item_toml}",
+            pg.url("app")
+        ),
+    );
+    let (code, report, all) = s.run_job("drill", &[]);
+    assert_eq!(code, 0, "{all}");
+    let it = item(&report, "pitr");
+    assert_eq!(it["summary"], "2 targets: 2 pass", "{all}");
+    for t in it["targets"].as_array().unwrap() {
+        assert_eq!(t["data"]["checks"][0]["value"], "1000", "{t}");
+        assert_eq!(t["data"]["scratch_removed"], true, "{t}");
+    }
+    assert_no_scratch(&s);
+}
+
+#[test]
 fn plain_and_gzipped_tar_base_backups_restore_too() {
     let (pg, archive, plain) = primary_with_backups(&["-Fp", "-X", "fetch"]);
     // A configuration that points at the source's folders (Debian's keeps data_directory in

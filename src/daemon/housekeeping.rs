@@ -122,12 +122,29 @@ pub fn sweep_pitr_scratch(config: &Config, store: &Store) -> Sweep {
             .config
             .items
             .iter()
-            .filter_map(|item| match &item.spec {
-                ItemSpec::RestoreDrill(o) if o.mode == DrillMode::Pitr => Some((
-                    item.name.as_str(),
-                    pitr_drill::scratch_folder(o, &config.dir, &config.state_dir, name, &item.name),
-                )),
-                _ => None,
+            .flat_map(|item| match &item.spec {
+                ItemSpec::RestoreDrill(o) if o.mode == DrillMode::Pitr => {
+                    let targets = if item.fleet.is_empty() {
+                        vec![o.target.as_str()]
+                    } else {
+                        item.fleet.iter().map(String::as_str).collect()
+                    };
+                    targets
+                        .into_iter()
+                        .map(|t| {
+                            let folder = pitr_drill::scratch_folder(
+                                o,
+                                &config.dir,
+                                &config.state_dir,
+                                name,
+                                &item.name,
+                                t,
+                            );
+                            (item.name.as_str(), folder)
+                        })
+                        .collect()
+                }
+                _ => Vec::new(),
             })
             .filter(|(_, folder)| folder.exists())
             .collect();
@@ -402,7 +419,14 @@ mod tests {
         let ItemSpec::RestoreDrill(o) = &config.jobs["drill"].config.items[0].spec else {
             panic!("not a drill");
         };
-        let folder = pitr_drill::scratch_folder(o, &config.dir, &config.state_dir, "drill", "pitr");
+        let folder = pitr_drill::scratch_folder(
+            o,
+            &config.dir,
+            &config.state_dir,
+            "drill",
+            "pitr",
+            &o.target,
+        );
         std::fs::create_dir_all(folder.join("data")).unwrap();
         std::fs::write(
             folder.join("drill-server.pid"),

@@ -771,21 +771,23 @@ async fn wait_ready(
     }
 }
 
-/// The scratch folder of the drill `item` of job `job`: under the item's `scratch_dir`
-/// (relative to `config_dir`), else `<state_dir>/pitr-drill`, a folder per job and item. The
-/// drill makes its server there; the daemon's sweep looks there for one a crashed run left.
+/// The scratch folder of the drill `item` of job `job` on `target`: under the item's
+/// `scratch_dir` (relative to `config_dir`), else `<state_dir>/pitr-drill`, a folder per job,
+/// item and target (an item over several targets drills them side by side). The drill makes
+/// its server there; the daemon's sweep looks there for one a crashed run left.
 pub fn scratch_folder(
     o: &RestoreDrill,
     config_dir: &Path,
     state_dir: &Path,
     job: &str,
     item: &str,
+    target: &str,
 ) -> PathBuf {
     let root = match &o.scratch_dir {
         Some(d) => config_dir.join(d),
         None => state_dir.join("pitr-drill"),
     };
-    root.join(slug(&format!("{job}.{item}")))
+    root.join(slug(&format!("{job}.{item}.{target}")))
 }
 
 /// Runs a `mode = "pitr"` drill.
@@ -835,7 +837,14 @@ pub async fn run(o: &RestoreDrill, ctx: &ItemCtx) -> Outcome {
         .clone()
         .or_else(|| target.pg.get_dbname().map(str::to_string))
         .unwrap_or_else(|| "postgres".into());
-    let scratch = scratch_folder(o, &ctx.config_dir, &ctx.state_dir, &ctx.job, &ctx.item);
+    let scratch = scratch_folder(
+        o,
+        &ctx.config_dir,
+        &ctx.state_dir,
+        &ctx.job,
+        &ctx.item,
+        &o.target,
+    );
     let restore_cmd = restore_command(&archive);
     data["restore_command"] = restore_cmd.clone().into();
 
