@@ -8,7 +8,8 @@
 //!   `pg_stat_activity` while two items over three databases each run (and one over all six);
 //! - the checks on one database share one connection, and what one leaves on the session (a
 //!   lock, an error, a timeout) does not reach the next; a slow check does not hold up the checks
-//!   after it on its database for longer than 5 s;
+//!   after it on its database for longer than 5 s; targets over a Unix socket (URL and key=value)
+//!   share theirs too;
 //! - two vacuum items on one database (one of them over a glob) never run on it at once;
 //! - a glob that matches nothing, or an unknown name in a list, is a located config error
 //!   (exit 2), and `check-config` says what each glob matched.
@@ -351,6 +352,63 @@ max = 0
         "2 targets: 2 pass",
         "{all}"
     );
+}
+
+#[test]
+fn checks_over_a_unix_socket_share_their_connection_too() {
+    let pg = cluster();
+    let socket_dir = pg
+        .data
+        .parent()
+        .expect("the cluster's folder holds its socket");
+    // Both forms a local ops host uses: a URL with the socket folder as host, and key=value.
+    let targets = format!(
+        "[targets.url]\nurl = \"postgresql://postgres@{}:{}/postgres\"\nsslmode = \"prefer\"\n\n\
+         [targets.kv]\nurl = \"host={} port={} user=postgres dbname=postgres\"\nsslmode = \"disable\"\n\n",
+        socket_dir.display().to_string().replace('/', "%2F"),
+        pg.port,
+        socket_dir.display(),
+        pg.port
+    );
+    let setup = Setup::builder()
+        .body(&targets)
+        .job_t(
+            r#"
+[[jobs.t.items]]
+name = "Over the socket"
+kind = "sql"
+target = ["url", "kv"]
+query = "SELECT client_addr IS NULL FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+expect = true
+
+[[jobs.t.items]]
+name = "First"
+kind = "sql"
+target = ["url", "kv"]
+query = "SELECT pg_backend_pid()"
+
+[[jobs.t.items]]
+name = "Second"
+kind = "sql"
+target = ["url", "kv"]
+query = "SELECT pg_backend_pid()"
+"#,
+        )
+        .build();
+    let (code, report, all) = setup.run_job("t", &[]);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(
+        item(&report, "Over the socket")["summary"],
+        "2 targets: 2 pass",
+        "{all}"
+    );
+    for t in ["url", "kv"] {
+        assert_eq!(
+            on(item(&report, "First"), t)["data"]["value"],
+            on(item(&report, "Second"), t)["data"]["value"],
+            "{t}: one connection: {all}"
+        );
+    }
 }
 
 #[test]
