@@ -472,16 +472,24 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 const SLOW_CHECK: &str =
     "checks = [{ name = \"slow\", query = \"SELECT count(*) FROM pg_sleep(120)\", min = 1 }]";
 
-#[test]
-fn sigterm_mid_drill_stops_the_scratch_server_and_removes_its_folder() {
+/// A primary with base backups and a job `drill` whose pitr drill's check takes two minutes
+/// (`schedule`: TOML lines for the job, `more`: TOML after it). Keep the cluster and the
+/// backups alive as long as the setup.
+fn slow_drill(schedule: &str, more: &str) -> (TempCluster, tempfile::TempDir, Setup) {
     let (pg, archive, backups) = primary_with_backups(&["-Ft", "-X", "stream"]);
     let s = setup(
         &pg,
         &format!(
-            "[jobs.drill]\n{}",
+            "[jobs.drill]\n{schedule}{}{more}",
             pitr_item("drill", "pitr", backups.path(), &archive, SLOW_CHECK)
         ),
     );
+    (pg, backups, s)
+}
+
+#[test]
+fn sigterm_mid_drill_stops_the_scratch_server_and_removes_its_folder() {
+    let (_pg, _backups, s) = slow_drill("", "");
     let (mut child, pid) = start_drill_and_wait_for_server(&s);
     assert!(alive(pid), "the scratch server runs");
     nix::sys::signal::kill(
@@ -506,14 +514,7 @@ fn sigterm_mid_drill_stops_the_scratch_server_and_removes_its_folder() {
 
 #[test]
 fn a_scratch_server_left_by_a_killed_runbook_is_stopped_and_removed_by_the_next_drill() {
-    let (pg, archive, backups) = primary_with_backups(&["-Ft", "-X", "stream"]);
-    let s = setup(
-        &pg,
-        &format!(
-            "[jobs.drill]\n{}",
-            pitr_item("drill", "pitr", backups.path(), &archive, SLOW_CHECK)
-        ),
-    );
+    let (_pg, _backups, s) = slow_drill("", "");
     let (mut child, pid) = start_drill_and_wait_for_server(&s);
     child.0.kill().expect("SIGKILL runbook");
     wait_exit(&mut child.0);
@@ -541,13 +542,9 @@ const NEVER_DURING_THE_TEST: &str = "schedule = \"0 0 1 1 *\"\n";
 
 #[test]
 fn the_daemon_stops_and_removes_a_scratch_server_a_killed_run_left_when_it_starts() {
-    let (pg, archive, backups) = primary_with_backups(&["-Ft", "-X", "stream"]);
-    let s = setup(
-        &pg,
-        &format!(
-            "[jobs.drill]\n{NEVER_DURING_THE_TEST}{}[jobs.other]\n[[jobs.other.items]]\nname = \"one\"\nkind = \"sql\"\ntarget = \"db\"\nquery = \"SELECT 1\"\n",
-            pitr_item("drill", "pitr", backups.path(), &archive, SLOW_CHECK)
-        ),
+    let (_pg, _backups, s) = slow_drill(
+        NEVER_DURING_THE_TEST,
+        "[jobs.other]\n[[jobs.other.items]]\nname = \"one\"\nkind = \"sql\"\ntarget = \"db\"\nquery = \"SELECT 1\"\n",
     );
     let (mut child, pid) = start_drill_and_wait_for_server(&s);
     let folder = scratch_left(&s).remove(0);
